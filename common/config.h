@@ -1,0 +1,79 @@
+// The pipeline config: one struct per YAML section, parsed and validated in load_config(),
+// then passed by const reference. Nothing else in the project reads YAML.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace llava {
+
+enum class Mode { kSequential, kConcurrent };
+enum class Release { kExit, kUnload };  // how a sequential stage gives its device back
+enum class WeightDType { kFloat32, kFloat16, kBFloat16 };
+
+const char* to_string(Mode mode);
+const char* to_string(Release release);
+const char* to_string(WeightDType dtype);
+size_t element_size(WeightDType dtype);
+
+struct ModelSection {
+  std::string checkpoint;  // folder in the llava-hf layout, resolved against the config's folder
+  WeightDType dtype = WeightDType::kFloat16;
+};
+
+struct StageSection {
+  std::string name;                  // "vision" or "language"
+  int replicas = 1;
+  std::vector<std::string> devices;  // "cpu" or "cuda:N"; replica i runs on devices[i % size]
+  uint64_t memory_limit = 0;         // bytes; 0 means no limit
+  int batch_size = 8;
+  Release release = Release::kExit;  // sequential mode only
+  int max_context = 0;               // language: tokens per sequence; 0 = model's maximum
+};
+
+struct CoordinatorSection {
+  std::string endpoint = "ipc://@llava-pipe-{pid}";  // {pid} is the coordinator's pid
+  uint64_t heartbeat_interval_ms = 500;
+  int liveness = 3;                         // missed beats before a worker is declared dead
+  uint64_t embedding_memory = 1ull << 30;   // host bytes for waiting embeddings, then spill
+  std::string spill_dir = "/tmp";
+  uint64_t max_message_size = 256ull << 20;
+  int max_restarts_per_minute = 5;
+  int queue_capacity = 4096;                // requests waiting; past it requests are refused
+};
+
+struct GenerationSection {
+  int max_new_tokens = 64;
+  double temperature = 0.0;  // 0 = greedy
+  int top_k = 0;             // 0 = off
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;
+  uint64_t seed = 0;
+  // {images} becomes one "<image>\n" per image; {prompt} the user's text.
+  std::string chat_template = "USER: {images}{prompt} ASSISTANT:";
+};
+
+struct PipelineConfig {
+  std::string path;  // the YAML file this came from
+  Mode mode = Mode::kSequential;
+  bool share_devices = false;                  // concurrent: several processes on one device
+  std::map<std::string, uint64_t> device_memory;  // optional: known capacity per device
+  ModelSection model;
+  StageSection vision;
+  StageSection language;
+  CoordinatorSection coordinator;
+  GenerationSection generation;
+};
+
+// Parses and validates; throws ConfigError whose message starts with "file:line:column:"
+// and names the key. `check_files` = false skips checks that the checkpoint exists.
+PipelineConfig load_config(const std::string& path, bool check_files = true);
+PipelineConfig parse_config(const std::string& yaml_text, const std::string& path_for_errors,
+                            bool check_files = true);
+
+// "cpu" or "cuda:N"; throws ConfigError otherwise.
+bool is_valid_device(const std::string& device);
+
+}  // namespace llava

@@ -1,0 +1,77 @@
+// Socket set-up and checked send/receive.
+#include "common/transport.h"
+
+#include <zmq_addon.hpp>
+
+namespace llava {
+namespace {
+
+void apply_common(zmq::socket_t& socket, const TransportOptions& options) {
+  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options.max_message_size));
+  socket.set(zmq::sockopt::linger, options.linger_ms);
+  // Embedding frames are large; keep the high-water marks in messages modest so a
+  // stalled peer cannot queue unbounded memory.
+  socket.set(zmq::sockopt::sndhwm, 1000);
+  socket.set(zmq::sockopt::rcvhwm, 1000);
+}
+
+}  // namespace
+
+zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
+                          const TransportOptions& options) {
+  zmq::socket_t socket(context, zmq::socket_type::router);
+  apply_common(socket, options);
+  socket.set(zmq::sockopt::router_mandatory, 1);
+  socket.bind(endpoint);
+  return socket;
+}
+
+std::string last_endpoint(zmq::socket_t& socket) {
+  return socket.get(zmq::sockopt::last_endpoint);
+}
+
+zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint,
+                             const TransportOptions& options) {
+  zmq::socket_t socket(context, zmq::socket_type::dealer);
+  apply_common(socket, options);
+  socket.connect(endpoint);
+  return socket;
+}
+
+bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
+                const zmq::message_t* routing_id) {
+  try {
+    if (routing_id) {
+      zmq::message_t id(routing_id->data(), routing_id->size());
+      if (!socket.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
+    }
+    for (size_t i = 0; i < parts.size(); ++i) {
+      auto flags = i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
+      // Later parts of a started message never block: ZeroMQ queues a message whole.
+      if (!socket.send(parts[i], flags | zmq::send_flags::dontwait)) return false;
+    }
+    return true;
+  } catch (const zmq::error_t& e) {
+    if (e.num() == EHOSTUNREACH || e.num() == EAGAIN) return false;
+    throw;
+  }
+}
+
+bool send_message(zmq::socket_t& socket, wire::Outgoing& message,
+                  const zmq::message_t* routing_id) {
+  return send_parts(socket, message.parts(), routing_id);
+}
+
+std::optional<std::vector<zmq::message_t>> receive_parts(zmq::socket_t& socket,
+                                                          std::chrono::milliseconds timeout) {
+  zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+  zmq::poll(&item, 1, timeout);
+  if (!(item.revents & ZMQ_POLLIN)) return std::nullopt;
+  std::vector<zmq::message_t> parts;
+  if (!zmq::recv_multipart(socket, std::back_inserter(parts), zmq::recv_flags::dontwait)) {
+    return std::nullopt;
+  }
+  return parts;
+}
+
+}  // namespace llava

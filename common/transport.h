@@ -1,0 +1,40 @@
+// ZeroMQ sockets as this project uses them: a ROUTER at the coordinator, a DEALER in each
+// worker, every option that bounds memory or blocking set in one place, every send checked.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "common/wire.h"
+
+namespace llava {
+
+struct TransportOptions {
+  uint64_t max_message_size = 256ull << 20;  // ZMQ_MAXMSGSIZE: larger parts drop the peer
+  int linger_ms = 200;                        // how long close() may wait on unsent data
+};
+
+// Binds a ROUTER with ZMQ_ROUTER_MANDATORY, so that a send to a peer that is gone is an
+// error rather than a silent drop. Throws zmq::error_t (e.g. "Address already in use").
+zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
+                          const TransportOptions& options);
+// The endpoint a bound socket really listens on (resolves tcp://127.0.0.1:* ports).
+std::string last_endpoint(zmq::socket_t& socket);
+
+zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint,
+                             const TransportOptions& options);
+
+// Sends [routing id]? parts...; false when the peer is unreachable or the queue is full.
+bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
+                const zmq::message_t* routing_id = nullptr);
+bool send_message(zmq::socket_t& socket, wire::Outgoing& message,
+                  const zmq::message_t* routing_id = nullptr);
+
+// Receives one multipart message, or nullopt if none arrives within `timeout`.
+std::optional<std::vector<zmq::message_t>> receive_parts(zmq::socket_t& socket,
+                                                          std::chrono::milliseconds timeout);
+
+}  // namespace llava

@@ -1,0 +1,177 @@
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "common/errors.h"
+
+namespace {
+
+using llava::ConfigError;
+using llava::parse_config;
+
+const std::string kGood = R"(mode: concurrent
+model:
+  checkpoint: /models/x
+  dtype: float16
+stages:
+  vision:
+    devices: [cuda:0]
+    memory_limit: 8GiB
+  language:
+    devices: [cuda:1]
+    memory_limit: 40GiB
+    batch_size: 16
+)";
+
+// The ConfigError message for `yaml`, or "" if it parses.
+std::string error_of(const std::string& yaml) {
+  try {
+    parse_config(yaml, "test.yaml", /*check_files=*/false);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, LoadsEveryShippedConfig) {
+  const std::filesystem::path configs = std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs";
+  int loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(configs)) {
+    if (entry.path().extension() != ".yaml") continue;
+    // Only the demo's checkpoint ships with the project; the GPU configs name a folder
+    // the user provides.
+    bool is_demo = entry.path().filename() == "demo.yaml";
+    EXPECT_NO_THROW(llava::load_config(entry.path().string(), is_demo)) << entry.path();
+    ++loaded;
+  }
+  EXPECT_EQ(loaded, 4);
+}
+
+TEST(Config, ReadsEverySection) {
+  auto c = parse_config(kGood, "test.yaml", false);
+  EXPECT_EQ(c.mode, llava::Mode::kConcurrent);
+  EXPECT_EQ(c.model.checkpoint, "/models/x");
+  EXPECT_EQ(c.vision.devices, std::vector<std::string>{"cuda:0"});
+  EXPECT_EQ(c.language.memory_limit, 40ull << 30);
+  EXPECT_EQ(c.language.batch_size, 16);
+  EXPECT_EQ(c.coordinator.heartbeat_interval_ms, 500u);
+  EXPECT_EQ(c.generation.max_new_tokens, 64);
+}
+
+TEST(Config, ResolvesCheckpointAgainstTheConfigFolder) {
+  auto c = parse_config("model: {checkpoint: ../ckpt}\nstages: {vision: {devices: cpu}, "
+                        "language: {devices: cpu}}\n",
+                        "/etc/llava/configs/x.yaml", false);
+  EXPECT_EQ(c.model.checkpoint, "/etc/llava/ckpt");
+}
+
+TEST(Config, UnknownKeyNamesLineAndSuggests) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("    batch_size: 16"), 18, "    bach_size: 16");
+  EXPECT_EQ(error_of(yaml),
+            "test.yaml:12:5: unknown key 'stages.language.bach_size'; did you mean 'batch_size'?");
+}
+
+TEST(Config, UnknownKeyWithNoNearNameListsKnownOnes) {
+  std::string message = error_of(kGood + "colour: blue\n");
+  EXPECT_NE(message.find("test.yaml:13:1: unknown key 'colour' (known here:"), std::string::npos)
+      << message;
+}
+
+TEST(Config, WrongTypeNamesKeyAndValue) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("batch_size: 16"), 14, "batch_size: many");
+  EXPECT_EQ(error_of(yaml),
+            "test.yaml:12:17: stages.language.batch_size: expected a whole number, got 'many'");
+}
+
+TEST(Config, BadUnitIsRejected) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("8GiB"), 4, "8 gigs");
+  EXPECT_EQ(error_of(yaml), "test.yaml:8:19: stages.vision.memory_limit: expected a size such "
+                            "as 22GiB or 512MiB, got '8 gigs'");
+}
+
+TEST(Config, DeviceSharedByConcurrentStagesIsRejected) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("[cuda:1]"), 8, "[cuda:0]");
+  std::string message = error_of(yaml);
+  EXPECT_NE(message.find("test.yaml:10:5: stages.language.devices: cuda:0 is also a vision "
+                         "device"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(error_of(yaml + "share_devices: true\n"), "");
+}
+
+TEST(Config, MoreReplicasThanDevicesNeedsSharing) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("    devices: [cuda:1]"), 21, "    replicas: 3\n    devices: [cuda:1]");
+  EXPECT_NE(error_of(yaml).find("3 replicas over 1 device(s)"), std::string::npos);
+  EXPECT_EQ(error_of(yaml + "share_devices: true\n"), "");
+}
+
+TEST(Config, SequentialNeedsOneSharedDevice) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("concurrent"), 10, "sequential");
+  EXPECT_NE(error_of(yaml).find("both stages must list the same single device"),
+            std::string::npos);
+  yaml.replace(yaml.find("[cuda:1]"), 8, "[cuda:0]");
+  EXPECT_EQ(error_of(yaml), "");
+}
+
+TEST(Config, DeviceListedTwiceInAStage) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("[cuda:0]"), 8, "[cuda:0, cuda:0]");
+  EXPECT_EQ(error_of(yaml), "test.yaml:7:23: stages.vision.devices: 'cuda:0' is listed twice");
+}
+
+TEST(Config, BadDeviceNameIsRejected) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("[cuda:0]"), 8, "[gpu0]");
+  EXPECT_EQ(error_of(yaml),
+            "test.yaml:7:15: stages.vision.devices: 'gpu0' is not a device (cpu or cuda:N)");
+}
+
+TEST(Config, EnumValueListsTheChoices) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("concurrent"), 10, "parallel");
+  EXPECT_EQ(error_of(yaml), "test.yaml:1:7: mode: 'parallel' is not one of sequential, concurrent");
+}
+
+TEST(Config, YamlSyntaxErrorHasLine) {
+  std::string message = error_of("model:\n  checkpoint: [unclosed\n");
+  EXPECT_EQ(message.rfind("test.yaml:", 0), 0u) << message;
+  EXPECT_NE(message.find(":3:"), std::string::npos) << message;
+}
+
+TEST(Config, MissingSectionIsNamed) {
+  EXPECT_NE(error_of("model: {checkpoint: x}\n").find("stages: section is missing"),
+            std::string::npos);
+}
+
+TEST(Config, OutOfRangeSamplingIsRejected) {
+  EXPECT_NE(error_of(kGood + "generation: {top_p: 0}\n").find("generation.top_p: 0 is out of range"),
+            std::string::npos);
+  EXPECT_NE(error_of(kGood + "generation: {temperature: -1}\n").find("out of range"),
+            std::string::npos);
+}
+
+TEST(Config, EndpointMustBeIpcOrTcp) {
+  EXPECT_NE(error_of(kGood + "coordinator: {endpoint: 'udp://x'}\n")
+                .find("must start with ipc:// or tcp://"),
+            std::string::npos);
+}
+
+TEST(Config, MissingCheckpointFolderIsReported) {
+  try {
+    parse_config(kGood, "test.yaml", /*check_files=*/true);
+    FAIL() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "test.yaml:3:15: model.checkpoint: no config.json in '/models/x'");
+  }
+}
+
+}  // namespace

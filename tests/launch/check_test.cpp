@@ -1,0 +1,87 @@
+// Runs the llava-pipe binary as a user would and checks its output and exit code.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  std::string command = std::string(LLAVA_PIPE_BINARY_DIR) + "/llava-pipe " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
+  int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  std::string path = testing::TempDir() + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+const std::string kHub7b =
+    std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/hub-configs/llava-1.5-7b-hf";
+
+TEST(Check, PrintsThePlanOfAFittingConfig) {
+  auto path = write_temp("fits.yaml", "model: {checkpoint: " + kHub7b +
+                                          "}\nstages: {vision: {devices: cuda:0, memory_limit: "
+                                          "22GiB}, language: {devices: cuda:0, memory_limit: "
+                                          "22GiB, batch_size: 12, max_context: 1024}}\n");
+  Result r = run("check " + path);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("vision-0 on cuda:0, holds it: turn 1 of each round"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("language-0 on cuda:0"), std::string::npos);
+  EXPECT_NE(r.output.find("cuda:0: predicted peak"), std::string::npos);
+  EXPECT_NE(r.output.find("ok: the plan fits"), std::string::npos);
+}
+
+TEST(Check, BadConfigExitsTwoNamingFileAndLine) {
+  auto path = write_temp("bad.yaml", "model: {checkpoint: " + kHub7b +
+                                         "}\nstages:\n  vision: {devices: cpu}\n"
+                                         "  language: {devices: cpu, replica: 2}\n");
+  Result r = run("check " + path);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find(path + ":4:28: unknown key 'stages.language.replica'; did you mean "
+                                 "'replicas'?"),
+            std::string::npos)
+      << r.output;
+}
+
+TEST(Check, PlanThatCannotFitExitsTwoSayingByHowMuch) {
+  auto path = write_temp("small.yaml", "model: {checkpoint: " + kHub7b +
+                                           "}\nstages: {vision: {devices: cuda:0}, language: "
+                                           "{devices: cuda:0, memory_limit: 8GiB}}\n");
+  Result r = run("check " + path);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("but memory_limit is 8.00 GiB"), std::string::npos) << r.output;
+}
+
+TEST(Check, UnknownCommandIsAUsageError) {
+  Result r = run("frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos);
+}
+
+TEST(Check, ShippedColabConfigFitsTheL4) {
+  // The shipped config names /models/...; point a copy at the hub's config.json.
+  std::ifstream in(std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/colab-l4.yaml");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.replace(text.find("/models/llava-1.5-7b-hf"), 23, kHub7b);
+  Result r = run("check " + write_temp("colab.yaml", text));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+}  // namespace
