@@ -1,0 +1,23 @@
+// One attention for CLIP and LLaMA, so that the fused path and its fallback live once.
+#include "stages/attention.h"
+
+#include <torch/version.h>
+
+namespace llava {
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& mask, double scale) {
+#if TORCH_VERSION_MAJOR >= 2
+  // Fused (flash / memory-efficient) kernels on CUDA; the math kernel on CPU. The mask
+  // must be in the query's dtype.
+  at::Tensor m = mask.defined() ? mask.to(q.scalar_type()) : mask;
+  return at::scaled_dot_product_attention(q, k, v, m, /*dropout_p=*/0.0, /*is_causal=*/false,
+                                          scale);
+#else
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)).to(at::kFloat) * scale;
+  if (mask.defined()) scores = scores + mask.to(at::kFloat);
+  return at::matmul(at::softmax(scores, -1).to(q.scalar_type()), v);
+#endif
+}
+
+}  // namespace llava

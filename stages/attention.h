@@ -1,0 +1,15 @@
+// Scaled dot-product attention for both models: LibTorch's fused kernel where it exists
+// (2.x), the textbook float32-softmax formula elsewhere (LibTorch 1.13).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace llava {
+
+// q: [B, heads, Tq, D]; k, v: [B, heads, Tk, D]; mask: additive float mask broadcastable
+// to [B, heads, Tq, Tk] (0 = attend, -inf = not), or undefined for full attention.
+// Returns [B, heads, Tq, D].
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& mask, double scale);
+
+}  // namespace llava

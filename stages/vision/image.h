@@ -1,0 +1,28 @@
+// Decoding image files (JPEG, PNG, BMP, GIF first frame, ...) to 8-bit RGB with stb_image,
+// with a pixel limit checked from the header before any pixel is allocated.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace llava {
+
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> pixels;  // [height, width, 3]
+  uint8_t at(int y, int x, int c) const {
+    return pixels[(static_cast<size_t>(y) * width + x) * 3 + c];
+  }
+};
+
+struct ImageLimits {
+  int64_t max_pixels = 40'000'000;  // a 65500 x 65500 "bomb" header is refused before decoding
+};
+
+// Grayscale is replicated to RGB, alpha is dropped (as PIL's convert("RGB") does).
+// Throws RequestError saying what is wrong with the bytes.
+RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limits = {});
+
+}  // namespace llava

@@ -1,0 +1,248 @@
+// Image preprocessing. The resize reproduces Pillow's ImagingResample for 8-bit images:
+// separable passes (horizontal, then vertical), support widened by the downscale factor,
+// coefficients normalized and rounded to 22-bit fixed point, each pass rounded to uint8.
+#include "stages/vision/preprocess.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/errors.h"
+
+namespace llava {
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+double bicubic(double x) {
+  constexpr double a = -0.5;
+  x = std::fabs(x);
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+double bilinear(double x) {
+  x = std::fabs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// For each output index: the first input index, the count, and fixed-point weights.
+struct Coefficients {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<int32_t> weights;  // [out, ksize]
+};
+
+Coefficients precompute(int in_size, int out_size, int resample) {
+  double (*filter)(double) = resample == 2 ? bilinear : bicubic;
+  const double filter_support = resample == 2 ? 1.0 : 2.0;
+  const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = filter_support * filter_scale;
+  Coefficients c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.first.resize(static_cast<size_t>(out_size));
+  c.count.resize(static_cast<size_t>(out_size));
+  c.weights.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  std::vector<double> k(static_cast<size_t>(c.ksize));
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filter_scale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double total = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      k[static_cast<size_t>(x)] = filter((x + xmin - center + 0.5) * ss);
+      total += k[static_cast<size_t>(x)];
+    }
+    for (int x = 0; x < xmax; ++x) {
+      double w = total != 0.0 ? k[static_cast<size_t>(x)] / total : k[static_cast<size_t>(x)];
+      c.weights[static_cast<size_t>(xx) * c.ksize + x] =
+          static_cast<int32_t>(w < 0 ? -0.5 + w * (1 << kPrecisionBits)
+                                     : 0.5 + w * (1 << kPrecisionBits));
+    }
+    c.first[static_cast<size_t>(xx)] = xmin;
+    c.count[static_cast<size_t>(xx)] = xmax;
+  }
+  return c;
+}
+
+uint8_t clip8(int32_t sum) {
+  int32_t v = sum >> kPrecisionBits;
+  return static_cast<uint8_t>(std::clamp(v, 0, 255));
+}
+
+// One pass along x (horizontal) or y (vertical).
+RgbImage resample_pass(const RgbImage& in, int out_size, bool horizontal, int resample) {
+  const int in_size = horizontal ? in.width : in.height;
+  Coefficients c = precompute(in_size, out_size, resample);
+  RgbImage out;
+  out.width = horizontal ? out_size : in.width;
+  out.height = horizontal ? in.height : out_size;
+  out.pixels.resize(static_cast<size_t>(out.width) * out.height * 3);
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      const int o = horizontal ? x : y;
+      const int32_t* w = &c.weights[static_cast<size_t>(o) * c.ksize];
+      const int first = c.first[static_cast<size_t>(o)], count = c.count[static_cast<size_t>(o)];
+      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+      for (int i = 0; i < count; ++i) {
+        const int sx = horizontal ? first + i : x, sy = horizontal ? y : first + i;
+        const uint8_t* p = &in.pixels[(static_cast<size_t>(sy) * in.width + sx) * 3];
+        s0 += p[0] * w[i];
+        s1 += p[1] * w[i];
+        s2 += p[2] * w[i];
+      }
+      uint8_t* q = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
+      q[0] = clip8(s0), q[1] = clip8(s1), q[2] = clip8(s2);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+RgbImage resize(const RgbImage& image, int width, int height, int resample) {
+  if (resample != 2 && resample != 3) {
+    throw RequestError("resize: only bilinear (2) and bicubic (3) resampling are supported");
+  }
+  RgbImage out = image;
+  if (width != image.width) out = resample_pass(out, width, /*horizontal=*/true, resample);
+  if (height != image.height) out = resample_pass(out, height, /*horizontal=*/false, resample);
+  return out;
+}
+
+RgbImage center_crop(const RgbImage& image, int height, int width) {
+  // Python's floor division, as transformers' center_crop computes the offsets.
+  auto floor_half = [](int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); };
+  const int top = floor_half(image.height - height), left = floor_half(image.width - width);
+  RgbImage out;
+  out.width = width;
+  out.height = height;
+  out.pixels.assign(static_cast<size_t>(width) * height * 3, 0);
+  for (int y = 0; y < height; ++y) {
+    const int sy = y + top;
+    if (sy < 0 || sy >= image.height) continue;
+    for (int x = 0; x < width; ++x) {
+      const int sx = x + left;
+      if (sx < 0 || sx >= image.width) continue;
+      for (int ch = 0; ch < 3; ++ch) {
+        out.pixels[(static_cast<size_t>(y) * width + x) * 3 + ch] = image.at(sy, sx, ch);
+      }
+    }
+  }
+  return out;
+}
+
+RgbImage pad_to_square(const RgbImage& image, const float mean[3]) {
+  if (image.width == image.height) return image;
+  const int side = std::max(image.width, image.height);
+  RgbImage out;
+  out.width = out.height = side;
+  out.pixels.resize(static_cast<size_t>(side) * side * 3);
+  for (size_t i = 0; i < out.pixels.size(); ++i) {
+    out.pixels[i] = static_cast<uint8_t>(static_cast<int>(mean[i % 3] * 255));  // int(m * 255)
+  }
+  const int top = (side - image.height) / 2, left = (side - image.width) / 2;
+  for (int y = 0; y < image.height; ++y) {
+    std::copy_n(&image.pixels[static_cast<size_t>(y) * image.width * 3], image.width * 3,
+                &out.pixels[(static_cast<size_t>(y + top) * side + left) * 3]);
+  }
+  return out;
+}
+
+std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c) {
+  RgbImage image = c.pad_to_square ? pad_to_square(input, c.mean) : input;
+  if (c.do_resize) {
+    int width = c.resize_width, height = c.resize_height;
+    if (c.shortest_edge > 0) {
+      // transformers' get_resize_output_image_size(default_to_square=False)
+      const int64_t short_side = std::min(image.width, image.height);
+      const int64_t long_side = std::max(image.width, image.height);
+      const int new_long = static_cast<int>(static_cast<double>(c.shortest_edge * long_side) /
+                                            static_cast<double>(short_side));
+      width = image.width <= image.height ? c.shortest_edge : new_long;
+      height = image.width <= image.height ? new_long : c.shortest_edge;
+    }
+    image = resize(image, width, height, c.resample);
+  }
+  if (c.do_center_crop) image = center_crop(image, c.crop_height, c.crop_width);
+  const size_t plane = static_cast<size_t>(image.width) * image.height;
+  std::vector<float> out(plane * 3);
+  for (size_t i = 0; i < plane; ++i) {
+    for (int ch = 0; ch < 3; ++ch) {
+      // float64 rescale, then float32 normalize, as transformers does.
+      float x = c.do_rescale ? static_cast<float>(image.pixels[i * 3 + ch] * c.rescale_factor)
+                             : static_cast<float>(image.pixels[i * 3 + ch]);
+      if (c.do_normalize) x = (x - c.mean[ch]) / c.std[ch];
+      out[static_cast<size_t>(ch) * plane + i] = x;
+    }
+  }
+  return out;
+}
+
+PreprocessorConfig load_preprocessor_config(const std::string& folder) {
+  PreprocessorConfig c;
+  const std::string path = folder + "/preprocessor_config.json";
+  if (!std::filesystem::exists(path)) return c;
+  nlohmann::json j;
+  try {
+    std::ifstream(path) >> j;
+    auto read = [&](const char* key, auto& into) {
+      if (j.contains(key) && !j[key].is_null()) into = j[key].get<std::decay_t<decltype(into)>>();
+    };
+    read("do_resize", c.do_resize);
+    read("resample", c.resample);
+    read("do_center_crop", c.do_center_crop);
+    read("do_rescale", c.do_rescale);
+    read("rescale_factor", c.rescale_factor);
+    read("do_normalize", c.do_normalize);
+    read("do_pad", c.pad_to_square);
+    if (j.contains("size")) {
+      const auto& size = j["size"];
+      if (size.is_number()) {
+        c.shortest_edge = size.get<int>();
+      } else if (size.contains("shortest_edge")) {
+        c.shortest_edge = size["shortest_edge"].get<int>();
+      } else {
+        c.shortest_edge = 0;
+        c.resize_height = size.at("height").get<int>();
+        c.resize_width = size.at("width").get<int>();
+      }
+    }
+    if (j.contains("crop_size")) {
+      const auto& crop = j["crop_size"];
+      if (crop.is_number()) {
+        c.crop_height = c.crop_width = crop.get<int>();
+      } else {
+        c.crop_height = crop.at("height").get<int>();
+        c.crop_width = crop.at("width").get<int>();
+      }
+    }
+    for (const char* key : {"image_mean", "image_std"}) {
+      if (!j.contains(key)) continue;
+      auto values = j[key].get<std::vector<float>>();
+      if (values.size() != 3) throw CheckpointError(path + ": " + key + " needs 3 values");
+      std::copy(values.begin(), values.end(), std::string(key) == "image_mean" ? c.mean : c.std);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(path + ": " + e.what());
+  }
+  if (c.resample != 2 && c.resample != 3) {
+    throw CheckpointError(path + ": resample " + std::to_string(c.resample) +
+                          " is not supported (2 bilinear, 3 bicubic)");
+  }
+  if (c.crop_height <= 0 || c.crop_width <= 0 || (c.do_resize && c.shortest_edge <= 0 &&
+                                                  (c.resize_height <= 0 || c.resize_width <= 0))) {
+    throw CheckpointError(path + ": sizes must be positive");
+  }
+  return c;
+}
+
+}  // namespace llava

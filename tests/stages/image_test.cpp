@@ -1,0 +1,78 @@
+#include "stages/vision/image.h"
+
+#include <gtest/gtest.h>
+
+#include "common/errors.h"
+#include "reference.h"
+
+namespace {
+
+using llava::decode_image;
+using llava::RequestError;
+using llava::test::data_path;
+using llava::test::read_file;
+
+std::string error_of(const std::vector<uint8_t>& bytes) {
+  try {
+    decode_image(bytes.data(), bytes.size());
+  } catch (const RequestError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Image, DecodesEveryTestImageToRgbOfItsSize) {
+  auto info = llava::test::load_json("images/preprocess.json");
+  ASSERT_EQ(info["images"].size(), 20u);
+  for (const auto& image : info["images"]) {
+    auto bytes = read_file(data_path("images/" + image["file"].get<std::string>()));
+    auto decoded = decode_image(bytes.data(), bytes.size());
+    EXPECT_EQ(decoded.width, image["size"][0].get<int>()) << image["file"];
+    EXPECT_EQ(decoded.height, image["size"][1].get<int>()) << image["file"];
+    EXPECT_EQ(decoded.pixels.size(), static_cast<size_t>(decoded.width) * decoded.height * 3);
+  }
+}
+
+TEST(Image, EmptyFileIsRefused) {
+  EXPECT_EQ(error_of({}), "image: the file is empty (0 bytes)");
+}
+
+TEST(Image, TruncatedJpegIsRefused) {
+  auto bytes = read_file(data_path("images/img01_320x240_RGB.jpg"));
+  bytes.resize(bytes.size() / 3);
+  // stb_image decodes what it can of a truncated JPEG; a cut inside the headers fails.
+  std::vector<uint8_t> headers(bytes.begin(), bytes.begin() + 100);
+  EXPECT_NE(error_of(headers), "");
+}
+
+TEST(Image, TruncatedPngIsRefused) {
+  auto bytes = read_file(data_path("images/img00_64x48_RGB.png"));
+  bytes.resize(bytes.size() / 2);
+  EXPECT_NE(error_of(bytes).find("image: decoding failed"), std::string::npos) << error_of(bytes);
+}
+
+TEST(Image, NonImageBytesAreRefused) {
+  std::string text = "this is not an image, just some text";
+  EXPECT_NE(error_of(std::vector<uint8_t>(text.begin(), text.end())).find("not a readable image"),
+            std::string::npos);
+}
+
+// A PNG signature and an IHDR chunk claiming width x height RGB, and no pixel data.
+std::vector<uint8_t> png_header(uint32_t width, uint32_t height) {
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13,
+                              'I', 'H', 'D', 'R'};
+  for (uint32_t v : {width, height}) {
+    for (int shift : {24, 16, 8, 0}) png.push_back(static_cast<uint8_t>(v >> shift));
+  }
+  for (uint8_t b : {8, 2, 0, 0, 0, 0, 0, 0, 0}) png.push_back(b);
+  return png;
+}
+
+TEST(Image, DecompressionBombIsRefusedFromItsHeader) {
+  EXPECT_EQ(error_of(png_header(65500, 65500)),
+            "image: 65500x65500 pixels is over the limit of 40000000");
+  EXPECT_EQ(error_of(png_header(10000, 10000)),
+            "image: 10000x10000 pixels is over the limit of 40000000");
+}
+
+}  // namespace

@@ -1,0 +1,61 @@
+// Our forward pass against transformers' LlavaForConditionalGeneration (float64 on the
+// CPU, tests/data/make_tiny_llava.py) on the same checkpoints.
+#include <gtest/gtest.h>
+
+#include "tiny_model.h"
+
+namespace {
+
+using llava::test::data_path;
+using llava::test::ids_of;
+using llava::test::load_json;
+using llava::test::load_tensors;
+using llava::test::relative_error;
+using llava::test::TinyModel;
+
+constexpr double kLogitTolerance = 1e-4;  // max |ours - theirs| / max |theirs|, float32
+
+void check_cases(const std::string& folder, const std::string& tag) {
+  TinyModel model(data_path(folder));
+  auto cases = load_json("reference/" + tag + "_cases.json");
+  ASSERT_GE(cases.size(), 3u);
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["file"].get<std::string>());
+    auto ref = load_tensors("reference/" + c["file"].get<std::string>());
+    auto ids = ids_of(ref["input_ids"]);
+    at::Tensor pixels = ref.count("pixel_values") ? ref["pixel_values"] : at::Tensor();
+    if (pixels.defined()) {
+      EXPECT_LT(relative_error(model.image_features(pixels), ref["image_features"]), 1e-5);
+    }
+    llava::KvCache cache(model.config.text, 1, static_cast<int64_t>(ids.size()), model.options);
+    at::Tensor logits = model.prompt_logits(ids, pixels, cache, cache.acquire());
+    EXPECT_LT(relative_error(logits, ref["logits"]), kLogitTolerance);
+    EXPECT_EQ(model.greedy(ids, pixels, 32), ids_of(ref["greedy"]));
+  }
+}
+
+TEST(Parity, TinyLlavaMatchesTransformers) { check_cases("tiny-llava", "a"); }
+
+// "full" feature strategy, two concatenated feature layers, tied embeddings, linear RoPE.
+TEST(Parity, TinyLlavaVariantMatchesTransformers) { check_cases("tiny-llava-b", "b"); }
+
+TEST(Parity, HubShardedLayoutGivesIdenticalLogits) {
+  TinyModel v5(data_path("tiny-llava")), hub(data_path("tiny-llava-layouts/hub-sharded"));
+  auto ref = load_tensors("reference/a_case0.safetensors");
+  auto ids = ids_of(ref["input_ids"]);
+  llava::KvCache c1(v5.config.text, 1, 256, v5.options), c2(hub.config.text, 1, 256, hub.options);
+  EXPECT_TRUE(at::equal(v5.prompt_logits(ids, ref["pixel_values"], c1, c1.acquire()),
+                        hub.prompt_logits(ids, ref["pixel_values"], c2, c2.acquire())));
+}
+
+TEST(Parity, Float16LayoutMatchesTransformersOnTheSameWeights) {
+  TinyModel v452(data_path("tiny-llava-layouts/v452-f16"));  // computed in float32
+  auto ref = load_tensors("reference/a_f16weights_case0.safetensors");
+  auto ids = ids_of(ref["input_ids"]);
+  llava::KvCache cache(v452.config.text, 1, 256, v452.options);
+  EXPECT_LT(relative_error(v452.prompt_logits(ids, ref["pixel_values"], cache, cache.acquire()),
+                           ref["logits"]),
+            kLogitTolerance);
+}
+
+}  // namespace
