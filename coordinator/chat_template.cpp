@@ -1,0 +1,45 @@
+// Chat template and image placeholder expansion.
+#include "coordinator/chat_template.h"
+
+namespace llava {
+namespace {
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+    text.replace(at, from.size(), to);
+  }
+}
+
+}  // namespace
+
+std::string apply_chat_template(const std::string& chat_template, const std::string& prompt,
+                                int images, const std::string& image_token) {
+  std::string placeholders;
+  for (int i = 0; i < images; ++i) placeholders += image_token + "\n";
+  std::string text = chat_template;
+  if (text.find("{images}") == std::string::npos) {
+    replace_all(text, "{prompt}", placeholders + "{prompt}");
+  } else {
+    replace_all(text, "{images}", placeholders);
+  }
+  // The prompt goes in last, so that braces in the user's text are left alone.
+  const size_t at = text.find("{prompt}");
+  if (at != std::string::npos) text.replace(at, 8, prompt);
+  return text;
+}
+
+std::vector<int32_t> expand_image_tokens(const std::vector<int32_t>& ids, int32_t image_token,
+                                         int64_t per_image) {
+  std::vector<int32_t> out;
+  out.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (id == image_token) {
+      out.insert(out.end(), static_cast<size_t>(per_image), image_token);
+    } else {
+      out.push_back(id);
+    }
+  }
+  return out;
+}
+
+}  // namespace llava

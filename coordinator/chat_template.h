@@ -1,0 +1,20 @@
+// The prompt a request becomes: the chat template around the user's text, then each
+// image placeholder expanded to the number of embeddings one image gives.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llava {
+
+// "USER: {images}{prompt} ASSISTANT:" with {images} = "<image>\n" per image. When the
+// template has no {images}, the placeholders go in front of the prompt.
+std::string apply_chat_template(const std::string& chat_template, const std::string& prompt,
+                                int images, const std::string& image_token = "<image>");
+
+// Each image token becomes `per_image` copies (576 for LLaVA-1.5).
+std::vector<int32_t> expand_image_tokens(const std::vector<int32_t>& ids, int32_t image_token,
+                                         int64_t per_image);
+
+}  // namespace llava

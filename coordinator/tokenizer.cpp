@@ -1,0 +1,162 @@
+// SentencePiece with transformers' splitting and prefix rules.
+#include "coordinator/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/errors.h"
+
+namespace llava {
+namespace {
+
+const std::string kSpaceMark = "\xe2\x96\x81";  // "▁"
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string replace_spaces(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == ' ') {
+      out += kSpaceMark;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int32_t>& extra) {
+  const std::string model_path = folder + "/tokenizer.model";
+  if (!std::filesystem::exists(model_path)) {
+    throw CheckpointError(model_path + ": missing (the coordinator needs the tokenizer)");
+  }
+  const std::string model = read_all(model_path);
+  decoder_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  auto status = decoder_->LoadFromSerializedProto(model);
+  if (!status.ok()) throw CheckpointError(model_path + ": " + status.ToString());
+  // The encoder is the same model with NormalizerSpec.add_dummy_prefix = false: we add
+  // the "▁" prefix ourselves where transformers does. Protobuf merges a repeated embedded
+  // message field, so appending {normalizer_spec (3): {add_dummy_prefix (3): false}}
+  // overrides that one flag.
+  encoder_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  status = encoder_->LoadFromSerializedProto(model + std::string("\x1a\x02\x18\x00", 4));
+  if (!status.ok()) throw CheckpointError(model_path + ": " + status.ToString());
+  pieces_ = decoder_->GetPieceSize();
+  bos_id_ = decoder_->bos_id();
+  eos_id_ = decoder_->eos_id();
+
+  for (int32_t id : {decoder_->unk_id(), bos_id_, eos_id_}) {
+    if (id >= 0) added_[decoder_->IdToPiece(id)] = id;
+  }
+  for (const auto& [content, id] : extra) added_[content] = id;
+  const std::string json_path = folder + "/tokenizer.json";
+  if (std::filesystem::exists(json_path)) {
+    try {
+      auto json = nlohmann::json::parse(read_all(json_path));
+      for (const auto& token : json.value("added_tokens", nlohmann::json::array())) {
+        added_[token.at("content").get<std::string>()] = token.at("id").get<int32_t>();
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw CheckpointError(json_path + ": " + e.what());
+    }
+  }
+}
+
+Tokenizer::~Tokenizer() = default;
+
+int32_t Tokenizer::token_id(const std::string& added_token) const {
+  auto it = added_.find(added_token);
+  return it == added_.end() ? -1 : it->second;
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+  if (id < 0 || id >= pieces_) return true;
+  if (decoder_->IsControl(id) || decoder_->IsUnknown(id)) return true;
+  for (const auto& [content, added] : added_) {
+    if (added == id) return true;
+  }
+  return false;
+}
+
+void Tokenizer::encode_piece(const std::string& text, bool at_start,
+                             std::vector<int32_t>& out) const {
+  if (text.empty()) return;
+  std::string normalized = replace_spaces(text);
+  if (at_start && normalized.rfind(kSpaceMark, 0) != 0) normalized = kSpaceMark + normalized;
+  std::vector<int> ids;
+  auto status = encoder_->Encode(normalized, &ids);
+  if (!status.ok()) throw RequestError("tokenizer: " + status.ToString());
+  out.insert(out.end(), ids.begin(), ids.end());
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos) const {
+  std::vector<int32_t> out;
+  if (add_bos) out.push_back(bos_id_);
+  size_t start = 0, position = 0;
+  while (position < text.size()) {
+    // Leftmost match, longest token first.
+    const std::pair<const std::string, int32_t>* match = nullptr;
+    for (const auto& entry : added_) {
+      if (text.compare(position, entry.first.size(), entry.first) == 0 &&
+          (!match || entry.first.size() > match->first.size())) {
+        match = &entry;
+      }
+    }
+    if (!match) {
+      ++position;
+      continue;
+    }
+    encode_piece(text.substr(start, position - start), start == 0, out);
+    out.push_back(match->second);
+    position += match->first.size();
+    start = position;
+  }
+  encode_piece(text.substr(start), start == 0, out);
+  return out;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::vector<int> kept;
+  for (int32_t id : ids) {
+    if (!is_special(id)) kept.push_back(id);
+  }
+  std::string text;
+  auto status = decoder_->Decode(kept, &text);
+  if (!status.ok()) throw RequestError("tokenizer: " + status.ToString());
+  return text;
+}
+
+std::string Detokenizer::push(int32_t token) {
+  tokens_.push_back(token);
+  std::string text = tokenizer_.decode(tokens_);
+  // U+FFFD at the end: byte-fallback tokens that do not yet form a whole character.
+  static const std::string kReplacement = "\xef\xbf\xbd";
+  if (text.size() >= kReplacement.size() &&
+      text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0) {
+    return "";
+  }
+  if (text.size() < emitted_) return "";
+  std::string fresh = text.substr(emitted_);
+  emitted_ = text.size();
+  return fresh;
+}
+
+std::string Detokenizer::finish() {
+  std::string text = tokenizer_.decode(tokens_);
+  std::string rest = text.size() > emitted_ ? text.substr(emitted_) : "";
+  emitted_ = text.size();
+  return rest;
+}
+
+}  // namespace llava

@@ -1,0 +1,61 @@
+// Text <-> token ids for LLaMA-family checkpoints, matching transformers' LlamaTokenizer
+// (legacy=False): added tokens ("<image>", "<s>", ...) are matched in the text first;
+// SentencePiece encodes the pieces between them, and only the piece at the very start
+// gets the "▁" prefix, unless it already starts with a space. Lives in the coordinator:
+// never link it with LibTorch (protobuf clash on Debian).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sentencepiece {
+class SentencePieceProcessor;
+}
+
+namespace llava {
+
+class Tokenizer {
+ public:
+  // Reads `folder`/tokenizer.model, and the added tokens from tokenizer.json or
+  // added_tokens.json when present (else <unk>, <s>, </s> and `extra_tokens`).
+  explicit Tokenizer(const std::string& folder,
+                     const std::map<std::string, int32_t>& extra_tokens = {});
+  ~Tokenizer();
+
+  std::vector<int32_t> encode(const std::string& text, bool add_bos = true) const;
+  // Skips added and control tokens (skip_special_tokens=True).
+  std::string decode(const std::vector<int32_t>& ids) const;
+
+  int32_t bos_id() const { return bos_id_; }
+  int32_t eos_id() const { return eos_id_; }
+  int32_t token_id(const std::string& added_token) const;  // -1 if unknown
+  bool is_special(int32_t id) const;
+
+ private:
+  void encode_piece(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
+
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> encoder_;  // no dummy prefix
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> decoder_;  // as trained
+  std::map<std::string, int32_t> added_;  // content -> id
+  int32_t bos_id_ = 1, eos_id_ = 2;
+  int32_t pieces_ = 0;
+};
+
+// Streams text as tokens arrive, never splitting a UTF-8 character: bytes of a character
+// that byte-fallback tokens have only partly produced are held back.
+class Detokenizer {
+ public:
+  explicit Detokenizer(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  std::string push(int32_t token);  // the new text (possibly empty)
+  std::string finish();             // whatever was held back
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::vector<int32_t> tokens_;
+  size_t emitted_ = 0;  // bytes of decode(tokens_) already returned
+};
+
+}  // namespace llava

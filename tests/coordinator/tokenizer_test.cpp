@@ -1,0 +1,102 @@
+#include "coordinator/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "coordinator/chat_template.h"
+
+namespace {
+
+const std::string kData = std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/";
+
+nlohmann::json load_json(const std::string& relative) {
+  nlohmann::json j;
+  std::ifstream(kData + relative) >> j;
+  return j;
+}
+
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+class TokenizerTest : public testing::Test {
+ protected:
+  llava::Tokenizer tokenizer{kData + "tiny-llava"};
+};
+
+TEST_F(TokenizerTest, MatchesTransformersOnFiftyStrings) {
+  auto reference = load_json("reference/tokenizer.json");
+  ASSERT_EQ(reference["cases"].size(), 50u);
+  for (const auto& c : reference["cases"]) {
+    const std::string text = c["text"];
+    EXPECT_EQ(tokenizer.encode(text), c["ids"].get<std::vector<int32_t>>()) << "text: " << text;
+  }
+}
+
+TEST_F(TokenizerTest, DecodesAsTransformersDoesSkippingSpecialTokens) {
+  auto reference = load_json("reference/tokenizer.json");
+  for (const auto& c : reference["cases"]) {
+    EXPECT_EQ(tokenizer.decode(c["ids"].get<std::vector<int32_t>>()), c["decoded"].get<std::string>())
+        << "text: " << c["text"].get<std::string>();
+  }
+}
+
+TEST_F(TokenizerTest, KnowsTheAddedTokens) {
+  EXPECT_EQ(tokenizer.token_id("<image>"), 800);
+  EXPECT_EQ(tokenizer.token_id("<pad>"), 801);
+  EXPECT_EQ(tokenizer.bos_id(), 1);
+  EXPECT_EQ(tokenizer.eos_id(), 2);
+  EXPECT_TRUE(tokenizer.is_special(800));
+  EXPECT_FALSE(tokenizer.is_special(300));
+}
+
+TEST_F(TokenizerTest, PromptsOfTheReferenceCasesTokenizeIdentically) {
+  for (const char* file : {"reference/a_cases.json", "reference/b_cases.json"}) {
+    for (const auto& c : load_json(file)) {
+      EXPECT_EQ(tokenizer.encode(c["prompt"].get<std::string>()),
+                c["prompt_ids"].get<std::vector<int32_t>>());
+    }
+  }
+}
+
+TEST_F(TokenizerTest, StreamingNeverSplitsACharacter) {
+  const std::string text = "emoji 😀🎉 and 日本語 café ☃ done";
+  auto ids = tokenizer.encode(text, /*add_bos=*/false);
+  llava::Detokenizer stream(tokenizer);
+  std::string joined;
+  for (int32_t id : ids) {
+    std::string chunk = stream.push(id);
+    EXPECT_TRUE(valid_utf8(chunk)) << "chunk after token " << id;
+    joined += chunk;
+  }
+  joined += stream.finish();
+  EXPECT_EQ(joined, tokenizer.decode(ids));
+  EXPECT_EQ(joined, text);
+}
+
+TEST(ChatTemplate, LlavaOnePointFiveTemplate) {
+  EXPECT_EQ(llava::apply_chat_template("USER: {images}{prompt} ASSISTANT:", "What is this?", 1),
+            "USER: <image>\nWhat is this? ASSISTANT:");
+  EXPECT_EQ(llava::apply_chat_template("USER: {images}{prompt} ASSISTANT:", "Compare.", 2),
+            "USER: <image>\n<image>\nCompare. ASSISTANT:");
+  EXPECT_EQ(llava::apply_chat_template("Q: {prompt}\nA:", "{prompt} {images}", 1),
+            "Q: <image>\n{prompt} {images}\nA:");
+}
+
+TEST(ChatTemplate, ExpandsEachImageToItsEmbeddingCount) {
+  auto expanded = llava::expand_image_tokens({1, 800, 13, 800, 5}, 800, 3);
+  EXPECT_EQ(expanded, (std::vector<int32_t>{1, 800, 800, 800, 13, 800, 800, 800, 5}));
+}
+
+}  // namespace
