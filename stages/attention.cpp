@@ -10,7 +10,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 #if TORCH_VERSION_MAJOR >= 2
   // Fused (flash / memory-efficient) kernels on CUDA; the math kernel on CPU. The mask
   // must be in the query's dtype.
-  at::Tensor m = mask.defined() ? mask.to(q.scalar_type()) : mask;
+  c10::optional<at::Tensor> m;
+  if (mask.defined()) m = mask.to(q.scalar_type());
   return at::scaled_dot_product_attention(q, k, v, m, /*dropout_p=*/0.0, /*is_causal=*/false,
                                           scale);
 #else

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -128,6 +129,34 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 }
 
 SafetensorsFile::~SafetensorsFile() = default;
+
+void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors) {
+  static const std::map<at::ScalarType, const char*> kNames = {
+      {at::kFloat, "F32"}, {at::kHalf, "F16"}, {at::kBFloat16, "BF16"}, {at::kDouble, "F64"},
+      {at::kLong, "I64"},  {at::kInt, "I32"},  {at::kByte, "U8"}};
+  nlohmann::json header = nlohmann::json::object();
+  std::vector<at::Tensor> host;
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    auto it = kNames.find(tensor.scalar_type());
+    if (it == kNames.end()) throw CheckpointError(path + ": cannot save dtype of '" + name + "'");
+    host.push_back(tensor.to(at::kCPU).contiguous());
+    const uint64_t bytes = static_cast<uint64_t>(host.back().nbytes());
+    header[name] = {{"dtype", it->second}, {"shape", tensor.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data section starts 8-aligned
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw CheckpointError(path + ": cannot write (" + std::strerror(errno) + ")");
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(uint64_t{text.size()} >> (8 * i));
+  bool ok = std::fwrite(length, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (const auto& t : host) ok = ok && std::fwrite(t.data_ptr(), 1, t.nbytes(), f) == t.nbytes();
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) throw CheckpointError(path + ": write failed");
+}
 
 const TensorEntry& SafetensorsFile::entry(const std::string& name) const {
   auto it = entries_.find(name);

@@ -44,6 +44,9 @@ class SafetensorsFile {
   std::map<std::string, TensorEntry> entries_;
 };
 
+// Writes tensors (any device; copied to the host, contiguous) as a safetensors file.
+void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors);
+
 // The ATen dtype of a safetensors dtype string; throws for ones we do not read.
 at::ScalarType safetensors_dtype(const std::string& dtype, const std::string& where);
 

@@ -148,3 +148,16 @@ TEST(Checkpoint, FolderWithoutWeightsIsAnError) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Safetensors, SavedFileReadsBackExactly) {
+  std::map<std::string, at::Tensor> tensors = {
+      {"a", at::randn({3, 5})}, {"b", at::arange(7, at::kLong)}, {"c", at::randn({2}).to(at::kHalf)}};
+  const std::string path = testing::TempDir() + "saved.safetensors";
+  llava::save_safetensors(path, tensors);
+  llava::SafetensorsFile file(path);
+  for (const auto& [name, tensor] : tensors) EXPECT_TRUE(at::equal(file.view(name), tensor)) << name;
+}
+
+}  // namespace

@@ -10,6 +10,7 @@ using llava::test::data_path;
 using llava::test::ids_of;
 using llava::test::load_json;
 using llava::test::load_tensors;
+using llava::test::load_tensors_at;
 using llava::test::relative_error;
 using llava::test::TinyModel;
 
@@ -56,6 +57,27 @@ TEST(Parity, Float16LayoutMatchesTransformersOnTheSameWeights) {
   EXPECT_LT(relative_error(v452.prompt_logits(ids, ref["pixel_values"], cache, cache.acquire()),
                            ref["logits"]),
             kLogitTolerance);
+}
+
+}  // namespace
+
+namespace {
+
+// The tool that tests/gpu/check_7b.py runs on the GPU machine, here on the tiny model.
+TEST(Parity, LogitsToolReproducesTheReference) {
+  auto ref = load_tensors("reference/a_case0.safetensors");
+  const std::string in = testing::TempDir() + "tool_in.safetensors";
+  const std::string out = testing::TempDir() + "tool_out.safetensors";
+  llava::save_safetensors(in, {{"input_ids.0", ref["input_ids"]}, {"pixel_values.0", ref["pixel_values"]}});
+  const std::string command = std::string(LLAVA_PIPE_BINARY_DIR) + "/tests/llava_logits " +
+                              data_path("tiny-llava") + " cpu float32 " + in + " " + out +
+                              " > /dev/null";
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  auto result = load_tensors_at(out);
+  EXPECT_LT(relative_error(result["logits.0"], ref["logits"]), 1e-4);
+  auto greedy = ids_of(result["greedy.0"]);
+  auto expected = ids_of(ref["greedy"]);
+  EXPECT_EQ(greedy, std::vector<int32_t>(expected.begin(), expected.begin() + 8));
 }
 
 }  // namespace

@@ -16,12 +16,16 @@ inline std::string data_path(const std::string& relative) {
   return std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/" + relative;
 }
 
-// Every tensor of a reference file, copied out of the mapping.
-inline std::map<std::string, at::Tensor> load_tensors(const std::string& relative) {
-  SafetensorsFile file(data_path(relative));
+// Every tensor of a safetensors file, copied out of the mapping.
+inline std::map<std::string, at::Tensor> load_tensors_at(const std::string& path) {
+  SafetensorsFile file(path);
   std::map<std::string, at::Tensor> out;
   for (const auto& [name, entry] : file.entries()) out[name] = file.view(name).clone();
   return out;
+}
+
+inline std::map<std::string, at::Tensor> load_tensors(const std::string& relative) {
+  return load_tensors_at(data_path(relative));
 }
 
 inline nlohmann::json load_json(const std::string& relative) {

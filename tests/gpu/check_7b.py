@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""GPU check of the model code on a LLaVA-1.5-7B-shaped checkpoint (random weights).
+
+Run on the GPU machine from the project root, after building build-gpu/:
+    python3 tests/gpu/check_7b.py WORKDIR build-gpu/tests/llava_logits
+Writes a random 7B-shaped checkpoint with transformers (float16, the 5.x layout, shards),
+computes transformers' prompt logits for 10 prompts (one image each, 576 image tokens),
+runs our llava_logits on the same checkpoint, and prints the agreement as JSON.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration
+
+work, tool = sys.argv[1], sys.argv[2]
+here = os.path.dirname(os.path.abspath(__file__))
+data = os.path.join(here, "..", "data")
+folder = os.path.join(work, "llava-7b-random")
+os.makedirs(folder, exist_ok=True)
+report = {}
+
+config = LlavaConfig.from_dict(json.load(open(os.path.join(data, "hub-configs", "llava-1.5-7b-hf", "config.json"))))
+t0 = time.time()
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = LlavaForConditionalGeneration(config).to(torch.float16).eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():  # scaled so that activations keep their size and logits are peaked
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "embed" not in name:
+                scale = 2.0 if "lm_head" in name else 1.0
+                p.copy_(torch.randn(p.shape, generator=g, device="cuda", dtype=torch.float32).half()
+                        * (scale / math.sqrt(p[0].numel())))
+            elif p.dim() >= 2 or "class_embedding" in name:
+                p.copy_(torch.randn(p.shape, generator=g, device="cuda").half())
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g, device="cuda").half())
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, device="cuda").half())
+report["parameters"] = sum(p.numel() for p in model.parameters())
+model.save_pretrained(folder, safe_serialization=True, max_shard_size="5GB")
+json.dump({"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336},
+           "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+           "do_convert_rgb": True, "resample": 3, "rescale_factor": 1 / 255,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711]},
+          open(os.path.join(folder, "preprocessor_config.json"), "w"))
+report["write_seconds"] = time.time() - t0
+
+proc = CLIPImageProcessor.from_pretrained(folder)
+images = sorted(f for f in os.listdir(os.path.join(data, "images")) if f.startswith("img"))[:10]
+gen = torch.Generator().manual_seed(1)
+inputs, reference = {}, {}
+for c, name in enumerate(images):
+    text = torch.randint(3, 32000, (24,), generator=gen).tolist()
+    ids = [1] + text[:5] + [32000] * 576 + text[5:]
+    pv = proc(images=Image.open(os.path.join(data, "images", name)), return_tensors="pt")["pixel_values"]
+    inputs[f"input_ids.{c}"] = torch.tensor(ids)
+    inputs[f"pixel_values.{c}"] = pv.float().contiguous()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids], device="cuda"), pixel_values=pv.half().cuda())
+    reference[c] = out.logits[0].float().cpu()
+save_file(inputs, os.path.join(work, "inputs.safetensors"))
+del model
+torch.cuda.empty_cache()
+
+run = subprocess.run([tool, folder, "cuda:0", "float16", os.path.join(work, "inputs.safetensors"),
+                      os.path.join(work, "outputs.safetensors")], capture_output=True, text=True)
+report["tool_stdout"] = run.stdout.strip()
+report["tool_stderr"] = run.stderr.strip()[-2000:]
+if run.returncode == 0:
+    ours = load_file(os.path.join(work, "outputs.safetensors"))
+    rel, top1, first = [], [], []
+    for c in reference:
+        o, r = ours[f"logits.{c}"], reference[c]
+        rel.append(((o - r).abs().max() / r.abs().max()).item())
+        top1.append((o.argmax(-1) == r.argmax(-1)).float().mean().item())
+        first.append(int(ours[f"greedy.{c}"][0]) == int(r[-1].argmax()))
+    report.update({"relative_error": rel, "max_relative_error": max(rel),
+                   "top1_agreement_all_positions": sum(top1) / len(top1),
+                   "first_greedy_token_identical": first,
+                   "first_greedy_identical_count": sum(first)})
+print(json.dumps(report, indent=1))

@@ -1,0 +1,104 @@
+// Runs our model on prompts prepared by check_7b.py and writes what transformers is
+// compared against: per case, prompt logits [T, V] (float32) and 8 greedy tokens (KV cache).
+// Also times loading, prefill and batch-1 decode.
+//   llava_logits CHECKPOINT DEVICE DTYPE INPUTS.safetensors OUTPUTS.safetensors
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include "common/model_config.h"
+#include "stages/checkpoint/checkpoint.h"
+#include "stages/checkpoint/safetensors.h"
+#include "stages/language/kv_cache.h"
+#include "stages/language/llama_decoder.h"
+#include "stages/vision/clip_vision.h"
+#include "stages/vision/projector.h"
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 6) {
+    std::cerr << "usage: llava_logits CHECKPOINT DEVICE DTYPE INPUTS OUTPUTS\n";
+    return 2;
+  }
+  const std::string folder = argv[1];
+  const at::Device device(argv[2]);
+  const std::string dtype_name = argv[3];
+  const at::ScalarType dtype = dtype_name == "float16" ? at::kHalf
+                               : dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+
+  auto start = std::chrono::steady_clock::now();
+  llava::LlavaConfig config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  llava::ClipVision vision(config, checkpoint, options);
+  llava::Projector projector(config, checkpoint, options);
+  llava::LlamaDecoder decoder(config, checkpoint, options);
+  (void)at::zeros({1}, options).sum().item<float>();  // synchronize
+  const double load_seconds = seconds_since(start);
+
+  llava::SafetensorsFile inputs(argv[4]);
+  std::map<std::string, at::Tensor> outputs;
+  const int64_t max_tokens = 4096;
+  llava::KvCache cache(config.text, 1, max_tokens, options);
+  double prefill_seconds = 0;
+  int64_t prefill_tokens = 0;
+  for (int c = 0;; ++c) {
+    const std::string key = "input_ids." + std::to_string(c);
+    if (!inputs.has(key)) break;
+    at::Tensor ids64 = inputs.view(key).to(at::kLong);
+    std::vector<int32_t> ids(ids64.data_ptr<int64_t>(), ids64.data_ptr<int64_t>() + ids64.numel());
+    at::Tensor pixels = inputs.view("pixel_values." + std::to_string(c)).to(options);
+    for (int repeat = 0; repeat < 2; ++repeat) {  // the second run is the timed one
+      int slot = cache.acquire();
+      auto t0 = std::chrono::steady_clock::now();
+      at::Tensor features = projector.forward(vision.forward(pixels));
+      std::vector<at::Tensor> images;
+      for (int64_t i = 0; i < features.size(0); ++i) images.push_back(features[i]);
+      at::Tensor hidden = decoder.forward(decoder.embed_prompt(ids, images), cache, {slot});
+      at::Tensor logits = decoder.logits(hidden)[0];
+      int64_t next = logits[-1].argmax().item<int64_t>();
+      if (repeat == 1) {
+        prefill_seconds += seconds_since(t0);
+        prefill_tokens += static_cast<int64_t>(ids.size());
+        std::vector<int64_t> greedy = {next};
+        while (greedy.size() < 8) {
+          at::Tensor x = decoder.embed(at::tensor({greedy.back()}, at::kLong).to(device).view({1, 1}));
+          greedy.push_back(decoder.logits(decoder.forward(x, cache, {slot}))[0][-1].argmax().item<int64_t>());
+        }
+        outputs["logits." + std::to_string(c)] = logits;
+        outputs["greedy." + std::to_string(c)] = at::tensor(greedy, at::kLong);
+      }
+      cache.release(slot);
+    }
+  }
+  // Batch-1 decode speed: 128 tokens after the first prompt.
+  at::Tensor ids64 = inputs.view("input_ids.0").to(at::kLong);
+  std::vector<int32_t> ids(ids64.data_ptr<int64_t>(), ids64.data_ptr<int64_t>() + ids64.numel());
+  int slot = cache.acquire();
+  at::Tensor pixels = inputs.view("pixel_values.0").to(options);
+  at::Tensor features = projector.forward(vision.forward(pixels));
+  at::Tensor hidden = decoder.forward(decoder.embed_prompt(ids, {features[0]}), cache, {slot});
+  int64_t token = decoder.logits(hidden)[0][-1].argmax().item<int64_t>();
+  auto t0 = std::chrono::steady_clock::now();
+  const int steps = 128;
+  for (int i = 0; i < steps; ++i) {
+    at::Tensor x = decoder.embed(at::tensor({token}, at::kLong).to(device).view({1, 1}));
+    token = decoder.logits(decoder.forward(x, cache, {slot}))[0][-1].argmax().item<int64_t>();
+  }
+  const double decode_seconds = seconds_since(t0);
+  llava::save_safetensors(argv[5], outputs);
+  std::printf("{\"load_seconds\": %.2f, \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s_batch1\": %.2f}\n",
+              load_seconds, prefill_tokens / prefill_seconds, steps / decode_seconds);
+  return 0;
+}
