@@ -135,9 +135,11 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   };
 
   // Key j is visible to query i of row b iff j <= start_b + i. A single new token per
-  // row with equal starts sees every cached key: no mask needed.
+  // row with equal starts sees every cached key: no mask needed. A fresh prompt (every
+  // start 0) is plain causal attention: the flash kernel, as transformers uses.
+  const bool fresh = same_start && starts.front() == 0 && n > 1;
   at::Tensor mask;
-  if (n > 1 || !same_start) {
+  if (!fresh && (n > 1 || !same_start)) {
     at::Tensor limit = positions.view({b, 1, n, 1});
     at::Tensor key = at::arange(keys, f32).view({1, 1, 1, keys});
     mask = at::where(key <= limit, at::zeros({}, f32), at::full({}, -INFINITY, f32));
@@ -158,7 +160,8 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
       all_k = all_k.repeat_interleave(heads / kv_heads, 1);
       all_v = all_v.repeat_interleave(heads / kv_heads, 1);
     }
-    at::Tensor a = attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)));
+    at::Tensor a =
+        attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), fresh);
     x = x + at::linear(a.transpose(1, 2).reshape({b, n, heads * d}), l.o_w, l.o_b);
     h = rms_norm(x, l.post_norm);
     at::Tensor gated = at::silu(at::linear(h, l.gate_w, l.gate_b)) * at::linear(h, l.up_w, l.up_b);

@@ -68,6 +68,14 @@ for c, name in enumerate(images):
         out = model(input_ids=torch.tensor([ids], device="cuda"), pixel_values=pv.half().cuda())
     reference[c] = out.logits[0].float().cpu()
 save_file(inputs, os.path.join(work, "inputs.safetensors"))
+# float32 truth on the same (float16-rounded) weights: which float16 result is nearer?
+model = model.float()
+truth = {}
+for c in reference:
+    with torch.no_grad():
+        out = model(input_ids=inputs[f"input_ids.{c}"][None].cuda(),
+                    pixel_values=inputs[f"pixel_values.{c}"].cuda())
+    truth[c] = out.logits[0].float().cpu()
 del model
 torch.cuda.empty_cache()
 
@@ -77,14 +85,24 @@ report["tool_stdout"] = run.stdout.strip()
 report["tool_stderr"] = run.stderr.strip()[-2000:]
 if run.returncode == 0:
     ours = load_file(os.path.join(work, "outputs.safetensors"))
-    rel, top1, first = [], [], []
+    rel, top1, first, margins, rel_hf32, rel_ours32, first32 = [], [], [], [], [], [], []
     for c in reference:
         o, r = ours[f"logits.{c}"], reference[c]
         rel.append(((o - r).abs().max() / r.abs().max()).item())
         top1.append((o.argmax(-1) == r.argmax(-1)).float().mean().item())
         first.append(int(ours[f"greedy.{c}"][0]) == int(r[-1].argmax()))
+        t = truth[c]
+        top2 = torch.topk(t[-1], 2).values
+        margins.append((top2[0] - top2[1]).item())
+        rel_hf32.append(((r - t).abs().max() / t.abs().max()).item())
+        rel_ours32.append(((o - t).abs().max() / t.abs().max()).item())
+        first32.append(int(ours[f"greedy.{c}"][0]) == int(t[-1].argmax()))
     report.update({"relative_error": rel, "max_relative_error": max(rel),
                    "top1_agreement_all_positions": sum(top1) / len(top1),
                    "first_greedy_token_identical": first,
-                   "first_greedy_identical_count": sum(first)})
+                   "first_greedy_identical_count": sum(first),
+                   "float32_last_position_top2_margin": margins,
+                   "transformers_fp16_vs_fp32_relative_error": rel_hf32,
+                   "ours_fp16_vs_fp32_relative_error": rel_ours32,
+                   "ours_first_token_equals_fp32": first32})
 print(json.dumps(report, indent=1))
