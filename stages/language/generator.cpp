@@ -1,0 +1,95 @@
+// Prefill, batched decode steps, stop rules.
+#include "stages/language/generator.h"
+
+#include "common/errors.h"
+
+namespace llava {
+
+Generator::Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens)
+    : decoder_(decoder), cache_(decoder.config(), slots, max_tokens, decoder.options()) {}
+
+TokenEvent Generator::choose(uint64_t id, Sequence& s, const at::Tensor& logits) {
+  at::Tensor host = logits.to(at::kCPU).contiguous();  // [V] float32
+  std::vector<float> scores(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+  TokenEvent event{id, s.sampler.next(std::move(scores), s.history), Finish::kNone};
+  s.history.push_back(event.token);
+  ++s.generated;
+  if (s.sampler.is_stop(event.token)) {
+    event.finish = Finish::kStop;
+  } else if (s.generated >= s.params.max_new_tokens) {
+    event.finish = Finish::kLength;
+  } else if (cache_.length(s.slot) >= cache_.max_tokens()) {
+    event.finish = Finish::kContext;  // no room for the token just chosen
+  }
+  return event;
+}
+
+TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
+                            const std::vector<at::Tensor>& images, const SamplingParams& params) {
+  if (prompt.empty()) throw RequestError("request " + std::to_string(id) + ": empty prompt");
+  if (static_cast<int64_t>(prompt.size()) >= cache_.max_tokens()) {
+    throw RequestError("request " + std::to_string(id) + ": prompt of " +
+                       std::to_string(prompt.size()) + " tokens does not fit the context of " +
+                       std::to_string(cache_.max_tokens()) + " tokens");
+  }
+  if (params.max_new_tokens < 1) {
+    throw RequestError("request " + std::to_string(id) + ": max_new_tokens must be at least 1");
+  }
+  if (sequences_.count(id)) {
+    throw RequestError("request " + std::to_string(id) + " is already generating");
+  }
+  at::Tensor embeds = decoder_.embed_prompt(prompt, images);  // validates before a slot is taken
+  const int slot = cache_.acquire();
+  if (slot < 0) throw RequestError("request " + std::to_string(id) + ": no free sequence slot");
+  Sequence s{slot, prompt, 0, params, Sampler(params)};
+  at::Tensor hidden;
+  try {
+    hidden = decoder_.forward(embeds, cache_, {slot});
+  } catch (...) {
+    cache_.release(slot);
+    throw;
+  }
+  TokenEvent event = choose(id, s, decoder_.logits(hidden[0][-1]));
+  if (event.finish == Finish::kNone) {
+    sequences_.emplace(id, std::move(s));
+  } else {
+    cache_.release(slot);
+  }
+  return event;
+}
+
+std::vector<TokenEvent> Generator::step() {
+  std::vector<TokenEvent> events;
+  if (sequences_.empty()) return events;
+  std::vector<uint64_t> ids;
+  std::vector<int> slots;
+  std::vector<int64_t> last;
+  for (const auto& [id, s] : sequences_) {
+    ids.push_back(id);
+    slots.push_back(s.slot);
+    last.push_back(s.history.back());
+  }
+  const int64_t b = static_cast<int64_t>(ids.size());
+  at::Tensor tokens = at::tensor(last, at::kLong).to(decoder_.options().device()).view({b, 1});
+  at::Tensor logits = decoder_.logits(decoder_.forward(decoder_.embed(tokens), cache_, slots));
+  for (int64_t row = 0; row < b; ++row) {
+    Sequence& s = sequences_.at(ids[static_cast<size_t>(row)]);
+    TokenEvent event = choose(ids[static_cast<size_t>(row)], s, logits[row][0]);
+    if (event.finish != Finish::kNone) {
+      cache_.release(s.slot);
+      sequences_.erase(ids[static_cast<size_t>(row)]);
+    }
+    events.push_back(event);
+  }
+  return events;
+}
+
+bool Generator::cancel(uint64_t id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return false;
+  cache_.release(it->second.slot);
+  sequences_.erase(it);
+  return true;
+}
+
+}  // namespace llava

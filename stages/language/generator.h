@@ -1,0 +1,58 @@
+// The generation loop of the language stage: sequences start (prefill: prompt with image
+// embeddings spliced in, first token) and then advance together, one decode step per
+// call for all of them, joining and leaving between steps. A sequence ends on a stop
+// token (EOS), at max_new_tokens, or when its context is full.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "stages/language/kv_cache.h"
+#include "stages/language/llama_decoder.h"
+#include "stages/language/sampler.h"
+
+namespace llava {
+
+enum class Finish { kNone, kStop, kLength, kContext, kCancelled };
+
+struct TokenEvent {
+  uint64_t id = 0;
+  int32_t token = -1;  // -1 for a cancellation
+  Finish finish = Finish::kNone;
+};
+
+class Generator {
+ public:
+  Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens);
+
+  bool has_capacity() const { return cache_.free_slots() > 0; }
+  size_t active() const { return sequences_.size(); }
+  int64_t max_tokens() const { return cache_.max_tokens(); }
+
+  // Prefills and returns the first token. Throws RequestError (prompt longer than the
+  // context, image count mismatch) without taking a slot.
+  TokenEvent start(uint64_t id, const std::vector<int32_t>& prompt,
+                   const std::vector<at::Tensor>& images, const SamplingParams& params);
+  // One token for every running sequence, in one batch.
+  std::vector<TokenEvent> step();
+  bool cancel(uint64_t id);
+
+ private:
+  struct Sequence {
+    int slot;
+    std::vector<int32_t> history;  // prompt + generated
+    int generated = 0;
+    SamplingParams params;
+    Sampler sampler;
+  };
+  TokenEvent choose(uint64_t id, Sequence& sequence, const at::Tensor& logits);
+
+  const LlamaDecoder& decoder_;
+  KvCache cache_;
+  std::map<uint64_t, Sequence> sequences_;
+};
+
+}  // namespace llava
