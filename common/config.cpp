@@ -95,39 +95,31 @@ class Section {
   }
 
   long long integer(const std::string& key, long long fallback, long long lo, long long hi) {
-    YAML::Node value = find(key);
-    if (!value) return fallback;
-    std::string text = scalar(key, value);
-    long long parsed = 0;
-    size_t used = 0;
-    try {
-      parsed = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size()) {
-      fail(value, key_name(key) + ": expected a whole number, got '" + text + "'");
-    }
-    if (parsed < lo || parsed > hi) {
-      fail(value, key_name(key) + ": " + text + " is out of range [" + std::to_string(lo) + ", " +
-                      std::to_string(hi) + "]");
-    }
-    return parsed;
+    return number<long long>(key, fallback, lo, hi, false, "a whole number",
+                             [](const std::string& t, size_t* used) { return std::stoll(t, used); });
   }
 
   double real(const std::string& key, double fallback, double lo, double hi, bool lo_open = false) {
+    return number<double>(key, fallback, lo, hi, lo_open, "a number",
+                          [](const std::string& t, size_t* used) { return std::stod(t, used); });
+  }
+
+  // A scalar that `parse` must consume whole, within [lo, hi] ((lo, hi] when lo_open).
+  template <typename T, typename Parse>
+  T number(const std::string& key, T fallback, T lo, T hi, bool lo_open, const char* what,
+           Parse parse) {
     YAML::Node value = find(key);
     if (!value) return fallback;
     std::string text = scalar(key, value);
-    double parsed = 0;
+    T parsed{};
     size_t used = 0;
     try {
-      parsed = std::stod(text, &used);
+      parsed = parse(text, &used);
     } catch (const std::exception&) {
       used = 0;
     }
     if (used == 0 || used != text.size()) {
-      fail(value, key_name(key) + ": expected a number, got '" + text + "'");
+      fail(value, key_name(key) + ": expected " + what + ", got '" + text + "'");
     }
     if (parsed < lo || parsed > hi || (lo_open && parsed == lo)) {
       std::ostringstream range;

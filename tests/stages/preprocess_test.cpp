@@ -49,7 +49,9 @@ TEST(Preprocess, MatchesClipImageProcessorOnTwentyImages) {
     EXPECT_LE(diff, 0.01) << file;
     // Lossless files decode identically; what remains is transformers' processor
     // against PIL's resize (ours is bit-exact with PIL: see the two tests below).
-    if (lossless(file)) EXPECT_LT(diff, 5e-4) << file;
+    if (lossless(file)) {
+      EXPECT_LT(diff, 5e-4) << file;
+    }
   }
   RecordProperty("worst_mean_abs", std::to_string(worst));
 }
@@ -63,7 +65,9 @@ TEST(Preprocess, PadToSquareMatchesLlavaExpand2Square) {
     const std::string file = info["images"][i]["file"];
     double diff = mean_abs(llava::preprocess(load(file), config), reference[key("pad", i)]);
     EXPECT_LE(diff, 0.01) << file;
-    if (lossless(file)) EXPECT_LT(diff, 1e-6) << file;
+    if (lossless(file)) {
+      EXPECT_LT(diff, 1e-6) << file;
+    }
   }
 }
 
