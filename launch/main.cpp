@@ -1,7 +1,18 @@
-// The `llava-pipe` command: check a config and print its plan; run, serve and bench
-// a pipeline. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
-#include <cstring>
+// The `llava-pipe` command: check a config and print its plan; run a pipeline on one
+// request (streamed to stdout) or on a JSONL batch. Exit codes: 0 ok, 1 runtime failure,
+// 2 bad config or usage.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -9,17 +20,33 @@
 #include "common/errors.h"
 #include "common/model_config.h"
 #include "common/plan.h"
+#include "common/units.h"
+#include "coordinator/coordinator.h"
 
 namespace {
 
 const char* kUsage =
-    "usage: llava-pipe check CONFIG\n"
-    "  check   validate CONFIG and print the plan: processes, devices, when each holds its\n"
-    "          device, predicted peak memory; exits 2 if the config is bad or cannot fit\n";
+    "usage:\n"
+    "  llava-pipe check CONFIG\n"
+    "      validate CONFIG and print the plan: processes, devices, when each holds its\n"
+    "      device, predicted peak memory; exits 2 if the config is bad or cannot fit\n"
+    "  llava-pipe run CONFIG [--image PATH]... --prompt TEXT [SAMPLING]\n"
+    "      run one request and stream the answer to stdout\n"
+    "  llava-pipe run CONFIG --requests IN.jsonl --output OUT.jsonl [SAMPLING]\n"
+    "      run a batch: one JSON object a line {\"id\", \"image\" or \"images\", \"prompt\",\n"
+    "      sampling keys}; image paths are relative to IN.jsonl's folder; one result line\n"
+    "      per request, in input order\n"
+    "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
+    "            --repetition-penalty R --seed S (defaults: the config's generation section)\n";
+
+llava::PipelineConfig load_checked(const std::string& path) {
+  llava::PipelineConfig config = llava::load_config(path);
+  return config;
+}
 
 int check(const std::vector<std::string>& args) {
   if (args.size() != 1) throw llava::ConfigError(std::string("check takes one CONFIG\n") + kUsage);
-  llava::PipelineConfig config = llava::load_config(args[0]);
+  llava::PipelineConfig config = load_checked(args[0]);
   llava::LlavaConfig model;
   try {
     model = llava::load_llava_config(config.model.checkpoint);
@@ -30,6 +57,226 @@ int check(const std::vector<std::string>& args) {
   std::cout << llava::describe(plan, config, model);
   if (!plan.problems.empty()) return llava::kExitUsage;
   std::cout << "\nok: the plan fits\n";
+  return 0;
+}
+
+// Sampling overrides shared by the command line and JSONL lines.
+void apply_sampling(const std::string& key, const nlohmann::json& value, llava::GenerationSection& g) {
+  if (key == "max_new_tokens") {
+    g.max_new_tokens = value.get<int>();
+    if (g.max_new_tokens < 1) throw llava::RequestError("max_new_tokens must be at least 1");
+  } else if (key == "temperature") {
+    g.temperature = value.get<double>();
+    if (g.temperature < 0) throw llava::RequestError("temperature must be >= 0");
+  } else if (key == "top_k") {
+    g.top_k = value.get<int>();
+    if (g.top_k < 0) throw llava::RequestError("top_k must be >= 0");
+  } else if (key == "top_p") {
+    g.top_p = value.get<double>();
+    if (g.top_p <= 0 || g.top_p > 1) throw llava::RequestError("top_p must be in (0, 1]");
+  } else if (key == "repetition_penalty") {
+    g.repetition_penalty = value.get<double>();
+    if (g.repetition_penalty <= 0) throw llava::RequestError("repetition_penalty must be > 0");
+  } else if (key == "seed") {
+    g.seed = value.get<uint64_t>();
+  } else {
+    throw llava::RequestError("unknown key '" + key + "'");
+  }
+}
+
+void print_reports(const llava::Coordinator& coordinator) {
+  std::fprintf(stderr, "\n%-12s %-8s %9s %9s %12s %9s\n", "process", "device", "load s",
+               "work s", "peak memory", "restarts");
+  for (const auto& r : coordinator.reports()) {
+    std::fprintf(stderr, "%-12s %-8s %9.3f %9.3f %12s %9d\n", r.process.c_str(), r.device.c_str(),
+                 r.load_seconds, r.work_seconds, llava::format_bytes(r.peak_bytes).c_str(),
+                 r.restarts);
+  }
+}
+
+void on_signal(int) { llava::Coordinator::request_stop(); }
+
+struct BatchLine {
+  llava::RequestSpec spec;
+  std::string error;  // the line could not become a request
+  nlohmann::json id;
+};
+
+std::vector<BatchLine> read_batch(const std::string& path, const llava::GenerationSection& defaults) {
+  std::ifstream in(path);
+  if (!in) throw llava::ConfigError(path + ": cannot open the requests file");
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  std::vector<BatchLine> lines;
+  std::string text;
+  for (int number = 1; std::getline(in, text); ++number) {
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    BatchLine line;
+    line.spec.generation = defaults;
+    line.id = number;
+    const std::string where = path + ":" + std::to_string(number) + ": ";
+    try {
+      auto j = nlohmann::json::parse(text);
+      if (!j.is_object()) throw llava::RequestError("expected a JSON object");
+      for (const auto& [key, value] : j.items()) {
+        if (key == "id") {
+          line.id = value;
+        } else if (key == "prompt") {
+          line.spec.prompt = value.get<std::string>();
+        } else if (key == "image" || key == "images") {
+          std::vector<std::string> paths = value.is_array() ? value.get<std::vector<std::string>>()
+                                                            : std::vector<std::string>{value.get<std::string>()};
+          for (const auto& p : paths) {
+            std::filesystem::path image(p);
+            line.spec.image_paths.push_back(image.is_relative() ? (folder / image).string() : p);
+          }
+        } else {
+          apply_sampling(key, value, line.spec.generation);
+        }
+      }
+      if (!j.contains("prompt")) throw llava::RequestError("no \"prompt\"");
+    } catch (const nlohmann::json::exception& e) {
+      line.error = where + "not a valid request (" + e.what() + ")";
+    } catch (const llava::RequestError& e) {
+      line.error = where + e.what();
+    }
+    line.spec.client_id = std::to_string(lines.size());  // its index: results go in input order
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+nlohmann::json result_json(const nlohmann::json& id, const llava::RequestResult& r) {
+  nlohmann::json out = {{"id", id}, {"ok", r.ok}};
+  if (r.ok) {
+    out["text"] = r.text;
+    out["finish"] = r.finish;
+    out["prompt_tokens"] = r.prompt_tokens;
+    out["generated_tokens"] = r.tokens.size();
+    out["attempts"] = r.attempts;
+    out["timings_ms"] = {{"vision", r.vision_ms}, {"first_token", r.first_token_ms}, {"total", r.total_ms}};
+  } else {
+    out["error"] = r.error;
+  }
+  return out;
+}
+
+int run(std::vector<std::string> args) {
+  if (args.empty()) throw llava::ConfigError(std::string("run needs a CONFIG\n") + kUsage);
+  llava::PipelineConfig config = load_checked(args[0]);
+  llava::RequestSpec single;
+  single.generation = config.generation;
+  std::string requests_path, output_path;
+  bool have_prompt = false;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (i + 1 >= args.size()) throw llava::ConfigError(arg + " needs a value\n" + kUsage);
+    const std::string value = args[++i];
+    try {
+      if (arg == "--image") {
+        single.image_paths.push_back(value);
+      } else if (arg == "--prompt") {
+        single.prompt = value, have_prompt = true;
+      } else if (arg == "--requests") {
+        requests_path = value;
+      } else if (arg == "--output") {
+        output_path = value;
+      } else if (arg.rfind("--", 0) == 0) {
+        std::string key = arg.substr(2);
+        std::replace(key.begin(), key.end(), '-', '_');
+        apply_sampling(key, nlohmann::json::parse(value), single.generation);
+        config.generation = single.generation;
+      } else {
+        throw llava::ConfigError("unexpected argument '" + arg + "'\n" + kUsage);
+      }
+    } catch (const std::exception& e) {
+      if (dynamic_cast<const llava::ConfigError*>(&e)) throw;
+      throw llava::ConfigError(arg + " " + value + ": " + e.what());
+    }
+  }
+  const bool batch = !requests_path.empty();
+  if (batch == have_prompt || (batch && output_path.empty())) {
+    throw llava::ConfigError(std::string("give --prompt, or --requests with --output\n") + kUsage);
+  }
+  std::vector<BatchLine> lines;
+  if (batch) lines = read_batch(requests_path, config.generation);
+
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  std::vector<std::optional<nlohmann::json>> results(lines.size());
+  std::ofstream output;
+  size_t written = 0, done = 0, tokens = 0, images = 0;
+  bool single_ok = true;
+  std::string single_error;
+  const auto start = std::chrono::steady_clock::now();
+  const bool tty = isatty(STDERR_FILENO);
+  auto progress = [&](bool last) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!tty && !last && done % std::max<size_t>(1, lines.size() / 10) != 0) return;
+    const double rate = done / std::max(elapsed, 1e-9);
+    std::fprintf(stderr, "%s%zu/%zu done, %.1f images/s, %.1f tokens/s, ETA %.0f s%s",
+                 tty ? "\r" : "", done, lines.size(), images / std::max(elapsed, 1e-9),
+                 tokens / std::max(elapsed, 1e-9),
+                 rate > 0 ? (lines.size() - done) / rate : 0.0, tty && !last ? "" : "\n");
+  };
+  llava::CoordinatorEvents events;
+  if (batch) {
+    output.open(output_path);
+    if (!output) throw llava::ConfigError(output_path + ": cannot write");
+    events.on_result = [&](const llava::RequestResult& r) {
+      const size_t index = std::stoul(r.client_id);
+      results[index] = result_json(lines[index].id, r);
+      ++done;
+      tokens += r.tokens.size();
+      images += lines[index].spec.image_paths.size();
+      while (written < results.size() && results[written]) {  // keep input order
+        output << results[written]->dump() << "\n";
+        ++written;
+      }
+      output.flush();
+      progress(false);
+    };
+  } else {
+    events.on_text = [](uint64_t, const std::string& text) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    };
+    events.on_result = [&](const llava::RequestResult& r) {
+      single_ok = r.ok;
+      single_error = r.error;
+    };
+  }
+  llava::Coordinator coordinator(config, events);
+  if (batch) {
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (!lines[i].error.empty()) {
+        llava::RequestResult failed;
+        failed.error = lines[i].error;
+        results[i] = result_json(lines[i].id, failed);
+        ++done;
+        continue;
+      }
+      coordinator.submit(lines[i].spec);  // may finish at once (bad image path)
+    }
+    while (written < results.size() && results[written]) output << results[written++]->dump() << "\n";
+  } else {
+    coordinator.submit(single);
+  }
+  coordinator.run();
+  if (batch) {
+    progress(true);
+  } else {
+    std::fputc('\n', stdout);
+  }
+  coordinator.shutdown_workers();
+  print_reports(coordinator);
+  if (coordinator.failed()) {
+    std::cerr << "llava-pipe: " << coordinator.fatal_error() << "\n";
+    return llava::kExitRuntime;
+  }
+  if (!batch && !single_ok) {
+    std::cerr << "llava-pipe: the request failed: " << single_error << "\n";
+    return llava::kExitRuntime;
+  }
   return 0;
 }
 
@@ -45,6 +292,7 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   try {
     if (command == "check") return check(args);
+    if (command == "run") return run(args);
     std::cerr << "llava-pipe: unknown command '" << command << "'\n" << kUsage;
     return llava::kExitUsage;
   } catch (const llava::ConfigError& e) {

@@ -32,7 +32,8 @@ cmake --build "$build" -j "$jobs"
 
 case "$what" in
   demo)
-    "$build/llava-pipe" check configs/demo.yaml
+    "$build/llava-pipe" run configs/demo.yaml \
+      --image tests/data/images/img01_320x240_RGB.jpg --prompt "What is in the picture?"
     ;;
   test)
     cd "$build"

@@ -114,7 +114,10 @@ at::Tensor Checkpoint::load(const std::string& canonical, const std::vector<int6
   }
   // One copy, straight to the target device and dtype; copy=true so that a CPU tensor of
   // the file's own dtype does not keep pointing into the mapping.
-  return view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor loaded = view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  bytes_loaded_ += static_cast<int64_t>(loaded.nbytes());
+  if (on_tensor_) on_tensor_();
+  return loaded;
 }
 
 }  // namespace llava

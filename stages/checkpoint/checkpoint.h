@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -32,7 +33,15 @@ class Checkpoint {
   at::Tensor load(const std::string& canonical, const std::vector<int64_t>& shape,
                   const at::TensorOptions& options) const;
 
+  // Called after every tensor loaded: a long load stays responsive (the worker sends
+  // heartbeats from it) without a second thread.
+  void on_tensor_loaded(std::function<void()> callback) { on_tensor_ = std::move(callback); }
+  // Bytes loaded so far (in the target dtype).
+  int64_t bytes_loaded() const { return bytes_loaded_; }
+
  private:
+  std::function<void()> on_tensor_;
+  mutable int64_t bytes_loaded_ = 0;
   struct Source {
     const SafetensorsFile* file;
     std::string name;

@@ -1,0 +1,652 @@
+// The coordinator's loop, its message handlers, supervision and scheduling.
+#include "coordinator/coordinator.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "common/errors.h"
+#include "common/plan.h"
+#include "common/transport.h"
+#include "coordinator/chat_template.h"
+#include "coordinator/worker_process.h"
+
+namespace llava {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+constexpr int kMaxRequeues = 3;              // a request that kills workers stops being retried
+constexpr int kMaxImagesPerRequest = 16;
+constexpr auto kStartupGrace = std::chrono::seconds(60);  // process start to hello
+
+std::string replace_pid(std::string endpoint) {
+  const auto at = endpoint.find("{pid}");
+  if (at != std::string::npos) endpoint.replace(at, 5, std::to_string(getpid()));
+  return endpoint;
+}
+
+std::string routing_of(const zmq::message_t& id) {
+  return std::string(static_cast<const char*>(id.data()), id.size());
+}
+
+std::string read_image(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw RequestError("cannot read image '" + path + "': " + std::strerror(errno));
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+const char* reason_name(schema::FinishReason reason) {
+  switch (reason) {
+    case schema::FinishReason::EOS: return "eos";
+    case schema::FinishReason::LENGTH: return "length";
+    case schema::FinishReason::STOP: return "stop";
+    case schema::FinishReason::CANCELLED: return "cancelled";
+  }
+  return "unknown";
+}
+
+double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  if (a.time_since_epoch().count() == 0 || b.time_since_epoch().count() == 0) return 0;
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+}  // namespace
+
+void Coordinator::request_stop() { g_stop = true; }
+
+Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
+                         std::string worker_program)
+    : config_(config),
+      model_(load_llava_config(config.model.checkpoint)),
+      tokenizer_(config.model.checkpoint, {{"<image>", static_cast<int32_t>(model_.image_token_index)}}),
+      events_(std::move(events)),
+      worker_program_(worker_program.empty() ? executable_directory() + "/llava-stage"
+                                              : std::move(worker_program)),
+      endpoint_(replace_pid(config.coordinator.endpoint)),
+      embeddings_(config.coordinator.embedding_memory, config.coordinator.spill_dir),
+      started_(Clock::now()),
+      beat_interval_(config.coordinator.heartbeat_interval_ms) {
+  g_stop = false;
+  limits_.max_message_bytes = config.coordinator.max_message_size;
+  TransportOptions transport;
+  transport.max_message_size = config.coordinator.max_message_size;
+  router_ = bind_router(context_, endpoint_, transport);  // fails fast if the port is taken
+  if (endpoint_.rfind("tcp://", 0) == 0) endpoint_ = last_endpoint(router_);
+  for (const StageSection* stage : {&config_.vision, &config_.language}) {
+    for (int r = 0; r < stage->replicas; ++r) {
+      Slot slot;
+      slot.stage = stage->name;
+      slot.replica = r;
+      slot.name = stage->name + "-" + std::to_string(r);
+      slot.device = stage->devices[static_cast<size_t>(r) % stage->devices.size()];
+      slot.batch_size = stage->batch_size;
+      slot.report.process = slot.name;
+      slot.report.device = slot.device;
+      slots_.push_back(slot);
+    }
+  }
+}
+
+Coordinator::~Coordinator() { shutdown_workers(); }
+
+// ---------------------------------------------------------------- requests -----------
+
+uint64_t Coordinator::submit(const RequestSpec& spec) {
+  Request r;
+  r.id = next_id_++;
+  r.spec = spec;
+  r.submitted = Clock::now();
+  r.detokenizer = std::make_unique<Detokenizer>(tokenizer_);
+  const uint64_t id = r.id;
+  auto& request = requests_.emplace(id, std::move(r)).first->second;
+  try {
+    if (spec.image_paths.size() > static_cast<size_t>(kMaxImagesPerRequest)) {
+      throw RequestError(std::to_string(spec.image_paths.size()) + " images; at most " +
+                         std::to_string(kMaxImagesPerRequest) + " per request");
+    }
+    for (const auto& path : spec.image_paths) request.images.push_back(read_image(path));
+    const std::string text = apply_chat_template(spec.generation.chat_template, spec.prompt,
+                                                 static_cast<int>(spec.image_paths.size()));
+    request.prompt = expand_image_tokens(tokenizer_.encode(text),
+                                         static_cast<int32_t>(model_.image_token_index),
+                                         model_.image_tokens());
+    const int64_t context = context_tokens(config_, model_);
+    if (static_cast<int64_t>(request.prompt.size()) >= context) {
+      throw RequestError("the prompt is " + std::to_string(request.prompt.size()) +
+                         " tokens (with " + std::to_string(model_.image_tokens()) +
+                         " per image); the context holds " + std::to_string(context));
+    }
+    request.stage = request.images.empty() ? Stage::kNeedLanguage : Stage::kNeedVision;
+  } catch (const RequestError& e) {
+    finish(request, e.what());
+  }
+  return id;
+}
+
+Coordinator::Request* Coordinator::find(uint64_t id, uint32_t attempt) {
+  auto it = requests_.find(id);
+  // A reply from an earlier attempt (a worker declared dead that woke up) is stale.
+  if (it == requests_.end() || it->second.attempt != attempt) return nullptr;
+  return &it->second;
+}
+
+void Coordinator::finish(Request& request, const std::string& error, const std::string& reason) {
+  RequestResult result;
+  result.id = request.id;
+  result.client_id = request.spec.client_id;
+  result.ok = error.empty();
+  result.error = error;
+  result.text = request.text + request.detokenizer->finish();
+  result.tokens = request.tokens;
+  result.finish = reason;
+  result.prompt_tokens = static_cast<int>(request.prompt.size());
+  result.attempts = static_cast<int>(request.attempt) + 1;
+  const auto now = Clock::now();
+  result.vision_ms = ms_between(request.submitted, request.embedded);
+  result.first_token_ms = ms_between(request.submitted, request.first_token);
+  result.total_ms = ms_between(request.submitted, now);
+  if (request.slot >= 0) slots_[static_cast<size_t>(request.slot)].outstanding.erase(request.id);
+  embeddings_.erase(request.id);
+  const uint64_t id = request.id;
+  requests_.erase(id);
+  if (events_.on_result) events_.on_result(result);
+}
+
+void Coordinator::requeue(Request& request, const std::string& why) {
+  if (++request.requeues > kMaxRequeues) {
+    finish(request, "gave up after " + std::to_string(kMaxRequeues) + " retries; last: " + why);
+    return;
+  }
+  ++request.attempt;
+  if (request.slot >= 0) slots_[static_cast<size_t>(request.slot)].outstanding.erase(request.id);
+  request.slot = -1;
+  if (request.stage == Stage::kInVision) request.stage = Stage::kNeedVision;
+  if (request.stage == Stage::kInLanguage) request.stage = Stage::kNeedLanguage;
+}
+
+void Coordinator::fail_all(const std::string& error) {
+  while (!requests_.empty()) finish(requests_.begin()->second, error);
+}
+
+// ---------------------------------------------------------------- the loop -----------
+
+void Coordinator::run() {
+  while (!requests_.empty() && fatal_.empty()) {
+    if (g_stop) {
+      fail_all("stopped: the coordinator received a signal");
+      break;
+    }
+    if (auto parts = receive_parts(router_, beat_interval_ / 4)) {
+      do {
+        try {
+          wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
+          handle(message);
+        } catch (const WireError& e) {
+          std::cerr << "llava-pipe: dropped a malformed message: " << e.what() << "\n";
+        }
+      } while ((parts = receive_parts(router_, std::chrono::milliseconds(0))));
+    }
+    reap();
+    check_liveness();
+    heartbeat();
+    if (fatal_.empty()) schedule();
+  }
+  if (!fatal_.empty()) fail_all(fatal_);
+}
+
+Coordinator::Slot* Coordinator::slot_by_routing(const std::string& routing) {
+  for (auto& slot : slots_) {
+    if (!slot.routing.empty() && slot.routing == routing) return &slot;
+  }
+  return nullptr;
+}
+
+void Coordinator::handle(wire::Incoming& message) {
+  using W = schema::Header::Body::Which;
+  const std::string routing = routing_of(message.routing_id());
+  if (message.kind() == W::HELLO) {
+    on_hello(routing, message.header().getBody().getHello());
+    return;
+  }
+  Slot* slot = slot_by_routing(routing);
+  if (!slot) return;  // a worker we declared dead, or a stranger
+  slot->last_seen = Clock::now();
+  auto body = message.header().getBody();
+  switch (message.kind()) {
+    case W::HEARTBEAT:
+      slot->report.peak_bytes = std::max(slot->report.peak_bytes, body.getHeartbeat().getPeakDeviceBytes());
+      break;
+    case W::LEASE_RELEASED: {
+      auto released = body.getLeaseReleased();
+      slot->report.load_seconds = released.getLoadSeconds();
+      slot->report.work_seconds = released.getWorkSeconds();
+      slot->report.peak_bytes = std::max(slot->report.peak_bytes, released.getPeakDeviceBytes());
+      slot->granted = false;
+      slot->releasing = false;
+      record(*slot, "released");
+      break;
+    }
+    case W::EMBEDDINGS: on_embeddings(*slot, message); break;
+    case W::TOKEN_CHUNK: on_tokens(message); break;
+    case W::DONE: on_done(message); break;
+    case W::FAILURE: on_failure(*slot, message); break;
+    default: break;
+  }
+}
+
+void Coordinator::on_hello(const std::string& routing, const schema::Hello::Reader& hello) {
+  const std::string stage = hello.getStage() == schema::Stage::VISION ? "vision" : "language";
+  for (auto& slot : slots_) {
+    if (slot.stage != stage || slot.replica != static_cast<int>(hello.getReplica())) continue;
+    // A local slot accepts only the process it started; a remote one (pid -1 here) any.
+    if (slot.pid > 0 && static_cast<pid_t>(hello.getPid()) != slot.pid) return;
+    slot.routing = routing;
+    slot.state = SlotState::kReady;
+    slot.last_seen = Clock::now();
+    return;
+  }
+}
+
+void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
+  slot.outstanding.erase(message.request_id());
+  Request* request = find(message.request_id(), message.attempt());
+  if (!request || request->stage != Stage::kInVision) return;
+  if (message.frames().size() != request->images.size()) {
+    finish(*request, "vision stage: " + std::to_string(message.frames().size()) +
+                         " embeddings for " + std::to_string(request->images.size()) + " images");
+    return;
+  }
+  for (const auto& frame : message.frames()) {
+    if (frame.shape.size() != 2 || frame.shape[0] != model_.image_tokens() ||
+        frame.shape[1] != model_.text.hidden_size) {
+      finish(*request, "vision stage: embeddings of an unexpected shape");
+      return;
+    }
+  }
+  embeddings_.put(request->id, std::move(message.frames()));  // the frames as they came
+  request->stage = Stage::kNeedLanguage;
+  request->slot = -1;
+  request->embedded = Clock::now();
+}
+
+void Coordinator::on_tokens(wire::Incoming& message) {
+  Request* request = find(message.request_id(), message.attempt());
+  if (!request || request->stage != Stage::kInLanguage) return;
+  auto chunk = message.header().getBody().getTokenChunk();
+  size_t index = chunk.getFirstIndex();
+  std::string fresh;
+  for (int32_t token : chunk.getTokenIds()) {
+    // Tokens this request already has (a resumed attempt repeats none, but be exact).
+    if (index++ < request->tokens.size()) continue;
+    request->tokens.push_back(token);
+    fresh += request->detokenizer->push(token);
+  }
+  if (request->first_token.time_since_epoch().count() == 0) request->first_token = Clock::now();
+  request->text += fresh;
+  if (!fresh.empty() && events_.on_text) events_.on_text(request->id, fresh);
+}
+
+void Coordinator::on_done(wire::Incoming& message) {
+  Request* request = find(message.request_id(), message.attempt());
+  if (!request || request->stage != Stage::kInLanguage) return;
+  finish(*request, "", reason_name(message.header().getBody().getDone().getReason()));
+}
+
+void Coordinator::on_failure(Slot& slot, wire::Incoming& message) {
+  auto failure = message.header().getBody().getFailure();
+  const std::string text = failure.getMessage();
+  if (message.request_id() == 0) {  // the worker itself cannot work: nothing will run
+    if (!failure.getRetryable()) fatal_ = slot.name + ": " + text;
+    return;
+  }
+  slot.outstanding.erase(message.request_id());
+  Request* request = find(message.request_id(), message.attempt());
+  if (!request) return;
+  if (failure.getRetryable()) {
+    requeue(*request, slot.name + ": " + text);
+  } else {
+    finish(*request, slot.stage + " stage: " + text);
+  }
+}
+
+// ---------------------------------------------------------------- supervision --------
+
+void Coordinator::record(const Slot& slot, const std::string& what, const std::string& detail) {
+  LeaseEvent event{std::chrono::duration<double>(Clock::now() - started_).count(), slot.device,
+                   slot.name, what, detail};
+  timeline_.push_back(event);
+  if (events_.on_lease_event) events_.on_lease_event(event);
+}
+
+void Coordinator::start_worker(Slot& slot) {
+  slot.pid = start_process(worker_program_, {"--config", config_.path, "--stage", slot.stage,
+                                             "--replica", std::to_string(slot.replica),
+                                             "--endpoint", endpoint_});
+  slot.state = SlotState::kStarting;
+  slot.routing.clear();
+  slot.granted = slot.releasing = slot.exit_expected = false;
+  slot.last_seen = Clock::now();
+  record(slot, "started", "pid " + std::to_string(slot.pid));
+}
+
+void Coordinator::reap() {
+  while (auto status = reap_any()) {
+    if (killed_.erase(status->pid)) continue;  // its death was already handled
+    for (auto& slot : slots_) {
+      if (slot.pid != status->pid) continue;
+      if (slot.exit_expected && status->code == 0) {
+        slot.pid = -1;
+        slot.state = SlotState::kDown;
+        slot.routing.clear();
+        slot.granted = slot.releasing = slot.exit_expected = false;
+        record(slot, "exited");
+      } else if (status->code == kExitUsage) {
+        fatal_ = slot.name + " " + status->description + ": its command line or config was refused";
+      } else {
+        slot.pid = -1;  // already gone: nothing to kill
+        worker_died(slot, status->description);
+      }
+    }
+  }
+}
+
+void Coordinator::check_liveness() {
+  const auto now = Clock::now();
+  const auto limit = beat_interval_ * config_.coordinator.liveness;
+  for (auto& slot : slots_) {
+    if (slot.state == SlotState::kDown) continue;
+    const auto silent = now - slot.last_seen;
+    if (slot.state == SlotState::kStarting ? silent > kStartupGrace : silent > limit) {
+      worker_died(slot, "no heartbeat for " +
+                            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) +
+                            " ms");
+    }
+  }
+}
+
+void Coordinator::heartbeat() {
+  if (Clock::now() - last_heartbeat_ < beat_interval_) return;
+  last_heartbeat_ = Clock::now();
+  for (auto& slot : slots_) {
+    if (slot.routing.empty() || slot.state == SlotState::kDown) continue;
+    wire::Outgoing beat;
+    beat.header().getBody().initHeartbeat();
+    send(slot, beat);
+  }
+}
+
+void Coordinator::worker_died(Slot& slot, const std::string& reason) {
+  record(slot, "died", reason);
+  if (slot.pid > 0) {
+    kill(slot.pid, SIGKILL);  // a stalled process must not come back with stale replies
+    killed_.insert(slot.pid);
+  }
+  slot.pid = -1;
+  slot.state = SlotState::kDown;
+  slot.routing.clear();
+  slot.granted = slot.releasing = slot.exit_expected = false;
+  const std::set<uint64_t> held = slot.outstanding;
+  slot.outstanding.clear();
+  for (uint64_t id : held) {
+    auto it = requests_.find(id);
+    if (it != requests_.end()) requeue(it->second, slot.name + " " + reason);
+  }
+  const auto now = Clock::now();
+  slot.deaths.push_back(now);
+  while (!slot.deaths.empty() && now - slot.deaths.front() > std::chrono::minutes(1)) {
+    slot.deaths.pop_front();
+  }
+  ++slot.report.restarts;
+  if (static_cast<int>(slot.deaths.size()) > config_.coordinator.max_restarts_per_minute) {
+    slot.broken = slot.name + " failed " + std::to_string(slot.deaths.size()) +
+                  " times in a minute (last: " + reason + ")";
+  }
+  // Back off: 100 ms, 200 ms, ... up to 5 s between restarts.
+  const auto backoff = std::chrono::milliseconds(
+      std::min<int64_t>(5000, 100ll << std::min<size_t>(slot.deaths.size() - 1, 6)));
+  slot.restart_after = now + backoff;
+}
+
+bool Coordinator::stage_broken(const std::string& stage, std::string* why) const {
+  for (const auto& slot : slots_) {
+    if (slot.stage == stage && slot.broken.empty()) return false;
+    if (slot.stage == stage) *why = slot.broken;
+  }
+  return true;
+}
+
+void Coordinator::shutdown_workers() {
+  // Take the leases back first (workers report their load and work time and peak memory
+  // with the release), waiting a bounded time; then stop every process.
+  for (auto& slot : slots_) {
+    if (slot.granted && !slot.releasing && !slot.routing.empty()) release(slot, Release::kExit);
+  }
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  auto releasing = [&] {
+    return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.releasing; });
+  };
+  while (releasing() && Clock::now() < deadline) {
+    auto parts = receive_parts(router_, std::chrono::milliseconds(50));
+    if (!parts) continue;
+    try {
+      wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
+      handle(message);
+    } catch (const WireError&) {
+    }
+  }
+  for (auto& slot : slots_) {
+    if (slot.pid <= 0) continue;
+    if (!slot.routing.empty()) {
+      wire::Outgoing stop;
+      stop.header().getBody().initShutdown().setReason("coordinator shutting down");
+      send(slot, stop);
+    }
+  }
+  for (auto& slot : slots_) {
+    if (slot.pid <= 0) continue;
+    stop_process(slot.pid, 2000);
+    slot.pid = -1;
+    slot.state = SlotState::kDown;
+  }
+  for (pid_t pid : killed_) stop_process(pid, 0);
+  killed_.clear();
+}
+
+pid_t Coordinator::pid_of(const std::string& process) const {
+  for (const auto& slot : slots_) {
+    if (slot.name == process) return slot.pid;
+  }
+  return -1;
+}
+
+std::vector<StageReport> Coordinator::reports() const {
+  std::vector<StageReport> out;
+  for (const auto& slot : slots_) out.push_back(slot.report);
+  return out;
+}
+
+// ---------------------------------------------------------------- scheduling ---------
+
+bool Coordinator::send(Slot& slot, wire::Outgoing& message) {
+  zmq::message_t id(slot.routing.data(), slot.routing.size());
+  if (send_parts(router_, message.parts(), &id)) return true;
+  worker_died(slot, "unreachable");
+  return false;
+}
+
+bool Coordinator::device_free(const std::string& device) const {
+  for (const auto& slot : slots_) {
+    if (slot.device == device && (slot.granted || slot.exit_expected)) return false;
+  }
+  return true;
+}
+
+void Coordinator::grant(Slot& slot) {
+  const StageSection& stage = slot.stage == "vision" ? config_.vision : config_.language;
+  wire::Outgoing message;
+  auto body = message.header().getBody().initLeaseGrant();
+  body.setDevice(slot.device);
+  body.setMemoryLimit(stage.memory_limit);
+  body.setEpoch(++slot.epoch);
+  if (!send(slot, message)) return;
+  slot.granted = true;
+  ++slot.report.leases;
+  record(slot, "granted");
+}
+
+void Coordinator::release(Slot& slot, std::optional<Release> override_how) {
+  const Release how = override_how.value_or(
+      (slot.stage == "vision" ? config_.vision : config_.language).release);
+  wire::Outgoing message;
+  auto body = message.header().getBody().initLeaseRelease();
+  body.setHow(how == Release::kExit ? schema::ReleaseHow::EXIT : schema::ReleaseHow::UNLOAD);
+  body.setEpoch(slot.epoch);
+  if (!send(slot, message)) return;
+  slot.releasing = true;
+  slot.exit_expected = how == Release::kExit;
+}
+
+void Coordinator::dispatch(Slot& slot, Request& request) {
+  wire::Outgoing message(request.id, request.attempt);
+  if (request.stage == Stage::kNeedVision) {
+    message.header().getBody().initVisionTask().setImageCount(static_cast<uint32_t>(request.images.size()));
+    for (const auto& image : request.images) {
+      message.add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
+                        zmq::message_t(image.data(), image.size()));
+    }
+  } else {
+    auto task = message.header().getBody().initLanguageTask();
+    // A resumed request continues from what it has streamed: prompt + those tokens.
+    std::vector<int32_t> ids = request.prompt;
+    ids.insert(ids.end(), request.tokens.begin(), request.tokens.end());
+    auto list = task.initTokenIds(static_cast<unsigned>(ids.size()));
+    for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
+    task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
+    const GenerationSection& g = request.spec.generation;
+    auto s = task.initSampling();
+    s.setMaxNewTokens(static_cast<uint32_t>(g.max_new_tokens - static_cast<int>(request.tokens.size())));
+    s.setTemperature(static_cast<float>(g.temperature));
+    s.setTopK(static_cast<uint32_t>(g.top_k));
+    s.setTopP(static_cast<float>(g.top_p));
+    s.setRepetitionPenalty(static_cast<float>(g.repetition_penalty));
+    s.setSeed(g.seed);
+    auto stops = s.initStopTokenIds(static_cast<unsigned>(model_.text.eos_token_ids.size()));
+    for (size_t i = 0; i < model_.text.eos_token_ids.size(); ++i) {
+      stops.set(static_cast<unsigned>(i), static_cast<int32_t>(model_.text.eos_token_ids[i]));
+    }
+    if (!request.images.empty()) {
+      for (auto& frame : embeddings_.share(request.id)) message.add_frame(std::move(frame));
+    }
+  }
+  const Stage next = request.stage == Stage::kNeedVision ? Stage::kInVision : Stage::kInLanguage;
+  if (!send(slot, message)) return;
+  request.stage = next;
+  request.slot = static_cast<int>(&slot - slots_.data());
+  slot.outstanding.insert(request.id);
+}
+
+void Coordinator::schedule() {
+  // A stage that keeps dying fails the requests that need it.
+  for (const char* stage : {"vision", "language"}) {
+    std::string why;
+    if (!stage_broken(stage, &why)) continue;
+    const Stage need = std::string(stage) == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
+    std::vector<uint64_t> doomed;
+    for (auto& [id, r] : requests_) {
+      if (r.stage == need) doomed.push_back(id);
+    }
+    for (uint64_t id : doomed) finish(requests_.at(id), std::string(stage) + " stage: " + why);
+  }
+  // A request that produced all its tokens before its worker died is complete.
+  std::vector<uint64_t> complete;
+  for (auto& [id, r] : requests_) {
+    if (r.stage == Stage::kNeedLanguage &&
+        static_cast<int>(r.tokens.size()) >= r.spec.generation.max_new_tokens) {
+      complete.push_back(id);
+    }
+  }
+  for (uint64_t id : complete) finish(requests_.at(id), "", "length");
+  if (config_.mode == Mode::kSequential) {
+    schedule_sequential();
+  } else {
+    schedule_concurrent();
+  }
+}
+
+void Coordinator::schedule_concurrent() {
+  const auto now = Clock::now();
+  for (auto& slot : slots_) {
+    if (slot.state == SlotState::kDown && slot.broken.empty() && now >= slot.restart_after) {
+      start_worker(slot);
+    }
+    if (slot.state == SlotState::kReady && !slot.granted) grant(slot);
+  }
+  // Oldest request first, to the least-loaded replica with room.
+  for (auto& [id, request] : requests_) {
+    if (request.stage != Stage::kNeedVision && request.stage != Stage::kNeedLanguage) continue;
+    const std::string stage = request.stage == Stage::kNeedVision ? "vision" : "language";
+    Slot* best = nullptr;
+    for (auto& slot : slots_) {
+      if (slot.stage != stage || !slot.granted || slot.state != SlotState::kReady) continue;
+      if (slot.outstanding.size() >= static_cast<size_t>(2 * slot.batch_size)) continue;
+      if (!best || slot.outstanding.size() < best->outstanding.size()) best = &slot;
+    }
+    if (best) dispatch(*best, request);
+  }
+}
+
+void Coordinator::schedule_sequential() {
+  auto count = [&](Stage a, Stage b) {
+    return std::count_if(requests_.begin(), requests_.end(),
+                         [&](const auto& e) { return e.second.stage == a || e.second.stage == b; });
+  };
+  const bool vision_work = count(Stage::kNeedVision, Stage::kInVision) > 0;
+  const bool language_work = count(Stage::kNeedLanguage, Stage::kInLanguage) > 0;
+  Slot& vision = slots_[0];
+  Slot& language = slots_[1];
+  Slot* holder = holder_ == "vision" ? &vision : holder_ == "language" ? &language : nullptr;
+
+  if (holder && !holder->granted && !holder->releasing && !holder->exit_expected &&
+      holder->state != SlotState::kStarting && device_free(holder->device) &&
+      !(holder_ == "vision" ? vision_work : language_work)) {
+    holder_.clear();  // its round is over and it has given the device back
+    holder = nullptr;
+  }
+  if (!holder) {
+    if (vision_work) {
+      holder_ = "vision";
+    } else if (language_work) {
+      holder_ = "language";
+    } else {
+      return;
+    }
+    holder = holder_ == "vision" ? &vision : &language;
+  }
+  const bool has_work = holder_ == "vision" ? vision_work : language_work;
+  if (holder->state == SlotState::kDown && has_work && holder->broken.empty() &&
+      Clock::now() >= holder->restart_after && device_free(holder->device)) {
+    start_worker(*holder);
+  }
+  if (holder->state == SlotState::kReady && !holder->granted && !holder->releasing && has_work &&
+      device_free(holder->device)) {
+    grant(*holder);
+  }
+  if (!holder->granted || holder->releasing) return;
+  const Stage need = holder_ == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
+  for (auto& [id, request] : requests_) {
+    if (request.stage == need) dispatch(*holder, request);
+  }
+  // Round over: everything this stage was given is answered. Give the device back.
+  if (holder->outstanding.empty()) release(*holder);
+}
+
+}  // namespace llava

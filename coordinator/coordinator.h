@@ -1,0 +1,183 @@
+// The coordinator: owns the request queue, the tokenizer and template, the lease on each
+// device, and the worker processes. One thread, one loop that reads like the protocol:
+// poll -> on hello / heartbeat / embeddings / tokens / done / failure -> reap exits ->
+// check liveness -> heartbeat -> schedule (start, grant, release, dispatch).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "common/config.h"
+#include "common/model_config.h"
+#include "common/wire.h"
+#include "coordinator/embedding_store.h"
+#include "coordinator/tokenizer.h"
+
+namespace llava {
+
+struct RequestSpec {
+  std::string client_id;
+  std::vector<std::string> image_paths;
+  std::string prompt;
+  GenerationSection generation;  // the config's defaults, overridden per request
+};
+
+struct RequestResult {
+  uint64_t id = 0;
+  std::string client_id;
+  bool ok = false;
+  std::string error;  // names the stage and what was wrong
+  std::string text;
+  std::vector<int32_t> tokens;
+  std::string finish;  // "eos", "length"
+  int prompt_tokens = 0;
+  int attempts = 0;
+  double vision_ms = 0, first_token_ms = 0, total_ms = 0;  // since submission
+};
+
+struct LeaseEvent {
+  double seconds = 0;  // since the coordinator started
+  std::string device;
+  std::string process;  // "vision-0"
+  std::string what;     // started, granted, released, exited, died
+  std::string detail;
+};
+
+struct StageReport {
+  std::string process, device;
+  double load_seconds = 0, work_seconds = 0;
+  uint64_t peak_bytes = 0;
+  int restarts = 0, leases = 0;
+};
+
+struct CoordinatorEvents {
+  std::function<void(uint64_t request, const std::string& text)> on_text;
+  std::function<void(const RequestResult&)> on_result;
+  std::function<void(const LeaseEvent&)> on_lease_event;
+};
+
+class Coordinator {
+ public:
+  // worker_program: the llava-stage executable (default: beside this executable).
+  Coordinator(const PipelineConfig& config, CoordinatorEvents events,
+              std::string worker_program = "");
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Queues a request; one that cannot run (unreadable image, prompt too long) gets its
+  // failed result at once. Returns its id.
+  uint64_t submit(const RequestSpec& spec);
+  // Runs until every submitted request has its one final answer, a fatal error, or a stop.
+  void run();
+  // Async-signal-safe: the loop stops at its next turn and fails what is left.
+  static void request_stop();
+  // Stops every worker (Shutdown, then SIGKILL after a grace period) and reaps them.
+  void shutdown_workers();
+
+  bool failed() const { return !fatal_.empty(); }
+  const std::string& fatal_error() const { return fatal_; }
+  const std::vector<LeaseEvent>& timeline() const { return timeline_; }
+  std::vector<StageReport> reports() const;
+  pid_t pid_of(const std::string& process) const;
+  const std::string& endpoint() const { return endpoint_; }
+  const LlavaConfig& model() const { return model_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  enum class SlotState { kDown, kStarting, kReady };
+  struct Slot {
+    std::string stage, name, device;
+    int replica = 0;
+    int batch_size = 1;
+    pid_t pid = -1;
+    std::string routing;
+    SlotState state = SlotState::kDown;
+    bool granted = false, releasing = false, exit_expected = false;
+    uint64_t epoch = 0;
+    Clock::time_point last_seen, restart_after;
+    std::set<uint64_t> outstanding;
+    std::deque<Clock::time_point> deaths;
+    std::string broken;  // non-empty: restarted too often; its requests fail
+    StageReport report;
+  };
+  enum class Stage { kNeedVision, kInVision, kNeedLanguage, kInLanguage, kDone };
+  struct Request {
+    uint64_t id = 0;
+    RequestSpec spec;
+    std::vector<std::string> images;  // file bytes
+    std::vector<int32_t> prompt;      // template applied, image tokens expanded
+    Stage stage = Stage::kNeedVision;
+    uint32_t attempt = 0;
+    int requeues = 0;
+    int slot = -1;
+    std::vector<int32_t> tokens;
+    std::unique_ptr<Detokenizer> detokenizer;
+    std::string text;
+    Clock::time_point submitted, embedded, first_token;
+  };
+
+  // protocol
+  void handle(wire::Incoming& message);
+  void on_hello(const std::string& routing, const schema::Hello::Reader& hello);
+  void on_embeddings(Slot& slot, wire::Incoming& message);
+  void on_tokens(wire::Incoming& message);
+  void on_done(wire::Incoming& message);
+  void on_failure(Slot& slot, wire::Incoming& message);
+  // supervision
+  void reap();
+  void check_liveness();
+  void heartbeat();
+  void worker_died(Slot& slot, const std::string& reason);
+  void start_worker(Slot& slot);
+  // scheduling
+  void schedule();
+  void schedule_sequential();
+  void schedule_concurrent();
+  bool device_free(const std::string& device) const;
+  void grant(Slot& slot);
+  void release(Slot& slot, std::optional<Release> how = std::nullopt);
+  void dispatch(Slot& slot, Request& request);
+  bool send(Slot& slot, wire::Outgoing& message);
+  // requests
+  Request* find(uint64_t id, uint32_t attempt);
+  void requeue(Request& request, const std::string& why);
+  void finish(Request& request, const std::string& error, const std::string& reason = "");
+  void fail_all(const std::string& error);
+  void record(const Slot& slot, const std::string& what, const std::string& detail = "");
+  Slot* slot_by_routing(const std::string& routing);
+  bool stage_broken(const std::string& stage, std::string* why) const;
+
+  PipelineConfig config_;
+  LlavaConfig model_;
+  Tokenizer tokenizer_;
+  CoordinatorEvents events_;
+  std::string worker_program_;
+  std::string endpoint_;
+  wire::Limits limits_;
+  zmq::context_t context_;
+  zmq::socket_t router_;
+  EmbeddingStore embeddings_;
+  std::vector<Slot> slots_;
+  std::map<uint64_t, Request> requests_;  // until finished
+  uint64_t next_id_ = 1;
+  std::string holder_;  // sequential: the stage holding the device ("" = none)
+  std::string fatal_;
+  std::vector<LeaseEvent> timeline_;
+  std::set<pid_t> killed_;  // killed by us after a death was declared: reaping is expected
+  Clock::time_point started_, last_heartbeat_;
+  std::chrono::milliseconds beat_interval_;
+};
+
+}  // namespace llava

@@ -1,0 +1,63 @@
+// Device memory statistics and controls; CUDA parts only where LibTorch has CUDA.
+#include "stages/device.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#ifdef LLAVA_PIPE_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace llava {
+
+DeviceMemory device_memory(const at::Device& device) {
+  DeviceMemory m;
+#ifdef LLAVA_PIPE_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto& reserved = stats.reserved_bytes[0];  // StatType::AGGREGATE
+    m.current = reserved.current;
+    m.peak = reserved.peak;
+    return m;
+  }
+#endif
+  long pages = 0, resident = 0;
+  std::ifstream("/proc/self/statm") >> pages >> resident;
+  m.current = resident * sysconf(_SC_PAGESIZE);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  m.peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  return m;
+}
+
+void reset_peak_memory(const at::Device& device) {
+#ifdef LLAVA_PIPE_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+}
+
+void release_cached_memory(const at::Device& device) {
+#ifdef LLAVA_PIPE_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
+void limit_device_memory(const at::Device& device, uint64_t bytes) {
+#ifdef LLAVA_PIPE_CUDA
+  if (device.is_cuda() && bytes > 0) {
+    const double total = static_cast<double>(at::cuda::getDeviceProperties(device.index())->totalGlobalMem);
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(std::min(1.0, bytes / total), device.index());
+  }
+#endif
+}
+
+void synchronize(const at::Device& device) {
+#ifdef LLAVA_PIPE_CUDA
+  if (device.is_cuda()) at::cuda::getCurrentCUDAStream(device.index()).synchronize();
+#endif
+}
+
+}  // namespace llava

@@ -1,0 +1,26 @@
+// What a worker knows of its device's memory: the CUDA caching allocator's statistics on a
+// GPU, the process's resident memory on the CPU; and the levers the lease needs (cap the
+// allocator, give cached blocks back).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace llava {
+
+struct DeviceMemory {
+  int64_t current = 0;
+  int64_t peak = 0;
+};
+
+DeviceMemory device_memory(const at::Device& device);
+void reset_peak_memory(const at::Device& device);
+// Frees the allocator's cached blocks (after the model is destroyed).
+void release_cached_memory(const at::Device& device);
+// Caps the allocator at `bytes` (0: no cap). No effect on the CPU.
+void limit_device_memory(const at::Device& device, uint64_t bytes);
+// Waits for the device's queued work (a no-op on the CPU).
+void synchronize(const at::Device& device);
+
+}  // namespace llava

@@ -1,0 +1,50 @@
+// llava-stage: the worker executable the coordinator starts (or a cluster manager, for
+// workers on other hosts).
+//   llava-stage --config CONFIG --stage vision|language [--replica N] --endpoint ENDPOINT
+#include <iostream>
+#include <string>
+
+#include "common/errors.h"
+#include "stages/worker.h"
+
+int main(int argc, char** argv) {
+  llava::WorkerOptions options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw llava::ConfigError(arg + " needs a value");
+      return argv[++i];
+    };
+    try {
+      if (arg == "--config") {
+        options.config_path = value();
+      } else if (arg == "--stage") {
+        options.stage = value();
+      } else if (arg == "--replica") {
+        options.replica = std::stoi(value());
+      } else if (arg == "--endpoint") {
+        options.endpoint = value();
+      } else {
+        throw llava::ConfigError("unknown argument '" + arg + "'");
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "llava-stage: " << e.what()
+                << "\nusage: llava-stage --config CONFIG --stage vision|language [--replica N] "
+                   "--endpoint ENDPOINT\n";
+      return llava::kExitUsage;
+    }
+  }
+  try {
+    if (options.config_path.empty() || options.endpoint.empty()) {
+      throw llava::ConfigError("--config and --endpoint are required");
+    }
+    llava::Worker worker(options);
+    return worker.run();
+  } catch (const llava::ConfigError& e) {
+    std::cerr << "llava-stage: " << e.what() << "\n";
+    return llava::kExitUsage;
+  } catch (const std::exception& e) {
+    std::cerr << "llava-stage: " << e.what() << "\n";
+    return llava::kExitRuntime;
+  }
+}

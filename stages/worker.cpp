@@ -1,0 +1,370 @@
+// The worker's main loop and its handlers.
+#include "stages/worker.h"
+
+#include <unistd.h>
+
+#include <iostream>
+
+#include "common/errors.h"
+#include "common/plan.h"
+#include "common/transport.h"
+#include "stages/device.h"
+
+namespace llava {
+namespace {
+
+at::ScalarType torch_dtype(WeightDType dtype) {
+  switch (dtype) {
+    case WeightDType::kFloat32: return at::kFloat;
+    case WeightDType::kFloat16: return at::kHalf;
+    case WeightDType::kBFloat16: return at::kBFloat16;
+  }
+  return at::kFloat;
+}
+
+wire::DType wire_dtype(at::ScalarType dtype) {
+  return dtype == at::kHalf ? wire::DType::kF16
+         : dtype == at::kBFloat16 ? wire::DType::kBF16 : wire::DType::kF32;
+}
+
+at::ScalarType from_wire(wire::DType dtype) {
+  return dtype == wire::DType::kF16 ? at::kHalf
+         : dtype == wire::DType::kBF16 ? at::kBFloat16 : at::kFloat;
+}
+
+// A host copy of `tensor` in a ZeroMQ message, written once (no intermediate buffer).
+zmq::message_t to_message(const at::Tensor& tensor) {
+  zmq::message_t message(static_cast<size_t>(tensor.nbytes()));
+  at::from_blob(message.data(), tensor.sizes(), tensor.options().device(at::kCPU)).copy_(tensor);
+  return message;
+}
+
+schema::FinishReason finish_reason(Finish finish) {
+  switch (finish) {
+    case Finish::kStop: return schema::FinishReason::EOS;
+    case Finish::kCancelled: return schema::FinishReason::CANCELLED;
+    default: return schema::FinishReason::LENGTH;
+  }
+}
+
+double seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+}  // namespace
+
+Worker::Worker(WorkerOptions options)
+    : options_(std::move(options)),
+      config_(load_config(options_.config_path)),
+      model_(load_llava_config(config_.model.checkpoint)),
+      stage_(options_.stage == "vision" ? &config_.vision : &config_.language),
+      stage_kind_(options_.stage == "vision" ? schema::Stage::VISION : schema::Stage::LANGUAGE),
+      device_(stage_->devices[static_cast<size_t>(options_.replica) % stage_->devices.size()]),
+      tensor_options_(at::TensorOptions().dtype(torch_dtype(config_.model.dtype)).device(device_)),
+      beat_interval_(config_.coordinator.heartbeat_interval_ms) {
+  if (options_.stage != "vision" && options_.stage != "language") {
+    throw ConfigError("--stage must be vision or language, got '" + options_.stage + "'");
+  }
+  limits_.max_message_bytes = config_.coordinator.max_message_size;
+  TransportOptions transport;
+  transport.max_message_size = config_.coordinator.max_message_size;
+  socket_ = connect_dealer(context_, options_.endpoint, transport);
+}
+
+bool Worker::send(wire::Outgoing& message) {
+  bool sent = send_parts(socket_, message.parts());
+  if (!sent) std::cerr << "llava-stage: a message to the coordinator could not be queued\n";
+  return sent;
+}
+
+void Worker::heartbeat_if_due() {
+  const auto now = Clock::now();
+  if (now - last_beat_sent_ < beat_interval_) return;
+  last_beat_sent_ = now;
+  wire::Outgoing beat;
+  auto body = beat.header().getBody().initHeartbeat();
+  body.setState(state_ == State::kLeased ? schema::WorkerState::LEASED : schema::WorkerState::READY);
+  DeviceMemory memory = device_memory(device_);
+  body.setDeviceBytes(static_cast<uint64_t>(memory.current));
+  body.setPeakDeviceBytes(static_cast<uint64_t>(memory.peak));
+  send(beat);
+}
+
+void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable) {
+  wire::Outgoing out(request, attempt);
+  auto failure = out.header().getBody().initFailure();
+  failure.setStage(stage_kind_);
+  failure.setMessage(message);
+  failure.setRetryable(retryable);
+  send(out);
+}
+
+int Worker::run() {
+  {
+    wire::Outgoing hello;
+    auto body = hello.header().getBody().initHello();
+    body.setStage(stage_kind_);
+    body.setDevice(device_.str());
+    body.setPid(static_cast<uint32_t>(getpid()));
+    body.setReplica(static_cast<uint32_t>(options_.replica));
+    send(hello);
+  }
+  last_heard_ = last_beat_sent_ = Clock::now();
+  const auto silence_limit = beat_interval_ * config_.coordinator.liveness;
+  while (exit_code_ < 0) {
+    const bool busy = state_ == State::kLeased && (!queue_.empty() || !running_.empty());
+    auto wait = busy ? std::chrono::milliseconds(0) : beat_interval_ / 2;
+    // Take every waiting message before working: cancels and releases act at once.
+    while (exit_code_ < 0) {
+      auto parts = receive_parts(socket_, wait);
+      if (!parts) break;
+      wait = std::chrono::milliseconds(0);
+      last_heard_ = Clock::now();
+      try {
+        wire::Incoming message = wire::Incoming::parse(std::move(*parts), false, limits_);
+        handle(message);
+      } catch (const WireError& e) {
+        std::cerr << "llava-stage: dropped a malformed message: " << e.what() << "\n";
+      }
+    }
+    if (exit_code_ >= 0) break;
+    heartbeat_if_due();
+    if (Clock::now() - last_heard_ > silence_limit) {
+      std::cerr << "llava-stage: no word from the coordinator for "
+                << seconds(Clock::now() - last_heard_) << " s; exiting\n";
+      return 1;
+    }
+    if (state_ == State::kLeased) work();
+  }
+  return exit_code_;
+}
+
+void Worker::handle(wire::Incoming& message) {
+  using W = schema::Header::Body::Which;
+  auto body = message.header().getBody();
+  switch (message.kind()) {
+    case W::HEARTBEAT: break;  // last_heard_ is enough
+    case W::LEASE_GRANT: on_lease_grant(body.getLeaseGrant()); break;
+    case W::LEASE_RELEASE:
+      on_lease_release(body.getLeaseRelease().getHow(), body.getLeaseRelease().getEpoch());
+      break;
+    case W::VISION_TASK:
+    case W::LANGUAGE_TASK: queue_.push_back(std::move(message)); break;
+    case W::CANCEL: on_cancel(message.request_id()); break;
+    case W::SHUTDOWN: exit_code_ = 0; break;
+    default:
+      std::cerr << "llava-stage: ignoring a " << wire::kind_name(message.kind()) << " message\n";
+  }
+}
+
+void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
+  lease_epoch_ = grant.getEpoch();
+  if (state_ == State::kLeased) return;
+  const auto start = Clock::now();
+  try {
+    limit_device_memory(device_, grant.getMemoryLimit());
+    reset_peak_memory(device_);
+    checkpoint_ = std::make_unique<Checkpoint>(config_.model.checkpoint);
+    checkpoint_->on_tensor_loaded([this] { heartbeat_if_due(); });
+    if (stage_kind_ == schema::Stage::VISION) {
+      vision_ = std::make_unique<VisionEncoder>(model_, *checkpoint_, tensor_options_);
+    } else {
+      decoder_ = std::make_unique<LlamaDecoder>(model_, *checkpoint_, tensor_options_);
+      generator_ = std::make_unique<Generator>(*decoder_, stage_->batch_size,
+                                               context_tokens(config_, model_));
+    }
+    synchronize(device_);
+  } catch (const std::exception& e) {
+    // Nothing can run without the model: say why, and exit non-zero.
+    fail(0, 0, std::string("cannot load the ") + options_.stage + " stage: " + e.what(), false);
+    exit_code_ = 1;
+    return;
+  }
+  load_seconds_ += seconds(Clock::now() - start);
+  state_ = State::kLeased;
+  last_beat_sent_ = {};  // announce the new state now
+  heartbeat_if_due();
+}
+
+void Worker::unload() {
+  generator_.reset();
+  decoder_.reset();
+  vision_.reset();
+  checkpoint_.reset();
+  release_cached_memory(device_);
+}
+
+void Worker::on_lease_release(schema::ReleaseHow how, uint64_t epoch) {
+  // Work not yet started goes back to the coordinator, which requeues it.
+  for (auto& task : queue_) fail(task.request_id(), task.attempt(), "lease released", true);
+  queue_.clear();
+  for (auto& [id, run] : running_) fail(id, run.attempt, "lease released", true);
+  running_.clear();
+  const DeviceMemory memory = device_memory(device_);
+  if (how == schema::ReleaseHow::UNLOAD) unload();
+  state_ = State::kReady;
+  wire::Outgoing out;
+  auto released = out.header().getBody().initLeaseReleased();
+  released.setEpoch(epoch);
+  released.setPeakDeviceBytes(static_cast<uint64_t>(memory.peak));
+  released.setLoadSeconds(load_seconds_);
+  released.setWorkSeconds(work_seconds_);
+  send(out);
+  // Ending the process is the only way to also free the CUDA context.
+  if (how == schema::ReleaseHow::EXIT) exit_code_ = 0;
+}
+
+void Worker::on_cancel(uint64_t request) {
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->request_id() == request) {
+      queue_.erase(it);
+      return;
+    }
+  }
+  if (generator_ && generator_->cancel(request)) running_.erase(request);
+}
+
+void Worker::work() {
+  const auto start = Clock::now();
+  if (stage_kind_ == schema::Stage::VISION) {
+    encode_images();
+  } else {
+    generate_tokens();
+  }
+  work_seconds_ += seconds(Clock::now() - start);
+}
+
+void Worker::encode_images() {
+  if (queue_.empty()) return;
+  const auto start = Clock::now();
+  // Whole tasks, up to batch_size images (at least one task).
+  std::vector<wire::Incoming> tasks;
+  std::vector<at::Tensor> pixels;
+  std::vector<size_t> first_row;
+  while (!queue_.empty() &&
+         (tasks.empty() || pixels.size() + queue_.front().frames().size() <=
+                               static_cast<size_t>(stage_->batch_size))) {
+    wire::Incoming task = std::move(queue_.front());
+    queue_.pop_front();
+    std::vector<at::Tensor> mine;
+    try {
+      for (size_t i = 0; i < task.frames().size(); ++i) {
+        const auto& frame = task.frames()[i].bytes;
+        try {
+          mine.push_back(vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size()));
+        } catch (const RequestError& e) {
+          throw RequestError("image " + std::to_string(i + 1) + " of " +
+                             std::to_string(task.frames().size()) + ": " + e.what());
+        }
+      }
+    } catch (const RequestError& e) {
+      fail(task.request_id(), task.attempt(), e.what(), false);
+      continue;
+    }
+    first_row.push_back(pixels.size());
+    pixels.insert(pixels.end(), mine.begin(), mine.end());
+    tasks.push_back(std::move(task));
+  }
+  if (pixels.empty()) return;
+  at::Tensor embeddings;
+  try {
+    embeddings = vision_->encode(at::stack(pixels));  // [N, tokens, H]
+  } catch (const c10::Error& e) {
+    for (auto& task : tasks) {
+      fail(task.request_id(), task.attempt(), std::string("vision encoder: ") + e.what_without_backtrace(), false);
+    }
+    return;
+  }
+  const double elapsed = seconds(Clock::now() - start);
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    wire::Outgoing out(tasks[t].request_id(), tasks[t].attempt());
+    auto body = out.header().getBody().initEmbeddings();
+    body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
+    body.setEncodeSeconds(elapsed);
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
+      at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
+      out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), to_message(image));
+    }
+    send(out);
+  }
+}
+
+void Worker::admit(wire::Incoming& task) {
+  auto body = task.header().getBody().getLanguageTask();
+  std::vector<int32_t> ids;
+  for (int32_t id : body.getTokenIds()) ids.push_back(id);
+  std::vector<at::Tensor> images;
+  for (auto& frame : task.frames()) {
+    if (frame.dtype == wire::DType::kU8 || frame.shape.size() != 2) {
+      throw RequestError("embedding frames must be [tokens, hidden] floats");
+    }
+    images.push_back(at::from_blob(frame.bytes.data(), frame.shape, from_wire(frame.dtype)));
+  }
+  auto s = body.getSampling();
+  SamplingParams params;
+  params.max_new_tokens = static_cast<int>(s.getMaxNewTokens());
+  params.temperature = s.getTemperature();
+  params.top_k = static_cast<int>(s.getTopK());
+  params.top_p = s.getTopP();
+  params.repetition_penalty = s.getRepetitionPenalty();
+  params.seed = s.getSeed();
+  for (int32_t id : s.getStopTokenIds()) params.stop_token_ids.push_back(id);
+  Running run{task.attempt(), body.getResumeFrom(), static_cast<uint32_t>(ids.size()), 0,
+              Clock::now()};
+  TokenEvent first = generator_->start(task.request_id(), ids, images, params);
+  run.prefill_seconds = seconds(Clock::now() - run.started);
+  running_[task.request_id()] = run;
+  emit(first);
+}
+
+void Worker::emit(const TokenEvent& event) {
+  Running& run = running_.at(event.id);
+  wire::Outgoing chunk(event.id, run.attempt);
+  auto body = chunk.header().getBody().initTokenChunk();
+  body.initTokenIds(1).set(0, event.token);
+  body.setFirstIndex(run.first_index + run.generated);
+  ++run.generated;
+  send(chunk);
+  if (event.finish == Finish::kNone) return;
+  wire::Outgoing done(event.id, run.attempt);
+  auto d = done.header().getBody().initDone();
+  d.setReason(finish_reason(event.finish));
+  d.setPromptTokens(run.prompt_tokens);
+  d.setGeneratedTokens(run.first_index + run.generated);
+  d.setPrefillSeconds(run.prefill_seconds);
+  d.setDecodeSeconds(seconds(Clock::now() - run.started) - run.prefill_seconds);
+  send(done);
+  running_.erase(event.id);
+}
+
+void Worker::generate_tokens() {
+  while (!queue_.empty() && generator_->has_capacity()) {
+    wire::Incoming task = std::move(queue_.front());
+    queue_.pop_front();
+    try {
+      admit(task);
+    } catch (const RequestError& e) {
+      running_.erase(task.request_id());
+      fail(task.request_id(), task.attempt(), e.what(), false);
+    } catch (const c10::Error& e) {  // out of memory and the like: this request only
+      running_.erase(task.request_id());
+      fail(task.request_id(), task.attempt(), std::string("language model: ") + e.what_without_backtrace(), false);
+    }
+  }
+  if (generator_->active() == 0) return;
+  std::vector<TokenEvent> events;
+  try {
+    events = generator_->step();
+  } catch (const std::exception& e) {
+    // The batch cannot go on; each request is retried from what it has streamed.
+    for (auto& [id, run] : running_) {
+      generator_->cancel(id);
+      fail(id, run.attempt, std::string("decode step failed: ") + e.what(), true);
+    }
+    running_.clear();
+    return;
+  }
+  for (const auto& event : events) emit(event);
+}
+
+}  // namespace llava
