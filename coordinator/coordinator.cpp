@@ -377,7 +377,7 @@ void Coordinator::heartbeat() {
   if (Clock::now() - last_heartbeat_ < beat_interval_) return;
   last_heartbeat_ = Clock::now();
   for (auto& slot : slots_) {
-    if (slot.routing.empty() || slot.state == SlotState::kDown) continue;
+    if (slot.routing.empty() || slot.state == SlotState::kDown || slot.exit_expected) continue;
     wire::Outgoing beat;
     beat.header().getBody().initHeartbeat();
     send(slot, beat);
@@ -479,7 +479,8 @@ std::vector<StageReport> Coordinator::reports() const {
 bool Coordinator::send(Slot& slot, wire::Outgoing& message) {
   zmq::message_t id(slot.routing.data(), slot.routing.size());
   if (send_parts(router_, message.parts(), &id)) return true;
-  worker_died(slot, "unreachable");
+  // A worker told to exit is expected to become unreachable; its exit is reaped.
+  if (!slot.exit_expected) worker_died(slot, "unreachable");
   return false;
 }
 

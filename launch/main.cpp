@@ -36,6 +36,7 @@ const char* kUsage =
     "      run a batch: one JSON object a line {\"id\", \"image\" or \"images\", \"prompt\",\n"
     "      sampling keys}; image paths are relative to IN.jsonl's folder; one result line\n"
     "      per request, in input order\n"
+    "  --verbose: print each worker start, lease grant, release, exit and death on stderr\n"
     "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
     "            --repetition-penalty R --seed S (defaults: the config's generation section)\n";
 
@@ -166,9 +167,13 @@ int run(std::vector<std::string> args) {
   llava::RequestSpec single;
   single.generation = config.generation;
   std::string requests_path, output_path;
-  bool have_prompt = false;
+  bool have_prompt = false, verbose = false;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& arg = args[i];
+    if (arg == "--verbose") {
+      verbose = true;
+      continue;
+    }
     if (i + 1 >= args.size()) throw llava::ConfigError(arg + " needs a value\n" + kUsage);
     const std::string value = args[++i];
     try {
@@ -243,6 +248,12 @@ int run(std::vector<std::string> args) {
     events.on_result = [&](const llava::RequestResult& r) {
       single_ok = r.ok;
       single_error = r.error;
+    };
+  }
+  if (verbose) {
+    events.on_lease_event = [](const llava::LeaseEvent& e) {
+      std::fprintf(stderr, "[%8.3f s] %s %s on %s%s%s\n", e.seconds, e.process.c_str(), e.what.c_str(),
+                   e.device.c_str(), e.detail.empty() ? "" : ": ", e.detail.c_str());
     };
   }
   llava::Coordinator coordinator(config, events);

@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "common/errors.h"
 #include "common/plan.h"
@@ -225,6 +227,15 @@ void Worker::on_cancel(uint64_t request) {
 }
 
 void Worker::work() {
+  // Fault injection for the multi-process tests (never set in production): each unit of
+  // work takes this much longer, which holds a worker mid-batch long enough to kill it.
+  static const int delay_ms = [] {
+    const char* value = std::getenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS");
+    return value ? std::atoi(value) : 0;
+  }();
+  if (delay_ms > 0 && (!queue_.empty() || !running_.empty())) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  }
   const auto start = Clock::now();
   if (stage_kind_ == schema::Stage::VISION) {
     encode_images();

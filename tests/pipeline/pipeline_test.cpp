@@ -1,0 +1,407 @@
+// The whole pipeline through real processes: a coordinator here, llava-stage workers as
+// children. Every answer is compared token for token with in-process generation
+// (generate_local), undisturbed and with workers killed, stalled or fed bad input.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "common/config.h"
+#include "coordinator/chat_template.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/worker_process.h"
+
+namespace {
+
+const std::string kSource = LLAVA_PIPE_SOURCE_DIR;
+const std::string kBinary = LLAVA_PIPE_BINARY_DIR;
+const std::string kModel = kSource + "/tests/data/tiny-llava";
+const std::string kImages = kSource + "/tests/data/images/";
+constexpr int kMaxNewTokens = 12;
+
+struct Case {
+  std::string prompt;
+  std::vector<std::string> images;
+};
+
+const std::vector<Case> kCases = {
+    {"What is in the picture?", {kImages + "img01_320x240_RGB.jpg"}},
+    {"Describe the image in detail, café 日本 😀.", {kImages + "img11_200x150_RGBA.png"}},
+    {"Compare the two images.", {kImages + "img02_240x320_RGB.jpg", kImages + "img09_400x300_L.jpg"}},
+    {"What is the capital of France?", {}},
+    {"And this one?", {kImages + "img13_180x120_P.gif"}},
+};
+
+std::string write_config(const std::string& name, const std::string& body) {
+  const std::string path = testing::TempDir() + name + ".yaml";
+  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n"
+                      << body
+                      << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', "
+                         "heartbeat_interval: 100ms, liveness: 5}\n"
+                      << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
+  return path;
+}
+
+const std::string kSequential =
+    "mode: sequential\nstages: {vision: {devices: cpu, batch_size: 4}, "
+    "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
+
+std::string run_command(const std::string& command) {
+  std::string output;
+  FILE* pipe = popen(command.c_str(), "r");
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
+  pclose(pipe);
+  return output;
+}
+
+// Greedy tokens of in-process generation for the same prompt and images.
+std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& item) {
+  const auto& model = c.model();
+  auto ids = llava::expand_image_tokens(
+      c.tokenizer().encode(llava::apply_chat_template("USER: {images}{prompt} ASSISTANT:", item.prompt,
+                                                      static_cast<int>(item.images.size()))),
+      static_cast<int32_t>(model.image_token_index), model.image_tokens());
+  std::string csv;
+  for (size_t i = 0; i < ids.size(); ++i) csv += (i ? "," : "") + std::to_string(ids[i]);
+  std::string command = kBinary + "/tests/pipeline/generate_local " + kModel + " " +
+                        std::to_string(kMaxNewTokens) + " " + csv;
+  for (const auto& image : item.images) command += " '" + image + "'";
+  std::vector<int32_t> tokens;
+  std::stringstream out(run_command(command));
+  for (std::string t; std::getline(out, t, ',');) tokens.push_back(std::stoi(t));
+  return tokens;
+}
+
+struct Outcome {
+  std::map<uint64_t, llava::RequestResult> results;
+  std::map<uint64_t, int> answers;  // final answers per request: must be exactly one
+  std::vector<llava::LeaseEvent> timeline;
+  std::vector<llava::StageReport> reports;
+  std::vector<std::vector<int32_t>> expected;
+  std::vector<uint64_t> ids;
+};
+
+// Hooks get the coordinator, to find worker pids at the moment they act.
+struct Hooks {
+  std::function<void(llava::Coordinator&, uint64_t, const std::string&)> on_text;
+  std::function<void(llava::Coordinator&, const llava::LeaseEvent&)> on_lease_event;
+};
+
+// Expected tokens are computed for the first `expected_count` cases (the good ones).
+Outcome run_pipeline(const std::string& config_path, const std::vector<Case>& cases,
+                     Hooks hooks = {}, size_t expected_count = SIZE_MAX) {
+  Outcome outcome;
+  llava::Coordinator* self = nullptr;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) {
+    outcome.results[r.id] = r;
+    ++outcome.answers[r.id];
+  };
+  if (hooks.on_text) events.on_text = [&](uint64_t id, const std::string& t) { hooks.on_text(*self, id, t); };
+  if (hooks.on_lease_event) {
+    events.on_lease_event = [&](const llava::LeaseEvent& e) { hooks.on_lease_event(*self, e); };
+  }
+  llava::Coordinator coordinator(llava::load_config(config_path), events, kBinary + "/llava-stage");
+  self = &coordinator;
+  for (const auto& item : cases) {
+    if (outcome.expected.size() < expected_count) {
+      outcome.expected.push_back(expected_tokens(coordinator, item));
+    }
+    llava::RequestSpec spec;
+    spec.prompt = item.prompt;
+    spec.image_paths = item.images;
+    spec.generation = llava::load_config(config_path).generation;
+    outcome.ids.push_back(coordinator.submit(spec));
+  }
+  coordinator.run();
+  coordinator.shutdown_workers();
+  outcome.timeline = coordinator.timeline();
+  outcome.reports = coordinator.reports();
+  return outcome;
+}
+
+void expect_all_match(const Outcome& outcome) {
+  for (size_t i = 0; i < outcome.ids.size(); ++i) {
+    const uint64_t id = outcome.ids[i];
+    ASSERT_EQ(outcome.answers.count(id), 1u) << "request " << i << " got no answer";
+    EXPECT_EQ(outcome.answers.at(id), 1) << "request " << i << " answered more than once";
+    const auto& r = outcome.results.at(id);
+    EXPECT_TRUE(r.ok) << "request " << i << ": " << r.error;
+    EXPECT_EQ(r.tokens, outcome.expected[i]) << "request " << i;
+  }
+}
+
+// [grant, end) of each lease, per device: end is "released" (unload) or the process's
+// exit or death, whichever comes first after the release was asked.
+void expect_no_overlapping_leases(const std::vector<llava::LeaseEvent>& timeline) {
+  struct Hold {
+    std::string process, device;
+    double from, to;
+  };
+  std::vector<Hold> holds;
+  std::map<std::string, size_t> open;
+  for (const auto& e : timeline) {
+    if (e.what == "granted") {
+      open[e.process] = holds.size();
+      holds.push_back({e.process, e.device, e.seconds, 1e18});
+    } else if ((e.what == "exited" || e.what == "died") && open.count(e.process)) {
+      holds[open[e.process]].to = e.seconds;
+      open.erase(e.process);
+    } else if (e.what == "released" && open.count(e.process)) {
+      holds[open[e.process]].to = e.seconds;  // unload: the device is free now
+    }
+  }
+  for (size_t a = 0; a < holds.size(); ++a) {
+    for (size_t b = a + 1; b < holds.size(); ++b) {
+      if (holds[a].device != holds[b].device || holds[a].process == holds[b].process) continue;
+      EXPECT_TRUE(holds[a].to <= holds[b].from || holds[b].to <= holds[a].from)
+          << holds[a].process << " [" << holds[a].from << ", " << holds[a].to << ") overlaps "
+          << holds[b].process << " [" << holds[b].from << ", " << holds[b].to << ")";
+    }
+  }
+}
+
+void expect_no_deaths(const Outcome& outcome) {
+  for (const auto& r : outcome.reports) EXPECT_EQ(r.restarts, 0) << r.process;
+  for (const auto& e : outcome.timeline) EXPECT_NE(e.what, "died") << e.process << ": " << e.detail;
+}
+
+double first_event(const std::vector<llava::LeaseEvent>& timeline, const std::string& process,
+                   const std::string& what) {
+  for (const auto& e : timeline) {
+    if (e.process == process && e.what == what) return e.seconds;
+  }
+  return -1;
+}
+
+class FaultDelay {  // slows each worker step so that faults land mid-work
+ public:
+  explicit FaultDelay(int ms) { setenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS", std::to_string(ms).c_str(), 1); }
+  ~FaultDelay() { unsetenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS"); }
+};
+
+TEST(Pipeline, SequentialMatchesInProcessGeneration) {
+  Outcome outcome = run_pipeline(write_config("sequential", kSequential), kCases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
+  expect_no_overlapping_leases(outcome.timeline);
+  // The vision process ended before the language worker got the device.
+  const double vision_exit = first_event(outcome.timeline, "vision-0", "exited");
+  const double language_grant = first_event(outcome.timeline, "language-0", "granted");
+  ASSERT_GT(vision_exit, 0);
+  ASSERT_GT(language_grant, 0);
+  EXPECT_LT(vision_exit, language_grant);
+}
+
+TEST(Pipeline, SequentialUnloadKeepsTheProcessAndFreesTheDevice) {
+  std::string config = kSequential;
+  config.replace(config.find("batch_size: 4}"), 14, "batch_size: 4, release: unload}");
+  Outcome outcome = run_pipeline(write_config("unload", config), kCases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
+  expect_no_overlapping_leases(outcome.timeline);
+  EXPECT_LT(first_event(outcome.timeline, "vision-0", "released"),
+            first_event(outcome.timeline, "language-0", "granted"));
+  EXPECT_LT(first_event(outcome.timeline, "vision-0", "exited"), 0);  // kept its process
+}
+
+TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {
+  Outcome outcome = run_pipeline(
+      write_config("concurrent", "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
+                                 "language: {devices: cpu, max_context: 256}}\n"),
+      kCases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
+  EXPECT_GT(first_event(outcome.timeline, "vision-0", "granted"), 0);
+  EXPECT_GT(first_event(outcome.timeline, "language-0", "granted"), 0);
+}
+
+TEST(Pipeline, TwoVisionAndTwoLanguageReplicasMatch) {
+  std::vector<Case> cases = kCases;
+  cases.insert(cases.end(), kCases.begin(), kCases.end());
+  Outcome outcome = run_pipeline(
+      write_config("replicas", "mode: concurrent\nshare_devices: true\nstages: {vision: {replicas: 2, "
+                               "devices: cpu, batch_size: 2}, language: {replicas: 2, devices: cpu, "
+                               "batch_size: 2, max_context: 256}}\n"),
+      cases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
+  for (const char* process : {"vision-0", "vision-1", "language-0", "language-1"}) {
+    EXPECT_GT(first_event(outcome.timeline, process, "granted"), 0) << process;
+  }
+}
+
+TEST(Pipeline, LanguageWorkerKilledMidGenerationStillAnswersEachRequestOnce) {
+  FaultDelay delay(20);
+  bool killed = false;
+  Hooks hooks;
+  hooks.on_text = [&](llava::Coordinator& c, uint64_t, const std::string&) {
+    if (killed) return;
+    killed = true;
+    kill(c.pid_of("language-0"), SIGKILL);
+  };
+  Outcome outcome = run_pipeline(write_config("kill-language", kSequential), kCases, hooks);
+  ASSERT_TRUE(killed);
+  expect_all_match(outcome);
+  EXPECT_GE(outcome.reports[1].restarts, 1);
+  expect_no_overlapping_leases(outcome.timeline);
+}
+
+TEST(Pipeline, VisionWorkerKilledMidBatchStillAnswersEachRequestOnce) {
+  FaultDelay delay(100);
+  bool killed = false;
+  Hooks hooks;
+  hooks.on_lease_event = [&](llava::Coordinator& c, const llava::LeaseEvent& e) {
+    if (killed || e.process != "vision-0" || e.what != "granted") return;
+    killed = true;
+    kill(c.pid_of("vision-0"), SIGKILL);  // its batch was sent with the grant
+  };
+  Outcome outcome = run_pipeline(write_config("kill-vision", kSequential), kCases, hooks);
+  ASSERT_TRUE(killed);
+  expect_all_match(outcome);
+  EXPECT_GE(outcome.reports[0].restarts, 1);
+}
+
+TEST(Pipeline, StalledWorkerIsDetectedWithinLiveness) {
+  FaultDelay delay(20);
+  std::chrono::steady_clock::time_point stopped, declared;
+  Hooks hooks;
+  hooks.on_text = [&](llava::Coordinator& c, uint64_t, const std::string&) {
+    if (stopped.time_since_epoch().count() != 0) return;
+    stopped = std::chrono::steady_clock::now();
+    kill(c.pid_of("language-0"), SIGSTOP);
+  };
+  hooks.on_lease_event = [&](llava::Coordinator&, const llava::LeaseEvent& e) {
+    if (e.what == "died" && declared.time_since_epoch().count() == 0) {
+      declared = std::chrono::steady_clock::now();
+    }
+  };
+  Outcome outcome = run_pipeline(write_config("stall", kSequential), kCases, hooks);
+  ASSERT_NE(declared.time_since_epoch().count(), 0);
+  const auto detection = std::chrono::duration_cast<std::chrono::milliseconds>(declared - stopped);
+  // liveness (5) x heartbeat interval (100 ms), plus the loop's polling granularity.
+  EXPECT_LE(detection.count(), 500 + 200) << "detected after " << detection.count() << " ms";
+  expect_all_match(outcome);
+}
+
+TEST(Pipeline, CorruptAndMissingImagesFailAloneWithTheirReason) {
+  const std::string corrupt = testing::TempDir() + "corrupt.jpg";
+  std::ofstream(corrupt) << "\xff\xd8\xff\xe0 this is not really a JPEG";
+  std::vector<Case> cases = kCases;
+  cases.push_back({"Bad one.", {corrupt}});
+  cases.push_back({"Missing one.", {kImages + "no-such-image.png"}});
+  Outcome outcome = run_pipeline(write_config("bad-images", kSequential), cases, {}, kCases.size());
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.tokens, outcome.expected[i]);
+  }
+  const auto& bad = outcome.results.at(outcome.ids[kCases.size()]);
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.error.rfind("vision stage: image 1 of 1: ", 0), 0u) << bad.error;
+  const auto& missing = outcome.results.at(outcome.ids[kCases.size() + 1]);
+  EXPECT_FALSE(missing.ok);
+  EXPECT_NE(missing.error.find("cannot read image '"), std::string::npos) << missing.error;
+  EXPECT_NE(missing.error.find("No such file or directory"), std::string::npos);
+}
+
+TEST(Pipeline, CheckpointThatCannotLoadFailsTheRunWithTheLoaderMessage) {
+  // tiny-llava's config with tiny-llava-b's weights: the projector's shapes differ.
+  const std::string folder = testing::TempDir() + "mismatched-llava";
+  std::system(("rm -rf " + folder + " && mkdir -p " + folder + " && cp " + kModel + "/*.json " +
+               kModel + "/tokenizer.model " + folder + "/ && cp " + kSource +
+               "/tests/data/tiny-llava-b/model.safetensors " + folder + "/")
+                  .c_str());
+  const std::string path = testing::TempDir() + "mismatched.yaml";
+  std::ofstream(path) << "model: {checkpoint: " << folder << ", dtype: float32}\n" << kSequential
+                      << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', heartbeat_interval: 100ms}\n";
+  const std::string output = run_command(kBinary + "/llava-pipe run " + path +
+                                         " --prompt hello --image " + kImages +
+                                         "img00_64x48_RGB.png 2>&1; echo exit=$?");
+  EXPECT_NE(output.find("cannot load the vision stage"), std::string::npos) << output;
+  EXPECT_NE(output.find("'multi_modal_projector.linear_1.weight' has shape [64, 64], expected [64, 32]"),
+            std::string::npos)
+      << output;
+  EXPECT_NE(output.find("exit=1"), std::string::npos) << output;
+}
+
+// Starts `llava-pipe run --verbose` on a slow pipeline and returns its pid and the pids of
+// its workers once both have started (read from its stderr).
+struct Launched {
+  pid_t pipe_pid;
+  std::vector<pid_t> workers;
+  FILE* stderr_stream;
+};
+
+Launched launch_slow_run(const std::string& config) {
+  int fds[2];
+  EXPECT_EQ(pipe(fds), 0);
+  setenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS", "50", 1);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, STDOUT_FILENO);
+    execl((kBinary + "/llava-pipe").c_str(), "llava-pipe", "run", config.c_str(), "--verbose",
+          "--prompt", "Tell me a long story.", "--max-new-tokens", "200", nullptr);
+    _exit(127);
+  }
+  unsetenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS");
+  close(fds[1]);
+  Launched launched{pid, {}, fdopen(fds[0], "r")};
+  char line[512];
+  // A text-only request: the language worker starts and generates for ~10 s.
+  while (launched.workers.empty() && fgets(line, sizeof line, launched.stderr_stream)) {
+    const char* at = strstr(line, "started on cpu: pid ");
+    if (at) launched.workers.push_back(static_cast<pid_t>(std::atoi(at + 20)));
+  }
+  while (fgets(line, sizeof line, launched.stderr_stream)) {
+    if (strstr(line, "granted")) break;  // the worker holds its lease: it is generating
+  }
+  return launched;
+}
+
+bool process_gone(pid_t pid) {
+  // Polled: a process's end cannot be waited on from a non-parent. Bounded at 10 s.
+  for (int i = 0; i < 1000; ++i) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+TEST(Pipeline, SigtermStopsEveryWorker) {
+  Launched run = launch_slow_run(write_config("sigterm", kSequential));
+  ASSERT_EQ(run.workers.size(), 1u);
+  kill(run.pipe_pid, SIGTERM);
+  int status = 0;
+  waitpid(run.pipe_pid, &status, 0);
+  fclose(run.stderr_stream);
+  EXPECT_TRUE(WIFEXITED(status)) << "llava-pipe did not exit on its own";
+  for (pid_t worker : run.workers) EXPECT_TRUE(process_gone(worker)) << "orphan worker " << worker;
+}
+
+TEST(Pipeline, CoordinatorKilledTakesItsWorkersDown) {
+  Launched run = launch_slow_run(write_config("kill-coordinator", kSequential));
+  ASSERT_EQ(run.workers.size(), 1u);
+  kill(run.pipe_pid, SIGKILL);
+  waitpid(run.pipe_pid, nullptr, 0);
+  fclose(run.stderr_stream);
+  for (pid_t worker : run.workers) EXPECT_TRUE(process_gone(worker)) << "orphan worker " << worker;
+}
+
+}  // namespace
