@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -242,6 +243,51 @@ TEST(Pipeline, TwoVisionAndTwoLanguageReplicasMatch) {
   for (const char* process : {"vision-0", "vision-1", "language-0", "language-1"}) {
     EXPECT_GT(first_event(outcome.timeline, process, "granted"), 0) << process;
   }
+}
+
+TEST(Pipeline, EmbeddingsPastTheMemoryBoundAreSpilledAndReadBack) {
+  const std::string spill = testing::TempDir() + "pipeline-spill";
+  std::system(("mkdir -p " + spill).c_str());
+  const std::string path = testing::TempDir() + "spill.yaml";
+  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n" << kSequential
+                      << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', heartbeat_interval: "
+                         "100ms, liveness: 5, embedding_memory: 1KiB, spill_dir: " << spill << "}\n"
+                      << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
+  Outcome outcome = run_pipeline(path, kCases);
+  expect_all_match(outcome);
+  EXPECT_TRUE(std::filesystem::is_empty(spill));  // every spill file removed
+}
+
+TEST(Pipeline, AWorkerThatKeepsDyingFailsItsRequestsWithTheReason) {
+  FaultDelay delay(20);
+  const std::string path = testing::TempDir() + "no-restarts.yaml";
+  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n" << kSequential
+                      << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', heartbeat_interval: "
+                         "100ms, liveness: 5, max_restarts_per_minute: 0}\n"
+                      << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
+  Hooks hooks;
+  hooks.on_text = [&](llava::Coordinator& c, uint64_t, const std::string&) {
+    if (c.pid_of("language-0") > 0) kill(c.pid_of("language-0"), SIGKILL);
+  };
+  Outcome outcome = run_pipeline(path, kCases, hooks, 0);
+  for (uint64_t id : outcome.ids) {
+    ASSERT_EQ(outcome.answers.at(id), 1);
+    const auto& r = outcome.results.at(id);
+    EXPECT_FALSE(r.ok);
+    EXPECT_NE(r.error.find("language stage: language-0 failed 1 times in a minute (last: killed by signal 9)"),
+              std::string::npos)
+        << r.error;
+  }
+}
+
+TEST(Pipeline, PromptLongerThanTheContextFailsAlone) {
+  std::vector<Case> cases = {kCases[0], {std::string(3000, 'x') + " why?", {}}};
+  Outcome outcome = run_pipeline(write_config("long-prompt", kSequential), cases, {}, 1);
+  EXPECT_TRUE(outcome.results.at(outcome.ids[0]).ok);
+  EXPECT_EQ(outcome.results.at(outcome.ids[0]).tokens, outcome.expected[0]);
+  const auto& r = outcome.results.at(outcome.ids[1]);
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("the context holds 256"), std::string::npos) << r.error;
 }
 
 TEST(Pipeline, LanguageWorkerKilledMidGenerationStillAnswersEachRequestOnce) {
