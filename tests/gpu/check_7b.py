@@ -8,7 +8,6 @@ computes transformers' prompt logits for 10 prompts (one image each, 576 image t
 runs our llava_logits on the same checkpoint, and prints the agreement as JSON.
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -17,42 +16,17 @@ import time
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPImageProcessor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_7b import make_7b  # noqa: E402
 
 work, tool = sys.argv[1], sys.argv[2]
 here = os.path.dirname(os.path.abspath(__file__))
 data = os.path.join(here, "..", "data")
 folder = os.path.join(work, "llava-7b-random")
-os.makedirs(folder, exist_ok=True)
-report = {}
 
-config = LlavaConfig.from_dict(json.load(open(os.path.join(data, "hub-configs", "llava-1.5-7b-hf", "config.json"))))
-t0 = time.time()
-torch.manual_seed(0)
-with torch.device("cuda"):
-    model = LlavaForConditionalGeneration(config).to(torch.float16).eval()
-    g = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():  # scaled so that activations keep their size and logits are peaked
-        for name, p in model.named_parameters():
-            if p.dim() >= 2 and "embed" not in name:
-                scale = 2.0 if "lm_head" in name else 1.0
-                p.copy_(torch.randn(p.shape, generator=g, device="cuda", dtype=torch.float32).half()
-                        * (scale / math.sqrt(p[0].numel())))
-            elif p.dim() >= 2 or "class_embedding" in name:
-                p.copy_(torch.randn(p.shape, generator=g, device="cuda").half())
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g, device="cuda").half())
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g, device="cuda").half())
-report["parameters"] = sum(p.numel() for p in model.parameters())
-model.save_pretrained(folder, safe_serialization=True, max_shard_size="5GB")
-json.dump({"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336},
-           "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-           "do_convert_rgb": True, "resample": 3, "rescale_factor": 1 / 255,
-           "image_mean": [0.48145466, 0.4578275, 0.40821073],
-           "image_std": [0.26862954, 0.26130258, 0.27577711]},
-          open(os.path.join(folder, "preprocessor_config.json"), "w"))
-report["write_seconds"] = time.time() - t0
+model, report = make_7b(folder, keep_on_gpu=True)
 
 proc = CLIPImageProcessor.from_pretrained(folder)
 images = sorted(f for f in os.listdir(os.path.join(data, "images")) if f.startswith("img"))[:10]
