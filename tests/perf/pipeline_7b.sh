@@ -65,5 +65,5 @@ summary = {"mode": mode, "requests": len(results), "ok": len(ok), "seconds": rou
            "errors": [r["error"] for r in results if not r.get("ok")][:3]}
 print(json.dumps(summary))
 PY
-  grep -E "^(vision|language)-|process" "$work/$mode.log" || true
+  tail -n 25 "$work/$mode.log"
 done
