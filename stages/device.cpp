@@ -17,10 +17,14 @@ DeviceMemory device_memory(const at::Device& device) {
   DeviceMemory m;
 #ifdef LLAVA_PIPE_CUDA
   if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    const auto& reserved = stats.reserved_bytes[0];  // StatType::AGGREGATE
-    m.current = reserved.current;
-    m.peak = reserved.peak;
+    // Before the lease there is no CUDA context, and asking must not create one.
+    try {
+      auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+      const auto& reserved = stats.reserved_bytes[0];  // StatType::AGGREGATE
+      m.current = reserved.current;
+      m.peak = reserved.peak;
+    } catch (const c10::Error&) {
+    }
     return m;
   }
 #endif
@@ -31,6 +35,10 @@ DeviceMemory device_memory(const at::Device& device) {
   getrusage(RUSAGE_SELF, &usage);
   m.peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;
   return m;
+}
+
+void initialize_device(const at::Device& device) {
+  if (device.is_cuda()) at::empty({1}, at::TensorOptions().device(device));  // context + allocator
 }
 
 void reset_peak_memory(const at::Device& device) {

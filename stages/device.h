@@ -15,6 +15,8 @@ struct DeviceMemory {
 };
 
 DeviceMemory device_memory(const at::Device& device);
+// Creates the CUDA context and allocator (only under the lease: it takes device memory).
+void initialize_device(const at::Device& device);
 void reset_peak_memory(const at::Device& device);
 // Frees the allocator's cached blocks (after the model is destroyed).
 void release_cached_memory(const at::Device& device);

@@ -164,6 +164,7 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
   if (state_ == State::kLeased) return;
   const auto start = Clock::now();
   try {
+    initialize_device(device_);
     limit_device_memory(device_, grant.getMemoryLimit());
     reset_peak_memory(device_);
     checkpoint_ = std::make_unique<Checkpoint>(config_.model.checkpoint);
