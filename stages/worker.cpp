@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <c10/core/InferenceMode.h>
+
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -102,6 +104,7 @@ void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message
 }
 
 int Worker::run() {
+  c10::InferenceMode inference;  // no autograd bookkeeping on any tensor of this process
   {
     wire::Outgoing hello;
     auto body = hello.header().getBody().initHello();

@@ -1,6 +1,8 @@
 // Prefill, batched decode steps, stop rules.
 #include "stages/language/generator.h"
 
+#include <algorithm>
+
 #include "common/errors.h"
 
 namespace llava {
@@ -8,10 +10,10 @@ namespace llava {
 Generator::Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens)
     : decoder_(decoder), cache_(decoder.config(), slots, max_tokens, decoder.options()) {}
 
-TokenEvent Generator::choose(uint64_t id, Sequence& s, const at::Tensor& logits) {
-  at::Tensor host = logits.to(at::kCPU).contiguous();  // [V] float32
-  std::vector<float> scores(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
-  TokenEvent event{id, s.sampler.next(std::move(scores), s.history), Finish::kNone};
+TokenEvent Generator::choose(uint64_t id, Sequence& s, const float* logits, int64_t vocab,
+                             int32_t greedy_token) {
+  TokenEvent event{id, greedy_token, Finish::kNone};
+  if (logits) event.token = s.sampler.next(std::vector<float>(logits, logits + vocab), s.history);
   s.history.push_back(event.token);
   ++s.generated;
   if (s.sampler.is_stop(event.token)) {
@@ -49,7 +51,14 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
     cache_.release(slot);
     throw;
   }
-  TokenEvent event = choose(id, s, decoder_.logits(hidden[0][-1]));
+  at::Tensor logits = decoder_.logits(hidden[0][-1]);  // [V]
+  TokenEvent event;
+  if (plain_greedy(params)) {
+    event = choose(id, s, nullptr, 0, static_cast<int32_t>(logits.argmax().item<int64_t>()));
+  } else {
+    at::Tensor host = logits.to(at::kCPU).contiguous();
+    event = choose(id, s, host.data_ptr<float>(), host.numel(), -1);
+  }
   if (event.finish == Finish::kNone) {
     sequences_.emplace(id, std::move(s));
   } else {
@@ -72,9 +81,19 @@ std::vector<TokenEvent> Generator::step() {
   const int64_t b = static_cast<int64_t>(ids.size());
   at::Tensor tokens = at::tensor(last, at::kLong).to(decoder_.options().device()).view({b, 1});
   at::Tensor logits = decoder_.logits(decoder_.forward(decoder_.embed(tokens), cache_, slots));
+  // One transfer to the host per step: the argmaxes when every row is greedy, else all
+  // the scores.
+  const bool greedy = std::all_of(sequences_.begin(), sequences_.end(),
+                                  [](const auto& e) { return plain_greedy(e.second.params); });
+  at::Tensor host = greedy ? logits.view({b, -1}).argmax(-1).to(at::kCPU)
+                           : logits.view({b, -1}).to(at::kCPU).contiguous();
+  const int64_t vocab = logits.size(-1);
   for (int64_t row = 0; row < b; ++row) {
     Sequence& s = sequences_.at(ids[static_cast<size_t>(row)]);
-    TokenEvent event = choose(ids[static_cast<size_t>(row)], s, logits[row][0]);
+    TokenEvent event =
+        greedy ? choose(ids[static_cast<size_t>(row)], s, nullptr, 0,
+                        static_cast<int32_t>(host[row].item<int64_t>()))
+               : choose(ids[static_cast<size_t>(row)], s, host.data_ptr<float>() + row * vocab, vocab, -1);
     if (event.finish != Finish::kNone) {
       cache_.release(s.slot);
       sequences_.erase(ids[static_cast<size_t>(row)]);

@@ -48,7 +48,13 @@ class Generator {
     SamplingParams params;
     Sampler sampler;
   };
-  TokenEvent choose(uint64_t id, Sequence& sequence, const at::Tensor& logits);
+  // `logits`: the row's scores on the host; `greedy_token`: the device's argmax, when the
+  // whole batch is greedy (then the scores are not copied at all).
+  TokenEvent choose(uint64_t id, Sequence& sequence, const float* logits, int64_t vocab,
+                    int32_t greedy_token);
+  static bool plain_greedy(const SamplingParams& params) {
+    return params.temperature <= 0.0f && params.repetition_penalty == 1.0f;
+  }
 
   const LlamaDecoder& decoder_;
   KvCache cache_;

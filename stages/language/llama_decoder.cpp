@@ -30,33 +30,34 @@ LlamaDecoder::LlamaDecoder(const LlavaConfig& config, const Checkpoint& ckpt,
     };
     LlamaLayer l;
     l.input_norm = load("input_layernorm.weight", {h});
-    l.q_w = load("self_attn.q_proj.weight", {q, h});
-    l.k_w = load("self_attn.k_proj.weight", {kv, h});
-    l.v_w = load("self_attn.v_proj.weight", {kv, h});
+    l.qkv_w = at::cat({load("self_attn.q_proj.weight", {q, h}), load("self_attn.k_proj.weight", {kv, h}),
+                       load("self_attn.v_proj.weight", {kv, h})});
     l.o_w = load("self_attn.o_proj.weight", {h, q});
     if (t.attention_bias) {
-      l.q_b = load("self_attn.q_proj.bias", {q});
-      l.k_b = load("self_attn.k_proj.bias", {kv});
-      l.v_b = load("self_attn.v_proj.bias", {kv});
+      l.qkv_b = at::cat({load("self_attn.q_proj.bias", {q}), load("self_attn.k_proj.bias", {kv}),
+                         load("self_attn.v_proj.bias", {kv})});
       l.o_b = load("self_attn.o_proj.bias", {h});
     }
     l.post_norm = load("post_attention_layernorm.weight", {h});
-    l.gate_w = load("mlp.gate_proj.weight", {i, h});
-    l.up_w = load("mlp.up_proj.weight", {i, h});
+    l.gate_up_w = at::cat({load("mlp.gate_proj.weight", {i, h}), load("mlp.up_proj.weight", {i, h})});
     l.down_w = load("mlp.down_proj.weight", {h, i});
     if (t.mlp_bias) {
-      l.gate_b = load("mlp.gate_proj.bias", {i});
-      l.up_b = load("mlp.up_proj.bias", {i});
+      l.gate_up_b = at::cat({load("mlp.gate_proj.bias", {i}), load("mlp.up_proj.bias", {i})});
       l.down_b = load("mlp.down_proj.bias", {h});
     }
     layers_.push_back(std::move(l));
   }
-  // inv_freq = 1 / theta^(2j / D) in float32, as transformers computes it; linear scaling
-  // divides it by the factor (positions / factor).
+  // RoPE tables for every position, computed as transformers computes them per call:
+  // inv_freq = 1 / theta^(2j / D) in float32 (divided by the factor for linear scaling),
+  // angle = position * inv_freq in float32, cos/sin, then the compute dtype.
   auto f32 = at::TensorOptions().dtype(at::kFloat).device(options.device());
   at::Tensor exponent = at::arange(0, t.head_dim, 2, f32) / static_cast<double>(t.head_dim);
-  inv_freq_ = 1.0 / at::pow(t.rope_theta, exponent);
-  if (t.rope_type == "linear") inv_freq_ = inv_freq_ / t.rope_factor;
+  at::Tensor inv_freq = 1.0 / at::pow(t.rope_theta, exponent);
+  if (t.rope_type == "linear") inv_freq = inv_freq / t.rope_factor;
+  at::Tensor freqs = at::arange(t.max_position_embeddings, f32).unsqueeze(1) * inv_freq.unsqueeze(0);
+  at::Tensor angles = at::cat({freqs, freqs}, -1);  // [P, D]
+  rope_cos_ = angles.cos().to(options.dtype());
+  rope_sin_ = angles.sin().to(options.dtype());
 }
 
 at::Tensor LlamaDecoder::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
@@ -121,14 +122,24 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     keys = std::max(keys, starts.back() + n);
     same_start = same_start && starts.back() == starts.front();
   }
-  at::Tensor start = at::tensor(starts, at::TensorOptions().dtype(at::kLong)).to(f32);  // [B]
-  at::Tensor positions = start.unsqueeze(1) + at::arange(n, f32).unsqueeze(0);        // [B, T]
-
-  // RoPE tables [B, 1, T, D], in float32 then the compute dtype.
-  at::Tensor freqs = positions.unsqueeze(-1) * inv_freq_.view({1, 1, -1});  // [B, T, D/2]
-  at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);
-  at::Tensor cos = angles.cos().to(embeds.scalar_type());
-  at::Tensor sin = angles.sin().to(embeds.scalar_type());
+  if (keys > t.max_position_embeddings) {
+    throw RequestError("position " + std::to_string(keys) + " is past the model's " +
+                       std::to_string(t.max_position_embeddings) + " positions");
+  }
+  auto i64 = at::TensorOptions().dtype(at::kLong).device(options_.device());
+  at::Tensor positions;  // [B, T]
+  if (b == 1) {
+    positions = at::arange(starts[0], starts[0] + n, i64).unsqueeze(0);
+  } else {
+    std::vector<int64_t> all;
+    for (int64_t start : starts) {
+      for (int64_t i = 0; i < n; ++i) all.push_back(start + i);
+    }
+    positions = at::tensor(all, at::kLong).to(options_.device(), /*non_blocking=*/true).view({b, n});
+  }
+  // RoPE rows of these positions: [B, 1, T, D].
+  at::Tensor cos = rope_cos_.index_select(0, positions.flatten()).view({b, 1, n, d});
+  at::Tensor sin = rope_sin_.index_select(0, positions.flatten()).view({b, 1, n, d});
   auto rope = [&](const at::Tensor& x) {
     at::Tensor rotated = at::cat({-x.narrow(-1, d / 2, d / 2), x.narrow(-1, 0, d / 2)}, -1);
     return x * cos + rotated * sin;
@@ -140,7 +151,7 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   const bool fresh = same_start && starts.front() == 0 && n > 1;
   at::Tensor mask;
   if (!fresh && (n > 1 || !same_start)) {
-    at::Tensor limit = positions.view({b, 1, n, 1});
+    at::Tensor limit = positions.to(at::kFloat).view({b, 1, n, 1});
     at::Tensor key = at::arange(keys, f32).view({1, 1, 1, keys});
     mask = at::where(key <= limit, at::zeros({}, f32), at::full({}, -INFINITY, f32));
   }
@@ -149,9 +160,10 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   for (size_t layer = 0; layer < layers_.size(); ++layer) {
     const LlamaLayer& l = layers_[layer];
     at::Tensor h = rms_norm(x, l.input_norm);
-    at::Tensor q = at::linear(h, l.q_w, l.q_b).view({b, n, heads, d}).transpose(1, 2);
-    at::Tensor k = at::linear(h, l.k_w, l.k_b).view({b, n, kv_heads, d}).transpose(1, 2);
-    at::Tensor v = at::linear(h, l.v_w, l.v_b).view({b, n, kv_heads, d}).transpose(1, 2);
+    auto qkv = at::linear(h, l.qkv_w, l.qkv_b).split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
+    at::Tensor q = qkv[0].view({b, n, heads, d}).transpose(1, 2);
+    at::Tensor k = qkv[1].view({b, n, kv_heads, d}).transpose(1, 2);
+    at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
     q = rope(q);  // [B, heads, T, D]
     k = rope(k);  // [B, kv_heads, T, D]
     cache.write(static_cast<int>(layer), slots, k, v);
@@ -164,7 +176,8 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
         attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), fresh);
     x = x + at::linear(a.transpose(1, 2).reshape({b, n, heads * d}), l.o_w, l.o_b);
     h = rms_norm(x, l.post_norm);
-    at::Tensor gated = at::silu(at::linear(h, l.gate_w, l.gate_b)) * at::linear(h, l.up_w, l.up_b);
+    auto gate_up = at::linear(h, l.gate_up_w, l.gate_up_b).chunk(2, -1);
+    at::Tensor gated = at::silu(gate_up[0]) * gate_up[1];
     x = x + at::linear(gated, l.down_w, l.down_b);
   }
   for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);

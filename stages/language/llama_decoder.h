@@ -13,9 +13,11 @@
 
 namespace llava {
 
+// q, k and v are one matrix (one matrix product per token instead of three), and so are
+// gate and up.
 struct LlamaLayer {
-  at::Tensor input_norm, q_w, k_w, v_w, o_w, q_b, k_b, v_b, o_b;
-  at::Tensor post_norm, gate_w, up_w, down_w, gate_b, up_b, down_b;
+  at::Tensor input_norm, qkv_w, qkv_b, o_w, o_b;
+  at::Tensor post_norm, gate_up_w, gate_up_b, down_w, down_b;
 };
 
 class LlamaDecoder {
@@ -46,7 +48,8 @@ class LlamaDecoder {
   TextConfig config_;
   int64_t image_token_;
   at::TensorOptions options_;
-  at::Tensor embed_tokens_, final_norm_, lm_head_, inv_freq_;
+  at::Tensor embed_tokens_, final_norm_, lm_head_;
+  at::Tensor rope_cos_, rope_sin_;  // [max_position_embeddings, D] in the compute dtype
   std::vector<LlamaLayer> layers_;
 };
 

@@ -2,6 +2,7 @@
 // reference the multi-process pipeline tests compare against.
 //   generate_local CHECKPOINT MAX_NEW_TOKENS IDS_CSV [IMAGE ...]   -> prints tokens, CSV
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cstdio>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include "stages/vision/vision_encoder.h"
 
 int main(int argc, char** argv) {
+  c10::InferenceMode inference;
   if (argc < 4) {
     std::fprintf(stderr, "usage: generate_local CHECKPOINT MAX_NEW_TOKENS IDS_CSV [IMAGE ...]\n");
     return 2;
