@@ -1,0 +1,71 @@
+// Times each operation of one decode step at LLaVA-1.5-7B shapes (float16, batch 1), on
+// random weights, to find where a step's time goes. Prints a table, ms per call.
+//   decode_profile DEVICE [CONTEXT]
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+
+#include "stages/attention.h"
+#include "stages/device.h"
+
+int main(int argc, char** argv) {
+  c10::InferenceMode inference;
+  const at::Device device(argc > 1 ? argv[1] : "cpu");
+  const int64_t context = argc > 2 ? std::stoll(argv[2]) : 680;
+  const auto f16 = at::TensorOptions().dtype(device.is_cuda() ? at::kHalf : at::kFloat).device(device);
+  llava::initialize_device(device);
+  auto time_ms = [&](const char* name, int reps, const std::function<void()>& op) {
+    for (int i = 0; i < 3; ++i) op();
+    llava::synchronize(device);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) op();
+    llava::synchronize(device);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+    std::printf("%-44s %10.4f ms\n", name, ms);
+    return ms;
+  };
+  const int64_t h = 4096, inter = 11008, heads = 32, d = 128, vocab = 32064;
+  at::Tensor x = at::randn({1, 1, h}, f16);
+  at::Tensor w_qkv = at::randn({3 * h, h}, f16) * 0.01, w_o = at::randn({h, h}, f16) * 0.01;
+  at::Tensor w_gate_up = at::randn({2 * inter, h}, f16) * 0.01, w_down = at::randn({h, inter}, f16) * 0.01;
+  at::Tensor w_head = at::randn({vocab, h}, f16) * 0.01;
+  at::Tensor mid = at::randn({1, 1, inter}, f16);
+  at::Tensor cache = at::randn({4, heads, 1024, d}, f16);  // [slots, heads, max_tokens, D]
+  at::Tensor q = at::randn({1, heads, 1, d}, f16);
+  at::Tensor k_view = cache[1].narrow(1, 0, context).unsqueeze(0);
+  at::Tensor k_contig = k_view.contiguous();
+  at::Tensor norm_w = at::ones({h}, f16);
+  at::Tensor table = at::randn({4096, d}, f16);
+  const double scale = 1.0 / std::sqrt(128.0);
+  double total = 0;
+  total += time_ms("linear qkv [1,4096]x[12288,4096]", 200, [&] { at::linear(x, w_qkv); });
+  total += time_ms("linear o [1,4096]x[4096,4096]", 200, [&] { at::linear(x, w_o); });
+  total += time_ms("linear gate_up [1,4096]x[22016,4096]", 200, [&] { at::linear(x, w_gate_up); });
+  total += time_ms("linear down [1,11008]x[4096,11008]", 200, [&] { at::linear(mid, w_down); });
+  time_ms("lm_head [1,4096]x[32064,4096]", 100, [&] { at::linear(x, w_head); });
+  total += time_ms("attention, strided cache view", 200,
+                   [&] { llava::attention(q, k_view, k_view, at::Tensor(), scale); });
+  time_ms("attention, contiguous k/v", 200, [&] { llava::attention(q, k_contig, k_contig, at::Tensor(), scale); });
+  total += time_ms("rms_norm (float32 round trip)", 200, [&] {
+    at::Tensor x32 = x.to(at::kFloat);
+    norm_w * (x32 * at::rsqrt(x32.pow(2).mean(-1, true) + 1e-5)).to(x.scalar_type());
+  });
+  total += time_ms("rope rows + rotate (q)", 200, [&] {
+    at::Tensor positions = at::arange(context, context + 1, at::TensorOptions().dtype(at::kLong).device(device));
+    at::Tensor cos = table.index_select(0, positions).view({1, 1, 1, d});
+    at::Tensor rotated = at::cat({-q.narrow(-1, d / 2, d / 2), q.narrow(-1, 0, d / 2)}, -1);
+    q* cos + rotated * cos;
+  });
+  total += time_ms("kv write (narrow + copy_)", 200, [&] { cache[1].narrow(1, context, 1).copy_(q[0]); });
+  time_ms("tiny add (dispatch overhead)", 1000, [&] { at::add(q, q); });
+  time_ms("host -> device token id", 200, [&] { at::tensor({int64_t{5}}, at::kLong).to(device); });
+  time_ms("argmax + item", 200, [&] { at::linear(x, w_head).argmax().item<int64_t>(); });
+  std::printf("%-44s %10.4f ms\n", "one layer: linears + attention + norm + rope + kv", total);
+  std::printf("weights read per layer: %.1f MB\n", (3 * h * h + h * h + 3 * h * inter) * 2 / 1e6);
+  return 0;
+}
