@@ -1,6 +1,8 @@
 // Times each operation of one decode step at LLaVA-1.5-7B shapes (float16, batch 1), on
 // random weights, to find where a step's time goes. Prints a table, ms per call.
-//   decode_profile DEVICE [CONTEXT]
+//   decode_profile DEVICE [CONTEXT [CHECKPOINT]]
+// With a checkpoint, also times the real decoder's one-token forward after a CONTEXT-token
+// prompt.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -10,7 +12,10 @@
 #include <functional>
 #include <string>
 
+#include "common/model_config.h"
 #include "stages/attention.h"
+#include "stages/checkpoint/checkpoint.h"
+#include "stages/language/llama_decoder.h"
 #include "stages/device.h"
 
 int main(int argc, char** argv) {
@@ -67,5 +72,24 @@ int main(int argc, char** argv) {
   time_ms("argmax + item", 200, [&] { at::linear(x, w_head).argmax().item<int64_t>(); });
   std::printf("%-44s %10.4f ms\n", "one layer: linears + attention + norm + rope + kv", total);
   std::printf("weights read per layer: %.1f MB\n", (3 * h * h + h * h + 3 * h * inter) * 2 / 1e6);
+  if (argc > 3) {
+    llava::LlavaConfig config = llava::load_llava_config(argv[3]);
+    llava::Checkpoint checkpoint(argv[3]);
+    llava::LlamaDecoder decoder(config, checkpoint, f16);
+    llava::KvCache kv(config.text, 1, context + 64, f16);
+    const int slot = kv.acquire();
+    at::Tensor prompt = at::randint(3, 32000, {1, context}, at::TensorOptions().dtype(at::kLong).device(device));
+    decoder.forward(decoder.embed(prompt), kv, {slot});
+    at::Tensor token = at::full({1, 1}, 5, at::TensorOptions().dtype(at::kLong).device(device));
+    at::Tensor embedded = decoder.embed(token);
+    time_ms("real decoder: embed", 50, [&] { decoder.embed(token); });
+    time_ms("real decoder: forward, 1 token (32 layers)", 50, [&] {
+      decoder.forward(embedded, kv, {slot});
+      kv.set_length(slot, context);  // stay at the same position
+    });
+    at::Tensor hidden = decoder.forward(embedded, kv, {slot});
+    kv.set_length(slot, context);
+    time_ms("real decoder: logits + argmax + item", 50, [&] { decoder.logits(hidden).argmax().item<int64_t>(); });
+  }
   return 0;
 }
