@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
     llava::LlamaDecoder decoder(config, checkpoint, f16);
     llava::KvCache kv(config.text, 1, context + 64, f16);
     const int slot = kv.acquire();
-    at::Tensor prompt = at::randint(3, 32000, {1, context}, at::TensorOptions().dtype(at::kLong).device(device));
+    at::Tensor prompt = at::randint(3, config.text.vocab_size, {1, context}, at::TensorOptions().dtype(at::kLong).device(device));
     decoder.forward(decoder.embed(prompt), kv, {slot});
     at::Tensor token = at::full({1, 1}, 5, at::TensorOptions().dtype(at::kLong).device(device));
     at::Tensor embedded = decoder.embed(token);
