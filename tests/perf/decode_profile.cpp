@@ -15,6 +15,7 @@
 #include "common/model_config.h"
 #include "stages/attention.h"
 #include "stages/checkpoint/checkpoint.h"
+#include "stages/language/generator.h"
 #include "stages/language/llama_decoder.h"
 #include "stages/device.h"
 
@@ -90,6 +91,17 @@ int main(int argc, char** argv) {
     at::Tensor hidden = decoder.forward(embedded, kv, {slot});
     kv.set_length(slot, context);
     time_ms("real decoder: logits + argmax + item", 50, [&] { decoder.logits(hidden).argmax().item<int64_t>(); });
+    // The same step through the Generator (what the worker runs).
+    for (int batch : {1, 8}) {
+      llava::Generator generator(decoder, batch, context + 200);
+      std::vector<int32_t> ids(static_cast<size_t>(context), 5);
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(3 + (i * 7919) % 30000 % config.text.vocab_size);
+      llava::SamplingParams params;
+      params.max_new_tokens = 190;
+      for (int r = 0; r < batch; ++r) generator.start(static_cast<uint64_t>(r), ids, {}, params);
+      const std::string name = "Generator::step, batch " + std::to_string(batch);
+      time_ms(name.c_str(), 30, [&] { generator.step(); });
+    }
   }
   return 0;
 }
