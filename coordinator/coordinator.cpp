@@ -109,6 +109,12 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
   const uint64_t id = r.id;
   auto& request = requests_.emplace(id, std::move(r)).first->second;
   try {
+    // Bounded queue: past it, an explicit refusal rather than unbounded memory.
+    if (requests_.size() > static_cast<size_t>(config_.coordinator.queue_capacity)) {
+      throw RequestError("overloaded: " + std::to_string(requests_.size() - 1) +
+                         " requests are waiting (coordinator.queue_capacity " +
+                         std::to_string(config_.coordinator.queue_capacity) + "); try again later");
+    }
     if (spec.image_paths.size() > static_cast<size_t>(kMaxImagesPerRequest)) {
       throw RequestError(std::to_string(spec.image_paths.size()) + " images; at most " +
                          std::to_string(kMaxImagesPerRequest) + " per request");
@@ -130,6 +136,22 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
     finish(request, e.what());
   }
   return id;
+}
+
+bool Coordinator::cancel(uint64_t id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return false;
+  Request& request = it->second;
+  if (request.slot >= 0) {
+    Slot& slot = slots_[static_cast<size_t>(request.slot)];
+    if (!slot.routing.empty()) {
+      wire::Outgoing message(request.id, request.attempt);
+      message.header().getBody().initCancel();
+      send(slot, message);
+    }
+  }
+  finish(request, "cancelled by the client", "cancelled");
+  return true;
 }
 
 Coordinator::Request* Coordinator::find(uint64_t id, uint32_t attempt) {

@@ -78,6 +78,9 @@ class Coordinator {
   // Queues a request; one that cannot run (unreadable image, prompt too long) gets its
   // failed result at once. Returns its id.
   uint64_t submit(const RequestSpec& spec);
+  // The client gave up: the request gets its final answer ("cancelled") now, and its worker
+  // frees what it held for it. False if it already has its answer.
+  bool cancel(uint64_t request);
   // Runs until every submitted request has its one final answer, a fatal error, or a stop.
   void run();
   // Async-signal-safe: the loop stops at its next turn and fails what is left.

@@ -5,6 +5,7 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -53,6 +54,45 @@ schema::FinishReason finish_reason(Finish finish) {
 
 double seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
+}
+
+// Fault injection for the multi-process tests; every hook is off unless its variable is
+// set. LLAVA_PIPE_FAULT_ONCE=PATH makes the error hooks fire only while PATH exists (the
+// worker deletes it when one fires), so that a restarted worker runs clean.
+struct FaultHooks {
+  int work_delay_ms = number("LLAVA_PIPE_FAULT_WORK_DELAY_MS");        // each work step slower
+  int sticky_after_steps = number("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS");  // then a sticky error
+  int oom_prompt_tokens = number("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS");    // prompts this long OOM
+  static int number(const char* name) {
+    const char* value = std::getenv(name);
+    return value ? std::atoi(value) : 0;
+  }
+  static bool armed() {
+    const char* once = std::getenv("LLAVA_PIPE_FAULT_ONCE");
+    if (!once) return true;
+    return std::remove(once) == 0;  // fires once: the first to delete the file
+  }
+};
+
+const FaultHooks& faults() {
+  static const FaultHooks hooks;
+  return hooks;
+}
+
+// Errors after which a CUDA context is unusable: the process must end and be restarted.
+bool is_sticky(const std::exception& e) {
+  const std::string what = e.what();
+  for (const char* sign : {"illegal memory access", "device-side assert", "unspecified launch failure",
+                           "misaligned address", "illegal instruction"}) {
+    if (what.find(sign) != std::string::npos) return true;
+  }
+  return false;
+}
+
+[[noreturn]] void exit_after_sticky_error(const std::exception& e) {
+  std::cerr << "llava-stage: unrecoverable device error, exiting so that a fresh process takes "
+               "over: " << e.what() << std::endl;
+  std::_Exit(kExitRuntime);  // no destructors: they would touch the broken context
 }
 
 }  // namespace
@@ -231,14 +271,8 @@ void Worker::on_cancel(uint64_t request) {
 }
 
 void Worker::work() {
-  // Fault injection for the multi-process tests (never set in production): each unit of
-  // work takes this much longer, which holds a worker mid-batch long enough to kill it.
-  static const int delay_ms = [] {
-    const char* value = std::getenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS");
-    return value ? std::atoi(value) : 0;
-  }();
-  if (delay_ms > 0 && (!queue_.empty() || !running_.empty())) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  if (faults().work_delay_ms > 0 && (!queue_.empty() || !running_.empty())) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(faults().work_delay_ms));
   }
   const auto start = Clock::now();
   if (stage_kind_ == schema::Stage::VISION) {
@@ -285,6 +319,7 @@ void Worker::encode_images() {
   try {
     embeddings = vision_->encode(at::stack(pixels));  // [N, tokens, H]
   } catch (const c10::Error& e) {
+    if (is_sticky(e)) exit_after_sticky_error(e);
     for (auto& task : tasks) {
       fail(task.request_id(), task.attempt(), std::string("vision encoder: ") + e.what_without_backtrace(), false);
     }
@@ -324,6 +359,10 @@ void Worker::admit(wire::Incoming& task) {
   params.repetition_penalty = s.getRepetitionPenalty();
   params.seed = s.getSeed();
   for (int32_t id : s.getStopTokenIds()) params.stop_token_ids.push_back(id);
+  if (faults().oom_prompt_tokens > 0 && static_cast<int>(ids.size()) >= faults().oom_prompt_tokens &&
+      FaultHooks::armed()) {
+    TORCH_CHECK(false, "CUDA out of memory (injected by LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS)");
+  }
   Running run{task.attempt(), body.getResumeFrom(), static_cast<uint32_t>(ids.size()), 0,
               Clock::now()};
   TokenEvent first = generator_->start(task.request_id(), ids, images, params);
@@ -362,6 +401,7 @@ void Worker::generate_tokens() {
       running_.erase(task.request_id());
       fail(task.request_id(), task.attempt(), e.what(), false);
     } catch (const c10::Error& e) {  // out of memory and the like: this request only
+      if (is_sticky(e)) exit_after_sticky_error(e);
       running_.erase(task.request_id());
       fail(task.request_id(), task.attempt(), std::string("language model: ") + e.what_without_backtrace(), false);
     }
@@ -369,8 +409,13 @@ void Worker::generate_tokens() {
   if (generator_->active() == 0) return;
   std::vector<TokenEvent> events;
   try {
+    static int steps = 0;
+    if (faults().sticky_after_steps > 0 && ++steps == faults().sticky_after_steps && FaultHooks::armed()) {
+      TORCH_CHECK(false, "CUDA error: an illegal memory access was encountered (injected)");
+    }
     events = generator_->step();
   } catch (const std::exception& e) {
+    if (is_sticky(e)) exit_after_sticky_error(e);
     // The batch cannot go on; each request is retried from what it has streamed.
     for (auto& [id, run] : running_) {
       generator_->cancel(id);

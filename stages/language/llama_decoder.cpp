@@ -102,6 +102,9 @@ at::Tensor LlamaDecoder::embed_prompt(const std::vector<int32_t>& ids,
   at::Tensor x = embed(at::tensor(lookup, long_options).to(options_.device())).unsqueeze(0);
   if (!images.empty()) {
     at::Tensor rows = at::cat(images, 0).to(options_);
+    if (!at::isfinite(rows).all().item<bool>()) {
+      throw RequestError("the image embeddings contain NaN or Inf");
+    }
     x[0].index_copy_(0, at::tensor(image_positions, long_options).to(options_.device()), rows);
   }
   return x;  // [1, T, H]

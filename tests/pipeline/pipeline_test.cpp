@@ -44,12 +44,15 @@ const std::vector<Case> kCases = {
     {"And this one?", {kImages + "img13_180x120_P.gif"}},
 };
 
-std::string write_config(const std::string& name, const std::string& body) {
+// `coordinator` adds keys to the coordinator section ("spill_dir: /x, ...").
+std::string write_config(const std::string& name, const std::string& body,
+                         const std::string& coordinator = "") {
   const std::string path = testing::TempDir() + name + ".yaml";
   std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n"
                       << body
                       << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', "
-                         "heartbeat_interval: 100ms, liveness: 5}\n"
+                         "heartbeat_interval: 100ms, liveness: 5"
+                      << (coordinator.empty() ? "" : ", " + coordinator) << "}\n"
                       << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
   return path;
 }
@@ -249,23 +252,15 @@ TEST(Pipeline, TwoVisionAndTwoLanguageReplicasMatch) {
 TEST(Pipeline, EmbeddingsPastTheMemoryBoundAreSpilledAndReadBack) {
   const std::string spill = testing::TempDir() + "pipeline-spill";
   std::system(("mkdir -p " + spill).c_str());
-  const std::string path = testing::TempDir() + "spill.yaml";
-  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n" << kSequential
-                      << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', heartbeat_interval: "
-                         "100ms, liveness: 5, embedding_memory: 1KiB, spill_dir: " << spill << "}\n"
-                      << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
-  Outcome outcome = run_pipeline(path, kCases);
+  Outcome outcome = run_pipeline(
+      write_config("spill", kSequential, "embedding_memory: 1KiB, spill_dir: " + spill), kCases);
   expect_all_match(outcome);
   EXPECT_TRUE(std::filesystem::is_empty(spill));  // every spill file removed
 }
 
 TEST(Pipeline, AWorkerThatKeepsDyingFailsItsRequestsWithTheReason) {
   FaultDelay delay(20);
-  const std::string path = testing::TempDir() + "no-restarts.yaml";
-  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n" << kSequential
-                      << "coordinator: {endpoint: 'ipc://@llava-pipe-test-{pid}', heartbeat_interval: "
-                         "100ms, liveness: 5, max_restarts_per_minute: 0}\n"
-                      << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
+  const std::string path = write_config("no-restarts", kSequential, "max_restarts_per_minute: 0");
   Hooks hooks;
   hooks.on_text = [&](llava::Coordinator& c, uint64_t, const std::string&) {
     if (c.pid_of("language-0") > 0) kill(c.pid_of("language-0"), SIGKILL);
@@ -279,6 +274,84 @@ TEST(Pipeline, AWorkerThatKeepsDyingFailsItsRequestsWithTheReason) {
               std::string::npos)
         << r.error;
   }
+}
+
+TEST(Pipeline, CancelledRequestGetsOneAnswerAndTheOthersGoOn) {
+  FaultDelay delay(10);
+  uint64_t cancelled = 0;
+  Hooks hooks;
+  hooks.on_text = [&](llava::Coordinator& c, uint64_t id, const std::string&) {
+    if (cancelled == 0) {
+      cancelled = id;
+      EXPECT_TRUE(c.cancel(id));
+      EXPECT_FALSE(c.cancel(id));  // already answered
+    }
+  };
+  Outcome outcome = run_pipeline(write_config("cancel", kSequential), kCases, hooks);
+  ASSERT_NE(cancelled, 0u);
+  for (size_t i = 0; i < outcome.ids.size(); ++i) {
+    const uint64_t id = outcome.ids[i];
+    ASSERT_EQ(outcome.answers.at(id), 1) << i;
+    const auto& r = outcome.results.at(id);
+    if (id == cancelled) {
+      EXPECT_FALSE(r.ok);
+      EXPECT_EQ(r.error, "cancelled by the client");
+    } else {
+      EXPECT_TRUE(r.ok) << r.error;
+      EXPECT_EQ(r.tokens, outcome.expected[i]);
+    }
+  }
+  expect_no_deaths(outcome);
+}
+
+TEST(Pipeline, FullQueueRefusesNewRequestsExplicitly) {
+  Outcome outcome = run_pipeline(write_config("overload", kSequential, "queue_capacity: 2"), kCases, {}, 2);
+  for (size_t i = 0; i < outcome.ids.size(); ++i) {
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    if (i < 2) {
+      EXPECT_TRUE(r.ok) << r.error;
+      EXPECT_EQ(r.tokens, outcome.expected[i]);
+    } else {
+      EXPECT_FALSE(r.ok);
+      EXPECT_EQ(r.error.rfind("overloaded: 2 requests are waiting (coordinator.queue_capacity 2)", 0), 0u)
+          << r.error;
+    }
+  }
+}
+
+TEST(Pipeline, StickyDeviceErrorEndsTheWorkerWhichIsRestartedAndResumes) {
+  const std::string once = testing::TempDir() + "sticky-once";
+  std::ofstream(once) << "armed";
+  setenv("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS", "3", 1);
+  setenv("LLAVA_PIPE_FAULT_ONCE", once.c_str(), 1);
+  Outcome outcome = run_pipeline(write_config("sticky", kSequential), kCases);
+  unsetenv("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS");
+  unsetenv("LLAVA_PIPE_FAULT_ONCE");
+  EXPECT_FALSE(std::filesystem::exists(once));  // the fault fired
+  expect_all_match(outcome);
+  EXPECT_EQ(outcome.reports[1].restarts, 1);
+  EXPECT_GT(first_event(outcome.timeline, "language-0", "died"), 0);
+}
+
+TEST(Pipeline, OutOfMemoryFailsThatRequestAloneAndTheWorkerLivesOn) {
+  // Every prompt of kCases is short; a long one runs out of memory (injected).
+  std::vector<Case> cases = kCases;
+  std::string long_prompt;
+  for (int i = 0; i < 80; ++i) long_prompt += "picture ";
+  cases.push_back({long_prompt, {}});
+  setenv("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS", "80", 1);
+  Outcome outcome = run_pipeline(write_config("oom", kSequential), cases, {}, kCases.size());
+  unsetenv("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS");
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.tokens, outcome.expected[i]);
+  }
+  const auto& r = outcome.results.at(outcome.ids.back());
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("language stage: language model: CUDA out of memory (injected"), std::string::npos)
+      << r.error;
+  expect_no_deaths(outcome);
 }
 
 TEST(Pipeline, PromptLongerThanTheContextFailsAlone) {

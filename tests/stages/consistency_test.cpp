@@ -82,4 +82,21 @@ TEST(Consistency, ImageTokenCountMustMatchTheImages) {
   EXPECT_THROW(model.decoder.embed_prompt({1, 5000}, {}), llava::RequestError);
 }
 
+TEST(Consistency, NonFiniteImageEmbeddingsAreARequestError) {
+  TinyModel model(data_path("tiny-llava"));
+  std::vector<int32_t> ids(18, 800);
+  ids[0] = 1, ids[17] = 5;
+  at::Tensor image = at::zeros({16, 64});
+  EXPECT_NO_THROW(model.decoder.embed_prompt(ids, {image}));
+  image[3][7] = NAN;
+  try {
+    model.decoder.embed_prompt(ids, {image});
+    FAIL();
+  } catch (const llava::RequestError& e) {
+    EXPECT_STREQ(e.what(), "the image embeddings contain NaN or Inf");
+  }
+  image[3][7] = INFINITY;
+  EXPECT_THROW(model.decoder.embed_prompt(ids, {image}), llava::RequestError);
+}
+
 }  // namespace
