@@ -373,6 +373,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   c.max_restarts_per_minute =
       static_cast<int>(coord.integer("max_restarts_per_minute", c.max_restarts_per_minute, 0, 1000));
   c.queue_capacity = static_cast<int>(coord.integer("queue_capacity", c.queue_capacity, 1, 1 << 24));
+  c.drain_timeout_ms = coord.millis("drain_timeout", c.drain_timeout_ms);
   coord.finish();
 
   Section gen = root.child("generation");

@@ -42,6 +42,7 @@ struct CoordinatorSection {
   uint64_t max_message_size = 256ull << 20;
   int max_restarts_per_minute = 5;
   int queue_capacity = 4096;                // requests waiting; past it requests are refused
+  uint64_t drain_timeout_ms = 30000;        // on SIGTERM: time for work in flight to finish
 };
 
 struct GenerationSection {

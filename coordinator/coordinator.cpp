@@ -20,7 +20,7 @@
 namespace llava {
 namespace {
 
-std::atomic<bool> g_stop{false};
+std::atomic<int> g_stop{0};  // signals received
 
 constexpr int kMaxRequeues = 3;              // a request that kills workers stops being retried
 constexpr int kMaxImagesPerRequest = 16;
@@ -61,7 +61,7 @@ double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_c
 
 }  // namespace
 
-void Coordinator::request_stop() { g_stop = true; }
+void Coordinator::request_stop() { ++g_stop; }
 
 Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
                          std::string worker_program)
@@ -75,7 +75,7 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
       embeddings_(config.coordinator.embedding_memory, config.coordinator.spill_dir),
       started_(Clock::now()),
       beat_interval_(config.coordinator.heartbeat_interval_ms) {
-  g_stop = false;
+  g_stop = 0;
   limits_.max_message_bytes = config.coordinator.max_message_size;
   TransportOptions transport;
   transport.max_message_size = config.coordinator.max_message_size;
@@ -109,6 +109,7 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
   const uint64_t id = r.id;
   auto& request = requests_.emplace(id, std::move(r)).first->second;
   try {
+    if (draining_ || g_stop > 0) throw RequestError("refused: the pipeline is shutting down");
     // Bounded queue: past it, an explicit refusal rather than unbounded memory.
     if (requests_.size() > static_cast<size_t>(config_.coordinator.queue_capacity)) {
       throw RequestError("overloaded: " + std::to_string(requests_.size() - 1) +
@@ -195,6 +196,21 @@ void Coordinator::requeue(Request& request, const std::string& why) {
   if (request.stage == Stage::kInLanguage) request.stage = Stage::kNeedLanguage;
 }
 
+void Coordinator::begin_drain() {
+  draining_ = true;
+  drain_deadline_ = Clock::now() + std::chrono::milliseconds(config_.coordinator.drain_timeout_ms);
+  // Requests no worker has touched yet end now; the rest may finish.
+  std::vector<uint64_t> unstarted;
+  for (auto& [id, r] : requests_) {
+    const bool embedded = r.stage == Stage::kNeedLanguage && !r.images.empty();
+    if ((r.stage == Stage::kNeedVision || r.stage == Stage::kNeedLanguage) && !embedded &&
+        r.tokens.empty()) {
+      unstarted.push_back(id);
+    }
+  }
+  for (uint64_t id : unstarted) finish(requests_.at(id), "cancelled: the pipeline is shutting down");
+}
+
 void Coordinator::fail_all(const std::string& error) {
   while (!requests_.empty()) finish(requests_.begin()->second, error);
 }
@@ -203,8 +219,9 @@ void Coordinator::fail_all(const std::string& error) {
 
 void Coordinator::run() {
   while (!requests_.empty() && fatal_.empty()) {
-    if (g_stop) {
-      fail_all("stopped: the coordinator received a signal");
+    if (g_stop > 0 && !draining_) begin_drain();
+    if (draining_ && (g_stop > 1 || Clock::now() > drain_deadline_)) {
+      fail_all("stopped: the pipeline was shut down before this request finished");
       break;
     }
     if (auto parts = receive_parts(router_, beat_interval_ / 4)) {

@@ -83,8 +83,11 @@ class Coordinator {
   bool cancel(uint64_t request);
   // Runs until every submitted request has its one final answer, a fatal error, or a stop.
   void run();
-  // Async-signal-safe: the loop stops at its next turn and fails what is left.
+  // Async-signal-safe. The first call starts a drain: no new requests, requests not yet
+  // started fail ("shutting down"), work in flight finishes within drain_timeout; a
+  // second call, or the timeout, ends the rest with an error.
   static void request_stop();
+  bool stopped_by_signal() const { return draining_; }
   // Stops every worker (Shutdown, then SIGKILL after a grace period) and reaps them.
   void shutdown_workers();
 
@@ -158,6 +161,7 @@ class Coordinator {
   void requeue(Request& request, const std::string& why);
   void finish(Request& request, const std::string& error, const std::string& reason = "");
   void fail_all(const std::string& error);
+  void begin_drain();
   void record(const Slot& slot, const std::string& what, const std::string& detail = "");
   Slot* slot_by_routing(const std::string& routing);
   bool stage_broken(const std::string& stage, std::string* why) const;
@@ -176,6 +180,8 @@ class Coordinator {
   std::map<uint64_t, Request> requests_;  // until finished
   uint64_t next_id_ = 1;
   std::string holder_;  // sequential: the stage holding the device ("" = none)
+  bool draining_ = false;
+  Clock::time_point drain_deadline_;
   std::string fatal_;
   std::vector<LeaseEvent> timeline_;
   std::set<pid_t> killed_;  // killed by us after a death was declared: reaping is expected

@@ -284,6 +284,10 @@ int run(std::vector<std::string> args) {
     std::cerr << "llava-pipe: " << coordinator.fatal_error() << "\n";
     return llava::kExitRuntime;
   }
+  if (coordinator.stopped_by_signal()) {
+    std::cerr << "llava-pipe: stopped by a signal\n";
+    return llava::kExitRuntime;
+  }
   if (!batch && !single_ok) {
     std::cerr << "llava-pipe: the request failed: " << single_error << "\n";
     return llava::kExitRuntime;

@@ -304,6 +304,33 @@ TEST(Pipeline, CancelledRequestGetsOneAnswerAndTheOthersGoOn) {
   expect_no_deaths(outcome);
 }
 
+TEST(Pipeline, StopDrainsWorkInFlightAndEndsTheRestExplicitly) {
+  FaultDelay delay(100);
+  Hooks hooks;
+  hooks.on_lease_event = [&](llava::Coordinator&, const llava::LeaseEvent& e) {
+    if (e.process == "vision-0" && e.what == "granted") llava::Coordinator::request_stop();  // as SIGTERM does
+  };
+  Outcome outcome = run_pipeline(
+      write_config("drain",
+                   "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 1}, "
+                   "language: {devices: cpu, max_context: 256}}\n"),
+      kCases, hooks);
+  int finished = 0, cut = 0;
+  for (size_t i = 0; i < outcome.ids.size(); ++i) {
+    ASSERT_EQ(outcome.answers.at(outcome.ids[i]), 1) << i;
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    if (r.ok) {
+      ++finished;
+      EXPECT_EQ(r.tokens, outcome.expected[i]) << i;
+    } else {
+      ++cut;
+      EXPECT_EQ(r.error, "cancelled: the pipeline is shutting down") << i;
+    }
+  }
+  EXPECT_GE(finished, 1);  // what the vision worker had when the stop came went through
+  EXPECT_GE(cut, 1);       // what it had not been given ended at once
+}
+
 TEST(Pipeline, FullQueueRefusesNewRequestsExplicitly) {
   Outcome outcome = run_pipeline(write_config("overload", kSequential, "queue_capacity: 2"), kCases, {}, 2);
   for (size_t i = 0; i < outcome.ids.size(); ++i) {
@@ -458,6 +485,46 @@ TEST(Pipeline, CheckpointThatCannotLoadFailsTheRunWithTheLoaderMessage) {
   EXPECT_NE(output.find("exit=1"), std::string::npos) << output;
 }
 
+TEST(Pipeline, PortInUseFailsFastBeforeAnyWorkerStarts) {
+  zmq::context_t context;
+  zmq::socket_t squatter(context, zmq::socket_type::router);
+  squatter.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = squatter.get(zmq::sockopt::last_endpoint);
+  const std::string path = testing::TempDir() + "port-in-use.yaml";
+  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n" << kSequential
+                      << "coordinator: {endpoint: '" << endpoint << "'}\n";
+  const std::string output = run_command(kBinary + "/llava-pipe run " + path +
+                                         " --verbose --prompt hello 2>&1; echo exit=$?");
+  EXPECT_NE(output.find("Address already in use"), std::string::npos) << output;
+  EXPECT_EQ(output.find("started"), std::string::npos) << output;  // no worker was started
+  EXPECT_NE(output.find("exit=1"), std::string::npos) << output;
+}
+
+TEST(Pipeline, BatchFileWithBadLinesAnswersEveryLineInOrder) {
+  const std::string in = testing::TempDir() + "batch.jsonl";
+  const std::string out = testing::TempDir() + "batch-out.jsonl";
+  std::string many = "[";
+  for (int i = 0; i < 17; ++i) many += std::string(i ? ", " : "") + "\"" + kImages + "img00_64x48_RGB.png\"";
+  many += "]";
+  std::ofstream(in) << R"({"id": "a", "image": ")" << kImages << R"(img00_64x48_RGB.png", "prompt": "Describe."})" << "\n"
+                    << "{not json\n"
+                    << R"({"id": "c", "prompt": "x", "colour": "red"})" << "\n"
+                    << R"({"id": "d", "images": )" << many << R"(, "prompt": "Too many."})" << "\n"
+                    << R"({"id": "e", "prompt": "Text only.", "max_new_tokens": 3})" << "\n";
+  const std::string output = run_command(kBinary + "/llava-pipe run " + write_config("batch", kSequential) +
+                                         " --requests " + in + " --output " + out + " 2>&1; echo exit=$?");
+  EXPECT_NE(output.find("exit=0"), std::string::npos) << output;
+  std::ifstream lines(out);
+  std::vector<std::string> got;
+  for (std::string line; std::getline(lines, line);) got.push_back(line);
+  ASSERT_EQ(got.size(), 5u) << output;
+  EXPECT_NE(got[0].find(R"("id":"a","ok":true)"), std::string::npos) << got[0];
+  EXPECT_NE(got[1].find(in + ":2: not a valid request"), std::string::npos) << got[1];
+  EXPECT_NE(got[2].find(in + ":3: unknown key 'colour'"), std::string::npos) << got[2];
+  EXPECT_NE(got[3].find("17 images; at most 16 per request"), std::string::npos) << got[3];
+  EXPECT_NE(got[4].find(R"("generated_tokens":3,"id":"e","ok":true)"), std::string::npos) << got[4];
+}
+
 // Starts `llava-pipe run --verbose` on a slow pipeline and returns its pid and the pids of
 // its workers once both have started (read from its stderr).
 struct Launched {
@@ -505,7 +572,7 @@ bool process_gone(pid_t pid) {
 }
 
 TEST(Pipeline, SigtermStopsEveryWorker) {
-  Launched run = launch_slow_run(write_config("sigterm", kSequential));
+  Launched run = launch_slow_run(write_config("sigterm", kSequential, "drain_timeout: 300ms"));
   ASSERT_EQ(run.workers.size(), 1u);
   kill(run.pipe_pid, SIGTERM);
   int status = 0;
