@@ -1,7 +1,9 @@
 // config.json -> LlavaConfig. Field names and defaults follow transformers 4.3x-5.x.
 #include "common/model_config.h"
 
+#include <cstdint>
 #include <fstream>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -12,6 +14,16 @@ namespace {
 
 using json = nlohmann::json;
 
+// An integer field must hold a JSON integer: nlohmann would cast 1e30 to one with a result
+// that is undefined.
+int64_t whole_number(const json& value, const std::string& what) {
+  if (!value.is_number_integer() ||
+      (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
+    throw CheckpointError(what + " must be a whole number");
+  }
+  return value.get<int64_t>();
+}
+
 class Fields {
  public:
   Fields(const json& object, std::string where) : object_(object), where_(std::move(where)) {}
@@ -20,6 +32,10 @@ class Fields {
   void read(const char* key, T& into) const {
     auto it = object_.find(key);
     if (it == object_.end() || it->is_null()) return;
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      into = static_cast<T>(whole_number(*it, where_ + ": field '" + key + "'"));
+      return;
+    }
     try {
       into = it->get<T>();
     } catch (const json::exception&) {
@@ -66,9 +82,9 @@ TextConfig parse_text(const json& object, const std::string& where) {
     const json& eos = object["eos_token_id"];
     t.eos_token_ids.clear();
     if (eos.is_array()) {
-      for (const auto& id : eos) t.eos_token_ids.push_back(id.get<int64_t>());
+      for (const auto& id : eos) t.eos_token_ids.push_back(whole_number(id, where + ": eos_token_id"));
     } else {
-      t.eos_token_ids.push_back(eos.get<int64_t>());
+      t.eos_token_ids.push_back(whole_number(eos, where + ": eos_token_id"));
     }
   }
   // RoPE: 4.x writes rope_theta + rope_scaling {type|rope_type, factor};
@@ -223,9 +239,11 @@ LlavaConfig parse_llava_config(const std::string& json_text, const std::string& 
     const json& layer = root["vision_feature_layer"];
     config.vision_feature_layers.clear();
     if (layer.is_array()) {
-      for (const auto& l : layer) config.vision_feature_layers.push_back(l.get<int64_t>());
+      for (const auto& l : layer) {
+        config.vision_feature_layers.push_back(whole_number(l, where + ": vision_feature_layer"));
+      }
     } else {
-      config.vision_feature_layers.push_back(layer.get<int64_t>());
+      config.vision_feature_layers.push_back(whole_number(layer, where + ": vision_feature_layer"));
     }
   }
   if (config.vision_feature_layers.empty()) {

@@ -3,7 +3,8 @@
 #   bash launch/quickstart.sh demo   install what is missing, build, run configs/demo.yaml
 #   bash launch/quickstart.sh test   install what is missing, build, run the whole test suite
 # Environment: BUILD_DIR (default build), LLAVA_PIPE_CMAKE_ARGS (extra cmake arguments),
-# JOBS (parallel build jobs, default: number of cores).
+# JOBS (parallel build jobs, default: number of cores), LLAVA_PIPE_FUZZ_SECONDS (test: time
+# for each libFuzzer target, default 60; 0 skips them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -12,7 +13,8 @@ case "$what" in demo|test|build) ;; *) echo "usage: $0 demo|test|build" >&2; exi
 
 packages=(build-essential cmake ninja-build pkg-config
   libtorch-dev libzmq3-dev cppzmq-dev libcapnp-dev capnproto libyaml-cpp-dev
-  libsentencepiece-dev nlohmann-json3-dev libstb-dev libgtest-dev libgmock-dev)
+  libsentencepiece-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev
+  clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +38,10 @@ case "$what" in
       --image tests/data/images/img01_320x240_RGB.jpg --prompt "What is in the picture?"
     ;;
   test)
+    # Fuzzers first (bounded: LLAVA_PIPE_FUZZ_SECONDS each, 0 skips), so that ctest's
+    # summary is the last word.
+    fuzz_seconds="${LLAVA_PIPE_FUZZ_SECONDS:-60}"
+    [ "$fuzz_seconds" -gt 0 ] && bash tests/fuzz/run.sh "$fuzz_seconds"
     cd "$build"
     ctest --output-on-failure -j "$jobs"
     ;;

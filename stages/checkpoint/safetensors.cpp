@@ -23,20 +23,6 @@ struct SafetensorsFile::Mapping {
   }
 };
 
-namespace {
-
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
-
-size_t dtype_bytes(const std::string& dtype) {
-  static const std::map<std::string, size_t> kSizes = {
-      {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4},
-      {"I16", 2}, {"I8", 1},  {"U8", 1},  {"BOOL", 1}};
-  auto it = kSizes.find(dtype);
-  return it == kSizes.end() ? 0 : it->second;
-}
-
-}  // namespace
-
 at::ScalarType safetensors_dtype(const std::string& dtype, const std::string& where) {
   if (dtype == "F32") return at::kFloat;
   if (dtype == "F16") return at::kHalf;
@@ -70,62 +56,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   ::close(fd);
   if (mapping_->address == MAP_FAILED) throw CheckpointError(path + ": mmap failed");
   const auto* bytes = static_cast<const uint8_t*>(mapping_->address);
-
-  uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
-  if (header_size > kMaxHeaderBytes || header_size > file_size - 8) {
-    throw CheckpointError(path + ": header length " + std::to_string(header_size) +
-                          " does not fit in the " + std::to_string(file_size) + "-byte file");
-  }
-  data_ = bytes + 8 + header_size;
-  const uint64_t data_size = file_size - 8 - header_size;
-
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_size);
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(path + ": header is not valid JSON (" + e.what() + ")");
-  }
-  if (!header.is_object()) throw CheckpointError(path + ": header is not a JSON object");
-  for (const auto& [name, value] : header.items()) {
-    if (name == "__metadata__") continue;
-    const std::string where = path + ": tensor '" + name + "'";
-    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") ||
-        !value.contains("data_offsets")) {
-      throw CheckpointError(where + ": needs dtype, shape and data_offsets");
-    }
-    TensorEntry entry;
-    try {
-      entry.dtype = value["dtype"].get<std::string>();
-      entry.shape = value["shape"].get<std::vector<int64_t>>();
-      auto offsets = value["data_offsets"].get<std::vector<uint64_t>>();
-      if (offsets.size() != 2) throw CheckpointError(where + ": data_offsets needs two numbers");
-      entry.begin = offsets[0];
-      entry.end = offsets[1];
-    } catch (const nlohmann::json::exception& e) {
-      throw CheckpointError(where + ": malformed entry (" + e.what() + ")");
-    }
-    const size_t element = dtype_bytes(entry.dtype);
-    if (element == 0) throw CheckpointError(where + ": unknown dtype '" + entry.dtype + "'");
-    uint64_t expected = element;
-    for (int64_t d : entry.shape) {
-      if (d < 0) throw CheckpointError(where + ": negative dimension " + std::to_string(d));
-      if (d != 0 && expected > (uint64_t{1} << 62) / static_cast<uint64_t>(d)) {
-        throw CheckpointError(where + ": shape overflows 64 bits");
-      }
-      expected *= static_cast<uint64_t>(d);
-    }
-    if (entry.begin > entry.end || entry.end > data_size) {
-      throw CheckpointError(where + ": bytes [" + std::to_string(entry.begin) + ", " +
-                            std::to_string(entry.end) + ") lie outside the " +
-                            std::to_string(data_size) + "-byte data section (truncated file?)");
-    }
-    if (entry.end - entry.begin != expected) {
-      throw CheckpointError(where + ": holds " + std::to_string(entry.end - entry.begin) +
-                            " bytes but dtype and shape need " + std::to_string(expected));
-    }
-    entries_.emplace(name, std::move(entry));
-  }
+  SafetensorsHeader header = parse_safetensors_header(bytes, file_size, path);
+  data_ = bytes + header.data_offset;
+  entries_ = std::move(header.entries);
 }
 
 SafetensorsFile::~SafetensorsFile() = default;

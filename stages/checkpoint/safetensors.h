@@ -10,14 +10,9 @@
 #include <string>
 #include <vector>
 
-namespace llava {
+#include "stages/checkpoint/safetensors_header.h"
 
-struct TensorEntry {
-  std::string dtype;  // "F32", "F16", "BF16", "I64", ...
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets into the data section
-  uint64_t end = 0;
-};
+namespace llava {
 
 class SafetensorsFile {
  public:

@@ -1,7 +1,23 @@
-// stb_image decoding behind a header check.
+// Image decoding behind header checks: libjpeg-turbo for JPEG, stb_image for the rest.
 #include "stages/vision/image.h"
 
+// jpeglib.h needs FILE declared first.
+#include <cstdio>
+// clang-format off
+#include <jpeglib.h>
+// clang-format on
+// stb_image compiled here with only the formats LLaVA needs besides JPEG: Debian's prebuilt
+// libstb carries stb 2.27's JPEG decoder, which writes out of bounds on crafted Huffman
+// tables (found by tests/fuzz), and more parsers than a server wants to expose.
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_GIF
+#define STBI_NO_STDIO
 #include <stb/stb_image.h>
+
+#include <csetjmp>
+#include <cstdlib>
 
 #include <algorithm>
 #include <memory>
@@ -10,6 +26,102 @@
 #include "common/errors.h"
 
 namespace llava {
+
+namespace {
+
+// libjpeg reports errors through a callback that must not return: jump back out, with no
+// C++ object alive between setjmp and longjmp.
+struct JpegError {
+  jpeg_error_mgr manager;
+  jmp_buf back;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void on_jpeg_error(j_common_ptr info) {
+  auto* error = reinterpret_cast<JpegError*>(info->err);
+  (*info->err->format_message)(info, error->message);
+  longjmp(error->back, 1);
+}
+
+void on_jpeg_warning(j_common_ptr, int) {}  // warnings (corrupt data it recovers from) pass
+
+// Decodes to RGB (grayscale expanded; CMYK converted as PIL does). Returns a malloc'ed
+// buffer, or nullptr with `error` set. `too_big` is set when the header exceeds the limit.
+uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, int* width,
+                         int* height, bool* too_big, char* error) {
+  jpeg_decompress_struct info;
+  JpegError failure;
+  uint8_t* volatile pixels = nullptr;
+  uint8_t* volatile row = nullptr;
+  info.err = jpeg_std_error(&failure.manager);
+  failure.manager.error_exit = on_jpeg_error;
+  failure.manager.emit_message = on_jpeg_warning;
+  if (setjmp(failure.back)) {
+    std::snprintf(error, JMSG_LENGTH_MAX, "%s", failure.message);
+    jpeg_destroy_decompress(&info);
+    std::free(pixels);
+    std::free(row);
+    return nullptr;
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&info, TRUE);
+  *width = static_cast<int>(info.image_width);
+  *height = static_cast<int>(info.image_height);
+  if (static_cast<uint64_t>(info.image_width) * info.image_height > static_cast<uint64_t>(max_pixels)) {
+    *too_big = true;
+    jpeg_destroy_decompress(&info);
+    return nullptr;
+  }
+  const bool cmyk = info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK;
+  info.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+  jpeg_start_decompress(&info);
+  const size_t w = info.output_width, channels = info.output_components;
+  pixels = static_cast<uint8_t*>(std::malloc(w * info.output_height * 3));
+  row = static_cast<uint8_t*>(std::malloc(w * channels));
+  while (info.output_scanline < info.output_height) {
+    uint8_t* out = pixels + static_cast<size_t>(info.output_scanline) * w * 3;
+    JSAMPROW rows[1] = {row};
+    jpeg_read_scanlines(&info, rows, 1);
+    for (size_t x = 0; x < w; ++x) {
+      if (!cmyk) {
+        out[3 * x] = row[3 * x], out[3 * x + 1] = row[3 * x + 1], out[3 * x + 2] = row[3 * x + 2];
+        continue;
+      }
+      // Adobe files store CMYK inverted; then (255 - C)(255 - K) / 255, as PIL converts.
+      const bool inverted = info.saw_Adobe_marker;
+      const int k = inverted ? row[4 * x + 3] : 255 - row[4 * x + 3];
+      for (int c = 0; c < 3; ++c) {
+        const int v = inverted ? row[4 * x + c] : 255 - row[4 * x + c];
+        out[3 * x + c] = static_cast<uint8_t>((v * k + 127) / 255);
+      }
+    }
+  }
+  jpeg_finish_decompress(&info);
+  jpeg_destroy_decompress(&info);
+  std::free(row);
+  return pixels;
+}
+
+RgbImage decode_jpeg(const uint8_t* data, size_t size, const ImageLimits& limits) {
+  int width = 0, height = 0;
+  bool too_big = false;
+  char error[JMSG_LENGTH_MAX] = {0};
+  uint8_t* pixels = decode_jpeg_raw(data, size, limits.max_pixels, &width, &height, &too_big, error);
+  if (too_big) {
+    throw RequestError("image: " + std::to_string(width) + "x" + std::to_string(height) +
+                       " pixels is over the limit of " + std::to_string(limits.max_pixels));
+  }
+  if (!pixels) throw RequestError(std::string("image: corrupt JPEG (") + error + ")");
+  RgbImage image;
+  image.width = width;
+  image.height = height;
+  image.pixels.assign(pixels, pixels + static_cast<size_t>(width) * height * 3);
+  std::free(pixels);
+  return image;
+}
+
+}  // namespace
 
 RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limits) {
   if (size == 0) throw RequestError("image: the file is empty (0 bytes)");
@@ -24,15 +136,20 @@ RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limit
       return (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
              (uint32_t{data[at + 2]} << 8) | data[at + 3];
     };
-    const int64_t w = be32(16), h = be32(20);
-    if (w * h > limits.max_pixels) {
+    const uint64_t w = be32(16), h = be32(20);  // each < 2^32: the product fits 64 bits
+    if (w * h > static_cast<uint64_t>(limits.max_pixels)) {
       throw RequestError("image: " + std::to_string(w) + "x" + std::to_string(h) +
                          " pixels is over the limit of " + std::to_string(limits.max_pixels));
     }
   }
+  // JPEG: libjpeg-turbo, the decoder PIL uses (so pixels match it exactly), fuzzed
+  // continuously upstream. Everything else: stb_image (built without a JPEG decoder).
+  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
+    return decode_jpeg(data, size, limits);
+  }
   if (!stbi_info_from_memory(data, length, &width, &height, &channels)) {
     throw RequestError(std::string("image: not a readable image (") + stbi_failure_reason() +
-                       "; JPEG, PNG, BMP, GIF, TGA, PSD, PNM and HDR are read)");
+                       "; JPEG, PNG, BMP and GIF are read)");
   }
   if (width <= 0 || height <= 0 ||
       static_cast<int64_t>(width) * height > limits.max_pixels) {

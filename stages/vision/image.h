@@ -1,5 +1,6 @@
-// Decoding image files (JPEG, PNG, BMP, GIF first frame, ...) to 8-bit RGB with stb_image,
-// with a pixel limit checked from the header before any pixel is allocated.
+// Decoding image files (JPEG with libjpeg-turbo; PNG, BMP, GIF first frame, ... with
+// stb_image) to 8-bit RGB, with a pixel limit checked from the header before any pixel is
+// allocated.
 #pragma once
 
 #include <cstddef>

@@ -84,7 +84,11 @@ TEST(ModelConfig, RejectsUnusableConfigsByName) {
             "config.json: text_config: num_attention_heads (32) is not a multiple of "
             "num_key_value_heads (5)");
   EXPECT_EQ(message(R"({"text_config": {"hidden_size": "big"}})"),
-            "config.json: text_config: field 'hidden_size' has the wrong type (string)");
+            "config.json: text_config: field 'hidden_size' must be a whole number");
+  EXPECT_EQ(message(R"({"vision_feature_layer": [-2.5]})"),
+            "config.json: vision_feature_layer must be a whole number");
+  EXPECT_EQ(message(R"({"text_config": {"hidden_size": 1e30}})"),
+            "config.json: text_config: field 'hidden_size' must be a whole number");
   EXPECT_EQ(message(R"({"vision_feature_layer": -40})"),
             "config.json: vision_feature_layer -40 is outside the 24 vision layers");
   EXPECT_EQ(message("{not json"), message("{not json"));

@@ -58,6 +58,18 @@ TEST(Safetensors, RejectsSizeThatDisagreesWithShape) {
             std::string::npos);
 }
 
+// Found by tests/fuzz: an offset past 2^64 (a float to nlohmann) must be an error, not a cast.
+TEST(Safetensors, RejectsNumbersThatAreNotSixtyFourBitIntegers) {
+  auto huge = write_safetensors(
+      "huge-offset.safetensors",
+      R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [228888888888888888888, 0]}})", 8);
+  EXPECT_NE(error_of(huge).find("data_offsets: expected a non-negative integer"), std::string::npos)
+      << error_of(huge);
+  auto fractional = write_safetensors(
+      "fraction.safetensors", R"({"w": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}})", 8);
+  EXPECT_NE(error_of(fractional).find("shape: expected an integer"), std::string::npos);
+}
+
 TEST(Safetensors, RejectsHeaderLongerThanFile) {
   auto path = write_safetensors("long.safetensors", "{}", 0, /*declared_header=*/1 << 20);
   EXPECT_NE(error_of(path).find("does not fit"), std::string::npos);

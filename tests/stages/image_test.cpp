@@ -40,7 +40,7 @@ TEST(Image, EmptyFileIsRefused) {
 TEST(Image, TruncatedJpegIsRefused) {
   auto bytes = read_file(data_path("images/img01_320x240_RGB.jpg"));
   bytes.resize(bytes.size() / 3);
-  // stb_image decodes what it can of a truncated JPEG; a cut inside the headers fails.
+  // libjpeg decodes what it can of a truncated JPEG (PIL too); a cut inside the headers fails.
   std::vector<uint8_t> headers(bytes.begin(), bytes.begin() + 100);
   EXPECT_NE(error_of(headers), "");
 }
@@ -49,6 +49,16 @@ TEST(Image, TruncatedPngIsRefused) {
   auto bytes = read_file(data_path("images/img00_64x48_RGB.png"));
   bytes.resize(bytes.size() / 2);
   EXPECT_NE(error_of(bytes).find("image: decoding failed"), std::string::npos) << error_of(bytes);
+}
+
+// Found by tests/fuzz: a JPEG whose Huffman table declares more than 256 codes made
+// stb_image 2.27 write past its tables. JPEGs are now decoded by libjpeg-turbo.
+TEST(Image, JpegWithAnOversizedHuffmanTableIsRefused) {
+  auto bytes = read_file(data_path("images/img04_224x224_RGB.jpg"));
+  size_t dht = 2;
+  while (!(bytes[dht] == 0xFF && bytes[dht + 1] == 0xC4)) dht += 2 + (bytes[dht + 2] << 8 | bytes[dht + 3]);
+  for (int i = 1; i <= 16; ++i) bytes[dht + 4 + i] = 0x20;  // 16 x 32 = 512 codes
+  EXPECT_EQ(error_of(bytes), "image: corrupt JPEG (Bogus Huffman table definition)");
 }
 
 TEST(Image, NonImageBytesAreRefused) {
@@ -73,6 +83,9 @@ TEST(Image, DecompressionBombIsRefusedFromItsHeader) {
             "image: 65500x65500 pixels is over the limit of 40000000");
   EXPECT_EQ(error_of(png_header(10000, 10000)),
             "image: 10000x10000 pixels is over the limit of 40000000");
+  // Found by tests/fuzz: the product of two 32-bit sides must not overflow.
+  EXPECT_EQ(error_of(png_header(3267297207u, 2867324061u)),
+            "image: 3267297207x2867324061 pixels is over the limit of 40000000");
 }
 
 }  // namespace

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang and runs each for SECONDS (default 60) from the
+# committed seed corpus (tests/fuzz/corpus/NAME); new inputs go to a temporary folder, so
+# the committed corpus stays as it is. Any crash, leak or sanitizer report fails the run
+# and leaves the input in build-fuzz/crashes/.
+#   bash tests/fuzz/run.sh [SECONDS]
+set -euo pipefail
+seconds="${1:-60}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLLAVA_PIPE_FUZZ=ON \
+  -DLLAVA_PIPE_BUILD_STAGES=OFF -DLLAVA_PIPE_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image >/dev/null
+mkdir -p build-fuzz/crashes
+for target in wire safetensors image; do
+  work="$(mktemp -d)"
+  echo "fuzzing $target for ${seconds}s"
+  build-fuzz/tests/fuzz/fuzz_$target -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    -artifact_prefix=build-fuzz/crashes/$target- -print_final_stats=1 "$work" "tests/fuzz/corpus/$target" \
+    2> "build-fuzz/$target.log" || { tail -40 "build-fuzz/$target.log"; exit 1; }
+  grep -E "stat::number_of_executed_units|stat::new_units_added" "build-fuzz/$target.log" | tr '\n' ' '
+  echo
+  rm -rf "$work"
+done
