@@ -390,6 +390,8 @@ void Coordinator::reap() {
         record(slot, "exited");
       } else if (status->code == kExitUsage) {
         fatal_ = slot.name + " " + status->description + ": its command line or config was refused";
+      } else if (status->code == 127) {  // exec failed: restarting cannot help
+        fatal_ = slot.name + ": cannot start the worker program " + worker_program_;
       } else {
         slot.pid = -1;  // already gone: nothing to kill
         worker_died(slot, status->description);

@@ -485,6 +485,25 @@ TEST(Pipeline, CheckpointThatCannotLoadFailsTheRunWithTheLoaderMessage) {
   EXPECT_NE(output.find("exit=1"), std::string::npos) << output;
 }
 
+TEST(Pipeline, AWorkerProgramThatCannotStartEndsTheRunWithItsPath) {
+  llava::CoordinatorEvents events;
+  int answers = 0;
+  events.on_result = [&](const llava::RequestResult& r) {
+    ++answers;
+    EXPECT_NE(r.error.find("cannot start the worker program /nonexistent/llava-stage"), std::string::npos)
+        << r.error;
+  };
+  llava::Coordinator coordinator(llava::load_config(write_config("no-program", kSequential)), events,
+                                 "/nonexistent/llava-stage");
+  llava::RequestSpec spec;
+  spec.prompt = "hello";
+  spec.generation.max_new_tokens = 2;
+  coordinator.submit(spec);
+  coordinator.run();  // returns: the failure is fatal, not restarted forever
+  EXPECT_TRUE(coordinator.failed());
+  EXPECT_EQ(answers, 1);
+}
+
 TEST(Pipeline, PortInUseFailsFastBeforeAnyWorkerStarts) {
   zmq::context_t context;
   zmq::socket_t squatter(context, zmq::socket_type::router);
