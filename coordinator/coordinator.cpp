@@ -81,18 +81,17 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
   transport.max_message_size = config.coordinator.max_message_size;
   router_ = bind_router(context_, endpoint_, transport);  // fails fast if the port is taken
   if (endpoint_.rfind("tcp://", 0) == 0) endpoint_ = last_endpoint(router_);
-  for (const StageSection* stage : {&config_.vision, &config_.language}) {
-    for (int r = 0; r < stage->replicas; ++r) {
-      Slot slot;
-      slot.stage = stage->name;
-      slot.replica = r;
-      slot.name = stage->name + "-" + std::to_string(r);
-      slot.device = stage->devices[static_cast<size_t>(r) % stage->devices.size()];
-      slot.batch_size = stage->batch_size;
-      slot.report.process = slot.name;
-      slot.report.device = slot.device;
-      slots_.push_back(slot);
-    }
+  // One slot per process of the plan (`llava-pipe check` prints the same list).
+  for (const PlannedProcess& process : make_plan(config_, model_).processes) {
+    Slot slot;
+    slot.stage = process.stage;
+    slot.replica = process.replica;
+    slot.name = process.name;
+    slot.device = process.device;
+    slot.batch_size = (process.stage == "vision" ? config_.vision : config_.language).batch_size;
+    slot.report.process = slot.name;
+    slot.report.device = slot.device;
+    slots_.push_back(slot);
   }
 }
 

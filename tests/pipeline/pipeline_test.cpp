@@ -22,6 +22,7 @@
 #include "coordinator/chat_template.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/worker_process.h"
+#include "in_process.h"
 
 namespace {
 
@@ -61,32 +62,11 @@ const std::string kSequential =
     "mode: sequential\nstages: {vision: {devices: cpu, batch_size: 4}, "
     "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
 
-std::string run_command(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen(command.c_str(), "r");
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  pclose(pipe);
-  return output;
-}
+using llava::test::run_command;
 
-// Greedy tokens of in-process generation for the same prompt and images.
 std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& item) {
-  const auto& model = c.model();
-  auto ids = llava::expand_image_tokens(
-      c.tokenizer().encode(llava::apply_chat_template("USER: {images}{prompt} ASSISTANT:", item.prompt,
-                                                      static_cast<int>(item.images.size()))),
-      static_cast<int32_t>(model.image_token_index), model.image_tokens());
-  std::string csv;
-  for (size_t i = 0; i < ids.size(); ++i) csv += (i ? "," : "") + std::to_string(ids[i]);
-  std::string command = kBinary + "/tests/pipeline/generate_local " + kModel + " " +
-                        std::to_string(kMaxNewTokens) + " " + csv;
-  for (const auto& image : item.images) command += " '" + image + "'";
-  std::vector<int32_t> tokens;
-  std::stringstream out(run_command(command));
-  for (std::string t; std::getline(out, t, ',');) tokens.push_back(std::stoi(t));
-  return tokens;
+  return llava::test::generate_in_process(c, "USER: {images}{prompt} ASSISTANT:", item.prompt, item.images,
+                                          kModel, kMaxNewTokens);
 }
 
 struct Outcome {

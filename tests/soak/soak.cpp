@@ -15,13 +15,12 @@
 #include <map>
 #include <random>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/config.h"
-#include "coordinator/chat_template.h"
 #include "coordinator/coordinator.h"
+#include "pipeline/in_process.h"
 
 namespace {
 
@@ -37,15 +36,7 @@ struct Case {
   std::vector<int32_t> expected;
 };
 
-std::string run_command(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
-  pclose(pipe);
-  return output;
-}
+using llava::test::run_command;
 
 size_t count_entries(const std::string& dir, const std::string& prefix = "") {
   size_t n = 0;
@@ -134,17 +125,8 @@ int main(int argc, char** argv) {
     self = &coordinator;
     if (valid[0].expected.empty()) {  // in-process generation, once per case
       for (auto& c : valid) {
-        auto ids = llava::expand_image_tokens(
-            coordinator.tokenizer().encode(llava::apply_chat_template(
-                config.generation.chat_template, c.prompt, static_cast<int>(c.images.size()))),
-            static_cast<int32_t>(coordinator.model().image_token_index), coordinator.model().image_tokens());
-        std::string csv;
-        for (size_t i = 0; i < ids.size(); ++i) csv += (i ? "," : "") + std::to_string(ids[i]);
-        std::string command = kBinary + "/tests/pipeline/generate_local " + kModel + " " +
-                              std::to_string(kNewTokens) + " " + csv;
-        for (const auto& image : c.images) command += " '" + image + "'";
-        std::stringstream out(run_command(command));
-        for (std::string t; std::getline(out, t, ',');) c.expected.push_back(std::stoi(t));
+        c.expected = llava::test::generate_in_process(coordinator, config.generation.chat_template, c.prompt,
+                                                      c.images, kModel, kNewTokens);
       }
     }
     std::vector<uint64_t> to_cancel;
