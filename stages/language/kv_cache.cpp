@@ -75,7 +75,8 @@ std::pair<at::Tensor, at::Tensor> KvCache::read(int layer, const std::vector<int
   }
   std::vector<int64_t> rows(slots.begin(), slots.end());
   at::Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(k.device());
-  return {k.index_select(0, index).narrow(2, 0, tokens), v.index_select(0, index).narrow(2, 0, tokens)};
+  // Narrow first: the copy takes only the positions in use, not every slot's whole length.
+  return {k.narrow(2, 0, tokens).index_select(0, index), v.narrow(2, 0, tokens).index_select(0, index)};
 }
 
 }  // namespace llava
