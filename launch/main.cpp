@@ -40,14 +40,9 @@ const char* kUsage =
     "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
     "            --repetition-penalty R --seed S (defaults: the config's generation section)\n";
 
-llava::PipelineConfig load_checked(const std::string& path) {
-  llava::PipelineConfig config = llava::load_config(path);
-  return config;
-}
-
 int check(const std::vector<std::string>& args) {
   if (args.size() != 1) throw llava::ConfigError(std::string("check takes one CONFIG\n") + kUsage);
-  llava::PipelineConfig config = load_checked(args[0]);
+  llava::PipelineConfig config = llava::load_config(args[0]);
   llava::LlavaConfig model;
   try {
     model = llava::load_llava_config(config.model.checkpoint);
@@ -163,7 +158,7 @@ nlohmann::json result_json(const nlohmann::json& id, const llava::RequestResult&
 
 int run(std::vector<std::string> args) {
   if (args.empty()) throw llava::ConfigError(std::string("run needs a CONFIG\n") + kUsage);
-  llava::PipelineConfig config = load_checked(args[0]);
+  llava::PipelineConfig config = llava::load_config(args[0]);
   llava::RequestSpec single;
   single.generation = config.generation;
   std::string requests_path, output_path;
