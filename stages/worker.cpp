@@ -203,7 +203,6 @@ void Worker::handle(wire::Incoming& message) {
 }
 
 void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
-  lease_epoch_ = grant.getEpoch();
   if (state_ == State::kLeased) return;
   const auto start = Clock::now();
   try {

@@ -66,7 +66,6 @@ class Worker {
   zmq::socket_t socket_;
 
   State state_ = State::kReady;
-  uint64_t lease_epoch_ = 0;
   int exit_code_ = -1;  // >= 0: leave the loop with this code
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<VisionEncoder> vision_;
