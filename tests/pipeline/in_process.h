@@ -12,6 +12,12 @@
 
 namespace llava::test {
 
+// Where the multi-process tests find the build and the test data.
+inline const std::string kSource = LLAVA_PIPE_SOURCE_DIR;
+inline const std::string kBinary = LLAVA_PIPE_BINARY_DIR;
+inline const std::string kModel = kSource + "/tests/data/tiny-llava";
+inline const std::string kImages = kSource + "/tests/data/images/";
+
 inline std::string run_command(const std::string& command) {
   std::string output;
   FILE* pipe = popen(command.c_str(), "r");
@@ -35,7 +41,7 @@ inline std::vector<int32_t> generate_in_process(const Coordinator& coordinator,
       static_cast<int32_t>(model.image_token_index), model.image_tokens());
   std::string csv;
   for (size_t i = 0; i < ids.size(); ++i) csv += (i ? "," : "") + std::to_string(ids[i]);
-  std::string command = std::string(LLAVA_PIPE_BINARY_DIR) + "/tests/pipeline/generate_local " +
+  std::string command = kBinary + "/tests/pipeline/generate_local " +
                         model_folder + " " + std::to_string(max_new_tokens) + " " + csv;
   for (const auto& image : images) command += " '" + image + "'";
   std::vector<int32_t> tokens;

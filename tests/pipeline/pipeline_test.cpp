@@ -26,10 +26,12 @@
 
 namespace {
 
-const std::string kSource = LLAVA_PIPE_SOURCE_DIR;
-const std::string kBinary = LLAVA_PIPE_BINARY_DIR;
-const std::string kModel = kSource + "/tests/data/tiny-llava";
-const std::string kImages = kSource + "/tests/data/images/";
+using llava::test::kBinary;
+using llava::test::kImages;
+using llava::test::kModel;
+using llava::test::kSource;
+using llava::test::run_command;
+
 constexpr int kMaxNewTokens = 12;
 
 struct Case {
@@ -62,7 +64,6 @@ const std::string kSequential =
     "mode: sequential\nstages: {vision: {devices: cpu, batch_size: 4}, "
     "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
 
-using llava::test::run_command;
 
 std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& item) {
   return llava::test::generate_in_process(c, "USER: {images}{prompt} ASSISTANT:", item.prompt, item.images,

@@ -24,6 +24,12 @@
 
 namespace {
 
+using llava::test::kBinary;
+using llava::test::kImages;
+using llava::test::kModel;
+using llava::test::kSource;
+using llava::test::run_command;
+
 // ASan keeps freed memory in quarantine (up to 256 MB), so RSS grows in a sanitizer build
 // whatever the code does; there LeakSanitizer checks for leaks instead.
 #if defined(__SANITIZE_ADDRESS__)
@@ -32,10 +38,6 @@ constexpr bool kRssIsMeaningful = false;
 constexpr bool kRssIsMeaningful = true;
 #endif
 
-const std::string kSource = LLAVA_PIPE_SOURCE_DIR;
-const std::string kBinary = LLAVA_PIPE_BINARY_DIR;
-const std::string kModel = kSource + "/tests/data/tiny-llava";
-const std::string kImages = kSource + "/tests/data/images/";
 constexpr int kNewTokens = 6;
 
 struct Case {
@@ -44,7 +46,6 @@ struct Case {
   std::vector<int32_t> expected;
 };
 
-using llava::test::run_command;
 
 size_t count_entries(const std::string& dir, const std::string& prefix = "") {
   size_t n = 0;
