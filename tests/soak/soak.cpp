@@ -27,7 +27,6 @@ namespace {
 using llava::test::kBinary;
 using llava::test::kImages;
 using llava::test::kModel;
-using llava::test::kSource;
 using llava::test::run_command;
 
 // ASan keeps freed memory in quarantine (up to 256 MB), so RSS grows in a sanitizer build
