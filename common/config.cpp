@@ -18,6 +18,10 @@ namespace fs = std::filesystem;
 
 const char* to_string(Mode mode) { return mode == Mode::kSequential ? "sequential" : "concurrent"; }
 const char* to_string(Release release) { return release == Release::kExit ? "exit" : "unload"; }
+const char* to_string(Quantize quantize) {
+  return quantize == Quantize::kInt8 ? "int8" : quantize == Quantize::kInt4 ? "int4" : "none";
+}
+const char* to_string(Offload offload) { return offload == Offload::kLayers ? "layers" : "none"; }
 const char* to_string(WeightDType dtype) {
   switch (dtype) {
     case WeightDType::kFloat32: return "float32";
@@ -238,6 +242,12 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
                                     {{"exit", Release::kExit}, {"unload", Release::kUnload}});
   if (name == "language") {
     stage.max_context = static_cast<int>(s.integer("max_context", 0, 0, 1 << 20));
+    stage.prefill_chunk = static_cast<int>(s.integer("prefill_chunk", 512, 1, 1 << 20));
+    stage.quantize = s.choice<Quantize>(
+        "quantize", Quantize::kNone,
+        {{"none", Quantize::kNone}, {"int8", Quantize::kInt8}, {"int4", Quantize::kInt4}});
+    stage.offload = s.choice<Offload>("offload", Offload::kNone,
+                                      {{"none", Offload::kNone}, {"layers", Offload::kLayers}});
   }
   s.finish();
   (void)file;

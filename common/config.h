@@ -12,10 +12,14 @@ namespace llava {
 enum class Mode { kSequential, kConcurrent };
 enum class Release { kExit, kUnload };  // how a sequential stage gives its device back
 enum class WeightDType { kFloat32, kFloat16, kBFloat16 };
+enum class Quantize { kNone, kInt8, kInt4 };  // weight-only, of the language stage's linears
+enum class Offload { kNone, kLayers };        // kLayers: decoder layers streamed from host
 
 const char* to_string(Mode mode);
 const char* to_string(Release release);
 const char* to_string(WeightDType dtype);
+const char* to_string(Quantize quantize);
+const char* to_string(Offload offload);
 size_t element_size(WeightDType dtype);
 
 struct ModelSection {
@@ -31,6 +35,9 @@ struct StageSection {
   int batch_size = 8;
   Release release = Release::kExit;  // sequential mode only
   int max_context = 0;               // language: tokens per sequence; 0 = model's maximum
+  int prefill_chunk = 512;           // language: prompt tokens per forward pass
+  Quantize quantize = Quantize::kNone;  // language only
+  Offload offload = Offload::kNone;     // language only
 };
 
 struct CoordinatorSection {

@@ -11,7 +11,6 @@
 namespace llava {
 namespace {
 
-constexpr uint64_t kCudaRuntimeBytes = 600ull << 20;  // context + cuBLAS workspace, measured
 constexpr int64_t kPrefillChunk = 512;                // tokens per prefill step
 
 bool on_gpu(const std::string& device) { return device != "cpu"; }
@@ -42,21 +41,96 @@ StageMemory predict_vision_memory(const PipelineConfig& config, const LlavaConfi
   return m;
 }
 
-StageMemory predict_language_memory(const PipelineConfig& config, const LlavaConfig& model) {
+uint64_t linear_weight_bytes(int64_t out, int64_t in, Quantize quantize, uint64_t element_bytes) {
+  const uint64_t o = static_cast<uint64_t>(out), i = static_cast<uint64_t>(in);
+  switch (quantize) {
+    case Quantize::kInt8:
+      return o * i + o * element_bytes;
+    case Quantize::kInt4: {
+      const uint64_t groups = (i + kInt4Group - 1) / kInt4Group;
+      return o * ((i + 1) / 2) + o * groups * element_bytes;
+    }
+    case Quantize::kNone:
+      break;
+  }
+  return o * i * element_bytes;
+}
+
+namespace {
+
+// Everything on the language device except its weights.
+StageMemory language_working_memory(const PipelineConfig& config, const LlavaConfig& model) {
   const uint64_t bytes = element_size(config.model.dtype);
   const auto& t = model.text;
   const uint64_t batch = static_cast<uint64_t>(config.language.batch_size);
+  const uint64_t context = static_cast<uint64_t>(context_tokens(config, model));
   StageMemory m;
-  m.weights = static_cast<uint64_t>(model.language_parameters()) * bytes;
-  m.kv_cache = batch * static_cast<uint64_t>(context_tokens(config, model)) *
-               static_cast<uint64_t>(model.kv_bytes_per_token(bytes));
+  m.kv_cache = batch * context * static_cast<uint64_t>(model.kv_bytes_per_token(bytes));
   // One prefill chunk: residual, q/k/v/o, the MLP's gate and up, attention scores
-  // against the whole context, and float32 logits for the batch's last positions.
-  const uint64_t chunk = static_cast<uint64_t>(std::min<int64_t>(kPrefillChunk, context_tokens(config, model)));
+  // against the whole context, float32 logits for the batch's last positions, and for
+  // quantized weights the largest matrix dequantized for the chunk's matrix product.
+  const uint64_t chunk = std::min<uint64_t>(static_cast<uint64_t>(config.language.prefill_chunk), context);
   m.activations = chunk * (6 * t.hidden_size + 3 * t.intermediate_size) * bytes +
-                  t.num_attention_heads * chunk * context_tokens(config, model) * 4 +
-                  batch * t.vocab_size * 4 * 2;
+                  t.num_attention_heads * chunk * context * 4 + batch * t.vocab_size * 4 * 2;
+  if (config.language.quantize != Quantize::kNone) {
+    m.activations += 2 * static_cast<uint64_t>(t.intermediate_size * t.hidden_size) * bytes;
+  }
   m.runtime = on_gpu(config.language.devices.front()) ? kCudaRuntimeBytes : 0;
+  return m;
+}
+
+}  // namespace
+
+LanguageLayout language_layout(const PipelineConfig& config, const LlavaConfig& model) {
+  const uint64_t bytes = element_size(config.model.dtype);
+  const auto& t = model.text;
+  const Quantize qz = config.language.quantize;
+  const int64_t h = t.hidden_size, in = t.intermediate_size;
+  const int64_t q = t.num_attention_heads * t.head_dim, kv = t.num_key_value_heads * t.head_dim;
+  LanguageLayout layout;
+  layout.layer_bytes = linear_weight_bytes(q + 2 * kv, h, qz, bytes) +
+                       linear_weight_bytes(h, q, qz, bytes) +
+                       linear_weight_bytes(2 * in, h, qz, bytes) +
+                       linear_weight_bytes(h, in, qz, bytes) +
+                       static_cast<uint64_t>(2 * h + (t.attention_bias ? q + 2 * kv + h : 0) +
+                                             (t.mlp_bias ? 2 * in + h : 0)) * bytes;
+  const uint64_t embeddings = static_cast<uint64_t>(t.vocab_size * h) * bytes;
+  // The output layer is int8 in both quantized modes: its error goes straight into the
+  // logits.
+  const Quantize head_quantize = qz == Quantize::kNone ? Quantize::kNone : Quantize::kInt8;
+  layout.embeddings_on_host = !t.tie_word_embeddings &&
+                              (qz != Quantize::kNone || config.language.offload == Offload::kLayers);
+  layout.head_bytes = static_cast<uint64_t>(h) * bytes +
+                      (t.tie_word_embeddings ? embeddings
+                                             : linear_weight_bytes(t.vocab_size, h, head_quantize, bytes));
+  if (layout.embeddings_on_host) {
+    layout.host_bytes += embeddings;
+  } else if (!t.tie_word_embeddings) {
+    layout.head_bytes += embeddings;
+  }
+  const int layers = static_cast<int>(t.num_hidden_layers);
+  layout.resident_layers = layers;
+  if (config.language.offload == Offload::kLayers) {
+    layout.resident_layers = 0;
+    const uint64_t limit = config.language.memory_limit;
+    const uint64_t fixed = language_working_memory(config, model).total() + layout.head_bytes +
+                           2 * layout.layer_bytes;
+    if (limit > fixed && layout.layer_bytes > 0) {
+      layout.resident_layers = static_cast<int>(std::min<uint64_t>(layers, (limit - fixed) / layout.layer_bytes));
+    }
+    // Every layer fits beside the window: no window is needed.
+    if (limit > 0 && limit >= fixed - 2 * layout.layer_bytes + layers * layout.layer_bytes) {
+      layout.resident_layers = layers;
+    }
+    layout.streamed_layers = layers - layout.resident_layers;
+    layout.host_bytes += layout.layer_bytes * static_cast<uint64_t>(layout.streamed_layers);
+  }
+  return layout;
+}
+
+StageMemory predict_language_memory(const PipelineConfig& config, const LlavaConfig& model) {
+  StageMemory m = language_working_memory(config, model);
+  m.weights = language_layout(config, model).device_weight_bytes();
   return m;
 }
 
@@ -140,6 +214,18 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
     out << ")";
     if (p.memory_limit) out << ", limit " << format_bytes(p.memory_limit);
     out << "\n";
+    if (p.stage == "language" && (config.language.quantize != Quantize::kNone ||
+                                  config.language.offload != Offload::kNone)) {
+      const LanguageLayout layout = language_layout(config, model);
+      out << "    weights " << to_string(config.language.quantize) << ", "
+          << format_bytes(layout.layer_bytes) << " per layer; " << layout.resident_layers << " of "
+          << model.text.num_hidden_layers << " layers on the device";
+      if (layout.streamed_layers > 0) {
+        out << ", " << layout.streamed_layers << " streamed from host through 2 buffers";
+      }
+      if (layout.host_bytes > 0) out << "; " << format_bytes(layout.host_bytes) << " in host memory";
+      out << "\n";
+    }
   }
   out << "\ndevices:\n";
   for (const auto& d : plan.devices) {

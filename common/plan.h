@@ -44,6 +44,36 @@ struct Plan {
   std::vector<std::string> problems;  // a plan with problems is refused
 };
 
+// The CUDA context and cuBLAS workspace of one process (measured on an H100): outside the
+// caching allocator, inside the device's memory and every memory_limit.
+constexpr uint64_t kCudaRuntimeBytes = 600ull << 20;
+
+// Weight-only quantization stores int4 values in groups of this many inputs, one scale each.
+constexpr int64_t kInt4Group = 128;
+// Bytes of one [out, in] linear weight stored as `quantize`: the values plus one scale per
+// output (int8) or per output and group (int4), scales in the model dtype.
+uint64_t linear_weight_bytes(int64_t out, int64_t in, Quantize quantize, uint64_t element_bytes);
+
+// Where the language stage keeps its weights. The token embedding table stays in host
+// memory when the weights are quantized or streamed (a lookup reads a few rows) unless
+// it is tied to the output layer. With `offload: layers`, the first `resident_layers`
+// layers stay on the device and the rest pass through two layer-sized buffers, each
+// copied in just before it runs; as many stay as the memory limit allows (none without
+// a limit).
+struct LanguageLayout {
+  uint64_t layer_bytes = 0;    // one decoder layer as stored on the device
+  uint64_t head_bytes = 0;     // final norm + output layer (+ embeddings when on the device)
+  uint64_t host_bytes = 0;     // weights that live in host memory
+  bool embeddings_on_host = false;
+  int resident_layers = 0;
+  int streamed_layers = 0;
+  uint64_t device_weight_bytes() const {
+    return head_bytes + layer_bytes * static_cast<uint64_t>(resident_layers) +
+           (streamed_layers > 0 ? 2 * layer_bytes : 0);
+  }
+};
+LanguageLayout language_layout(const PipelineConfig& config, const LlavaConfig& model);
+
 // Predicted memory of one stage replica (element size from the model dtype).
 StageMemory predict_vision_memory(const PipelineConfig& config, const LlavaConfig& model);
 StageMemory predict_language_memory(const PipelineConfig& config, const LlavaConfig& model);

@@ -207,14 +207,20 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
   const auto start = Clock::now();
   try {
     initialize_device(device_);
-    limit_device_memory(device_, grant.getMemoryLimit());
+    // memory_limit bounds the whole process on the device (what NVML shows): the allocator
+    // gets what the CUDA context leaves.
+    const uint64_t limit = grant.getMemoryLimit();
+    limit_device_memory(device_, limit > 2 * kCudaRuntimeBytes ? limit - kCudaRuntimeBytes : limit);
     reset_peak_memory(device_);
     checkpoint_ = std::make_unique<Checkpoint>(config_.model.checkpoint);
     checkpoint_->on_tensor_loaded([this] { heartbeat_if_due(); });
     if (stage_kind_ == schema::Stage::VISION) {
       vision_ = std::make_unique<VisionEncoder>(model_, *checkpoint_, tensor_options_);
     } else {
-      decoder_ = std::make_unique<LlamaDecoder>(model_, *checkpoint_, tensor_options_);
+      const LanguageLayout layout = language_layout(config_, model_);
+      decoder_ = std::make_unique<LlamaDecoder>(
+          model_, *checkpoint_, tensor_options_,
+          WeightPlacement{config_.language.quantize, layout.embeddings_on_host, layout.resident_layers});
       generator_ = std::make_unique<Generator>(*decoder_, stage_->batch_size,
                                                context_tokens(config_, model_));
     }

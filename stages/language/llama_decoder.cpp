@@ -11,42 +11,63 @@
 namespace llava {
 
 LlamaDecoder::LlamaDecoder(const LlavaConfig& config, const Checkpoint& ckpt,
-                           const at::TensorOptions& options)
-    : config_(config.text), image_token_(config.image_token_index), options_(options) {
+                           const at::TensorOptions& options, const WeightPlacement& placement)
+    : config_(config.text),
+      image_token_(config.image_token_index),
+      options_(options),
+      embeddings_on_host_(placement.embeddings_on_host) {
   const TextConfig& t = config_;
   const int64_t h = t.hidden_size, i = t.intermediate_size;
   const int64_t q = t.num_attention_heads * t.head_dim, kv = t.num_key_value_heads * t.head_dim;
-  embed_tokens_ = ckpt.load("language.embed_tokens.weight", {t.vocab_size, h}, options);
+  const Quantize qz = placement.quantize;
+  const at::Device host(at::kCPU);
+  embed_tokens_ = ckpt.load("language.embed_tokens.weight", {t.vocab_size, h},
+                            placement.embeddings_on_host ? options.device(host) : options);
   final_norm_ = ckpt.load("language.norm.weight", {h}, options);
   if (ckpt.has("lm_head.weight") || !t.tie_word_embeddings) {
-    lm_head_ = ckpt.load("lm_head.weight", {t.vocab_size, h}, options);
+    lm_head_ = Linear({ckpt.load("lm_head.weight", {t.vocab_size, h}, options)}, {},
+                      qz == Quantize::kNone ? Quantize::kNone : Quantize::kInt8);
   } else {
-    lm_head_ = embed_tokens_;  // tied: one tensor serves both
+    lm_head_ = Linear({embed_tokens_.to(options)}, {}, Quantize::kNone);  // tied: one tensor
   }
+  // Streamed layers are built on the device (quantized there) and then moved to host
+  // memory, pinned so that the copies back run asynchronously.
+  const int resident = placement.resident_layers < 0 ? static_cast<int>(t.num_hidden_layers)
+                                                     : placement.resident_layers;
+  auto to_host = [&](const at::Tensor& x) {
+    return at::empty(x.sizes(), x.options().device(host).pinned_memory(options.device().is_cuda()))
+        .copy_(x);
+  };
+  std::vector<LlamaLayer> streamed;
   for (int64_t n = 0; n < t.num_hidden_layers; ++n) {
     const std::string prefix = "language.layers." + std::to_string(n) + ".";
     auto load = [&](const std::string& name, std::vector<int64_t> shape) {
       return ckpt.load(prefix + name, shape, options);
     };
+    auto maybe = [&](bool present, const std::string& name, int64_t size) {
+      return present ? load(name, {size}) : at::Tensor();
+    };
     LlamaLayer l;
     l.input_norm = load("input_layernorm.weight", {h});
-    l.qkv_w = at::cat({load("self_attn.q_proj.weight", {q, h}), load("self_attn.k_proj.weight", {kv, h}),
-                       load("self_attn.v_proj.weight", {kv, h})});
-    l.o_w = load("self_attn.o_proj.weight", {h, q});
-    if (t.attention_bias) {
-      l.qkv_b = at::cat({load("self_attn.q_proj.bias", {q}), load("self_attn.k_proj.bias", {kv}),
-                         load("self_attn.v_proj.bias", {kv})});
-      l.o_b = load("self_attn.o_proj.bias", {h});
-    }
     l.post_norm = load("post_attention_layernorm.weight", {h});
-    l.gate_up_w = at::cat({load("mlp.gate_proj.weight", {i, h}), load("mlp.up_proj.weight", {i, h})});
-    l.down_w = load("mlp.down_proj.weight", {h, i});
-    if (t.mlp_bias) {
-      l.gate_up_b = at::cat({load("mlp.gate_proj.bias", {i}), load("mlp.up_proj.bias", {i})});
-      l.down_b = load("mlp.down_proj.bias", {h});
+    const bool ab = t.attention_bias, mb = t.mlp_bias;
+    l.qkv = Linear({load("self_attn.q_proj.weight", {q, h}), load("self_attn.k_proj.weight", {kv, h}),
+                    load("self_attn.v_proj.weight", {kv, h})},
+                   {maybe(ab, "self_attn.q_proj.bias", q), maybe(ab, "self_attn.k_proj.bias", kv),
+                    maybe(ab, "self_attn.v_proj.bias", kv)},
+                   qz);
+    l.o = Linear({load("self_attn.o_proj.weight", {h, q})}, {maybe(ab, "self_attn.o_proj.bias", h)}, qz);
+    l.gate_up = Linear({load("mlp.gate_proj.weight", {i, h}), load("mlp.up_proj.weight", {i, h})},
+                       {maybe(mb, "mlp.gate_proj.bias", i), maybe(mb, "mlp.up_proj.bias", i)}, qz);
+    l.down = Linear({load("mlp.down_proj.weight", {h, i})}, {maybe(mb, "mlp.down_proj.bias", h)}, qz);
+    layer_bytes_ = l.bytes();
+    if (n < resident) {
+      layers_.push_back(std::move(l));
+    } else {
+      streamed.push_back(l.map(to_host));
     }
-    layers_.push_back(std::move(l));
   }
+  if (!streamed.empty()) streamed_ = std::make_unique<LayerStream>(std::move(streamed), options.device());
   // RoPE tables for every position, computed as transformers computes them per call:
   // inv_freq = 1 / theta^(2j / D) in float32 (divided by the factor for linear scaling),
   // angle = position * inv_freq in float32, cos/sin, then the compute dtype.
@@ -67,7 +88,24 @@ at::Tensor LlamaDecoder::rms_norm(const at::Tensor& x, const at::Tensor& weight)
 }
 
 at::Tensor LlamaDecoder::embed(const at::Tensor& ids) const {
-  return at::embedding(embed_tokens_, ids);
+  if (embed_tokens_.device() == ids.device()) return at::embedding(embed_tokens_, ids);
+  return at::embedding(embed_tokens_, ids.to(embed_tokens_.device())).to(options_.device());
+}
+
+int64_t LlamaDecoder::device_weight_bytes() const {
+  int64_t total = static_cast<int64_t>(final_norm_.nbytes()) + lm_head_.bytes() +
+                  (streamed_ ? streamed_->device_bytes() : 0);
+  for (const auto& l : layers_) total += l.bytes();
+  // A tied output layer is the embedding table itself.
+  if (!embeddings_on_host_ && !config_.tie_word_embeddings) {
+    total += static_cast<int64_t>(embed_tokens_.nbytes());
+  }
+  return total;
+}
+
+int64_t LlamaDecoder::host_weight_bytes() const {
+  return (streamed_ ? streamed_->host_bytes() : 0) +
+         (embeddings_on_host_ ? static_cast<int64_t>(embed_tokens_.nbytes()) : 0);
 }
 
 at::Tensor LlamaDecoder::embed_prompt(const std::vector<int32_t>& ids,
@@ -99,7 +137,7 @@ at::Tensor LlamaDecoder::embed_prompt(const std::vector<int32_t>& ids,
                        " embeddings");
   }
   auto long_options = at::TensorOptions().dtype(at::kLong);
-  at::Tensor x = embed(at::tensor(lookup, long_options).to(options_.device())).unsqueeze(0);
+  at::Tensor x = embed(at::tensor(lookup, long_options)).unsqueeze(0);
   if (!images.empty()) {
     at::Tensor rows = at::cat(images, 0).to(options_);
     if (!at::isfinite(rows).all().item<bool>()) {
@@ -160,10 +198,12 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   }
 
   at::Tensor x = embeds;  // [B, T, H]
-  for (size_t layer = 0; layer < layers_.size(); ++layer) {
-    const LlamaLayer& l = layers_[layer];
+  const size_t resident = layers_.size(), total = resident + (streamed_ ? streamed_->size() : 0);
+  if (streamed_) streamed_->begin();
+  for (size_t layer = 0; layer < total; ++layer) {
+    const LlamaLayer& l = layer < resident ? layers_[layer] : streamed_->acquire(layer - resident);
     at::Tensor h = rms_norm(x, l.input_norm);
-    auto qkv = at::linear(h, l.qkv_w, l.qkv_b).split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
+    auto qkv = l.qkv(h).split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
     at::Tensor q = qkv[0].view({b, n, heads, d}).transpose(1, 2);
     at::Tensor k = qkv[1].view({b, n, kv_heads, d}).transpose(1, 2);
     at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
@@ -177,18 +217,19 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     }
     at::Tensor a =
         attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), fresh);
-    x = x + at::linear(a.transpose(1, 2).reshape({b, n, heads * d}), l.o_w, l.o_b);
+    x = x + l.o(a.transpose(1, 2).reshape({b, n, heads * d}));
     h = rms_norm(x, l.post_norm);
-    auto gate_up = at::linear(h, l.gate_up_w, l.gate_up_b).chunk(2, -1);
+    auto gate_up = l.gate_up(h).chunk(2, -1);
     at::Tensor gated = at::silu(gate_up[0]) * gate_up[1];
-    x = x + at::linear(gated, l.down_w, l.down_b);
+    x = x + l.down(gated);
+    if (layer >= resident) streamed_->release(layer - resident);
   }
   for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);
   return rms_norm(x, final_norm_);
 }
 
 at::Tensor LlamaDecoder::logits(const at::Tensor& hidden) const {
-  return at::linear(hidden, lm_head_).to(at::kFloat);
+  return lm_head_(hidden).to(at::kFloat);
 }
 
 }  // namespace llava

@@ -5,25 +5,30 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <vector>
 
+#include "common/config.h"
 #include "common/model_config.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/language/kv_cache.h"
+#include "stages/language/layer_stream.h"
+#include "stages/language/linear.h"
+#include "stages/language/llama_layer.h"
 
 namespace llava {
 
-// q, k and v are one matrix (one matrix product per token instead of three), and so are
-// gate and up.
-struct LlamaLayer {
-  at::Tensor input_norm, qkv_w, qkv_b, o_w, o_b;
-  at::Tensor post_norm, gate_up_w, gate_up_b, down_w, down_b;
+// How the weights are stored and where they live (plan.h: language_layout decides).
+struct WeightPlacement {
+  Quantize quantize = Quantize::kNone;  // the layers' linears; the output layer is int8 if set
+  bool embeddings_on_host = false;      // the token table stays in host memory
+  int resident_layers = -1;             // layers on the device; the rest streamed (-1: all)
 };
 
 class LlamaDecoder {
  public:
   LlamaDecoder(const LlavaConfig& config, const Checkpoint& checkpoint,
-               const at::TensorOptions& options);
+               const at::TensorOptions& options, const WeightPlacement& placement = {});
 
   const TextConfig& config() const { return config_; }
   const at::TensorOptions& options() const { return options_; }
@@ -42,15 +47,24 @@ class LlamaDecoder {
   // hidden [..., H] -> float32 logits [..., V]
   at::Tensor logits(const at::Tensor& hidden) const;
 
+  // Weight bytes on the device (streaming buffers included) and in host memory.
+  int64_t device_weight_bytes() const;
+  int64_t host_weight_bytes() const;
+  int64_t layer_bytes() const { return layer_bytes_; }
+
  private:
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
 
   TextConfig config_;
   int64_t image_token_;
   at::TensorOptions options_;
-  at::Tensor embed_tokens_, final_norm_, lm_head_;
+  bool embeddings_on_host_;
+  at::Tensor embed_tokens_, final_norm_;  // the table may be in host memory
+  Linear lm_head_;
   at::Tensor rope_cos_, rope_sin_;  // [max_position_embeddings, D] in the compute dtype
-  std::vector<LlamaLayer> layers_;
+  std::vector<LlamaLayer> layers_;  // on the device
+  std::unique_ptr<LayerStream> streamed_;  // the layers after layers_, or null
+  int64_t layer_bytes_ = 0;
 };
 
 }  // namespace llava

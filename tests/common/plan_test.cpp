@@ -70,4 +70,80 @@ TEST(Plan, RefusesADeviceOverItsCapacity) {
   EXPECT_EQ(plan.problems[0].rfind("cuda:0 would need ", 0), 0u) << plan.problems[0];
 }
 
+// Weight-only quantization: int8 is one byte per weight plus a float16 scale per output;
+// int4 half a byte plus a scale per 128 inputs. The output layer is int8 in both; the
+// token table moves to host memory.
+TEST(Plan, QuantizedWeightsAreCountedAsStored) {
+  auto model = llava::load_llava_config(kHub7b);
+  const std::string stages =
+      "stages: {vision: {devices: cuda:0}, language: {devices: cuda:0, memory_limit: 8GiB, "
+      "batch_size: 1, max_context: 1024, quantize: ";
+  auto int8 = llava::language_layout(config_of(stages + "int8}}\n"), model);
+  // q,k,v,o: 4 x 4096^2 (+4 x 4096 scales); gate, up, down: 3 x 4096 x 11008 (+ scales).
+  const uint64_t layer8 = 4ull * 4096 * 4096 + 4 * 4096 * 2 + 3ull * 4096 * 11008 +
+                          (2 * 11008 + 4096) * 2 + 2 * 4096 * 2;
+  EXPECT_EQ(int8.layer_bytes, layer8);
+  EXPECT_TRUE(int8.embeddings_on_host);
+  EXPECT_EQ(int8.host_bytes, 32064ull * 4096 * 2);
+  EXPECT_EQ(int8.head_bytes, 4096ull * 2 + 32064ull * 4096 + 32064 * 2);
+  auto int4 = llava::language_layout(config_of(stages + "int4}}\n"), model);
+  const uint64_t layer4 = 4ull * 4096 * 4096 / 2 + 4 * 4096 * 32 * 2 + 3ull * 4096 * 11008 / 2 +
+                          (2 * 11008 * 32 + 4096 * 86) * 2 + 2 * 4096 * 2;
+  EXPECT_EQ(int4.layer_bytes, layer4);
+  EXPECT_EQ(int4.head_bytes, int8.head_bytes);
+  for (const char* q : {"int8", "int4"}) {
+    auto plan = llava::make_plan(config_of(stages + q + "}}\n"), model);
+    EXPECT_TRUE(plan.problems.empty()) << q << ": " << plan.problems.front();
+    EXPECT_LT(plan.processes[1].memory.total(), 8ull << 30);
+  }
+}
+
+// With offload: layers and a limit, as many layers stay as fit beside two streaming
+// buffers: one more would not fit.
+TEST(Plan, OffloadKeepsAsManyLayersAsTheLimitAllows) {
+  auto model = llava::load_llava_config(kHub7b);
+  auto config = config_of(
+      "stages: {vision: {devices: cuda:0}, language: {devices: cuda:0, memory_limit: 8GiB, "
+      "batch_size: 1, max_context: 1024, offload: layers}}\n");
+  auto layout = llava::language_layout(config, model);
+  EXPECT_GT(layout.resident_layers, 0);
+  EXPECT_GT(layout.streamed_layers, 0);
+  EXPECT_EQ(layout.resident_layers + layout.streamed_layers, 32);
+  auto plan = llava::make_plan(config, model);
+  EXPECT_TRUE(plan.problems.empty());
+  const uint64_t total = plan.processes[1].memory.total();
+  EXPECT_LE(total, 8ull << 30);
+  EXPECT_GT(total + layout.layer_bytes, 8ull << 30);
+  EXPECT_EQ(layout.host_bytes, 32064ull * 4096 * 2 + layout.streamed_layers * layout.layer_bytes);
+  EXPECT_NE(llava::describe(plan, config, model).find(std::to_string(layout.streamed_layers) +
+                                                      " streamed from host through 2 buffers"),
+            std::string::npos);
+}
+
+TEST(Plan, OffloadWithoutALimitStreamsEveryLayerAndWithRoomStreamsNone) {
+  auto model = llava::load_llava_config(kHub7b);
+  auto none = llava::language_layout(
+      config_of("stages: {vision: {devices: cuda:0}, language: {devices: cuda:0, offload: layers}}\n"),
+      model);
+  EXPECT_EQ(none.resident_layers, 0);
+  EXPECT_EQ(none.streamed_layers, 32);
+  auto room = llava::language_layout(
+      config_of("stages: {vision: {devices: cuda:0}, language: {devices: cuda:0, offload: layers, "
+                "memory_limit: 40GiB, max_context: 1024}}\n"),
+      model);
+  EXPECT_EQ(room.resident_layers, 32);
+  EXPECT_EQ(room.streamed_layers, 0);
+  EXPECT_EQ(room.device_weight_bytes(), room.head_bytes + 32 * room.layer_bytes);
+}
+
+TEST(Plan, OffloadThatCannotFitEvenOneLayerIsRefused) {
+  auto model = llava::load_llava_config(kHub7b);
+  auto plan = llava::make_plan(
+      config_of("stages: {vision: {devices: cuda:0}, language: {devices: cuda:0, offload: layers, "
+                "memory_limit: 1GiB, max_context: 1024}}\n"),
+      model);
+  ASSERT_EQ(plan.problems.size(), 1u);
+  EXPECT_NE(plan.problems[0].find("but memory_limit is 1.00 GiB"), std::string::npos) << plan.problems[0];
+}
+
 }  // namespace

@@ -1,7 +1,8 @@
 // Runs our model on prompts prepared by check_7b.py and writes what transformers is
 // compared against: per case, prompt logits [T, V] (float32) and 8 greedy tokens (KV cache).
-// Also times loading, prefill and batch-1 decode.
-//   llava_logits CHECKPOINT DEVICE DTYPE INPUTS.safetensors OUTPUTS.safetensors
+// Also times loading, prefill and decode at batch 1, 8 and 32. QUANTIZE (none, int8, int4)
+// and RESIDENT (layers kept on the device, the rest streamed; -1 = all) are optional.
+//   llava_logits CHECKPOINT DEVICE DTYPE INPUTS.safetensors OUTPUTS.safetensors [QUANTIZE [RESIDENT]]
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -30,10 +31,17 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 int main(int argc, char** argv) {
   c10::InferenceMode inference;
-  if (argc != 6) {
-    std::cerr << "usage: llava_logits CHECKPOINT DEVICE DTYPE INPUTS OUTPUTS\n";
+  if (argc < 6 || argc > 8) {
+    std::cerr << "usage: llava_logits CHECKPOINT DEVICE DTYPE INPUTS OUTPUTS [QUANTIZE [RESIDENT]]\n";
     return 2;
   }
+  llava::WeightPlacement placement;
+  const std::string quantize = argc > 6 ? argv[6] : "none";
+  placement.quantize = quantize == "int8"   ? llava::Quantize::kInt8
+                       : quantize == "int4" ? llava::Quantize::kInt4
+                                            : llava::Quantize::kNone;
+  placement.resident_layers = argc > 7 ? std::stoi(argv[7]) : -1;
+  placement.embeddings_on_host = placement.quantize != llava::Quantize::kNone || placement.resident_layers >= 0;
   const std::string folder = argv[1];
   const at::Device device(argv[2]);
   const std::string dtype_name = argv[3];
@@ -46,7 +54,7 @@ int main(int argc, char** argv) {
   llava::Checkpoint checkpoint(folder);
   llava::ClipVision vision(config, checkpoint, options);
   llava::Projector projector(config, checkpoint, options);
-  llava::LlamaDecoder decoder(config, checkpoint, options);
+  llava::LlamaDecoder decoder(config, checkpoint, options, placement);
   (void)at::zeros({1}, options).sum().item<float>();  // synchronize
   const double load_seconds = seconds_since(start);
 
@@ -109,7 +117,11 @@ int main(int argc, char** argv) {
     }
   }
   llava::save_safetensors(argv[5], outputs);
-  std::printf("{\"load_seconds\": %.2f, \"prefill_tokens_per_s\": %.1f%s}\n", load_seconds,
+  std::printf("{\"quantize\": \"%s\", \"resident_layers\": %d, \"device_weight_bytes\": %lld, "
+              "\"host_weight_bytes\": %lld, \"load_seconds\": %.2f, \"prefill_tokens_per_s\": %.1f%s}\n",
+              quantize.c_str(), placement.resident_layers,
+              static_cast<long long>(decoder.device_weight_bytes()),
+              static_cast<long long>(decoder.host_weight_bytes()), load_seconds,
               prefill_tokens / prefill_seconds, decode_json.c_str());
   return 0;
 }

@@ -2,8 +2,8 @@
 """Writes a random LLaVA-1.5-7B-shaped checkpoint (float16, transformers' own layout, shards)
 with a CLIP 336 preprocessor config and the tiny SentencePiece tokenizer (enough to run the
 pipeline; its ids are a subset of the 7B vocabulary). Used by check_7b.py and
-tests/perf/pipeline_7b.sh on the GPU machine:
-    python3 tests/gpu/make_7b.py FOLDER
+tests/perf/pipeline_7b.sh on the GPU machine; SHAPE 13b writes the LLaVA-1.5-13B shape:
+    python3 tests/gpu/make_7b.py FOLDER [7b|13b]
 """
 import json
 import math
@@ -19,11 +19,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")
 
 
-def make_7b(folder, keep_on_gpu=False):
+def make_7b(folder, keep_on_gpu=False, shape="7b"):
     """Returns (model on the GPU or None, report dict)."""
     os.makedirs(folder, exist_ok=True)
     report = {}
-    config = LlavaConfig.from_dict(json.load(open(os.path.join(DATA, "hub-configs", "llava-1.5-7b-hf", "config.json"))))
+    hub = os.path.join(DATA, "hub-configs", "llava-1.5-%s-hf" % shape, "config.json")
+    config = LlavaConfig.from_dict(json.load(open(hub)))
     t0 = time.time()
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -59,5 +60,5 @@ def make_7b(folder, keep_on_gpu=False):
 
 
 if __name__ == "__main__":
-    _, report = make_7b(sys.argv[1])
+    _, report = make_7b(sys.argv[1], shape=sys.argv[2] if len(sys.argv) > 2 else "7b")
     print(json.dumps(report))

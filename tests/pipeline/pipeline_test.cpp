@@ -64,7 +64,6 @@ const std::string kSequential =
     "mode: sequential\nstages: {vision: {devices: cpu, batch_size: 4}, "
     "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
 
-
 std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& item) {
   return llava::test::generate_in_process(c, "USER: {images}{prompt} ASSISTANT:", item.prompt, item.images,
                                           kModel, kMaxNewTokens);
@@ -201,6 +200,16 @@ TEST(Pipeline, SequentialUnloadKeepsTheProcessAndFreesTheDevice) {
   EXPECT_LT(first_event(outcome.timeline, "vision-0", "released"),
             first_event(outcome.timeline, "language-0", "granted"));
   EXPECT_LT(first_event(outcome.timeline, "vision-0", "exited"), 0);  // kept its process
+}
+
+// Streaming every decoder layer from host memory changes where weights live, not what
+// the model computes: the same tokens as the resident in-process run.
+TEST(Pipeline, LanguageWorkerStreamingItsLayersMatchesInProcessGeneration) {
+  std::string config = kSequential;
+  config.replace(config.find("max_context: 256}"), 17, "max_context: 256, offload: layers}");
+  Outcome outcome = run_pipeline(write_config("offload", config), kCases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
 }
 
 TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {

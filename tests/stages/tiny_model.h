@@ -17,13 +17,14 @@
 namespace llava::test {
 
 struct TinyModel {
-  explicit TinyModel(const std::string& folder, at::ScalarType dtype = at::kFloat)
+  explicit TinyModel(const std::string& folder, at::ScalarType dtype = at::kFloat,
+                     const WeightPlacement& placement = {})
       : config(load_llava_config(folder)),
         checkpoint(folder),
         options(at::TensorOptions().dtype(dtype)),
         vision(config, checkpoint, options),
         projector(config, checkpoint, options),
-        decoder(config, checkpoint, options) {}
+        decoder(config, checkpoint, options, placement) {}
 
   // pixel_values [N, 3, S, S] -> [N, tokens, H]
   at::Tensor image_features(const at::Tensor& pixels) const {

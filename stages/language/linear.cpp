@@ -1,0 +1,133 @@
+// Weight-only quantization (symmetric, per output / per group of 128 inputs) and the
+// matrix product over it.
+#include "stages/language/linear.h"
+
+#include <string>
+
+#include "common/plan.h"
+
+#ifdef LLAVA_PIPE_QUANT_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+
+#include "stages/language/quant_kernels.h"
+#endif
+
+namespace llava {
+namespace {
+
+// Scales are rounded to the stored dtype first, so that values are computed against the
+// scale that dequantization will use. A zero row gets scale 1 (its values are all 0).
+at::Tensor stored_scale(const at::Tensor& absmax, double levels, at::ScalarType dtype) {
+  at::Tensor scale = (absmax / levels).to(dtype).to(at::kFloat);
+  return at::where(scale == 0, at::ones_like(scale), scale);
+}
+
+}  // namespace
+
+QuantizedWeight quantize_int8(const at::Tensor& w) {
+  at::Tensor w32 = w.to(at::kFloat);
+  at::Tensor scale = stored_scale(w32.abs().amax(1, /*keepdim=*/true), 127.0, w.scalar_type());
+  return {(w32 / scale).round_().clamp_(-127, 127).to(at::kChar),
+          scale.squeeze(1).to(w.scalar_type())};
+}
+
+QuantizedWeight quantize_int4(const at::Tensor& w) {
+  const int64_t out = w.size(0), in = w.size(1);
+  const int64_t groups = (in + kInt4Group - 1) / kInt4Group;
+  at::Tensor w32 = at::constant_pad_nd(w.to(at::kFloat), {0, groups * kInt4Group - in});
+  w32 = w32.view({out, groups, kInt4Group});
+  at::Tensor scale = stored_scale(w32.abs().amax(2, /*keepdim=*/true), 7.0, w.scalar_type());
+  // -8..7 stored as 0..15; padding inputs are 0 (stored 8).
+  at::Tensor q = ((w32 / scale).round_().clamp_(-8, 7) + 8).to(at::kInt).view({out, groups * kInt4Group});
+  const int64_t even = (in + 1) / 2 * 2;
+  at::Tensor low = q.slice(1, 0, even, 2), high = q.slice(1, 1, even, 2);
+  return {(low + high * 16).to(at::kByte), scale.view({out, groups}).to(w.scalar_type())};
+}
+
+at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in) {
+  const int64_t out = q.values.size(0);
+  if (kind == Quantize::kInt8) {
+    return (q.values.to(at::kFloat) * q.scales.to(at::kFloat).unsqueeze(1)).to(q.scales.scalar_type());
+  }
+  at::Tensor bytes = q.values.to(at::kInt);
+  at::Tensor values = at::stack({at::remainder(bytes, 16), at::div(bytes, 16, "floor")}, 2)
+                          .view({out, -1})
+                          .narrow(1, 0, in)
+                          .to(at::kFloat) - 8;
+  at::Tensor scales = q.scales.to(at::kFloat).repeat_interleave(kInt4Group, 1).narrow(1, 0, in);
+  return (values * scales).to(q.scales.scalar_type());
+}
+
+Linear::Linear(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
+               Quantize quantize)
+    : quantize_(quantize), in_(weights.front().size(1)) {
+  std::vector<at::Tensor> values, scales;
+  for (const auto& w : weights) {
+    if (quantize == Quantize::kNone) {
+      values.push_back(w);
+      continue;
+    }
+    QuantizedWeight q = quantize == Quantize::kInt8 ? quantize_int8(w) : quantize_int4(w);
+    values.push_back(q.values);
+    scales.push_back(q.scales);
+  }
+  weight_ = values.size() == 1 ? values.front() : at::cat(values);
+  if (!scales.empty()) scales_ = scales.size() == 1 ? scales.front() : at::cat(scales);
+  if (!biases.empty() && biases.front().defined()) {
+    bias_ = biases.size() == 1 ? biases.front() : at::cat(biases);
+  }
+}
+
+int64_t Linear::bytes() const {
+  int64_t total = 0;
+  for (const auto& t : tensors()) total += static_cast<int64_t>(t.nbytes());
+  return total;
+}
+
+std::vector<at::Tensor> Linear::tensors() const {
+  std::vector<at::Tensor> out{weight_};
+  if (scales_.defined()) out.push_back(scales_);
+  if (bias_.defined()) out.push_back(bias_);
+  return out;
+}
+
+at::Tensor Linear::operator()(const at::Tensor& x) const {
+  if (quantize_ == Quantize::kNone) return at::linear(x, weight_, bias_);
+  const QuantizedWeight q{weight_, scales_};
+#ifdef LLAVA_PIPE_QUANT_KERNELS
+  const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  if (x.is_cuda() && half) {
+    const bool int4 = quantize_ == Quantize::kInt4, bf16 = x.scalar_type() == at::kBFloat16;
+    const int64_t out = weight_.size(0), rows = x.numel() / in_;
+    void* stream = at::cuda::getCurrentCUDAStream().stream();
+    at::Tensor xc = x.contiguous();
+    if (rows <= cuda::kGemvMaxRows && cuda::gemv_supports(int4, in_) &&
+        reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0) {
+      std::vector<int64_t> shape = x.sizes().vec();
+      shape.back() = out;
+      at::Tensor y = at::empty(shape, x.options());
+      const int m = static_cast<int>(rows), n = static_cast<int>(out), k = static_cast<int>(in_);
+      if (int4) {
+        cuda::int4_gemv(xc.data_ptr(), weight_.data_ptr<uint8_t>(), scales_.data_ptr(), y.data_ptr(),
+                        m, n, k, bf16, stream);
+      } else {
+        cuda::int8_gemv(xc.data_ptr(), weight_.data_ptr<int8_t>(), scales_.data_ptr(), y.data_ptr(),
+                        m, n, k, bf16, stream);
+      }
+      return bias_.defined() ? y.add_(bias_) : y;
+    }
+    at::Tensor w = at::empty({out, in_}, x.options());
+    if (int4) {
+      cuda::int4_dequantize(weight_.data_ptr<uint8_t>(), scales_.data_ptr(), w.data_ptr(),
+                            static_cast<int>(out), static_cast<int>(in_), bf16, stream);
+    } else {
+      cuda::int8_dequantize(weight_.data_ptr<int8_t>(), scales_.data_ptr(), w.data_ptr(),
+                            static_cast<int>(out), static_cast<int>(in_), bf16, stream);
+    }
+    return at::linear(x, w, bias_);
+  }
+#endif
+  return at::linear(x, dequantize(q, quantize_, in_).to(x.scalar_type()), bias_);
+}
+
+}  // namespace llava

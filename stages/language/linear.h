@@ -1,0 +1,62 @@
+// A linear layer whose weight is stored in the compute dtype or weight-only quantized:
+// int8 with one scale per output, or int4 in groups of 128 inputs with one scale per
+// output and group (symmetric, scales in the compute dtype). Quantized at load time from
+// the checkpoint's weights; the product dequantizes inside a CUDA kernel for a few rows
+// (decoding), or dequantizes the matrix for many rows (prefill) and on the CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "common/config.h"
+
+namespace llava {
+
+struct QuantizedWeight {
+  at::Tensor values;  // int8 [out, in], or uint8 [out, ceil(in / 2)] holding two int4 each
+  at::Tensor scales;  // [out] (int8) or [out, ceil(in / 128)] (int4)
+};
+
+// w [out, in] (float16/bfloat16/float32) -> values and scales in w's dtype, on w's device.
+QuantizedWeight quantize_int8(const at::Tensor& w);
+QuantizedWeight quantize_int4(const at::Tensor& w);
+// The weight the quantized values stand for: [out, in] in the scales' dtype.
+at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in);
+
+class Linear {
+ public:
+  Linear() = default;
+  // The parts ([out_i, in] each, biases [out_i] or undefined) are stacked along the
+  // output: one product for q, k and v. Each part is quantized before stacking, so the
+  // float32 working copy is one part's size.
+  Linear(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
+         Quantize quantize);
+
+  at::Tensor operator()(const at::Tensor& x) const;  // [..., in] -> [..., out]
+
+  Quantize quantize() const { return quantize_; }
+  int64_t in_features() const { return in_; }
+  int64_t bytes() const;  // the weight's storage, bias included
+  // The stored tensors (values, scales, bias; undefined ones left out), for copying the
+  // layer between host and device.
+  std::vector<at::Tensor> tensors() const;
+  // The same layer with every tensor moved by `move` (e.g. to pinned host memory).
+  template <typename Move>
+  Linear map(Move move) const {
+    Linear out = *this;
+    out.weight_ = move(weight_);
+    if (scales_.defined()) out.scales_ = move(scales_);
+    if (bias_.defined()) out.bias_ = move(bias_);
+    return out;
+  }
+
+ private:
+  Quantize quantize_ = Quantize::kNone;
+  int64_t in_ = 0;
+  at::Tensor weight_;  // [out, in] in the compute dtype, or QuantizedWeight::values
+  at::Tensor scales_;
+  at::Tensor bias_;
+};
+
+}  // namespace llava

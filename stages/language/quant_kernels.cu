@@ -1,0 +1,267 @@
+// Weight-only int8/int4 matrix products for decoding (a few input rows: the weights are
+// read once, so bytes read set the speed) and dequantization for prefill.
+//
+// GEMV: one block of 256 threads takes kRowsPerBlock output rows; its threads split k,
+// each reading 16 weights of every row per step (16 bytes of int8, 8 bytes of int4) and
+// the matching 16 inputs of every x row, accumulating in float32. Warps reduce by
+// shuffles, then the block through shared memory.
+#include "stages/language/quant_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace llava {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRowsPerBlock = 4;
+constexpr int kStep = kThreads * 16;  // inputs covered by the block per step
+constexpr int kGroup = 128;           // int4 group size (plan.h: kInt4Group)
+
+__device__ inline float to_float(__half v) { return __half2float(v); }
+__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ inline T from_float(float v);
+template <>
+__device__ inline __half from_float<__half>(float v) { return __float2half(v); }
+template <>
+__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+
+// 16 consecutive inputs of one x row as floats.
+template <typename T>
+__device__ inline void load_inputs(const T* x, float* out) {
+  const int4* p = reinterpret_cast<const int4*>(x);
+  int4 a = __ldg(p), b = __ldg(p + 1);
+  const T* va = reinterpret_cast<const T*>(&a);
+  const T* vb = reinterpret_cast<const T*>(&b);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    out[i] = to_float(va[i]);
+    out[8 + i] = to_float(vb[i]);
+  }
+}
+
+// Sums acc over the block; thread t < M * kRowsPerBlock then holds sum number t
+// (input row t / kRowsPerBlock, output row t % kRowsPerBlock).
+template <int M>
+__device__ inline float block_sum(float (&acc)[M][kRowsPerBlock]) {
+  __shared__ float partial[kWarps][M * kRowsPerBlock];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < kRowsPerBlock; ++r) {
+      float v = acc[m][r];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) partial[warp][m * kRowsPerBlock + r] = v;
+    }
+  }
+  __syncthreads();
+  float total = 0.0f;
+  if (threadIdx.x < M * kRowsPerBlock) {
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += partial[w][threadIdx.x];
+  }
+  return total;
+}
+
+template <typename T, int M>
+__global__ void int8_gemv_kernel(const T* __restrict__ x, const int8_t* __restrict__ w,
+                                 const T* __restrict__ scales, T* __restrict__ y, int n, int k) {
+  const int row0 = blockIdx.x * kRowsPerBlock;
+  float acc[M][kRowsPerBlock] = {};
+  for (int kk = threadIdx.x * 16; kk < k; kk += kStep) {
+    int4 weights[kRowsPerBlock];
+#pragma unroll
+    for (int r = 0; r < kRowsPerBlock; ++r) {
+      weights[r] = row0 + r < n ? __ldg(reinterpret_cast<const int4*>(w + static_cast<size_t>(row0 + r) * k + kk))
+                                : make_int4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float in[16];
+      load_inputs(x + static_cast<size_t>(m) * k + kk, in);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) {
+        const int8_t* q = reinterpret_cast<const int8_t*>(&weights[r]);
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) sum += in[i] * static_cast<float>(q[i]);
+        acc[m][r] += sum;
+      }
+    }
+  }
+  const float total = block_sum<M>(acc);
+  const int t = threadIdx.x;
+  if (t < M * kRowsPerBlock) {
+    const int m = t / kRowsPerBlock, row = row0 + t % kRowsPerBlock;
+    if (row < n) y[static_cast<size_t>(m) * n + row] = from_float<T>(total * to_float(scales[row]));
+  }
+}
+
+template <typename T, int M>
+__global__ void int4_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
+                                 const T* __restrict__ scales, T* __restrict__ y, int n, int k) {
+  const int row0 = blockIdx.x * kRowsPerBlock;
+  const int groups = k / kGroup;
+  float acc[M][kRowsPerBlock] = {};
+  for (int kk = threadIdx.x * 16; kk < k; kk += kStep) {
+    float weights[kRowsPerBlock][16];
+#pragma unroll
+    for (int r = 0; r < kRowsPerBlock; ++r) {
+      uint2 packed = make_uint2(0, 0);
+      float scale = 0.0f;
+      if (row0 + r < n) {
+        packed = __ldg(reinterpret_cast<const uint2*>(w + (static_cast<size_t>(row0 + r) * k + kk) / 2));
+        scale = to_float(scales[static_cast<size_t>(row0 + r) * groups + kk / kGroup]);
+      }
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&packed);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        weights[r][2 * i] = static_cast<float>(static_cast<int>(bytes[i] & 0xF) - 8) * scale;
+        weights[r][2 * i + 1] = static_cast<float>(static_cast<int>(bytes[i] >> 4) - 8) * scale;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float in[16];
+      load_inputs(x + static_cast<size_t>(m) * k + kk, in);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) sum += in[i] * weights[r][i];
+        acc[m][r] += sum;
+      }
+    }
+  }
+  const float total = block_sum<M>(acc);
+  const int t = threadIdx.x;
+  if (t < M * kRowsPerBlock) {
+    const int m = t / kRowsPerBlock, row = row0 + t % kRowsPerBlock;
+    if (row < n) y[static_cast<size_t>(m) * n + row] = from_float<T>(total);
+  }
+}
+
+template <typename T>
+__global__ void int8_dequantize_kernel(const int8_t* __restrict__ w, const T* __restrict__ scales,
+                                       T* __restrict__ out, int n, int k) {
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<size_t>(n) * k) return;
+  out[i] = from_float<T>(static_cast<float>(w[i]) * to_float(scales[i / k]));
+}
+
+template <typename T>
+__global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* __restrict__ scales,
+                                       T* __restrict__ out, int n, int k) {
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<size_t>(n) * k) return;
+  const size_t row = i / k, col = i % k;
+  const int groups = (k + kGroup - 1) / kGroup, row_bytes = (k + 1) / 2;
+  const uint8_t byte = w[row * row_bytes + col / 2];
+  const int q = static_cast<int>(col % 2 ? byte >> 4 : byte & 0xF) - 8;
+  out[i] = from_float<T>(static_cast<float>(q) * to_float(scales[row * groups + col / kGroup]));
+}
+
+void check_launch(const char* what) {
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+  }
+}
+
+template <typename T, int M>
+void launch_gemv(bool int4, const void* x, const void* w, const void* s, void* y, int n, int k,
+                 cudaStream_t stream) {
+  const dim3 grid((n + kRowsPerBlock - 1) / kRowsPerBlock);
+  if (int4) {
+    int4_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const uint8_t*>(w), static_cast<const T*>(s),
+        static_cast<T*>(y), n, k);
+  } else {
+    int8_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const int8_t*>(w), static_cast<const T*>(s),
+        static_cast<T*>(y), n, k);
+  }
+}
+
+template <typename T>
+void gemv(bool int4, const void* x, const void* w, const void* s, void* y, int m, int n, int k,
+          cudaStream_t stream) {
+  switch (m) {
+    case 1: launch_gemv<T, 1>(int4, x, w, s, y, n, k, stream); break;
+    case 2: launch_gemv<T, 2>(int4, x, w, s, y, n, k, stream); break;
+    case 3: launch_gemv<T, 3>(int4, x, w, s, y, n, k, stream); break;
+    case 4: launch_gemv<T, 4>(int4, x, w, s, y, n, k, stream); break;
+    case 5: launch_gemv<T, 5>(int4, x, w, s, y, n, k, stream); break;
+    case 6: launch_gemv<T, 6>(int4, x, w, s, y, n, k, stream); break;
+    case 7: launch_gemv<T, 7>(int4, x, w, s, y, n, k, stream); break;
+    case 8: launch_gemv<T, 8>(int4, x, w, s, y, n, k, stream); break;
+    default: throw std::runtime_error("quantized GEMV: " + std::to_string(m) + " rows (1 to 8 supported)");
+  }
+}
+
+void gemv_any(bool int4, const void* x, const void* w, const void* s, void* y, int m, int n, int k,
+              bool bf16, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    gemv<__nv_bfloat16>(int4, x, w, s, y, m, n, k, st);
+  } else {
+    gemv<__half>(int4, x, w, s, y, m, n, k, st);
+  }
+  check_launch(int4 ? "int4 GEMV" : "int8 GEMV");
+}
+
+unsigned elementwise_blocks(int n, int k) {
+  return static_cast<unsigned>((static_cast<size_t>(n) * k + kThreads - 1) / kThreads);
+}
+
+}  // namespace
+
+bool gemv_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGroup : 16) == 0; }
+
+void int8_gemv(const void* x, const int8_t* w, const void* scales, void* y, int m, int n, int k,
+               bool bf16, void* stream) {
+  gemv_any(false, x, w, scales, y, m, n, k, bf16, stream);
+}
+
+void int4_gemv(const void* x, const uint8_t* w, const void* scales, void* y, int m, int n, int k,
+               bool bf16, void* stream) {
+  gemv_any(true, x, w, scales, y, m, n, k, bf16, stream);
+}
+
+void int8_dequantize(const int8_t* w, const void* scales, void* out, int n, int k, bool bf16,
+                     void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    int8_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
+        w, static_cast<const __nv_bfloat16*>(scales), static_cast<__nv_bfloat16*>(out), n, k);
+  } else {
+    int8_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
+        w, static_cast<const __half*>(scales), static_cast<__half*>(out), n, k);
+  }
+  check_launch("int8 dequantize");
+}
+
+void int4_dequantize(const uint8_t* w, const void* scales, void* out, int n, int k, bool bf16,
+                     void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    int4_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
+        w, static_cast<const __nv_bfloat16*>(scales), static_cast<__nv_bfloat16*>(out), n, k);
+  } else {
+    int4_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
+        w, static_cast<const __half*>(scales), static_cast<__half*>(out), n, k);
+  }
+  check_launch("int4 dequantize");
+}
+
+}  // namespace cuda
+}  // namespace llava

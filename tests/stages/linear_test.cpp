@@ -1,0 +1,141 @@
+// Weight-only quantization: round-trip error bounds, the product against the float
+// reference, byte counts against the plan, and (where CUDA is) our kernels against the
+// CPU reference.
+#include "stages/language/linear.h"
+
+#include <gtest/gtest.h>
+
+#include "common/plan.h"
+
+namespace {
+
+using llava::dequantize;
+using llava::Linear;
+using llava::Quantize;
+using llava::QuantizedWeight;
+
+at::Tensor random_weight(int64_t out, int64_t in, uint64_t seed) {
+  at::manual_seed(seed);
+  return at::randn({out, in}) * 0.05;
+}
+
+// Per element, half a quantization step of its row (int8) or group (int4).
+at::Tensor half_step(const QuantizedWeight& q, Quantize kind, int64_t in) {
+  at::Tensor s = q.scales.to(at::kFloat);
+  if (kind == Quantize::kInt8) return (s / 2).unsqueeze(1).expand({s.size(0), in});
+  return (s / 2).repeat_interleave(llava::kInt4Group, 1).narrow(1, 0, in);
+}
+
+TEST(Quantize, Int8RoundTripIsWithinHalfAStepOfEachRow) {
+  at::Tensor w = random_weight(48, 200, 1);
+  QuantizedWeight q = llava::quantize_int8(w);
+  ASSERT_EQ(q.values.scalar_type(), at::kChar);
+  EXPECT_EQ(q.values.sizes(), w.sizes());
+  EXPECT_EQ(q.scales.sizes(), at::IntArrayRef({48}));
+  at::Tensor error = (dequantize(q, Quantize::kInt8, 200) - w).abs();
+  EXPECT_TRUE((error <= half_step(q, Quantize::kInt8, 200) * 1.0001).all().item<bool>());
+  // The largest magnitude of each row is represented (up to rounding of the scale).
+  EXPECT_EQ(q.values.abs().amax(1).min().item<int64_t>(), 127);
+}
+
+TEST(Quantize, Int4RoundTripIsWithinHalfAStepOfEachGroup) {
+  // 301 inputs: three groups, the last partial, and an odd count (half a byte of padding).
+  at::Tensor w = random_weight(16, 301, 2);
+  QuantizedWeight q = llava::quantize_int4(w);
+  ASSERT_EQ(q.values.scalar_type(), at::kByte);
+  EXPECT_EQ(q.values.sizes(), at::IntArrayRef({16, 151}));
+  EXPECT_EQ(q.scales.sizes(), at::IntArrayRef({16, 3}));
+  at::Tensor back = dequantize(q, Quantize::kInt4, 301);
+  EXPECT_EQ(back.sizes(), w.sizes());
+  at::Tensor error = (back - w).abs();
+  EXPECT_TRUE((error <= half_step(q, Quantize::kInt4, 301) * 1.0001).all().item<bool>());
+  // Relative error of a Gaussian's int4 round trip: about 0.1 of its scale, far from 0.
+  const double relative = ((back - w).norm() / w.norm()).item<double>();
+  EXPECT_GT(relative, 0.02);
+  EXPECT_LT(relative, 0.2);
+}
+
+TEST(Quantize, ZeroRowsStayZeroAndScalesStayFinite) {
+  at::Tensor w = at::zeros({4, 256});
+  for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+    QuantizedWeight q = kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w);
+    EXPECT_TRUE(at::isfinite(q.scales).all().item<bool>());
+    EXPECT_EQ(dequantize(q, kind, 256).abs().max().item<float>(), 0.0f);
+  }
+}
+
+TEST(Quantize, Float16ScalesAreTheOnesDequantizationUses) {
+  at::Tensor w = random_weight(8, 256, 3).to(at::kHalf);
+  for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+    QuantizedWeight q = kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w);
+    EXPECT_EQ(q.scales.scalar_type(), at::kHalf);
+    at::Tensor back = dequantize(q, kind, 256);
+    EXPECT_EQ(back.scalar_type(), at::kHalf);
+    at::Tensor error = (back.to(at::kFloat) - w.to(at::kFloat)).abs();
+    // Half a step, plus float16 rounding of the dequantized value.
+    at::Tensor bound = half_step(q, kind, 256) + w.to(at::kFloat).abs() * 1e-3;
+    EXPECT_TRUE((error <= bound).all().item<bool>());
+  }
+}
+
+TEST(QuantizedLinear, ProductEqualsTheDequantizedReferenceAndBoundsTheError) {
+  at::Tensor w = random_weight(40, 256, 4), x = at::randn({3, 5, 256}), b = at::randn({40});
+  for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+    Linear linear({w}, {b}, kind);
+    at::Tensor y = linear(x);
+    EXPECT_EQ(y.sizes(), at::IntArrayRef({3, 5, 40}));
+    QuantizedWeight q = kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w);
+    at::Tensor deq = dequantize(q, kind, 256);
+    EXPECT_TRUE(at::allclose(y, at::linear(x, deq, b), 1e-5, 1e-5));
+    // |x . (w' - w)| <= sum |x| * half step
+    at::Tensor bound = at::linear(x.abs(), half_step(q, kind, 256)) + 1e-4;
+    EXPECT_TRUE(((y - at::linear(x, w, b)).abs() <= bound).all().item<bool>());
+  }
+}
+
+TEST(QuantizedLinear, StackedPartsEqualSeparateLayers) {
+  at::Tensor a = random_weight(24, 128, 5), c = random_weight(8, 128, 6), x = at::randn({2, 128});
+  for (auto kind : {Quantize::kNone, Quantize::kInt8, Quantize::kInt4}) {
+    Linear both({a, c}, {at::Tensor(), at::Tensor()}, kind);
+    at::Tensor expected = at::cat({Linear({a}, {}, kind)(x), Linear({c}, {}, kind)(x)}, 1);
+    EXPECT_TRUE(at::equal(both(x), expected)) << llava::to_string(kind);
+  }
+}
+
+TEST(QuantizedLinear, StoredBytesAreThePlansBytes) {
+  for (auto kind : {Quantize::kNone, Quantize::kInt8, Quantize::kInt4}) {
+    for (int64_t in : {64, 128, 301}) {
+      at::Tensor w = random_weight(12, in, 7).to(at::kHalf);
+      EXPECT_EQ(static_cast<uint64_t>(Linear({w}, {}, kind).bytes()),
+                llava::linear_weight_bytes(12, in, kind, 2))
+          << llava::to_string(kind) << " in=" << in;
+    }
+  }
+}
+
+// Our CUDA kernels (GEMV for 1-8 rows, dequantize + cuBLAS beyond) against the CPU
+// reference, float16 and bfloat16, on shapes of the 7B model's matrices.
+TEST(QuantizedLinear, CudaKernelsMatchTheCpuReference) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+      for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 4096}, {22016, 4096}, {4096, 11008}, {30, 256}}) {
+        at::Tensor w = random_weight(out, in, 8).to(dtype);
+        llava::QuantizedWeight q = kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w);
+        at::Tensor cpu_reference = dequantize(q, kind, in);
+        Linear gpu({w.cuda()}, {}, kind);
+        for (int64_t rows : {1, 3, 8, 17}) {
+          at::Tensor x = at::randn({rows, in}).to(dtype);
+          at::Tensor expected = at::linear(x.to(at::kFloat), cpu_reference.to(at::kFloat));
+          at::Tensor got = gpu(x.cuda()).cpu().to(at::kFloat);
+          const double scale = expected.abs().max().item<double>();
+          const double error = (got - expected).abs().max().item<double>();
+          EXPECT_LT(error / scale, dtype == at::kHalf ? 5e-3 : 2e-2)
+              << llava::to_string(kind) << " " << out << "x" << in << " rows " << rows;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,140 @@
+// Quantized and streamed language weights on the tiny model: streaming changes nothing
+// (same logits, same tokens), int8/int4 stay close to float, and what is stored is what
+// the plan counted.
+#include <gtest/gtest.h>
+
+#include "common/config.h"
+#include "common/plan.h"
+#include "tiny_model.h"
+
+namespace {
+
+using llava::Quantize;
+using llava::WeightPlacement;
+using llava::test::data_path;
+using llava::test::ids_of;
+using llava::test::load_tensors;
+using llava::test::TinyModel;
+
+at::Tensor logits_of(const TinyModel& model, int c) {
+  auto ref = load_tensors("reference/a_case" + std::to_string(c) + ".safetensors");
+  auto ids = ids_of(ref["input_ids"]);
+  llava::KvCache cache(model.config.text, 1, static_cast<int64_t>(ids.size()), model.options);
+  return model.prompt_logits(ids, ref.count("pixel_values") ? ref["pixel_values"] : at::Tensor(),
+                             cache, cache.acquire());
+}
+
+std::vector<int32_t> greedy_of(const TinyModel& model, int c) {
+  auto ref = load_tensors("reference/a_case" + std::to_string(c) + ".safetensors");
+  return model.greedy(ids_of(ref["input_ids"]),
+                      ref.count("pixel_values") ? ref["pixel_values"] : at::Tensor(), 16);
+}
+
+TEST(LayerStreaming, StreamedLayersGiveTheResidentModelsLogitsAndTokens) {
+  TinyModel resident(data_path("tiny-llava"));
+  for (int kept : {0, 1}) {  // every layer streamed; one resident and two streamed
+    TinyModel streamed(data_path("tiny-llava"), at::kFloat, WeightPlacement{Quantize::kNone, true, kept});
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_TRUE(at::equal(logits_of(streamed, c), logits_of(resident, c))) << kept << " case " << c;
+      EXPECT_EQ(greedy_of(streamed, c), greedy_of(resident, c)) << kept << " case " << c;
+    }
+  }
+}
+
+TEST(LayerStreaming, StreamsQuantizedLayersToo) {
+  TinyModel resident(data_path("tiny-llava"), at::kFloat, WeightPlacement{Quantize::kInt8, true, -1});
+  TinyModel streamed(data_path("tiny-llava"), at::kFloat, WeightPlacement{Quantize::kInt8, true, 1});
+  EXPECT_TRUE(at::equal(logits_of(streamed, 0), logits_of(resident, 0)));
+  EXPECT_EQ(greedy_of(streamed, 1), greedy_of(resident, 1));
+}
+
+// On CUDA the copies run on a side stream, ordered by events: any missing wait shows up
+// as different logits. Prompt and 8 greedy steps, float16, every layer streamed.
+TEST(LayerStreaming, OnCudaStreamedLayersGiveTheResidentLogits) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string folder = data_path("tiny-llava");
+  const auto config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  const auto options = at::TensorOptions().dtype(at::kHalf).device(at::kCUDA);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(3 + (i * 37) % 900);
+  auto run = [&](const llava::LlamaDecoder& decoder) {
+    llava::KvCache cache(config.text, 1, 64, options);
+    const int slot = cache.acquire();
+    std::vector<at::Tensor> steps = {decoder.logits(decoder.forward(decoder.embed_prompt(prompt, {}), cache, {slot}))[0][-1]};
+    for (int i = 0; i < 8; ++i) {
+      at::Tensor next = steps.back().argmax().view({1, 1});
+      steps.push_back(decoder.logits(decoder.forward(decoder.embed(next), cache, {slot}))[0][-1]);
+    }
+    return at::stack(steps).cpu();
+  };
+  for (auto q : {Quantize::kNone, Quantize::kInt8, Quantize::kInt4}) {
+    llava::LlamaDecoder resident(config, checkpoint, options, WeightPlacement{q, true, -1});
+    llava::LlamaDecoder streamed(config, checkpoint, options, WeightPlacement{q, true, 0});
+    EXPECT_TRUE(at::equal(run(streamed), run(resident))) << llava::to_string(q);
+  }
+}
+
+// Logit error relative to the logits' range, and top-1 agreement over every prompt
+// position of five prompts.
+struct Agreement {
+  double relative_error = 0;
+  double top1 = 0;
+};
+
+Agreement agreement(const TinyModel& a, const TinyModel& b) {
+  double worst = 0;
+  int64_t same = 0, total = 0;
+  for (int c = 0; c < 5; ++c) {
+    at::Tensor x = logits_of(a, c), y = logits_of(b, c);
+    worst = std::max(worst, ((x - y).abs().max() / y.abs().max()).item<double>());
+    same += (x.argmax(-1) == y.argmax(-1)).sum().item<int64_t>();
+    total += y.size(0);
+  }
+  return {worst, static_cast<double>(same) / static_cast<double>(total)};
+}
+
+// The tiny model's random logits have small top-2 margins, so these bounds are looser
+// than the 7B-shape targets (measured on the GPU machine, README): int8 within 3% of the
+// logit range, int4's error the step ratio (127 / 7 levels, ~18x) above int8's.
+TEST(QuantizedDecoder, Int8AndInt4StayCloseToTheFloatModel) {
+  TinyModel full(data_path("tiny-llava"));
+  TinyModel int8(data_path("tiny-llava"), at::kFloat, WeightPlacement{Quantize::kInt8, true, -1});
+  TinyModel int4(data_path("tiny-llava"), at::kFloat, WeightPlacement{Quantize::kInt4, true, -1});
+  Agreement a8 = agreement(int8, full), a4 = agreement(int4, full);
+  std::cout << "tiny model vs float32: int8 error " << a8.relative_error << " top-1 " << a8.top1
+            << "; int4 error " << a4.relative_error << " top-1 " << a4.top1 << "\n";
+  EXPECT_GT(a8.relative_error, 0.0);  // it is quantized
+  EXPECT_LT(a8.relative_error, 0.03);
+  EXPECT_GE(a8.top1, 0.95);
+  const double ratio = a4.relative_error / a8.relative_error;
+  EXPECT_GT(ratio, 5.0);
+  EXPECT_LT(ratio, 40.0);
+  EXPECT_LT(a4.relative_error, 0.5);
+  EXPECT_GT(a4.top1, 0.5);
+}
+
+TEST(QuantizedDecoder, StoresWhatThePlanCounts) {
+  const std::string folder = data_path("tiny-llava");
+  auto model = llava::load_llava_config(folder);
+  for (const char* q : {"none", "int8", "int4"}) {
+    for (const char* offload : {"none", "layers"}) {
+      auto config = llava::parse_config(
+          "model: {checkpoint: " + folder + ", dtype: float32}\n"
+          "stages: {vision: {devices: cpu}, language: {devices: cpu, quantize: " + q +
+              ", offload: " + offload + "}}\n",
+          "t.yaml");
+      auto layout = llava::language_layout(config, model);
+      TinyModel tiny(folder, at::kFloat,
+                     WeightPlacement{config.language.quantize, layout.embeddings_on_host,
+                                     layout.resident_layers});
+      EXPECT_EQ(static_cast<uint64_t>(tiny.decoder.layer_bytes()), layout.layer_bytes) << q << offload;
+      EXPECT_EQ(static_cast<uint64_t>(tiny.decoder.device_weight_bytes()), layout.device_weight_bytes())
+          << q << " " << offload;
+      EXPECT_EQ(static_cast<uint64_t>(tiny.decoder.host_weight_bytes()), layout.host_bytes)
+          << q << " " << offload;
+    }
+  }
+}
+
+}  // namespace
