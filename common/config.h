@@ -36,6 +36,7 @@ struct StageSection {
   Release release = Release::kExit;  // sequential mode only
   int max_context = 0;               // language: tokens per sequence; 0 = model's maximum
   int prefill_chunk = 512;           // language: prompt tokens per forward pass
+  bool cuda_graphs = true;           // language: decode steps as CUDA graphs (CUDA only)
   Quantize quantize = Quantize::kNone;  // language only
   Offload offload = Offload::kNone;     // language only
 };

@@ -221,8 +221,12 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
       decoder_ = std::make_unique<LlamaDecoder>(
           model_, *checkpoint_, tensor_options_,
           WeightPlacement{config_.language.quantize, layout.embeddings_on_host, layout.resident_layers});
+      // Loading's temporaries (float16 parts, float32 copies for quantizing) leave cached
+      // blocks of odd sizes; give them back before the KV cache takes its share.
+      release_cached_memory(device_);
       generator_ = std::make_unique<Generator>(*decoder_, stage_->batch_size,
-                                               context_tokens(config_, model_));
+                                               context_tokens(config_, model_),
+                                               stage_->prefill_chunk, stage_->cuda_graphs);
     }
     synchronize(device_);
   } catch (const std::exception& e) {

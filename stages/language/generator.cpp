@@ -7,8 +7,12 @@
 
 namespace llava {
 
-Generator::Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens)
-    : decoder_(decoder), cache_(decoder.config(), slots, max_tokens, decoder.options()) {}
+Generator::Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens,
+                     int64_t prefill_chunk, bool cuda_graphs)
+    : decoder_(decoder),
+      prefill_chunk_(std::max<int64_t>(1, prefill_chunk)),
+      cache_(decoder.config(), slots, max_tokens, decoder.options()),
+      decode_(decoder_, cache_, cuda_graphs) {}
 
 TokenEvent Generator::choose(uint64_t id, Sequence& s, const float* logits, int64_t vocab,
                              int32_t greedy_token) {
@@ -46,7 +50,11 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
   Sequence s{slot, prompt, 0, params, Sampler(params)};
   at::Tensor hidden;
   try {
-    hidden = decoder_.forward(embeds, cache_, {slot});
+    // In chunks: activations (and the attention's scores) stay bounded by the chunk.
+    const int64_t length = embeds.size(1);
+    for (int64_t from = 0; from < length; from += prefill_chunk_) {
+      hidden = decoder_.forward(embeds.narrow(1, from, std::min(prefill_chunk_, length - from)), cache_, {slot});
+    }
   } catch (...) {
     cache_.release(slot);
     throw;
@@ -70,33 +78,35 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
 std::vector<TokenEvent> Generator::step() {
   std::vector<TokenEvent> events;
   if (sequences_.empty()) return events;
-  std::vector<uint64_t> ids;
-  std::vector<int> slots;
-  std::vector<int64_t> last;
+  // Row s of the step is cache slot s; free slots below the highest in use ride along.
+  int max_slot = 0;
+  for (const auto& [id, s] : sequences_) max_slot = std::max(max_slot, s.slot);
+  std::vector<int64_t> tokens(static_cast<size_t>(max_slot) + 1, 0), positions(tokens.size(), 0);
+  int64_t keys = 0;
   for (const auto& [id, s] : sequences_) {
-    ids.push_back(id);
-    slots.push_back(s.slot);
-    last.push_back(s.history.back());
+    tokens[static_cast<size_t>(s.slot)] = s.history.back();
+    positions[static_cast<size_t>(s.slot)] = cache_.length(s.slot);
+    keys = std::max(keys, cache_.length(s.slot) + 1);
   }
-  const int64_t b = static_cast<int64_t>(ids.size());
-  at::Tensor tokens = at::tensor(last, at::kLong).to(decoder_.options().device()).view({b, 1});
-  at::Tensor logits = decoder_.logits(decoder_.forward(decoder_.embed(tokens), cache_, slots));
+  at::Tensor logits = decode_.run(tokens, positions, keys);  // [rows, V]
   // One transfer to the host per step: the argmaxes when every row is greedy, else all
   // the scores.
   const bool greedy = std::all_of(sequences_.begin(), sequences_.end(),
                                   [](const auto& e) { return plain_greedy(e.second.params); });
-  at::Tensor host = greedy ? logits.view({b, -1}).argmax(-1).to(at::kCPU)
-                           : logits.view({b, -1}).to(at::kCPU).contiguous();
+  at::Tensor host = greedy ? logits.argmax(-1).to(at::kCPU) : logits.to(at::kCPU).contiguous();
   const int64_t vocab = logits.size(-1);
-  for (int64_t row = 0; row < b; ++row) {
-    Sequence& s = sequences_.at(ids[static_cast<size_t>(row)]);
-    TokenEvent event =
-        greedy ? choose(ids[static_cast<size_t>(row)], s, nullptr, 0,
-                        static_cast<int32_t>(host[row].item<int64_t>()))
-               : choose(ids[static_cast<size_t>(row)], s, host.data_ptr<float>() + row * vocab, vocab, -1);
+  for (auto it = sequences_.begin(); it != sequences_.end();) {
+    const uint64_t id = it->first;
+    Sequence& s = it->second;
+    const int64_t row = s.slot;
+    cache_.set_length(s.slot, cache_.length(s.slot) + 1);
+    TokenEvent event = greedy ? choose(id, s, nullptr, 0, static_cast<int32_t>(host[row].item<int64_t>()))
+                              : choose(id, s, host.data_ptr<float>() + row * vocab, vocab, -1);
     if (event.finish != Finish::kNone) {
       cache_.release(s.slot);
-      sequences_.erase(ids[static_cast<size_t>(row)]);
+      it = sequences_.erase(it);
+    } else {
+      ++it;
     }
     events.push_back(event);
   }

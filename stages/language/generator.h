@@ -10,6 +10,7 @@
 #include <map>
 #include <vector>
 
+#include "stages/language/decode_step.h"
 #include "stages/language/kv_cache.h"
 #include "stages/language/llama_decoder.h"
 #include "stages/language/sampler.h"
@@ -26,10 +27,13 @@ struct TokenEvent {
 
 class Generator {
  public:
-  Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens);
+  // `prefill_chunk`: prompt tokens per forward pass (bounds prefill activations).
+  Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens,
+            int64_t prefill_chunk = 512, bool cuda_graphs = true);
 
   bool has_capacity() const { return cache_.free_slots() > 0; }
   size_t active() const { return sequences_.size(); }
+  size_t cuda_graphs() const { return decode_.graphs(); }
   int64_t max_tokens() const { return cache_.max_tokens(); }
 
   // Prefills and returns the first token. Throws RequestError (prompt longer than the
@@ -57,7 +61,9 @@ class Generator {
   }
 
   const LlamaDecoder& decoder_;
+  int64_t prefill_chunk_;
   KvCache cache_;
+  DecodeStep decode_;
   std::map<uint64_t, Sequence> sequences_;
 };
 

@@ -79,4 +79,16 @@ std::pair<at::Tensor, at::Tensor> KvCache::read(int layer, const std::vector<int
   return {k.narrow(2, 0, tokens).index_select(0, index), v.narrow(2, 0, tokens).index_select(0, index)};
 }
 
+void KvCache::write_rows(int layer, const at::Tensor& index, const at::Tensor& k,
+                         const at::Tensor& v) {
+  const int64_t d = k.size(-1);
+  k_[static_cast<size_t>(layer)].view({-1, d}).index_copy_(0, index, k.reshape({-1, d}));
+  v_[static_cast<size_t>(layer)].view({-1, d}).index_copy_(0, index, v.reshape({-1, d}));
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::rows(int layer, int64_t rows, int64_t tokens) const {
+  return {k_[static_cast<size_t>(layer)].narrow(0, 0, rows).narrow(2, 0, tokens),
+          v_[static_cast<size_t>(layer)].narrow(0, 0, rows).narrow(2, 0, tokens)};
+}
+
 }  // namespace llava

@@ -32,6 +32,13 @@ class KvCache {
   std::pair<at::Tensor, at::Tensor> read(int layer, const std::vector<int>& slots,
                                          int64_t tokens) const;
 
+  // The decode step's access (static shapes, device indices; see LlamaDecoder::decode):
+  // rows of k/v [R, kv_heads, 1, D] go to the flat positions `index` [R * kv_heads] of
+  // the layer seen as [slots * kv_heads * max_tokens, D]; and slots [0, rows) up to
+  // `tokens`, as views: [rows, kv_heads, tokens, D].
+  void write_rows(int layer, const at::Tensor& index, const at::Tensor& k, const at::Tensor& v);
+  std::pair<at::Tensor, at::Tensor> rows(int layer, int64_t rows, int64_t tokens) const;
+
  private:
   int64_t max_tokens_;
   std::vector<at::Tensor> k_, v_;  // per layer

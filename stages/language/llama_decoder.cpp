@@ -88,7 +88,7 @@ at::Tensor LlamaDecoder::rms_norm(const at::Tensor& x, const at::Tensor& weight)
 }
 
 at::Tensor LlamaDecoder::embed(const at::Tensor& ids) const {
-  if (embed_tokens_.device() == ids.device()) return at::embedding(embed_tokens_, ids);
+  // The table may be in host memory: look up there, send the rows.
   return at::embedding(embed_tokens_, ids.to(embed_tokens_.device())).to(options_.device());
 }
 
@@ -181,10 +181,6 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   // RoPE rows of these positions: [B, 1, T, D].
   at::Tensor cos = rope_cos_.index_select(0, positions.flatten()).view({b, 1, n, d});
   at::Tensor sin = rope_sin_.index_select(0, positions.flatten()).view({b, 1, n, d});
-  auto rope = [&](const at::Tensor& x) {
-    at::Tensor rotated = at::cat({-x.narrow(-1, d / 2, d / 2), x.narrow(-1, 0, d / 2)}, -1);
-    return x * cos + rotated * sin;
-  };
 
   // Key j is visible to query i of row b iff j <= start_b + i. A single new token per
   // row with equal starts sees every cached key: no mask needed. A fresh prompt (every
@@ -196,7 +192,44 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     at::Tensor key = at::arange(keys, f32).view({1, 1, 1, keys});
     mask = at::where(key <= limit, at::zeros({}, f32), at::full({}, -INFINITY, f32));
   }
+  at::Tensor x = layers(embeds, cos, sin, mask, fresh, [&](int layer, const at::Tensor& k, const at::Tensor& v) {
+    cache.write(layer, slots, k, v);
+    return cache.read(layer, slots, keys);  // [B, kv, L, D]
+  });
+  for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);
+  return rms_norm(x, final_norm_);
+}
 
+at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& positions,
+                                KvCache& cache, int64_t keys) const {
+  const int64_t rows = embeds.size(0), kv_heads = config_.num_key_value_heads, d = config_.head_dim;
+  auto i64 = positions.options();
+  at::Tensor cos = rope_cos_.index_select(0, positions).view({rows, 1, 1, d});
+  at::Tensor sin = rope_sin_.index_select(0, positions).view({rows, 1, 1, d});
+  // Row r sees keys j <= positions[r]; the rest of the bucket is masked.
+  at::Tensor visible = at::arange(keys, i64).view({1, 1, 1, keys}) <= positions.view({rows, 1, 1, 1});
+  at::Tensor mask = at::zeros({rows, 1, 1, keys}, options_).masked_fill_(visible.logical_not(), -INFINITY);
+  // Where this step's k/v go in the layer seen as [slots * kv_heads * max_tokens, D].
+  at::Tensor index = ((at::arange(rows, i64).view({rows, 1}) * kv_heads + at::arange(kv_heads, i64).view({1, kv_heads})) *
+                          cache.max_tokens() +
+                      positions.view({rows, 1}))
+                         .flatten();
+  at::Tensor x = layers(embeds, cos, sin, mask, false, [&](int layer, const at::Tensor& k, const at::Tensor& v) {
+    cache.write_rows(layer, index, k, v);
+    return cache.rows(layer, rows, keys);  // views [R, kv, keys, D]
+  });
+  return logits(rms_norm(x, final_norm_)).view({rows, -1});
+}
+
+at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const at::Tensor& cos, const at::Tensor& sin,
+                                const at::Tensor& mask, bool causal, const KvAccess& kv) const {
+  const TextConfig& t = config_;
+  const int64_t b = embeds.size(0), n = embeds.size(1);
+  const int64_t heads = t.num_attention_heads, kv_heads = t.num_key_value_heads, d = t.head_dim;
+  auto rope = [&](const at::Tensor& x) {
+    at::Tensor rotated = at::cat({-x.narrow(-1, d / 2, d / 2), x.narrow(-1, 0, d / 2)}, -1);
+    return x * cos + rotated * sin;
+  };
   at::Tensor x = embeds;  // [B, T, H]
   const size_t resident = layers_.size(), total = resident + (streamed_ ? streamed_->size() : 0);
   if (streamed_) streamed_->begin();
@@ -209,14 +242,12 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
     q = rope(q);  // [B, heads, T, D]
     k = rope(k);  // [B, kv_heads, T, D]
-    cache.write(static_cast<int>(layer), slots, k, v);
-    auto [all_k, all_v] = cache.read(static_cast<int>(layer), slots, keys);  // [B, kv, L, D]
+    auto [all_k, all_v] = kv(static_cast<int>(layer), k, v);  // [B, kv_heads, L, D]
     if (heads != kv_heads) {
       all_k = all_k.repeat_interleave(heads / kv_heads, 1);
       all_v = all_v.repeat_interleave(heads / kv_heads, 1);
     }
-    at::Tensor a =
-        attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), fresh);
+    at::Tensor a = attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), causal);
     x = x + l.o(a.transpose(1, 2).reshape({b, n, heads * d}));
     h = rms_norm(x, l.post_norm);
     auto gate_up = l.gate_up(h).chunk(2, -1);
@@ -224,8 +255,7 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     x = x + l.down(gated);
     if (layer >= resident) streamed_->release(layer - resident);
   }
-  for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);
-  return rms_norm(x, final_norm_);
+  return x;
 }
 
 at::Tensor LlamaDecoder::logits(const at::Tensor& hidden) const {

@@ -5,7 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "common/config.h"
@@ -44,6 +46,15 @@ class LlamaDecoder {
   // embeds [B, T, H]: row b continues the sequence in cache slot slots[b]. Returns the
   // final-normed hidden states [B, T, H] and advances each slot's length by T.
   at::Tensor forward(const at::Tensor& embeds, KvCache& cache, const std::vector<int>& slots) const;
+  // One decode step with static shapes (what a CUDA graph captures): row r of embeds
+  // [R, 1, H] is cache slot r, at position positions[r] ([R] long, on the device), and
+  // attends keys [0, positions[r]] out of the first `keys`. Writes each row's k/v at its
+  // position (rows of unused slots write into their own free slot) and does not change
+  // the cache's lengths. Returns float32 logits [R, V].
+  at::Tensor decode(const at::Tensor& embeds, const at::Tensor& positions, KvCache& cache,
+                    int64_t keys) const;
+  bool streams_layers() const { return streamed_ != nullptr; }
+
   // hidden [..., H] -> float32 logits [..., V]
   at::Tensor logits(const at::Tensor& hidden) const;
 
@@ -54,6 +65,13 @@ class LlamaDecoder {
 
  private:
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  // Stores layer `layer`'s new k/v [B, kv_heads, T, D] and returns the keys and values
+  // to attend to [B, kv_heads, L, D].
+  using KvAccess = std::function<std::pair<at::Tensor, at::Tensor>(int layer, const at::Tensor& k,
+                                                                   const at::Tensor& v)>;
+  // Every decoder layer over x [B, T, H], RoPE rows cos/sin [B, 1, T, D].
+  at::Tensor layers(const at::Tensor& embeds, const at::Tensor& cos, const at::Tensor& sin,
+                    const at::Tensor& mask, bool causal, const KvAccess& kv) const;
 
   TextConfig config_;
   int64_t image_token_;

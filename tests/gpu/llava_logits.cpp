@@ -15,6 +15,7 @@
 #include "common/model_config.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/checkpoint/safetensors.h"
+#include "stages/device.h"
 #include "stages/language/generator.h"
 #include "stages/language/kv_cache.h"
 #include "stages/language/llama_decoder.h"
@@ -101,19 +102,27 @@ int main(int argc, char** argv) {
     std::vector<int32_t> ids(ids64.data_ptr<int64_t>(), ids64.data_ptr<int64_t>() + ids64.numel());
     at::Tensor features = projector.forward(vision.forward(inputs.view("pixel_values.0").to(options)));
     const int steps = 64;
-    for (int batch : {1, 8, 32}) {
-      llava::Generator generator(decoder, batch, static_cast<int64_t>(ids.size()) + steps + 8);
-      llava::SamplingParams params;
-      params.max_new_tokens = steps + 1;
-      for (int r = 0; r < batch; ++r) generator.start(static_cast<uint64_t>(r), ids, {features[0]}, params);
-      generator.step();  // warm-up
-      auto t0 = std::chrono::steady_clock::now();
-      int tokens = 0;
-      for (int i = 0; i < steps - 1; ++i) tokens += static_cast<int>(generator.step().size());
-      const double s = seconds_since(t0);
-      char buffer[128];
-      std::snprintf(buffer, sizeof buffer, ", \"decode_tokens_per_s_batch%d\": %.1f", batch, tokens / s);
-      decode_json += buffer;
+    for (bool graphs : {true, false}) {
+      for (int batch : {1, 8, 32}) {
+        llava::Generator generator(decoder, batch, static_cast<int64_t>(ids.size()) + steps + 8, 512, graphs);
+        llava::SamplingParams params;
+        params.max_new_tokens = steps + 1;
+        for (int r = 0; r < batch; ++r) generator.start(static_cast<uint64_t>(r), ids, {features[0]}, params);
+        generator.step();  // warm-up (and the first graph capture)
+        llava::synchronize(device);
+        auto t0 = std::chrono::steady_clock::now();
+        int tokens = 0;
+        for (int i = 0; i < steps - 1; ++i) tokens += static_cast<int>(generator.step().size());
+        const double s = seconds_since(t0);
+        char buffer[160];
+        std::snprintf(buffer, sizeof buffer, ", \"decode_tokens_per_s_batch%d%s\": %.1f", batch,
+                      graphs ? "" : "_no_graphs", tokens / s);
+        decode_json += buffer;
+        if (graphs) {
+          std::snprintf(buffer, sizeof buffer, ", \"cuda_graphs_batch%d\": %zu", batch, generator.cuda_graphs());
+          decode_json += buffer;
+        }
+      }
     }
   }
   llava::save_safetensors(argv[5], outputs);

@@ -135,4 +135,79 @@ TEST(Generator, BadRequestsFailAloneWithoutTakingASlot) {
   EXPECT_TRUE(g.has_capacity());
 }
 
+TEST(Generator, ChunkedPrefillGivesTheSameTokens) {
+  TinyModel model(data_path("tiny-llava"));
+  SamplingParams s;
+  s.max_new_tokens = 16;
+  for (int c : {0, 1}) {
+    auto p = prompt(model, c);
+    for (int64_t chunk : {7, 64}) {  // 7 does not divide the prompt; 64 splits the image
+      Generator g(model.decoder, 1, 256, chunk);
+      auto tokens = tokens_of(run_alone(g, 1, p, s));
+      EXPECT_EQ(tokens, std::vector<int32_t>(p.greedy.begin(), p.greedy.begin() + 16))
+          << "case " << c << " chunk " << chunk;
+    }
+  }
+}
+
+// A decode step's rows are cache slots: a sequence in slot 2 while slots 0 and 1 are free
+// decodes next to rows that carry nothing, and gets its own tokens.
+TEST(Generator, FreeSlotsBelowARunningSequenceChangeNothing) {
+  TinyModel model(data_path("tiny-llava"));
+  SamplingParams s;
+  s.max_new_tokens = 12;
+  auto a = prompt(model, 0), b = prompt(model, 3);
+  Generator g(model.decoder, 4, 256);
+  std::map<uint64_t, std::vector<int32_t>> got;
+  auto take = [&](const TokenEvent& e) { got[e.id].push_back(e.token); };
+  take(g.start(1, a.ids, a.images, s));  // slot 0
+  take(g.start(2, a.ids, a.images, s));  // slot 1
+  take(g.start(3, b.ids, b.images, s));  // slot 2
+  EXPECT_TRUE(g.cancel(1));
+  EXPECT_TRUE(g.cancel(2));
+  while (g.active() > 0) for (auto& e : g.step()) take(e);
+  EXPECT_EQ(got[3], std::vector<int32_t>(b.greedy.begin(), b.greedy.begin() + 12));
+}
+
+TEST(DecodeStep, RowsAndKeysRoundUpToRepeatingShapes) {
+  EXPECT_EQ(llava::DecodeStep::rows_for(1, 32), 1);
+  EXPECT_EQ(llava::DecodeStep::rows_for(3, 32), 4);
+  EXPECT_EQ(llava::DecodeStep::rows_for(17, 32), 32);
+  EXPECT_EQ(llava::DecodeStep::rows_for(5, 6), 6);  // never past the cache's slots
+  EXPECT_EQ(llava::DecodeStep::keys_for(1, 4096), 256);
+  EXPECT_EQ(llava::DecodeStep::keys_for(256, 4096), 256);
+  EXPECT_EQ(llava::DecodeStep::keys_for(600, 4096), 768);
+  EXPECT_EQ(llava::DecodeStep::keys_for(600, 700), 700);  // never past the context
+}
+
+// CUDA graphs replay what was captured: the same tokens as launching every kernel, with
+// sequences joining and leaving (new row and key shapes) and a graph per shape.
+TEST(DecodeStep, CudaGraphsGiveTheSameTokensAsLaunchingEachKernel) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string folder = data_path("tiny-llava");
+  const auto config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  llava::LlamaDecoder decoder(config, checkpoint, at::TensorOptions().dtype(at::kHalf).device(at::kCUDA));
+  auto run = [&](bool graphs, size_t* captured) {
+    Generator g(decoder, 4, 512, 512, graphs);
+    std::map<uint64_t, std::vector<int32_t>> got;
+    SamplingParams s;
+    s.max_new_tokens = 300;  // crosses a key bucket
+    std::vector<int32_t> prompt;
+    for (int i = 0; i < 40; ++i) prompt.push_back(3 + (i * 37) % 900);
+    got[1].push_back(g.start(1, prompt, {}, s).token);
+    for (int i = 0; i < 5; ++i) for (auto& e : g.step()) got[e.id].push_back(e.token);
+    prompt.back() = 5;
+    got[2].push_back(g.start(2, prompt, {}, s).token);
+    while (g.active() > 0) for (auto& e : g.step()) got[e.id].push_back(e.token);
+    *captured = g.cuda_graphs();
+    return got;
+  };
+  size_t with = 0, without = 0;
+  auto a = run(true, &with), b = run(false, &without);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(without, 0u);
+  EXPECT_GE(with, 3u);  // (1 row | 2 rows) x (256 | 512 keys), as the two sequences went
+}
+
 }  // namespace
