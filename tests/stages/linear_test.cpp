@@ -78,6 +78,19 @@ TEST(Quantize, Float16ScalesAreTheOnesDequantizationUses) {
   }
 }
 
+// Quantization runs over blocks of rows (a small float32 working copy); rows are
+// independent, so any slice quantizes as it does inside the whole matrix.
+TEST(Quantize, RowBlocksQuantizeAsTheWholeMatrix) {
+  at::Tensor w = random_weight(2500, 256, 9);
+  for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+    auto quantize = kind == Quantize::kInt8 ? llava::quantize_int8 : llava::quantize_int4;
+    QuantizedWeight whole = quantize(w), part = quantize(w.narrow(0, 1000, 1100));
+    EXPECT_EQ(whole.values.size(0), 2500);
+    EXPECT_TRUE(at::equal(whole.values.narrow(0, 1000, 1100), part.values));
+    EXPECT_TRUE(at::equal(whole.scales.narrow(0, 1000, 1100), part.scales));
+  }
+}
+
 TEST(QuantizedLinear, ProductEqualsTheDequantizedReferenceAndBoundsTheError) {
   at::Tensor w = random_weight(40, 256, 4), x = at::randn({3, 5, 256}), b = at::randn({40});
   for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
