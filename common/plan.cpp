@@ -75,7 +75,10 @@ StageMemory language_working_memory(const PipelineConfig& config, const LlavaCon
   if (config.language.quantize != Quantize::kNone) {
     m.activations += 2 * static_cast<uint64_t>(t.intermediate_size * t.hidden_size) * bytes;
   }
-  m.runtime = on_gpu(config.language.devices.front()) ? kCudaRuntimeBytes : 0;
+  if (on_gpu(config.language.devices.front())) {
+    m.activations += kAllocatorSlackBytes;
+    m.runtime = kCudaRuntimeBytes;
+  }
   return m;
 }
 

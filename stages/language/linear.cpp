@@ -7,7 +7,7 @@
 
 #include "common/plan.h"
 
-#ifdef LLAVA_PIPE_QUANT_KERNELS
+#ifdef LLAVA_PIPE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
 
 #include "stages/language/quant_kernels.h"
@@ -113,7 +113,7 @@ std::vector<at::Tensor> Linear::tensors() const {
 at::Tensor Linear::operator()(const at::Tensor& x) const {
   if (quantize_ == Quantize::kNone) return at::linear(x, weight_, bias_);
   const QuantizedWeight q{weight_, scales_};
-#ifdef LLAVA_PIPE_QUANT_KERNELS
+#ifdef LLAVA_PIPE_CUDA_KERNELS
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   if (x.is_cuda() && half) {
     const bool int4 = quantize_ == Quantize::kInt4, bf16 = x.scalar_type() == at::kBFloat16;

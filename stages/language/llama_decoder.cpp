@@ -8,6 +8,12 @@
 #include "common/errors.h"
 #include "stages/attention.h"
 
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+
+#include "stages/language/fused_kernels.h"
+#endif
+
 namespace llava {
 
 LlamaDecoder::LlamaDecoder(const LlavaConfig& config, const Checkpoint& ckpt,
@@ -81,7 +87,27 @@ LlamaDecoder::LlamaDecoder(const LlavaConfig& config, const Checkpoint& ckpt,
   rope_sin_ = angles.sin().to(options.dtype());
 }
 
+bool LlamaDecoder::fused(const at::Tensor& x) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  return fused_ && x.is_cuda() && x.is_contiguous() &&
+         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
+#else
+  (void)x;
+  return false;
+#endif
+}
+
 at::Tensor LlamaDecoder::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (fused(x)) {
+    at::Tensor y = at::empty_like(x);
+    const int h = static_cast<int>(x.size(-1));
+    cuda::rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), static_cast<int>(x.numel() / h), h,
+                   static_cast<float>(config_.rms_norm_eps), x.scalar_type() == at::kBFloat16,
+                   at::cuda::getCurrentCUDAStream().stream());
+    return y;
+  }
+#endif
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
   return weight * (x32 * at::rsqrt(variance + config_.rms_norm_eps)).to(x.scalar_type());
@@ -236,12 +262,23 @@ at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const at::Tensor& cos,
   for (size_t layer = 0; layer < total; ++layer) {
     const LlamaLayer& l = layer < resident ? layers_[layer] : streamed_->acquire(layer - resident);
     at::Tensor h = rms_norm(x, l.input_norm);
-    auto qkv = l.qkv(h).split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
+    at::Tensor projected = l.qkv(h);  // [B, T, (heads + 2 kv_heads) D]
+    const bool fuse = fused(projected);
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+    if (fuse) {  // q and k rotated in place
+      cuda::rope(projected.data_ptr(), cos.data_ptr(), sin.data_ptr(), static_cast<int>(b * n),
+                 static_cast<int>(projected.size(-1)), static_cast<int>(heads + kv_heads), static_cast<int>(d),
+                 projected.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream());
+    }
+#endif
+    auto qkv = projected.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
     at::Tensor q = qkv[0].view({b, n, heads, d}).transpose(1, 2);
     at::Tensor k = qkv[1].view({b, n, kv_heads, d}).transpose(1, 2);
     at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
-    q = rope(q);  // [B, heads, T, D]
-    k = rope(k);  // [B, kv_heads, T, D]
+    if (!fuse) {
+      q = rope(q);  // [B, heads, T, D]
+      k = rope(k);  // [B, kv_heads, T, D]
+    }
     auto [all_k, all_v] = kv(static_cast<int>(layer), k, v);  // [B, kv_heads, L, D]
     if (heads != kv_heads) {
       all_k = all_k.repeat_interleave(heads / kv_heads, 1);
@@ -250,12 +287,26 @@ at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const at::Tensor& cos,
     at::Tensor a = attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), causal);
     x = x + l.o(a.transpose(1, 2).reshape({b, n, heads * d}));
     h = rms_norm(x, l.post_norm);
-    auto gate_up = l.gate_up(h).chunk(2, -1);
-    at::Tensor gated = at::silu(gate_up[0]) * gate_up[1];
-    x = x + l.down(gated);
+    x = x + l.down(gate(l.gate_up(h)));
     if (layer >= resident) streamed_->release(layer - resident);
   }
   return x;
+}
+
+at::Tensor LlamaDecoder::gate(const at::Tensor& gate_up) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (fused(gate_up)) {
+    std::vector<int64_t> shape = gate_up.sizes().vec();
+    shape.back() /= 2;
+    at::Tensor out = at::empty(shape, gate_up.options());
+    const int n = static_cast<int>(shape.back());
+    cuda::silu_mul(gate_up.data_ptr(), out.data_ptr(), static_cast<int>(out.numel() / n), n,
+                   gate_up.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream());
+    return out;
+  }
+#endif
+  auto parts = gate_up.chunk(2, -1);
+  return at::silu(parts[0]) * parts[1];
 }
 
 at::Tensor LlamaDecoder::logits(const at::Tensor& hidden) const {

@@ -54,6 +54,9 @@ class LlamaDecoder {
   at::Tensor decode(const at::Tensor& embeds, const at::Tensor& positions, KvCache& cache,
                     int64_t keys) const;
   bool streams_layers() const { return streamed_ != nullptr; }
+  // Our fused CUDA kernels for RMSNorm, RoPE and gating where built (default on); off,
+  // LibTorch's kernels compose the same math.
+  void use_fused_kernels(bool on) { fused_ = on; }
 
   // hidden [..., H] -> float32 logits [..., V]
   at::Tensor logits(const at::Tensor& hidden) const;
@@ -65,6 +68,8 @@ class LlamaDecoder {
 
  private:
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor gate(const at::Tensor& gate_up) const;  // [..., 2I] -> silu(gate) * up [..., I]
+  bool fused(const at::Tensor& x) const;             // the fused kernels take x
   // Stores layer `layer`'s new k/v [B, kv_heads, T, D] and returns the keys and values
   // to attend to [B, kv_heads, L, D].
   using KvAccess = std::function<std::pair<at::Tensor, at::Tensor>(int layer, const at::Tensor& k,
@@ -83,6 +88,7 @@ class LlamaDecoder {
   std::vector<LlamaLayer> layers_;  // on the device
   std::unique_ptr<LayerStream> streamed_;  // the layers after layers_, or null
   int64_t layer_bytes_ = 0;
+  bool fused_ = true;
 };
 
 }  // namespace llava

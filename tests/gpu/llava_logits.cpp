@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <string>
@@ -56,6 +57,8 @@ int main(int argc, char** argv) {
   llava::ClipVision vision(config, checkpoint, options);
   llava::Projector projector(config, checkpoint, options);
   llava::LlamaDecoder decoder(config, checkpoint, options, placement);
+  const bool fused = std::getenv("LLAVA_PIPE_UNFUSED") == nullptr;  // compare with LibTorch's kernels
+  decoder.use_fused_kernels(fused);
   (void)at::zeros({1}, options).sum().item<float>();  // synchronize
   const double load_seconds = seconds_since(start);
 
@@ -126,9 +129,9 @@ int main(int argc, char** argv) {
     }
   }
   llava::save_safetensors(argv[5], outputs);
-  std::printf("{\"quantize\": \"%s\", \"resident_layers\": %d, \"device_weight_bytes\": %lld, "
+  std::printf("{\"quantize\": \"%s\", \"fused_kernels\": %s, \"resident_layers\": %d, \"device_weight_bytes\": %lld, "
               "\"host_weight_bytes\": %lld, \"load_seconds\": %.2f, \"prefill_tokens_per_s\": %.1f%s}\n",
-              quantize.c_str(), placement.resident_layers,
+              quantize.c_str(), fused ? "true" : "false", placement.resident_layers,
               static_cast<long long>(decoder.device_weight_bytes()),
               static_cast<long long>(decoder.host_weight_bytes()), load_seconds,
               prefill_tokens / prefill_seconds, decode_json.c_str());

@@ -5,8 +5,9 @@
 
 Writes the checkpoint with transformers (tests/gpu/make_7b.py) unless WORKDIR has it,
 prepares 3 prompts of one image each (576 image tokens + 24 text tokens), runs our
-llava_logits once per RUN ("none", "int8", "int4", or "QUANTIZE:RESIDENT" for streamed
-layers; default: none int8 int4) and prints JSON: per run the tool's speeds and bytes,
+llava_logits once per RUN ("none", "int8", "int4", "QUANTIZE:RESIDENT" for streamed
+layers, a "+unfused" suffix for LibTorch's kernels instead of our fused ones; default:
+none int8 int4) and prints JSON: per run the tool's speeds and bytes,
 and for each quantized run its prompt-logit relative error and top-1 agreement with the
 float16 run over all prompt positions.
 """
@@ -45,12 +46,13 @@ save_file(inputs, os.path.join(work, "quant-inputs.safetensors"))
 
 logits = {}
 for spec in runs:
-    quantize, _, resident = spec.partition(":")
-    out = os.path.join(work, "quant-%s.safetensors" % spec.replace(":", "-"))
+    quantize, _, resident = spec.replace("+unfused", "").partition(":")
+    env = dict(os.environ, **({"LLAVA_PIPE_UNFUSED": "1"} if spec.endswith("+unfused") else {}))
+    out = os.path.join(work, "quant-%s.safetensors" % spec.replace(":", "-").replace("+", "-"))
     args = [tool, folder, "cuda:0", "float16", os.path.join(work, "quant-inputs.safetensors"), out, quantize]
     if resident:
         args.append(resident)
-    run = subprocess.run(args, capture_output=True, text=True)
+    run = subprocess.run(args, capture_output=True, text=True, env=env)
     entry = {"exit_code": run.returncode, "stderr": run.stderr.strip()[-1500:]}
     if run.returncode == 0:
         entry.update(json.loads(run.stdout.strip().splitlines()[-1]))

@@ -75,6 +75,32 @@ TEST(LayerStreaming, OnCudaStreamedLayersGiveTheResidentLogits) {
   }
 }
 
+// Our fused RMSNorm / RoPE / gating kernels against LibTorch's composition of the same
+// math: they round alike, only the norm's sum runs in another order.
+TEST(FusedKernels, OnCudaMatchLibTorchsComposition) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string folder = data_path("tiny-llava");
+  const auto config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 60; ++i) prompt.push_back(3 + (i * 53) % 900);
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    const auto options = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+    llava::LlamaDecoder decoder(config, checkpoint, options);
+    auto logits = [&](bool fused) {
+      decoder.use_fused_kernels(fused);
+      llava::KvCache cache(config.text, 1, 64, options);
+      return decoder.logits(decoder.forward(decoder.embed_prompt(prompt, {}), cache, {cache.acquire()}))[0].cpu();
+    };
+    at::Tensor fused = logits(true), composed = logits(false);
+    EXPECT_FALSE(at::equal(fused, at::zeros_like(fused)));
+    const double error = ((fused - composed).abs().max() / composed.abs().max()).item<double>();
+    EXPECT_LT(error, dtype == at::kHalf ? 5e-3 : 3e-2) << dtype;
+    const double top1 = (fused.argmax(-1) == composed.argmax(-1)).to(at::kFloat).mean().item<double>();
+    EXPECT_GE(top1, 0.9) << dtype;
+  }
+}
+
 // Logit error relative to the logits' range, and top-1 agreement over every prompt
 // position of five prompts.
 struct Agreement {
