@@ -83,7 +83,10 @@ TEST(FusedKernels, OnCudaMatchLibTorchsComposition) {
   const auto config = llava::load_llava_config(folder);
   llava::Checkpoint checkpoint(folder);
   std::vector<int32_t> prompt;
-  for (int i = 0; i < 60; ++i) prompt.push_back(3 + (i * 53) % 900);
+  for (int i = 0; i < 60; ++i) {
+    const int32_t id = 3 + (i * 53) % 900;
+    prompt.push_back(id == config.image_token_index ? 4 : id);  // text only
+  }
   for (auto dtype : {at::kHalf, at::kBFloat16}) {
     const auto options = at::TensorOptions().dtype(dtype).device(at::kCUDA);
     llava::LlamaDecoder decoder(config, checkpoint, options);
