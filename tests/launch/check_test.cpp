@@ -75,13 +75,31 @@ TEST(Check, UnknownCommandIsAUsageError) {
   EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos);
 }
 
-TEST(Check, ShippedColabConfigFitsTheL4) {
-  // The shipped config names /models/...; point a copy at the hub's config.json.
-  std::ifstream in(std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/colab-l4.yaml");
+// The shipped configs name /models/...; copies point at the hub's config.json files.
+Result check_shipped(const std::string& config, const std::string& model) {
+  std::ifstream in(std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/" + config);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  text.replace(text.find("/models/llava-1.5-7b-hf"), 23, kHub7b);
-  Result r = run("check " + write_temp("colab.yaml", text));
+  const std::string hub = std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/hub-configs/" + model;
+  text.replace(text.find("/models/" + model), 8 + model.size(), hub);
+  return run("check " + write_temp(config, text));
+}
+
+TEST(Check, ShippedColabConfigFitsTheL4) {
+  Result r = check_shipped("colab-l4.yaml", "llava-1.5-7b-hf");
   EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(Check, ShippedEightGibConfigFitsByStreamingSomeLayers) {
+  Result r = check_shipped("int8-8gib.yaml", "llava-1.5-7b-hf");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("weights int8, 193.1 MiB per layer; "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" streamed from host through 2 buffers"), std::string::npos) << r.output;
+}
+
+TEST(Check, ShippedThirteenBConfigFitsTheL4InInt8) {
+  Result r = check_shipped("13b-l4.yaml", "llava-1.5-13b-hf");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("40 of 40 layers on the device"), std::string::npos) << r.output;
 }
 
 }  // namespace
