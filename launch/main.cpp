@@ -22,6 +22,7 @@
 #include "common/plan.h"
 #include "common/units.h"
 #include "coordinator/coordinator.h"
+#include "launch/bench.h"
 
 namespace {
 
@@ -36,6 +37,10 @@ const char* kUsage =
     "      run a batch: one JSON object a line {\"id\", \"image\" or \"images\", \"prompt\",\n"
     "      sampling keys}; image paths are relative to IN.jsonl's folder; one result line\n"
     "      per request, in input order\n"
+    "  llava-pipe bench CONFIG --image PATH [--json OUT.json] [--batches 1,8,32]\n"
+    "                  [--new-tokens 64] [--ttft-runs 10] [--vision-batch 32]\n"
+    "      measure the pipeline: time to first token, images/s, decode tokens/s per batch\n"
+    "      size, embedding handoff, load time and peak memory per stage and device\n"
     "  --verbose: print each worker start, lease grant, release, exit and death on stderr\n"
     "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
     "            --repetition-penalty R --seed S (defaults: the config's generation section)\n";
@@ -303,6 +308,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "check") return check(args);
     if (command == "run") return run(args);
+    if (command == "bench") return llava::bench(args);
     std::cerr << "llava-pipe: unknown command '" << command << "'\n" << kUsage;
     return llava::kExitUsage;
   } catch (const llava::ConfigError& e) {

@@ -46,7 +46,7 @@ TEST(Config, LoadsEveryShippedConfig) {
     EXPECT_NO_THROW(llava::load_config(entry.path().string(), is_demo)) << entry.path();
     ++loaded;
   }
-  EXPECT_EQ(loaded, 4);
+  EXPECT_EQ(loaded, 6);
 }
 
 TEST(Config, ReadsEverySection) {

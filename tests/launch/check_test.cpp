@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace {
@@ -100,6 +101,32 @@ TEST(Check, ShippedThirteenBConfigFitsTheL4InInt8) {
   Result r = check_shipped("13b-l4.yaml", "llava-1.5-13b-hf");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("40 of 40 layers on the device"), std::string::npos) << r.output;
+}
+
+// The benchmark on the tiny model (CPU): every phase answers and the figures are there.
+TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
+  const std::string json = testing::TempDir() + "bench.json";
+  Result r = run("bench " + std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/demo.yaml --image " +
+                 std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/images/img01_320x240_RGB.jpg" +
+                 " --batches 1,3 --new-tokens 6 --ttft-runs 2 --vision-batch 3 --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(json);
+  auto out = nlohmann::json::parse(in);
+  EXPECT_EQ(out["requests"], 1 + 2 + 3 + 1 + 3);  // warm-up, TTFT, vision batch, decode 1 and 3
+  EXPECT_EQ(out["failed"], 0);
+  EXPECT_GT(out["ttft_ms"]["median"].get<double>(), 0);
+  EXPECT_EQ(out["ttft_ms"]["runs"], 2);
+  EXPECT_GT(out["images_per_s"]["batch1"].get<double>(), 0);
+  EXPECT_GT(out["images_per_s"]["batch3"].get<double>(), 0);
+  EXPECT_GT(out["decode"]["batch1"]["tokens_per_s"].get<double>(), 0);
+  EXPECT_EQ(out["decode"]["batch3"]["decoding_together"], 3);
+  // 576 x 4096 float16 for LLaVA-1.5-7B; the tiny model: its image tokens x hidden x 4.
+  EXPECT_EQ(out["handoff_ms"]["frame_bytes"], 16 * 64 * 4);
+  EXPECT_GT(out["handoff_ms"]["median"].get<double>(), 0);
+  ASSERT_EQ(out["stages"].size(), 2u);
+  EXPECT_EQ(out["stages"][0]["process"], "vision-0");
+  EXPECT_GT(out["stages"][1]["peak_bytes"].get<double>(), 0);
+  EXPECT_NE(r.output.find("time to first token"), std::string::npos);
 }
 
 }  // namespace

@@ -1,0 +1,273 @@
+// The benchmark phases, each a batch of requests through one Coordinator (its workers stay
+// up between phases in concurrent mode): warm-up; time to first token, one request at a
+// time; images/s at batch 1 and at the vision batch; decode at each batch size; then the
+// embedding handoff measured on the config's transport, and NVML sampled throughout.
+#include "launch/bench.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/transport.h"
+#include "common/units.h"
+#include "coordinator/coordinator.h"
+
+namespace llava {
+namespace {
+
+// About 32 tokens of text with LLaMA's tokenizer.
+const char* kPrompt =
+    "Describe this picture in detail: the colours, the objects and where they are, the light, "
+    "and anything unusual you can see in it.";
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+std::vector<int> parse_list(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    const int value = std::stoi(item);
+    if (value < 1) throw ConfigError("bench: batch sizes must be at least 1, got " + item);
+    out.push_back(value);
+  }
+  return out;
+}
+
+// nvidia-smi sampling device memory every 100 ms, its peak per device index. Without
+// nvidia-smi (a CPU machine) nothing is sampled.
+class MemorySampler {
+ public:
+  MemorySampler() {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], STDOUT_FILENO);
+      close(fds[0]);
+      close(fds[1]);
+      execlp("nvidia-smi", "nvidia-smi", "--query-gpu=index,memory.used",
+             "--format=csv,noheader,nounits", "-lms", "100", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(fds[1]);
+    reader_ = std::thread([this, fd = fds[0]] {
+      FILE* in = fdopen(fd, "r");
+      char line[256];
+      while (in && std::fgets(line, sizeof line, in)) {
+        int index = -1;
+        long used = 0;
+        if (std::sscanf(line, "%d, %ld", &index, &used) == 2) {
+          peak_mib_[index] = std::max(peak_mib_[index], used);
+        }
+      }
+      if (in) std::fclose(in);
+    });
+  }
+  // Stops sampling; the peaks per device index (MiB).
+  std::map<int, long> stop() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+    if (reader_.joinable()) reader_.join();
+    return peak_mib_;
+  }
+  ~MemorySampler() { stop(); }
+
+ private:
+  pid_t pid_ = -1;
+  std::thread reader_;  // reads nvidia-smi's lines so that its pipe never fills
+  std::map<int, long> peak_mib_;
+};
+
+// One embedding frame, sender -> coordinator's ROUTER -> receiver, as the pipeline passes
+// it, one at a time: the median milliseconds of `iterations`.
+double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int iterations) {
+  zmq::context_t context;
+  TransportOptions options;
+  options.max_message_size = bytes * 2;
+  const bool tcp = endpoint_of_config.rfind("tcp://", 0) == 0;
+  auto router = bind_router(context, tcp ? "tcp://127.0.0.1:*"
+                                         : "ipc://@llava-bench-handoff-" + std::to_string(getpid()),
+                            options);
+  const std::string endpoint = last_endpoint(router);
+  auto sender = connect_dealer(context, endpoint, options);
+  auto receiver = connect_dealer(context, endpoint, options);
+  auto hello = [&](zmq::socket_t& dealer) {
+    std::vector<zmq::message_t> parts;
+    parts.emplace_back(std::string("hello"));
+    send_parts(dealer, std::move(parts));
+    auto got = receive_parts(router, std::chrono::milliseconds(5000));
+    if (!got) throw std::runtime_error("bench: the handoff sockets did not connect");
+    return zmq::message_t(got->front().data(), got->front().size());  // routing id
+  };
+  hello(sender);
+  zmq::message_t to_receiver = hello(receiver);
+  std::vector<char> payload(bytes, 0x3c);
+  std::vector<double> times;
+  for (int i = 0; i < iterations; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<zmq::message_t> parts;
+    parts.emplace_back(payload.data(), payload.size());
+    send_parts(sender, std::move(parts));
+    auto at_router = receive_parts(router, std::chrono::milliseconds(5000));
+    if (!at_router) throw std::runtime_error("bench: a handoff frame was lost");
+    std::vector<zmq::message_t> forward;
+    forward.emplace_back(std::move(at_router->back()));
+    send_parts(router, std::move(forward), &to_receiver);
+    if (!receive_parts(receiver, std::chrono::milliseconds(5000))) {
+      throw std::runtime_error("bench: a handoff frame was lost");
+    }
+    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  return median(times);
+}
+
+}  // namespace
+
+int bench(const std::vector<std::string>& args) {
+  if (args.empty()) throw ConfigError("bench needs a CONFIG");
+  std::string image, json_path;
+  std::vector<int> batches = {1, 8, 32};
+  int new_tokens = 64, ttft_runs = 10, vision_batch = 32;
+  for (size_t i = 1; i < args.size(); ++i) {
+    auto value = [&]() -> const std::string& {
+      if (i + 1 >= args.size()) throw ConfigError("bench: " + args[i] + " needs a value");
+      return args[++i];
+    };
+    const std::string& arg = args[i];
+    if (arg == "--image") image = value();
+    else if (arg == "--json") json_path = value();
+    else if (arg == "--batches") batches = parse_list(value());
+    else if (arg == "--new-tokens") new_tokens = std::max(2, std::stoi(value()));
+    else if (arg == "--ttft-runs") ttft_runs = std::max(1, std::stoi(value()));
+    else if (arg == "--vision-batch") vision_batch = std::max(1, std::stoi(value()));
+    else throw ConfigError("bench: unknown argument '" + arg + "'");
+  }
+  if (image.empty()) throw ConfigError("bench: --image PATH is required");
+  const PipelineConfig config = load_config(args[0]);
+
+  MemorySampler memory;
+  std::vector<RequestResult>* sink = nullptr;
+  CoordinatorEvents events;
+  events.on_result = [&](const RequestResult& r) { sink->push_back(r); };
+  Coordinator coordinator(config, events);
+  int total = 0, failed = 0;
+  std::string first_error;
+  // `count` requests submitted together, run until each has its answer.
+  auto phase = [&](int count, int max_new_tokens) {
+    std::vector<RequestResult> results;
+    sink = &results;
+    RequestSpec spec;
+    spec.image_paths = {image};
+    spec.prompt = kPrompt;
+    spec.generation = config.generation;
+    spec.generation.max_new_tokens = max_new_tokens;
+    spec.generation.temperature = 0;
+    for (int i = 0; i < count; ++i) coordinator.submit(spec);
+    coordinator.run();
+    if (coordinator.failed()) throw std::runtime_error("bench: " + coordinator.fatal_error());
+    for (const auto& r : results) {
+      ++total;
+      if (!r.ok && failed++ == 0) first_error = r.error;
+    }
+    return results;
+  };
+
+  phase(1, 2);  // warm-up: workers start, load, first CUDA graphs
+  std::vector<double> ttft, vision_one;
+  int prompt_tokens = 0;
+  for (int i = 0; i < ttft_runs; ++i) {
+    for (const auto& r : phase(1, 1)) {
+      if (!r.ok) continue;
+      ttft.push_back(r.first_token_ms);
+      vision_one.push_back(r.vision_ms);
+      prompt_tokens = r.prompt_tokens;
+    }
+  }
+  double vision_batch_ms = 0;
+  for (const auto& r : phase(vision_batch, 1)) vision_batch_ms = std::max(vision_batch_ms, r.vision_ms);
+  nlohmann::json decode = nlohmann::json::object();
+  for (int b : batches) {
+    // Each request's own decode rate (tokens after the first over the time after the
+    // first), summed over requests that decode together.
+    double rate = 0;
+    for (const auto& r : phase(b, new_tokens)) {
+      const double ms = r.total_ms - r.first_token_ms;
+      if (r.ok && r.tokens.size() > 1 && ms > 0) rate += (static_cast<double>(r.tokens.size()) - 1) * 1e3 / ms;
+    }
+    const int concurrent = std::min(b, config.language.batch_size * config.language.replicas);
+    decode["batch" + std::to_string(b)] = {{"tokens_per_s", rate}, {"decoding_together", concurrent}};
+  }
+  std::vector<StageReport> reports = coordinator.reports();
+  coordinator.shutdown_workers();
+  const std::map<int, long> nvml = memory.stop();
+
+  // One image's embeddings: image tokens x text hidden size, in the model dtype.
+  const size_t frame_bytes = static_cast<size_t>(coordinator.model().image_tokens() *
+                                                 coordinator.model().text.hidden_size) *
+                             element_size(config.model.dtype);
+  const double handoff = handoff_ms(coordinator.endpoint(), frame_bytes, 50);
+
+  nlohmann::json out;
+  out["config"] = config.path;
+  out["mode"] = to_string(config.mode);
+  out["requests"] = total;
+  out["failed"] = failed;
+  if (failed) out["first_error"] = first_error;
+  out["prompt_tokens"] = prompt_tokens;
+  out["new_tokens"] = new_tokens;
+  out["ttft_ms"] = {{"median", median(ttft)}, {"runs", ttft.size()}};
+  out["images_per_s"] = {{"batch1", vision_one.empty() ? 0 : 1e3 / median(vision_one)},
+                         {"batch" + std::to_string(vision_batch), vision_batch_ms > 0 ? vision_batch * 1e3 / vision_batch_ms : 0}};
+  out["decode"] = decode;
+  out["handoff_ms"] = {{"median", handoff}, {"frame_bytes", frame_bytes}, {"hops", 2}};
+  out["stages"] = nlohmann::json::array();
+  for (const auto& r : reports) {
+    out["stages"].push_back({{"process", r.process}, {"device", r.device}, {"load_s", r.load_seconds},
+                             {"work_s", r.work_seconds}, {"peak_bytes", r.peak_bytes}, {"restarts", r.restarts}});
+  }
+  out["nvml_peak_mib"] = nlohmann::json::object();
+  for (const auto& [index, mib] : nvml) out["nvml_peak_mib"]["cuda:" + std::to_string(index)] = mib;
+
+  std::printf("llava-pipe bench %s (%s), %d requests, %d failed\n", config.path.c_str(),
+              to_string(config.mode), total, failed);
+  std::printf("  time to first token (1 image, %d prompt tokens)  %9.1f ms (median of %zu)\n",
+              prompt_tokens, median(ttft), ttft.size());
+  std::printf("  images/s, batch 1 / batch %d                     %9.1f / %.1f\n", vision_batch,
+              out["images_per_s"]["batch1"].get<double>(),
+              out["images_per_s"]["batch" + std::to_string(vision_batch)].get<double>());
+  for (int b : batches) {
+    const auto& d = decode["batch" + std::to_string(b)];
+    std::printf("  decode tokens/s, batch %-3d (%d together)          %9.1f\n", b,
+                d["decoding_together"].get<int>(), d["tokens_per_s"].get<double>());
+  }
+  std::printf("  embedding handoff (%s, 2 hops)            %9.3f ms\n", format_bytes(frame_bytes).c_str(), handoff);
+  for (const auto& r : reports) {
+    std::printf("  %-12s %-8s load %6.2f s, work %7.2f s, peak %s\n", r.process.c_str(), r.device.c_str(),
+                r.load_seconds, r.work_seconds, format_bytes(r.peak_bytes).c_str());
+  }
+  for (const auto& [index, mib] : nvml) std::printf("  cuda:%d NVML peak %ld MiB\n", index, mib);
+  std::printf("%s\n", out.dump().c_str());
+  if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
+  return failed ? kExitRuntime : 0;
+}
+
+}  // namespace llava

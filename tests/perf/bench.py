@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""`llava-pipe bench` and transformers on the same checkpoint, in the same session, side by side.
+
+On the GPU machine, after building build-gpu:
+    python3 tests/perf/bench.py --build build-gpu --config CONFIG --image IMAGE [--out DIR]
+        [--batches 1,8,32] [--new-tokens 64]
+
+Runs `llava-pipe bench CONFIG` (its workers exit before transformers starts), then
+LlavaForConditionalGeneration (float16, one GPU) on the config's checkpoint: time to first
+token for one image and the same ~32-token prompt, decode tokens/s at each batch size,
+images/s through the vision tower + projector at batch 1 and 32, load time and peak
+allocated memory. Prints a table with ours / transformers for each figure and writes
+bench.json (both sides and the ratios) to --out.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+from PIL import Image
+from transformers import CLIPImageProcessor, LlavaForConditionalGeneration
+
+
+def timed(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def transformers_side(checkpoint, image, batches, new_tokens):
+    out = {}
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float16).cuda().eval()
+    torch.cuda.synchronize()
+    out["load_s"] = time.perf_counter() - t0
+    config = model.config
+    pixels = CLIPImageProcessor.from_pretrained(checkpoint)(images=Image.open(image), return_tensors="pt")[
+        "pixel_values"].half().cuda()
+    # One image and 32 text tokens, as in the bench's prompt.
+    g = torch.Generator().manual_seed(0)
+    words = torch.randint(3, 32000, (32,), generator=g).tolist()
+    ids = torch.tensor([[1] + words[:4] + [config.image_token_index] * 576 + words[4:]], device="cuda")
+    common = dict(do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=2, **common)  # warm-up
+        out["ttft_ms"] = 1e3 * timed(lambda: model.generate(input_ids=ids, pixel_values=pixels,
+                                                            max_new_tokens=1, **common), 10)
+        for b in (1, 32):
+            px = pixels.expand(b, -1, -1, -1).contiguous()
+            s = timed(lambda: model.get_image_features(pixel_values=px), 5)
+            out[f"images_per_s_batch{b}"] = b / s
+        for b in batches:
+            bi, bp = ids.expand(b, -1).contiguous(), pixels.expand(b, -1, -1, -1).contiguous()
+            first = timed(lambda: model.generate(input_ids=bi, pixel_values=bp, max_new_tokens=1, **common), 2)
+            total = timed(lambda: model.generate(input_ids=bi, pixel_values=bp, max_new_tokens=new_tokens,
+                                                 min_new_tokens=new_tokens, **common), 2)
+            out[f"decode_tokens_per_s_batch{b}"] = b * (new_tokens - 1) / max(total - first, 1e-9)
+    out["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--build", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", default=".")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--new-tokens", type=int, default=64)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    ours_json = os.path.join(a.out, "llava-pipe-bench.json")
+    run = subprocess.run([os.path.join(a.build, "llava-pipe"), "bench", a.config, "--image", a.image,
+                          "--batches", a.batches, "--new-tokens", str(a.new_tokens), "--json", ours_json],
+                         capture_output=True, text=True)
+    print(run.stdout, run.stderr[-3000:], flush=True)
+    ours = json.load(open(ours_json))
+    checkpoint = yaml.safe_load(open(a.config))["model"]["checkpoint"]
+    batches = [int(b) for b in a.batches.split(",")]
+    theirs = transformers_side(checkpoint, a.image, batches, a.new_tokens)
+    rows = [("time to first token, ms (lower is better)", ours["ttft_ms"]["median"], theirs["ttft_ms"], True),
+            ("images/s, batch 1", ours["images_per_s"]["batch1"], theirs["images_per_s_batch1"], False),
+            ("images/s, batch 32", ours["images_per_s"].get("batch32", 0), theirs["images_per_s_batch32"], False)]
+    for b in batches:
+        rows.append((f"decode tokens/s, batch {b}", ours["decode"][f"batch{b}"]["tokens_per_s"],
+                     theirs[f"decode_tokens_per_s_batch{b}"], False))
+    load = sum(s["load_s"] for s in ours["stages"])
+    rows.append(("load, s (lower is better)", load, theirs["load_s"], True))
+    peak = max((s["peak_bytes"] for s in ours["stages"]), default=0) / 2**30
+    rows.append(("peak memory of the largest stage, GiB (lower is better)", peak, theirs["peak_allocated_gib"], True))
+    print("%-58s %12s %14s %10s" % ("figure", "llava-pipe", "transformers", "advantage"))
+    ratios = {}
+    for name, o, t, lower in rows:
+        ratio = (t / o if lower else o / t) if o and t else None
+        ratios[name] = ratio
+        print("%-58s %12.1f %14.1f %9.2fx" % (name, o, t, ratio or 0))
+    json.dump({"llava_pipe": ours, "transformers": theirs, "advantage": ratios},
+              open(os.path.join(a.out, "bench.json"), "w"), indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
