@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <cstdio>
@@ -38,10 +39,13 @@ at::ScalarType from_wire(wire::DType dtype) {
 }
 
 // A host copy of `tensor` in a ZeroMQ message, written once (no intermediate buffer).
-zmq::message_t to_message(const at::Tensor& tensor) {
-  zmq::message_t message(static_cast<size_t>(tensor.nbytes()));
-  at::from_blob(message.data(), tensor.sizes(), tensor.options().device(at::kCPU)).copy_(tensor);
-  return message;
+// A frame over a contiguous host tensor without copying it: the message keeps the
+// tensor's storage alive until ZeroMQ has sent it.
+zmq::message_t host_message(const at::Tensor& tensor) {
+  auto* owner = new at::Tensor(tensor);
+  return zmq::message_t(
+      tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()),
+      [](void*, void* hint) { delete static_cast<at::Tensor*>(hint); }, owner);
 }
 
 schema::FinishReason finish_reason(Finish finish) {
@@ -297,52 +301,77 @@ void Worker::encode_images() {
   const auto start = Clock::now();
   // Whole tasks, up to batch_size images (at least one task).
   std::vector<wire::Incoming> tasks;
-  std::vector<at::Tensor> pixels;
-  std::vector<size_t> first_row;
+  size_t images = 0;
   while (!queue_.empty() &&
-         (tasks.empty() || pixels.size() + queue_.front().frames().size() <=
-                               static_cast<size_t>(stage_->batch_size))) {
-    wire::Incoming task = std::move(queue_.front());
+         (tasks.empty() || images + queue_.front().frames().size() <= static_cast<size_t>(stage_->batch_size))) {
+    images += queue_.front().frames().size();
+    tasks.push_back(std::move(queue_.front()));
     queue_.pop_front();
-    std::vector<at::Tensor> mine;
-    try {
-      for (size_t i = 0; i < task.frames().size(); ++i) {
-        const auto& frame = task.frames()[i].bytes;
-        try {
-          mine.push_back(vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size()));
-        } catch (const RequestError& e) {
-          throw RequestError("image " + std::to_string(i + 1) + " of " +
-                             std::to_string(task.frames().size()) + ": " + e.what());
-        }
+  }
+  // Decode and preprocess every image of the batch in parallel (LibTorch's intra-op
+  // threads): on the CPU this is most of the vision stage's time.
+  struct Item {
+    size_t task, frame;
+    at::Tensor pixels;
+    std::string error;
+  };
+  std::vector<Item> items;
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}, {}});
+  }
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      Item& item = items[static_cast<size_t>(j)];
+      const auto& frame = tasks[item.task].frames()[item.frame].bytes;
+      try {
+        item.pixels = vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size());
+      } catch (const RequestError& e) {
+        item.error = "image " + std::to_string(item.frame + 1) + " of " +
+                     std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
       }
-    } catch (const RequestError& e) {
-      fail(task.request_id(), task.attempt(), e.what(), false);
-      continue;
     }
-    first_row.push_back(pixels.size());
-    pixels.insert(pixels.end(), mine.begin(), mine.end());
-    tasks.push_back(std::move(task));
+  });
+  // A task with a bad image fails alone; the others go on.
+  std::vector<bool> failed(tasks.size(), false);
+  for (const auto& item : items) {
+    if (!item.error.empty() && !failed[item.task]) {
+      failed[item.task] = true;
+      fail(tasks[item.task].request_id(), tasks[item.task].attempt(), item.error, false);
+    }
+  }
+  std::vector<at::Tensor> pixels;
+  std::vector<size_t> first_row(tasks.size(), 0);
+  for (const auto& item : items) {  // in task order, then frame order
+    if (failed[item.task]) continue;
+    if (item.frame == 0) first_row[item.task] = pixels.size();
+    pixels.push_back(item.pixels);
   }
   if (pixels.empty()) return;
   at::Tensor embeddings;
   try {
-    embeddings = vision_->encode(at::stack(pixels));  // [N, tokens, H]
+    // [N, tokens, H], copied to the host at once: into pinned memory on CUDA (the fast
+    // copy), which the frames then send without another copy.
+    embeddings = vision_->encode(at::stack(pixels));
+    at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(embeddings.is_cuda()));
+    embeddings = host.copy_(embeddings);
   } catch (const c10::Error& e) {
     if (is_sticky(e)) exit_after_sticky_error(e);
-    for (auto& task : tasks) {
-      fail(task.request_id(), task.attempt(), std::string("vision encoder: ") + e.what_without_backtrace(), false);
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      if (failed[t]) continue;
+      fail(tasks[t].request_id(), tasks[t].attempt(), std::string("vision encoder: ") + e.what_without_backtrace(), false);
     }
     return;
   }
   const double elapsed = seconds(Clock::now() - start);
   for (size_t t = 0; t < tasks.size(); ++t) {
+    if (failed[t]) continue;
     wire::Outgoing out(tasks[t].request_id(), tasks[t].attempt());
     auto body = out.header().getBody().initEmbeddings();
     body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
     body.setEncodeSeconds(elapsed);
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
       at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
-      out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), to_message(image));
+      out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));
     }
     send(out);
   }
