@@ -33,6 +33,8 @@ struct Heartbeat {
   state @0 :WorkerState;
   deviceBytes @1 :UInt64;       # now allocated on the device
   peakDeviceBytes @2 :UInt64;   # since the lease began
+  loadSeconds @3 :Float64;      # loading weights, all leases so far
+  workSeconds @4 :Float64;      # encoding or generating, all leases so far
 }
 
 # coordinator -> worker: the worker may now place memory on `device`.

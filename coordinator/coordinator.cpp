@@ -174,6 +174,7 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   result.attempts = static_cast<int>(request.attempt) + 1;
   const auto now = Clock::now();
   result.vision_ms = ms_between(request.submitted, request.embedded);
+  result.encode_ms = request.encode_ms;
   result.first_token_ms = ms_between(request.submitted, request.first_token);
   result.total_ms = ms_between(request.submitted, now);
   if (request.slot >= 0) slots_[static_cast<size_t>(request.slot)].outstanding.erase(request.id);
@@ -223,6 +224,9 @@ void Coordinator::run() {
       fail_all("stopped: the pipeline was shut down before this request finished");
       break;
     }
+    // Dispatch what is ready before waiting: a request submitted (or an embedding that
+    // arrived) must not wait out the poll timeout.
+    if (fatal_.empty()) schedule();
     if (auto parts = receive_parts(router_, beat_interval_ / 4)) {
       do {
         try {
@@ -236,7 +240,6 @@ void Coordinator::run() {
     reap();
     check_liveness();
     heartbeat();
-    if (fatal_.empty()) schedule();
   }
   if (!fatal_.empty()) fail_all(fatal_);
 }
@@ -260,9 +263,13 @@ void Coordinator::handle(wire::Incoming& message) {
   slot->last_seen = Clock::now();
   auto body = message.header().getBody();
   switch (message.kind()) {
-    case W::HEARTBEAT:
-      slot->report.peak_bytes = std::max(slot->report.peak_bytes, body.getHeartbeat().getPeakDeviceBytes());
+    case W::HEARTBEAT: {
+      auto beat = body.getHeartbeat();
+      slot->report.peak_bytes = std::max(slot->report.peak_bytes, beat.getPeakDeviceBytes());
+      slot->report.load_seconds = std::max(slot->report.load_seconds, beat.getLoadSeconds());
+      slot->report.work_seconds = std::max(slot->report.work_seconds, beat.getWorkSeconds());
       break;
+    }
     case W::LEASE_RELEASED: {
       auto released = body.getLeaseReleased();
       slot->report.load_seconds = released.getLoadSeconds();
@@ -314,6 +321,7 @@ void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
   request->stage = Stage::kNeedLanguage;
   request->slot = -1;
   request->embedded = Clock::now();
+  request->encode_ms = 1e3 * message.header().getBody().getEmbeddings().getEncodeSeconds();
 }
 
 void Coordinator::on_tokens(wire::Incoming& message) {

@@ -43,6 +43,7 @@ struct RequestResult {
   int prompt_tokens = 0;
   int attempts = 0;
   double vision_ms = 0, first_token_ms = 0, total_ms = 0;  // since submission
+  double encode_ms = 0;  // the vision worker's time for the batch this request's images were in
 };
 
 struct LeaseEvent {
@@ -132,6 +133,7 @@ class Coordinator {
     std::unique_ptr<Detokenizer> detokenizer;
     std::string text;
     Clock::time_point submitted, embedded, first_token;
+    double encode_ms = 0;
   };
 
   // protocol

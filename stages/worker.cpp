@@ -135,6 +135,8 @@ void Worker::heartbeat_if_due() {
   DeviceMemory memory = device_memory(device_);
   body.setDeviceBytes(static_cast<uint64_t>(memory.current));
   body.setPeakDeviceBytes(static_cast<uint64_t>(memory.peak));
+  body.setLoadSeconds(load_seconds_);
+  body.setWorkSeconds(work_seconds_);
   send(beat);
 }
 

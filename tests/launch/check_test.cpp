@@ -118,6 +118,7 @@ TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   EXPECT_EQ(out["ttft_ms"]["runs"], 2);
   EXPECT_GT(out["images_per_s"]["batch1"].get<double>(), 0);
   EXPECT_GT(out["images_per_s"]["batch3"].get<double>(), 0);
+  EXPECT_GT(out["vision_stage_images_per_s"]["batch3"].get<double>(), out["images_per_s"]["batch3"].get<double>());
   EXPECT_GT(out["decode"]["batch1"]["tokens_per_s"].get<double>(), 0);
   EXPECT_EQ(out["decode"]["batch3"]["decoding_together"], 3);
   // 576 x 4096 float16 for LLaVA-1.5-7B; the tiny model: its image tokens x hidden x 4.

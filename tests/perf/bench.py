@@ -91,7 +91,9 @@ def main():
     theirs = transformers_side(checkpoint, a.image, batches, a.new_tokens)
     rows = [("time to first token, ms (lower is better)", ours["ttft_ms"]["median"], theirs["ttft_ms"], True),
             ("images/s, batch 1", ours["images_per_s"]["batch1"], theirs["images_per_s_batch1"], False),
-            ("images/s, batch 32", ours["images_per_s"].get("batch32", 0), theirs["images_per_s_batch32"], False)]
+            ("images/s, batch 32", ours["images_per_s"].get("batch32", 0), theirs["images_per_s_batch32"], False),
+            ("images/s, batch 32, vision stage alone", ours["vision_stage_images_per_s"].get("batch32", 0),
+             theirs["images_per_s_batch32"], False)]
     for b in batches:
         rows.append((f"decode tokens/s, batch {b}", ours["decode"][f"batch{b}"]["tokens_per_s"],
                      theirs[f"decode_tokens_per_s_batch{b}"], False))
