@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/curve.h"
 #include "common/errors.h"
 #include "common/units.h"
 
@@ -385,6 +386,39 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
       static_cast<int>(coord.integer("max_restarts_per_minute", c.max_restarts_per_minute, 0, 1000));
   c.queue_capacity = static_cast<int>(coord.integer("queue_capacity", c.queue_capacity, 1, 1 << 24));
   c.drain_timeout_ms = coord.millis("drain_timeout", c.drain_timeout_ms);
+  Section curve = coord.child("curve");
+  if (curve.present()) {
+    auto key_file = [&](const YAML::Node& node, const std::string& key, bool secret) {
+      fs::path path(curve.scalar(key, node));
+      if (path.is_relative()) path = fs::path(file).parent_path() / path;
+      const std::string resolved = path.lexically_normal().string();
+      if (check_files) {
+        try {
+          read_curve_key(resolved, secret);
+        } catch (const ConfigError& e) {
+          curve.fail(node, curve.key_name(key) + ": " + e.what());
+        }
+      }
+      return resolved;
+    };
+    for (const char* key : {"server_key", "worker_key"}) {
+      YAML::Node node = curve.find(key);
+      if (!node) curve.fail_at(curve.mark(), curve.key_name(key) + ": missing (a NAME.key_secret file)");
+      // The coordinator needs its secret key (checked when it starts); a worker only the
+      // server's public key.
+      const bool server = std::string(key) == "server_key";
+      (server ? c.curve_server_key : c.curve_worker_key) = key_file(node, key, !server);
+    }
+    YAML::Node allowed = curve.find("allowed");
+    if (allowed) {
+      if (!allowed.IsSequence()) curve.fail(allowed, curve.key_name("allowed") + ": expected a list of key files");
+      for (const auto& item : allowed) c.curve_allowed.push_back(key_file(item, "allowed", false));
+    }
+    if (c.endpoint.rfind("ipc://", 0) == 0) {
+      curve.fail_at(curve.mark(), "coordinator.curve: encryption is for tcp:// endpoints (ipc:// stays on this host)");
+    }
+  }
+  curve.finish();
   coord.finish();
 
   Section gen = root.child("generation");

@@ -51,6 +51,13 @@ struct CoordinatorSection {
   int max_restarts_per_minute = 5;
   int queue_capacity = 4096;                // requests waiting; past it requests are refused
   uint64_t drain_timeout_ms = 30000;        // on SIGTERM: time for work in flight to finish
+  // CURVE encryption (optional; key files resolved against the config's folder): the
+  // coordinator's secret key file, the secret key file of the workers it starts, and
+  // public key files of other workers let in. Nothing else can connect.
+  std::string curve_server_key;
+  std::string curve_worker_key;
+  std::vector<std::string> curve_allowed;
+  bool curve() const { return !curve_server_key.empty(); }
 };
 
 struct GenerationSection {

@@ -21,6 +21,10 @@ zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
                           const TransportOptions& options) {
   zmq::socket_t socket(context, zmq::socket_type::router);
   apply_common(socket, options);
+  if (options.curve) {
+    socket.set(zmq::sockopt::curve_server, 1);
+    socket.set(zmq::sockopt::curve_secretkey, options.curve_own.secret_key);
+  }
   socket.set(zmq::sockopt::router_mandatory, 1);
   socket.bind(endpoint);
   return socket;
@@ -34,6 +38,11 @@ zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoin
                              const TransportOptions& options) {
   zmq::socket_t socket(context, zmq::socket_type::dealer);
   apply_common(socket, options);
+  if (options.curve) {
+    socket.set(zmq::sockopt::curve_serverkey, options.curve_server_public_key);
+    socket.set(zmq::sockopt::curve_publickey, options.curve_own.public_key);
+    socket.set(zmq::sockopt::curve_secretkey, options.curve_own.secret_key);
+  }
   socket.connect(endpoint);
   return socket;
 }

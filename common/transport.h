@@ -8,6 +8,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "common/curve.h"
 #include "common/wire.h"
 
 namespace llava {
@@ -15,6 +16,11 @@ namespace llava {
 struct TransportOptions {
   uint64_t max_message_size = 256ull << 20;  // ZMQ_MAXMSGSIZE: larger parts drop the peer
   int linger_ms = 200;                        // how long close() may wait on unsent data
+  // CURVE: on the ROUTER the server's key pair (a ZapHandler on the context decides who
+  // may connect); on a DEALER its own key pair and `server_public_key`.
+  bool curve = false;
+  CurveKey curve_own;
+  std::string curve_server_public_key;
 };
 
 // Binds a ROUTER with ZMQ_ROUTER_MANDATORY, so that a send to a peer that is gone is an

@@ -79,6 +79,13 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
   limits_.max_message_bytes = config.coordinator.max_message_size;
   TransportOptions transport;
   transport.max_message_size = config.coordinator.max_message_size;
+  if (config.coordinator.curve()) {
+    transport.curve = true;
+    transport.curve_own = read_curve_key(config.coordinator.curve_server_key, true);
+    std::set<std::string> allowed = {read_curve_key(config.coordinator.curve_worker_key, true).public_key};
+    for (const auto& file : config.coordinator.curve_allowed) allowed.insert(read_curve_key(file, false).public_key);
+    zap_ = std::make_unique<ZapHandler>(context_, allowed);
+  }
   router_ = bind_router(context_, endpoint_, transport);  // fails fast if the port is taken
   if (endpoint_.rfind("tcp://", 0) == 0) endpoint_ = last_endpoint(router_);
   // One slot per process of the plan (`llava-pipe check` prints the same list).

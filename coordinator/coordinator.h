@@ -18,6 +18,7 @@
 #include <zmq.hpp>
 
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/model_config.h"
 #include "common/wire.h"
 #include "coordinator/embedding_store.h"
@@ -176,6 +177,7 @@ class Coordinator {
   std::string endpoint_;
   wire::Limits limits_;
   zmq::context_t context_;
+  std::unique_ptr<ZapHandler> zap_;  // with CURVE: who may connect (before router_ binds)
   zmq::socket_t router_;
   EmbeddingStore embeddings_;
   std::vector<Slot> slots_;

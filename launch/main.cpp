@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/errors.h"
 #include "common/model_config.h"
 #include "common/plan.h"
@@ -41,6 +42,9 @@ const char* kUsage =
     "                  [--new-tokens 64] [--ttft-runs 10] [--vision-batch 32]\n"
     "      measure the pipeline: time to first token, images/s, decode tokens/s per batch\n"
     "      size, embedding handoff, load time and peak memory per stage and device\n"
+    "  llava-pipe keygen NAME\n"
+    "      write a CURVE key pair: NAME.key (public) and NAME.key_secret (mode 0600), for\n"
+    "      coordinator.curve in a config\n"
     "  --verbose: print each worker start, lease grant, release, exit and death on stderr\n"
     "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
     "            --repetition-penalty R --seed S (defaults: the config's generation section)\n";
@@ -309,6 +313,12 @@ int main(int argc, char** argv) {
     if (command == "check") return check(args);
     if (command == "run") return run(args);
     if (command == "bench") return llava::bench(args);
+    if (command == "keygen") {
+      if (args.size() != 1) throw llava::ConfigError(std::string("keygen takes one NAME\n") + kUsage);
+      llava::write_curve_key(args[0], llava::generate_curve_key());
+      std::cout << "wrote " << args[0] << ".key and " << args[0] << ".key_secret\n";
+      return 0;
+    }
     std::cerr << "llava-pipe: unknown command '" << command << "'\n" << kUsage;
     return llava::kExitUsage;
   } catch (const llava::ConfigError& e) {

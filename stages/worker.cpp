@@ -116,6 +116,11 @@ Worker::Worker(WorkerOptions options)
   limits_.max_message_bytes = config_.coordinator.max_message_size;
   TransportOptions transport;
   transport.max_message_size = config_.coordinator.max_message_size;
+  if (config_.coordinator.curve()) {
+    transport.curve = true;
+    transport.curve_own = read_curve_key(config_.coordinator.curve_worker_key, true);
+    transport.curve_server_public_key = read_curve_key(config_.coordinator.curve_server_key, false).public_key;
+  }
   socket_ = connect_dealer(context_, options_.endpoint, transport);
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/curve.h"
+
 #include <filesystem>
 
 #include "common/errors.h"
@@ -172,6 +174,43 @@ TEST(Config, MissingCheckpointFolderIsReported) {
     EXPECT_EQ(std::string(e.what()),
               "test.yaml:3:15: model.checkpoint: no config.json in '/models/x'");
   }
+}
+
+TEST(Config, CurveKeysResolveAgainstTheConfigAndAreChecked) {
+  const std::string dir = testing::TempDir();
+  llava::write_curve_key(dir + "c", llava::generate_curve_key());
+  llava::write_curve_key(dir + "w", llava::generate_curve_key());
+  llava::write_curve_key(dir + "remote", llava::generate_curve_key());
+  const std::string head = "model: {checkpoint: " + std::string(LLAVA_PIPE_SOURCE_DIR) +
+                           "/tests/data/tiny-llava}\nstages: {vision: {devices: cpu}, language: {devices: cpu}}\n";
+  auto c = parse_config(head +
+                            "coordinator:\n  endpoint: 'tcp://0.0.0.0:5555'\n"
+                            "  curve: {server_key: c.key_secret, worker_key: w.key_secret, allowed: [remote.key]}\n",
+                        dir + "p.yaml", false);
+  EXPECT_TRUE(c.coordinator.curve());
+  EXPECT_EQ(c.coordinator.curve_server_key, dir + "c.key_secret");
+  ASSERT_EQ(c.coordinator.curve_allowed.size(), 1u);
+  EXPECT_EQ(c.coordinator.curve_allowed[0], dir + "remote.key");
+  // check_files: key files are read; a missing one is named with the YAML position.
+  try {
+    parse_config(head + "coordinator:\n  endpoint: 'tcp://0.0.0.0:5555'\n"
+                        "  curve: {server_key: c.key_secret, worker_key: nope.key_secret}\n",
+                 dir + "p.yaml", true);
+    FAIL() << "a missing key file was accepted";
+  } catch (const llava::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("p.yaml:5:49: "), std::string::npos) << what;
+    EXPECT_NE(what.find("coordinator.curve.worker_key: " + dir + "nope.key_secret: cannot open the key file"),
+              std::string::npos) << what;
+  }
+  // A worker key must carry its secret; ipc:// needs no encryption.
+  EXPECT_THROW(parse_config(head + "coordinator:\n  endpoint: 'tcp://0.0.0.0:5555'\n"
+                                   "  curve: {server_key: c.key, worker_key: w.key}\n",
+                            dir + "p.yaml", true),
+               llava::ConfigError);
+  EXPECT_THROW(parse_config(head + "coordinator:\n  curve: {server_key: c.key_secret, worker_key: w.key_secret}\n",
+                            dir + "p.yaml", false),
+               llava::ConfigError);
 }
 
 }  // namespace

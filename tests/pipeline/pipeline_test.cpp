@@ -3,6 +3,8 @@
 // (generate_local), undisturbed and with workers killed, stalled or fed bad input.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "common/curve.h"
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -208,6 +210,23 @@ TEST(Pipeline, LanguageWorkerStreamingItsLayersMatchesInProcessGeneration) {
   std::string config = kSequential;
   config.replace(config.find("max_context: 256}"), 17, "max_context: 256, offload: layers}");
   Outcome outcome = run_pipeline(write_config("offload", config), kCases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
+}
+
+// Over tcp:// with CURVE: the coordinator lets in the workers it starts (their key is on
+// its allow-list) and the answers are the same.
+TEST(Pipeline, CurveEncryptedTcpMatchesInProcessGeneration) {
+  llava::write_curve_key(testing::TempDir() + "coordinator", llava::generate_curve_key());
+  llava::write_curve_key(testing::TempDir() + "worker", llava::generate_curve_key());
+  const std::string path = testing::TempDir() + "curve.yaml";
+  std::ofstream(path) << "model: {checkpoint: " << kModel << ", dtype: float32}\n"
+                      << "mode: concurrent\nshare_devices: true\n"
+                      << "stages: {vision: {devices: cpu}, language: {devices: cpu, max_context: 256}}\n"
+                      << "coordinator:\n  endpoint: 'tcp://127.0.0.1:*'\n  heartbeat_interval: 100ms\n"
+                      << "  liveness: 5\n  curve: {server_key: coordinator.key_secret, worker_key: worker.key_secret}\n"
+                      << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
+  Outcome outcome = run_pipeline(path, kCases);
   expect_all_match(outcome);
   expect_no_deaths(outcome);
 }
