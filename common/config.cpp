@@ -241,6 +241,7 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
   stage.batch_size = static_cast<int>(s.integer("batch_size", 8, 1, 1024));
   stage.release = s.choice<Release>("release", Release::kExit,
                                     {{"exit", Release::kExit}, {"unload", Release::kUnload}});
+  stage.external = s.choice<bool>("launch", false, {{"local", false}, {"external", true}});
   if (name == "language") {
     stage.max_context = static_cast<int>(s.integer("max_context", 0, 0, 1 << 20));
     stage.prefill_chunk = static_cast<int>(s.integer("prefill_chunk", 512, 1, 1 << 20));
@@ -260,6 +261,19 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
 // sharing in concurrent mode.
 void check_placement(const PipelineConfig& config, Section& root, const YAML::Node& stages_node) {
   auto stage_mark = [&](const std::string& name) { return stages_node[name].Mark(); };
+  for (const StageSection* stage : {&config.vision, &config.language}) {
+    if (!stage->external) continue;
+    if (config.mode == Mode::kSequential) {
+      root.fail_at(stage_mark(stage->name), "stages." + stage->name +
+                                                ".launch: external workers need mode: concurrent "
+                                                "(sequential mode starts and stops its processes)");
+    }
+    const std::string& e = config.coordinator.endpoint;
+    if (e.find("{pid}") != std::string::npos || e.find(":*") != std::string::npos) {
+      root.fail_at(stage_mark(stage->name), "stages." + stage->name + ".launch: external workers need a fixed " +
+                                                "coordinator.endpoint to connect to, got '" + e + "'");
+    }
+  }
   if (config.mode == Mode::kSequential) {
     for (const StageSection* stage : {&config.vision, &config.language}) {
       if (stage->replicas != 1) {

@@ -34,6 +34,11 @@ struct StageSection {
   uint64_t memory_limit = 0;         // bytes; 0 means no limit
   int batch_size = 8;
   Release release = Release::kExit;  // sequential mode only
+  // external: the processes are started by a cluster manager (Slurm, Kubernetes...), on
+  // any host, with `llava-stage --config C --stage S --replica N --endpoint E`; the
+  // coordinator waits for them, never starts or kills them, and takes them back whenever
+  // they register (again). Concurrent mode only.
+  bool external = false;
   int max_context = 0;               // language: tokens per sequence; 0 = model's maximum
   int prefill_chunk = 512;           // language: prompt tokens per forward pass
   bool cuda_graphs = true;           // language: decode steps as CUDA graphs (CUDA only)

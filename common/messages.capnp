@@ -115,6 +115,10 @@ struct Shutdown {
 
 struct Cancel {}
 
+# coordinator -> worker: a message came from a connection it does not know (the worker was
+# declared dead after a stall, or this is a new coordinator): drop the work, register again.
+struct NotRegistered {}
+
 struct Header {
   protocolVersion @0 :UInt32;
   requestId @1 :UInt64;
@@ -134,5 +138,6 @@ struct Header {
     failure @14 :Failure;
     shutdown @15 :Shutdown;
     cancel @16 :Cancel;
+    notRegistered @17 :NotRegistered;
   }
 }

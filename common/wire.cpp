@@ -49,6 +49,7 @@ const char* kind_name(schema::Header::Body::Which kind) {
     case W::FAILURE: return "failure";
     case W::SHUTDOWN: return "shutdown";
     case W::CANCEL: return "cancel";
+    case W::NOT_REGISTERED: return "notRegistered";
   }
   return "unknown";
 }
@@ -136,7 +137,7 @@ Incoming Incoming::parse(std::vector<zmq::message_t>&& parts, bool with_routing_
                       ", expected " + std::to_string(schema::PROTOCOL_VERSION));
     }
     auto kind = static_cast<unsigned>(in.header_.getBody().which());
-    if (kind > static_cast<unsigned>(schema::Header::Body::CANCEL)) {
+    if (kind > static_cast<unsigned>(schema::Header::Body::NOT_REGISTERED)) {
       throw WireError("unknown message kind " + std::to_string(kind));
     }
     auto tensors = in.header_.getTensors();

@@ -95,7 +95,9 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
     slot.replica = process.replica;
     slot.name = process.name;
     slot.device = process.device;
-    slot.batch_size = (process.stage == "vision" ? config_.vision : config_.language).batch_size;
+    const StageSection& section = process.stage == "vision" ? config_.vision : config_.language;
+    slot.batch_size = section.batch_size;
+    slot.external = section.external;
     slot.report.process = slot.name;
     slot.report.device = slot.device;
     slots_.push_back(slot);
@@ -266,7 +268,15 @@ void Coordinator::handle(wire::Incoming& message) {
     return;
   }
   Slot* slot = slot_by_routing(routing);
-  if (!slot) return;  // a worker we declared dead, or a stranger
+  if (!slot) {
+    // A worker we declared dead (its replies are stale and dropped here), or one that
+    // knew another coordinator: it is told to register again.
+    wire::Outgoing again;
+    again.header().getBody().initNotRegistered();
+    zmq::message_t id(message.routing_id().data(), message.routing_id().size());
+    send_parts(router_, again.parts(), &id);
+    return;
+  }
   slot->last_seen = Clock::now();
   auto body = message.header().getBody();
   switch (message.kind()) {
@@ -299,8 +309,17 @@ void Coordinator::on_hello(const std::string& routing, const schema::Hello::Read
   const std::string stage = hello.getStage() == schema::Stage::VISION ? "vision" : "language";
   for (auto& slot : slots_) {
     if (slot.stage != stage || slot.replica != static_cast<int>(hello.getReplica())) continue;
-    // A local slot accepts only the process it started; a remote one (pid -1 here) any.
-    if (slot.pid > 0 && static_cast<pid_t>(hello.getPid()) != slot.pid) return;
+    if (slot.external) {
+      // A worker of a cluster manager registers, or registers again (it restarted, or it
+      // lost us and found us again): what the old connection held is requeued.
+      const bool repeated = slot.state == SlotState::kReady && slot.routing == routing && !slot.granted &&
+                            slot.outstanding.empty();
+      if (repeated) return;  // a hello sent again before ours was read: nothing was lost
+      if (slot.state != SlotState::kDown) worker_died(slot, "registered again");
+      record(slot, "registered", "pid " + std::to_string(hello.getPid()) + " on " + hello.getDevice().cStr());
+    } else if (static_cast<pid_t>(hello.getPid()) != slot.pid) {
+      return;  // a local slot accepts only the process it started
+    }
     slot.routing = routing;
     slot.state = SlotState::kReady;
     slot.last_seen = Clock::now();
@@ -461,7 +480,9 @@ void Coordinator::worker_died(Slot& slot, const std::string& reason) {
     slot.deaths.pop_front();
   }
   ++slot.report.restarts;
-  if (static_cast<int>(slot.deaths.size()) > config_.coordinator.max_restarts_per_minute) {
+  // An external slot is never broken: its worker may come back at any time, and its
+  // requests wait for it or for another replica.
+  if (!slot.external && static_cast<int>(slot.deaths.size()) > config_.coordinator.max_restarts_per_minute) {
     slot.broken = slot.name + " failed " + std::to_string(slot.deaths.size()) +
                   " times in a minute (last: " + reason + ")";
   }
@@ -483,7 +504,10 @@ void Coordinator::shutdown_workers() {
   // Take the leases back first (workers report their load and work time and peak memory
   // with the release), waiting a bounded time; then stop every process.
   for (auto& slot : slots_) {
-    if (slot.granted && !slot.releasing && !slot.routing.empty()) release(slot, Release::kExit);
+    // External workers stay up for the next coordinator: they only give the device back.
+    if (slot.granted && !slot.releasing && !slot.routing.empty()) {
+      release(slot, slot.external ? Release::kUnload : Release::kExit);
+    }
   }
   const auto deadline = Clock::now() + std::chrono::seconds(2);
   auto releasing = [&] {
@@ -641,7 +665,7 @@ void Coordinator::schedule() {
 void Coordinator::schedule_concurrent() {
   const auto now = Clock::now();
   for (auto& slot : slots_) {
-    if (slot.state == SlotState::kDown && slot.broken.empty() && now >= slot.restart_after) {
+    if (slot.state == SlotState::kDown && !slot.external && slot.broken.empty() && now >= slot.restart_after) {
       start_worker(slot);
     }
     if (slot.state == SlotState::kReady && !slot.granted) grant(slot);

@@ -113,6 +113,7 @@ class Coordinator {
     std::string routing;
     SlotState state = SlotState::kDown;
     bool granted = false, releasing = false, exit_expected = false;
+    bool external = false;  // started by a cluster manager: never started or killed here
     uint64_t epoch = 0;
     Clock::time_point last_seen, restart_after;
     std::set<uint64_t> outstanding;

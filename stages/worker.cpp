@@ -154,17 +154,33 @@ void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message
   send(out);
 }
 
+void Worker::hello() {
+  wire::Outgoing hello;
+  auto body = hello.header().getBody().initHello();
+  body.setStage(stage_kind_);
+  body.setDevice(device_.str());
+  body.setPid(static_cast<uint32_t>(getpid()));
+  body.setReplica(static_cast<uint32_t>(options_.replica));
+  send(hello);
+  registered_ = false;  // until the coordinator says anything else
+}
+
+void Worker::lost_coordinator() {
+  // Its work is requeued by whichever coordinator answers next; the device goes back now.
+  queue_.clear();
+  if (generator_) {
+    for (const auto& [id, run] : running_) generator_->cancel(id);
+  }
+  running_.clear();
+  if (state_ == State::kLeased) unload();
+  state_ = State::kReady;
+  hello();
+  last_heard_ = Clock::now();
+}
+
 int Worker::run() {
   c10::InferenceMode inference;  // no autograd bookkeeping on any tensor of this process
-  {
-    wire::Outgoing hello;
-    auto body = hello.header().getBody().initHello();
-    body.setStage(stage_kind_);
-    body.setDevice(device_.str());
-    body.setPid(static_cast<uint32_t>(getpid()));
-    body.setReplica(static_cast<uint32_t>(options_.replica));
-    send(hello);
-  }
+  hello();
   last_heard_ = last_beat_sent_ = Clock::now();
   const auto silence_limit = beat_interval_ * config_.coordinator.liveness;
   while (exit_code_ < 0) {
@@ -187,8 +203,12 @@ int Worker::run() {
     heartbeat_if_due();
     if (Clock::now() - last_heard_ > silence_limit) {
       std::cerr << "llava-stage: no word from the coordinator for "
-                << seconds(Clock::now() - last_heard_) << " s; exiting\n";
-      return 1;
+                << seconds(Clock::now() - last_heard_) << " s; "
+                << (stage_->external ? "freeing the device and registering again\n" : "exiting\n");
+      // A worker the coordinator started ends with it; one a cluster manager started
+      // waits for the next coordinator (or this one, back from a stall).
+      if (!stage_->external) return 1;
+      lost_coordinator();
     }
     if (state_ == State::kLeased) work();
   }
@@ -198,6 +218,7 @@ int Worker::run() {
 void Worker::handle(wire::Incoming& message) {
   using W = schema::Header::Body::Which;
   auto body = message.header().getBody();
+  if (message.kind() != W::NOT_REGISTERED) registered_ = true;
   switch (message.kind()) {
     case W::HEARTBEAT: break;  // last_heard_ is enough
     case W::LEASE_GRANT: on_lease_grant(body.getLeaseGrant()); break;
@@ -208,6 +229,13 @@ void Worker::handle(wire::Incoming& message) {
     case W::LANGUAGE_TASK: queue_.push_back(std::move(message)); break;
     case W::CANCEL: on_cancel(message.request_id()); break;
     case W::SHUTDOWN: exit_code_ = 0; break;
+    case W::NOT_REGISTERED:
+      // Answers to messages sent before our hello reached it count once.
+      if (registered_) {
+        std::cerr << "llava-stage: the coordinator does not know this worker; registering again\n";
+        lost_coordinator();
+      }
+      break;
     default:
       std::cerr << "llava-stage: ignoring a " << wire::kind_name(message.kind()) << " message\n";
   }

@@ -43,6 +43,8 @@ class Worker {
   void on_lease_release(schema::ReleaseHow how, uint64_t epoch);
   void on_cancel(uint64_t request);
   void unload();
+  void hello();             // registers with the coordinator
+  void lost_coordinator();  // external worker: drop the work, free the device, hello again
 
   void work();
   void encode_images();    // vision: one batch of queued tasks
@@ -66,6 +68,7 @@ class Worker {
   zmq::socket_t socket_;
 
   State state_ = State::kReady;
+  bool registered_ = false;  // the coordinator has answered our last hello
   int exit_code_ = -1;  // >= 0: leave the loop with this code
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<VisionEncoder> vision_;

@@ -3,8 +3,6 @@
 // (generate_local), undisturbed and with workers killed, stalled or fed bad input.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-
-#include "common/curve.h"
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +19,7 @@
 #include <thread>
 
 #include "common/config.h"
+#include "common/curve.h"
 #include "coordinator/chat_template.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/worker_process.h"
@@ -229,6 +228,97 @@ TEST(Pipeline, CurveEncryptedTcpMatchesInProcessGeneration) {
   Outcome outcome = run_pipeline(path, kCases);
   expect_all_match(outcome);
   expect_no_deaths(outcome);
+}
+
+// Workers a cluster manager starts (here: this test), on a fixed endpoint.
+class ExternalWorkers {
+ public:
+  ExternalWorkers(const std::string& name, const std::string& stages_yaml) {
+    endpoint_ = "ipc://@llava-external-" + name + "-" + std::to_string(getpid());
+    path_ = testing::TempDir() + name + ".yaml";
+    std::ofstream(path_) << "model: {checkpoint: " << kModel << ", dtype: float32}\n"
+                         << "mode: concurrent\nshare_devices: true\n" << stages_yaml
+                         << "coordinator: {endpoint: '" << endpoint_ << "', heartbeat_interval: 100ms, liveness: 5}\n"
+                         << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
+  }
+  ~ExternalWorkers() {
+    for (auto& [name, pid] : pids_) llava::stop_process(pid, 0);
+  }
+  pid_t start(const std::string& stage, int replica) {
+    const pid_t pid = llava::start_process(kBinary + "/llava-stage",
+                                           {"--config", path_, "--stage", stage, "--replica",
+                                            std::to_string(replica), "--endpoint", endpoint_});
+    pids_[stage + "-" + std::to_string(replica)] = pid;
+    return pid;
+  }
+  bool alive(const std::string& process) const {
+    return waitpid(pids_.at(process), nullptr, WNOHANG) == 0;
+  }
+  pid_t pid(const std::string& process) const { return pids_.at(process); }
+  const std::string& config() const { return path_; }
+
+ private:
+  std::string endpoint_, path_;
+  std::map<std::string, pid_t> pids_;
+};
+
+int count_events(const Outcome& outcome, const std::string& process, const std::string& what) {
+  return static_cast<int>(std::count_if(outcome.timeline.begin(), outcome.timeline.end(), [&](const auto& e) {
+    return e.process == process && e.what == what;
+  }));
+}
+
+// The coordinator neither starts nor stops external workers: they outlive it, give the
+// device back, and register with the next coordinator on the same endpoint.
+TEST(Pipeline, ExternalWorkersOutliveTheCoordinatorAndRegisterWithTheNext) {
+  ExternalWorkers workers("restart", "stages: {vision: {devices: cpu, launch: external}, "
+                                     "language: {devices: cpu, max_context: 256, launch: external}}\n");
+  workers.start("vision", 0);
+  workers.start("language", 0);
+  Outcome first = run_pipeline(workers.config(), kCases);
+  expect_all_match(first);
+  EXPECT_EQ(count_events(first, "language-0", "started"), 0);  // never started here
+  EXPECT_EQ(count_events(first, "language-0", "registered"), 1);
+  EXPECT_TRUE(workers.alive("vision-0"));
+  EXPECT_TRUE(workers.alive("language-0"));
+  Outcome second = run_pipeline(workers.config(), kCases);  // a new coordinator
+  expect_all_match(second);
+  EXPECT_EQ(count_events(second, "vision-0", "registered"), 1);
+  EXPECT_EQ(count_events(second, "language-0", "registered"), 1);
+}
+
+// SIGSTOP a language worker mid-generation: it is declared dead and its requests resume
+// on the other replica; after SIGCONT its late replies are dropped (request id + attempt)
+// and it registers again. Every request gets its one exact answer.
+TEST(Pipeline, StalledExternalWorkerIsReplacedAndItsLateRepliesAreDropped) {
+  FaultDelay delay(30);
+  ExternalWorkers workers("stall", "stages: {vision: {devices: cpu, launch: external}, "
+                                   "language: {replicas: 2, devices: cpu, max_context: 256, launch: external}}\n");
+  workers.start("vision", 0);
+  workers.start("language", 0);
+  workers.start("language", 1);
+  std::vector<Case> cases = kCases;
+  cases.insert(cases.end(), kCases.begin(), kCases.end());
+  bool stopped = false, resumed = false;
+  Hooks hooks;
+  hooks.on_text = [&](llava::Coordinator&, uint64_t, const std::string&) {
+    if (!stopped) {
+      stopped = true;
+      kill(workers.pid("language-0"), SIGSTOP);
+    }
+  };
+  hooks.on_lease_event = [&](llava::Coordinator&, const llava::LeaseEvent& e) {
+    if (e.process == "language-0" && e.what == "died" && !resumed) {
+      resumed = true;
+      kill(workers.pid("language-0"), SIGCONT);
+    }
+  };
+  Outcome outcome = run_pipeline(workers.config(), cases, hooks);
+  expect_all_match(outcome);
+  EXPECT_TRUE(stopped);
+  EXPECT_TRUE(resumed);
+  EXPECT_GE(count_events(outcome, "language-0", "died"), 1);
+  EXPECT_TRUE(workers.alive("language-0"));
 }
 
 TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {
