@@ -48,7 +48,7 @@ TEST(Config, LoadsEveryShippedConfig) {
     EXPECT_NO_THROW(llava::load_config(entry.path().string(), is_demo)) << entry.path();
     ++loaded;
   }
-  EXPECT_EQ(loaded, 6);
+  EXPECT_EQ(loaded, 7);
 }
 
 TEST(Config, ReadsEverySection) {
@@ -211,6 +211,32 @@ TEST(Config, CurveKeysResolveAgainstTheConfigAndAreChecked) {
   EXPECT_THROW(parse_config(head + "coordinator:\n  curve: {server_key: c.key_secret, worker_key: w.key_secret}\n",
                             dir + "p.yaml", false),
                llava::ConfigError);
+}
+
+TEST(Config, ExternalWorkersNeedConcurrentModeAndAFixedEndpoint) {
+  const std::string stages = "stages: {vision: {devices: cpu, launch: external}, language: {devices: cpu}}\n";
+  auto c = parse_config("model: {checkpoint: /m}\nmode: concurrent\nshare_devices: true\n" + stages +
+                            "coordinator: {endpoint: 'tcp://0.0.0.0:5555'}\n",
+                        "t.yaml", false);
+  EXPECT_TRUE(c.vision.external);
+  EXPECT_FALSE(c.language.external);
+  auto error = [&](const std::string& yaml) {
+    try {
+      parse_config(yaml, "t.yaml", false);
+    } catch (const llava::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(error("model: {checkpoint: /m}\n" + stages).find("external workers need mode: concurrent"),
+            std::string::npos);
+  EXPECT_NE(error("model: {checkpoint: /m}\nmode: concurrent\nshare_devices: true\n" + stages)
+                .find("external workers need a fixed coordinator.endpoint"),
+            std::string::npos);
+  EXPECT_NE(error("model: {checkpoint: /m}\nmode: concurrent\nstages: {vision: {devices: cpu, launch: "
+                  "elsewhere}, language: {devices: cpu}}\n")
+                .find("t.yaml:3:"),
+            std::string::npos);
 }
 
 }  // namespace
