@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Issue 8's runs on a machine with 2 GPUs (nvidia-h200-x2), random LLaVA-1.5-7B-shaped
+# checkpoint, REQUESTS requests of one image and NEW_TOKENS new tokens each:
+#   one-gpu  both stages on cuda:0 (concurrent, shared)
+#   two-gpu  vision on cuda:0, language on cuda:1 (configs/two-gpu.yaml's placement)
+#   kill     vision cuda:0, language replicas on cuda:1 and cuda:0; language-0 is killed
+#            (SIGKILL) once a quarter of the requests are done
+# NVML memory per device sampled every 100 ms. One JSON line per run.
+#   bash tests/perf/multi_gpu.sh BUILD_DIR WORK_DIR [REQUESTS] [NEW_TOKENS]
+set -uo pipefail
+build="$1"; work="$2"; requests="${3:-256}"; new_tokens="${4:-128}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+mkdir -p "$work"
+ckpt="$work/llava-7b-random"
+[ -f "$ckpt/config.json" ] || python3 "$root/tests/gpu/make_7b.py" "$ckpt" > /dev/null 2>&1
+python3 - "$root/tests/data/images" "$work/requests.jsonl" "$requests" "$new_tokens" <<'PY'
+import json, os, sys
+images = sorted(f for f in os.listdir(sys.argv[1]) if f.startswith("img"))
+with open(sys.argv[2], "w") as out:
+    for i in range(int(sys.argv[3])):
+        out.write(json.dumps({"id": i, "image": os.path.join(sys.argv[1], images[i % len(images)]),
+                              "prompt": "Describe the picture.", "max_new_tokens": int(sys.argv[4])}) + "\n")
+PY
+common="model: {checkpoint: $ckpt, dtype: float16}
+coordinator: {endpoint: 'ipc://@llava-multi-{pid}', heartbeat_interval: 500ms, liveness: 20, embedding_memory: 8GiB}
+generation: {max_new_tokens: $new_tokens}"
+cat > "$work/one-gpu.yaml" <<YAML
+mode: concurrent
+share_devices: true
+$common
+stages:
+  vision: {devices: [cuda:0], batch_size: 32}
+  language: {devices: [cuda:0], batch_size: 64, max_context: 1024}
+YAML
+cat > "$work/two-gpu.yaml" <<YAML
+mode: concurrent
+$common
+stages:
+  vision: {devices: [cuda:0], batch_size: 32}
+  language: {devices: [cuda:1], batch_size: 64, max_context: 1024}
+YAML
+cat > "$work/kill.yaml" <<YAML
+mode: concurrent
+share_devices: true
+$common
+stages:
+  vision: {devices: [cuda:0], batch_size: 32}
+  language: {replicas: 2, devices: [cuda:1, cuda:0], batch_size: 64, max_context: 1024}
+YAML
+for run in one-gpu two-gpu kill; do
+  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 100 > "$work/$run.memory.csv" &
+  sampler=$!
+  start=$(date +%s.%N)
+  "$build/llava-pipe" run "$work/$run.yaml" --requests "$work/requests.jsonl" \
+      --output "$work/$run.out.jsonl" --verbose 2> "$work/$run.log" &
+  pipe=$!
+  if [ "$run" = kill ]; then
+    quarter=$((requests / 4))
+    while kill -0 $pipe 2>/dev/null; do
+      done_now=$(grep -o '^[0-9]*/' "$work/$run.log" | tail -n 1 | tr -d /)
+      if [ -n "$done_now" ] && [ "$done_now" -ge "$quarter" ]; then
+        pkill -9 -f -- "--stage language --replica 0" && echo "killed language-0 at $done_now done" >> "$work/$run.log"
+        break
+      fi
+      sleep 0.1
+    done
+  fi
+  wait $pipe; code=$?
+  end=$(date +%s.%N)
+  kill $sampler; wait $sampler 2>/dev/null
+  python3 - "$work" "$run" "$start" "$end" "$code" <<'PY'
+import json, sys
+work, run, start, end, code = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+peak = {}
+for line in open(f"{work}/{run}.memory.csv"):
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+        peak["cuda:" + parts[0]] = max(peak.get("cuda:" + parts[0], 0), int(parts[1]))
+try:
+    results = [json.loads(l) for l in open(f"{work}/{run}.out.jsonl")]
+except FileNotFoundError:
+    results = []
+ok = [r for r in results if r.get("ok")]
+ids = [r.get("id") for r in results]
+tokens = sum(r["generated_tokens"] for r in ok)
+killed = [l.strip() for l in open(f"{work}/{run}.log") if l.startswith("killed")]
+table = [l.rstrip() for l in open(f"{work}/{run}.log") if l.startswith(("vision-", "language-")) and "cuda:" in l and " s]" not in l]
+print(json.dumps({"run": run, "exit_code": code, "requests": len(results), "ok": len(ok),
+                  "duplicate_ids": len(ids) - len(set(ids)), "seconds": round(end - start, 2),
+                  "requests_per_s": round(len(results) / (end - start), 3),
+                  "tokens_per_s": round(tokens / (end - start), 1), "nvml_peak_mib": peak,
+                  "killed": killed, "stages": table,
+                  "errors": [r.get("error") for r in results if not r.get("ok")][:3]}), flush=True)
+PY
+done
