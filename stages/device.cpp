@@ -9,6 +9,7 @@
 #ifdef LLAVA_PIPE_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 namespace llava {
@@ -38,6 +39,11 @@ DeviceMemory device_memory(const at::Device& device) {
 }
 
 void initialize_device(const at::Device& device) {
+#ifdef LLAVA_PIPE_CUDA
+  // The process's current device: our kernels, CUDA graphs and cuBLAS handles follow it
+  // (found on 2 GPUs: a language worker on cuda:1 launched on cuda:0's stream).
+  if (device.is_cuda()) c10::cuda::set_device(device.index());
+#endif
   if (device.is_cuda()) at::empty({1}, at::TensorOptions().device(device));  // context + allocator
 }
 

@@ -74,6 +74,7 @@ at::Tensor DecodeStep::run(const std::vector<int64_t>& tokens, const std::vector
   at::Tensor host_positions = at::tensor(p, at::kLong);
 #ifdef LLAVA_PIPE_CUDA_GRAPHS
   if (graphs_) {
+    const c10::cuda::CUDAGuard device_guard(device);  // replay and capture on this device
     auto& slot = graphs_->by_shape[{rows, keys}];
     if (!slot) {
       auto captured = std::make_unique<Graphs::Captured>();

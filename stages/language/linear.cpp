@@ -9,6 +9,7 @@
 
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "stages/language/quant_kernels.h"
 #endif
@@ -118,6 +119,7 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
   if (x.is_cuda() && half) {
     const bool int4 = quantize_ == Quantize::kInt4, bf16 = x.scalar_type() == at::kBFloat16;
     const int64_t out = weight_.size(0), rows = x.numel() / in_;
+    const c10::cuda::CUDAGuard guard(x.device());  // our launches go to the current device
     void* stream = at::cuda::getCurrentCUDAStream().stream();
     at::Tensor xc = x.contiguous();
     if (rows <= cuda::kGemvMaxRows && cuda::gemv_supports(int4, in_) &&

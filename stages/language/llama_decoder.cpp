@@ -10,6 +10,7 @@
 
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "stages/language/fused_kernels.h"
 #endif
@@ -100,6 +101,7 @@ bool LlamaDecoder::fused(const at::Tensor& x) const {
 at::Tensor LlamaDecoder::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   if (fused(x)) {
+    const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor y = at::empty_like(x);
     const int h = static_cast<int>(x.size(-1));
     cuda::rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), static_cast<int>(x.numel() / h), h,
@@ -266,6 +268,7 @@ at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const at::Tensor& cos,
     const bool fuse = fused(projected);
 #ifdef LLAVA_PIPE_CUDA_KERNELS
     if (fuse) {  // q and k rotated in place
+      const c10::cuda::CUDAGuard guard(projected.device());
       cuda::rope(projected.data_ptr(), cos.data_ptr(), sin.data_ptr(), static_cast<int>(b * n),
                  static_cast<int>(projected.size(-1)), static_cast<int>(heads + kv_heads), static_cast<int>(d),
                  projected.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream());
@@ -296,6 +299,7 @@ at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const at::Tensor& cos,
 at::Tensor LlamaDecoder::gate(const at::Tensor& gate_up) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   if (fused(gate_up)) {
+    const c10::cuda::CUDAGuard guard(gate_up.device());
     std::vector<int64_t> shape = gate_up.sizes().vec();
     shape.back() /= 2;
     at::Tensor out = at::empty(shape, gate_up.options());
