@@ -59,7 +59,7 @@ for run in one-gpu two-gpu kill; do
     while kill -0 $pipe 2>/dev/null; do
       done_now=$(grep -o '^[0-9]*/' "$work/$run.log" | tail -n 1 | tr -d /)
       if [ -n "$done_now" ] && [ "$done_now" -ge "$quarter" ]; then
-        pkill -9 -f -- "--stage language --replica 0" && echo "killed language-0 at $done_now done" >> "$work/$run.log"
+        pkill -9 -f -- "--stage language --replica 0" && echo "killed language-0 at $done_now done" > "$work/$run.killed"
         break
       fi
       sleep 0.1
@@ -83,13 +83,15 @@ except FileNotFoundError:
 ok = [r for r in results if r.get("ok")]
 ids = [r.get("id") for r in results]
 tokens = sum(r["generated_tokens"] for r in ok)
-killed = [l.strip() for l in open(f"{work}/{run}.log") if l.startswith("killed")]
+import os
+killed = open(f"{work}/{run}.killed").read().strip() if os.path.exists(f"{work}/{run}.killed") else ""
+died = [l.strip() for l in open(f"{work}/{run}.log") if " died " in l]
 table = [l.rstrip() for l in open(f"{work}/{run}.log") if l.startswith(("vision-", "language-")) and "cuda:" in l and " s]" not in l]
 print(json.dumps({"run": run, "exit_code": code, "requests": len(results), "ok": len(ok),
                   "duplicate_ids": len(ids) - len(set(ids)), "seconds": round(end - start, 2),
                   "requests_per_s": round(len(results) / (end - start), 3),
                   "tokens_per_s": round(tokens / (end - start), 1), "nvml_peak_mib": peak,
-                  "killed": killed, "stages": table,
+                  "killed": killed, "died": died, "stages": table,
                   "errors": [r.get("error") for r in results if not r.get("ok")][:3]}), flush=True)
 PY
 done
