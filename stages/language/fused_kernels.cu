@@ -1,28 +1,11 @@
 // RMSNorm, RoPE and SiLU-gating as one kernel each (see fused_kernels.h).
 #include "stages/language/fused_kernels.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
+#include "stages/language/half_types.cuh"
 
 namespace llava {
 namespace cuda {
 namespace {
-
-__device__ inline float to_float(__half v) { return __half2float(v); }
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ inline T from_float(float v);
-template <>
-__device__ inline __half from_float<__half>(float v) { return __float2half(v); }
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-// A float rounded to T and back: where LibTorch's T arithmetic rounds.
-template <typename T>
-__device__ inline float rounded(float v) { return to_float(from_float<T>(v)); }
 
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
@@ -79,11 +62,6 @@ __global__ void silu_mul_kernel(const T* __restrict__ gate_up, T* __restrict__ o
   const float g = to_float(gate_up[r * 2 * n + c]);
   const float silu = rounded<T>(g / (1.0f + expf(-g)));
   out[i] = from_float<T>(silu * to_float(gate_up[r * 2 * n + n + c]));
-}
-
-void check_launch(const char* what) {
-  cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
 }
 
 }  // namespace

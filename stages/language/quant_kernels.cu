@@ -7,12 +7,7 @@
 // shuffles, then the block through shared memory.
 #include "stages/language/quant_kernels.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
+#include "stages/language/half_types.cuh"
 
 namespace llava {
 namespace cuda {
@@ -23,15 +18,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerBlock = 4;
 constexpr int kStep = kThreads * 16;  // inputs covered by the block per step
 constexpr int kGroup = 128;           // int4 group size (plan.h: kInt4Group)
-
-__device__ inline float to_float(__half v) { return __half2float(v); }
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ inline T from_float(float v);
-template <>
-__device__ inline __half from_float<__half>(float v) { return __float2half(v); }
-template <>
-__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
 // 16 consecutive inputs of one x row as floats.
 template <typename T>
@@ -170,13 +156,6 @@ __global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* _
   out[i] = from_float<T>(static_cast<float>(q) * to_float(scales[row * groups + col / kGroup]));
 }
 
-void check_launch(const char* what) {
-  cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) {
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
-  }
-}
-
 template <typename T, int M>
 void launch_gemv(bool int4, const void* x, const void* w, const void* s, void* y, int n, int k,
                  cudaStream_t stream) {
@@ -223,6 +202,29 @@ unsigned elementwise_blocks(int n, int k) {
   return static_cast<unsigned>((static_cast<size_t>(n) * k + kThreads - 1) / kThreads);
 }
 
+template <typename T>
+void launch_dequantize(bool int4, const void* w, const void* scales, void* out, int n, int k,
+                       cudaStream_t stream) {
+  const auto* s = static_cast<const T*>(scales);
+  auto* o = static_cast<T*>(out);
+  if (int4) {
+    int4_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, stream>>>(static_cast<const uint8_t*>(w), s, o, n, k);
+  } else {
+    int8_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, stream>>>(static_cast<const int8_t*>(w), s, o, n, k);
+  }
+}
+
+void dequantize_any(bool int4, const void* w, const void* scales, void* out, int n, int k, bool bf16,
+                    void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    launch_dequantize<__nv_bfloat16>(int4, w, scales, out, n, k, st);
+  } else {
+    launch_dequantize<__half>(int4, w, scales, out, n, k, st);
+  }
+  check_launch(int4 ? "int4 dequantize" : "int8 dequantize");
+}
+
 }  // namespace
 
 bool gemv_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGroup : 16) == 0; }
@@ -239,28 +241,12 @@ void int4_gemv(const void* x, const uint8_t* w, const void* scales, void* y, int
 
 void int8_dequantize(const int8_t* w, const void* scales, void* out, int n, int k, bool bf16,
                      void* stream) {
-  auto st = static_cast<cudaStream_t>(stream);
-  if (bf16) {
-    int8_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
-        w, static_cast<const __nv_bfloat16*>(scales), static_cast<__nv_bfloat16*>(out), n, k);
-  } else {
-    int8_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
-        w, static_cast<const __half*>(scales), static_cast<__half*>(out), n, k);
-  }
-  check_launch("int8 dequantize");
+  dequantize_any(false, w, scales, out, n, k, bf16, stream);
 }
 
 void int4_dequantize(const uint8_t* w, const void* scales, void* out, int n, int k, bool bf16,
                      void* stream) {
-  auto st = static_cast<cudaStream_t>(stream);
-  if (bf16) {
-    int4_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
-        w, static_cast<const __nv_bfloat16*>(scales), static_cast<__nv_bfloat16*>(out), n, k);
-  } else {
-    int4_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, st>>>(
-        w, static_cast<const __half*>(scales), static_cast<__half*>(out), n, k);
-  }
-  check_launch("int4 dequantize");
+  dequantize_any(true, w, scales, out, n, k, bf16, stream);
 }
 
 }  // namespace cuda

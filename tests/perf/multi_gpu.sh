@@ -13,14 +13,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mkdir -p "$work"
 ckpt="$work/llava-7b-random"
 [ -f "$ckpt/config.json" ] || python3 "$root/tests/gpu/make_7b.py" "$ckpt" > /dev/null 2>&1
-python3 - "$root/tests/data/images" "$work/requests.jsonl" "$requests" "$new_tokens" <<'PY'
-import json, os, sys
-images = sorted(f for f in os.listdir(sys.argv[1]) if f.startswith("img"))
-with open(sys.argv[2], "w") as out:
-    for i in range(int(sys.argv[3])):
-        out.write(json.dumps({"id": i, "image": os.path.join(sys.argv[1], images[i % len(images)]),
-                              "prompt": "Describe the picture.", "max_new_tokens": int(sys.argv[4])}) + "\n")
-PY
+python3 "$root/tests/perf/make_requests.py" "$work/requests.jsonl" "$requests" "$new_tokens"
 common="model: {checkpoint: $ckpt, dtype: float16}
 coordinator: {endpoint: 'ipc://@llava-multi-{pid}', heartbeat_interval: 500ms, liveness: 20, embedding_memory: 8GiB}
 generation: {max_new_tokens: $new_tokens}"

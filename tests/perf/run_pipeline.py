@@ -17,14 +17,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def write_requests(path, count, new_tokens):
-    images = sorted(f for f in os.listdir(os.path.join(ROOT, "tests/data/images")) if f.startswith("img"))
-    with open(path, "w") as out:
-        for i in range(count):
-            out.write(json.dumps({"id": i, "image": os.path.join(ROOT, "tests/data/images", images[i % len(images)]),
-                                  "prompt": "Describe the picture.", "max_new_tokens": new_tokens}) + "\n")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_requests import write_requests  # noqa: E402
 
 
 def main():
