@@ -74,7 +74,12 @@ bool send_message(zmq::socket_t& socket, wire::Outgoing& message,
 std::optional<std::vector<zmq::message_t>> receive_parts(zmq::socket_t& socket,
                                                           std::chrono::milliseconds timeout) {
   zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-  zmq::poll(&item, 1, timeout);
+  try {
+    zmq::poll(&item, 1, timeout);
+  } catch (const zmq::error_t& e) {
+    if (e.num() == EINTR) return std::nullopt;  // a signal (SIGTERM starts a drain): look again later
+    throw;
+  }
   if (!(item.revents & ZMQ_POLLIN)) return std::nullopt;
   std::vector<zmq::message_t> parts;
   if (!zmq::recv_multipart(socket, std::back_inserter(parts), zmq::recv_flags::dontwait)) {

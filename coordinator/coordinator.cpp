@@ -124,13 +124,15 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
                          " requests are waiting (coordinator.queue_capacity " +
                          std::to_string(config_.coordinator.queue_capacity) + "); try again later");
     }
-    if (spec.image_paths.size() > static_cast<size_t>(kMaxImagesPerRequest)) {
-      throw RequestError(std::to_string(spec.image_paths.size()) + " images; at most " +
+    const size_t images = spec.image_paths.size() + spec.image_bytes.size();
+    if (images > static_cast<size_t>(kMaxImagesPerRequest)) {
+      throw RequestError(std::to_string(images) + " images; at most " +
                          std::to_string(kMaxImagesPerRequest) + " per request");
     }
     for (const auto& path : spec.image_paths) request.images.push_back(read_image(path));
+    for (const auto& bytes : spec.image_bytes) request.images.push_back(bytes);
     const std::string text = apply_chat_template(spec.generation.chat_template, spec.prompt,
-                                                 static_cast<int>(spec.image_paths.size()));
+                                                 static_cast<int>(images));
     request.prompt = expand_image_tokens(tokenizer_.encode(text),
                                          static_cast<int32_t>(model_.image_token_index),
                                          model_.image_tokens());
@@ -147,7 +149,7 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
   return id;
 }
 
-bool Coordinator::cancel(uint64_t id) {
+bool Coordinator::cancel(uint64_t id, const std::string& why) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return false;
   Request& request = it->second;
@@ -159,7 +161,7 @@ bool Coordinator::cancel(uint64_t id) {
       send(slot, message);
     }
   }
-  finish(request, "cancelled by the client", "cancelled");
+  finish(request, why, "cancelled");
   return true;
 }
 
@@ -227,30 +229,34 @@ void Coordinator::fail_all(const std::string& error) {
 // ---------------------------------------------------------------- the loop -----------
 
 void Coordinator::run() {
-  while (!requests_.empty() && fatal_.empty()) {
-    if (g_stop > 0 && !draining_) begin_drain();
-    if (draining_ && (g_stop > 1 || Clock::now() > drain_deadline_)) {
-      fail_all("stopped: the pipeline was shut down before this request finished");
-      break;
-    }
-    // Dispatch what is ready before waiting: a request submitted (or an embedding that
-    // arrived) must not wait out the poll timeout.
-    if (fatal_.empty()) schedule();
-    if (auto parts = receive_parts(router_, beat_interval_ / 4)) {
-      do {
-        try {
-          wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
-          handle(message);
-        } catch (const WireError& e) {
-          std::cerr << "llava-pipe: dropped a malformed message: " << e.what() << "\n";
-        }
-      } while ((parts = receive_parts(router_, std::chrono::milliseconds(0))));
-    }
-    reap();
-    check_liveness();
-    heartbeat();
+  while (!requests_.empty() && fatal_.empty() && step(beat_interval_ / 4)) {
   }
   if (!fatal_.empty()) fail_all(fatal_);
+}
+
+bool Coordinator::step(std::chrono::milliseconds wait) {
+  if (g_stop > 0 && !draining_) begin_drain();
+  if (draining_ && (g_stop > 1 || Clock::now() > drain_deadline_)) {
+    fail_all("stopped: the pipeline was shut down before this request finished");
+    return false;
+  }
+  // Dispatch what is ready before waiting: a request submitted (or an embedding that
+  // arrived) must not wait out the poll timeout.
+  if (fatal_.empty()) schedule();
+  if (auto parts = receive_parts(router_, wait)) {
+    do {
+      try {
+        wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
+        handle(message);
+      } catch (const WireError& e) {
+        std::cerr << "llava-pipe: dropped a malformed message: " << e.what() << "\n";
+      }
+    } while ((parts = receive_parts(router_, std::chrono::milliseconds(0))));
+  }
+  reap();
+  check_liveness();
+  heartbeat();
+  return fatal_.empty();
 }
 
 Coordinator::Slot* Coordinator::slot_by_routing(const std::string& routing) {

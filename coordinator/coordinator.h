@@ -29,6 +29,7 @@ namespace llava {
 struct RequestSpec {
   std::string client_id;
   std::vector<std::string> image_paths;
+  std::vector<std::string> image_bytes;  // images sent by a client (serve), after image_paths
   std::string prompt;
   GenerationSection generation;  // the config's defaults, overridden per request
 };
@@ -82,9 +83,13 @@ class Coordinator {
   uint64_t submit(const RequestSpec& spec);
   // The client gave up: the request gets its final answer ("cancelled") now, and its worker
   // frees what it held for it. False if it already has its answer.
-  bool cancel(uint64_t request);
+  bool cancel(uint64_t request, const std::string& why = "cancelled by the client");
   // Runs until every submitted request has its one final answer, a fatal error, or a stop.
   void run();
+  // One turn of that loop, waiting up to `wait` for workers' messages (a server calls it
+  // between reading its clients). False once a stop has ended everything.
+  bool step(std::chrono::milliseconds wait);
+  bool idle() const { return requests_.empty(); }
   // Async-signal-safe. The first call starts a drain: no new requests, requests not yet
   // started fail ("shutting down"), work in flight finishes within drain_timeout; a
   // second call, or the timeout, ends the rest with an error.

@@ -24,6 +24,8 @@
 #include "common/units.h"
 #include "coordinator/coordinator.h"
 #include "launch/bench.h"
+#include "launch/sampling.h"
+#include "launch/serve.h"
 
 namespace {
 
@@ -42,6 +44,12 @@ const char* kUsage =
     "                  [--new-tokens 64] [--ttft-runs 10] [--vision-batch 32]\n"
     "      measure the pipeline: time to first token, images/s, decode tokens/s per batch\n"
     "      size, embedding handoff, load time and peak memory per stage and device\n"
+    "  llava-pipe serve CONFIG --listen ENDPOINT\n"
+    "      run the pipeline for clients (ZeroMQ, e.g. tcp://0.0.0.0:5600): a request is\n"
+    "      [JSON {id, prompt, sampling keys}, image bytes...]; text streams back as JSON;\n"
+    "      a client that disconnects has its request cancelled\n"
+    "  llava-pipe ask ENDPOINT [--image PATH]... --prompt TEXT [--max-new-tokens N ...]\n"
+    "      a client of serve: streams the answer to stdout\n"
     "  llava-pipe keygen NAME\n"
     "      write a CURVE key pair: NAME.key (public) and NAME.key_secret (mode 0600), for\n"
     "      coordinator.curve in a config\n"
@@ -63,30 +71,6 @@ int check(const std::vector<std::string>& args) {
   if (!plan.problems.empty()) return llava::kExitUsage;
   std::cout << "\nok: the plan fits\n";
   return 0;
-}
-
-// Sampling overrides shared by the command line and JSONL lines.
-void apply_sampling(const std::string& key, const nlohmann::json& value, llava::GenerationSection& g) {
-  if (key == "max_new_tokens") {
-    g.max_new_tokens = value.get<int>();
-    if (g.max_new_tokens < 1) throw llava::RequestError("max_new_tokens must be at least 1");
-  } else if (key == "temperature") {
-    g.temperature = value.get<double>();
-    if (g.temperature < 0) throw llava::RequestError("temperature must be >= 0");
-  } else if (key == "top_k") {
-    g.top_k = value.get<int>();
-    if (g.top_k < 0) throw llava::RequestError("top_k must be >= 0");
-  } else if (key == "top_p") {
-    g.top_p = value.get<double>();
-    if (g.top_p <= 0 || g.top_p > 1) throw llava::RequestError("top_p must be in (0, 1]");
-  } else if (key == "repetition_penalty") {
-    g.repetition_penalty = value.get<double>();
-    if (g.repetition_penalty <= 0) throw llava::RequestError("repetition_penalty must be > 0");
-  } else if (key == "seed") {
-    g.seed = value.get<uint64_t>();
-  } else {
-    throw llava::RequestError("unknown key '" + key + "'");
-  }
 }
 
 void print_reports(const llava::Coordinator& coordinator) {
@@ -135,7 +119,7 @@ std::vector<BatchLine> read_batch(const std::string& path, const llava::Generati
             line.spec.image_paths.push_back(image.is_relative() ? (folder / image).string() : p);
           }
         } else {
-          apply_sampling(key, value, line.spec.generation);
+          llava::apply_sampling(key, value, line.spec.generation);
         }
       }
       if (!j.contains("prompt")) throw llava::RequestError("no \"prompt\"");
@@ -192,7 +176,7 @@ int run(std::vector<std::string> args) {
       } else if (arg.rfind("--", 0) == 0) {
         std::string key = arg.substr(2);
         std::replace(key.begin(), key.end(), '-', '_');
-        apply_sampling(key, nlohmann::json::parse(value), single.generation);
+        llava::apply_sampling(key, nlohmann::json::parse(value), single.generation);
         config.generation = single.generation;
       } else {
         throw llava::ConfigError("unexpected argument '" + arg + "'\n" + kUsage);
@@ -313,6 +297,8 @@ int main(int argc, char** argv) {
     if (command == "check") return check(args);
     if (command == "run") return run(args);
     if (command == "bench") return llava::bench(args);
+    if (command == "serve") return llava::serve(args);
+    if (command == "ask") return llava::ask(args);
     if (command == "keygen") {
       if (args.size() != 1) throw llava::ConfigError(std::string("keygen takes one NAME\n") + kUsage);
       llava::write_curve_key(args[0], llava::generate_curve_key());

@@ -15,11 +15,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include "common/config.h"
 #include "common/curve.h"
+#include "common/transport.h"
 #include "coordinator/chat_template.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/worker_process.h"
@@ -319,6 +321,54 @@ TEST(Pipeline, StalledExternalWorkerIsReplacedAndItsLateRepliesAreDropped) {
   EXPECT_TRUE(resumed);
   EXPECT_GE(count_events(outcome, "language-0", "died"), 1);
   EXPECT_TRUE(workers.alive("language-0"));
+}
+
+// `llava-pipe serve`: a client that disconnects mid-answer has its request cancelled
+// (its KV slot and queue place freed), and the next client gets its exact answer.
+TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
+  FaultDelay delay(30);  // the server's workers inherit it: answers take a while
+  const std::string config = write_config(
+      "serve", "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
+               "language: {devices: cpu, batch_size: 1, max_context: 256}}\n");
+  const std::string listen = "ipc://@llava-serve-test-" + std::to_string(getpid());
+  const std::string log = testing::TempDir() + "serve.log";
+  const pid_t server = llava::start_process(
+      "/bin/sh", {"-c", "exec " + kBinary + "/llava-pipe serve " + config + " --listen " + listen + " 2> " + log});
+  zmq::context_t context;
+  auto request = [&](zmq::socket_t& socket, const nlohmann::json& body, const std::vector<std::string>& images) {
+    std::vector<zmq::message_t> parts;
+    parts.emplace_back(body.dump());
+    for (const auto& path : images) {
+      std::ifstream in(path, std::ios::binary);
+      parts.emplace_back(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
+    }
+    llava::send_parts(socket, std::move(parts));
+  };
+  {  // client A: one streamed piece of text, then gone
+    auto a = llava::connect_dealer(context, listen, llava::TransportOptions{});
+    request(a, {{"id", "a"}, {"prompt", "What is the capital of France?"}, {"max_new_tokens", 200}}, {});
+    auto first = llava::receive_parts(a, std::chrono::milliseconds(60000));
+    ASSERT_TRUE(first);
+    EXPECT_TRUE(nlohmann::json::parse(first->back().to_string()).contains("text"));
+  }
+  // Client B, with the one KV slot A held.
+  auto b = llava::connect_dealer(context, listen, llava::TransportOptions{});
+  request(b, {{"id", "b"}, {"prompt", kCases[0].prompt}}, kCases[0].images);
+  nlohmann::json done;
+  while (auto reply = llava::receive_parts(b, std::chrono::milliseconds(60000))) {
+    done = nlohmann::json::parse(reply->back().to_string());
+    if (done.value("done", false)) break;
+  }
+  ASSERT_TRUE(done.value("done", false)) << done.dump();
+  EXPECT_TRUE(done["ok"].get<bool>()) << done.dump();
+  EXPECT_EQ(done["id"], "b");
+  llava::Coordinator reference(llava::load_config(config), {}, kBinary + "/llava-stage");
+  EXPECT_EQ(done["tokens"].get<std::vector<int32_t>>(), expected_tokens(reference, kCases[0]));
+  kill(server, SIGTERM);
+  EXPECT_EQ(llava::stop_process(server, 10000).code, 0);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("request 1: the client disconnected; cancelled"), std::string::npos) << text;
 }
 
 TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {

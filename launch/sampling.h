@@ -1,0 +1,14 @@
+// One sampling key of a request ("max_new_tokens", "temperature", "top_k", "top_p",
+// "repetition_penalty", "seed") applied to `g`; throws RequestError naming what is wrong.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/config.h"
+
+namespace llava {
+
+void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g);
+
+}  // namespace llava
