@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   long rss_first = 0, rss_last = 0;
   size_t fds_first = 0, fds_last = 0;
   int done_total = 0;
+  int since_kill = 0;  // answers since the last kill, across waves (a kill every N answers)
 
   for (int submitted = 0, wave_index = 0; submitted < requests; ++wave_index) {
     std::map<uint64_t, int> answers;
@@ -109,7 +110,6 @@ int main(int argc, char** argv) {
     std::map<uint64_t, llava::RequestResult> results;
     llava::Coordinator* self = nullptr;
     llava::CoordinatorEvents events;
-    int since_kill = 0;
     events.on_result = [&](const llava::RequestResult& r) {
       ++answers[r.id];
       results[r.id] = r;
