@@ -364,6 +364,13 @@ TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
   EXPECT_EQ(done["id"], "b");
   llava::Coordinator reference(llava::load_config(config), {}, kBinary + "/llava-stage");
   EXPECT_EQ(done["tokens"].get<std::vector<int32_t>>(), expected_tokens(reference, kCases[0]));
+  // The command-line client: the same answer's text, exit code 0; a bad request: 1.
+  const std::string ask = kBinary + "/llava-pipe ask " + listen + " --prompt '" + kCases[0].prompt +
+                          "' --image " + kCases[0].images[0];
+  EXPECT_EQ(llava::test::run_command(ask + " 2>&1"), done["text"].get<std::string>() + "\n");
+  EXPECT_NE(llava::test::run_command(ask + " --max-new-tokens 0 2>&1; echo rc=$?").find(
+                "max_new_tokens must be at least 1\nrc=1"),
+            std::string::npos);
   kill(server, SIGTERM);
   EXPECT_EQ(llava::stop_process(server, 10000).code, 0);
   std::ifstream in(log);
