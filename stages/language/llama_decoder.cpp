@@ -180,7 +180,7 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
                                  const std::vector<int>& slots) const {
   const TextConfig& t = config_;
   const int64_t b = embeds.size(0), n = embeds.size(1);
-  const int64_t heads = t.num_attention_heads, kv_heads = t.num_key_value_heads, d = t.head_dim;
+  const int64_t d = t.head_dim;
   auto f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device());
 
   std::vector<int64_t> starts;
