@@ -257,6 +257,12 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
   return stage;
 }
 
+// A path from the config: a relative one is resolved against the config file's folder.
+std::string relative_to(const std::string& config_file, const std::string& path) {
+  if (fs::path(path).is_absolute()) return path;
+  return (fs::path(config_file).parent_path() / path).lexically_normal().string();
+}
+
 // Placement rules that need both stages: one device in sequential mode, no silent
 // sharing in concurrent mode.
 void check_placement(const PipelineConfig& config, Section& root, const YAML::Node& stages_node) {
@@ -354,12 +360,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   if (!model.present()) root.fail_at(root_node.Mark(), "model: section is missing");
   YAML::Node checkpoint_node = model.find("checkpoint");
   if (!checkpoint_node) model.fail_at(model.mark(), "model.checkpoint: missing");
-  config.model.checkpoint = model.scalar("checkpoint", checkpoint_node);
-  fs::path checkpoint(config.model.checkpoint);
-  if (checkpoint.is_relative()) {
-    checkpoint = fs::path(file).parent_path() / checkpoint;
-    config.model.checkpoint = checkpoint.lexically_normal().string();
-  }
+  config.model.checkpoint = relative_to(file, model.scalar("checkpoint", checkpoint_node));
   if (check_files && !fs::exists(fs::path(config.model.checkpoint) / "config.json")) {
     model.fail(checkpoint_node, "model.checkpoint: no config.json in '" +
                                     config.model.checkpoint + "'");
@@ -403,9 +404,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   Section curve = coord.child("curve");
   if (curve.present()) {
     auto key_file = [&](const YAML::Node& node, const std::string& key, bool secret) {
-      fs::path path(curve.scalar(key, node));
-      if (path.is_relative()) path = fs::path(file).parent_path() / path;
-      const std::string resolved = path.lexically_normal().string();
+      const std::string resolved = relative_to(file, curve.scalar(key, node));
       if (check_files) {
         try {
           read_curve_key(resolved, secret);

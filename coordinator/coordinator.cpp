@@ -243,20 +243,22 @@ bool Coordinator::step(std::chrono::milliseconds wait) {
   // Dispatch what is ready before waiting: a request submitted (or an embedding that
   // arrived) must not wait out the poll timeout.
   if (fatal_.empty()) schedule();
-  if (auto parts = receive_parts(router_, wait)) {
-    do {
-      try {
-        wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
-        handle(message);
-      } catch (const WireError& e) {
-        std::cerr << "llava-pipe: dropped a malformed message: " << e.what() << "\n";
-      }
-    } while ((parts = receive_parts(router_, std::chrono::milliseconds(0))));
-  }
+  receive(wait);
   reap();
   check_liveness();
   heartbeat();
   return fatal_.empty();
+}
+
+void Coordinator::receive(std::chrono::milliseconds wait) {
+  for (auto parts = receive_parts(router_, wait); parts; parts = receive_parts(router_, std::chrono::milliseconds(0))) {
+    try {
+      wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
+      handle(message);
+    } catch (const WireError& e) {
+      std::cerr << "llava-pipe: dropped a malformed message: " << e.what() << "\n";
+    }
+  }
 }
 
 Coordinator::Slot* Coordinator::slot_by_routing(const std::string& routing) {
@@ -519,15 +521,7 @@ void Coordinator::shutdown_workers() {
   auto releasing = [&] {
     return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.releasing; });
   };
-  while (releasing() && Clock::now() < deadline) {
-    auto parts = receive_parts(router_, std::chrono::milliseconds(50));
-    if (!parts) continue;
-    try {
-      wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
-      handle(message);
-    } catch (const WireError&) {
-    }
-  }
+  while (releasing() && Clock::now() < deadline) receive(std::chrono::milliseconds(50));
   for (auto& slot : slots_) {
     if (slot.pid <= 0) continue;
     if (!slot.routing.empty()) {

@@ -144,6 +144,8 @@ class Coordinator {
   };
 
   // protocol
+  // Handles every waiting message, the first waited for up to `wait`.
+  void receive(std::chrono::milliseconds wait);
   void handle(wire::Incoming& message);
   void on_hello(const std::string& routing, const schema::Hello::Reader& hello);
   void on_embeddings(Slot& slot, wire::Incoming& message);

@@ -38,7 +38,6 @@ at::ScalarType from_wire(wire::DType dtype) {
          : dtype == wire::DType::kBF16 ? at::kBFloat16 : at::kFloat;
 }
 
-// A host copy of `tensor` in a ZeroMQ message, written once (no intermediate buffer).
 // A frame over a contiguous host tensor without copying it: the message keeps the
 // tensor's storage alive until ZeroMQ has sent it.
 zmq::message_t host_message(const at::Tensor& tensor) {

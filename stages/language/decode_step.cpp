@@ -32,9 +32,7 @@ struct DecodeStep::Graphs {
   decltype(std::declval<at::cuda::CUDAGraph>().pool()) pool{0, 0};
 };
 #else
-struct DecodeStep::Graphs {
-  std::map<std::pair<int64_t, int64_t>, int> by_shape;
-};
+struct DecodeStep::Graphs {};  // never made: no CUDA graphs in this build
 #endif
 
 DecodeStep::DecodeStep(const LlamaDecoder& decoder, KvCache& cache, bool cuda_graphs)
@@ -60,7 +58,12 @@ int64_t DecodeStep::keys_for(int64_t keys, int64_t max_tokens) {
   return std::min((keys + kKeyBucket - 1) / kKeyBucket * kKeyBucket, max_tokens);
 }
 
-size_t DecodeStep::graphs() const { return graphs_ ? graphs_->by_shape.size() : 0; }
+size_t DecodeStep::graphs() const {
+#ifdef LLAVA_PIPE_CUDA_GRAPHS
+  if (graphs_) return graphs_->by_shape.size();
+#endif
+  return 0;
+}
 
 at::Tensor DecodeStep::run(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
                            int64_t keys) {
