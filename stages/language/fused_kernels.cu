@@ -1,56 +1,108 @@
-// RMSNorm, RoPE and SiLU-gating as one kernel each (see fused_kernels.h).
+// Residual add + RMSNorm, RoPE (+ KV write), SiLU-gating and decode attention as one
+// kernel each (see fused_kernels.h).
 #include "stages/language/fused_kernels.h"
 
-#include "stages/language/half_types.cuh"
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "stages/half_types.cuh"
 
 namespace llava {
 namespace cuda {
 namespace {
 
+// RMSNorm with 16-byte accesses, each thread's kIters x 8 values held in registers
+// between the sum and the scaling (one read of x, one of w). Rows of h % 8 == 0.
+template <typename T, int kIters>
+__global__ void rms_norm_vector_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum_out,
+                                       const T* __restrict__ w, T* __restrict__ y, int h, float eps) {
+  const size_t offset = static_cast<size_t>(blockIdx.x) * h;
+  float v[kIters][8];
+  float sum = 0.0f;
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int i = (it * blockDim.x + threadIdx.x) * 8;
+    if (i >= h) break;
+    unpack8<T>(load16(x + offset + i), v[it]);
+    if (delta != nullptr) {
+      float add[8];
+      unpack8<T>(load16(delta + offset + i), add);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[it][e] = rounded<T>(v[it][e] + add[e]);
+      *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum += v[it][e] * v[it][e];
+  }
+  __shared__ float scratch[32];
+  const float inverse = rsqrtf(block_reduce<false>(sum, scratch) / h + eps);
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int i = (it * blockDim.x + threadIdx.x) * 8;
+    if (i >= h) break;
+    float weight[8], out[8];
+    unpack8<T>(load16(w + i), weight);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) out[e] = weight[e] * rounded<T>(v[it][e] * inverse);
+    *reinterpret_cast<uint4*>(y + offset + i) = pack8<T>(out);
+  }
+}
+
 template <typename T>
-__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                                int h, float eps) {
-  const T* row = x + static_cast<size_t>(blockIdx.x) * h;
-  T* out = y + static_cast<size_t>(blockIdx.x) * h;
+__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum_out,
+                                const T* __restrict__ w, T* __restrict__ y, int h, float eps) {
+  const size_t offset = static_cast<size_t>(blockIdx.x) * h;
+  const T* row = x + offset;
   float sum = 0.0f;
   for (int i = threadIdx.x; i < h; i += blockDim.x) {
-    const float v = to_float(row[i]);
+    float v = to_float(row[i]);
+    if (delta != nullptr) {
+      v = rounded<T>(v + to_float(delta[offset + i]));
+      sum_out[offset + i] = from_float<T>(v);  // read back below by this same thread
+    }
     sum += v * v;
   }
-  __shared__ float warp_sums[32];
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    sum = threadIdx.x < blockDim.x / 32 ? warp_sums[threadIdx.x] : 0.0f;
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (threadIdx.x == 0) warp_sums[0] = sum;
-  }
-  __syncthreads();
-  const float inverse = rsqrtf(warp_sums[0] / h + eps);
+  __shared__ float scratch[32];
+  const float inverse = rsqrtf(block_reduce<false>(sum, scratch) / h + eps);
+  if (delta != nullptr) row = sum_out + offset;
+  T* out = y + offset;
   for (int i = threadIdx.x; i < h; i += blockDim.x) {
     const float normed = rounded<T>(to_float(row[i]) * inverse);
     out[i] = from_float<T>(to_float(w[i]) * normed);
   }
 }
 
+// Block (head, row), a thread per pair (j, j + d/2): heads [0, heads) are q, then
+// kv_heads k, then (only when storing) kv_heads v, copied to the cache.
 template <typename T>
-__global__ void rope_kernel(T* __restrict__ qkv, const T* __restrict__ cos, const T* __restrict__ sin,
-                            int row_stride, int heads, int d) {
-  T* row = qkv + static_cast<size_t>(blockIdx.x) * row_stride;
-  const T* c = cos + static_cast<size_t>(blockIdx.x) * d;
-  const T* s = sin + static_cast<size_t>(blockIdx.x) * d;
-  const int half = d / 2;
-  for (int p = threadIdx.x; p < heads * half; p += blockDim.x) {
-    T* x = row + (p / half) * d;
-    const int j = p % half;
-    const float x1 = to_float(x[j]), x2 = to_float(x[j + half]);
-    // x * cos + cat(-x2, x1) * sin, each product and the sum rounded to T.
-    const float first = rounded<T>(rounded<T>(x1 * to_float(c[j])) + rounded<T>(-x2 * to_float(s[j])));
-    const float second =
-        rounded<T>(rounded<T>(x2 * to_float(c[j + half])) + rounded<T>(x1 * to_float(s[j + half])));
-    x[j] = from_float<T>(first);
-    x[j + half] = from_float<T>(second);
+__global__ void rope_kernel(T* __restrict__ qkv, const T* __restrict__ cos_table, const T* __restrict__ sin_table,
+                            const int64_t* __restrict__ positions, int row_stride, int heads, int kv_heads, int d,
+                            T* __restrict__ k_cache, T* __restrict__ v_cache, int64_t max_tokens) {
+  const int head = blockIdx.x, r = blockIdx.y, j = threadIdx.x, half = d / 2;
+  const int64_t position = positions[r];
+  T* x = qkv + static_cast<int64_t>(r) * row_stride + head * d;
+  // Row r's place for kv head g in the cache: ((r * kv_heads + g) * max_tokens + position) * d.
+  auto cache_at = [&](int g) { return ((static_cast<int64_t>(r) * kv_heads + g) * max_tokens + position) * d; };
+  if (head >= heads + kv_heads) {  // a v head
+    T* to = v_cache + cache_at(head - heads - kv_heads);
+    to[j] = x[j];
+    to[j + half] = x[j + half];
+    return;
+  }
+  const T* c = cos_table + position * d;
+  const T* s = sin_table + position * d;
+  const float x1 = to_float(x[j]), x2 = to_float(x[j + half]);
+  // x * cos + cat(-x2, x1) * sin, each product and the sum rounded to T.
+  const T first = from_float<T>(rounded<T>(rounded<T>(x1 * to_float(c[j])) + rounded<T>(-x2 * to_float(s[j]))));
+  const T second =
+      from_float<T>(rounded<T>(rounded<T>(x2 * to_float(c[j + half])) + rounded<T>(x1 * to_float(s[j + half]))));
+  x[j] = first;
+  x[j + half] = second;
+  if (k_cache != nullptr && head >= heads) {
+    T* to = k_cache + cache_at(head - heads);
+    to[j] = first;
+    to[j + half] = second;
   }
 }
 
@@ -64,43 +116,209 @@ __global__ void silu_mul_kernel(const T* __restrict__ gate_up, T* __restrict__ o
   out[i] = from_float<T>(silu * to_float(gate_up[r * 2 * n + n + c]));
 }
 
+// Decode attention. A block takes kChunk keys of one (row, head): its scores, their
+// softmax relative to the chunk's max m, the weighted sum of values, stored with m and
+// the weights' sum l; the row's last block to finish rescales the chunks to the row's
+// max and writes the output (one launch per layer).
+constexpr int kChunk = 64;  // keys per block: ~450 blocks for one 7B row of 900 keys
+constexpr int kThreads = 128;
+static_assert(kChunk <= kThreads, "the softmax takes a key per thread");
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_chunk_kernel(const T* __restrict__ q, int q_stride, const T* __restrict__ k_cache,
+                           const T* __restrict__ v_cache, int64_t max_tokens, const int64_t* __restrict__ positions,
+                           int heads, int kv_heads, float scale, float* __restrict__ work, int* __restrict__ counters,
+                           T* __restrict__ out) {
+  constexpr int kLanes = D / 8;  // lanes per key, 8 elements (16 bytes) each
+  constexpr int kKeysPerWarp = 32 / kLanes;
+  constexpr int kKeysPerRound = kThreads / 32 * kKeysPerWarp;
+  constexpr int kRounds = kChunk / kKeysPerRound;
+  static_assert(kChunk % kKeysPerRound == 0, "whole rounds");
+  const int chunk = blockIdx.x, head = blockIdx.y, r = blockIdx.z;
+  const int begin = chunk * kChunk;
+  const int length = static_cast<int>(positions[r]) + 1;
+  if (begin >= length) return;  // past this row's keys: the combine reads no such chunk
+  const int n = min(kChunk, length - begin);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int sub = lane / kLanes, part = lane % kLanes;
+  const int64_t kv_head = head / (heads / kv_heads);
+  const int64_t first = ((static_cast<int64_t>(r) * kv_heads + kv_head) * max_tokens + begin) * D + part * 8;
+  // Every key and value row this thread reads, requested at once so that their
+  // latencies overlap (zeros past the row's keys).
+  uint4 keys[kRounds], values[kRounds];
+#pragma unroll
+  for (int i = 0; i < kRounds; ++i) {
+    const int j = i * kKeysPerRound + warp * kKeysPerWarp + sub;
+    keys[i] = values[i] = make_uint4(0, 0, 0, 0);
+    if (j < n) {
+      keys[i] = *reinterpret_cast<const uint4*>(k_cache + first + static_cast<int64_t>(j) * D);
+      values[i] = *reinterpret_cast<const uint4*>(v_cache + first + static_cast<int64_t>(j) * D);
+    }
+  }
+  float qv[8];
+  unpack8<T>(*reinterpret_cast<const uint4*>(q + static_cast<int64_t>(r) * q_stride + head * D + part * 8), qv);
+  __shared__ float weights[kThreads];
+  __shared__ float scratch[32];
+#pragma unroll
+  for (int i = 0; i < kRounds; ++i) {
+    const int j = i * kKeysPerRound + warp * kKeysPerWarp + sub;
+    float kv[8], dot = 0.0f;
+    unpack8<T>(keys[i], kv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dot += qv[e] * kv[e];
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    if (part == 0 && j < n) weights[j] = dot * scale;
+  }
+  __syncthreads();
+  const int t = threadIdx.x;
+  const float score = t < n ? weights[t] : -INFINITY;
+  const float m = block_reduce<true>(score, scratch);
+  const float p = t < n ? expf(score - m) : 0.0f;
+  weights[t] = p;  // each thread its own entry; the sum's barriers order it before the reads
+  const float l = block_reduce<false>(p, scratch);
+  float acc[8] = {};
+#pragma unroll
+  for (int i = 0; i < kRounds; ++i) {
+    const float pj = weights[i * kKeysPerRound + warp * kKeysPerWarp + sub];  // 0 past the keys
+    float vv[8];
+    unpack8<T>(values[i], vv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] += pj * vv[e];
+  }
+  // Sum over the keys each warp's lane groups took, then over the warps.
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    for (int offset = kLanes; offset < 32; offset *= 2) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], offset);
+  }
+  __shared__ float partial[kThreads / 32][D];
+  if (sub == 0) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) partial[warp][part * 8 + e] = acc[e];
+  }
+  __syncthreads();
+  float* mine = work + ((static_cast<int64_t>(r) * heads + head) * gridDim.x + chunk) * (D + 2);
+  for (int e = t; e < D; e += kThreads) {
+    float total = 0.0f;
+    for (int w = 0; w < kThreads / 32; ++w) total += partial[w][e];
+    mine[e] = total;
+  }
+  if (t == 0) {
+    mine[D] = m;
+    mine[D + 1] = l;
+  }
+  // The last of the row's chunks to finish combines them (and resets the counter for the
+  // next layer): every chunk rescaled to the row's max.
+  const int used = min(static_cast<int>(gridDim.x), (length + kChunk - 1) / kChunk);
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (t == 0) {
+    int* counter = counters + static_cast<int64_t>(r) * heads + head;
+    last = atomicAdd(counter, 1) == used - 1;
+    if (last) *counter = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* all = work + (static_cast<int64_t>(r) * heads + head) * gridDim.x * (D + 2);
+  float row_max = -INFINITY;
+  for (int c = 0; c < used; ++c) row_max = fmaxf(row_max, __ldcg(all + c * (D + 2) + D));
+  for (int e = t; e < D; e += kThreads) {
+    float sum = 0.0f, total = 0.0f;
+    for (int c = 0; c < used; ++c) {
+      const float rescale = expf(__ldcg(all + c * (D + 2) + D) - row_max);
+      sum += __ldcg(all + c * (D + 2) + D + 1) * rescale;
+      total += __ldcg(all + c * (D + 2) + e) * rescale;
+    }
+    out[(static_cast<int64_t>(r) * heads + head) * D + e] = from_float<T>(total / sum);
+  }
+}
+
+template <typename T, int D>
+void launch_attention(const T* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
+                      int heads, int kv_heads, int chunks, float scale, float* work, int* counters, T* out,
+                      cudaStream_t stream) {
+  attention_chunk_kernel<T, D><<<dim3(chunks, heads, rows), kThreads, 0, stream>>>(
+      qkv, q_stride, static_cast<const T*>(cache.k), static_cast<const T*>(cache.v), cache.max_tokens, positions,
+      heads, kv_heads, scale, work, counters, out);
+  check_launch("decode attention");
+}
+
 }  // namespace
 
-void rms_norm(const void* x, const void* w, void* y, int rows, int h, float eps, bool bf16, void* stream) {
+void rms_norm(const void* x, const void* delta, void* sum, const void* w, void* y, int rows, int h, float eps,
+              bool bf16, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  const int threads = h >= 1024 ? 1024 : 256;
-  if (bf16) {
-    rms_norm_kernel<<<rows, threads, 0, st>>>(static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w),
-                                              static_cast<__nv_bfloat16*>(y), h, eps);
-  } else {
-    rms_norm_kernel<<<rows, threads, 0, st>>>(static_cast<const __half*>(x), static_cast<const __half*>(w),
-                                              static_cast<__half*>(y), h, eps);
-  }
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const int vectors = h / 8;
+  const int threads = std::min(1024, (vectors + 31) / 32 * 32), iters = (vectors + threads - 1) / threads;
+  const bool vector = h % 8 == 0 && iters <= 4 && aligned(x) && aligned(w) && aligned(y) &&
+                      (delta == nullptr || (aligned(delta) && aligned(sum)));
+  with_type(bf16, [&](auto tag) {
+    using T = decltype(tag);
+    const auto *in = static_cast<const T*>(x), *add = static_cast<const T*>(delta), *weight = static_cast<const T*>(w);
+    auto *total = static_cast<T*>(sum), *out = static_cast<T*>(y);
+    if (!vector) {
+      rms_norm_kernel<<<rows, h >= 1024 ? 1024 : 256, 0, st>>>(in, add, total, weight, out, h, eps);
+    } else if (iters == 1) {
+      rms_norm_vector_kernel<T, 1><<<rows, threads, 0, st>>>(in, add, total, weight, out, h, eps);
+    } else if (iters == 2) {
+      rms_norm_vector_kernel<T, 2><<<rows, threads, 0, st>>>(in, add, total, weight, out, h, eps);
+    } else {
+      rms_norm_vector_kernel<T, 4><<<rows, threads, 0, st>>>(in, add, total, weight, out, h, eps);
+    }
+  });
   check_launch("RMSNorm");
 }
 
-void rope(void* qkv, const void* cos, const void* sin, int rows, int row_stride, int heads, int d, bool bf16,
-          void* stream) {
-  auto st = static_cast<cudaStream_t>(stream);
-  if (bf16) {
-    rope_kernel<<<rows, 256, 0, st>>>(static_cast<__nv_bfloat16*>(qkv), static_cast<const __nv_bfloat16*>(cos),
-                                      static_cast<const __nv_bfloat16*>(sin), row_stride, heads, d);
-  } else {
-    rope_kernel<<<rows, 256, 0, st>>>(static_cast<__half*>(qkv), static_cast<const __half*>(cos),
-                                      static_cast<const __half*>(sin), row_stride, heads, d);
-  }
+void rope(void* qkv, const void* cos_table, const void* sin_table, const int64_t* positions, int rows,
+          int row_stride, int heads, int kv_heads, int d, const KvLayer* store, bool bf16, void* stream) {
+  with_type(bf16, [&](auto tag) {
+    using T = decltype(tag);
+    const int blocks = heads + kv_heads + (store != nullptr ? kv_heads : 0);
+    rope_kernel<<<dim3(blocks, rows), d / 2, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<T*>(qkv), static_cast<const T*>(cos_table), static_cast<const T*>(sin_table), positions,
+        row_stride, heads, kv_heads, d, store ? static_cast<T*>(store->k) : nullptr,
+        store ? static_cast<T*>(store->v) : nullptr, store ? store->max_tokens : 0);
+  });
   check_launch("RoPE");
 }
 
+int64_t decode_attention_work_floats(int rows, int heads, int d, int max_keys) {
+  const int64_t chunks = (max_keys + kChunk - 1) / kChunk;
+  return static_cast<int64_t>(rows) * heads * chunks * (d + 2);
+}
+
+bool decode_attention(const void* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
+                      int heads, int kv_heads, int d, int max_keys, float scale, float* work, int* counters, void* out,
+                      bool bf16, void* stream) {
+  const int chunks = (max_keys + kChunk - 1) / kChunk;
+  bool taken = true;
+  with_type(bf16, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* q = static_cast<const T*>(qkv);
+    auto* o = static_cast<T*>(out);
+    auto st = static_cast<cudaStream_t>(stream);
+    switch (d) {
+      case 16: launch_attention<T, 16>(q, q_stride, cache, positions, rows, heads, kv_heads, chunks, scale, work, counters, o, st); break;
+      case 32: launch_attention<T, 32>(q, q_stride, cache, positions, rows, heads, kv_heads, chunks, scale, work, counters, o, st); break;
+      case 64: launch_attention<T, 64>(q, q_stride, cache, positions, rows, heads, kv_heads, chunks, scale, work, counters, o, st); break;
+      case 128: launch_attention<T, 128>(q, q_stride, cache, positions, rows, heads, kv_heads, chunks, scale, work, counters, o, st); break;
+      case 256: launch_attention<T, 256>(q, q_stride, cache, positions, rows, heads, kv_heads, chunks, scale, work, counters, o, st); break;
+      default: taken = false;
+    }
+  });
+  return taken;
+}
+
 void silu_mul(const void* gate_up, void* out, int rows, int n, bool bf16, void* stream) {
-  auto st = static_cast<cudaStream_t>(stream);
   const unsigned blocks = static_cast<unsigned>((static_cast<size_t>(rows) * n + 255) / 256);
-  if (bf16) {
-    silu_mul_kernel<<<blocks, 256, 0, st>>>(static_cast<const __nv_bfloat16*>(gate_up),
-                                            static_cast<__nv_bfloat16*>(out), rows, n);
-  } else {
-    silu_mul_kernel<<<blocks, 256, 0, st>>>(static_cast<const __half*>(gate_up), static_cast<__half*>(out), rows, n);
-  }
+  with_type(bf16, [&](auto tag) {
+    using T = decltype(tag);
+    silu_mul_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(gate_up),
+                                                                           static_cast<T*>(out), rows, n);
+  });
   check_launch("SiLU gate");
 }
 

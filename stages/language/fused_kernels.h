@@ -1,20 +1,47 @@
-// Fused CUDA kernels for the decoder's small element-wise steps, which at batch 1 cost
-// more in launches than in bytes: RMSNorm (7 LibTorch kernels), RoPE on q and k (10),
-// SiLU(gate) * up (2). Each rounds where LibTorch's float16/bfloat16 composition rounds,
-// so results match it up to the order of the norm's float32 sum. Plain pointers; built
-// where CMake finds nvcc.
+// Fused CUDA kernels for the decoder's small steps, which at batch 1 cost more in
+// launches than in bytes: residual add + RMSNorm (8 LibTorch kernels), RoPE on q and k
+// with the decode step's KV-cache write (14), SiLU(gate) * up (2), and attention of one
+// new token per row over the cache (flash-decoding: the keys split in chunks over the
+// whole GPU, then one combine; no mask, each row reads only its own keys). The
+// element-wise kernels round where LibTorch's float16/bfloat16 composition rounds, so
+// results match it up to the order of float32 sums. Plain pointers; built where CMake
+// finds nvcc.
 #pragma once
+
+#include <cstdint>
 
 namespace llava {
 namespace cuda {
 
-// y[r] = w * to_T(x32[r] * rsqrt(mean(x32[r]^2) + eps)), rows of h.
-void rms_norm(const void* x, const void* w, void* y, int rows, int h, float eps, bool bf16,
-              void* stream);
-// In place on the first `heads` heads of each row of qkv ([rows, row_stride]; q then k):
-// x * cos + rotate_half(x) * sin, cos/sin [rows, d].
-void rope(void* qkv, const void* cos, const void* sin, int rows, int row_stride, int heads, int d,
-          bool bf16, void* stream);
+// y[r] = w * to_T(s32[r] * rsqrt(mean(s32[r]^2) + eps)), rows of h, where s = x, or with
+// `delta`, s = to_T(x + delta), also stored to `sum` (the residual stream's next value).
+void rms_norm(const void* x, const void* delta, void* sum, const void* w, void* y, int rows, int h,
+              float eps, bool bf16, void* stream);
+
+// Where the decode step's keys and values go: one cache layer [slots, kv_heads,
+// max_tokens, d]; row r of the step is slot r, at its position.
+struct KvLayer {
+  void* k;
+  void* v;
+  int64_t max_tokens;
+};
+// In place on the q and k heads of each row of qkv ([rows, row_stride]: heads q, then
+// kv_heads k, then kv_heads v): x * cos + rotate_half(x) * sin, with the rows of the
+// tables [P, d] at positions[row] (int64, on the device). With `store`, also writes each
+// row's rotated k and its v into the cache at that position.
+void rope(void* qkv, const void* cos_table, const void* sin_table, const int64_t* positions, int rows,
+          int row_stride, int heads, int kv_heads, int d, const KvLayer* store, bool bf16, void* stream);
+
+// out [rows, heads, d] = softmax(scale * q k^T) v, row r over keys [0, positions[r]] of
+// cache slot r (grouped-query: head h reads kv head h / (heads / kv_heads)). q is the
+// q part of qkv rows ([rows, q_stride]). `max_keys` bounds every row's keys (the grid);
+// `work` holds decode_attention_work_floats(...) floats; `counters` [rows * heads] are
+// zero before the call and zero again after it. False (nothing launched) for a head size
+// the kernel does not take (16, 32, 64, 128 and 256 are taken).
+int64_t decode_attention_work_floats(int rows, int heads, int d, int max_keys);
+bool decode_attention(const void* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
+                      int heads, int kv_heads, int d, int max_keys, float scale, float* work, int* counters,
+                      void* out, bool bf16, void* stream);
 // out [rows, n] = silu(gate_up[:, :n]) * gate_up[:, n:].
 void silu_mul(const void* gate_up, void* out, int rows, int n, bool bf16, void* stream);
 

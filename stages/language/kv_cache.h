@@ -38,6 +38,11 @@ class KvCache {
   // `tokens`, as views: [rows, kv_heads, tokens, D].
   void write_rows(int layer, const at::Tensor& index, const at::Tensor& k, const at::Tensor& v);
   std::pair<at::Tensor, at::Tensor> rows(int layer, int64_t rows, int64_t tokens) const;
+  // One layer's whole keys and values [slots, kv_heads, max_tokens, D] (our kernels'
+  // decode step writes and reads them in place).
+  std::pair<at::Tensor, at::Tensor> layer(int layer) const {
+    return {k_[static_cast<size_t>(layer)], v_[static_cast<size_t>(layer)]};
+  }
 
  private:
   int64_t max_tokens_;

@@ -88,31 +88,40 @@ LlamaDecoder::LlamaDecoder(const LlavaConfig& config, const Checkpoint& ckpt,
   rope_sin_ = angles.sin().to(options.dtype());
 }
 
-bool LlamaDecoder::fused(const at::Tensor& x) const {
+bool LlamaDecoder::kernels() const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
-  return fused_ && x.is_cuda() && x.is_contiguous() &&
-         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
+  const auto dtype = options_.dtype().toScalarType();
+  return fused_ && options_.device().is_cuda() && (dtype == at::kHalf || dtype == at::kBFloat16);
 #else
-  (void)x;
   return false;
 #endif
 }
 
-at::Tensor LlamaDecoder::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (fused(x)) {
+namespace {
+bool bf16(const at::Tensor& x) { return x.scalar_type() == at::kBFloat16; }
+void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+}  // namespace
+#endif
+
+std::pair<at::Tensor, at::Tensor> LlamaDecoder::add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
+                                                              const at::Tensor& weight) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (kernels()) {
     const c10::cuda::CUDAGuard guard(x.device());
-    at::Tensor y = at::empty_like(x);
-    const int h = static_cast<int>(x.size(-1));
-    cuda::rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), static_cast<int>(x.numel() / h), h,
-                   static_cast<float>(config_.rms_norm_eps), x.scalar_type() == at::kBFloat16,
-                   at::cuda::getCurrentCUDAStream().stream());
-    return y;
+    const at::Tensor in = x.contiguous(), add = delta.defined() ? delta.contiguous() : at::Tensor();
+    at::Tensor sum = add.defined() ? at::empty_like(in) : in, y = at::empty_like(in);
+    const int h = static_cast<int>(in.size(-1));
+    cuda::rms_norm(in.data_ptr(), add.defined() ? add.data_ptr() : nullptr, add.defined() ? sum.data_ptr() : nullptr,
+                   weight.data_ptr(), y.data_ptr(), static_cast<int>(in.numel() / h), h,
+                   static_cast<float>(config_.rms_norm_eps), bf16(in), stream());
+    return {sum, y};
   }
 #endif
-  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor sum = delta.defined() ? x + delta : x;
+  at::Tensor x32 = sum.to(at::kFloat);
   at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (x32 * at::rsqrt(variance + config_.rms_norm_eps)).to(x.scalar_type());
+  return {sum, weight * (x32 * at::rsqrt(variance + config_.rms_norm_eps)).to(x.scalar_type())};
 }
 
 at::Tensor LlamaDecoder::embed(const at::Tensor& ids) const {
@@ -180,7 +189,6 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
                                  const std::vector<int>& slots) const {
   const TextConfig& t = config_;
   const int64_t b = embeds.size(0), n = embeds.size(1);
-  const int64_t d = t.head_dim;
   auto f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device());
 
   std::vector<int64_t> starts;
@@ -206,10 +214,6 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     }
     positions = at::tensor(all, at::kLong).to(options_.device(), /*non_blocking=*/true).view({b, n});
   }
-  // RoPE rows of these positions: [B, 1, T, D].
-  at::Tensor cos = rope_cos_.index_select(0, positions.flatten()).view({b, 1, n, d});
-  at::Tensor sin = rope_sin_.index_select(0, positions.flatten()).view({b, 1, n, d});
-
   // Key j is visible to query i of row b iff j <= start_b + i. A single new token per
   // row with equal starts sees every cached key: no mask needed. A fresh prompt (every
   // start 0) is plain causal attention: the flash kernel, as transformers uses.
@@ -220,20 +224,32 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     at::Tensor key = at::arange(keys, f32).view({1, 1, 1, keys});
     mask = at::where(key <= limit, at::zeros({}, f32), at::full({}, -INFINITY, f32));
   }
-  at::Tensor x = layers(embeds, cos, sin, mask, fresh, [&](int layer, const at::Tensor& k, const at::Tensor& v) {
+  at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
+    auto [q, k, v] = rotated_heads(projected, positions);
     cache.write(layer, slots, k, v);
-    return cache.read(layer, slots, keys);  // [B, kv, L, D]
+    auto [all_k, all_v] = cache.read(layer, slots, keys);  // [B, kv, L, D]
+    return attend(q, all_k, all_v, mask, fresh);
   });
   for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);
-  return rms_norm(x, final_norm_);
+  return x;
 }
 
 at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& positions,
                                 KvCache& cache, int64_t keys) const {
-  const int64_t rows = embeds.size(0), kv_heads = config_.num_key_value_heads, d = config_.head_dim;
+  const int64_t rows = embeds.size(0), kv_heads = config_.num_key_value_heads;
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  // Our decode attention reads each row's keys from the cache in place (no mask, no
+  // copies); the RoPE kernel writes the new k/v there.
+  const int64_t d = config_.head_dim;
+  if (kernels() && d >= 16 && d <= 256 && (d & (d - 1)) == 0) {
+    // The kernel's per-(row, head) counters: zero here, reset by each layer's launch.
+    at::Tensor counters = at::zeros({rows * config_.num_attention_heads}, positions.options().dtype(at::kInt));
+    return logits(layers(embeds, [&](int layer, const at::Tensor& projected) {
+                    return attend_cached(layer, projected, positions, counters, cache, keys);
+                  })).view({rows, -1});
+  }
+#endif
   auto i64 = positions.options();
-  at::Tensor cos = rope_cos_.index_select(0, positions).view({rows, 1, 1, d});
-  at::Tensor sin = rope_sin_.index_select(0, positions).view({rows, 1, 1, d});
   // Row r sees keys j <= positions[r]; the rest of the bucket is masked.
   at::Tensor visible = at::arange(keys, i64).view({1, 1, 1, keys}) <= positions.view({rows, 1, 1, 1});
   at::Tensor mask = at::zeros({rows, 1, 1, keys}, options_).masked_fill_(visible.logical_not(), -INFINITY);
@@ -242,70 +258,109 @@ at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& posi
                           cache.max_tokens() +
                       positions.view({rows, 1}))
                          .flatten();
-  at::Tensor x = layers(embeds, cos, sin, mask, false, [&](int layer, const at::Tensor& k, const at::Tensor& v) {
+  at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
+    auto [q, k, v] = rotated_heads(projected, positions.view({rows, 1}));
     cache.write_rows(layer, index, k, v);
-    return cache.rows(layer, rows, keys);  // views [R, kv, keys, D]
+    auto [all_k, all_v] = cache.rows(layer, rows, keys);  // views [R, kv, keys, D]
+    return attend(q, all_k, all_v, mask, false);
   });
-  return logits(rms_norm(x, final_norm_)).view({rows, -1});
+  return logits(x).view({rows, -1});
 }
 
-at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const at::Tensor& cos, const at::Tensor& sin,
-                                const at::Tensor& mask, bool causal, const KvAccess& kv) const {
-  const TextConfig& t = config_;
-  const int64_t b = embeds.size(0), n = embeds.size(1);
-  const int64_t heads = t.num_attention_heads, kv_heads = t.num_key_value_heads, d = t.head_dim;
-  auto rope = [&](const at::Tensor& x) {
-    at::Tensor rotated = at::cat({-x.narrow(-1, d / 2, d / 2), x.narrow(-1, 0, d / 2)}, -1);
-    return x * cos + rotated * sin;
+std::array<at::Tensor, 3> LlamaDecoder::rotated_heads(const at::Tensor& projected, const at::Tensor& positions) const {
+  const int64_t b = projected.size(0), n = projected.size(1);
+  const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
+  const bool fuse = kernels() && projected.is_contiguous();
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (fuse) {  // q and k rotated in place
+    const c10::cuda::CUDAGuard guard(projected.device());
+    const at::Tensor at_positions = positions.contiguous();
+    cuda::rope(projected.data_ptr(), rope_cos_.data_ptr(), rope_sin_.data_ptr(), at_positions.data_ptr<int64_t>(),
+               static_cast<int>(b * n), static_cast<int>(projected.size(-1)), static_cast<int>(heads),
+               static_cast<int>(kv_heads), static_cast<int>(d), nullptr, bf16(projected), stream());
+  }
+#endif
+  auto qkv = projected.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
+  at::Tensor q = qkv[0].view({b, n, heads, d}).transpose(1, 2);     // [B, heads, T, D]
+  at::Tensor k = qkv[1].view({b, n, kv_heads, d}).transpose(1, 2);  // [B, kv_heads, T, D]
+  at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
+  if (!fuse) {
+    // RoPE rows of these positions [B, 1, T, D]: x * cos + rotate_half(x) * sin.
+    at::Tensor cos = rope_cos_.index_select(0, positions.flatten()).view({b, 1, n, d});
+    at::Tensor sin = rope_sin_.index_select(0, positions.flatten()).view({b, 1, n, d});
+    auto rope = [&](const at::Tensor& x) {
+      at::Tensor rotated = at::cat({-x.narrow(-1, d / 2, d / 2), x.narrow(-1, 0, d / 2)}, -1);
+      return x * cos + rotated * sin;
+    };
+    q = rope(q);
+    k = rope(k);
+  }
+  return {q, k, v};
+}
+
+at::Tensor LlamaDecoder::attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask,
+                                bool causal) const {
+  const int64_t b = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
+  if (heads != k.size(1)) {
+    k = k.repeat_interleave(heads / k.size(1), 1);
+    v = v.repeat_interleave(heads / v.size(1), 1);
+  }
+  at::Tensor a = attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(d)), causal);
+  return a.transpose(1, 2).reshape({b, n, heads * d});
+}
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+at::Tensor LlamaDecoder::attend_cached(int layer, const at::Tensor& projected, const at::Tensor& positions,
+                                       const at::Tensor& counters, KvCache& cache, int64_t keys) const {
+  const int64_t rows = projected.size(0);
+  const int heads = static_cast<int>(config_.num_attention_heads), kv_heads = static_cast<int>(config_.num_key_value_heads),
+            d = static_cast<int>(config_.head_dim), stride = static_cast<int>(projected.size(-1));
+  const c10::cuda::CUDAGuard guard(projected.device());
+  auto [k, v] = cache.layer(layer);
+  const cuda::KvLayer store{k.data_ptr(), v.data_ptr(), cache.max_tokens()};
+  const int64_t* at_positions = positions.data_ptr<int64_t>();
+  cuda::rope(projected.data_ptr(), rope_cos_.data_ptr(), rope_sin_.data_ptr(), at_positions, static_cast<int>(rows),
+             stride, heads, kv_heads, d, &store, bf16(projected), stream());
+  at::Tensor work = at::empty({cuda::decode_attention_work_floats(static_cast<int>(rows), heads, d, static_cast<int>(keys))},
+                              projected.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({rows, 1, static_cast<int64_t>(heads) * d}, projected.options());
+  const bool taken = cuda::decode_attention(projected.data_ptr(), stride, store, at_positions, static_cast<int>(rows), heads,
+                                            kv_heads, d, static_cast<int>(keys), 1.0f / std::sqrt(static_cast<float>(d)),
+                                            work.data_ptr<float>(), counters.data_ptr<int>(), out.data_ptr(),
+                                            bf16(projected), stream());
+  if (!taken) throw std::logic_error("decode attention does not take head size " + std::to_string(d));
+  return out;
+}
+#endif
+
+at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const Attend& attend_layer) const {
+  at::Tensor x = embeds;  // the residual stream [B, T, H]
+  at::Tensor delta;       // the last sublayer's output, not yet added to x
+  auto add_norm = [&](const at::Tensor& weight) {
+    at::Tensor h;
+    std::tie(x, h) = add_rms_norm(x, delta, weight);
+    return h;
   };
-  at::Tensor x = embeds;  // [B, T, H]
   const size_t resident = layers_.size(), total = resident + (streamed_ ? streamed_->size() : 0);
   if (streamed_) streamed_->begin();
   for (size_t layer = 0; layer < total; ++layer) {
     const LlamaLayer& l = layer < resident ? layers_[layer] : streamed_->acquire(layer - resident);
-    at::Tensor h = rms_norm(x, l.input_norm);
-    at::Tensor projected = l.qkv(h);  // [B, T, (heads + 2 kv_heads) D]
-    const bool fuse = fused(projected);
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-    if (fuse) {  // q and k rotated in place
-      const c10::cuda::CUDAGuard guard(projected.device());
-      cuda::rope(projected.data_ptr(), cos.data_ptr(), sin.data_ptr(), static_cast<int>(b * n),
-                 static_cast<int>(projected.size(-1)), static_cast<int>(heads + kv_heads), static_cast<int>(d),
-                 projected.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream());
-    }
-#endif
-    auto qkv = projected.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
-    at::Tensor q = qkv[0].view({b, n, heads, d}).transpose(1, 2);
-    at::Tensor k = qkv[1].view({b, n, kv_heads, d}).transpose(1, 2);
-    at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
-    if (!fuse) {
-      q = rope(q);  // [B, heads, T, D]
-      k = rope(k);  // [B, kv_heads, T, D]
-    }
-    auto [all_k, all_v] = kv(static_cast<int>(layer), k, v);  // [B, kv_heads, L, D]
-    if (heads != kv_heads) {
-      all_k = all_k.repeat_interleave(heads / kv_heads, 1);
-      all_v = all_v.repeat_interleave(heads / kv_heads, 1);
-    }
-    at::Tensor a = attention(q, all_k, all_v, mask, 1.0 / std::sqrt(static_cast<double>(d)), causal);
-    x = x + l.o(a.transpose(1, 2).reshape({b, n, heads * d}));
-    h = rms_norm(x, l.post_norm);
-    x = x + l.down(gate(l.gate_up(h)));
+    delta = l.o(attend_layer(static_cast<int>(layer), l.qkv(add_norm(l.input_norm))));
+    delta = l.down(gate(l.gate_up(add_norm(l.post_norm))));
     if (layer >= resident) streamed_->release(layer - resident);
   }
-  return x;
+  return add_norm(final_norm_);
 }
 
 at::Tensor LlamaDecoder::gate(const at::Tensor& gate_up) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (fused(gate_up)) {
+  if (kernels() && gate_up.is_contiguous()) {
     const c10::cuda::CUDAGuard guard(gate_up.device());
     std::vector<int64_t> shape = gate_up.sizes().vec();
     shape.back() /= 2;
     at::Tensor out = at::empty(shape, gate_up.options());
     const int n = static_cast<int>(shape.back());
-    cuda::silu_mul(gate_up.data_ptr(), out.data_ptr(), static_cast<int>(out.numel() / n), n,
-                   gate_up.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream());
+    cuda::silu_mul(gate_up.data_ptr(), out.data_ptr(), static_cast<int>(out.numel() / n), n, bf16(gate_up), stream());
     return out;
   }
 #endif

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <utility>
@@ -54,8 +55,8 @@ class LlamaDecoder {
   at::Tensor decode(const at::Tensor& embeds, const at::Tensor& positions, KvCache& cache,
                     int64_t keys) const;
   bool streams_layers() const { return streamed_ != nullptr; }
-  // Our fused CUDA kernels for RMSNorm, RoPE and gating where built (default on); off,
-  // LibTorch's kernels compose the same math.
+  // Our CUDA kernels (residual add + RMSNorm, RoPE, gating, decode attention) where
+  // built (default on); off, LibTorch's kernels compose the same math.
   void use_fused_kernels(bool on) { fused_ = on; }
 
   // hidden [..., H] -> float32 logits [..., V]
@@ -67,16 +68,26 @@ class LlamaDecoder {
   int64_t layer_bytes() const { return layer_bytes_; }
 
  private:
-  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  bool kernels() const;  // our CUDA kernels take this decoder's tensors
+  // (x + delta, RMSNorm(x + delta) * weight); with delta undefined, (x, RMSNorm(x) * weight).
+  std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
+                                                 const at::Tensor& weight) const;
   at::Tensor gate(const at::Tensor& gate_up) const;  // [..., 2I] -> silu(gate) * up [..., I]
-  bool fused(const at::Tensor& x) const;             // the fused kernels take x
-  // Stores layer `layer`'s new k/v [B, kv_heads, T, D] and returns the keys and values
-  // to attend to [B, kv_heads, L, D].
-  using KvAccess = std::function<std::pair<at::Tensor, at::Tensor>(int layer, const at::Tensor& k,
-                                                                   const at::Tensor& v)>;
-  // Every decoder layer over x [B, T, H], RoPE rows cos/sin [B, 1, T, D].
-  at::Tensor layers(const at::Tensor& embeds, const at::Tensor& cos, const at::Tensor& sin,
-                    const at::Tensor& mask, bool causal, const KvAccess& kv) const;
+  // q [B, heads, T, D], k and v [B, kv_heads, T, D] of the rows of qkv [B, T, (heads +
+  // 2 kv_heads) D], q and k rotated to positions [B, T] (in place where fused).
+  std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions) const;
+  // Attention of q over k/v (kv heads repeated for grouped-query), as [B, T, heads * D].
+  at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal) const;
+  // The decode step's attention with our kernels: RoPE + the cache write, then attention
+  // of each row over its own keys in the cache. [R, 1, heads * D]. `counters`: the
+  // attention kernel's, [R * heads] int32 zeros.
+  at::Tensor attend_cached(int layer, const at::Tensor& projected, const at::Tensor& positions,
+                           const at::Tensor& counters, KvCache& cache, int64_t keys) const;
+  // One layer's attention: qkv rows [B, T, (heads + 2 kv_heads) D] -> [B, T, heads * D],
+  // storing the layer's new keys and values.
+  using Attend = std::function<at::Tensor(int layer, const at::Tensor& projected)>;
+  // Every decoder layer over embeds [B, T, H], then the final norm.
+  at::Tensor layers(const at::Tensor& embeds, const Attend& attend_layer) const;
 
   TextConfig config_;
   int64_t image_token_;

@@ -1,13 +1,14 @@
-// Weight-only int8/int4 matrix products for decoding (a few input rows: the weights are
-// read once, so bytes read set the speed) and dequantization for prefill.
+// Matrix products for decoding (a few input rows: the weights are read once, so bytes
+// read set the speed) with float16/bfloat16, int8 or int4 weights, and dequantization
+// for prefill.
 //
 // GEMV: one block of 256 threads takes kRowsPerBlock output rows; its threads split k,
-// each reading 16 weights of every row per step (16 bytes of int8, 8 bytes of int4) and
-// the matching 16 inputs of every x row, accumulating in float32. Warps reduce by
-// shuffles, then the block through shared memory.
+// each reading 16 bytes of every row per step (8 float16 weights, 16 int8 ones; 8 bytes
+// of int4) and the matching inputs of every x row, accumulating in float32. Warps reduce
+// by shuffles, then the block through shared memory.
 #include "stages/language/quant_kernels.h"
 
-#include "stages/language/half_types.cuh"
+#include "stages/half_types.cuh"
 
 namespace llava {
 namespace cuda {
@@ -58,17 +59,60 @@ __device__ inline float block_sum(float (&acc)[M][kRowsPerBlock]) {
   return total;
 }
 
+// Stores the block's sums: y[m, row] = total * scale(row) for thread t = m * kRowsPerBlock + r.
+template <typename T, int M, typename Scale>
+__device__ inline void store_rows(float total, T* y, int row0, int n, Scale scale) {
+  const int t = threadIdx.x;
+  if (t < M * kRowsPerBlock) {
+    const int m = t / kRowsPerBlock, row = row0 + t % kRowsPerBlock;
+    if (row < n) y[static_cast<size_t>(m) * n + row] = from_float<T>(total * scale(row));
+  }
+}
+
+template <typename T, int M>
+__global__ void half_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n,
+                                 int k) {
+  const int row0 = blockIdx.x * kRowsPerBlock;
+  float acc[M][kRowsPerBlock] = {};
+#pragma unroll 2
+  for (int kk = threadIdx.x * 8; kk < k; kk += kThreads * 8) {
+    float weights[kRowsPerBlock][8];  // converted once, used by every x row
+#pragma unroll
+    for (int r = 0; r < kRowsPerBlock; ++r) {
+      const uint4 raw = row0 + r < n ? __ldg(reinterpret_cast<const uint4*>(w + static_cast<size_t>(row0 + r) * k + kk))
+                                     : make_uint4(0, 0, 0, 0);
+      unpack8<T>(raw, weights[r]);
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float in[8];
+      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(m) * k + kk)), in);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum += in[i] * weights[r][i];
+        acc[m][r] += sum;
+      }
+    }
+  }
+  store_rows<T, M>(block_sum<M>(acc), y, row0, n, [](int) { return 1.0f; });
+}
+
 template <typename T, int M>
 __global__ void int8_gemv_kernel(const T* __restrict__ x, const int8_t* __restrict__ w,
                                  const T* __restrict__ scales, T* __restrict__ y, int n, int k) {
   const int row0 = blockIdx.x * kRowsPerBlock;
   float acc[M][kRowsPerBlock] = {};
   for (int kk = threadIdx.x * 16; kk < k; kk += kStep) {
-    int4 weights[kRowsPerBlock];
+    float weights[kRowsPerBlock][16];  // converted once, used by every x row
 #pragma unroll
     for (int r = 0; r < kRowsPerBlock; ++r) {
-      weights[r] = row0 + r < n ? __ldg(reinterpret_cast<const int4*>(w + static_cast<size_t>(row0 + r) * k + kk))
-                                : make_int4(0, 0, 0, 0);
+      const int4 raw = row0 + r < n ? __ldg(reinterpret_cast<const int4*>(w + static_cast<size_t>(row0 + r) * k + kk))
+                                    : make_int4(0, 0, 0, 0);
+      const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) weights[r][i] = static_cast<float>(q[i]);
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -76,20 +120,14 @@ __global__ void int8_gemv_kernel(const T* __restrict__ x, const int8_t* __restri
       load_inputs(x + static_cast<size_t>(m) * k + kk, in);
 #pragma unroll
       for (int r = 0; r < kRowsPerBlock; ++r) {
-        const int8_t* q = reinterpret_cast<const int8_t*>(&weights[r]);
         float sum = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 16; ++i) sum += in[i] * static_cast<float>(q[i]);
+        for (int i = 0; i < 16; ++i) sum += in[i] * weights[r][i];
         acc[m][r] += sum;
       }
     }
   }
-  const float total = block_sum<M>(acc);
-  const int t = threadIdx.x;
-  if (t < M * kRowsPerBlock) {
-    const int m = t / kRowsPerBlock, row = row0 + t % kRowsPerBlock;
-    if (row < n) y[static_cast<size_t>(m) * n + row] = from_float<T>(total * to_float(scales[row]));
-  }
+  store_rows<T, M>(block_sum<M>(acc), y, row0, n, [&](int row) { return to_float(scales[row]); });
 }
 
 template <typename T, int M>
@@ -128,12 +166,7 @@ __global__ void int4_gemv_kernel(const T* __restrict__ x, const uint8_t* __restr
       }
     }
   }
-  const float total = block_sum<M>(acc);
-  const int t = threadIdx.x;
-  if (t < M * kRowsPerBlock) {
-    const int m = t / kRowsPerBlock, row = row0 + t % kRowsPerBlock;
-    if (row < n) y[static_cast<size_t>(m) * n + row] = from_float<T>(total);
-  }
+  store_rows<T, M>(block_sum<M>(acc), y, row0, n, [](int) { return 1.0f; });  // scales applied per group
 }
 
 template <typename T>
@@ -156,11 +189,16 @@ __global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* _
   out[i] = from_float<T>(static_cast<float>(q) * to_float(scales[row * groups + col / kGroup]));
 }
 
+enum class Weights { kHalf, kInt8, kInt4 };
+
 template <typename T, int M>
-void launch_gemv(bool int4, const void* x, const void* w, const void* s, void* y, int n, int k,
+void launch_gemv(Weights kind, const void* x, const void* w, const void* s, void* y, int n, int k,
                  cudaStream_t stream) {
   const dim3 grid((n + kRowsPerBlock - 1) / kRowsPerBlock);
-  if (int4) {
+  if (kind == Weights::kHalf) {
+    half_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w),
+                                                          static_cast<T*>(y), n, k);
+  } else if (kind == Weights::kInt4) {
     int4_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const uint8_t*>(w), static_cast<const T*>(s),
         static_cast<T*>(y), n, k);
@@ -172,30 +210,30 @@ void launch_gemv(bool int4, const void* x, const void* w, const void* s, void* y
 }
 
 template <typename T>
-void gemv(bool int4, const void* x, const void* w, const void* s, void* y, int m, int n, int k,
+void gemv(Weights kind, const void* x, const void* w, const void* s, void* y, int m, int n, int k,
           cudaStream_t stream) {
   switch (m) {
-    case 1: launch_gemv<T, 1>(int4, x, w, s, y, n, k, stream); break;
-    case 2: launch_gemv<T, 2>(int4, x, w, s, y, n, k, stream); break;
-    case 3: launch_gemv<T, 3>(int4, x, w, s, y, n, k, stream); break;
-    case 4: launch_gemv<T, 4>(int4, x, w, s, y, n, k, stream); break;
-    case 5: launch_gemv<T, 5>(int4, x, w, s, y, n, k, stream); break;
-    case 6: launch_gemv<T, 6>(int4, x, w, s, y, n, k, stream); break;
-    case 7: launch_gemv<T, 7>(int4, x, w, s, y, n, k, stream); break;
-    case 8: launch_gemv<T, 8>(int4, x, w, s, y, n, k, stream); break;
-    default: throw std::runtime_error("quantized GEMV: " + std::to_string(m) + " rows (1 to 8 supported)");
+    case 1: launch_gemv<T, 1>(kind, x, w, s, y, n, k, stream); break;
+    case 2: launch_gemv<T, 2>(kind, x, w, s, y, n, k, stream); break;
+    case 3: launch_gemv<T, 3>(kind, x, w, s, y, n, k, stream); break;
+    case 4: launch_gemv<T, 4>(kind, x, w, s, y, n, k, stream); break;
+    case 5: launch_gemv<T, 5>(kind, x, w, s, y, n, k, stream); break;
+    case 6: launch_gemv<T, 6>(kind, x, w, s, y, n, k, stream); break;
+    case 7: launch_gemv<T, 7>(kind, x, w, s, y, n, k, stream); break;
+    case 8: launch_gemv<T, 8>(kind, x, w, s, y, n, k, stream); break;
+    default: throw std::runtime_error("GEMV: " + std::to_string(m) + " rows (1 to 8 supported)");
   }
 }
 
-void gemv_any(bool int4, const void* x, const void* w, const void* s, void* y, int m, int n, int k,
+void gemv_any(Weights kind, const void* x, const void* w, const void* s, void* y, int m, int n, int k,
               bool bf16, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   if (bf16) {
-    gemv<__nv_bfloat16>(int4, x, w, s, y, m, n, k, st);
+    gemv<__nv_bfloat16>(kind, x, w, s, y, m, n, k, st);
   } else {
-    gemv<__half>(int4, x, w, s, y, m, n, k, st);
+    gemv<__half>(kind, x, w, s, y, m, n, k, st);
   }
-  check_launch(int4 ? "int4 GEMV" : "int8 GEMV");
+  check_launch(kind == Weights::kHalf ? "GEMV" : kind == Weights::kInt4 ? "int4 GEMV" : "int8 GEMV");
 }
 
 unsigned elementwise_blocks(int n, int k) {
@@ -229,14 +267,18 @@ void dequantize_any(bool int4, const void* w, const void* scales, void* out, int
 
 bool gemv_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGroup : 16) == 0; }
 
+void half_gemv(const void* x, const void* w, void* y, int m, int n, int k, bool bf16, void* stream) {
+  gemv_any(Weights::kHalf, x, w, nullptr, y, m, n, k, bf16, stream);
+}
+
 void int8_gemv(const void* x, const int8_t* w, const void* scales, void* y, int m, int n, int k,
                bool bf16, void* stream) {
-  gemv_any(false, x, w, scales, y, m, n, k, bf16, stream);
+  gemv_any(Weights::kInt8, x, w, scales, y, m, n, k, bf16, stream);
 }
 
 void int4_gemv(const void* x, const uint8_t* w, const void* scales, void* y, int m, int n, int k,
                bool bf16, void* stream) {
-  gemv_any(true, x, w, scales, y, m, n, k, bf16, stream);
+  gemv_any(Weights::kInt4, x, w, scales, y, m, n, k, bf16, stream);
 }
 
 void int8_dequantize(const int8_t* w, const void* scales, void* out, int n, int k, bool bf16,

@@ -1,4 +1,4 @@
-// CUDA kernels for weight-only int8/int4 linears (built only where CMake finds nvcc and
+// CUDA kernels for few-row linears (float16/bfloat16 weights) and weight-only int8/int4 linears (built only where CMake finds nvcc and
 // LibTorch has CUDA). Plain pointers: the .cu file includes no LibTorch header.
 // Layouts: int8 w [n, k] with one scale per row; int4 w [n, k / 2] bytes, input 2j in the
 // low nibble and 2j + 1 in the high one, each stored + 8, with one scale per row and group
@@ -16,6 +16,9 @@ constexpr int kGemvMaxRows = 8;  // the GEMV kernels take up to this many input 
 // x / w aligned to 16 bytes (checked by the caller).
 bool gemv_supports(bool int4, int64_t k);
 
+// y [m, n] = x [m, k] . w^T with w [n, k] in x's type, k a multiple of 16 (checked by
+// the caller, with the 16-byte alignment), for 1 <= m <= kGemvMaxRows.
+void half_gemv(const void* x, const void* w, void* y, int m, int n, int k, bool bf16, void* stream);
 // y [m, n] = x [m, k] . (w * scale)^T, for 1 <= m <= kGemvMaxRows.
 void int8_gemv(const void* x, const int8_t* w, const void* scales, void* y, int m, int n, int k,
                bool bf16, void* stream);

@@ -3,9 +3,18 @@
 #include "stages/vision/clip_vision.h"
 
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <tuple>
 
 #include "stages/attention.h"
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "stages/vision/clip_kernels.h"
+#endif
 
 namespace llava {
 
@@ -31,12 +40,10 @@ ClipVision::ClipVision(const LlavaConfig& config, const Checkpoint& ckpt,
     ClipLayer l;
     l.norm1_w = load("layer_norm1.weight", {h});
     l.norm1_b = load("layer_norm1.bias", {h});
-    l.q_w = load("self_attn.q_proj.weight", {h, h});
-    l.q_b = load("self_attn.q_proj.bias", {h});
-    l.k_w = load("self_attn.k_proj.weight", {h, h});
-    l.k_b = load("self_attn.k_proj.bias", {h});
-    l.v_w = load("self_attn.v_proj.weight", {h, h});
-    l.v_b = load("self_attn.v_proj.bias", {h});
+    l.qkv_w = at::cat({load("self_attn.q_proj.weight", {h, h}), load("self_attn.k_proj.weight", {h, h}),
+                       load("self_attn.v_proj.weight", {h, h})});
+    l.qkv_b = at::cat({load("self_attn.q_proj.bias", {h}), load("self_attn.k_proj.bias", {h}),
+                       load("self_attn.v_proj.bias", {h})});
     l.out_w = load("self_attn.out_proj.weight", {h, h});
     l.out_b = load("self_attn.out_proj.bias", {h});
     l.norm2_w = load("layer_norm2.weight", {h});
@@ -49,23 +56,57 @@ ClipVision::ClipVision(const LlavaConfig& config, const Checkpoint& ckpt,
   }
 }
 
-at::Tensor ClipVision::layer_forward(const ClipLayer& l, const at::Tensor& x) const {
-  const int64_t b = x.size(0), t = x.size(1), heads = config_.num_attention_heads;
-  const int64_t d = config_.hidden_size / heads;
+bool ClipVision::kernels(const at::Tensor& x) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  return fused_ && x.is_cuda() && x.is_contiguous() &&
+         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+std::pair<at::Tensor, at::Tensor> ClipVision::add_norm(const at::Tensor& x, const at::Tensor& delta,
+                                                       const at::Tensor& w, const at::Tensor& b) const {
+  const int64_t h = config_.hidden_size;
   const double eps = config_.layer_norm_eps;
-  // x: [B, T, H]
-  at::Tensor h = at::layer_norm(x, {config_.hidden_size}, l.norm1_w, l.norm1_b, eps);
-  auto split = [&](const at::Tensor& y) { return y.view({b, t, heads, d}).transpose(1, 2); };
-  at::Tensor q = split(at::linear(h, l.q_w, l.q_b));  // [B, heads, T, d]
-  at::Tensor k = split(at::linear(h, l.k_w, l.k_b));
-  at::Tensor v = split(at::linear(h, l.v_w, l.v_b));
-  at::Tensor a = attention(q, k, v, at::Tensor(), 1.0 / std::sqrt(static_cast<double>(d)));
-  a = a.transpose(1, 2).reshape({b, t, config_.hidden_size});  // [B, T, H]
-  at::Tensor y = x + at::linear(a, l.out_w, l.out_b);
-  h = at::layer_norm(y, {config_.hidden_size}, l.norm2_w, l.norm2_b, eps);
-  h = at::linear(h, l.fc1_w, l.fc1_b);  // [B, T, I]
-  h = config_.hidden_act == "quick_gelu" ? h * at::sigmoid(1.702 * h) : at::gelu(h);
-  return y + at::linear(h, l.fc2_w, l.fc2_b);
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (kernels(x) && (!delta.defined() || delta.is_contiguous())) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor sum = delta.defined() ? at::empty_like(x) : x, y = at::empty_like(x);
+    if (cuda::add_layer_norm(x.data_ptr(), delta.defined() ? delta.data_ptr() : nullptr,
+                             delta.defined() ? sum.data_ptr() : nullptr, w.data_ptr(), b.data_ptr(), y.data_ptr(),
+                             static_cast<int>(x.numel() / h), static_cast<int>(h), static_cast<float>(eps),
+                             x.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream())) {
+      return {sum, y};
+    }
+  }
+#endif
+  at::Tensor sum = delta.defined() ? x + delta : x;
+  return {sum, at::layer_norm(sum, {h}, w, b, eps)};
+}
+
+at::Tensor ClipVision::quick_gelu(at::Tensor x) const {
+  if (config_.hidden_act != "quick_gelu") return at::gelu(x);
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (kernels(x) && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    cuda::quick_gelu(x.data_ptr(), x.numel(), x.scalar_type() == at::kBFloat16,
+                     at::cuda::getCurrentCUDAStream().stream());
+    return x;
+  }
+#endif
+  return x * at::sigmoid(1.702 * x);
+}
+
+at::Tensor ClipVision::attend(const ClipLayer& l, const at::Tensor& h) const {
+  const int64_t b = h.size(0), t = h.size(1), heads = config_.num_attention_heads;
+  const int64_t d = config_.hidden_size / heads;
+  auto qkv = at::linear(h, l.qkv_w, l.qkv_b).split(config_.hidden_size, -1);
+  auto split = [&](const at::Tensor& y) { return y.view({b, t, heads, d}).transpose(1, 2); };  // [B, heads, T, d]
+  at::Tensor a = attention(split(qkv[0]), split(qkv[1]), split(qkv[2]), at::Tensor(),
+                           1.0 / std::sqrt(static_cast<double>(d)), /*causal=*/false, /*fixed_shapes=*/true);
+  return a.transpose(1, 2).reshape({b, t, config_.hidden_size});
 }
 
 at::Tensor ClipVision::forward(const at::Tensor& pixels) const {
@@ -75,14 +116,27 @@ at::Tensor ClipVision::forward(const at::Tensor& pixels) const {
   x = x.flatten(2).transpose(1, 2);                                    // [B, g*g, H]
   at::Tensor cls = class_embedding_.view({1, 1, h}).expand({b, 1, h});
   x = at::cat({cls, x}, 1) + position_embedding_.unsqueeze(0);        // [B, 1 + g*g, H]
-  x = at::layer_norm(x, {h}, pre_norm_w_, pre_norm_b_, config_.layer_norm_eps);
-  std::vector<at::Tensor> hidden_states = {x};
-  for (const auto& layer : layers_) {
-    x = layer_forward(layer, x);
-    hidden_states.push_back(x);
+  x = add_norm(x, {}, pre_norm_w_, pre_norm_b_).second;
+  // hidden_states[i] (the output of layer i; 0: the embeddings), kept where selected.
+  std::vector<at::Tensor> selected(feature_layers_.size());
+  auto keep = [&](size_t index, const at::Tensor& state) {
+    for (size_t s = 0; s < feature_layers_.size(); ++s) {
+      if (feature_layers_[s] == static_cast<int64_t>(index)) selected[s] = state;
+    }
+  };
+  keep(0, x);
+  // Each layer: x += attention(LN1(x)); x += MLP(LN2(x)). The MLP's output is added by the
+  // next layer's first norm (one kernel for both).
+  at::Tensor delta;
+  for (size_t n = 0; n < layers_.size(); ++n) {
+    const ClipLayer& l = layers_[n];
+    at::Tensor normed;
+    std::tie(x, normed) = add_norm(x, delta, l.norm1_w, l.norm1_b);
+    if (n > 0) keep(n, x);
+    std::tie(x, normed) = add_norm(x, at::linear(attend(l, normed), l.out_w, l.out_b), l.norm2_w, l.norm2_b);
+    delta = at::linear(quick_gelu(at::linear(normed, l.fc1_w, l.fc1_b)), l.fc2_w, l.fc2_b);
   }
-  std::vector<at::Tensor> selected;
-  for (int64_t index : feature_layers_) selected.push_back(hidden_states[static_cast<size_t>(index)]);
+  if (delta.defined()) keep(layers_.size(), x + delta);
   at::Tensor features = selected.size() == 1 ? selected[0] : at::cat(selected, -1);
   return keep_cls_ ? features : features.slice(1, 1);  // drop CLS: [B, g*g, H * layers]
 }

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
 #include <vector>
 
 #include "common/model_config.h"
@@ -14,7 +15,8 @@ namespace llava {
 
 struct ClipLayer {
   at::Tensor norm1_w, norm1_b;
-  at::Tensor q_w, q_b, k_w, k_b, v_w, v_b, out_w, out_b;
+  at::Tensor qkv_w, qkv_b;  // q, k and v as one product: [3H, H], [3H]
+  at::Tensor out_w, out_b;
   at::Tensor norm2_w, norm2_b;
   at::Tensor fc1_w, fc1_b, fc2_w, fc2_b;
 };
@@ -27,15 +29,25 @@ class ClipVision {
   // pixels: [B, 3, S, S] (any float dtype) -> selected features
   // [B, image_tokens, hidden * feature_layers].
   at::Tensor forward(const at::Tensor& pixels) const;
+  // Our CUDA kernels (quick GELU, residual add + LayerNorm) where built (default on); off,
+  // LibTorch's kernels compose the same math.
+  void use_fused_kernels(bool on) { fused_ = on; }
 
  private:
-  at::Tensor layer_forward(const ClipLayer& layer, const at::Tensor& x) const;
+  // (x + delta, LayerNorm(x + delta)); with delta undefined, (x, LayerNorm(x)).
+  std::pair<at::Tensor, at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
+                                             const at::Tensor& b) const;
+  at::Tensor quick_gelu(at::Tensor x) const;  // in place where fused
+  // Attention of one layer over its normed input h [B, T, H] -> [B, T, H].
+  at::Tensor attend(const ClipLayer& layer, const at::Tensor& h) const;
+  bool kernels(const at::Tensor& x) const;  // our CUDA kernels take x
 
   VisionConfig config_;
   std::vector<int64_t> feature_layers_;  // as indices into [embeddings, layer 1, ...]
   bool keep_cls_;
   at::Tensor patch_w_, class_embedding_, position_embedding_, pre_norm_w_, pre_norm_b_;
   std::vector<ClipLayer> layers_;
+  bool fused_ = true;
 };
 
 }  // namespace llava

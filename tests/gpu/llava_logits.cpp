@@ -1,7 +1,8 @@
 // Runs our model on prompts prepared by check_7b.py and writes what transformers is
 // compared against: per case, prompt logits [T, V] (float32) and 8 greedy tokens (KV cache).
 // Also times loading, prefill and decode at batch 1, 8 and 32. QUANTIZE (none, int8, int4)
-// and RESIDENT (layers kept on the device, the rest streamed; -1 = all) are optional.
+// and RESIDENT (layers kept on the device, the rest streamed; -1 = all) are optional. With
+// LLAVA_PIPE_PROFILE set, ncu measures one vision forward at batch 32 (profile_range.h).
 //   llava_logits CHECKPOINT DEVICE DTYPE INPUTS.safetensors OUTPUTS.safetensors [QUANTIZE [RESIDENT]]
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -23,6 +24,7 @@
 #include "stages/language/llama_decoder.h"
 #include "stages/vision/clip_vision.h"
 #include "stages/vision/projector.h"
+#include "tests/perf/profile_range.h"
 
 namespace {
 
@@ -136,12 +138,15 @@ int main(int argc, char** argv) {
     for (int batch : {1, 32}) {
       at::Tensor px = pixels.expand({batch, -1, -1, -1}).contiguous();
       std::vector<double> times;
-      for (int i = 0; i < 6; ++i) {
+      for (int i = 0; i < 7; ++i) {
         llava::synchronize(device);
+        const bool profiled = batch == 32 && i == 5;
+        if (profiled) llava::profile_range(true);
         auto t0 = std::chrono::steady_clock::now();
         (void)projector.forward(vision.forward(px));
         llava::synchronize(device);
-        if (i > 0) times.push_back(seconds_since(t0));
+        if (profiled) llava::profile_range(false);
+        if (i > 0 && !profiled) times.push_back(seconds_since(t0));
       }
       std::sort(times.begin(), times.end());
       char buffer[96];

@@ -2,7 +2,9 @@
 // random weights, to find where a step's time goes. Prints a table, ms per call.
 //   decode_profile DEVICE [CONTEXT [CHECKPOINT]]
 // With a checkpoint, also times the real decoder's one-token forward after a CONTEXT-token
-// prompt.
+// prompt, and the worker's decode step at batch 1, 8 and 32. With LLAVA_PIPE_PROFILE set,
+// one step of each batch runs between cudaProfilerStart and cudaProfilerStop, for
+//   ncu --profile-from-start off --metrics gpu__time_duration.sum decode_profile ...
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -16,8 +18,10 @@
 #include "stages/attention.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/language/generator.h"
+#include "stages/language/linear.h"
 #include "stages/language/llama_decoder.h"
 #include "stages/device.h"
+#include "tests/perf/profile_range.h"
 
 int main(int argc, char** argv) {
   c10::InferenceMode inference;
@@ -54,6 +58,18 @@ int main(int argc, char** argv) {
   total += time_ms("linear gate_up [1,4096]x[22016,4096]", 200, [&] { at::linear(x, w_gate_up); });
   total += time_ms("linear down [1,11008]x[4096,11008]", 200, [&] { at::linear(mid, w_down); });
   time_ms("lm_head [1,4096]x[32064,4096]", 100, [&] { at::linear(x, w_head); });
+  // Our GEMV (llava::Linear, up to 8 rows) against cuBLAS on the gate/up shape.
+  for (auto quantize : {llava::Quantize::kNone, llava::Quantize::kInt8}) {
+    llava::Linear ours({w_gate_up}, {}, quantize);
+    for (int64_t rows : {1, 2, 4, 8}) {
+      at::Tensor xs = at::randn({rows, h}, f16);
+      const std::string name = "gate_up " + std::to_string(rows) + " rows, ours (" + llava::to_string(quantize) + ")";
+      time_ms(name.c_str(), 100, [&] { ours(xs); });
+      if (quantize == llava::Quantize::kNone) {
+        time_ms(("gate_up " + std::to_string(rows) + " rows, LibTorch (cuBLAS)").c_str(), 100, [&] { at::linear(xs, w_gate_up); });
+      }
+    }
+  }
   total += time_ms("attention, strided cache view", 200,
                    [&] { llava::attention(q, k_view, k_view, at::Tensor(), scale); });
   time_ms("attention, contiguous k/v", 200, [&] { llava::attention(q, k_contig, k_contig, at::Tensor(), scale); });
@@ -92,7 +108,7 @@ int main(int argc, char** argv) {
     kv.set_length(slot, context);
     time_ms("real decoder: logits + argmax + item", 50, [&] { decoder.logits(hidden).argmax().item<int64_t>(); });
     // The same step through the Generator (what the worker runs).
-    for (int batch : {1, 8}) {
+    for (int batch : {1, 8, 32}) {
       llava::Generator generator(decoder, batch, context + 200);
       std::vector<int32_t> ids(static_cast<size_t>(context), 5);
       for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(3 + (i * 7919) % 30000 % config.text.vocab_size);
@@ -101,6 +117,11 @@ int main(int argc, char** argv) {
       for (int r = 0; r < batch; ++r) generator.start(static_cast<uint64_t>(r), ids, {}, params);
       const std::string name = "Generator::step, batch " + std::to_string(batch);
       time_ms(name.c_str(), 30, [&] { generator.step(); });
+      llava::synchronize(device);
+      llava::profile_range(true);
+      generator.step();
+      llava::synchronize(device);
+      llava::profile_range(false);
     }
   }
   return 0;

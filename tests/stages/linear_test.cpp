@@ -131,11 +131,13 @@ TEST(QuantizedLinear, StoredBytesAreThePlansBytes) {
 TEST(QuantizedLinear, CudaKernelsMatchTheCpuReference) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (auto dtype : {at::kHalf, at::kBFloat16}) {
-    for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+    for (auto kind : {Quantize::kNone, Quantize::kInt8, Quantize::kInt4}) {  // none: our float GEMV
       for (auto [out, in] : {std::pair<int64_t, int64_t>{4096, 4096}, {22016, 4096}, {4096, 11008}, {30, 256}}) {
         at::Tensor w = random_weight(out, in, 8).to(dtype);
-        llava::QuantizedWeight q = kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w);
-        at::Tensor cpu_reference = dequantize(q, kind, in);
+        at::Tensor cpu_reference = w;
+        if (kind != Quantize::kNone) {
+          cpu_reference = dequantize(kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w), kind, in);
+        }
         Linear gpu({w.cuda()}, {}, kind);
         for (int64_t rows : {1, 3, 8, 17}) {
           at::Tensor x = at::randn({rows, in}).to(dtype);

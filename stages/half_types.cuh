@@ -1,0 +1,80 @@
+// float16 / bfloat16 conversions, 16-byte packs, block reductions and the launch check,
+// shared by our CUDA kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace llava {
+namespace cuda {
+
+__device__ inline float to_float(__half v) { return __half2float(v); }
+__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ inline T from_float(float v);
+template <>
+__device__ inline __half from_float<__half>(float v) { return __float2half(v); }
+template <>
+__device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+// A float rounded to T and back: where LibTorch's T arithmetic rounds.
+template <typename T>
+__device__ inline float rounded(float v) { return to_float(from_float<T>(v)); }
+
+// Calls f(T{}) with T the element type the flag names.
+template <typename F>
+inline void with_type(bool bf16, F f) {
+  if (bf16) {
+    f(__nv_bfloat16{});
+  } else {
+    f(__half{});
+  }
+}
+
+// The sum (or the max) of v over the block; every thread gets it. `scratch` holds 32.
+template <bool kMax>
+__device__ inline float block_reduce(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = kMax ? fmaxf(v, other) : v + other;
+  }
+  const int warps = (blockDim.x + 31) / 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = scratch[0];
+  for (int w = 1; w < warps; ++w) v = kMax ? fmaxf(v, scratch[w]) : v + scratch[w];
+  return v;
+}
+
+// 8 elements of T (16 bytes) as floats.
+template <typename T>
+__device__ inline void unpack8(const uint4& raw, float* out) {
+  const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = to_float(v[i]);
+}
+
+// 8 floats as 8 elements of T (16 bytes).
+template <typename T>
+__device__ inline uint4 pack8(const float* in) {
+  uint4 raw;
+  T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = from_float<T>(in[i]);
+  return raw;
+}
+
+__device__ inline uint4 load16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+
+inline void check_launch(const char* what) {
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+}
+
+}  // namespace cuda
+}  // namespace llava
