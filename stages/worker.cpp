@@ -3,9 +3,10 @@
 
 #include <unistd.h>
 
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -342,8 +343,9 @@ void Worker::encode_images() {
     tasks.push_back(std::move(queue_.front()));
     queue_.pop_front();
   }
-  // Decode and preprocess every image of the batch in parallel (LibTorch's intra-op
-  // threads): on the CPU this is most of the vision stage's time.
+  // Decode and preprocess every image of the batch in parallel, on threads of our own
+  // (one per core, up to one per image): on the host this is most of the vision stage's
+  // time.
   struct Item {
     size_t task, frame;
     at::Tensor pixels;
@@ -353,18 +355,24 @@ void Worker::encode_images() {
   for (size_t t = 0; t < tasks.size(); ++t) {
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}, {}});
   }
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      Item& item = items[static_cast<size_t>(j)];
-      const auto& frame = tasks[item.task].frames()[item.frame].bytes;
-      try {
-        item.pixels = vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size());
-      } catch (const RequestError& e) {
-        item.error = "image " + std::to_string(item.frame + 1) + " of " +
-                     std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
-      }
+  auto prepare = [&](Item& item) {
+    const auto& frame = tasks[item.task].frames()[item.frame].bytes;
+    try {
+      item.pixels = vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size());
+    } catch (const RequestError& e) {
+      item.error = "image " + std::to_string(item.frame + 1) + " of " +
+                   std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
     }
-  });
+  };
+  std::atomic<size_t> next{0};
+  auto drain = [&] {
+    for (size_t j = next++; j < items.size(); j = next++) prepare(items[j]);
+  };
+  const size_t helpers = std::min<size_t>(items.size(), std::max(1u, std::thread::hardware_concurrency())) - 1;
+  std::vector<std::thread> threads;
+  for (size_t h = 0; h < helpers; ++h) threads.emplace_back(drain);
+  drain();
+  for (auto& thread : threads) thread.join();
   // A task with a bad image fails alone; the others go on.
   std::vector<bool> failed(tasks.size(), false);
   for (const auto& item : items) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -78,50 +79,103 @@ uint8_t clip8(int32_t sum) {
   return static_cast<uint8_t>(std::clamp(v, 0, 255));
 }
 
-// One pass along x (horizontal) or y (vertical).
-RgbImage resample_pass(const RgbImage& in, int out_size, bool horizontal, int resample) {
-  const int in_size = horizontal ? in.width : in.height;
-  Coefficients c = precompute(in_size, out_size, resample);
-  RgbImage out;
-  out.width = horizontal ? out_size : in.width;
-  out.height = horizontal ? in.height : out_size;
-  out.pixels.resize(static_cast<size_t>(out.width) * out.height * 3);
-  for (int y = 0; y < out.height; ++y) {
-    for (int x = 0; x < out.width; ++x) {
-      const int o = horizontal ? x : y;
-      const int32_t* w = &c.weights[static_cast<size_t>(o) * c.ksize];
-      const int first = c.first[static_cast<size_t>(o)], count = c.count[static_cast<size_t>(o)];
+// The part of a resized image that is computed: columns [x0, x1), rows [y0, y1).
+struct Window {
+  int x0, x1, y0, y1;
+};
+
+// Horizontal pass: out [in.height, out_width], columns [x0, x1) of rows [r0, r1).
+void horizontal_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, int x0, int x1, int r0, int r1) {
+  for (int y = r0; y < r1; ++y) {
+    const uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
+    uint8_t* q = &out.pixels[static_cast<size_t>(y) * out.width * 3];
+    for (int x = x0; x < x1; ++x) {
+      const int32_t* w = &c.weights[static_cast<size_t>(x) * c.ksize];
+      const uint8_t* p = row + static_cast<size_t>(c.first[static_cast<size_t>(x)]) * 3;
       int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-      for (int i = 0; i < count; ++i) {
-        const int sx = horizontal ? first + i : x, sy = horizontal ? y : first + i;
-        const uint8_t* p = &in.pixels[(static_cast<size_t>(sy) * in.width + sx) * 3];
+      for (int i = 0; i < c.count[static_cast<size_t>(x)]; ++i, p += 3) {
         s0 += p[0] * w[i];
         s1 += p[1] * w[i];
         s2 += p[2] * w[i];
       }
-      uint8_t* q = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
-      q[0] = clip8(s0), q[1] = clip8(s1), q[2] = clip8(s2);
+      q[x * 3] = clip8(s0), q[x * 3 + 1] = clip8(s1), q[x * 3 + 2] = clip8(s2);
     }
   }
+}
+
+// Vertical pass: rows [y0, y1) of out, columns [x0, x1), a whole row segment per tap
+// (contiguous, so the compiler vectorizes it).
+void vertical_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, const Window& window) {
+  const size_t span = static_cast<size_t>(window.x1 - window.x0) * 3;
+  std::vector<int32_t> sums(span);
+  for (int y = window.y0; y < window.y1; ++y) {
+    std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
+    const int32_t* w = &c.weights[static_cast<size_t>(y) * c.ksize];
+    for (int i = 0; i < c.count[static_cast<size_t>(y)]; ++i) {
+      const uint8_t* p = &in.pixels[(static_cast<size_t>(c.first[static_cast<size_t>(y)] + i) * in.width + window.x0) * 3];
+      const int32_t weight = w[i];
+      for (size_t j = 0; j < span; ++j) sums[j] += p[j] * weight;
+    }
+    uint8_t* q = &out.pixels[(static_cast<size_t>(y) * out.width + window.x0) * 3];
+    for (size_t j = 0; j < span; ++j) q[j] = clip8(sums[j]);
+  }
+}
+
+// PIL's resize (horizontal pass, then vertical), computing only `window` of the result
+// (the rest stays 0): each output pixel depends only on its own coefficients, so the
+// window's values are those of the whole resize.
+RgbImage resize_window(const RgbImage& image, int width, int height, int resample, const Window& window) {
+  if (resample != 2 && resample != 3) {
+    throw RequestError("resize: only bilinear (2) and bicubic (3) resampling are supported");
+  }
+  RgbImage wide = image;
+  if (width != image.width) {
+    const Coefficients c = precompute(image.width, width, resample);
+    // Only the input rows the window's vertical taps read.
+    int r0 = 0, r1 = image.height;
+    if (height != image.height && window.y1 > window.y0) {
+      const Coefficients v = precompute(image.height, height, resample);
+      r0 = v.first[static_cast<size_t>(window.y0)];
+      r1 = v.first[static_cast<size_t>(window.y1 - 1)] + v.count[static_cast<size_t>(window.y1 - 1)];
+    } else if (height == image.height) {
+      r0 = window.y0, r1 = window.y1;
+    }
+    wide.width = width;
+    wide.pixels.assign(static_cast<size_t>(width) * image.height * 3, 0);
+    horizontal_pass(image, wide, c, window.x0, window.x1, r0, r1);
+  }
+  if (height == image.height) return wide;
+  const Coefficients c = precompute(image.height, height, resample);
+  RgbImage out;
+  out.width = width;
+  out.height = height;
+  out.pixels.assign(static_cast<size_t>(width) * height * 3, 0);
+  vertical_pass(wide, out, c, window);
   return out;
+}
+
+// transformers' center_crop offsets (Python's floor division): top, left.
+std::pair<int, int> crop_offsets(int image_height, int image_width, int height, int width) {
+  auto floor_half = [](int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); };
+  return {floor_half(image_height - height), floor_half(image_width - width)};
 }
 
 }  // namespace
 
 RgbImage resize(const RgbImage& image, int width, int height, int resample) {
-  if (resample != 2 && resample != 3) {
-    throw RequestError("resize: only bilinear (2) and bicubic (3) resampling are supported");
-  }
-  RgbImage out = image;
-  if (width != image.width) out = resample_pass(out, width, /*horizontal=*/true, resample);
-  if (height != image.height) out = resample_pass(out, height, /*horizontal=*/false, resample);
-  return out;
+  return resize_window(image, width, height, resample, {0, width, 0, height});
+}
+
+RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resample, int crop_height,
+                         int crop_width) {
+  const auto [top, left] = crop_offsets(height, width, crop_height, crop_width);
+  const Window window{std::max(0, left), std::min(width, left + crop_width), std::max(0, top),
+                      std::min(height, top + crop_height)};
+  return center_crop(resize_window(image, width, height, resample, window), crop_height, crop_width);
 }
 
 RgbImage center_crop(const RgbImage& image, int height, int width) {
-  // Python's floor division, as transformers' center_crop computes the offsets.
-  auto floor_half = [](int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); };
-  const int top = floor_half(image.height - height), left = floor_half(image.width - width);
+  const auto [top, left] = crop_offsets(image.height, image.width, height, width);
   RgbImage out;
   out.width = width;
   out.height = height;
@@ -170,19 +224,25 @@ std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c
       width = image.width <= image.height ? c.shortest_edge : new_long;
       height = image.width <= image.height ? new_long : c.shortest_edge;
     }
-    image = resize(image, width, height, c.resample);
+    image = c.do_center_crop ? resize_and_crop(image, width, height, c.resample, c.crop_height, c.crop_width)
+                             : resize(image, width, height, c.resample);
+  } else if (c.do_center_crop) {
+    image = center_crop(image, c.crop_height, c.crop_width);
   }
-  if (c.do_center_crop) image = center_crop(image, c.crop_height, c.crop_width);
+  // Each channel's 256 possible values: float64 rescale, then float32 normalize, as
+  // transformers does.
+  float table[3][256];
+  for (int ch = 0; ch < 3; ++ch) {
+    for (int v = 0; v < 256; ++v) {
+      float x = c.do_rescale ? static_cast<float>(v * c.rescale_factor) : static_cast<float>(v);
+      if (c.do_normalize) x = (x - c.mean[ch]) / c.std[ch];
+      table[ch][v] = x;
+    }
+  }
   const size_t plane = static_cast<size_t>(image.width) * image.height;
   std::vector<float> out(plane * 3);
   for (size_t i = 0; i < plane; ++i) {
-    for (int ch = 0; ch < 3; ++ch) {
-      // float64 rescale, then float32 normalize, as transformers does.
-      float x = c.do_rescale ? static_cast<float>(image.pixels[i * 3 + ch] * c.rescale_factor)
-                             : static_cast<float>(image.pixels[i * 3 + ch]);
-      if (c.do_normalize) x = (x - c.mean[ch]) / c.std[ch];
-      out[static_cast<size_t>(ch) * plane + i] = x;
-    }
+    for (int ch = 0; ch < 3; ++ch) out[static_cast<size_t>(ch) * plane + i] = table[ch][image.pixels[i * 3 + ch]];
   }
   return out;
 }

@@ -34,6 +34,10 @@ PreprocessorConfig load_preprocessor_config(const std::string& folder);
 // PIL's Image.resize(size, resample) on 8-bit RGB.
 RgbImage resize(const RgbImage& image, int width, int height, int resample);
 RgbImage center_crop(const RgbImage& image, int height, int width);
+// center_crop(resize(image, width, height, resample), crop_height, crop_width), computing
+// only the pixels the crop keeps.
+RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resample, int crop_height,
+                         int crop_width);
 RgbImage pad_to_square(const RgbImage& image, const float mean[3]);
 // [3, height, width] float32, channel-major, as pixel_values.
 std::vector<float> preprocess(const RgbImage& image, const PreprocessorConfig& config);

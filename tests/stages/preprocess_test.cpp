@@ -77,6 +77,8 @@ TEST(Preprocess, ResizeAt336IsBitExactWithPil) {
     const int nh = w <= h ? static_cast<int>(static_cast<double>(s * int64_t{h}) / w) : s;
     auto ours = llava::center_crop(llava::resize(image, nw, nh, 3), s, s);
     ASSERT_EQ(ours.pixels.size(), expected.pixels.size());
+    // The crop-only resize (what preprocess runs) computes the same pixels.
+    EXPECT_EQ(llava::resize_and_crop(image, nw, nh, 3, s, s).pixels, ours.pixels) << file;
     double total = 0;
     int worst = 0;
     for (size_t p = 0; p < ours.pixels.size(); ++p) {
