@@ -242,10 +242,10 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
   stage.release = s.choice<Release>("release", Release::kExit,
                                     {{"exit", Release::kExit}, {"unload", Release::kUnload}});
   stage.external = s.choice<bool>("launch", false, {{"local", false}, {"external", true}});
+  stage.cuda_graphs = s.boolean("cuda_graphs", true);
   if (name == "language") {
     stage.max_context = static_cast<int>(s.integer("max_context", 0, 0, 1 << 20));
-    stage.prefill_chunk = static_cast<int>(s.integer("prefill_chunk", 512, 1, 1 << 20));
-    stage.cuda_graphs = s.boolean("cuda_graphs", true);
+    stage.prefill_chunk = static_cast<int>(s.integer("prefill_chunk", 1024, 1, 1 << 20));
     stage.quantize = s.choice<Quantize>(
         "quantize", Quantize::kNone,
         {{"none", Quantize::kNone}, {"int8", Quantize::kInt8}, {"int4", Quantize::kInt4}});

@@ -40,8 +40,8 @@ struct StageSection {
   // they register (again). Concurrent mode only.
   bool external = false;
   int max_context = 0;               // language: tokens per sequence; 0 = model's maximum
-  int prefill_chunk = 512;           // language: prompt tokens per forward pass
-  bool cuda_graphs = true;           // language: decode steps as CUDA graphs (CUDA only)
+  int prefill_chunk = 1024;          // language: prompt tokens per forward pass
+  bool cuda_graphs = true;           // decode steps / small vision batches as CUDA graphs (CUDA only)
   Quantize quantize = Quantize::kNone;  // language only
   Offload offload = Offload::kNone;     // language only
 };

@@ -149,7 +149,7 @@ int bench(const std::vector<std::string>& args) {
   if (args.empty()) throw ConfigError("bench needs a CONFIG");
   std::string image, json_path;
   std::vector<int> batches = {1, 8, 32};
-  int new_tokens = 64, ttft_runs = 10, vision_batch = 32;
+  int new_tokens = 64, ttft_runs = 10, vision_batch = 32, throughput = 0;
   for (size_t i = 1; i < args.size(); ++i) {
     auto value = [&]() -> const std::string& {
       if (i + 1 >= args.size()) throw ConfigError("bench: " + args[i] + " needs a value");
@@ -162,6 +162,7 @@ int bench(const std::vector<std::string>& args) {
     else if (arg == "--new-tokens") new_tokens = std::max(2, std::stoi(value()));
     else if (arg == "--ttft-runs") ttft_runs = std::max(1, std::stoi(value()));
     else if (arg == "--vision-batch") vision_batch = std::max(1, std::stoi(value()));
+    else if (arg == "--throughput") throughput = std::max(0, std::stoi(value()));
     else throw ConfigError("bench: unknown argument '" + arg + "'");
   }
   if (image.empty()) throw ConfigError("bench: --image PATH is required");
@@ -226,6 +227,17 @@ int bench(const std::vector<std::string>& args) {
     const int concurrent = std::min(b, config.language.batch_size * config.language.replicas);
     decode["batch" + std::to_string(b)] = {{"tokens_per_s", rate}, {"decoding_together", concurrent}};
   }
+  // Throughput: `throughput` requests submitted together, from submission to the last
+  // answer (tests/perf/in_process runs the same work in one process).
+  nlohmann::json served;
+  if (throughput > 0) {
+    const auto start = std::chrono::steady_clock::now();
+    int generated = 0;
+    for (const auto& r : phase(throughput, new_tokens)) generated += r.ok ? static_cast<int>(r.tokens.size()) : 0;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    served = {{"requests", throughput}, {"seconds", s}, {"requests_per_s", throughput / s},
+              {"generated_tokens", generated}, {"tokens_per_s", generated / s}};
+  }
   std::vector<StageReport> reports = coordinator.reports();
   coordinator.shutdown_workers();
   const std::map<int, long> nvml = memory.stop();
@@ -252,6 +264,7 @@ int bench(const std::vector<std::string>& args) {
                                       {vb, per_s(vision_batch, encode_batch_ms)},
                                       {vb + "_batches", batches_seen.size()}};
   out["decode"] = decode;
+  if (!served.is_null()) out["throughput"] = served;
   out["handoff_ms"] = {{"median", handoff}, {"frame_bytes", frame_bytes}, {"hops", 2}};
   out["stages"] = nlohmann::json::array();
   for (const auto& r : reports) {
@@ -274,6 +287,10 @@ int bench(const std::vector<std::string>& args) {
     const auto& d = decode["batch" + std::to_string(b)];
     std::printf("  decode tokens/s, batch %-3d (%d together)          %9.1f\n", b,
                 d["decoding_together"].get<int>(), d["tokens_per_s"].get<double>());
+  }
+  if (!served.is_null()) {
+    std::printf("  throughput, %d requests x %d tokens            %9.2f requests/s, %.1f tokens/s\n", throughput,
+                new_tokens, served["requests_per_s"].get<double>(), served["tokens_per_s"].get<double>());
   }
   std::printf("  embedding handoff (%s, 2 hops)            %9.3f ms\n", format_bytes(frame_bytes).c_str(), handoff);
   for (const auto& r : reports) {

@@ -41,7 +41,7 @@ const char* kUsage =
     "      sampling keys}; image paths are relative to IN.jsonl's folder; one result line\n"
     "      per request, in input order\n"
     "  llava-pipe bench CONFIG --image PATH [--json OUT.json] [--batches 1,8,32]\n"
-    "                  [--new-tokens 64] [--ttft-runs 10] [--vision-batch 32]\n"
+    "                  [--new-tokens 64] [--ttft-runs 10] [--vision-batch 32] [--throughput N]\n"
     "      measure the pipeline: time to first token, images/s, decode tokens/s per batch\n"
     "      size, embedding handoff, load time and peak memory per stage and device\n"
     "  llava-pipe serve CONFIG --listen ENDPOINT\n"

@@ -5,8 +5,6 @@
 
 #include <c10/core/InferenceMode.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -16,6 +14,7 @@
 #include "common/plan.h"
 #include "common/transport.h"
 #include "stages/device.h"
+#include "stages/parallel.h"
 
 namespace llava {
 namespace {
@@ -254,7 +253,7 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
     checkpoint_ = std::make_unique<Checkpoint>(config_.model.checkpoint);
     checkpoint_->on_tensor_loaded([this] { heartbeat_if_due(); });
     if (stage_kind_ == schema::Stage::VISION) {
-      vision_ = std::make_unique<VisionEncoder>(model_, *checkpoint_, tensor_options_);
+      vision_ = std::make_unique<VisionEncoder>(model_, *checkpoint_, tensor_options_, stage_->cuda_graphs);
     } else {
       const LanguageLayout layout = language_layout(config_, model_);
       decoder_ = std::make_unique<LlamaDecoder>(
@@ -355,7 +354,8 @@ void Worker::encode_images() {
   for (size_t t = 0; t < tasks.size(); ++t) {
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}, {}});
   }
-  auto prepare = [&](Item& item) {
+  run_parallel(items.size(), [&](size_t j) {
+    Item& item = items[j];
     const auto& frame = tasks[item.task].frames()[item.frame].bytes;
     try {
       item.pixels = vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size());
@@ -363,16 +363,7 @@ void Worker::encode_images() {
       item.error = "image " + std::to_string(item.frame + 1) + " of " +
                    std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
     }
-  };
-  std::atomic<size_t> next{0};
-  auto drain = [&] {
-    for (size_t j = next++; j < items.size(); j = next++) prepare(items[j]);
-  };
-  const size_t helpers = std::min<size_t>(items.size(), std::max(1u, std::thread::hardware_concurrency())) - 1;
-  std::vector<std::thread> threads;
-  for (size_t h = 0; h < helpers; ++h) threads.emplace_back(drain);
-  drain();
-  for (auto& thread : threads) thread.join();
+  });
   // A task with a bad image fails alone; the others go on.
   std::vector<bool> failed(tasks.size(), false);
   for (const auto& item : items) {

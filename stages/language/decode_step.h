@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "stages/graph_cache.h"
 #include "stages/language/kv_cache.h"
 #include "stages/language/llama_decoder.h"
 
@@ -20,7 +21,6 @@ class DecodeStep {
   // Graphs only where LibTorch has CUDA graphs, the device is CUDA and no layer is
   // streamed (streaming orders copies with events across streams).
   DecodeStep(const LlamaDecoder& decoder, KvCache& cache, bool cuda_graphs);
-  ~DecodeStep();
 
   static int64_t rows_for(int64_t rows, int64_t slots);
   static int64_t keys_for(int64_t keys, int64_t max_tokens);
@@ -30,13 +30,12 @@ class DecodeStep {
   // the next call.
   at::Tensor run(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
                  int64_t keys);
-  size_t graphs() const;  // captured so far
+  size_t graphs() const { return graphs_.size(); }  // captured so far
 
  private:
   const LlamaDecoder& decoder_;
   KvCache& cache_;
-  struct Graphs;  // the CUDA graphs and their static buffers (none on the CPU)
-  std::unique_ptr<Graphs> graphs_;
+  GraphCache graphs_;  // by (rows, keys)
 };
 
 }  // namespace llava

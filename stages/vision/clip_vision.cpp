@@ -99,17 +99,17 @@ at::Tensor ClipVision::quick_gelu(at::Tensor x) const {
   return x * at::sigmoid(1.702 * x);
 }
 
-at::Tensor ClipVision::attend(const ClipLayer& l, const at::Tensor& h) const {
+at::Tensor ClipVision::attend(const ClipLayer& l, const at::Tensor& h, bool cudnn_attention) const {
   const int64_t b = h.size(0), t = h.size(1), heads = config_.num_attention_heads;
   const int64_t d = config_.hidden_size / heads;
   auto qkv = at::linear(h, l.qkv_w, l.qkv_b).split(config_.hidden_size, -1);
   auto split = [&](const at::Tensor& y) { return y.view({b, t, heads, d}).transpose(1, 2); };  // [B, heads, T, d]
   at::Tensor a = attention(split(qkv[0]), split(qkv[1]), split(qkv[2]), at::Tensor(),
-                           1.0 / std::sqrt(static_cast<double>(d)), /*causal=*/false, /*fixed_shapes=*/true);
+                           1.0 / std::sqrt(static_cast<double>(d)), /*causal=*/false, cudnn_attention);
   return a.transpose(1, 2).reshape({b, t, config_.hidden_size});
 }
 
-at::Tensor ClipVision::forward(const at::Tensor& pixels) const {
+at::Tensor ClipVision::forward(const at::Tensor& pixels, bool cudnn_attention) const {
   const int64_t b = pixels.size(0), h = config_.hidden_size;
   at::Tensor x = at::conv2d(pixels.to(patch_w_.scalar_type()), patch_w_, {},
                             {config_.patch_size, config_.patch_size});  // [B, H, g, g]
@@ -133,7 +133,7 @@ at::Tensor ClipVision::forward(const at::Tensor& pixels) const {
     at::Tensor normed;
     std::tie(x, normed) = add_norm(x, delta, l.norm1_w, l.norm1_b);
     if (n > 0) keep(n, x);
-    std::tie(x, normed) = add_norm(x, at::linear(attend(l, normed), l.out_w, l.out_b), l.norm2_w, l.norm2_b);
+    std::tie(x, normed) = add_norm(x, at::linear(attend(l, normed, cudnn_attention), l.out_w, l.out_b), l.norm2_w, l.norm2_b);
     delta = at::linear(quick_gelu(at::linear(normed, l.fc1_w, l.fc1_b)), l.fc2_w, l.fc2_b);
   }
   if (delta.defined()) keep(layers_.size(), x + delta);

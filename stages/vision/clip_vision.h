@@ -27,8 +27,9 @@ class ClipVision {
              const at::TensorOptions& options);
 
   // pixels: [B, 3, S, S] (any float dtype) -> selected features
-  // [B, image_tokens, hidden * feature_layers].
-  at::Tensor forward(const at::Tensor& pixels) const;
+  // [B, image_tokens, hidden * feature_layers]. `cudnn_attention`: cuDNN's attention may
+  // run (its plan per shape pays off: the tower's shapes repeat).
+  at::Tensor forward(const at::Tensor& pixels, bool cudnn_attention = true) const;
   // Our CUDA kernels (quick GELU, residual add + LayerNorm) where built (default on); off,
   // LibTorch's kernels compose the same math.
   void use_fused_kernels(bool on) { fused_ = on; }
@@ -39,7 +40,7 @@ class ClipVision {
                                              const at::Tensor& b) const;
   at::Tensor quick_gelu(at::Tensor x) const;  // in place where fused
   // Attention of one layer over its normed input h [B, T, H] -> [B, T, H].
-  at::Tensor attend(const ClipLayer& layer, const at::Tensor& h) const;
+  at::Tensor attend(const ClipLayer& layer, const at::Tensor& h, bool cudnn_attention) const;
   bool kernels(const at::Tensor& x) const;  // our CUDA kernels take x
 
   VisionConfig config_;

@@ -6,11 +6,12 @@
 namespace llava {
 
 VisionEncoder::VisionEncoder(const LlavaConfig& config, const Checkpoint& checkpoint,
-                             const at::TensorOptions& options)
+                             const at::TensorOptions& options, bool cuda_graphs)
     : preprocess_(load_preprocessor_config(checkpoint.folder())),
       options_(options),
       clip_(config, checkpoint, options),
-      projector_(config, checkpoint, options) {
+      projector_(config, checkpoint, options),
+      graphs_(options.device(), cuda_graphs) {
   if (preprocess_.crop_height != config.vision.image_size ||
       preprocess_.crop_width != config.vision.image_size) {
     throw CheckpointError(checkpoint.folder() + "/preprocessor_config.json: crop " +
@@ -25,8 +26,14 @@ at::Tensor VisionEncoder::pixels(const uint8_t* data, size_t size) const {
   return at::tensor(values).view({3, preprocess_.crop_height, preprocess_.crop_width});
 }
 
-at::Tensor VisionEncoder::encode(const at::Tensor& pixels) const {
-  return projector_.forward(clip_.forward(pixels.to(options_)));
+at::Tensor VisionEncoder::encode(const at::Tensor& pixels) {
+  const at::Tensor on_device = pixels.to(options_);
+  const int64_t images = pixels.size(0);
+  if (!graphs_.enabled() || images > kGraphImages) return projector_.forward(clip_.forward(on_device));
+  // Inside a graph the flash kernel attends (cuDNN's plans are not made for capture).
+  return graphs_.run(images, {on_device}, [&](const std::vector<at::Tensor>& in) {
+    return projector_.forward(clip_.forward(in[0], /*cudnn_attention=*/false));
+  });
 }
 
 }  // namespace llava

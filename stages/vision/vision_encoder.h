@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "stages/checkpoint/checkpoint.h"
+#include "stages/graph_cache.h"
 #include "stages/vision/clip_vision.h"
 #include "stages/vision/preprocess.h"
 #include "stages/vision/projector.h"
@@ -15,19 +16,26 @@ namespace llava {
 
 class VisionEncoder {
  public:
+  // `cuda_graphs`: batches of up to kGraphImages run as CUDA graphs (on CUDA).
   VisionEncoder(const LlavaConfig& config, const Checkpoint& checkpoint,
-                const at::TensorOptions& options);
+                const at::TensorOptions& options, bool cuda_graphs = true);
+  // At one image the tower's ~300 kernel launches cost more on the host than the GPU
+  // takes to run them; from a few images on the GPU is the bound.
+  static constexpr int64_t kGraphImages = 4;
 
   // Decoded and preprocessed, on the host: [3, S, S] float32. Throws RequestError.
   at::Tensor pixels(const uint8_t* data, size_t size) const;
-  // pixels [N, 3, S, S] -> embeddings [N, image_tokens, text_hidden] on the device.
-  at::Tensor encode(const at::Tensor& pixels) const;
+  // pixels [N, 3, S, S] -> embeddings [N, image_tokens, text_hidden] on the device
+  // (a graph's output buffer for small batches: valid until the next call).
+  at::Tensor encode(const at::Tensor& pixels);
+  size_t cuda_graphs() const { return graphs_.size(); }
 
  private:
   PreprocessorConfig preprocess_;
   at::TensorOptions options_;
   ClipVision clip_;
   Projector projector_;
+  GraphCache graphs_;  // by image count
 };
 
 }  // namespace llava

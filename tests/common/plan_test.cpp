@@ -55,9 +55,9 @@ TEST(Plan, RefusesAStageOverItsLimitSayingByHowMuch) {
       "max_context: 1024, batch_size: 1}}\n");
   auto plan = llava::make_plan(config, llava::load_llava_config(kHub7b));
   ASSERT_EQ(plan.problems.size(), 1u);
-  EXPECT_NE(plan.problems[0].find("language-0 needs 14.33 GiB"), std::string::npos) << plan.problems[0];
+  EXPECT_NE(plan.problems[0].find("language-0 needs 14.44 GiB"), std::string::npos) << plan.problems[0];
   EXPECT_NE(plan.problems[0].find("but memory_limit is 8.00 GiB: "), std::string::npos);
-  EXPECT_NE(plan.problems[0].find("6.33 GiB short"), std::string::npos);
+  EXPECT_NE(plan.problems[0].find("6.44 GiB short"), std::string::npos);
 }
 
 TEST(Plan, RefusesADeviceOverItsCapacity) {

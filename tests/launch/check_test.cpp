@@ -108,11 +108,11 @@ TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   const std::string json = testing::TempDir() + "bench.json";
   Result r = run("bench " + std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/demo.yaml --image " +
                  std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/images/img01_320x240_RGB.jpg" +
-                 " --batches 1,3 --new-tokens 6 --ttft-runs 2 --vision-batch 3 --json " + json);
+                 " --batches 1,3 --new-tokens 6 --ttft-runs 2 --vision-batch 3 --throughput 4 --json " + json);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ifstream in(json);
   auto out = nlohmann::json::parse(in);
-  EXPECT_EQ(out["requests"], 1 + 2 + 3 + 1 + 3);  // warm-up, TTFT, vision batch, decode 1 and 3
+  EXPECT_EQ(out["requests"], 1 + 2 + 3 + 1 + 3 + 4);  // warm-up, TTFT, vision batch, decode 1 and 3, throughput
   EXPECT_EQ(out["failed"], 0);
   EXPECT_GT(out["ttft_ms"]["median"].get<double>(), 0);
   EXPECT_EQ(out["ttft_ms"]["runs"], 2);
@@ -121,6 +121,10 @@ TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   EXPECT_GT(out["vision_stage_images_per_s"]["batch3"].get<double>(), out["images_per_s"]["batch3"].get<double>());
   EXPECT_GT(out["decode"]["batch1"]["tokens_per_s"].get<double>(), 0);
   EXPECT_EQ(out["decode"]["batch3"]["decoding_together"], 3);
+  EXPECT_EQ(out["throughput"]["requests"], 4);
+  EXPECT_GT(out["throughput"]["generated_tokens"].get<int>(), 4);  // more than the first tokens
+  EXPECT_NEAR(out["throughput"]["tokens_per_s"].get<double>(),
+              out["throughput"]["generated_tokens"].get<double>() / out["throughput"]["seconds"].get<double>(), 1e-6);
   // 576 x 4096 float16 for LLaVA-1.5-7B; the tiny model: its image tokens x hidden x 4.
   EXPECT_EQ(out["handoff_ms"]["frame_bytes"], 16 * 64 * 4);
   EXPECT_GT(out["handoff_ms"]["median"].get<double>(), 0);

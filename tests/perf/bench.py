@@ -10,7 +10,9 @@ LlavaForConditionalGeneration (float16, one GPU) on the config's checkpoint: tim
 token for one image and the same ~32-token prompt, decode tokens/s at each batch size,
 images/s through the vision tower + projector at batch 1 and 32, load time and peak
 allocated memory. Prints a table with ours / transformers for each figure and writes
-bench.json (both sides and the ratios) to --out.
+bench.json (both sides and the ratios) to --out. With --throughput N (default 64) the
+bench also times N requests submitted together, and tests/perf/in_process runs the same
+work in one process: the pipeline's requests/s and tokens/s against it.
 """
 import argparse
 import json
@@ -35,6 +37,20 @@ def timed(fn, repeat):
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+def same_work_in_one_process(a, config, ours):
+    """tests/perf/in_process: the throughput phase's requests through the same model code in
+    one process (vision batches, then the language stage's continuous batching)."""
+    tool = os.path.join(a.build, "tests", "in_process")
+    stages = config["stages"]
+    language = stages["language"]
+    args = [tool, config["model"]["checkpoint"], language["devices"][0], a.image, str(a.throughput),
+            str(a.new_tokens), str(stages["vision"].get("batch_size", 8)), str(language.get("batch_size", 8)),
+            str(ours["prompt_tokens"]), str(language.get("prefill_chunk", 1024))]
+    run = subprocess.run(args, capture_output=True, text=True)
+    print(run.stdout, run.stderr[-2000:], flush=True)
+    return json.loads(run.stdout.strip().splitlines()[-1]) if run.returncode == 0 else None
 
 
 def transformers_side(checkpoint, image, batches, new_tokens):
@@ -78,15 +94,19 @@ def main():
     p.add_argument("--out", default=".")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--throughput", type=int, default=64, help="requests for the throughput phase (0: none)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     ours_json = os.path.join(a.out, "llava-pipe-bench.json")
     run = subprocess.run([os.path.join(a.build, "llava-pipe"), "bench", a.config, "--image", a.image,
-                          "--batches", a.batches, "--new-tokens", str(a.new_tokens), "--json", ours_json],
+                          "--batches", a.batches, "--new-tokens", str(a.new_tokens),
+                          "--throughput", str(a.throughput), "--json", ours_json],
                          capture_output=True, text=True)
     print(run.stdout, run.stderr[-3000:], flush=True)
     ours = json.load(open(ours_json))
-    checkpoint = yaml.safe_load(open(a.config))["model"]["checkpoint"]
+    config = yaml.safe_load(open(a.config))
+    checkpoint = config["model"]["checkpoint"]
+    in_process = same_work_in_one_process(a, config, ours) if a.throughput else None
     batches = [int(b) for b in a.batches.split(",")]
     theirs = transformers_side(checkpoint, a.image, batches, a.new_tokens)
     rows = [("time to first token, ms (lower is better)", ours["ttft_ms"]["median"], theirs["ttft_ms"], True),
@@ -107,7 +127,12 @@ def main():
         ratio = (t / o if lower else o / t) if o and t else None
         ratios[name] = ratio
         print("%-58s %12.1f %14.1f %9.2fx" % (name, o, t, ratio or 0))
-    json.dump({"llava_pipe": ours, "transformers": theirs, "advantage": ratios},
+    if in_process:
+        print("%-58s %12s %14s %10s" % ("throughput, %d requests" % a.throughput, "pipeline", "one process", "ratio"))
+        for key in ("requests_per_s", "tokens_per_s"):
+            o, i = ours["throughput"][key], in_process[key]
+            print("%-58s %12.2f %14.2f %9.3fx" % (key.replace("_", " "), o, i, o / i))
+    json.dump({"llava_pipe": ours, "transformers": theirs, "advantage": ratios, "in_process": in_process},
               open(os.path.join(a.out, "bench.json"), "w"), indent=1)
     return 0
 

@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/plan.h"
+#include "stages/vision/vision_encoder.h"
 #include "tiny_model.h"
 
 namespace {
@@ -173,6 +174,27 @@ TEST(FusedKernels, VisionOnCudaMatchesLibTorchsComposition) {
     const double error = ((fused - composed).abs().max() / composed.abs().max()).item<double>();
     EXPECT_LT(error, dtype == at::kHalf ? 5e-3 : 3e-2) << dtype;
   }
+}
+
+// Small vision batches run as CUDA graphs: the same embeddings as launching each kernel
+// (flash attention inside the graph, cuDNN's outside), one graph per image count up to
+// kGraphImages, none beyond.
+TEST(VisionGraphs, OnCudaGiveTheEagerEmbeddings) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string folder = data_path("tiny-llava");
+  const auto config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  const auto options = at::TensorOptions().dtype(at::kHalf).device(at::kCUDA);
+  llava::VisionEncoder graphs(config, checkpoint, options, true), eager(config, checkpoint, options, false);
+  const int64_t size = config.vision.image_size;
+  for (int64_t images : {1, 2, 1, 8}) {
+    at::Tensor pixels = at::randn({images, 3, size, size});
+    at::Tensor a = graphs.encode(pixels).cpu().to(at::kFloat), b = eager.encode(pixels).cpu().to(at::kFloat);
+    const double error = ((a - b).abs().max() / b.abs().max()).item<double>();
+    EXPECT_LT(error, 5e-3) << images << " images";
+  }
+  EXPECT_EQ(graphs.cuda_graphs(), 2u);  // 1 and 2 images; 8 > kGraphImages
+  EXPECT_EQ(eager.cuda_graphs(), 0u);
 }
 
 // Logit error relative to the logits' range, and top-1 agreement over every prompt
