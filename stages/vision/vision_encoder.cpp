@@ -29,11 +29,18 @@ at::Tensor VisionEncoder::pixels(const uint8_t* data, size_t size) const {
 at::Tensor VisionEncoder::encode(const at::Tensor& pixels) {
   const at::Tensor on_device = pixels.to(options_);
   const int64_t images = pixels.size(0);
-  if (!graphs_.enabled() || images > kGraphImages) return projector_.forward(clip_.forward(on_device));
-  // Inside a graph the flash kernel attends (cuDNN's plans are not made for capture).
-  return graphs_.run(images, {on_device}, [&](const std::vector<at::Tensor>& in) {
-    return projector_.forward(clip_.forward(in[0], /*cudnn_attention=*/false));
-  });
+  if (graphs_.enabled() && images <= kGraphImages) {
+    // Inside a graph the flash kernel attends (cuDNN's plans are not made for capture).
+    return graphs_.run(images, {on_device}, [&](const std::vector<at::Tensor>& in) {
+      return projector_.forward(clip_.forward(in[0], /*cudnn_attention=*/false));
+    });
+  }
+  if (!options_.device().is_cuda() || images <= kGraphImages) return projector_.forward(clip_.forward(on_device));
+  // Padded with copies of the first image; their embeddings are dropped.
+  const int64_t padded = (images + kBatchBucket - 1) / kBatchBucket * kBatchBucket;
+  at::Tensor batch = on_device;
+  if (padded > images) batch = at::cat({on_device, on_device[0].expand({padded - images, -1, -1, -1})});
+  return projector_.forward(clip_.forward(batch)).narrow(0, 0, images);
 }
 
 }  // namespace llava

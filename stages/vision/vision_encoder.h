@@ -22,6 +22,9 @@ class VisionEncoder {
   // At one image the tower's ~300 kernel launches cost more on the host than the GPU
   // takes to run them; from a few images on the GPU is the bound.
   static constexpr int64_t kGraphImages = 4;
+  // Larger batches run padded to a multiple of this many images, so that the shapes (and
+  // cuDNN's attention plans, built once per shape) stay few.
+  static constexpr int64_t kBatchBucket = 8;
 
   // Decoded and preprocessed, on the host: [3, S, S] float32. Throws RequestError.
   at::Tensor pixels(const uint8_t* data, size_t size) const;

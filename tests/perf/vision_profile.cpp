@@ -13,9 +13,11 @@
 #include <functional>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "stages/device.h"
+#include "stages/parallel.h"
 #include "stages/vision/image.h"
 #include "stages/vision/preprocess.h"
 #include "stages/vision/vision_encoder.h"
@@ -54,15 +56,19 @@ int main(int argc, char** argv) {
                            .device(device);
   llava::Checkpoint checkpoint(folder);
   llava::VisionEncoder encoder(llava::load_llava_config(folder), checkpoint, options);
-  for (int batch : {1, 32}) {
+  for (int batch : {1, 32, 31}) {
     const std::string b = "batch " + std::to_string(batch) + ": ";
-    std::vector<at::Tensor> pixels;
-    time_ms(b + "pixels (host)", 10, [&] {
-      pixels.clear();
-      for (int i = 0; i < batch; ++i) pixels.push_back(encoder.pixels(bytes.data(), bytes.size()));
+    std::vector<at::Tensor> pixels(static_cast<size_t>(batch));
+    time_ms(b + "pixels (host, on " + std::to_string(std::thread::hardware_concurrency()) + " threads)", 10, [&] {
+      llava::run_parallel(pixels.size(), [&](size_t i) { pixels[i] = encoder.pixels(bytes.data(), bytes.size()); });
     });
     const at::Tensor stacked = at::stack(pixels);
     at::Tensor embeddings;
+    const auto first = std::chrono::steady_clock::now();
+    embeddings = encoder.encode(stacked);
+    llava::synchronize(device);
+    std::printf("%-44s %9.3f ms\n", (b + "encode, first call (graph, plans)").c_str(),
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - first).count());
     time_ms(b + "encode (to device, CLIP, projector)", 10, [&] {
       embeddings = encoder.encode(stacked);
       llava::synchronize(device);
