@@ -254,6 +254,7 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
     checkpoint_->on_tensor_loaded([this] { heartbeat_if_due(); });
     if (stage_kind_ == schema::Stage::VISION) {
       vision_ = std::make_unique<VisionEncoder>(model_, *checkpoint_, tensor_options_, stage_->cuda_graphs);
+      vision_->warm_up(stage_->batch_size);
     } else {
       const LanguageLayout layout = language_layout(config_, model_);
       decoder_ = std::make_unique<LlamaDecoder>(
@@ -380,13 +381,20 @@ void Worker::encode_images() {
     pixels.push_back(item.pixels);
   }
   if (pixels.empty()) return;
+  const auto prepared = Clock::now();
   at::Tensor embeddings;
   try {
     // [N, tokens, H], copied to the host at once: into pinned memory on CUDA (the fast
     // copy), which the frames then send without another copy.
     embeddings = vision_->encode(at::stack(pixels));
+    const auto encoded = Clock::now();
     at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(embeddings.is_cuda()));
     embeddings = host.copy_(embeddings);
+    if (std::getenv("LLAVA_PIPE_TRACE_VISION") != nullptr) {  // where a batch's time goes
+      std::fprintf(stderr, "vision batch of %zu: host %.1f ms, encode %.1f ms, to host %.1f ms\n", pixels.size(),
+                   1e3 * seconds(prepared - start), 1e3 * seconds(encoded - prepared),
+                   1e3 * seconds(Clock::now() - encoded));
+    }
   } catch (const c10::Error& e) {
     if (is_sticky(e)) exit_after_sticky_error(e);
     for (size_t t = 0; t < tasks.size(); ++t) {

@@ -1,6 +1,8 @@
 // Vision stage model: preprocessing on the host, CLIP and projector on the device.
 #include "stages/vision/vision_encoder.h"
 
+#include <algorithm>
+
 #include "common/errors.h"
 
 namespace llava {
@@ -41,6 +43,19 @@ at::Tensor VisionEncoder::encode(const at::Tensor& pixels) {
   at::Tensor batch = on_device;
   if (padded > images) batch = at::cat({on_device, on_device[0].expand({padded - images, -1, -1, -1})});
   return projector_.forward(clip_.forward(batch)).narrow(0, 0, images);
+}
+
+void VisionEncoder::warm_up(int64_t max_images) {
+  if (!options_.device().is_cuda()) return;
+  std::vector<int64_t> sizes;
+  for (int64_t n = 1; n <= std::min(max_images, kGraphImages); ++n) sizes.push_back(n);
+  for (int64_t n = kBatchBucket; n < max_images + kBatchBucket; n += kBatchBucket) {
+    if (n > kGraphImages) sizes.push_back(std::min(n, max_images));
+  }
+  for (int64_t n : sizes) {
+    const at::Tensor embeddings = encode(at::zeros({n, 3, preprocess_.crop_height, preprocess_.crop_width}));
+    at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(true)).copy_(embeddings);
+  }
 }
 
 }  // namespace llava

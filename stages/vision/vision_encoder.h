@@ -32,6 +32,11 @@ class VisionEncoder {
   // (a graph's output buffer for small batches: valid until the next call).
   at::Tensor encode(const at::Tensor& pixels);
   size_t cuda_graphs() const { return graphs_.size(); }
+  // On CUDA, runs every batch shape up to `max_images` once (graphs captured, cuDNN's
+  // plans built, pinned host buffers for the embeddings cached), so that no request pays
+  // for them: measured on an H100, a first batch of 30 images took 272 ms in the worker
+  // against 50 ms warm.
+  void warm_up(int64_t max_images);
 
  private:
   PreprocessorConfig preprocess_;

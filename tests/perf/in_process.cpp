@@ -71,12 +71,18 @@ int main(int argc, char** argv) {
   for (int64_t eos : config.text.eos_token_ids) params.stop_token_ids.push_back(static_cast<int32_t>(eos));
   uint64_t next_id = 0;
 
+  // One vision batch as the worker runs it: embeddings in pinned host memory.
+  auto encode_batch = [&](int n) {
+    std::vector<at::Tensor> pixels(static_cast<size_t>(n));
+    llava::run_parallel(pixels.size(), [&](size_t i) { pixels[i] = vision.pixels(bytes.data(), bytes.size()); });
+    at::Tensor embeddings = vision.encode(at::stack(pixels));
+    at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(device.is_cuda()));
+    return host.copy_(embeddings);
+  };
   // Warm-up, as the bench's earlier phases warm the workers: a full vision batch and one
   // request through the language stage.
   {
-    std::vector<at::Tensor> pixels(static_cast<size_t>(std::min(vision_batch, requests)));
-    llava::run_parallel(pixels.size(), [&](size_t i) { pixels[i] = vision.pixels(bytes.data(), bytes.size()); });
-    at::Tensor embeddings = vision.encode(at::stack(pixels)).cpu();
+    at::Tensor embeddings = encode_batch(std::min(vision_batch, requests));
     llava::SamplingParams two = params;
     two.max_new_tokens = 2;
     generator.start(next_id++, ids, {embeddings[0]}, two);
@@ -109,11 +115,7 @@ int main(int argc, char** argv) {
     if (encoded < requests && ready.empty()) {
       const auto t0 = std::chrono::steady_clock::now();
       const int n = std::min(vision_batch, requests - encoded);
-      std::vector<at::Tensor> pixels(static_cast<size_t>(n));
-      llava::run_parallel(pixels.size(), [&](size_t i) { pixels[i] = vision.pixels(bytes.data(), bytes.size()); });
-      at::Tensor embeddings = vision.encode(at::stack(pixels));
-      at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(device.is_cuda()));
-      host.copy_(embeddings);
+      at::Tensor host = encode_batch(n);
       for (int i = 0; i < n; ++i) ready.push_back(host[i]);
       encoded += n;
       vision_seconds += seconds_since(t0);

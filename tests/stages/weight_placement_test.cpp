@@ -195,6 +195,10 @@ TEST(VisionGraphs, OnCudaGiveTheEagerEmbeddings) {
   }
   EXPECT_EQ(graphs.cuda_graphs(), 2u);  // 1 and 2 images; 8 > kGraphImages
   EXPECT_EQ(eager.cuda_graphs(), 0u);
+  // A worker warms every shape up to its batch size at load: 1 to 4 images as graphs.
+  llava::VisionEncoder warmed(config, checkpoint, options, true);
+  warmed.warm_up(10);
+  EXPECT_EQ(warmed.cuda_graphs(), 4u);
 }
 
 // Logit error relative to the logits' range, and top-1 agreement over every prompt
