@@ -71,6 +71,38 @@ __device__ inline uint4 pack8(const float* in) {
 
 __device__ inline uint4 load16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 
+// Our row kernels (a row per block, 16-byte accesses, each thread's kIters x 8 values in
+// registers): the block's threads and iterations for rows of h (iters 0: h % 8 != 0 or
+// a row longer than 32768).
+struct RowShape {
+  int threads = 0, iters = 0;
+};
+inline RowShape row_shape(int h) {
+  if (h % 8 != 0 || h <= 0) return {};
+  const int vectors = h / 8;
+  const int threads = vectors < 1024 ? (vectors + 31) / 32 * 32 : 1024, iters = (vectors + threads - 1) / threads;
+  return iters <= 4 ? RowShape{threads, iters} : RowShape{};
+}
+
+// A row kernel's first step: this thread's values of row `offset` [h], x or, with delta,
+// to_T(x + delta) (the residual stream's next value, also stored to sum_out).
+template <typename T, int kIters>
+__device__ inline void load_row(const T* x, const T* delta, T* sum_out, size_t offset, int h, float (&v)[kIters][8]) {
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const int i = (it * blockDim.x + threadIdx.x) * 8;
+    if (i >= h) break;
+    unpack8<T>(load16(x + offset + i), v[it]);
+    if (delta != nullptr) {
+      float add[8];
+      unpack8<T>(load16(delta + offset + i), add);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[it][e] = rounded<T>(v[it][e] + add[e]);
+      *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
+    }
+  }
+}
+
 inline void check_launch(const char* what) {
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));

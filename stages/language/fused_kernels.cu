@@ -2,7 +2,6 @@
 // kernel each (see fused_kernels.h).
 #include "stages/language/fused_kernels.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -19,19 +18,11 @@ __global__ void rms_norm_vector_kernel(const T* __restrict__ x, const T* __restr
                                        const T* __restrict__ w, T* __restrict__ y, int h, float eps) {
   const size_t offset = static_cast<size_t>(blockIdx.x) * h;
   float v[kIters][8];
+  load_row<T, kIters>(x, delta, sum_out, offset, h, v);
   float sum = 0.0f;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const int i = (it * blockDim.x + threadIdx.x) * 8;
-    if (i >= h) break;
-    unpack8<T>(load16(x + offset + i), v[it]);
-    if (delta != nullptr) {
-      float add[8];
-      unpack8<T>(load16(delta + offset + i), add);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[it][e] = rounded<T>(v[it][e] + add[e]);
-      *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
-    }
+    if ((it * blockDim.x + threadIdx.x) * 8 >= h) break;
 #pragma unroll
     for (int e = 0; e < 8; ++e) sum += v[it][e] * v[it][e];
   }
@@ -251,9 +242,9 @@ void rms_norm(const void* x, const void* delta, void* sum, const void* w, void* 
               bool bf16, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const int vectors = h / 8;
-  const int threads = std::min(1024, (vectors + 31) / 32 * 32), iters = (vectors + threads - 1) / threads;
-  const bool vector = h % 8 == 0 && iters <= 4 && aligned(x) && aligned(w) && aligned(y) &&
+  const RowShape shape = row_shape(h);
+  const int threads = shape.threads, iters = shape.iters;
+  const bool vector = iters > 0 && aligned(x) && aligned(w) && aligned(y) &&
                       (delta == nullptr || (aligned(delta) && aligned(sum)));
   with_type(bf16, [&](auto tag) {
     using T = decltype(tag);

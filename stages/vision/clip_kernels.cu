@@ -1,8 +1,6 @@
 // Quick GELU and residual add + LayerNorm as one kernel each (see clip_kernels.h).
 #include "stages/vision/clip_kernels.h"
 
-#include <algorithm>
-
 #include "stages/half_types.cuh"
 
 namespace llava {
@@ -40,19 +38,11 @@ __global__ void add_layer_norm_kernel(const T* __restrict__ x, const T* __restri
                                       float eps) {
   const size_t offset = static_cast<size_t>(blockIdx.x) * h;
   float v[kIters][8];
+  load_row<T, kIters>(x, delta, sum_out, offset, h, v);
   float total = 0.0f;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const int i = (it * blockDim.x + threadIdx.x) * 8;
-    if (i >= h) break;
-    unpack8<T>(load16(x + offset + i), v[it]);
-    if (delta != nullptr) {
-      float add[8];
-      unpack8<T>(load16(delta + offset + i), add);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[it][e] = rounded<T>(v[it][e] + add[e]);
-      *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
-    }
+    if ((it * blockDim.x + threadIdx.x) * 8 >= h) break;
 #pragma unroll
     for (int e = 0; e < 8; ++e) total += v[it][e];
   }
@@ -96,9 +86,9 @@ void quick_gelu(void* x, int64_t n, bool bf16, void* stream) {
 bool add_layer_norm(const void* x, const void* delta, void* sum, const void* w, const void* b, void* y, int rows,
                     int h, float eps, bool bf16, void* stream) {
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const int vectors = h / 8;
-  const int threads = std::min(1024, (vectors + 31) / 32 * 32), iters = (vectors + threads - 1) / threads;
-  if (h % 8 != 0 || iters > 4 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y) ||
+  const RowShape shape = row_shape(h);
+  const int threads = shape.threads, iters = shape.iters;
+  if (iters == 0 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y) ||
       (delta != nullptr && (!aligned(delta) || !aligned(sum)))) {
     return false;
   }
