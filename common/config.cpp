@@ -401,6 +401,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
       static_cast<int>(coord.integer("max_restarts_per_minute", c.max_restarts_per_minute, 0, 1000));
   c.queue_capacity = static_cast<int>(coord.integer("queue_capacity", c.queue_capacity, 1, 1 << 24));
   c.drain_timeout_ms = coord.millis("drain_timeout", c.drain_timeout_ms);
+  c.external_wait_ms = coord.millis("external_wait", c.external_wait_ms);
   Section curve = coord.child("curve");
   if (curve.present()) {
     auto key_file = [&](const YAML::Node& node, const std::string& key, bool secret) {

@@ -56,6 +56,9 @@ struct CoordinatorSection {
   int max_restarts_per_minute = 5;
   int queue_capacity = 4096;                // requests waiting; past it requests are refused
   uint64_t drain_timeout_ms = 30000;        // on SIGTERM: time for work in flight to finish
+  // A stage whose every worker is external and unregistered for this long fails the
+  // requests that need it (they would wait for a worker nobody starts); 0 = wait forever.
+  uint64_t external_wait_ms = 120000;
   // CURVE encryption (optional; key files resolved against the config's folder): the
   // coordinator's secret key file, the secret key file of the workers it starts, and
   // public key files of other workers let in. Nothing else can connect.

@@ -1,6 +1,8 @@
 // Socket set-up and checked send/receive.
 #include "common/transport.h"
 
+#include <cstdint>
+#include <cstring>
 #include <zmq_addon.hpp>
 
 namespace llava {
@@ -35,7 +37,7 @@ std::string last_endpoint(zmq::socket_t& socket) {
 }
 
 zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint,
-                             const TransportOptions& options) {
+                             const TransportOptions& options, HandshakeWatch* watch) {
   zmq::socket_t socket(context, zmq::socket_type::dealer);
   apply_common(socket, options);
   if (options.curve) {
@@ -43,8 +45,58 @@ zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoin
     socket.set(zmq::sockopt::curve_publickey, options.curve_own.public_key);
     socket.set(zmq::sockopt::curve_secretkey, options.curve_own.secret_key);
   }
+  if (watch) watch->attach(context, socket);
   socket.connect(endpoint);
   return socket;
+}
+
+void HandshakeWatch::attach(zmq::context_t& context, zmq::socket_t& dealer) {
+  const std::string endpoint =
+      "inproc://llava-handshake-" + std::to_string(reinterpret_cast<uintptr_t>(dealer.handle()));
+  const int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                     ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                     ZMQ_EVENT_DISCONNECTED;
+  if (zmq_socket_monitor(dealer.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
+  monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
+  monitor_.connect(endpoint);
+}
+
+std::optional<std::string> HandshakeWatch::failure() {
+  std::vector<zmq::message_t> parts;  // [uint16 event, uint32 value][endpoint]
+  while (zmq::recv_multipart(monitor_, std::back_inserter(parts), zmq::recv_flags::dontwait)) {
+    if (parts.empty() || parts[0].size() < 6) {
+      parts.clear();
+      continue;
+    }
+    uint16_t event = 0;
+    uint32_t value = 0;
+    std::memcpy(&event, parts[0].data(), sizeof event);
+    std::memcpy(&value, static_cast<const char*>(parts[0].data()) + sizeof event, sizeof value);
+    const std::string where = parts.size() > 1 ? parts[1].to_string() : "the server";
+    parts.clear();
+    switch (event) {
+      case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        succeeded_ = true;
+        break;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        return where + " refused this client's key (ZAP status " + std::to_string(value) + ")";
+      case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return "handshake with " + where + " failed: its security does not match this client's " +
+               "(CURVE on one side only?; ZeroMQ protocol error " + std::to_string(value) + ")";
+      // A server that cannot read our CURVE hello hangs up. After a good handshake a
+      // disconnect is a server that went away: it may come back.
+      case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+      case ZMQ_EVENT_DISCONNECTED:
+        if (!succeeded_)
+          return where +
+                 " closed the connection during the handshake (CURVE on one side only, or a wrong "
+                 "server key?)";
+        break;
+      default:
+        break;
+    }
+  }
+  return std::nullopt;
 }
 
 bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,

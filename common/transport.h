@@ -30,8 +30,24 @@ zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
 // The endpoint a bound socket really listens on (resolves tcp://127.0.0.1:* ports).
 std::string last_endpoint(zmq::socket_t& socket);
 
+// Watches a DEALER's handshakes from before its connect, so that a client learns that
+// the server refused it (a key not allowed, CURVE on one side only, a wrong server key)
+// instead of waiting for an answer that cannot come.
+class HandshakeWatch {
+ public:
+  void attach(zmq::context_t& context, zmq::socket_t& dealer);  // before the connect
+  zmq::socket_t& socket() { return monitor_; }                  // to poll with the dealer
+  // Reads the waiting events: what went wrong, or nullopt.
+  std::optional<std::string> failure();
+
+ private:
+  zmq::socket_t monitor_;  // PAIR, fed by zmq_socket_monitor
+  bool succeeded_ = false;
+};
+
+// With `watch`, the dealer's handshakes are watched from before the connect.
 zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint,
-                             const TransportOptions& options);
+                             const TransportOptions& options, HandshakeWatch* watch = nullptr);
 
 // Sends [routing id]? parts...; false when the peer is unreachable or the queue is full.
 bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,

@@ -88,4 +88,16 @@ std::string format_bytes(uint64_t bytes) {
   return buf;
 }
 
+std::string format_millis(uint64_t millis) {
+  char buf[64];
+  if (millis >= 60000 && millis % 60000 == 0) {
+    std::snprintf(buf, sizeof buf, "%llu min", static_cast<unsigned long long>(millis / 60000));
+  } else if (millis >= 1000) {
+    std::snprintf(buf, sizeof buf, "%g s", millis / 1000.0);
+  } else {
+    std::snprintf(buf, sizeof buf, "%llu ms", static_cast<unsigned long long>(millis));
+  }
+  return buf;
+}
+
 }  // namespace llava

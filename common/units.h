@@ -13,5 +13,7 @@ std::optional<uint64_t> parse_bytes(const std::string& text);
 std::optional<uint64_t> parse_millis(const std::string& text);
 // "21.5 GiB", "512.0 MiB", "17 B".
 std::string format_bytes(uint64_t bytes);
+// "2 min", "1.5 s", "300 ms".
+std::string format_millis(uint64_t millis);
 
 }  // namespace llava

@@ -14,6 +14,7 @@
 #include "common/errors.h"
 #include "common/plan.h"
 #include "common/transport.h"
+#include "common/units.h"
 #include "coordinator/chat_template.h"
 #include "coordinator/worker_process.h"
 
@@ -98,6 +99,7 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
     const StageSection& section = process.stage == "vision" ? config_.vision : config_.language;
     slot.batch_size = section.batch_size;
     slot.external = section.external;
+    slot.down_since = started_;
     slot.report.process = slot.name;
     slot.report.device = slot.device;
     slots_.push_back(slot);
@@ -474,6 +476,7 @@ void Coordinator::worker_died(Slot& slot, const std::string& reason) {
   }
   slot.pid = -1;
   slot.state = SlotState::kDown;
+  slot.down_since = Clock::now();
   slot.routing.clear();
   slot.granted = slot.releasing = slot.exit_expected = false;
   const std::set<uint64_t> held = slot.outstanding;
@@ -489,7 +492,7 @@ void Coordinator::worker_died(Slot& slot, const std::string& reason) {
   }
   ++slot.report.restarts;
   // An external slot is never broken: its worker may come back at any time, and its
-  // requests wait for it or for another replica.
+  // requests wait for it or for another replica (up to coordinator.external_wait).
   if (!slot.external && static_cast<int>(slot.deaths.size()) > config_.coordinator.max_restarts_per_minute) {
     slot.broken = slot.name + " failed " + std::to_string(slot.deaths.size()) +
                   " times in a minute (last: " + reason + ")";
@@ -501,9 +504,20 @@ void Coordinator::worker_died(Slot& slot, const std::string& reason) {
 }
 
 bool Coordinator::stage_broken(const std::string& stage, std::string* why) const {
+  const auto wait = std::chrono::milliseconds(config_.coordinator.external_wait_ms);
+  const auto now = Clock::now();
   for (const auto& slot : slots_) {
-    if (slot.stage == stage && slot.broken.empty()) return false;
-    if (slot.stage == stage) *why = slot.broken;
+    if (slot.stage != stage) continue;
+    if (!slot.broken.empty()) {
+      *why = slot.broken;
+    } else if (slot.external && slot.state == SlotState::kDown && wait.count() > 0 &&
+               now - slot.down_since > wait) {
+      *why = "no worker registered as " + slot.name + " for " + format_millis(wait.count()) +
+             " (launch: external: a cluster manager must start `llava-stage --stage " + slot.stage +
+             " --replica " + std::to_string(slot.replica) + "`; coordinator.external_wait)";
+    } else {
+      return false;
+    }
   }
   return true;
 }

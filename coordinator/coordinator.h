@@ -121,6 +121,7 @@ class Coordinator {
     bool external = false;  // started by a cluster manager: never started or killed here
     uint64_t epoch = 0;
     Clock::time_point last_seen, restart_after;
+    Clock::time_point down_since;  // external: when it was last unregistered
     std::set<uint64_t> outstanding;
     std::deque<Clock::time_point> deaths;
     std::string broken;  // non-empty: restarted too often; its requests fail

@@ -4,15 +4,18 @@
 
 #include <signal.h>
 
+#include <array>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/errors.h"
 #include "common/transport.h"
 #include "coordinator/coordinator.h"
@@ -33,14 +36,42 @@ bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann
 }  // namespace
 
 int serve(const std::vector<std::string>& args) {
-  if (args.size() != 3 || args[1] != "--listen") throw ConfigError("usage: llava-pipe serve CONFIG --listen ENDPOINT");
+  const char* usage =
+      "usage: llava-pipe serve CONFIG --listen ENDPOINT [--curve-key SERVER.key_secret --allow "
+      "CLIENT.key...]";
+  if (args.size() < 3 || args.size() % 2 == 0) throw ConfigError(usage);
   const PipelineConfig config = load_config(args[0]);
+  std::string listen, curve_key;
+  std::set<std::string> allowed;  // clients' public keys
+  for (size_t i = 1; i + 1 < args.size(); i += 2) {
+    if (args[i] == "--listen") {
+      listen = args[i + 1];
+    } else if (args[i] == "--curve-key") {
+      curve_key = args[i + 1];
+    } else if (args[i] == "--allow") {
+      allowed.insert(read_curve_key(args[i + 1], false).public_key);
+    } else {
+      throw ConfigError(std::string(usage) + " (unknown option " + args[i] + ")");
+    }
+  }
+  if (listen.empty()) throw ConfigError(usage);
+  if (curve_key.empty() != allowed.empty())
+    throw ConfigError("serve: --curve-key and --allow go together");
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   zmq::context_t context;
   TransportOptions options;
   options.max_message_size = config.coordinator.max_message_size;
-  zmq::socket_t clients = bind_router(context, args[2], options);
+  std::unique_ptr<ZapHandler> zap;  // with CURVE: which clients may connect (before the bind)
+  if (!curve_key.empty()) {
+    options.curve = true;
+    options.curve_own = read_curve_key(curve_key, true);
+    zap = std::make_unique<ZapHandler>(context, allowed);
+  } else if (listen.rfind("tcp://", 0) == 0) {
+    std::cerr << "llava-pipe: clients on " << listen << " are neither authenticated nor encrypted "
+              << "(--curve-key, --allow)\n";
+  }
+  zmq::socket_t clients = bind_router(context, listen, options);
 
   std::map<uint64_t, std::pair<std::string, nlohmann::json>> owners;  // request -> client, its id
   std::set<uint64_t> gone;  // requests whose client could not be reached
@@ -112,14 +143,23 @@ int serve(const std::vector<std::string>& args) {
 }
 
 int ask(const std::vector<std::string>& args) {
-  if (args.empty()) throw ConfigError("usage: llava-pipe ask ENDPOINT [--image PATH]... --prompt TEXT [SAMPLING]");
+  if (args.empty()) {
+    throw ConfigError(
+        "usage: llava-pipe ask ENDPOINT [--image PATH]... --prompt TEXT [SAMPLING] "
+        "[--curve-server SERVER.key --curve-key CLIENT.key_secret]");
+  }
   nlohmann::json request = {{"id", 1}};
   std::vector<std::string> images;
+  TransportOptions options;
   for (size_t i = 1; i < args.size(); ++i) {
     if (i + 1 >= args.size()) throw ConfigError("ask: " + args[i] + " needs a value");
     const std::string key = args[i].substr(args[i].rfind('-') == std::string::npos ? 0 : 2);
     const std::string& value = args[++i];
-    if (key == "image") {
+    if (key == "curve-server") {
+      options.curve_server_public_key = read_curve_key(value, false).public_key;
+    } else if (key == "curve-key") {
+      options.curve_own = read_curve_key(value, true);
+    } else if (key == "image") {
       std::ifstream in(value, std::ios::binary);
       if (!in) throw ConfigError("ask: cannot read " + value);
       images.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -131,13 +171,28 @@ int ask(const std::vector<std::string>& args) {
       request[name] = nlohmann::json::parse(value);
     }
   }
+  options.curve = !options.curve_server_public_key.empty();
+  if (options.curve == options.curve_own.secret_key.empty()) {
+    throw ConfigError("ask: --curve-server and --curve-key go together");
+  }
   zmq::context_t context;
-  zmq::socket_t server = connect_dealer(context, args[0], TransportOptions{});
+  HandshakeWatch watch;
+  zmq::socket_t server = connect_dealer(context, args[0], options, &watch);
   std::vector<zmq::message_t> parts;
   parts.emplace_back(request.dump());
   for (const auto& image : images) parts.emplace_back(image.data(), image.size());
   send_parts(server, std::move(parts));
-  while (auto reply = receive_parts(server, std::chrono::milliseconds(600000))) {
+  while (true) {
+    // The answer, or a handshake the server refused (an answer that can never come).
+    std::array<zmq::pollitem_t, 2> items = {
+        {{server.handle(), 0, ZMQ_POLLIN, 0}, {watch.socket().handle(), 0, ZMQ_POLLIN, 0}}};
+    if (zmq::poll(items.data(), items.size(), std::chrono::milliseconds(600000)) == 0) break;
+    if (auto failure = watch.failure()) {
+      std::cerr << "llava-pipe: " << *failure << "\n";
+      return kExitRuntime;
+    }
+    auto reply = receive_parts(server, std::chrono::milliseconds(0));
+    if (!reply) continue;
     auto j = nlohmann::json::parse(reply->back().to_string());
     if (j.contains("text") && !j.contains("done")) std::cout << j["text"].get<std::string>() << std::flush;
     if (j.value("done", false)) {

@@ -29,8 +29,12 @@ TEST(Units, ParsesDurations) {
   EXPECT_FALSE(parse_millis("2h").has_value());
 }
 
-TEST(Units, FormatsSizes) {
+TEST(Units, FormatsSizesAndDurations) {
   EXPECT_EQ(llava::format_bytes(22ull << 30), "22.00 GiB");
   EXPECT_EQ(llava::format_bytes(512ull << 20), "512.0 MiB");
   EXPECT_EQ(llava::format_bytes(17), "17 B");
+  EXPECT_EQ(llava::format_millis(120000), "2 min");
+  EXPECT_EQ(llava::format_millis(90000), "90 s");
+  EXPECT_EQ(llava::format_millis(1500), "1.5 s");
+  EXPECT_EQ(llava::format_millis(300), "300 ms");
 }

@@ -235,12 +235,16 @@ TEST(Pipeline, CurveEncryptedTcpMatchesInProcessGeneration) {
 // Workers a cluster manager starts (here: this test), on a fixed endpoint.
 class ExternalWorkers {
  public:
-  ExternalWorkers(const std::string& name, const std::string& stages_yaml) {
+  // `coordinator` adds keys to the coordinator section.
+  ExternalWorkers(const std::string& name, const std::string& stages_yaml,
+                  const std::string& coordinator = "") {
     endpoint_ = "ipc://@llava-external-" + name + "-" + std::to_string(getpid());
     path_ = testing::TempDir() + name + ".yaml";
     std::ofstream(path_) << "model: {checkpoint: " << kModel << ", dtype: float32}\n"
-                         << "mode: concurrent\nshare_devices: true\n" << stages_yaml
-                         << "coordinator: {endpoint: '" << endpoint_ << "', heartbeat_interval: 100ms, liveness: 5}\n"
+                         << "mode: concurrent\nshare_devices: true\n"
+                         << stages_yaml << "coordinator: {endpoint: '" << endpoint_
+                         << "', heartbeat_interval: 100ms, liveness: 5"
+                         << (coordinator.empty() ? "" : ", " + coordinator) << "}\n"
                          << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
   }
   ~ExternalWorkers() {
@@ -323,6 +327,28 @@ TEST(Pipeline, StalledExternalWorkerIsReplacedAndItsLateRepliesAreDropped) {
   EXPECT_TRUE(workers.alive("language-0"));
 }
 
+// A stage whose only worker is external and never registers: once external_wait has
+// passed, every request that needs it fails with a reason that names the missing worker,
+// and the run ends instead of waiting for a process nobody starts.
+TEST(Pipeline, ExternalStageThatNobodyStartsFailsItsRequestsAfterTheWait) {
+  ExternalWorkers workers("absent",
+                          "stages: {vision: {devices: cpu}, "
+                          "language: {devices: cpu, max_context: 256, launch: external}}\n",
+                          "external_wait: 300ms");
+  Outcome outcome = run_pipeline(workers.config(), kCases, {}, 0);
+  ASSERT_EQ(outcome.ids.size(), kCases.size());
+  for (uint64_t id : outcome.ids) {
+    ASSERT_EQ(outcome.answers.count(id), 1u) << "request " << id << " got no answer";
+    EXPECT_EQ(outcome.answers.at(id), 1);
+    const auto& r = outcome.results.at(id);
+    EXPECT_FALSE(r.ok);
+    EXPECT_NE(r.error.find("language stage: no worker registered as language-0 for 300 ms"),
+              std::string::npos)
+        << r.error;
+  }
+  EXPECT_EQ(count_events(outcome, "language-0", "registered"), 0);
+}
+
 // `llava-pipe serve`: a client that disconnects mid-answer has its request cancelled
 // (its KV slot and queue place freed), and the next client gets its exact answer.
 TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
@@ -376,6 +402,50 @@ TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
   std::ifstream in(log);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("request 1: the client disconnected; cancelled"), std::string::npos) << text;
+}
+
+// `llava-pipe serve` with CURVE (here over ipc://; tcp:// is the same handshake): a listed
+// client gets its exact answer; a client with an unlisted key, one without CURVE and one
+// that trusts the wrong server key are told that the handshake failed (exit 1) instead of
+// waiting for an answer that cannot come.
+TEST(Pipeline, ServeWithCurveAnswersListedClientsAndTellsTheOthersWhy) {
+  const std::string keys = testing::TempDir() + "serve-curve-";
+  for (const char* name : {"server", "client", "stranger", "impostor"}) {
+    llava::write_curve_key(keys + name, llava::generate_curve_key());
+  }
+  const std::string config =
+      write_config("serve-curve",
+                   "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
+                   "language: {devices: cpu, max_context: 256}}\n");
+  const std::string listen = "ipc://@llava-serve-curve-" + std::to_string(getpid());
+  const pid_t server = llava::start_process(
+      "/bin/sh", {"-c", "exec " + kBinary + "/llava-pipe serve " + config + " --listen " + listen +
+                            " --curve-key " + keys + "server.key_secret --allow " + keys +
+                            "client.key 2> " + testing::TempDir() + "serve-curve.log"});
+  const std::string ask = kBinary + "/llava-pipe ask " + listen + " --prompt '" + kCases[0].prompt +
+                          "' --image " + kCases[0].images[0];
+  auto as = [&](const std::string& trusted_server, const std::string& own) {
+    return llava::test::run_command(ask + " --curve-server " + keys + trusted_server +
+                                    ".key --curve-key " + keys + own +
+                                    ".key_secret 2>&1; echo rc=$?");
+  };
+  llava::Coordinator reference(llava::load_config(config), {}, kBinary + "/llava-stage");
+  const std::string expected = reference.tokenizer().decode(expected_tokens(reference, kCases[0]));
+  EXPECT_EQ(as("server", "client"), expected + "\nrc=0\n");
+  EXPECT_NE(as("server", "stranger").find("refused this client's key (ZAP status 400)\nrc=1"),
+            std::string::npos);
+  EXPECT_NE(as("impostor", "client").find("closed the connection during the handshake"),
+            std::string::npos);
+  // Without CURVE: the server hangs up, or this client sees the mismatch first.
+  const std::string plain = llava::test::run_command(ask + " 2>&1; echo rc=$?");
+  EXPECT_NE(plain.find("handshake"), std::string::npos) << plain;
+  EXPECT_NE(plain.find("\nrc=1"), std::string::npos) << plain;
+  EXPECT_NE(
+      llava::test::run_command(ask + " --curve-key " + keys + "client.key_secret 2>&1; echo rc=$?")
+          .find("--curve-server and --curve-key go together\nrc=2"),
+      std::string::npos);
+  kill(server, SIGTERM);
+  EXPECT_EQ(llava::stop_process(server, 10000).code, 0);
 }
 
 TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {
