@@ -131,6 +131,17 @@ void expect_all_match(const Outcome& outcome) {
   }
 }
 
+// Every request answered once, each a failure whose error contains `error`.
+void expect_all_failed_with(const Outcome& outcome, const std::string& error) {
+  for (uint64_t id : outcome.ids) {
+    ASSERT_EQ(outcome.answers.count(id), 1u) << "request " << id << " got no answer";
+    EXPECT_EQ(outcome.answers.at(id), 1) << "request " << id << " answered more than once";
+    const auto& r = outcome.results.at(id);
+    EXPECT_FALSE(r.ok) << "request " << id;
+    EXPECT_NE(r.error.find(error), std::string::npos) << r.error;
+  }
+}
+
 // [grant, end) of each lease, per device: end is "released" (unload) or the process's
 // exit or death, whichever comes first after the release was asked.
 void expect_no_overlapping_leases(const std::vector<llava::LeaseEvent>& timeline) {
@@ -337,15 +348,7 @@ TEST(Pipeline, ExternalStageThatNobodyStartsFailsItsRequestsAfterTheWait) {
                           "external_wait: 300ms");
   Outcome outcome = run_pipeline(workers.config(), kCases, {}, 0);
   ASSERT_EQ(outcome.ids.size(), kCases.size());
-  for (uint64_t id : outcome.ids) {
-    ASSERT_EQ(outcome.answers.count(id), 1u) << "request " << id << " got no answer";
-    EXPECT_EQ(outcome.answers.at(id), 1);
-    const auto& r = outcome.results.at(id);
-    EXPECT_FALSE(r.ok);
-    EXPECT_NE(r.error.find("language stage: no worker registered as language-0 for 300 ms"),
-              std::string::npos)
-        << r.error;
-  }
+  expect_all_failed_with(outcome, "language stage: no worker registered as language-0 for 300 ms");
   EXPECT_EQ(count_events(outcome, "language-0", "registered"), 0);
 }
 
@@ -492,14 +495,8 @@ TEST(Pipeline, AWorkerThatKeepsDyingFailsItsRequestsWithTheReason) {
     if (c.pid_of("language-0") > 0) kill(c.pid_of("language-0"), SIGKILL);
   };
   Outcome outcome = run_pipeline(path, kCases, hooks, 0);
-  for (uint64_t id : outcome.ids) {
-    ASSERT_EQ(outcome.answers.at(id), 1);
-    const auto& r = outcome.results.at(id);
-    EXPECT_FALSE(r.ok);
-    EXPECT_NE(r.error.find("language stage: language-0 failed 1 times in a minute (last: killed by signal 9)"),
-              std::string::npos)
-        << r.error;
-  }
+  expect_all_failed_with(outcome,
+                         "language stage: language-0 failed 1 times in a minute (last: killed by signal 9)");
 }
 
 TEST(Pipeline, CancelledRequestGetsOneAnswerAndTheOthersGoOn) {
