@@ -94,7 +94,7 @@ if run != first and os.path.exists(f"{work}/{first}.out.jsonl"):
     baseline = {r["id"]: r.get("text") for r in map(json.loads, open(f"{work}/{first}.out.jsonl")) if r.get("ok")}
 same = sum(1 for r in ok if baseline.get(r["id"]) == r.get("text")) if baseline else None
 print(json.dumps({"run": run, "exit_code": code, "requests": len(results), "ok": len(ok),
-                  "duplicate_ids": len(ids) - len(set(ids)), "same_tokens_as_" + first: same,
+                  "duplicate_ids": len(ids) - len(set(ids)), "same_text_as_" + first: same,
                   "seconds": round(end - start, 2),
                   "requests_per_s": round(len(results) / (end - start), 3),
                   "tokens_per_s": round(tokens / (end - start), 1), "nvml_peak_mib": peak,
