@@ -222,7 +222,7 @@ int run(std::vector<std::string> args) {
       results[index] = result_json(lines[index].id, r);
       ++done;
       tokens += r.tokens.size();
-      images += lines[index].spec.image_paths.size();
+      if (r.ok) images += lines[index].spec.image_paths.size();  // answered requests' images
       while (written < results.size() && results[written]) {  // keep input order
         output << results[written]->dump() << "\n";
         ++written;
