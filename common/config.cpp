@@ -391,6 +391,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   c.heartbeat_interval_ms = coord.millis("heartbeat_interval", c.heartbeat_interval_ms);
   c.liveness = static_cast<int>(coord.integer("liveness", c.liveness, 1, 1000));
   c.embedding_memory = coord.bytes("embedding_memory", c.embedding_memory);
+  c.embedding_cache = coord.bytes("embedding_cache", c.embedding_cache);
   c.spill_dir = coord.str("spill_dir", c.spill_dir);
   c.max_message_size = coord.bytes("max_message_size", c.max_message_size);
   if (c.max_message_size < (1u << 20)) {

@@ -51,6 +51,7 @@ struct CoordinatorSection {
   uint64_t heartbeat_interval_ms = 500;
   int liveness = 3;                         // missed beats before a worker is declared dead
   uint64_t embedding_memory = 1ull << 30;   // host bytes for waiting embeddings, then spill
+  uint64_t embedding_cache = 512ull << 20;  // host bytes of embeddings kept by image; 0 = off
   std::string spill_dir = "/tmp";
   uint64_t max_message_size = 256ull << 20;
   int max_restarts_per_minute = 5;

@@ -68,12 +68,14 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
                          std::string worker_program)
     : config_(config),
       model_(load_llava_config(config.model.checkpoint)),
-      tokenizer_(config.model.checkpoint, {{"<image>", static_cast<int32_t>(model_.image_token_index)}}),
+      tokenizer_(config.model.checkpoint,
+                 {{"<image>", static_cast<int32_t>(model_.image_token_index)}}),
       events_(std::move(events)),
       worker_program_(worker_program.empty() ? executable_directory() + "/llava-stage"
-                                              : std::move(worker_program)),
+                                             : std::move(worker_program)),
       endpoint_(replace_pid(config.coordinator.endpoint)),
       embeddings_(config.coordinator.embedding_memory, config.coordinator.spill_dir),
+      cache_(config.coordinator.embedding_cache),
       started_(Clock::now()),
       beat_interval_(config.coordinator.heartbeat_interval_ms) {
   g_stop = 0;
@@ -145,6 +147,10 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
                          " per image); the context holds " + std::to_string(context));
     }
     request.stage = request.images.empty() ? Stage::kNeedLanguage : Stage::kNeedVision;
+    if (auto frames = request.images.empty() ? std::nullopt : cache_.find(request.images)) {
+      put_embeddings(request, std::move(*frames));  // every image seen before: no vision stage
+      request.cached_images = static_cast<int>(request.images.size());
+    }
   } catch (const RequestError& e) {
     finish(request, e.what());
   }
@@ -188,6 +194,7 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   const auto now = Clock::now();
   result.vision_ms = ms_between(request.submitted, request.embedded);
   result.encode_ms = request.encode_ms;
+  result.cached_images = request.cached_images;
   result.first_token_ms = ms_between(request.submitted, request.first_token);
   result.total_ms = ms_between(request.submitted, now);
   if (request.slot >= 0) slots_[static_cast<size_t>(request.slot)].outstanding.erase(request.id);
@@ -353,11 +360,24 @@ void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
       return;
     }
   }
-  embeddings_.put(request->id, std::move(message.frames()));  // the frames as they came
-  request->stage = Stage::kNeedLanguage;
-  request->slot = -1;
-  request->embedded = Clock::now();
+  cache_.put(request->images, message.frames());
   request->encode_ms = 1e3 * message.header().getBody().getEmbeddings().getEncodeSeconds();
+  try {
+    put_embeddings(*request, std::move(message.frames()));  // the frames as they came
+  } catch (const RequestError& e) {
+    finish(*request, e.what());
+  }
+}
+
+void Coordinator::put_embeddings(Request& request, std::vector<wire::Frame> frames) {
+  try {
+    embeddings_.put(request.id, std::move(frames));
+  } catch (const std::runtime_error& e) {  // a spill that failed (disk full): this request
+    throw RequestError(std::string("embeddings: ") + e.what());
+  }
+  request.stage = Stage::kNeedLanguage;
+  request.slot = -1;
+  request.embedded = Clock::now();
 }
 
 void Coordinator::on_tokens(wire::Incoming& message) {

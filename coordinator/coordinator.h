@@ -46,6 +46,7 @@ struct RequestResult {
   int attempts = 0;
   double vision_ms = 0, first_token_ms = 0, total_ms = 0;  // since submission
   double encode_ms = 0;  // the vision worker's time for the batch this request's images were in
+  int cached_images = 0;  // images whose embeddings came from the cache (the vision stage skipped)
 };
 
 struct LeaseEvent {
@@ -142,6 +143,7 @@ class Coordinator {
     std::string text;
     Clock::time_point submitted, embedded, first_token;
     double encode_ms = 0;
+    int cached_images = 0;
   };
 
   // protocol
@@ -171,6 +173,9 @@ class Coordinator {
   // requests
   Request* find(uint64_t id, uint32_t attempt);
   void requeue(Request& request, const std::string& why);
+  // The request's embeddings are ready: it waits for the language stage. Throws
+  // RequestError when they cannot be kept (a failed spill).
+  void put_embeddings(Request& request, std::vector<wire::Frame> frames);
   void finish(Request& request, const std::string& error, const std::string& reason = "");
   void fail_all(const std::string& error);
   void begin_drain();
@@ -189,6 +194,7 @@ class Coordinator {
   std::unique_ptr<ZapHandler> zap_;  // with CURVE: who may connect (before router_ binds)
   zmq::socket_t router_;
   EmbeddingStore embeddings_;
+  EmbeddingCache cache_;
   std::vector<Slot> slots_;
   std::map<uint64_t, Request> requests_;  // until finished
   uint64_t next_id_ = 1;

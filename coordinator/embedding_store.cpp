@@ -11,6 +11,17 @@
 #include "common/errors.h"
 
 namespace llava {
+namespace {
+
+wire::Frame share_frame(wire::Frame& frame) {
+  wire::Frame copy;
+  copy.dtype = frame.dtype;
+  copy.shape = frame.shape;
+  copy.bytes.copy(frame.bytes);  // shares the payload, reference-counted
+  return copy;
+}
+
+}  // namespace
 
 EmbeddingStore::EmbeddingStore(uint64_t memory_limit, std::string spill_dir)
     : limit_(memory_limit), dir_(std::move(spill_dir)) {}
@@ -66,17 +77,17 @@ std::vector<wire::Frame> EmbeddingStore::share(uint64_t request) {
   std::FILE* file = entry.file.empty() ? nullptr : std::fopen(entry.file.c_str(), "rb");
   if (!entry.file.empty() && !file) throw std::runtime_error("cannot read back " + entry.file);
   for (auto& f : entry.frames) {
+    if (!file) {
+      out.push_back(share_frame(f));
+      continue;
+    }
     wire::Frame copy;
     copy.dtype = f.dtype;
     copy.shape = f.shape;
-    if (file) {
-      copy.bytes = zmq::message_t(static_cast<size_t>(f.numel()) * wire::dtype_size(f.dtype));
-      if (std::fread(copy.bytes.data(), 1, copy.bytes.size(), file) != copy.bytes.size()) {
-        std::fclose(file);
-        throw std::runtime_error("spilled embeddings in " + entry.file + " are truncated");
-      }
-    } else {
-      copy.bytes.copy(f.bytes);  // shares the payload, reference-counted
+    copy.bytes = zmq::message_t(static_cast<size_t>(f.numel()) * wire::dtype_size(f.dtype));
+    if (std::fread(copy.bytes.data(), 1, copy.bytes.size(), file) != copy.bytes.size()) {
+      std::fclose(file);
+      throw std::runtime_error("spilled embeddings in " + entry.file + " are truncated");
     }
     out.push_back(std::move(copy));
   }
@@ -93,6 +104,42 @@ void EmbeddingStore::erase(uint64_t request) {
     std::remove(it->second.file.c_str());
   }
   entries_.erase(it);
+}
+
+std::optional<std::vector<wire::Frame>> EmbeddingCache::find(
+    const std::vector<std::string>& images) {
+  std::vector<Entry*> found;
+  for (const auto& image : images) {
+    auto it = entries_.find(image);
+    if (it == entries_.end()) return std::nullopt;
+    found.push_back(&it->second);
+  }
+  std::vector<wire::Frame> frames;
+  for (Entry* entry : found) {
+    recent_.splice(recent_.begin(), recent_, entry->recent);
+    frames.push_back(share_frame(entry->frame));
+  }
+  return frames;
+}
+
+void EmbeddingCache::put(const std::vector<std::string>& images, std::vector<wire::Frame>& frames) {
+  for (size_t i = 0; i < images.size() && i < frames.size(); ++i) {
+    const uint64_t bytes = frames[i].bytes.size() + images[i].size();
+    if (bytes > limit_ || entries_.count(images[i])) continue;
+    evict_to(limit_ - bytes);
+    auto it = entries_.emplace(images[i], Entry{share_frame(frames[i]), bytes, {}}).first;
+    it->second.recent = recent_.insert(recent_.begin(), &it->first);
+    bytes_ += bytes;
+  }
+}
+
+void EmbeddingCache::evict_to(uint64_t limit) {
+  while (bytes_ > limit && !recent_.empty()) {
+    auto it = entries_.find(*recent_.back());
+    recent_.pop_back();
+    bytes_ -= it->second.bytes;
+    entries_.erase(it);
+  }
 }
 
 }  // namespace llava

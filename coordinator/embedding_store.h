@@ -4,8 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <map>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/wire.h"
@@ -39,6 +42,39 @@ class EmbeddingStore {
   std::string dir_;
   uint64_t in_memory_ = 0;
   std::map<uint64_t, Entry> entries_;
+};
+
+// Embeddings of images seen before, keyed by the image file's bytes (compared whole: two
+// different files never share an entry, whatever their hash), so that a request whose
+// every image is here skips the vision stage (a chat that sends its image each turn).
+// Payloads are shared with the frames they came from; past the byte bound the least
+// recently used entries go.
+class EmbeddingCache {
+ public:
+  explicit EmbeddingCache(uint64_t limit) : limit_(limit) {}
+  EmbeddingCache(const EmbeddingCache&) = delete;
+  EmbeddingCache& operator=(const EmbeddingCache&) = delete;
+
+  // The frames of these images in order (payloads shared); nullopt unless all are here.
+  std::optional<std::vector<wire::Frame>> find(const std::vector<std::string>& images);
+  // frames[i] is the embedding of images[i]; shared, not copied.
+  void put(const std::vector<std::string>& images, std::vector<wire::Frame>& frames);
+
+  uint64_t bytes() const { return bytes_; }
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    wire::Frame frame;
+    uint64_t bytes = 0;  // payload + key
+    std::list<const std::string*>::iterator recent;
+  };
+  void evict_to(uint64_t limit);
+
+  uint64_t limit_;
+  uint64_t bytes_ = 0;
+  std::unordered_map<std::string, Entry> entries_;
+  std::list<const std::string*> recent_;  // keys of entries_, most recently used first
 };
 
 }  // namespace llava

@@ -166,7 +166,10 @@ int bench(const std::vector<std::string>& args) {
     else throw ConfigError("bench: unknown argument '" + arg + "'");
   }
   if (image.empty()) throw ConfigError("bench: --image PATH is required");
-  const PipelineConfig config = load_config(args[0]);
+  PipelineConfig config = load_config(args[0]);
+  // Every request sends the same image: with the cache on, all but the first would skip
+  // the vision stage, and the figures would not be the uncached path's.
+  config.coordinator.embedding_cache = 0;
 
   MemorySampler memory;
   std::vector<RequestResult>* sink = nullptr;

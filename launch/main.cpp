@@ -144,6 +144,7 @@ nlohmann::json result_json(const nlohmann::json& id, const llava::RequestResult&
     out["prompt_tokens"] = r.prompt_tokens;
     out["generated_tokens"] = r.tokens.size();
     out["attempts"] = r.attempts;
+    out["cached_images"] = r.cached_images;
     out["timings_ms"] = {{"vision", r.vision_ms}, {"first_token", r.first_token_ms}, {"total", r.total_ms}};
   } else {
     out["error"] = r.error;

@@ -177,6 +177,13 @@ void expect_no_deaths(const Outcome& outcome) {
   for (const auto& e : outcome.timeline) EXPECT_NE(e.what, "died") << e.process << ": " << e.detail;
 }
 
+int count_events(const std::vector<llava::LeaseEvent>& timeline, const std::string& process,
+                 const std::string& what) {
+  return static_cast<int>(std::count_if(timeline.begin(), timeline.end(), [&](const auto& e) {
+    return e.process == process && e.what == what;
+  }));
+}
+
 double first_event(const std::vector<llava::LeaseEvent>& timeline, const std::string& process,
                    const std::string& what) {
   for (const auto& e : timeline) {
@@ -202,6 +209,44 @@ TEST(Pipeline, SequentialMatchesInProcessGeneration) {
   ASSERT_GT(vision_exit, 0);
   ASSERT_GT(language_grant, 0);
   EXPECT_LT(vision_exit, language_grant);
+}
+
+// A chat sends its image again every turn: an image seen before (the same bytes) skips the
+// vision stage, its embeddings kept by the coordinator, and the answer is the same. In
+// sequential mode the vision worker is not even given the device for the second round.
+TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
+  const std::string path = write_config("cache", kSequential);
+  std::map<uint64_t, llava::RequestResult> results;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  auto round = [&] {
+    std::vector<uint64_t> ids;
+    for (const auto& item : kCases) {
+      llava::RequestSpec spec;
+      spec.prompt = item.prompt;
+      spec.image_paths = item.images;
+      spec.generation = llava::load_config(path).generation;
+      ids.push_back(coordinator.submit(spec));
+    }
+    coordinator.run();
+    return ids;
+  };
+  const std::vector<uint64_t> first = round();
+  const int vision_grants = count_events(coordinator.timeline(), "vision-0", "granted");
+  EXPECT_GE(vision_grants, 1);
+  const std::vector<uint64_t> second = round();
+  coordinator.shutdown_workers();
+  EXPECT_EQ(count_events(coordinator.timeline(), "vision-0", "granted"), vision_grants);
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& a = results.at(first[i]);
+    const auto& b = results.at(second[i]);
+    ASSERT_TRUE(a.ok && b.ok) << a.error << b.error;
+    EXPECT_EQ(b.tokens, expected_tokens(coordinator, kCases[i])) << "request " << i;
+    EXPECT_EQ(a.tokens, b.tokens) << "request " << i;
+    EXPECT_EQ(a.cached_images, 0);
+    EXPECT_EQ(b.cached_images, static_cast<int>(kCases[i].images.size())) << "request " << i;
+  }
 }
 
 TEST(Pipeline, SequentialUnloadKeepsTheProcessAndFreesTheDevice) {
@@ -279,12 +324,6 @@ class ExternalWorkers {
   std::map<std::string, pid_t> pids_;
 };
 
-int count_events(const Outcome& outcome, const std::string& process, const std::string& what) {
-  return static_cast<int>(std::count_if(outcome.timeline.begin(), outcome.timeline.end(), [&](const auto& e) {
-    return e.process == process && e.what == what;
-  }));
-}
-
 // The coordinator neither starts nor stops external workers: they outlive it, give the
 // device back, and register with the next coordinator on the same endpoint.
 TEST(Pipeline, ExternalWorkersOutliveTheCoordinatorAndRegisterWithTheNext) {
@@ -294,14 +333,14 @@ TEST(Pipeline, ExternalWorkersOutliveTheCoordinatorAndRegisterWithTheNext) {
   workers.start("language", 0);
   Outcome first = run_pipeline(workers.config(), kCases);
   expect_all_match(first);
-  EXPECT_EQ(count_events(first, "language-0", "started"), 0);  // never started here
-  EXPECT_EQ(count_events(first, "language-0", "registered"), 1);
+  EXPECT_EQ(count_events(first.timeline, "language-0", "started"), 0);  // never started here
+  EXPECT_EQ(count_events(first.timeline, "language-0", "registered"), 1);
   EXPECT_TRUE(workers.alive("vision-0"));
   EXPECT_TRUE(workers.alive("language-0"));
   Outcome second = run_pipeline(workers.config(), kCases);  // a new coordinator
   expect_all_match(second);
-  EXPECT_EQ(count_events(second, "vision-0", "registered"), 1);
-  EXPECT_EQ(count_events(second, "language-0", "registered"), 1);
+  EXPECT_EQ(count_events(second.timeline, "vision-0", "registered"), 1);
+  EXPECT_EQ(count_events(second.timeline, "language-0", "registered"), 1);
 }
 
 // SIGSTOP a language worker mid-generation: it is declared dead and its requests resume
@@ -334,7 +373,7 @@ TEST(Pipeline, StalledExternalWorkerIsReplacedAndItsLateRepliesAreDropped) {
   expect_all_match(outcome);
   EXPECT_TRUE(stopped);
   EXPECT_TRUE(resumed);
-  EXPECT_GE(count_events(outcome, "language-0", "died"), 1);
+  EXPECT_GE(count_events(outcome.timeline, "language-0", "died"), 1);
   EXPECT_TRUE(workers.alive("language-0"));
 }
 
@@ -349,7 +388,7 @@ TEST(Pipeline, ExternalStageThatNobodyStartsFailsItsRequestsAfterTheWait) {
   Outcome outcome = run_pipeline(workers.config(), kCases, {}, 0);
   ASSERT_EQ(outcome.ids.size(), kCases.size());
   expect_all_failed_with(outcome, "language stage: no worker registered as language-0 for 300 ms");
-  EXPECT_EQ(count_events(outcome, "language-0", "registered"), 0);
+  EXPECT_EQ(count_events(outcome.timeline, "language-0", "registered"), 0);
 }
 
 // `llava-pipe serve`: a client that disconnects mid-answer has its request cancelled
