@@ -451,11 +451,33 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
       gen.fail(chat, "generation.chat_template: must contain {prompt}");
     }
   }
+  YAML::Node stop = gen.find("stop");
+  if (stop) {
+    if (stop.IsScalar()) {
+      g.stop = {stop.Scalar()};
+    } else if (stop.IsSequence()) {
+      for (const auto& item : stop) g.stop.push_back(gen.scalar("stop", item));
+    } else {
+      gen.fail(stop, "generation.stop: expected a string or a list of strings");
+    }
+    const std::string problem = stop_strings_problem(g.stop);
+    if (!problem.empty()) gen.fail(stop, "generation.stop: " + problem);
+  }
   gen.finish();
 
   root.finish();
   check_placement(config, root, root_node["stages"]);
   return config;
+}
+
+std::string stop_strings_problem(const std::vector<std::string>& stop) {
+  if (stop.size() > 16) return std::to_string(stop.size()) + " stop strings; at most 16";
+  for (const auto& s : stop) {
+    if (s.empty()) return "a stop string is empty";
+    if (s.size() > 256)
+      return "a stop string of " + std::to_string(s.size()) + " bytes; at most 256";
+  }
+  return "";
 }
 
 PipelineConfig load_config(const std::string& path, bool check_files) {

@@ -78,7 +78,12 @@ struct GenerationSection {
   uint64_t seed = 0;
   // {images} becomes one "<image>\n" per image; {prompt} the user's text.
   std::string chat_template = "USER: {images}{prompt} ASSISTANT:";
+  // Generation ends where one of these first appears; the text ends before it.
+  std::vector<std::string> stop;
 };
+
+// Why these stop strings cannot be used, or "" if they can: at most 16, each 1-256 bytes.
+std::string stop_strings_problem(const std::vector<std::string>& stop);
 
 struct PipelineConfig {
   std::string path;  // the YAML file this came from

@@ -118,6 +118,7 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
   r.spec = spec;
   r.submitted = Clock::now();
   r.detokenizer = std::make_unique<Detokenizer>(tokenizer_);
+  r.text = StopStrings(spec.generation.stop);
   const uint64_t id = r.id;
   auto& request = requests_.emplace(id, std::move(r)).first->second;
   try {
@@ -160,17 +161,18 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
 bool Coordinator::cancel(uint64_t id, const std::string& why) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return false;
-  Request& request = it->second;
-  if (request.slot >= 0) {
-    Slot& slot = slots_[static_cast<size_t>(request.slot)];
-    if (!slot.routing.empty()) {
-      wire::Outgoing message(request.id, request.attempt);
-      message.header().getBody().initCancel();
-      send(slot, message);
-    }
-  }
-  finish(request, why, "cancelled");
+  cancel_at_worker(it->second);
+  finish(it->second, why, "cancelled");
   return true;
+}
+
+void Coordinator::cancel_at_worker(const Request& request) {
+  if (request.slot < 0) return;
+  Slot& slot = slots_[static_cast<size_t>(request.slot)];
+  if (slot.routing.empty()) return;
+  wire::Outgoing message(request.id, request.attempt);
+  message.header().getBody().initCancel();
+  send(slot, message);
 }
 
 Coordinator::Request* Coordinator::find(uint64_t id, uint32_t attempt) {
@@ -186,7 +188,12 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   result.client_id = request.spec.client_id;
   result.ok = error.empty();
   result.error = error;
-  result.text = request.text + request.detokenizer->finish();
+  if (result.ok) {  // the last bytes: the detokenizer's and what a stop string held back
+    std::string rest = request.text.push(request.detokenizer->finish());
+    rest += request.text.finish();
+    if (!rest.empty() && events_.on_text) events_.on_text(request.id, rest);
+  }
+  result.text = request.text.text();
   result.tokens = request.tokens;
   result.finish = reason;
   result.prompt_tokens = static_cast<int>(request.prompt.size());
@@ -393,8 +400,12 @@ void Coordinator::on_tokens(wire::Incoming& message) {
     fresh += request->detokenizer->push(token);
   }
   if (request->first_token.time_since_epoch().count() == 0) request->first_token = Clock::now();
-  request->text += fresh;
-  if (!fresh.empty() && events_.on_text) events_.on_text(request->id, fresh);
+  const std::string streamable = request->text.push(fresh);
+  if (!streamable.empty() && events_.on_text) events_.on_text(request->id, streamable);
+  if (request->text.stopped()) {  // a stop string: the answer is complete
+    cancel_at_worker(*request);
+    finish(*request, "", "stop");
+  }
 }
 
 void Coordinator::on_done(wire::Incoming& message) {

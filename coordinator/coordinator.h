@@ -22,6 +22,7 @@
 #include "common/model_config.h"
 #include "common/wire.h"
 #include "coordinator/embedding_store.h"
+#include "coordinator/stop_strings.h"
 #include "coordinator/tokenizer.h"
 
 namespace llava {
@@ -140,7 +141,7 @@ class Coordinator {
     int slot = -1;
     std::vector<int32_t> tokens;
     std::unique_ptr<Detokenizer> detokenizer;
-    std::string text;
+    StopStrings text;  // the answer so far, cut at a stop string
     Clock::time_point submitted, embedded, first_token;
     double encode_ms = 0;
     int cached_images = 0;
@@ -173,6 +174,8 @@ class Coordinator {
   // requests
   Request* find(uint64_t id, uint32_t attempt);
   void requeue(Request& request, const std::string& why);
+  // Tells the worker holding the request (if any) to drop it and free what it holds.
+  void cancel_at_worker(const Request& request);
   // The request's embeddings are ready: it waits for the language stage. Throws
   // RequestError when they cannot be kept (a failed spill).
   void put_embeddings(Request& request, std::vector<wire::Frame> frames);

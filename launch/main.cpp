@@ -57,7 +57,8 @@ const char* kUsage =
     "      coordinator.curve in a config\n"
     "  --verbose: print each worker start, lease grant, release, exit and death on stderr\n"
     "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
-    "            --repetition-penalty R --seed S (defaults: the config's generation section)\n";
+    "            --repetition-penalty R --seed S --stop JSON (a string or a list of strings)\n"
+    "            (defaults: the config's generation section)\n";
 
 int check(const std::vector<std::string>& args) {
   if (args.size() != 1) throw llava::ConfigError(std::string("check takes one CONFIG\n") + kUsage);

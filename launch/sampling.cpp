@@ -1,6 +1,9 @@
 // Sampling keys of a request (command line, JSONL line, or a client's JSON), validated.
 #include "launch/sampling.h"
 
+#include <algorithm>
+
+#include "common/config.h"
 #include "common/errors.h"
 
 namespace llava {
@@ -24,6 +27,17 @@ void apply_sampling(const std::string& key, const nlohmann::json& value, Generat
     if (g.repetition_penalty <= 0) throw RequestError("repetition_penalty must be > 0");
   } else if (key == "seed") {
     g.seed = value.get<uint64_t>();
+  } else if (key == "stop") {
+    if (value.is_string()) {
+      g.stop = {value.get<std::string>()};
+    } else if (value.is_array() && std::all_of(value.begin(), value.end(),
+                                               [](const auto& v) { return v.is_string(); })) {
+      g.stop = value.get<std::vector<std::string>>();
+    } else {
+      throw RequestError("stop must be a string or a list of strings");
+    }
+    const std::string problem = stop_strings_problem(g.stop);
+    if (!problem.empty()) throw RequestError("stop: " + problem);
   } else {
     throw RequestError("unknown key '" + key + "'");
   }

@@ -1,5 +1,6 @@
 // One sampling key of a request ("max_new_tokens", "temperature", "top_k", "top_p",
-// "repetition_penalty", "seed") applied to `g`; throws RequestError naming what is wrong.
+// "repetition_penalty", "seed", "stop") applied to `g`; throws RequestError naming what is
+// wrong.
 #pragma once
 
 #include <nlohmann/json.hpp>

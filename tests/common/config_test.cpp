@@ -160,6 +160,21 @@ TEST(Config, OutOfRangeSamplingIsRejected) {
             std::string::npos);
 }
 
+TEST(Config, StopStringsAreOneOrAListAndNeverEmpty) {
+  EXPECT_EQ(parse_config(kGood + "generation: {stop: 'USER:'}\n", "t.yaml", false).generation.stop,
+            (std::vector<std::string>{"USER:"}));
+  EXPECT_EQ(parse_config(kGood + "generation:\n  stop: [\"\\n\\n\", '###']\n", "t.yaml", false)
+                .generation.stop,
+            (std::vector<std::string>{"\n\n", "###"}));
+  EXPECT_TRUE(parse_config(kGood, "t.yaml", false).generation.stop.empty());
+  EXPECT_NE(error_of(kGood + "generation:\n  stop: ['']\n")
+                .find("test.yaml:14:9: generation.stop: a stop string is empty"),
+            std::string::npos);
+  EXPECT_NE(error_of(kGood + "generation: {stop: {a: b}}\n")
+                .find("expected a string or a list of strings"),
+            std::string::npos);
+}
+
 TEST(Config, EndpointMustBeIpcOrTcp) {
   EXPECT_NE(error_of(kGood + "coordinator: {endpoint: 'udp://x'}\n")
                 .find("must start with ipc:// or tcp://"),

@@ -249,6 +249,48 @@ TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
   }
 }
 
+// A stop string ends the answer where it first appears: the text, streamed and final,
+// ends just before it, the finish reason is "stop", and the language worker drops the
+// request (its one KV slot then serves the next request, whose answer is exact).
+TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
+  const std::string path =
+      write_config("stop",
+                   "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
+                   "language: {devices: cpu, batch_size: 1, max_context: 256}}\n");
+  std::map<uint64_t, llava::RequestResult> results;
+  std::map<uint64_t, std::string> streamed;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  events.on_text = [&](uint64_t id, const std::string& text) { streamed[id] += text; };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  auto submit = [&](const Case& item, const std::vector<std::string>& stop) {
+    llava::RequestSpec spec;
+    spec.prompt = item.prompt;
+    spec.image_paths = item.images;
+    spec.generation = llava::load_config(path).generation;
+    spec.generation.stop = stop;
+    return coordinator.submit(spec);
+  };
+  const uint64_t plain = submit(kCases[0], {});
+  coordinator.run();
+  const std::string full = results.at(plain).text;
+  EXPECT_EQ(streamed[plain], full);  // every byte streamed, the last ones at the end too
+  ASSERT_GE(full.size(), 8u) << full;
+  const std::string stop = full.substr(full.size() / 2, 3);
+  const std::string expected = full.substr(0, full.find(stop));
+  const uint64_t stopped = submit(kCases[0], {"never in this text \x01", stop});
+  const uint64_t next = submit(kCases[3], {});
+  coordinator.run();
+  coordinator.shutdown_workers();
+  const auto& r = results.at(stopped);
+  EXPECT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.finish, "stop");
+  EXPECT_EQ(r.text, expected);
+  EXPECT_EQ(streamed[stopped], expected);
+  EXPECT_LE(r.tokens.size(), results.at(plain).tokens.size());
+  EXPECT_EQ(results.at(next).tokens, expected_tokens(coordinator, kCases[3]));
+}
+
 TEST(Pipeline, SequentialUnloadKeepsTheProcessAndFreesTheDevice) {
   std::string config = kSequential;
   config.replace(config.find("batch_size: 4}"), 14, "batch_size: 4, release: unload}");

@@ -1,0 +1,32 @@
+// Stop strings: generation ends where one of them first appears in the text, and the text
+// ends just before it. While streaming, only the end of the text that could still grow
+// into a stop string is held back; everything before it goes out at once.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace llava {
+
+class StopStrings {
+ public:
+  explicit StopStrings(std::vector<std::string> stops = {});
+
+  // Appends `fresh` to the text; returns the part that may be streamed now. After a stop
+  // string appears, stopped() is true and nothing more is taken.
+  std::string push(const std::string& fresh);
+  // The end of generation: what was held back.
+  std::string finish();
+
+  bool stopped() const { return stopped_; }
+  const std::string& text() const { return text_; }  // so far; cut before the stop string
+
+ private:
+  std::vector<std::string> stops_;
+  size_t longest_ = 0;
+  std::string text_;
+  size_t streamed_ = 0;  // bytes of text_ already returned
+  bool stopped_ = false;
+};
+
+}  // namespace llava
