@@ -148,10 +148,8 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
                          " per image); the context holds " + std::to_string(context));
     }
     request.stage = request.images.empty() ? Stage::kNeedLanguage : Stage::kNeedVision;
-    if (auto frames = request.images.empty() ? std::nullopt : cache_.find(request.images)) {
-      put_embeddings(request, std::move(*frames));  // every image seen before: no vision stage
-      request.cached_images = static_cast<int>(request.images.size());
-    }
+    request.image_hashes = EmbeddingCache::hashes(request.images);
+    take_from_cache(request);  // every image seen before: no vision stage
   } catch (const RequestError& e) {
     finish(request, e.what());
   }
@@ -367,13 +365,44 @@ void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
       return;
     }
   }
-  cache_.put(request->images, message.frames());
+  cache_.put(request->images, request->image_hashes, message.frames());
   request->encode_ms = 1e3 * message.header().getBody().getEmbeddings().getEncodeSeconds();
   try {
     put_embeddings(*request, std::move(message.frames()));  // the frames as they came
   } catch (const RequestError& e) {
     finish(*request, e.what());
   }
+}
+
+bool Coordinator::take_from_cache(Request& request) {
+  if (request.stage != Stage::kNeedVision || !cache_.enabled()) return false;
+  auto frames = cache_.find(request.images, request.image_hashes);
+  if (!frames) return false;
+  try {
+    put_embeddings(request, std::move(*frames));
+  } catch (const RequestError&) {
+    return false;  // cannot keep them now (a failed spill): the vision stage says so
+  }
+  request.cached_images = static_cast<int>(request.images.size());
+  return true;
+}
+
+bool Coordinator::ready_for_vision(Request& request,
+                                   const std::unordered_multiset<size_t>& encoding) {
+  if (take_from_cache(request)) return false;
+  if (!cache_.enabled()) return true;
+  // The same image in another request, being encoded now: its embeddings will be in the
+  // cache, so wait for them rather than encode the image again.
+  return std::none_of(request.image_hashes.begin(), request.image_hashes.end(),
+                      [&](size_t hash) { return encoding.count(hash) > 0; });
+}
+
+std::unordered_multiset<size_t> Coordinator::images_in_vision() const {
+  std::unordered_multiset<size_t> out;
+  for (const auto& [id, r] : requests_) {
+    if (r.stage == Stage::kInVision) out.insert(r.image_hashes.begin(), r.image_hashes.end());
+  }
+  return out;
 }
 
 void Coordinator::put_embeddings(Request& request, std::vector<wire::Frame> frames) {
@@ -640,9 +669,11 @@ void Coordinator::release(Slot& slot, std::optional<Release> override_how) {
   slot.exit_expected = how == Release::kExit;
 }
 
-void Coordinator::dispatch(Slot& slot, Request& request) {
+void Coordinator::dispatch(Slot& slot, Request& request,
+                           std::unordered_multiset<size_t>& encoding) {
   wire::Outgoing message(request.id, request.attempt);
   if (request.stage == Stage::kNeedVision) {
+    encoding.insert(request.image_hashes.begin(), request.image_hashes.end());
     message.header().getBody().initVisionTask().setImageCount(static_cast<uint32_t>(request.images.size()));
     for (const auto& image : request.images) {
       message.add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
@@ -716,7 +747,11 @@ void Coordinator::schedule_concurrent() {
     if (slot.state == SlotState::kReady && !slot.granted) grant(slot);
   }
   // Oldest request first, to the least-loaded replica with room.
+  std::unordered_multiset<size_t> encoding = images_in_vision();
   for (auto& [id, request] : requests_) {
+    if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) {
+      if (request.stage == Stage::kNeedVision) continue;  // its image is being encoded
+    }
     if (request.stage != Stage::kNeedVision && request.stage != Stage::kNeedLanguage) continue;
     const std::string stage = request.stage == Stage::kNeedVision ? "vision" : "language";
     Slot* best = nullptr;
@@ -725,7 +760,7 @@ void Coordinator::schedule_concurrent() {
       if (slot.outstanding.size() >= static_cast<size_t>(2 * slot.batch_size)) continue;
       if (!best || slot.outstanding.size() < best->outstanding.size()) best = &slot;
     }
-    if (best) dispatch(*best, request);
+    if (best) dispatch(*best, request, encoding);
   }
 }
 
@@ -767,8 +802,10 @@ void Coordinator::schedule_sequential() {
   }
   if (!holder->granted || holder->releasing) return;
   const Stage need = holder_ == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
+  std::unordered_multiset<size_t> encoding = images_in_vision();
   for (auto& [id, request] : requests_) {
-    if (request.stage == need) dispatch(*holder, request);
+    if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) continue;
+    if (request.stage == need) dispatch(*holder, request, encoding);
   }
   // Round over: everything this stage was given is answered. Give the device back.
   if (holder->outstanding.empty()) release(*holder);

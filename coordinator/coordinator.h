@@ -14,6 +14,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_set>
 #include <vector>
 #include <zmq.hpp>
 
@@ -134,6 +135,7 @@ class Coordinator {
     uint64_t id = 0;
     RequestSpec spec;
     std::vector<std::string> images;  // file bytes
+    std::vector<size_t> image_hashes;  // EmbeddingCache::hash of each
     std::vector<int32_t> prompt;      // template applied, image tokens expanded
     Stage stage = Stage::kNeedVision;
     uint32_t attempt = 0;
@@ -169,11 +171,20 @@ class Coordinator {
   bool device_free(const std::string& device) const;
   void grant(Slot& slot);
   void release(Slot& slot, std::optional<Release> how = std::nullopt);
-  void dispatch(Slot& slot, Request& request);
+  // Sends the request to the slot's worker; a vision task's images join `encoding`.
+  void dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding);
   bool send(Slot& slot, wire::Outgoing& message);
   // requests
   Request* find(uint64_t id, uint32_t attempt);
   void requeue(Request& request, const std::string& why);
+  // Images in the cache: the request goes on to the language stage now. True if it did.
+  bool take_from_cache(Request& request);
+  // Hashes of the images the vision stage is encoding now.
+  std::unordered_multiset<size_t> images_in_vision() const;
+  // A request bound for the vision stage: false when its images came from the cache (it
+  // now waits for the language stage), or when one of them is being encoded for another
+  // request (`encoding`) and will be in the cache (it waits for that).
+  bool ready_for_vision(Request& request, const std::unordered_multiset<size_t>& encoding);
   // Tells the worker holding the request (if any) to drop it and free what it holds.
   void cancel_at_worker(const Request& request);
   // The request's embeddings are ready: it waits for the language stage. Throws

@@ -106,13 +106,27 @@ void EmbeddingStore::erase(uint64_t request) {
   entries_.erase(it);
 }
 
-std::optional<std::vector<wire::Frame>> EmbeddingCache::find(
-    const std::vector<std::string>& images) {
+std::vector<size_t> EmbeddingCache::hashes(const std::vector<std::string>& images) {
+  std::vector<size_t> out;
+  for (const auto& image : images) out.push_back(hash(image));
+  return out;
+}
+
+EmbeddingCache::Entry* EmbeddingCache::lookup(const std::string& image, size_t hash) {
+  auto [from, to] = entries_.equal_range(hash);
+  for (auto it = from; it != to; ++it) {
+    if (it->second.image == image) return &it->second;
+  }
+  return nullptr;
+}
+
+std::optional<std::vector<wire::Frame>> EmbeddingCache::find(const std::vector<std::string>& images,
+                                                             const std::vector<size_t>& hashes) {
   std::vector<Entry*> found;
-  for (const auto& image : images) {
-    auto it = entries_.find(image);
-    if (it == entries_.end()) return std::nullopt;
-    found.push_back(&it->second);
+  for (size_t i = 0; i < images.size(); ++i) {
+    Entry* entry = lookup(images[i], hashes[i]);
+    if (!entry) return std::nullopt;
+    found.push_back(entry);
   }
   std::vector<wire::Frame> frames;
   for (Entry* entry : found) {
@@ -122,23 +136,31 @@ std::optional<std::vector<wire::Frame>> EmbeddingCache::find(
   return frames;
 }
 
-void EmbeddingCache::put(const std::vector<std::string>& images, std::vector<wire::Frame>& frames) {
+void EmbeddingCache::put(const std::vector<std::string>& images, const std::vector<size_t>& hashes,
+                         std::vector<wire::Frame>& frames) {
   for (size_t i = 0; i < images.size() && i < frames.size(); ++i) {
     const uint64_t bytes = frames[i].bytes.size() + images[i].size();
-    if (bytes > limit_ || entries_.count(images[i])) continue;
+    if (bytes > limit_ || lookup(images[i], hashes[i])) continue;
     evict_to(limit_ - bytes);
-    auto it = entries_.emplace(images[i], Entry{share_frame(frames[i]), bytes, {}}).first;
-    it->second.recent = recent_.insert(recent_.begin(), &it->first);
+    auto it =
+        entries_.emplace(hashes[i], Entry{hashes[i], images[i], share_frame(frames[i]), bytes, {}});
+    it->second.recent = recent_.insert(recent_.begin(), &it->second);
     bytes_ += bytes;
   }
 }
 
 void EmbeddingCache::evict_to(uint64_t limit) {
   while (bytes_ > limit && !recent_.empty()) {
-    auto it = entries_.find(*recent_.back());
+    Entry* oldest = recent_.back();
     recent_.pop_back();
-    bytes_ -= it->second.bytes;
-    entries_.erase(it);
+    bytes_ -= oldest->bytes;
+    auto [from, to] = entries_.equal_range(oldest->hash);
+    for (auto it = from; it != to; ++it) {
+      if (&it->second == oldest) {
+        entries_.erase(it);
+        break;
+      }
+    }
   }
 }
 

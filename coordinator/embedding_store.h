@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <optional>
@@ -55,26 +56,42 @@ class EmbeddingCache {
   EmbeddingCache(const EmbeddingCache&) = delete;
   EmbeddingCache& operator=(const EmbeddingCache&) = delete;
 
-  // The frames of these images in order (payloads shared); nullopt unless all are here.
-  std::optional<std::vector<wire::Frame>> find(const std::vector<std::string>& images);
-  // frames[i] is the embedding of images[i]; shared, not copied.
-  void put(const std::vector<std::string>& images, std::vector<wire::Frame>& frames);
+  static size_t hash(const std::string& image) { return std::hash<std::string>{}(image); }
+  static std::vector<size_t> hashes(const std::vector<std::string>& images);
 
+  // The frames of these images in order (payloads shared); nullopt unless all are here.
+  // `hashes` are hash() of each image (computed once by the caller).
+  std::optional<std::vector<wire::Frame>> find(const std::vector<std::string>& images,
+                                               const std::vector<size_t>& hashes);
+  std::optional<std::vector<wire::Frame>> find(const std::vector<std::string>& images) {
+    return find(images, hashes(images));
+  }
+  // frames[i] is the embedding of images[i]; shared, not copied.
+  void put(const std::vector<std::string>& images, const std::vector<size_t>& hashes,
+           std::vector<wire::Frame>& frames);
+  void put(const std::vector<std::string>& images, std::vector<wire::Frame>& frames) {
+    put(images, hashes(images), frames);
+  }
+
+  bool enabled() const { return limit_ > 0; }
   uint64_t bytes() const { return bytes_; }
   size_t size() const { return entries_.size(); }
 
  private:
   struct Entry {
+    size_t hash = 0;
+    std::string image;
     wire::Frame frame;
-    uint64_t bytes = 0;  // payload + key
-    std::list<const std::string*>::iterator recent;
+    uint64_t bytes = 0;  // payload + image
+    std::list<Entry*>::iterator recent;
   };
+  Entry* lookup(const std::string& image, size_t hash);
   void evict_to(uint64_t limit);
 
   uint64_t limit_;
   uint64_t bytes_ = 0;
-  std::unordered_map<std::string, Entry> entries_;
-  std::list<const std::string*> recent_;  // keys of entries_, most recently used first
+  std::unordered_multimap<size_t, Entry> entries_;  // by hash; elements never move
+  std::list<Entry*> recent_;                        // most recently used first
 };
 
 }  // namespace llava

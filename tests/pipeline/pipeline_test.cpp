@@ -249,6 +249,25 @@ TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
   }
 }
 
+// Several questions about one image, submitted together: the image is encoded once, the
+// other requests wait for its embeddings (cache) instead of encoding it again; every
+// answer is exact. In both modes.
+TEST(Pipeline, OneImageInRequestsSubmittedTogetherIsEncodedOnce) {
+  const std::string concurrent =
+      "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 4}, "
+      "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
+  for (const std::string& body : {kSequential, concurrent}) {
+    std::vector<Case> cases;
+    for (const auto& item : kCases) cases.push_back({item.prompt, kCases[0].images});
+    Outcome outcome = run_pipeline(write_config("twins", body), cases);
+    expect_all_match(outcome);
+    int encoded = 0, cached = 0;
+    for (const auto& [id, r] : outcome.results) (r.cached_images == 0 ? encoded : cached) += 1;
+    EXPECT_EQ(encoded, 1) << body;
+    EXPECT_EQ(cached, static_cast<int>(cases.size()) - 1) << body;
+  }
+}
+
 // A stop string ends the answer where it first appears: the text, streamed and final,
 // ends just before it, the finish reason is "stop", and the language worker drops the
 // request (its one KV slot then serves the next request, whose answer is exact).
