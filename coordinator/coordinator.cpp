@@ -186,10 +186,10 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   result.client_id = request.spec.client_id;
   result.ok = error.empty();
   result.error = error;
-  if (result.ok) {  // the last bytes: the detokenizer's and what a stop string held back
-    std::string rest = request.text.push(request.detokenizer->finish());
+  std::string rest;  // the last bytes: the detokenizer's and what a stop string held back
+  if (result.ok) {
+    rest = request.text.push(request.detokenizer->finish());
     rest += request.text.finish();
-    if (!rest.empty() && events_.on_text) events_.on_text(request.id, rest);
   }
   result.text = request.text.text();
   result.tokens = request.tokens;
@@ -205,7 +205,8 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   if (request.slot >= 0) slots_[static_cast<size_t>(request.slot)].outstanding.erase(request.id);
   embeddings_.erase(request.id);
   const uint64_t id = request.id;
-  requests_.erase(id);
+  requests_.erase(id);  // before the callbacks: one that cancels it finds it answered
+  if (!rest.empty() && events_.on_text) events_.on_text(id, rest);
   if (events_.on_result) events_.on_result(result);
 }
 
@@ -430,10 +431,11 @@ void Coordinator::on_tokens(wire::Incoming& message) {
   }
   if (request->first_token.time_since_epoch().count() == 0) request->first_token = Clock::now();
   const std::string streamable = request->text.push(fresh);
-  if (!streamable.empty() && events_.on_text) events_.on_text(request->id, streamable);
   if (request->text.stopped()) {  // a stop string: the answer is complete
     cancel_at_worker(*request);
-    finish(*request, "", "stop");
+    finish(*request, "", "stop");  // streams what is left, then answers
+  } else if (!streamable.empty() && events_.on_text) {
+    events_.on_text(request->id, streamable);  // last: it may cancel the request
   }
 }
 

@@ -23,8 +23,8 @@ std::string StopStrings::push(const std::string& fresh) {
   for (const auto& stop : stops_) cut = std::min(cut, text_.find(stop, from));
   if (cut != std::string::npos) {
     stopped_ = true;
-    text_.resize(std::max(cut, streamed_));
-    return finish();
+    text_.resize(std::max(cut, streamed_));  // what is left of it comes from finish()
+    return "";
   }
   // Hold back the longest end of the text that begins some stop string.
   size_t hold = 0;

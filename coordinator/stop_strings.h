@@ -12,8 +12,9 @@ class StopStrings {
  public:
   explicit StopStrings(std::vector<std::string> stops = {});
 
-  // Appends `fresh` to the text; returns the part that may be streamed now. After a stop
-  // string appears, stopped() is true and nothing more is taken.
+  // Appends `fresh` to the text; returns the part that may be streamed now. Once a stop
+  // string appears, stopped() is true, nothing more is taken, and the text before the stop
+  // string not streamed yet comes from finish().
   std::string push(const std::string& fresh);
   // The end of generation: what was held back.
   std::string finish();
