@@ -230,6 +230,19 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
       out << "\n";
     }
   }
+  const uint64_t image_bytes = static_cast<uint64_t>(model.image_tokens()) *
+                               static_cast<uint64_t>(model.text.hidden_size) *
+                               element_size(config.model.dtype);
+  const auto& c = config.coordinator;
+  out << "  coordinator (host memory): waiting embeddings up to "
+      << format_bytes(c.embedding_memory) << " (then files in " << c.spill_dir
+      << "), embedding cache "
+      << (c.embedding_cache
+              ? format_bytes(c.embedding_cache) + " (" +
+                    std::to_string(c.embedding_cache / std::max<uint64_t>(image_bytes, 1)) +
+                    " images of " + format_bytes(image_bytes) + ")"
+              : std::string("off"))
+      << "\n";
   out << "\ndevices:\n";
   for (const auto& d : plan.devices) {
     out << "  " << d.device << ": predicted peak " << format_bytes(d.predicted_peak);
