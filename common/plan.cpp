@@ -22,6 +22,11 @@ int64_t context_tokens(const PipelineConfig& config, const LlavaConfig& model) {
                                           : model.text.max_position_embeddings;
 }
 
+uint64_t image_embedding_bytes(const PipelineConfig& config, const LlavaConfig& model) {
+  return static_cast<uint64_t>(model.image_tokens()) *
+         static_cast<uint64_t>(model.text.hidden_size) * element_size(config.model.dtype);
+}
+
 StageMemory predict_vision_memory(const PipelineConfig& config, const LlavaConfig& model) {
   const uint64_t bytes = element_size(config.model.dtype);
   const auto& v = model.vision;
@@ -35,7 +40,7 @@ StageMemory predict_vision_memory(const PipelineConfig& config, const LlavaConfi
   uint64_t per_image = tokens * (6 * v.hidden_size + 2 * v.intermediate_size) * bytes +
                        v.num_attention_heads * tokens * tokens * bytes +
                        3 * v.image_size * v.image_size * 4 +
-                       model.image_tokens() * model.text.hidden_size * bytes * 2;
+                       2 * image_embedding_bytes(config, model);
   m.activations = batch * per_image;
   m.runtime = on_gpu(config.vision.devices.front()) ? kCudaRuntimeBytes : 0;
   return m;
@@ -230,9 +235,7 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
       out << "\n";
     }
   }
-  const uint64_t image_bytes = static_cast<uint64_t>(model.image_tokens()) *
-                               static_cast<uint64_t>(model.text.hidden_size) *
-                               element_size(config.model.dtype);
+  const uint64_t image_bytes = image_embedding_bytes(config, model);
   const auto& c = config.coordinator;
   out << "  coordinator (host memory): waiting embeddings up to "
       << format_bytes(c.embedding_memory) << " (then files in " << c.spill_dir

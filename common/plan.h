@@ -85,6 +85,8 @@ StageMemory predict_vision_memory(const PipelineConfig& config, const LlavaConfi
 StageMemory predict_language_memory(const PipelineConfig& config, const LlavaConfig& model);
 // Tokens one language sequence may hold: max_context, or the model's maximum.
 int64_t context_tokens(const PipelineConfig& config, const LlavaConfig& model);
+// One image's embeddings: image tokens x text hidden size, in the model dtype.
+uint64_t image_embedding_bytes(const PipelineConfig& config, const LlavaConfig& model);
 
 Plan make_plan(const PipelineConfig& config, const LlavaConfig& model);
 std::string describe(const Plan& plan, const PipelineConfig& config, const LlavaConfig& model);

@@ -14,13 +14,14 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/plan.h"
 #include "common/transport.h"
 #include "common/units.h"
 #include "coordinator/coordinator.h"
@@ -248,10 +249,7 @@ int bench(const std::vector<std::string>& args) {
   coordinator.shutdown_workers();
   const std::map<int, long> nvml = memory.stop();
 
-  // One image's embeddings: image tokens x text hidden size, in the model dtype.
-  const size_t frame_bytes = static_cast<size_t>(coordinator.model().image_tokens() *
-                                                 coordinator.model().text.hidden_size) *
-                             element_size(config.model.dtype);
+  const size_t frame_bytes = image_embedding_bytes(config, coordinator.model());
   const double handoff = handoff_ms(coordinator.endpoint(), frame_bytes, 50);
 
   nlohmann::json out;
