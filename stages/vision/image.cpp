@@ -14,6 +14,16 @@
 #define STBI_ONLY_BMP
 #define STBI_ONLY_GIF
 #define STBI_NO_STDIO
+#include <cstddef>
+namespace llava {
+namespace {
+void* bounded_malloc(std::size_t size);
+void* bounded_realloc(void* block, std::size_t size);
+}  // namespace
+}  // namespace llava
+#define STBI_MALLOC(size) llava::bounded_malloc(size)
+#define STBI_REALLOC(block, size) llava::bounded_realloc(block, size)
+#define STBI_FREE(block) std::free(block)
 #include <stb/stb_image.h>
 
 #include <csetjmp>
@@ -28,6 +38,27 @@
 namespace llava {
 
 namespace {
+
+// Every allocation stb_image makes goes through these. A PNG's chunk lengths and its zlib
+// stream are not bounded by its header (stb grows buffers to whatever a chunk claims, and
+// keeps inflating past the pixels the header needs), so each decode sets a ceiling from the
+// file's size and its checked width x height, and a larger request fails the decode.
+thread_local size_t allocation_ceiling = SIZE_MAX;
+thread_local size_t refused_allocation = 0;
+
+bool within_ceiling(size_t size) {
+  if (size <= allocation_ceiling) return true;
+  refused_allocation = size;
+  return false;
+}
+
+void* bounded_malloc(size_t size) {
+  return within_ceiling(size) ? std::malloc(size) : nullptr;
+}
+
+void* bounded_realloc(void* block, size_t size) {
+  return within_ceiling(size) ? std::realloc(block, size) : nullptr;
+}
 
 // libjpeg reports errors through a callback that must not return: jump back out, with no
 // C++ object alive between setjmp and longjmp.
@@ -156,8 +187,21 @@ RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limit
     throw RequestError("image: " + std::to_string(width) + "x" + std::to_string(height) +
                        " pixels is over the limit of " + std::to_string(limits.max_pixels));
   }
+  // Room for 16-bit RGBA pixels plus a row filter byte each (8 bytes a pixel), twice the file
+  // (its compressed data, gathered in doubling steps), and 1 MiB for tables.
+  const size_t pixel_count = static_cast<size_t>(width) * height;
+  allocation_ceiling = 8 * pixel_count + static_cast<size_t>(height) + 2 * size + (1u << 20);
+  refused_allocation = 0;
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
       stbi_load_from_memory(data, length, &width, &height, &channels, 3), stbi_image_free);
+  allocation_ceiling = SIZE_MAX;
+  if (!pixels && refused_allocation != 0) {
+    throw RequestError("image: decoding this " + std::to_string(width) + "x" +
+                       std::to_string(height) + " file asked for " +
+                       std::to_string(refused_allocation) +
+                       " bytes, more than its size and pixels can need (corrupt chunk "
+                       "lengths, or compressed data that expands past its pixels)");
+  }
   if (!pixels) {
     throw RequestError(std::string("image: decoding failed (") + stbi_failure_reason() +
                        "; truncated or corrupt file?)");

@@ -88,4 +88,75 @@ TEST(Image, DecompressionBombIsRefusedFromItsHeader) {
             "image: 3267297207x2867324061 pixels is over the limit of 40000000");
 }
 
+// Appends a chunk: length, type, data and a zero CRC (stb_image does not check CRCs, as
+// png_header above relies on too).
+void append_chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_t>& data,
+                  uint32_t claimed_length) {
+  for (int shift : {24, 16, 8, 0}) png.push_back(static_cast<uint8_t>(claimed_length >> shift));
+  png.insert(png.end(), type, type + 4);
+  png.insert(png.end(), data.begin(), data.end());
+  png.insert(png.end(), 4, 0);
+}
+
+// A zlib stream of `runs` x 258 + 1 zero bytes in a few bytes each: one fixed-Huffman
+// block of a literal 0 and then back-references of length 258 at distance 1.
+std::vector<uint8_t> zlib_zeros(size_t runs) {
+  std::vector<uint8_t> out = {0x78, 0x01};
+  uint32_t bits = 0;
+  int count = 0;
+  auto put = [&](uint32_t value, int width) {  // LSB first, as deflate packs fields
+    for (int i = 0; i < width; ++i) {
+      bits |= ((value >> i) & 1u) << count;
+      if (++count == 8) out.push_back(static_cast<uint8_t>(bits)), bits = 0, count = 0;
+    }
+  };
+  auto put_code = [&](uint32_t code, int width) {  // Huffman codes go most significant first
+    for (int i = width - 1; i >= 0; --i) put((code >> i) & 1u, 1);
+  };
+  put(1, 1);          // last block
+  put(1, 2);          // fixed Huffman codes
+  put_code(0x30, 8);  // literal 0
+  for (size_t i = 0; i < runs; ++i) {
+    put_code(0xC5, 8);  // length 258 (symbol 285)
+    put_code(0, 5);     // distance 1
+  }
+  put_code(0, 7);  // end of block
+  if (count > 0) out.push_back(static_cast<uint8_t>(bits));
+  const uint32_t total = static_cast<uint32_t>(runs * 258 + 1);
+  const uint32_t adler = ((total % 65521) << 16) | 1;  // Adler-32 of zeros
+  for (int shift : {24, 16, 8, 0}) out.push_back(static_cast<uint8_t>(adler >> shift));
+  return out;
+}
+
+// A 16x16 PNG needs 784 bytes of rows; this one's IDAT inflates to 16 MiB of zeros from 27 KB
+// (decoding used to succeed, after allocating all of it).
+TEST(Image, CompressedDataThatExpandsPastItsPixelsIsRefused) {
+  auto png = png_header(16, 16);
+  const auto stream = zlib_zeros(65'000);
+  append_chunk(png, "IDAT", stream, static_cast<uint32_t>(stream.size()));
+  append_chunk(png, "IEND", {}, 0);
+  const std::string error = error_of(png);
+  EXPECT_NE(error.find("image: decoding this 16x16 file asked for"), std::string::npos) << error;
+
+  // The same file with its rows' worth of zeros decodes: the ceiling is not in the way.
+  auto small = png_header(16, 16);
+  const auto enough = zlib_zeros(4);  // 1,033 bytes: the rows and a little more
+  append_chunk(small, "IDAT", enough, static_cast<uint32_t>(enough.size()));
+  append_chunk(small, "IEND", {}, 0);
+  auto decoded = decode_image(small.data(), small.size());
+  EXPECT_EQ(decoded.width, 16);
+  EXPECT_EQ(decoded.pixels, std::vector<uint8_t>(16 * 16 * 3, 0));
+}
+
+// Found by tests/fuzz: an IDAT chunk claiming ~1 GiB made stb_image allocate that much (2 GiB
+// once doubled) before finding the data missing.
+TEST(Image, ChunkClaimingMoreBytesThanTheFileIsRefusedBeforeAllocating) {
+  auto png = png_header(16, 16);
+  append_chunk(png, "IDAT", zlib_zeros(4), 1'100'000'000u);
+  const std::string error = error_of(png);
+  EXPECT_NE(error.find("image: decoding this 16x16 file asked for 1100000000 bytes"),
+            std::string::npos)
+      << error;
+}
+
 }  // namespace
