@@ -61,12 +61,16 @@ struct LeaseReleased {
 # coordinator -> vision worker; frames: one u8 [bytes] frame per image (encoded file bytes).
 struct VisionTask {
   imageCount @0 :UInt32;
+  # Tasks the coordinator sends this worker right after this one, in the same scheduling
+  # pass: the worker waits for them before encoding, so that a burst is one batch.
+  followedBy @1 :UInt32;
 }
 
 # vision worker -> coordinator; frames: one [image_tokens, hidden] frame per image.
 struct Embeddings {
   imageCount @0 :UInt32;
   encodeSeconds @1 :Float64;
+  batchImages @2 :UInt32;  # images in the batch these were encoded in
 }
 
 struct Sampling {

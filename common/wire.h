@@ -63,6 +63,7 @@ class Incoming {
   uint64_t request_id() const { return header_.getRequestId(); }
   uint32_t attempt() const { return header_.getAttempt(); }
   std::vector<Frame>& frames() { return frames_; }
+  const std::vector<Frame>& frames() const { return frames_; }
   zmq::message_t& routing_id() { return routing_id_; }
 
  private:

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <sstream>
 
 #include "common/errors.h"
@@ -199,6 +201,7 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   const auto now = Clock::now();
   result.vision_ms = ms_between(request.submitted, request.embedded);
   result.encode_ms = request.encode_ms;
+  result.vision_batch_images = request.vision_batch_images;
   result.cached_images = request.cached_images;
   result.first_token_ms = ms_between(request.submitted, request.first_token);
   result.total_ms = ms_between(request.submitted, now);
@@ -368,6 +371,8 @@ void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
   }
   cache_.put(request->images, request->image_hashes, message.frames());
   request->encode_ms = 1e3 * message.header().getBody().getEmbeddings().getEncodeSeconds();
+  request->vision_batch_images =
+      static_cast<int>(message.header().getBody().getEmbeddings().getBatchImages());
   try {
     put_embeddings(*request, std::move(message.frames()));  // the frames as they came
   } catch (const RequestError& e) {
@@ -671,45 +676,67 @@ void Coordinator::release(Slot& slot, std::optional<Release> override_how) {
   slot.exit_expected = how == Release::kExit;
 }
 
-void Coordinator::dispatch(Slot& slot, Request& request,
-                           std::unordered_multiset<size_t>& encoding) {
-  wire::Outgoing message(request.id, request.attempt);
+void Coordinator::dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding,
+                           std::vector<BurstTask>& burst) {
+  const size_t slot_index = static_cast<size_t>(&slot - slots_.data());
   if (request.stage == Stage::kNeedVision) {
     encoding.insert(request.image_hashes.begin(), request.image_hashes.end());
-    message.header().getBody().initVisionTask().setImageCount(static_cast<uint32_t>(request.images.size()));
+    auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
+    message->header().getBody().initVisionTask().setImageCount(
+        static_cast<uint32_t>(request.images.size()));
     for (const auto& image : request.images) {
-      message.add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
-                        zmq::message_t(image.data(), image.size()));
+      message->add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
+                         zmq::message_t(image.data(), image.size()));
     }
-  } else {
-    auto task = message.header().getBody().initLanguageTask();
-    // A resumed request continues from what it has streamed: prompt + those tokens.
-    std::vector<int32_t> ids = request.prompt;
-    ids.insert(ids.end(), request.tokens.begin(), request.tokens.end());
-    auto list = task.initTokenIds(static_cast<unsigned>(ids.size()));
-    for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
-    task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
-    const GenerationSection& g = request.spec.generation;
-    auto s = task.initSampling();
-    s.setMaxNewTokens(static_cast<uint32_t>(g.max_new_tokens - static_cast<int>(request.tokens.size())));
-    s.setTemperature(static_cast<float>(g.temperature));
-    s.setTopK(static_cast<uint32_t>(g.top_k));
-    s.setTopP(static_cast<float>(g.top_p));
-    s.setRepetitionPenalty(static_cast<float>(g.repetition_penalty));
-    s.setSeed(g.seed);
-    auto stops = s.initStopTokenIds(static_cast<unsigned>(model_.text.eos_token_ids.size()));
-    for (size_t i = 0; i < model_.text.eos_token_ids.size(); ++i) {
-      stops.set(static_cast<unsigned>(i), static_cast<int32_t>(model_.text.eos_token_ids[i]));
-    }
-    if (!request.images.empty()) {
-      for (auto& frame : embeddings_.share(request.id)) message.add_frame(std::move(frame));
-    }
+    // Counted as the worker's now, so that the pass balances replicas with it.
+    burst.push_back({slot_index, request.id, std::move(message)});
+    request.stage = Stage::kInVision;
+    request.slot = static_cast<int>(slot_index);
+    slot.outstanding.insert(request.id);
+    return;
   }
-  const Stage next = request.stage == Stage::kNeedVision ? Stage::kInVision : Stage::kInLanguage;
+  wire::Outgoing message(request.id, request.attempt);
+  auto task = message.header().getBody().initLanguageTask();
+  // A resumed request continues from what it has streamed: prompt + those tokens.
+  std::vector<int32_t> ids = request.prompt;
+  ids.insert(ids.end(), request.tokens.begin(), request.tokens.end());
+  auto list = task.initTokenIds(static_cast<unsigned>(ids.size()));
+  for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
+  task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
+  const GenerationSection& g = request.spec.generation;
+  auto s = task.initSampling();
+  s.setMaxNewTokens(
+      static_cast<uint32_t>(g.max_new_tokens - static_cast<int>(request.tokens.size())));
+  s.setTemperature(static_cast<float>(g.temperature));
+  s.setTopK(static_cast<uint32_t>(g.top_k));
+  s.setTopP(static_cast<float>(g.top_p));
+  s.setRepetitionPenalty(static_cast<float>(g.repetition_penalty));
+  s.setSeed(g.seed);
+  auto stops = s.initStopTokenIds(static_cast<unsigned>(model_.text.eos_token_ids.size()));
+  for (size_t i = 0; i < model_.text.eos_token_ids.size(); ++i) {
+    stops.set(static_cast<unsigned>(i), static_cast<int32_t>(model_.text.eos_token_ids[i]));
+  }
+  if (!request.images.empty()) {
+    for (auto& frame : embeddings_.share(request.id)) message.add_frame(std::move(frame));
+  }
   if (!send(slot, message)) return;
-  request.stage = next;
-  request.slot = static_cast<int>(&slot - slots_.data());
+  request.stage = Stage::kInLanguage;
+  request.slot = static_cast<int>(slot_index);
   slot.outstanding.insert(request.id);
+}
+
+void Coordinator::send_burst(std::vector<BurstTask>& burst) {
+  std::map<size_t, uint32_t> remaining;
+  for (const auto& task : burst) ++remaining[task.slot];
+  for (auto& task : burst) {
+    Slot& slot = slots_[task.slot];
+    const uint32_t follow = --remaining[task.slot];
+    // A worker that died while this burst went out had its requests requeued.
+    if (slot.routing.empty() || !slot.outstanding.count(task.request)) continue;
+    task.message->header().getBody().getVisionTask().setFollowedBy(follow);
+    send(slot, *task.message);
+  }
+  burst.clear();
 }
 
 void Coordinator::schedule() {
@@ -750,6 +777,7 @@ void Coordinator::schedule_concurrent() {
   }
   // Oldest request first, to the least-loaded replica with room.
   std::unordered_multiset<size_t> encoding = images_in_vision();
+  std::vector<BurstTask> burst;
   for (auto& [id, request] : requests_) {
     if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) {
       if (request.stage == Stage::kNeedVision) continue;  // its image is being encoded
@@ -762,8 +790,9 @@ void Coordinator::schedule_concurrent() {
       if (slot.outstanding.size() >= static_cast<size_t>(2 * slot.batch_size)) continue;
       if (!best || slot.outstanding.size() < best->outstanding.size()) best = &slot;
     }
-    if (best) dispatch(*best, request, encoding);
+    if (best) dispatch(*best, request, encoding, burst);
   }
+  send_burst(burst);
 }
 
 void Coordinator::schedule_sequential() {
@@ -805,12 +834,14 @@ void Coordinator::schedule_sequential() {
   if (!holder->granted || holder->releasing) return;
   const Stage need = holder_ == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
   std::unordered_multiset<size_t> encoding = images_in_vision();
+  std::vector<BurstTask> burst;
   for (auto& [id, request] : requests_) {
     if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) continue;
-    if (request.stage == need) dispatch(*holder, request, encoding);
+    if (request.stage == need) dispatch(*holder, request, encoding, burst);
   }
+  send_burst(burst);
   // Round over: everything this stage was given is answered. Give the device back.
-  if (holder->outstanding.empty()) release(*holder);
+  if (holder->granted && holder->outstanding.empty()) release(*holder);
 }
 
 }  // namespace llava

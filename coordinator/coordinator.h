@@ -48,6 +48,7 @@ struct RequestResult {
   int attempts = 0;
   double vision_ms = 0, first_token_ms = 0, total_ms = 0;  // since submission
   double encode_ms = 0;  // the vision worker's time for the batch this request's images were in
+  int vision_batch_images = 0;  // images in that batch (this request's and others')
   int cached_images = 0;  // images whose embeddings came from the cache (the vision stage skipped)
 };
 
@@ -146,7 +147,15 @@ class Coordinator {
     StopStrings text;  // the answer so far, cut at a stop string
     Clock::time_point submitted, embedded, first_token;
     double encode_ms = 0;
+    int vision_batch_images = 0;
     int cached_images = 0;
+  };
+  // A scheduling pass's vision tasks: sent together at the pass's end (send_burst), each
+  // saying how many more follow it to the same worker.
+  struct BurstTask {
+    size_t slot;
+    uint64_t request;
+    std::unique_ptr<wire::Outgoing> message;
   };
 
   // protocol
@@ -171,8 +180,11 @@ class Coordinator {
   bool device_free(const std::string& device) const;
   void grant(Slot& slot);
   void release(Slot& slot, std::optional<Release> how = std::nullopt);
-  // Sends the request to the slot's worker; a vision task's images join `encoding`.
-  void dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding);
+  // Sends the request to the slot's worker; a vision task's images join `encoding` and the
+  // task joins `burst` (sent by send_burst).
+  void dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding,
+                std::vector<BurstTask>& burst);
+  void send_burst(std::vector<BurstTask>& burst);
   bool send(Slot& slot, wire::Outgoing& message);
   // requests
   Request* find(uint64_t id, uint32_t attempt);

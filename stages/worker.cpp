@@ -66,6 +66,8 @@ struct FaultHooks {
   int work_delay_ms = number("LLAVA_PIPE_FAULT_WORK_DELAY_MS");        // each work step slower
   int sticky_after_steps = number("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS");  // then a sticky error
   int oom_prompt_tokens = number("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS");    // prompts this long OOM
+  // Messages taken one at a time, as if each arrived just after the worker started working.
+  int one_message_per_step = number("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP");
   static int number(const char* name) {
     const char* value = std::getenv(name);
     return value ? std::atoi(value) : 0;
@@ -76,6 +78,10 @@ struct FaultHooks {
     return std::remove(once) == 0;  // fires once: the first to delete the file
   }
 };
+
+// The longest a vision worker waits for the next task of an announced burst (they are sent
+// back to back; this only bounds a burst cut short, by a cancel or a dead coordinator).
+constexpr std::chrono::milliseconds kBurstGap{50};
 
 const FaultHooks& faults() {
   static const FaultHooks hooks;
@@ -184,12 +190,12 @@ int Worker::run() {
   const auto silence_limit = beat_interval_ * config_.coordinator.liveness;
   while (exit_code_ < 0) {
     const bool busy = state_ == State::kLeased && (!queue_.empty() || !running_.empty());
-    auto wait = busy ? std::chrono::milliseconds(0) : beat_interval_ / 2;
-    // Take every waiting message before working: cancels and releases act at once.
+    auto wait = busy ? burst_wait() : beat_interval_ / 2;
+    // Take every waiting message before working: cancels and releases act at once. The
+    // rest of an announced burst of vision tasks is waited for, to encode it as one batch.
     while (exit_code_ < 0) {
       auto parts = receive_parts(socket_, wait);
       if (!parts) break;
-      wait = std::chrono::milliseconds(0);
       last_heard_ = Clock::now();
       try {
         wire::Incoming message = wire::Incoming::parse(std::move(*parts), false, limits_);
@@ -197,6 +203,8 @@ int Worker::run() {
       } catch (const WireError& e) {
         std::cerr << "llava-stage: dropped a malformed message: " << e.what() << "\n";
       }
+      wait = burst_wait();
+      if (faults().one_message_per_step > 0 && wait.count() == 0) break;
     }
     if (exit_code_ >= 0) break;
     heartbeat_if_due();
@@ -225,6 +233,10 @@ void Worker::handle(wire::Incoming& message) {
       on_lease_release(body.getLeaseRelease().getHow(), body.getLeaseRelease().getEpoch());
       break;
     case W::VISION_TASK:
+      burst_following_ = body.getVisionTask().getFollowedBy();
+      burst_deadline_ = Clock::now() + kBurstGap;
+      queue_.push_back(std::move(message));
+      break;
     case W::LANGUAGE_TASK: queue_.push_back(std::move(message)); break;
     case W::CANCEL: on_cancel(message.request_id()); break;
     case W::SHUTDOWN: exit_code_ = 0; break;
@@ -320,6 +332,16 @@ void Worker::on_cancel(uint64_t request) {
   if (generator_ && generator_->cancel(request)) running_.erase(request);
 }
 
+std::chrono::milliseconds Worker::burst_wait() const {
+  if (burst_following_ == 0) return std::chrono::milliseconds(0);
+  size_t images = 0;
+  for (const auto& task : queue_) images += task.frames().size();
+  if (images >= static_cast<size_t>(stage_->batch_size)) return std::chrono::milliseconds(0);
+  const auto left = burst_deadline_ - Clock::now();
+  if (left <= Clock::duration::zero()) return std::chrono::milliseconds(0);
+  return std::chrono::ceil<std::chrono::milliseconds>(left);
+}
+
 void Worker::work() {
   if (faults().work_delay_ms > 0 && (!queue_.empty() || !running_.empty())) {
     std::this_thread::sleep_for(std::chrono::milliseconds(faults().work_delay_ms));
@@ -412,6 +434,7 @@ void Worker::encode_images() {
     auto body = out.header().getBody().initEmbeddings();
     body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
     body.setEncodeSeconds(elapsed);
+    body.setBatchImages(static_cast<uint32_t>(pixels.size()));
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
       at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
       out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));

@@ -46,6 +46,9 @@ class Worker {
   void hello();             // registers with the coordinator
   void lost_coordinator();  // external worker: drop the work, free the device, hello again
 
+  // How long to wait for the rest of a burst of vision tasks the coordinator announced
+  // (zero once they are here, the batch is full, or none came for kBurstGap).
+  std::chrono::milliseconds burst_wait() const;
   void work();
   void encode_images();    // vision: one batch of queued tasks
   void generate_tokens();  // language: admit queued tasks, one decode step
@@ -75,6 +78,8 @@ class Worker {
   std::unique_ptr<LlamaDecoder> decoder_;
   std::unique_ptr<Generator> generator_;
   std::deque<wire::Incoming> queue_;  // tasks not started yet
+  uint32_t burst_following_ = 0;      // vision tasks announced by the last one received
+  Clock::time_point burst_deadline_;  // last one received + kBurstGap
 
   struct Running {  // a language request inside the generator
     uint32_t attempt;

@@ -268,6 +268,26 @@ TEST(Pipeline, OneImageInRequestsSubmittedTogetherIsEncodedOnce) {
   }
 }
 
+// Requests submitted together reach the vision worker as one burst, and it encodes them as
+// one batch even when its messages arrive one at a time (the fault hook makes it work after
+// each): the coordinator tells it how many tasks follow each one. Answers are exact.
+TEST(Pipeline, RequestsSubmittedTogetherAreEncodedInOneVisionBatch) {
+  const std::string body =
+      "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 8}, "
+      "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
+  setenv("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP", "1", 1);
+  Outcome outcome = run_pipeline(write_config("burst", body), kCases);
+  unsetenv("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP");
+  expect_all_match(outcome);
+  int images = 0;
+  for (const auto& item : kCases) images += static_cast<int>(item.images.size());
+  ASSERT_EQ(images, 5);
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    EXPECT_EQ(r.vision_batch_images, kCases[i].images.empty() ? 0 : images) << "request " << i;
+  }
+}
+
 // A stop string ends the answer where it first appears: the text, streamed and final,
 // ends just before it, the finish reason is "stop", and the language worker drops the
 // request (its one KV slot then serves the next request, whose answer is exact).
