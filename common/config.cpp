@@ -438,12 +438,15 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
 
   Section gen = root.child("generation");
   auto& g = config.generation;
-  g.max_new_tokens = static_cast<int>(gen.integer("max_new_tokens", g.max_new_tokens, 1, 1 << 20));
-  g.temperature = gen.real("temperature", g.temperature, 0.0, 100.0);
-  g.top_k = static_cast<int>(gen.integer("top_k", g.top_k, 0, 1 << 24));
+  using L = GenerationLimits;
+  g.max_new_tokens =
+      static_cast<int>(gen.integer("max_new_tokens", g.max_new_tokens, 1, L::kMaxNewTokens));
+  g.temperature = gen.real("temperature", g.temperature, 0.0, L::kTemperature);
+  g.top_k = static_cast<int>(gen.integer("top_k", g.top_k, 0, L::kTopK));
   g.top_p = gen.real("top_p", g.top_p, 0.0, 1.0, /*lo_open=*/true);
-  g.repetition_penalty = gen.real("repetition_penalty", g.repetition_penalty, 0.0, 100.0, true);
-  g.seed = static_cast<uint64_t>(gen.integer("seed", 0, 0, std::numeric_limits<long long>::max()));
+  g.repetition_penalty =
+      gen.real("repetition_penalty", g.repetition_penalty, 0.0, L::kRepetitionPenalty, true);
+  g.seed = static_cast<uint64_t>(gen.integer("seed", 0, 0, L::kSeed));
   YAML::Node chat = gen.find("chat_template");
   if (chat) {
     g.chat_template = gen.scalar("chat_template", chat);

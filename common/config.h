@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -80,6 +81,15 @@ struct GenerationSection {
   std::string chat_template = "USER: {images}{prompt} ASSISTANT:";
   // Generation ends where one of these first appears; the text ends before it.
   std::vector<std::string> stop;
+};
+
+// Ranges of the generation keys, the same in the YAML file and in a request.
+struct GenerationLimits {
+  static constexpr long long kMaxNewTokens = 1 << 20;  // max_new_tokens: [1, this]
+  static constexpr long long kTopK = 1 << 24;          // top_k: [0, this]
+  static constexpr double kTemperature = 100.0;        // temperature: [0, this]
+  static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
+  static constexpr long long kSeed = std::numeric_limits<long long>::max();  // the file's seed
 };
 
 // Why these stop strings cannot be used, or "" if they can: at most 16, each 1-256 bytes.

@@ -113,10 +113,14 @@ std::vector<BatchLine> read_batch(const std::string& path, const llava::Generati
         if (key == "id") {
           line.id = value;
         } else if (key == "prompt") {
-          line.spec.prompt = value.get<std::string>();
+          line.spec.prompt = llava::string_value(key, value);
         } else if (key == "image" || key == "images") {
-          std::vector<std::string> paths = value.is_array() ? value.get<std::vector<std::string>>()
-                                                            : std::vector<std::string>{value.get<std::string>()};
+          std::vector<std::string> paths;
+          if (value.is_array()) {
+            for (const auto& path : value) paths.push_back(llava::string_value(key, path));
+          } else {
+            paths.push_back(llava::string_value(key, value));
+          }
           for (const auto& p : paths) {
             std::filesystem::path image(p);
             line.spec.image_paths.push_back(image.is_relative() ? (folder / image).string() : p);

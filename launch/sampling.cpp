@@ -1,40 +1,87 @@
-// Sampling keys of a request (command line, JSONL line, or a client's JSON), validated.
+// Sampling keys of a request (command line, JSONL line, or a client's JSON), validated with
+// the ranges the YAML file has, each error naming the key.
 #include "launch/sampling.h"
 
 #include <algorithm>
+#include <sstream>
 
 #include "common/config.h"
 #include "common/errors.h"
 
 namespace llava {
 
-// Sampling overrides shared by the command line and JSONL lines.
+namespace {
+
+// The value as written, shortened: an error must not echo a megabyte back.
+std::string shown(const nlohmann::json& value) {
+  std::string text = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > 40) text = text.substr(0, 37) + "...";
+  return text;
+}
+
+// A JSON integer in [lo, hi]: 2.5, "3", 1e30 or 2^64 are refused, never cast.
+long long whole(const std::string& key, const nlohmann::json& value, long long lo, long long hi) {
+  if (!value.is_number_integer()) {
+    throw RequestError(key + ": expected a whole number, got " + shown(value));
+  }
+  const bool in_range = value.is_number_unsigned()
+                            ? value.get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+                                  static_cast<long long>(value.get<uint64_t>()) >= lo
+                            : value.get<int64_t>() >= lo && value.get<int64_t>() <= hi;
+  if (!in_range) {
+    throw RequestError(key + ": " + shown(value) + " is out of range [" + std::to_string(lo) +
+                       ", " + std::to_string(hi) + "]");
+  }
+  return value.is_number_unsigned() ? static_cast<long long>(value.get<uint64_t>())
+                                    : value.get<int64_t>();
+}
+
+// A JSON number in [lo, hi] ((lo, hi] when lo_open).
+double real(const std::string& key, const nlohmann::json& value, double lo, double hi,
+            bool lo_open = false) {
+  if (!value.is_number()) throw RequestError(key + ": expected a number, got " + shown(value));
+  const double number = value.get<double>();
+  if (!(number >= lo && number <= hi) || (lo_open && number == lo)) {
+    std::ostringstream range;
+    range << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
+    throw RequestError(key + ": " + shown(value) + " is out of range " + range.str());
+  }
+  return number;
+}
+
+}  // namespace
+
+std::string string_value(const std::string& key, const nlohmann::json& value) {
+  if (!value.is_string()) throw RequestError(key + ": expected a string, got " + shown(value));
+  return value.get<std::string>();
+}
+
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g) {
+  using L = GenerationLimits;
   if (key == "max_new_tokens") {
-    g.max_new_tokens = value.get<int>();
-    if (g.max_new_tokens < 1) throw RequestError("max_new_tokens must be at least 1");
+    g.max_new_tokens = static_cast<int>(whole(key, value, 1, L::kMaxNewTokens));
   } else if (key == "temperature") {
-    g.temperature = value.get<double>();
-    if (g.temperature < 0) throw RequestError("temperature must be >= 0");
+    g.temperature = real(key, value, 0.0, L::kTemperature);
   } else if (key == "top_k") {
-    g.top_k = value.get<int>();
-    if (g.top_k < 0) throw RequestError("top_k must be >= 0");
+    g.top_k = static_cast<int>(whole(key, value, 0, L::kTopK));
   } else if (key == "top_p") {
-    g.top_p = value.get<double>();
-    if (g.top_p <= 0 || g.top_p > 1) throw RequestError("top_p must be in (0, 1]");
+    g.top_p = real(key, value, 0.0, 1.0, /*lo_open=*/true);
   } else if (key == "repetition_penalty") {
-    g.repetition_penalty = value.get<double>();
-    if (g.repetition_penalty <= 0) throw RequestError("repetition_penalty must be > 0");
+    g.repetition_penalty = real(key, value, 0.0, L::kRepetitionPenalty, /*lo_open=*/true);
   } else if (key == "seed") {
+    // Any 64-bit seed (a file's seed is at most 2^63 - 1, as YAML integers are read signed).
+    if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0)) {
+      throw RequestError("seed: expected a whole number from 0 to 2^64 - 1, got " + shown(value));
+    }
     g.seed = value.get<uint64_t>();
   } else if (key == "stop") {
     if (value.is_string()) {
-      g.stop = {value.get<std::string>()};
+      g.stop = {string_value(key, value)};
     } else if (value.is_array() && std::all_of(value.begin(), value.end(),
                                                [](const auto& v) { return v.is_string(); })) {
       g.stop = value.get<std::vector<std::string>>();
     } else {
-      throw RequestError("stop must be a string or a list of strings");
+      throw RequestError("stop: expected a string or a list of strings, got " + shown(value));
     }
     const std::string problem = stop_strings_problem(g.stop);
     if (!problem.empty()) throw RequestError("stop: " + problem);

@@ -12,4 +12,7 @@ namespace llava {
 
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g);
 
+// A request's string (its "prompt", an image path); throws RequestError naming the key.
+std::string string_value(const std::string& key, const nlohmann::json& value);
+
 }  // namespace llava

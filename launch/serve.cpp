@@ -110,7 +110,8 @@ int serve(const std::vector<std::string>& args) {
         spec.generation = config.generation;
         for (const auto& [key, value] : j.items()) {
           if (key == "id") client_id = value;
-          else if (key == "prompt") spec.prompt = value.get<std::string>();
+          else if (key == "prompt")
+            spec.prompt = string_value(key, value);
           else apply_sampling(key, value, spec.generation);
         }
         for (size_t i = 2; i < parts->size(); ++i) spec.image_bytes.push_back((*parts)[i].to_string());

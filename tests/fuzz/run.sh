@@ -3,9 +3,9 @@
 # seed corpus (tests/fuzz/corpus/NAME); new inputs go to a temporary folder, so the
 # committed corpus stays as it is. Any crash, leak, out-of-memory or sanitizer report fails
 # the run and leaves the input in build-fuzz/crashes/.
-#   bash tests/fuzz/run.sh            reproducible: seed 1 and a fixed number of inputs per
-#                                     target (about a minute each here), so the same code
-#                                     always gets the same verdict (the test command's run)
+#   bash tests/fuzz/run.sh            seed 1 and a fixed number of inputs per target (about a
+#                                     minute each here): nearly the same inputs every run
+#                                     (the test command's run)
 #   bash tests/fuzz/run.sh SECONDS    exploring: a random seed, SECONDS per target
 set -euo pipefail
 seconds="${1:-}"

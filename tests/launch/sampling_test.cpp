@@ -1,0 +1,92 @@
+// The sampling keys of a request: every value a client can send either applies, or is
+// refused with an error naming the key; nothing is cast out of range.
+#include "launch/sampling.h"
+
+#include <gtest/gtest.h>
+
+#include "common/errors.h"
+
+namespace {
+
+using llava::apply_sampling;
+using llava::GenerationSection;
+using nlohmann::json;
+
+// The error applying key = value (JSON text) gives, or "" when it applies.
+std::string error_of(const std::string& key, const std::string& value) {
+  GenerationSection g;
+  try {
+    apply_sampling(key, json::parse(value), g);
+  } catch (const llava::RequestError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Sampling, ValuesInRangeApply) {
+  GenerationSection g;
+  apply_sampling("max_new_tokens", json::parse("1048576"), g);
+  apply_sampling("temperature", json::parse("0.7"), g);
+  apply_sampling("top_k", json::parse("40"), g);
+  apply_sampling("top_p", json::parse("1"), g);
+  apply_sampling("repetition_penalty", json::parse("1.1"), g);
+  apply_sampling("seed", json::parse("18446744073709551615"), g);
+  apply_sampling("stop", json::parse(R"(["a", "bc"])"), g);
+  EXPECT_EQ(g.max_new_tokens, 1 << 20);
+  EXPECT_DOUBLE_EQ(g.temperature, 0.7);
+  EXPECT_EQ(g.top_k, 40);
+  EXPECT_DOUBLE_EQ(g.top_p, 1.0);
+  EXPECT_DOUBLE_EQ(g.repetition_penalty, 1.1);
+  EXPECT_EQ(g.seed, UINT64_MAX);
+  EXPECT_EQ(g.stop, (std::vector<std::string>{"a", "bc"}));
+}
+
+// Values that used to be cast: 2^32 + 1 became 1 new token, 2.9 became 2, 1e30 was
+// undefined behaviour; the message of a wrong type did not name the key.
+TEST(Sampling, WholeNumbersAreCheckedNotCast) {
+  EXPECT_EQ(error_of("max_new_tokens", "4294967297"),
+            "max_new_tokens: 4294967297 is out of range [1, 1048576]");
+  EXPECT_EQ(error_of("max_new_tokens", "0"), "max_new_tokens: 0 is out of range [1, 1048576]");
+  EXPECT_EQ(error_of("max_new_tokens", "2.9"), "max_new_tokens: expected a whole number, got 2.9");
+  EXPECT_EQ(error_of("max_new_tokens", "1e30"),
+            "max_new_tokens: expected a whole number, got 1e+30");
+  EXPECT_EQ(error_of("max_new_tokens", "\"64\""),
+            "max_new_tokens: expected a whole number, got \"64\"");
+  EXPECT_EQ(error_of("top_k", "-1"), "top_k: -1 is out of range [0, 16777216]");
+  EXPECT_EQ(error_of("top_k", "18446744073709551615"),
+            "top_k: 18446744073709551615 is out of range [0, 16777216]");
+  EXPECT_EQ(error_of("seed", "-1"), "seed: expected a whole number from 0 to 2^64 - 1, got -1");
+  EXPECT_EQ(error_of("seed", "1.5"), "seed: expected a whole number from 0 to 2^64 - 1, got 1.5");
+}
+
+TEST(Sampling, RealNumbersHaveTheFilesRanges) {
+  EXPECT_EQ(error_of("temperature", "-0.1"), "temperature: -0.1 is out of range [0, 100]");
+  EXPECT_EQ(error_of("temperature", "1e300"), "temperature: 1e+300 is out of range [0, 100]");
+  EXPECT_EQ(error_of("temperature", "true"), "temperature: expected a number, got true");
+  EXPECT_EQ(error_of("top_p", "0"), "top_p: 0 is out of range (0, 1]");
+  EXPECT_EQ(error_of("top_p", "1.5"), "top_p: 1.5 is out of range (0, 1]");
+  EXPECT_EQ(error_of("repetition_penalty", "0"), "repetition_penalty: 0 is out of range (0, 100]");
+  EXPECT_EQ(error_of("temperature", "0"), "");
+}
+
+TEST(Sampling, StopStringsAndUnknownKeys) {
+  EXPECT_EQ(error_of("stop", "[\"a\", 3]"),
+            "stop: expected a string or a list of strings, got [\"a\",3]");
+  EXPECT_NE(error_of("stop", "\"\"").find("stop: "), std::string::npos);
+  EXPECT_EQ(error_of("colour", "1"), "unknown key 'colour'");
+  // A long value is shortened in the message.
+  const std::string error = error_of("temperature", "\"" + std::string(100000, 'x') + "\"");
+  EXPECT_EQ(error, "temperature: expected a number, got \"" + std::string(36, 'x') + "...");
+}
+
+TEST(Sampling, StringsAreStrings) {
+  EXPECT_EQ(llava::string_value("prompt", json("hi")), "hi");
+  try {
+    llava::string_value("prompt", json::parse("[1, 2]"));
+    FAIL() << "a list is not a prompt";
+  } catch (const llava::RequestError& e) {
+    EXPECT_STREQ(e.what(), "prompt: expected a string, got [1,2]");
+  }
+}
+
+}  // namespace
