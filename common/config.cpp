@@ -473,12 +473,50 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   return config;
 }
 
+namespace {
+
+// Well-formed UTF-8 (no overlong forms, surrogates, or code points past U+10FFFF).
+bool valid_utf8(const std::string& text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  while (p < end) {
+    const unsigned char c = *p;
+    int more = 0;
+    uint32_t code = 0, least = 0;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      more = 1, code = c & 0x1F, least = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      more = 2, code = c & 0x0F, least = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      more = 3, code = c & 0x07, least = 0x10000;
+    } else {
+      return false;
+    }
+    if (end - p <= more) return false;
+    for (int i = 1; i <= more; ++i) {
+      if ((p[i] & 0xC0) != 0x80) return false;
+      code = (code << 6) | (p[i] & 0x3F);
+    }
+    if (code < least || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    p += more + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
 std::string stop_strings_problem(const std::vector<std::string>& stop) {
   if (stop.size() > 16) return std::to_string(stop.size()) + " stop strings; at most 16";
   for (const auto& s : stop) {
     if (s.empty()) return "a stop string is empty";
     if (s.size() > 256)
       return "a stop string of " + std::to_string(s.size()) + " bytes; at most 256";
+    // The answer is cut where a stop string starts: only whole characters may match, or
+    // the text would end inside one.
+    if (!valid_utf8(s)) return "a stop string is not valid UTF-8";
   }
   return "";
 }

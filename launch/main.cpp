@@ -230,7 +230,7 @@ int run(std::vector<std::string> args) {
       tokens += r.tokens.size();
       if (r.ok) images += lines[index].spec.image_paths.size();  // answered requests' images
       while (written < results.size() && results[written]) {  // keep input order
-        output << results[written]->dump() << "\n";
+        output << llava::json_text(*results[written]) << "\n";
         ++written;
       }
       output.flush();
@@ -264,7 +264,8 @@ int run(std::vector<std::string> args) {
       }
       coordinator.submit(lines[i].spec);  // may finish at once (bad image path)
     }
-    while (written < results.size() && results[written]) output << results[written++]->dump() << "\n";
+    while (written < results.size() && results[written])
+      output << llava::json_text(*results[written++]) << "\n";
   } else {
     coordinator.submit(single);
   }

@@ -14,7 +14,7 @@ namespace {
 
 // The value as written, shortened: an error must not echo a megabyte back.
 std::string shown(const nlohmann::json& value) {
-  std::string text = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::string text = json_text(value);
   if (text.size() > 40) text = text.substr(0, 37) + "...";
   return text;
 }
@@ -50,6 +50,10 @@ double real(const std::string& key, const nlohmann::json& value, double lo, doub
 }
 
 }  // namespace
+
+std::string json_text(const nlohmann::json& value) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 std::string string_value(const std::string& key, const nlohmann::json& value) {
   if (!value.is_string()) throw RequestError(key + ": expected a string, got " + shown(value));

@@ -15,4 +15,9 @@ void apply_sampling(const std::string& key, const nlohmann::json& value, Generat
 // A request's string (its "prompt", an image path); throws RequestError naming the key.
 std::string string_value(const std::string& key, const nlohmann::json& value);
 
+// A reply or result line as JSON text. Answers are whole characters by construction, but an
+// error may quote a path or bytes that are not UTF-8: those become U+FFFD instead of an
+// exception that would end the server or the batch.
+std::string json_text(const nlohmann::json& value);
+
 }  // namespace llava

@@ -29,7 +29,7 @@ void on_signal(int) { Coordinator::request_stop(); }
 bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann::json& body) {
   zmq::message_t id(routing.data(), routing.size());
   std::vector<zmq::message_t> parts;
-  parts.emplace_back(body.dump());
+  parts.emplace_back(json_text(body));
   return send_parts(socket, std::move(parts), &id);
 }
 

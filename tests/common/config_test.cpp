@@ -173,6 +173,13 @@ TEST(Config, StopStringsAreOneOrAListAndNeverEmpty) {
   EXPECT_NE(error_of(kGood + "generation: {stop: {a: b}}\n")
                 .find("expected a string or a list of strings"),
             std::string::npos);
+  // A stop string that could match inside a character would cut the text in it.
+  EXPECT_EQ(llava::stop_strings_problem({"\xbf\xbd"}), "a stop string is not valid UTF-8");
+  EXPECT_EQ(llava::stop_strings_problem({"ok", "\xe6\x97"}), "a stop string is not valid UTF-8");
+  EXPECT_EQ(llava::stop_strings_problem({"\xc0\xaf"}),
+            "a stop string is not valid UTF-8");  // overlong
+  EXPECT_EQ(llava::stop_strings_problem({"\xed\xa0\x80"}), "a stop string is not valid UTF-8");
+  EXPECT_EQ(llava::stop_strings_problem({"日本", "\xf0\x9f\x98\x80", "###"}), "");
 }
 
 TEST(Config, EndpointMustBeIpcOrTcp) {

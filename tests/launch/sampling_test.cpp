@@ -89,4 +89,9 @@ TEST(Sampling, StringsAreStrings) {
   }
 }
 
+TEST(Sampling, RepliesAreJsonEvenWithBytesThatAreNotUtf8) {
+  EXPECT_EQ(llava::json_text(json{{"error", "cannot read /x/\xff.jpg"}}),
+            "{\"error\":\"cannot read /x/\xef\xbf\xbd.jpg\"}");
+}
+
 }  // namespace

@@ -502,6 +502,18 @@ TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
   }
   // Client B, with the one KV slot A held.
   auto b = llava::connect_dealer(context, listen, llava::TransportOptions{});
+  {  // First a request that is not UTF-8: an error reply, whose text quoted the byte and
+     // used to end the server.
+    std::vector<zmq::message_t> parts;
+    parts.emplace_back(std::string("{\"id\": \"bad\", \"prompt\": \"a\xff\"}"));
+    llava::send_parts(b, std::move(parts));
+    auto reply = llava::receive_parts(b, std::chrono::milliseconds(60000));
+    ASSERT_TRUE(reply);
+    const auto refused = nlohmann::json::parse(reply->back().to_string());
+    EXPECT_FALSE(refused["ok"].get<bool>()) << refused.dump();
+    EXPECT_NE(refused["error"].get<std::string>().find("ill-formed UTF-8"), std::string::npos)
+        << refused.dump();
+  }
   request(b, {{"id", "b"}, {"prompt", kCases[0].prompt}}, kCases[0].images);
   nlohmann::json done;
   while (auto reply = llava::receive_parts(b, std::chrono::milliseconds(60000))) {
@@ -868,23 +880,33 @@ TEST(Pipeline, BatchFileWithBadLinesAnswersEveryLineInOrder) {
   std::string many = "[";
   for (int i = 0; i < 17; ++i) many += std::string(i ? ", " : "") + "\"" + kImages + "img00_64x48_RGB.png\"";
   many += "]";
-  std::ofstream(in) << R"({"id": "a", "image": ")" << kImages << R"(img00_64x48_RGB.png", "prompt": "Describe."})" << "\n"
+  std::ofstream(in) << R"({"id": "a", "image": ")" << kImages
+                    << R"(img00_64x48_RGB.png", "prompt": "Describe."})"
+                    << "\n"
                     << "{not json\n"
-                    << R"({"id": "c", "prompt": "x", "colour": "red"})" << "\n"
-                    << R"({"id": "d", "images": )" << many << R"(, "prompt": "Too many."})" << "\n"
-                    << R"({"id": "e", "prompt": "Text only.", "max_new_tokens": 3})" << "\n";
+                    << R"({"id": "c", "prompt": "x", "colour": "red"})"
+                    << "\n"
+                    << R"({"id": "d", "images": )" << many << R"(, "prompt": "Too many."})"
+                    << "\n"
+                    << R"({"id": "e", "prompt": "Text only.", "max_new_tokens": 3})"
+                    << "\n"
+                    // A byte that is not UTF-8: its error quotes it (this line used to end the
+                    // whole run with no output).
+                    << "{\"id\": \"f\", \"prompt\": \"a\xff\"}\n";
   const std::string output = run_command(kBinary + "/llava-pipe run " + write_config("batch", kSequential) +
                                          " --requests " + in + " --output " + out + " 2>&1; echo exit=$?");
   EXPECT_NE(output.find("exit=0"), std::string::npos) << output;
   std::ifstream lines(out);
   std::vector<std::string> got;
   for (std::string line; std::getline(lines, line);) got.push_back(line);
-  ASSERT_EQ(got.size(), 5u) << output;
+  ASSERT_EQ(got.size(), 6u) << output;
   EXPECT_NE(got[0].find(R"("id":"a","ok":true)"), std::string::npos) << got[0];
   EXPECT_NE(got[1].find(in + ":2: not a valid request"), std::string::npos) << got[1];
   EXPECT_NE(got[2].find(in + ":3: unknown key 'colour'"), std::string::npos) << got[2];
   EXPECT_NE(got[3].find("17 images; at most 16 per request"), std::string::npos) << got[3];
   EXPECT_NE(got[4].find(R"("generated_tokens":3,"id":"e","ok":true)"), std::string::npos) << got[4];
+  EXPECT_NE(got[5].find(in + ":6: not a valid request"), std::string::npos) << got[5];
+  EXPECT_NO_THROW(nlohmann::json::parse(got[5])) << got[5];
 }
 
 // Starts `llava-pipe run --verbose` on a slow pipeline and returns its pid and the pids of
