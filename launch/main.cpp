@@ -4,15 +4,15 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <algorithm>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,7 +24,7 @@
 #include "common/units.h"
 #include "coordinator/coordinator.h"
 #include "launch/bench.h"
-#include "launch/sampling.h"
+#include "launch/request_json.h"
 #include "launch/serve.h"
 
 namespace {
@@ -103,38 +103,22 @@ std::vector<BatchLine> read_batch(const std::string& path, const llava::Generati
   for (int number = 1; std::getline(in, text); ++number) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
     BatchLine line;
-    line.spec.generation = defaults;
-    line.id = number;
     const std::string where = path + ":" + std::to_string(number) + ": ";
+    llava::JsonRequest request;
+    request.id = number;
+    request.generation = defaults;
     try {
-      auto j = nlohmann::json::parse(text);
-      if (!j.is_object()) throw llava::RequestError("expected a JSON object");
-      for (const auto& [key, value] : j.items()) {
-        if (key == "id") {
-          line.id = value;
-        } else if (key == "prompt") {
-          line.spec.prompt = llava::string_value(key, value);
-        } else if (key == "image" || key == "images") {
-          std::vector<std::string> paths;
-          if (value.is_array()) {
-            for (const auto& path : value) paths.push_back(llava::string_value(key, path));
-          } else {
-            paths.push_back(llava::string_value(key, value));
-          }
-          for (const auto& p : paths) {
-            std::filesystem::path image(p);
-            line.spec.image_paths.push_back(image.is_relative() ? (folder / image).string() : p);
-          }
-        } else {
-          llava::apply_sampling(key, value, line.spec.generation);
-        }
+      llava::parse_json_request(text, true, request);
+      line.spec.prompt = request.prompt;
+      line.spec.generation = request.generation;
+      for (const auto& p : request.image_paths) {
+        std::filesystem::path image(p);
+        line.spec.image_paths.push_back(image.is_relative() ? (folder / image).string() : p);
       }
-      if (!j.contains("prompt")) throw llava::RequestError("no \"prompt\"");
-    } catch (const nlohmann::json::exception& e) {
-      line.error = where + "not a valid request (" + e.what() + ")";
     } catch (const llava::RequestError& e) {
       line.error = where + e.what();
     }
+    line.id = request.id;
     line.spec.client_id = std::to_string(lines.size());  // its index: results go in input order
     lines.push_back(std::move(line));
   }

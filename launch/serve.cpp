@@ -19,7 +19,7 @@
 #include "common/errors.h"
 #include "common/transport.h"
 #include "coordinator/coordinator.h"
-#include "launch/sampling.h"
+#include "launch/request_json.h"
 
 namespace llava {
 namespace {
@@ -101,29 +101,25 @@ int serve(const std::vector<std::string>& args) {
   while (true) {
     while (auto parts = receive_parts(clients, std::chrono::milliseconds(0))) {
       const std::string routing = parts->front().to_string();
-      nlohmann::json client_id;
+      JsonRequest request;
+      request.generation = config.generation;
       try {
         if (parts->size() < 2) throw RequestError("expected [JSON request, image bytes...]");
-        auto j = nlohmann::json::parse((*parts)[1].to_string());
-        if (!j.is_object()) throw RequestError("the request must be a JSON object");
+        parse_json_request((*parts)[1].to_string(), false, request);
         RequestSpec spec;
-        spec.generation = config.generation;
-        for (const auto& [key, value] : j.items()) {
-          if (key == "id") client_id = value;
-          else if (key == "prompt")
-            spec.prompt = string_value(key, value);
-          else apply_sampling(key, value, spec.generation);
-        }
+        spec.prompt = request.prompt;
+        spec.generation = request.generation;
         for (size_t i = 2; i < parts->size(); ++i) spec.image_bytes.push_back((*parts)[i].to_string());
-        spec.client_id = client_id.dump();
+        spec.client_id = json_text(request.id);
         const uint64_t id = coordinator.submit(spec);
-        owners[id] = {routing, client_id};
+        owners[id] = {routing, request.id};
         if (auto it = early.find(id); it != early.end()) {  // refused at once: answer now
           deliver(it->second);
           early.erase(it);
         }
       } catch (const std::exception& e) {  // bad JSON, bad key: this request alone
-        send_json(clients, routing, {{"id", client_id}, {"done", true}, {"ok", false}, {"error", e.what()}});
+        send_json(clients, routing,
+                  {{"id", request.id}, {"done", true}, {"ok", false}, {"error", e.what()}});
       }
     }
     const bool running = coordinator.step(std::chrono::milliseconds(5));

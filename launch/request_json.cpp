@@ -1,6 +1,6 @@
-// Sampling keys of a request (command line, JSONL line, or a client's JSON), validated with
-// the ranges the YAML file has, each error naming the key.
-#include "launch/sampling.h"
+// Requests as JSON (a client's, a batch line), and their sampling keys, validated with the
+// ranges the YAML file has, each error naming the key.
+#include "launch/request_json.h"
 
 #include <algorithm>
 #include <sstream>
@@ -92,6 +92,32 @@ void apply_sampling(const std::string& key, const nlohmann::json& value, Generat
   } else {
     throw RequestError("unknown key '" + key + "'");
   }
+}
+
+void parse_json_request(const std::string& text, bool batch_line, JsonRequest& out) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw RequestError(std::string("not a valid request (") + e.what() + ")");
+  }
+  if (!j.is_object()) throw RequestError("a request must be a JSON object, got " + shown(j));
+  if (auto id = j.find("id"); id != j.end()) out.id = *id;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "id") continue;
+    if (key == "prompt") {
+      out.prompt = string_value(key, value);
+    } else if (batch_line && (key == "image" || key == "images")) {
+      if (value.is_array()) {
+        for (const auto& path : value) out.image_paths.push_back(string_value(key, path));
+      } else {
+        out.image_paths.push_back(string_value(key, value));
+      }
+    } else {
+      apply_sampling(key, value, out.generation);
+    }
+  }
+  if (batch_line && !j.contains("prompt")) throw RequestError("no \"prompt\"");
 }
 
 }  // namespace llava

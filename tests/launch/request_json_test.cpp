@@ -1,6 +1,6 @@
 // The sampling keys of a request: every value a client can send either applies, or is
 // refused with an error naming the key; nothing is cast out of range.
-#include "launch/sampling.h"
+#include "launch/request_json.h"
 
 #include <gtest/gtest.h>
 
@@ -92,6 +92,44 @@ TEST(Sampling, StringsAreStrings) {
 TEST(Sampling, RepliesAreJsonEvenWithBytesThatAreNotUtf8) {
   EXPECT_EQ(llava::json_text(json{{"error", "cannot read /x/\xff.jpg"}}),
             "{\"error\":\"cannot read /x/\xef\xbf\xbd.jpg\"}");
+}
+
+TEST(JsonRequest, ClientAndBatchLineKeys) {
+  llava::JsonRequest client;
+  llava::parse_json_request(R"({"id": [1, "x"], "prompt": "Hi", "top_k": 5})", false, client);
+  EXPECT_EQ(client.id, json::parse(R"([1, "x"])"));
+  EXPECT_EQ(client.prompt, "Hi");
+  EXPECT_EQ(client.generation.top_k, 5);
+
+  llava::JsonRequest line;
+  llava::parse_json_request(R"({"images": ["a.png", "b.gif"], "image": "c.jpg", "prompt": ""})",
+                            true, line);
+  EXPECT_EQ(line.image_paths, (std::vector<std::string>{"c.jpg", "a.png", "b.gif"}));
+}
+
+// The error of a request, and the id it kept for the error reply.
+std::pair<std::string, json> refusal(const std::string& text, bool batch_line) {
+  llava::JsonRequest request;
+  try {
+    llava::parse_json_request(text, batch_line, request);
+  } catch (const llava::RequestError& e) {
+    return {e.what(), request.id};
+  }
+  return {"", request.id};
+}
+
+TEST(JsonRequest, ErrorsNameWhatIsWrongAndKeepTheId) {
+  // "colour" sorts before "id": the id is still read first, for the reply.
+  EXPECT_EQ(refusal(R"({"colour": 1, "id": "q7"})", false),
+            (std::pair<std::string, json>{"unknown key 'colour'", "q7"}));
+  EXPECT_EQ(refusal(R"({"id": 1, "image": "x.jpg", "prompt": "a"})", false).first,
+            "unknown key 'image'");  // a client sends image bytes, not paths
+  EXPECT_EQ(refusal(R"({"id": 1})", true).first, "no \"prompt\"");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "images": ["a.png", 3]})", true).first,
+            "images: expected a string, got 3");
+  EXPECT_EQ(refusal("[1, 2]", false).first, "a request must be a JSON object, got [1,2]");
+  EXPECT_EQ(refusal("{not json", true).first.rfind("not a valid request ([json.exception.", 0), 0u);
+  EXPECT_EQ(refusal("", false).first.rfind("not a valid request (", 0), 0u);
 }
 
 }  // namespace
