@@ -1,6 +1,8 @@
 // Chat template and image placeholder expansion.
 #include "coordinator/chat_template.h"
 
+#include "common/errors.h"
+
 namespace llava {
 namespace {
 
@@ -14,8 +16,20 @@ void replace_all(std::string& text, const std::string& from, const std::string& 
 
 std::string apply_chat_template(const std::string& chat_template, const std::string& prompt,
                                 int images, const std::string& image_token) {
+  int placed = 0;
+  for (size_t at = prompt.find(image_token); at != std::string::npos;
+       at = prompt.find(image_token, at + image_token.size())) {
+    ++placed;
+  }
+  if (placed > 0 && placed != images) {
+    throw RequestError("the prompt has " + std::to_string(placed) + " " + image_token +
+                       " placeholder" + (placed == 1 ? "" : "s") + " for " +
+                       std::to_string(images) + " image" + (images == 1 ? "" : "s") +
+                       ": give one per image, where each goes, or none (the images then go "
+                       "before the prompt)");
+  }
   std::string placeholders;
-  for (int i = 0; i < images; ++i) placeholders += image_token + "\n";
+  for (int i = 0; i < images && placed == 0; ++i) placeholders += image_token + "\n";
   std::string text = chat_template;
   if (text.find("{images}") == std::string::npos) {
     replace_all(text, "{prompt}", placeholders + "{prompt}");

@@ -9,7 +9,9 @@
 namespace llava {
 
 // "USER: {images}{prompt} ASSISTANT:" with {images} = "<image>\n" per image. When the
-// template has no {images}, the placeholders go in front of the prompt.
+// template has no {images}, the placeholders go in front of the prompt. A prompt that has
+// its own placeholders, one per image, places the images itself ({images} becomes empty),
+// as transformers' LLaVA prompts do; any other count of them throws RequestError.
 std::string apply_chat_template(const std::string& chat_template, const std::string& prompt,
                                 int images, const std::string& image_token = "<image>");
 

@@ -143,6 +143,15 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
     request.prompt = expand_image_tokens(tokenizer_.encode(text),
                                          static_cast<int32_t>(model_.image_token_index),
                                          model_.image_tokens());
+    // Every image token has its embedding, or the language stage would refuse the request
+    // after the vision stage's work (a template that carries the image token, say).
+    const auto image_ids = std::count(request.prompt.begin(), request.prompt.end(),
+                                      static_cast<int32_t>(model_.image_token_index));
+    if (image_ids != static_cast<int64_t>(images) * model_.image_tokens()) {
+      throw RequestError("the prompt has " + std::to_string(image_ids / model_.image_tokens()) +
+                         " image placeholders after the chat template, for " +
+                         std::to_string(images) + " images");
+    }
     const int64_t context = context_tokens(config_, model_);
     if (static_cast<int64_t>(request.prompt.size()) >= context) {
       throw RequestError("the prompt is " + std::to_string(request.prompt.size()) +
@@ -491,22 +500,25 @@ void Coordinator::reap() {
   while (auto status = reap_any()) {
     if (killed_.erase(status->pid)) continue;  // its death was already handled
     for (auto& slot : slots_) {
-      if (slot.pid != status->pid) continue;
-      if (slot.exit_expected && status->code == 0) {
-        slot.pid = -1;
-        slot.state = SlotState::kDown;
-        slot.routing.clear();
-        slot.granted = slot.releasing = slot.exit_expected = false;
-        record(slot, "exited");
-      } else if (status->code == kExitUsage) {
-        fatal_ = slot.name + " " + status->description + ": its command line or config was refused";
-      } else if (status->code == 127) {  // exec failed: restarting cannot help
-        fatal_ = slot.name + ": cannot start the worker program " + worker_program_;
-      } else {
-        slot.pid = -1;  // already gone: nothing to kill
-        worker_died(slot, status->description);
-      }
+      if (slot.pid == status->pid) exited(slot, *status);
     }
+  }
+}
+
+void Coordinator::exited(Slot& slot, const ExitStatus& status) {
+  if (slot.exit_expected && status.code == 0) {
+    slot.pid = -1;
+    slot.state = SlotState::kDown;
+    slot.routing.clear();
+    slot.granted = slot.releasing = slot.exit_expected = false;
+    record(slot, "exited");
+  } else if (status.code == kExitUsage) {
+    fatal_ = slot.name + " " + status.description + ": its command line or config was refused";
+  } else if (status.code == 127) {  // exec failed: restarting cannot help
+    fatal_ = slot.name + ": cannot start the worker program " + worker_program_;
+  } else {
+    slot.pid = -1;  // already gone: nothing to kill
+    worker_died(slot, status.description);
   }
 }
 
@@ -640,7 +652,16 @@ bool Coordinator::send(Slot& slot, wire::Outgoing& message) {
   zmq::message_t id(slot.routing.data(), slot.routing.size());
   if (send_parts(router_, message.parts(), &id)) return true;
   // A worker told to exit is expected to become unreachable; its exit is reaped.
-  if (!slot.exit_expected) worker_died(slot, "unreachable");
+  if (slot.exit_expected) return false;
+  // A process of ours whose socket is gone is most likely ending (the kernel closes its
+  // files before it can be reaped): its exit status names the cause better.
+  if (slot.pid > 0) {
+    if (auto status = wait_exit(slot.pid, 200)) {
+      exited(slot, *status);
+      return false;
+    }
+  }
+  worker_died(slot, "unreachable");
   return false;
 }
 

@@ -25,6 +25,7 @@
 #include "coordinator/embedding_store.h"
 #include "coordinator/stop_strings.h"
 #include "coordinator/tokenizer.h"
+#include "coordinator/worker_process.h"
 
 namespace llava {
 
@@ -169,6 +170,7 @@ class Coordinator {
   void on_failure(Slot& slot, wire::Incoming& message);
   // supervision
   void reap();
+  void exited(Slot& slot, const ExitStatus& status);  // its process ended
   void check_liveness();
   void heartbeat();
   void worker_died(Slot& slot, const std::string& reason);

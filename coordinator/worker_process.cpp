@@ -52,16 +52,22 @@ std::optional<ExitStatus> reap_any() {
   return describe(pid, status);
 }
 
-ExitStatus stop_process(pid_t pid, int timeout_ms) {
+std::optional<ExitStatus> wait_exit(pid_t pid, int timeout_ms) {
   int status = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
+  while (true) {
     pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) return describe(pid, status);
-    if (r < 0) return {pid, "already reaped", -1};
+    if (r < 0) return ExitStatus{pid, "already reaped", -1};
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
     // Polling a child's exit: no portable way to wait on a pid with a timeout.
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+}
+
+ExitStatus stop_process(pid_t pid, int timeout_ms) {
+  if (auto status = wait_exit(pid, timeout_ms)) return *status;
+  int status = 0;
   kill(pid, SIGKILL);
   waitpid(pid, &status, 0);
   return describe(pid, status);

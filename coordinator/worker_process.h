@@ -20,6 +20,8 @@ struct ExitStatus {
 };
 // A child that has ended, if any (non-blocking).
 std::optional<ExitStatus> reap_any();
+// Waits up to `timeout_ms` for `pid` to end; nothing if it is still running.
+std::optional<ExitStatus> wait_exit(pid_t pid, int timeout_ms);
 // Waits up to `timeout_ms` for `pid`; SIGKILL after that. Returns its status.
 ExitStatus stop_process(pid_t pid, int timeout_ms);
 

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/errors.h"
 #include "coordinator/chat_template.h"
 
 namespace {
@@ -92,6 +93,20 @@ TEST(ChatTemplate, LlavaOnePointFiveTemplate) {
             "USER: <image>\n<image>\nCompare. ASSISTANT:");
   EXPECT_EQ(llava::apply_chat_template("Q: {prompt}\nA:", "{prompt} {images}", 1),
             "Q: <image>\n{prompt} {images}\nA:");
+  // The prompt's own placeholders, one per image, place the images (transformers' prompts).
+  EXPECT_EQ(llava::apply_chat_template(
+                "USER: {images}{prompt} ASSISTANT:", "Left: <image> right: <image>\nSame?", 2),
+            "USER: Left: <image> right: <image>\nSame? ASSISTANT:");
+  EXPECT_EQ(llava::apply_chat_template("Q: {prompt}\nA:", "<image>\nWhat?", 1),
+            "Q: <image>\nWhat?\nA:");
+  try {
+    llava::apply_chat_template("USER: {images}{prompt} ASSISTANT:", "a <image> b <image>", 1);
+    FAIL() << "two placeholders for one image";
+  } catch (const llava::RequestError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "the prompt has 2 <image> placeholders for 1 image: give one per image, where each "
+              "goes, or none (the images then go before the prompt)");
+  }
 }
 
 TEST(ChatTemplate, ExpandsEachImageToItsEmbeddingCount) {

@@ -288,6 +288,27 @@ TEST(Pipeline, RequestsSubmittedTogetherAreEncodedInOneVisionBatch) {
   }
 }
 
+// A prompt may place its images itself, one <image> per image, as transformers' LLaVA
+// prompts do: the answer is exact (embeddings spliced mid-prompt). A prompt whose
+// placeholders do not match its images is refused at submission, naming both counts.
+TEST(Pipeline, PromptThatPlacesItsImagesIsExactAndAMismatchIsRefusedAtOnce) {
+  const std::vector<Case> cases = {
+      {"Compare <image> with this one: <image>\nWhich is brighter?",
+       {kImages + "img02_240x320_RGB.jpg", kImages + "img09_400x300_L.jpg"}},
+      {"What is <image> and <image>?", {kImages + "img01_320x240_RGB.jpg"}},
+  };
+  Outcome outcome = run_pipeline(write_config("placed", kSequential), cases, {}, 1);
+  const auto& placed = outcome.results.at(outcome.ids[0]);
+  ASSERT_TRUE(placed.ok) << placed.error;
+  EXPECT_EQ(placed.tokens, outcome.expected[0]);
+  const auto& mismatched = outcome.results.at(outcome.ids[1]);
+  EXPECT_FALSE(mismatched.ok);
+  EXPECT_NE(mismatched.error.find("the prompt has 2 <image> placeholders for 1 image"),
+            std::string::npos)
+      << mismatched.error;
+  EXPECT_EQ(mismatched.attempts, 1);
+}
+
 // A stop string ends the answer where it first appears: the text, streamed and final,
 // ends just before it, the finish reason is "stop", and the language worker drops the
 // request (its one KV slot then serves the next request, whose answer is exact).
