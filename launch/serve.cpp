@@ -176,7 +176,12 @@ int ask(const std::vector<std::string>& args) {
   HandshakeWatch watch;
   zmq::socket_t server = connect_dealer(context, args[0], options, &watch);
   std::vector<zmq::message_t> parts;
-  parts.emplace_back(request.dump());
+  try {
+    parts.emplace_back(request.dump());
+  } catch (const nlohmann::json::type_error& e) {
+    throw ConfigError(std::string("ask: the request is not valid UTF-8 (") + e.what() +
+                      "); check --prompt and --stop");
+  }
   for (const auto& image : images) parts.emplace_back(image.data(), image.size());
   send_parts(server, std::move(parts));
   while (true) {

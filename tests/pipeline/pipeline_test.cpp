@@ -553,6 +553,11 @@ TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
   EXPECT_NE(llava::test::run_command(ask + " --max-new-tokens 0 2>&1; echo rc=$?")
                 .find("max_new_tokens: 0 is out of range [1, 1048576]\nrc=1"),
             std::string::npos);
+  // A prompt that is not UTF-8 cannot become a JSON request: said plainly, usage exit code.
+  const std::string not_utf8 =
+      kBinary + "/llava-pipe ask " + listen + " --prompt 'a\xff' 2>&1; echo rc=$?";
+  EXPECT_NE(llava::test::run_command(not_utf8).find("check --prompt and --stop\nrc=2"),
+            std::string::npos);
   kill(server, SIGTERM);
   EXPECT_EQ(llava::stop_process(server, 10000).code, 0);
   std::ifstream in(log);
