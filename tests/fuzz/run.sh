@@ -13,10 +13,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLLAVA_PIPE_FUZZ=ON \
   -DLLAVA_PIPE_BUILD_STAGES=OFF -DLLAVA_PIPE_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image fuzz_request >/dev/null
+cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image fuzz_request \
+  fuzz_config >/dev/null
 mkdir -p build-fuzz/crashes
-declare -A inputs=([wire]=2000000 [safetensors]=1500000 [image]=250000 [request]=500000)
-for target in wire safetensors image request; do
+declare -A inputs=([wire]=2000000 [safetensors]=1500000 [image]=250000 [request]=500000
+  [config]=120000)
+for target in wire safetensors image request config; do
   work="$(mktemp -d)"
   if [ -n "$seconds" ]; then
     echo "fuzzing $target for ${seconds}s (random seed)"
