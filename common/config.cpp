@@ -126,10 +126,8 @@ class Section {
     if (used == 0 || used != text.size()) {
       fail(value, key_name(key) + ": expected " + what + ", got '" + text + "'");
     }
-    if (parsed < lo || parsed > hi || (lo_open && parsed == lo)) {
-      std::ostringstream range;
-      range << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
-      fail(value, key_name(key) + ": " + text + " is out of range " + range.str());
+    if (!in_range(parsed, lo, hi, lo_open)) {
+      fail(value, key_name(key) + ": " + text + " is out of range " + range_text(lo, hi, lo_open));
     }
     return parsed;
   }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,21 @@ struct GenerationSection {
   // Generation ends where one of these first appears; the text ends before it.
   std::vector<std::string> stop;
 };
+
+// The one range check of the YAML file's numbers and a request's: lo <= value <= hi (lo <
+// value when lo_open), never for NaN.
+template <typename T>
+bool in_range(T value, T lo, T hi, bool lo_open = false) {
+  return value >= lo && value <= hi && !(lo_open && value == lo);
+}
+
+// The range as errors print it: "[lo, hi]", or "(lo, hi]" when lo_open.
+template <typename T>
+std::string range_text(T lo, T hi, bool lo_open = false) {
+  std::ostringstream text;
+  text << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
+  return text.str();
+}
 
 // Ranges of the generation keys, the same in the YAML file and in a request.
 struct GenerationLimits {

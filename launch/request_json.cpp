@@ -3,7 +3,6 @@
 #include "launch/request_json.h"
 
 #include <algorithm>
-#include <sstream>
 
 #include "common/config.h"
 #include "common/errors.h"
@@ -24,13 +23,13 @@ long long whole(const std::string& key, const nlohmann::json& value, long long l
   if (!value.is_number_integer()) {
     throw RequestError(key + ": expected a whole number, got " + shown(value));
   }
-  const bool in_range = value.is_number_unsigned()
-                            ? value.get<uint64_t>() <= static_cast<uint64_t>(hi) &&
-                                  static_cast<long long>(value.get<uint64_t>()) >= lo
-                            : value.get<int64_t>() >= lo && value.get<int64_t>() <= hi;
-  if (!in_range) {
-    throw RequestError(key + ": " + shown(value) + " is out of range [" + std::to_string(lo) +
-                       ", " + std::to_string(hi) + "]");
+  // Past 2^63 - 1 a JSON integer is unsigned only: above every range here.
+  const bool fits = value.is_number_unsigned()
+                        ? value.get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+                              in_range(static_cast<long long>(value.get<uint64_t>()), lo, hi)
+                        : in_range<long long>(value.get<int64_t>(), lo, hi);
+  if (!fits) {
+    throw RequestError(key + ": " + shown(value) + " is out of range " + range_text(lo, hi));
   }
   return value.is_number_unsigned() ? static_cast<long long>(value.get<uint64_t>())
                                     : value.get<int64_t>();
@@ -41,10 +40,9 @@ double real(const std::string& key, const nlohmann::json& value, double lo, doub
             bool lo_open = false) {
   if (!value.is_number()) throw RequestError(key + ": expected a number, got " + shown(value));
   const double number = value.get<double>();
-  if (!(number >= lo && number <= hi) || (lo_open && number == lo)) {
-    std::ostringstream range;
-    range << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
-    throw RequestError(key + ": " + shown(value) + " is out of range " + range.str());
+  if (!in_range(number, lo, hi, lo_open)) {
+    throw RequestError(key + ": " + shown(value) + " is out of range " +
+                       range_text(lo, hi, lo_open));
   }
   return number;
 }

@@ -158,6 +158,13 @@ TEST(Config, OutOfRangeSamplingIsRejected) {
             std::string::npos);
   EXPECT_NE(error_of(kGood + "generation: {temperature: -1}\n").find("out of range"),
             std::string::npos);
+  // std::stod reads "nan", and NaN fails no comparison: the check is written to refuse it.
+  EXPECT_NE(error_of(kGood + "generation: {temperature: nan}\n")
+                .find("generation.temperature: nan is out of range [0, 100]"),
+            std::string::npos);
+  EXPECT_NE(error_of(kGood + "generation: {top_p: nan}\n")
+                .find("generation.top_p: nan is out of range (0, 1]"),
+            std::string::npos);
 }
 
 TEST(Config, StopStringsAreOneOrAListAndNeverEmpty) {
