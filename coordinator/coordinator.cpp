@@ -697,27 +697,20 @@ void Coordinator::release(Slot& slot, std::optional<Release> override_how) {
   slot.exit_expected = how == Release::kExit;
 }
 
-void Coordinator::dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding,
-                           std::vector<BurstTask>& burst) {
-  const size_t slot_index = static_cast<size_t>(&slot - slots_.data());
-  if (request.stage == Stage::kNeedVision) {
-    encoding.insert(request.image_hashes.begin(), request.image_hashes.end());
-    auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
-    message->header().getBody().initVisionTask().setImageCount(
-        static_cast<uint32_t>(request.images.size()));
-    for (const auto& image : request.images) {
-      message->add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
-                         zmq::message_t(image.data(), image.size()));
-    }
-    // Counted as the worker's now, so that the pass balances replicas with it.
-    burst.push_back({slot_index, request.id, std::move(message)});
-    request.stage = Stage::kInVision;
-    request.slot = static_cast<int>(slot_index);
-    slot.outstanding.insert(request.id);
-    return;
+std::unique_ptr<wire::Outgoing> Coordinator::vision_task(const Request& request) {
+  auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
+  message->header().getBody().initVisionTask().setImageCount(
+      static_cast<uint32_t>(request.images.size()));
+  for (const auto& image : request.images) {
+    message->add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
+                       zmq::message_t(image.data(), image.size()));
   }
-  wire::Outgoing message(request.id, request.attempt);
-  auto task = message.header().getBody().initLanguageTask();
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> Coordinator::language_task(const Request& request) {
+  auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
+  auto task = message->header().getBody().initLanguageTask();
   // A resumed request continues from what it has streamed: prompt + those tokens.
   std::vector<int32_t> ids = request.prompt;
   ids.insert(ids.end(), request.tokens.begin(), request.tokens.end());
@@ -738,10 +731,24 @@ void Coordinator::dispatch(Slot& slot, Request& request, std::unordered_multiset
     stops.set(static_cast<unsigned>(i), static_cast<int32_t>(model_.text.eos_token_ids[i]));
   }
   if (!request.images.empty()) {
-    for (auto& frame : embeddings_.share(request.id)) message.add_frame(std::move(frame));
+    for (auto& frame : embeddings_.share(request.id)) message->add_frame(std::move(frame));
   }
-  if (!send(slot, message)) return;
-  request.stage = Stage::kInLanguage;
+  return message;
+}
+
+void Coordinator::dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding,
+                           std::vector<BurstTask>& burst) {
+  const size_t slot_index = static_cast<size_t>(&slot - slots_.data());
+  const bool vision = request.stage == Stage::kNeedVision;
+  if (vision) {
+    encoding.insert(request.image_hashes.begin(), request.image_hashes.end());
+    // Sent at the pass's end; counted as the worker's now, so that the pass balances
+    // replicas with it.
+    burst.push_back({slot_index, request.id, vision_task(request)});
+  } else if (!send(slot, *language_task(request))) {
+    return;
+  }
+  request.stage = vision ? Stage::kInVision : Stage::kInLanguage;
   request.slot = static_cast<int>(slot_index);
   slot.outstanding.insert(request.id);
 }

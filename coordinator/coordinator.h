@@ -187,6 +187,9 @@ class Coordinator {
   void dispatch(Slot& slot, Request& request, std::unordered_multiset<size_t>& encoding,
                 std::vector<BurstTask>& burst);
   void send_burst(std::vector<BurstTask>& burst);
+  std::unique_ptr<wire::Outgoing> vision_task(const Request& request);  // the image files
+  // Prompt + streamed tokens, sampling, and the request's embedding frames (shared).
+  std::unique_ptr<wire::Outgoing> language_task(const Request& request);
   bool send(Slot& slot, wire::Outgoing& message);
   // requests
   Request* find(uint64_t id, uint32_t attempt);
