@@ -192,10 +192,24 @@ double first_event(const std::vector<llava::LeaseEvent>& timeline, const std::st
   return -1;
 }
 
-class FaultDelay {  // slows each worker step so that faults land mid-work
+// A variable the workers started in this scope inherit (a fault hook), unset at its end
+// however the test leaves it.
+class ScopedEnv {
  public:
-  explicit FaultDelay(int ms) { setenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS", std::to_string(ms).c_str(), 1); }
-  ~FaultDelay() { unsetenv("LLAVA_PIPE_FAULT_WORK_DELAY_MS"); }
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+class FaultDelay : public ScopedEnv {  // slows each worker step so that faults land mid-work
+ public:
+  explicit FaultDelay(int ms) : ScopedEnv("LLAVA_PIPE_FAULT_WORK_DELAY_MS", std::to_string(ms)) {}
 };
 
 TEST(Pipeline, SequentialMatchesInProcessGeneration) {
@@ -275,9 +289,11 @@ TEST(Pipeline, RequestsSubmittedTogetherAreEncodedInOneVisionBatch) {
   const std::string body =
       "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 8}, "
       "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
-  setenv("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP", "1", 1);
-  Outcome outcome = run_pipeline(write_config("burst", body), kCases);
-  unsetenv("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP");
+  Outcome outcome;
+  {
+    ScopedEnv one_at_a_time("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP", "1");
+    outcome = run_pipeline(write_config("burst", body), kCases);
+  }
   expect_all_match(outcome);
   int images = 0;
   for (const auto& item : kCases) images += static_cast<int>(item.images.size());
@@ -730,11 +746,12 @@ TEST(Pipeline, FullQueueRefusesNewRequestsExplicitly) {
 TEST(Pipeline, StickyDeviceErrorEndsTheWorkerWhichIsRestartedAndResumes) {
   const std::string once = testing::TempDir() + "sticky-once";
   std::ofstream(once) << "armed";
-  setenv("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS", "3", 1);
-  setenv("LLAVA_PIPE_FAULT_ONCE", once.c_str(), 1);
-  Outcome outcome = run_pipeline(write_config("sticky", kSequential), kCases);
-  unsetenv("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS");
-  unsetenv("LLAVA_PIPE_FAULT_ONCE");
+  Outcome outcome;
+  {
+    ScopedEnv sticky("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS", "3");
+    ScopedEnv fire_once("LLAVA_PIPE_FAULT_ONCE", once);
+    outcome = run_pipeline(write_config("sticky", kSequential), kCases);
+  }
   EXPECT_FALSE(std::filesystem::exists(once));  // the fault fired
   expect_all_match(outcome);
   EXPECT_EQ(outcome.reports[1].restarts, 1);
@@ -747,9 +764,11 @@ TEST(Pipeline, OutOfMemoryFailsThatRequestAloneAndTheWorkerLivesOn) {
   std::string long_prompt;
   for (int i = 0; i < 80; ++i) long_prompt += "picture ";
   cases.push_back({long_prompt, {}});
-  setenv("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS", "80", 1);
-  Outcome outcome = run_pipeline(write_config("oom", kSequential), cases, {}, kCases.size());
-  unsetenv("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS");
+  Outcome outcome;
+  {
+    ScopedEnv oom("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS", "80");
+    outcome = run_pipeline(write_config("oom", kSequential), cases, {}, kCases.size());
+  }
   for (size_t i = 0; i < kCases.size(); ++i) {
     const auto& r = outcome.results.at(outcome.ids[i]);
     EXPECT_TRUE(r.ok) << r.error;
