@@ -67,6 +67,14 @@ const std::string kSequential =
     "mode: sequential\nstages: {vision: {devices: cpu, batch_size: 4}, "
     "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
 
+// Both stages on the CPU at once (concurrent mode), batches as given (8: the default).
+std::string concurrent_cpu(int vision_batch, int language_batch) {
+  return "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: " +
+         std::to_string(vision_batch) +
+         "}, language: {devices: cpu, batch_size: " + std::to_string(language_batch) +
+         ", max_context: 256}}\n";
+}
+
 std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& item) {
   return llava::test::generate_in_process(c, "USER: {images}{prompt} ASSISTANT:", item.prompt, item.images,
                                           kModel, kMaxNewTokens);
@@ -267,9 +275,7 @@ TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
 // other requests wait for its embeddings (cache) instead of encoding it again; every
 // answer is exact. In both modes.
 TEST(Pipeline, OneImageInRequestsSubmittedTogetherIsEncodedOnce) {
-  const std::string concurrent =
-      "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 4}, "
-      "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
+  const std::string concurrent = concurrent_cpu(4, 4);
   for (const std::string& body : {kSequential, concurrent}) {
     std::vector<Case> cases;
     for (const auto& item : kCases) cases.push_back({item.prompt, kCases[0].images});
@@ -286,9 +292,7 @@ TEST(Pipeline, OneImageInRequestsSubmittedTogetherIsEncodedOnce) {
 // one batch even when its messages arrive one at a time (the fault hook makes it work after
 // each): the coordinator tells it how many tasks follow each one. Answers are exact.
 TEST(Pipeline, RequestsSubmittedTogetherAreEncodedInOneVisionBatch) {
-  const std::string body =
-      "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 8}, "
-      "language: {devices: cpu, batch_size: 4, max_context: 256}}\n";
+  const std::string body = concurrent_cpu(8, 4);
   Outcome outcome;
   {
     ScopedEnv one_at_a_time("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP", "1");
@@ -329,10 +333,7 @@ TEST(Pipeline, PromptThatPlacesItsImagesIsExactAndAMismatchIsRefusedAtOnce) {
 // ends just before it, the finish reason is "stop", and the language worker drops the
 // request (its one KV slot then serves the next request, whose answer is exact).
 TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
-  const std::string path =
-      write_config("stop",
-                   "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
-                   "language: {devices: cpu, batch_size: 1, max_context: 256}}\n");
+  const std::string path = write_config("stop", concurrent_cpu(8, 1));
   std::map<uint64_t, llava::RequestResult> results;
   std::map<uint64_t, std::string> streamed;
   llava::CoordinatorEvents events;
@@ -513,9 +514,7 @@ TEST(Pipeline, ExternalStageThatNobodyStartsFailsItsRequestsAfterTheWait) {
 // (its KV slot and queue place freed), and the next client gets its exact answer.
 TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
   FaultDelay delay(30);  // the server's workers inherit it: answers take a while
-  const std::string config = write_config(
-      "serve", "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
-               "language: {devices: cpu, batch_size: 1, max_context: 256}}\n");
+  const std::string config = write_config("serve", concurrent_cpu(8, 1));
   const std::string listen = "ipc://@llava-serve-test-" + std::to_string(getpid());
   const std::string log = testing::TempDir() + "serve.log";
   const pid_t server = llava::start_process(
@@ -590,10 +589,7 @@ TEST(Pipeline, ServeWithCurveAnswersListedClientsAndTellsTheOthersWhy) {
   for (const char* name : {"server", "client", "stranger", "impostor"}) {
     llava::write_curve_key(keys + name, llava::generate_curve_key());
   }
-  const std::string config =
-      write_config("serve-curve",
-                   "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
-                   "language: {devices: cpu, max_context: 256}}\n");
+  const std::string config = write_config("serve-curve", concurrent_cpu(8, 8));
   const std::string listen = "ipc://@llava-serve-curve-" + std::to_string(getpid());
   const pid_t server = llava::start_process(
       "/bin/sh", {"-c", "exec " + kBinary + "/llava-pipe serve " + config + " --listen " + listen +
@@ -626,10 +622,7 @@ TEST(Pipeline, ServeWithCurveAnswersListedClientsAndTellsTheOthersWhy) {
 }
 
 TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {
-  Outcome outcome = run_pipeline(
-      write_config("concurrent", "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu}, "
-                                 "language: {devices: cpu, max_context: 256}}\n"),
-      kCases);
+  Outcome outcome = run_pipeline(write_config("concurrent", concurrent_cpu(8, 8)), kCases);
   expect_all_match(outcome);
   expect_no_deaths(outcome);
   EXPECT_GT(first_event(outcome.timeline, "vision-0", "granted"), 0);
@@ -707,11 +700,7 @@ TEST(Pipeline, StopDrainsWorkInFlightAndEndsTheRestExplicitly) {
   hooks.on_lease_event = [&](llava::Coordinator&, const llava::LeaseEvent& e) {
     if (e.process == "vision-0" && e.what == "granted") llava::Coordinator::request_stop();  // as SIGTERM does
   };
-  Outcome outcome = run_pipeline(
-      write_config("drain",
-                   "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, batch_size: 1}, "
-                   "language: {devices: cpu, max_context: 256}}\n"),
-      kCases, hooks);
+  Outcome outcome = run_pipeline(write_config("drain", concurrent_cpu(1, 8)), kCases, hooks);
   int finished = 0, cut = 0;
   for (size_t i = 0; i < outcome.ids.size(); ++i) {
     ASSERT_EQ(outcome.answers.at(outcome.ids[i]), 1) << i;
