@@ -67,14 +67,27 @@ TEST(Image, NonImageBytesAreRefused) {
             std::string::npos);
 }
 
+void append_be32(std::vector<uint8_t>& out, uint32_t value) {
+  for (int shift : {24, 16, 8, 0}) out.push_back(static_cast<uint8_t>(value >> shift));
+}
+
+// Appends a chunk: length, type, data and a zero CRC (stb_image does not check CRCs).
+void append_chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_t>& data,
+                  uint32_t claimed_length) {
+  append_be32(png, claimed_length);
+  png.insert(png.end(), type, type + 4);
+  png.insert(png.end(), data.begin(), data.end());
+  png.insert(png.end(), 4, 0);
+}
+
 // A PNG signature and an IHDR chunk claiming width x height RGB, and no pixel data.
 std::vector<uint8_t> png_header(uint32_t width, uint32_t height) {
-  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13,
-                              'I', 'H', 'D', 'R'};
-  for (uint32_t v : {width, height}) {
-    for (int shift : {24, 16, 8, 0}) png.push_back(static_cast<uint8_t>(v >> shift));
-  }
-  for (uint8_t b : {8, 2, 0, 0, 0, 0, 0, 0, 0}) png.push_back(b);
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+  std::vector<uint8_t> ihdr;
+  append_be32(ihdr, width);
+  append_be32(ihdr, height);
+  ihdr.insert(ihdr.end(), {8, 2, 0, 0, 0});  // 8-bit RGB, no interlace
+  append_chunk(png, "IHDR", ihdr, 13);
   return png;
 }
 
@@ -86,16 +99,6 @@ TEST(Image, DecompressionBombIsRefusedFromItsHeader) {
   // Found by tests/fuzz: the product of two 32-bit sides must not overflow.
   EXPECT_EQ(error_of(png_header(3267297207u, 2867324061u)),
             "image: 3267297207x2867324061 pixels is over the limit of 40000000");
-}
-
-// Appends a chunk: length, type, data and a zero CRC (stb_image does not check CRCs, as
-// png_header above relies on too).
-void append_chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_t>& data,
-                  uint32_t claimed_length) {
-  for (int shift : {24, 16, 8, 0}) png.push_back(static_cast<uint8_t>(claimed_length >> shift));
-  png.insert(png.end(), type, type + 4);
-  png.insert(png.end(), data.begin(), data.end());
-  png.insert(png.end(), 4, 0);
 }
 
 // A zlib stream of `runs` x 258 + 1 zero bytes in a few bytes each: one fixed-Huffman
@@ -123,8 +126,7 @@ std::vector<uint8_t> zlib_zeros(size_t runs) {
   put_code(0, 7);  // end of block
   if (count > 0) out.push_back(static_cast<uint8_t>(bits));
   const uint32_t total = static_cast<uint32_t>(runs * 258 + 1);
-  const uint32_t adler = ((total % 65521) << 16) | 1;  // Adler-32 of zeros
-  for (int shift : {24, 16, 8, 0}) out.push_back(static_cast<uint8_t>(adler >> shift));
+  append_be32(out, ((total % 65521) << 16) | 1);  // Adler-32 of zeros
   return out;
 }
 
