@@ -5,7 +5,7 @@
 #   two-gpu  vision on cuda:0, language on cuda:1 (configs/two-gpu.yaml's placement)
 #   kill     vision cuda:0, language replicas on cuda:1 and cuda:0; language-0 is killed
 #            (SIGKILL) once a quarter of the requests are done
-# NVML memory per device sampled every 100 ms. One JSON line per run; each run's tokens are
+# NVML memory per device sampled every 100 ms. One JSON line per run; each run's
 # text is compared, request by request, with the first run's.
 #   bash tests/perf/multi_gpu.sh BUILD_DIR WORK_DIR [REQUESTS] [NEW_TOKENS]
 # Environment: ONE_GPU=1 remaps cuda:1 to cuda:0 (the same processes on a one-GPU machine);
