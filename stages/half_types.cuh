@@ -85,7 +85,7 @@ inline RowShape row_shape(int h) {
 }
 
 // A row kernel's first step: this thread's values of row `offset` [h], x or, with delta,
-// to_T(x + delta) (the residual stream's next value, also stored to sum_out).
+// to_T(x + delta) (the residual stream's next value, also stored to sum_out if given).
 template <typename T, int kIters>
 __device__ inline void load_row(const T* x, const T* delta, T* sum_out, size_t offset, int h, float (&v)[kIters][8]) {
 #pragma unroll
@@ -98,7 +98,7 @@ __device__ inline void load_row(const T* x, const T* delta, T* sum_out, size_t o
       unpack8<T>(load16(delta + offset + i), add);
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[it][e] = rounded<T>(v[it][e] + add[e]);
-      *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
+      if (sum_out != nullptr) *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
     }
   }
 }

@@ -1,7 +1,9 @@
-// Quick GELU and residual add + LayerNorm as one kernel each (see clip_kernels.h).
-#include "stages/vision/clip_kernels.h"
+// Quick GELU, residual add + LayerNorm and the embeddings' assembly + LayerNorm as one
+// kernel each (see clip_kernels.h).
+#include <type_traits>
 
 #include "stages/half_types.cuh"
+#include "stages/vision/clip_kernels.h"
 
 namespace llava {
 namespace cuda {
@@ -30,15 +32,12 @@ __global__ void quick_gelu_kernel(T* __restrict__ x, int64_t n) {
   }
 }
 
-// A row per block, each thread's kIters x 8 values in registers: the sum, the mean, the
-// variance about it, then the scaled output.
+// LayerNorm of one row whose values this thread holds (kIters x 8, as load_row leaves
+// them): the mean, the variance about it, then the scaled row to y (the row's start).
 template <typename T, int kIters>
-__global__ void add_layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum_out,
-                                      const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, int h,
+__device__ inline void layer_norm_row(float (&v)[kIters][8], const T* __restrict__ w,
+                                      const T* __restrict__ b, T* __restrict__ y, int h,
                                       float eps) {
-  const size_t offset = static_cast<size_t>(blockIdx.x) * h;
-  float v[kIters][8];
-  load_row<T, kIters>(x, delta, sum_out, offset, h, v);
   float total = 0.0f;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
@@ -66,7 +65,49 @@ __global__ void add_layer_norm_kernel(const T* __restrict__ x, const T* __restri
     unpack8<T>(load16(b + i), bias);
 #pragma unroll
     for (int e = 0; e < 8; ++e) out[e] = (v[it][e] - mean) * inverse * weight[e] + bias[e];
-    *reinterpret_cast<uint4*>(y + offset + i) = pack8<T>(out);
+    *reinterpret_cast<uint4*>(y + i) = pack8<T>(out);
+  }
+}
+
+// A row per block.
+template <typename T, int kIters>
+__global__ void add_layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
+                                      T* __restrict__ sum_out, const T* __restrict__ w,
+                                      const T* __restrict__ b, T* __restrict__ y, int h,
+                                      float eps) {
+  const size_t offset = static_cast<size_t>(blockIdx.x) * h;
+  float v[kIters][8];
+  load_row<T, kIters>(x, delta, sum_out, offset, h, v);
+  layer_norm_row<T, kIters>(v, w, b, y + offset, h, eps);
+}
+
+// Row (image, t) of the embeddings: the class embedding (t = 0) or patch t - 1 of the
+// image, plus position t, rounded to T; then its LayerNorm. A row per block.
+template <typename T, int kIters>
+__global__ void embed_layer_norm_kernel(const T* __restrict__ patches, const T* __restrict__ cls,
+                                        const T* __restrict__ position, const T* __restrict__ w,
+                                        const T* __restrict__ b, T* __restrict__ y, int tokens,
+                                        int h, float eps) {
+  const int image = blockIdx.x / tokens, t = blockIdx.x % tokens;
+  const T* x = t == 0 ? cls : patches + (static_cast<size_t>(image) * (tokens - 1) + t - 1) * h;
+  float v[kIters][8];
+  load_row<T, kIters>(x, position + static_cast<size_t>(t) * h, nullptr, 0, h, v);
+  layer_norm_row<T, kIters>(v, w, b, y + static_cast<size_t>(blockIdx.x) * h, h, eps);
+}
+
+bool aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Calls launch(std::integral_constant<int, kIters>{}) for a row shape's iterations.
+template <typename F>
+void with_iters(int iters, F launch) {
+  if (iters == 1) {
+    launch(std::integral_constant<int, 1>{});
+  } else if (iters == 2) {
+    launch(std::integral_constant<int, 2>{});
+  } else {
+    launch(std::integral_constant<int, 4>{});
   }
 }
 
@@ -83,30 +124,45 @@ void quick_gelu(void* x, int64_t n, bool bf16, void* stream) {
   check_launch("quick GELU");
 }
 
-bool add_layer_norm(const void* x, const void* delta, void* sum, const void* w, const void* b, void* y, int rows,
-                    int h, float eps, bool bf16, void* stream) {
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+bool add_layer_norm(const void* x, const void* delta, void* sum, const void* w, const void* b,
+                    void* y, int rows, int h, float eps, bool bf16, void* stream) {
   const RowShape shape = row_shape(h);
-  const int threads = shape.threads, iters = shape.iters;
-  if (iters == 0 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y) ||
+  if (shape.iters == 0 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y) ||
       (delta != nullptr && (!aligned(delta) || !aligned(sum)))) {
     return false;
   }
   auto st = static_cast<cudaStream_t>(stream);
   with_type(bf16, [&](auto tag) {
     using T = decltype(tag);
-    const auto *in = static_cast<const T*>(x), *add = static_cast<const T*>(delta);
-    const auto *weight = static_cast<const T*>(w), *bias = static_cast<const T*>(b);
-    auto *total = static_cast<T*>(sum), *out = static_cast<T*>(y);
-    if (iters == 1) {
-      add_layer_norm_kernel<T, 1><<<rows, threads, 0, st>>>(in, add, total, weight, bias, out, h, eps);
-    } else if (iters == 2) {
-      add_layer_norm_kernel<T, 2><<<rows, threads, 0, st>>>(in, add, total, weight, bias, out, h, eps);
-    } else {
-      add_layer_norm_kernel<T, 4><<<rows, threads, 0, st>>>(in, add, total, weight, bias, out, h, eps);
-    }
+    with_iters(shape.iters, [&](auto iters) {
+      add_layer_norm_kernel<T, decltype(iters)::value><<<rows, shape.threads, 0, st>>>(
+          static_cast<const T*>(x), static_cast<const T*>(delta), static_cast<T*>(sum),
+          static_cast<const T*>(w), static_cast<const T*>(b), static_cast<T*>(y), h, eps);
+    });
   });
   check_launch("LayerNorm");
+  return true;
+}
+
+bool embed_layer_norm(const void* patches, const void* cls, const void* position, const void* w,
+                      const void* b, void* y, int images, int tokens, int h, float eps, bool bf16,
+                      void* stream) {
+  const RowShape shape = row_shape(h);
+  if (shape.iters == 0 || !aligned(patches) || !aligned(cls) || !aligned(position) || !aligned(w) ||
+      !aligned(b) || !aligned(y)) {
+    return false;
+  }
+  auto st = static_cast<cudaStream_t>(stream);
+  with_type(bf16, [&](auto tag) {
+    using T = decltype(tag);
+    with_iters(shape.iters, [&](auto iters) {
+      embed_layer_norm_kernel<T, decltype(iters)::value><<<images * tokens, shape.threads, 0, st>>>(
+          static_cast<const T*>(patches), static_cast<const T*>(cls),
+          static_cast<const T*>(position), static_cast<const T*>(w), static_cast<const T*>(b),
+          static_cast<T*>(y), tokens, h, eps);
+    });
+  });
+  check_launch("embeddings LayerNorm");
   return true;
 }
 

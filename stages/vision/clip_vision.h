@@ -30,8 +30,8 @@ class ClipVision {
   // [B, image_tokens, hidden * feature_layers]. `cudnn_attention`: cuDNN's attention may
   // run (its plan per shape pays off: the tower's shapes repeat).
   at::Tensor forward(const at::Tensor& pixels, bool cudnn_attention = true) const;
-  // Our CUDA kernels (quick GELU, residual add + LayerNorm) where built (default on); off,
-  // LibTorch's kernels compose the same math.
+  // Our CUDA kernels (quick GELU, residual add + LayerNorm, embeddings + LayerNorm) where
+  // built (default on); off, LibTorch's kernels compose the same math.
   void use_fused_kernels(bool on) { fused_ = on; }
 
  private:
@@ -39,6 +39,9 @@ class ClipVision {
   std::pair<at::Tensor, at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
                                              const at::Tensor& b) const;
   at::Tensor quick_gelu(at::Tensor x) const;  // in place where fused
+  // pixels [B, C, S, S] -> the first hidden state: LayerNorm(class token and patches +
+  // positions) [B, 1 + g*g, H].
+  at::Tensor embed(const at::Tensor& pixels) const;
   // Attention of one layer over its normed input h [B, T, H] -> [B, T, H].
   at::Tensor attend(const ClipLayer& layer, const at::Tensor& h, bool cudnn_attention) const;
   bool kernels(const at::Tensor& x) const;  // our CUDA kernels take x
@@ -46,7 +49,7 @@ class ClipVision {
   VisionConfig config_;
   std::vector<int64_t> feature_layers_;  // as indices into [embeddings, layer 1, ...]
   bool keep_cls_;
-  at::Tensor patch_w_, class_embedding_, position_embedding_, pre_norm_w_, pre_norm_b_;
+  at::Tensor patch_matrix_, class_embedding_, position_embedding_, pre_norm_w_, pre_norm_b_;
   std::vector<ClipLayer> layers_;
   bool fused_ = true;
 };
