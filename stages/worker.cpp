@@ -372,18 +372,19 @@ void Worker::encode_images() {
   // time.
   struct Item {
     size_t task, frame;
-    at::Tensor pixels;
     std::string error;
   };
   std::vector<Item> items;
   for (size_t t = 0; t < tasks.size(); ++t) {
-    for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}, {}});
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}});
   }
+  at::Tensor batch = vision_->pixel_batch(static_cast<int64_t>(items.size()));  // row j: item j
   run_parallel(items.size(), [&](size_t j) {
     Item& item = items[j];
     const auto& frame = tasks[item.task].frames()[item.frame].bytes;
     try {
-      item.pixels = vision_->pixels(static_cast<const uint8_t*>(frame.data()), frame.size());
+      vision_->pixels_into(static_cast<const uint8_t*>(frame.data()), frame.size(),
+                           batch[static_cast<int64_t>(j)]);
     } catch (const RequestError& e) {
       item.error = "image " + std::to_string(item.frame + 1) + " of " +
                    std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
@@ -397,26 +398,27 @@ void Worker::encode_images() {
       fail(tasks[item.task].request_id(), tasks[item.task].attempt(), item.error, false);
     }
   }
-  std::vector<at::Tensor> pixels;
+  std::vector<int64_t> rows;  // of the tasks that go on, in task order, then frame order
   std::vector<size_t> first_row(tasks.size(), 0);
-  for (const auto& item : items) {  // in task order, then frame order
-    if (failed[item.task]) continue;
-    if (item.frame == 0) first_row[item.task] = pixels.size();
-    pixels.push_back(item.pixels);
+  for (size_t j = 0; j < items.size(); ++j) {
+    if (failed[items[j].task]) continue;
+    if (items[j].frame == 0) first_row[items[j].task] = rows.size();
+    rows.push_back(static_cast<int64_t>(j));
   }
-  if (pixels.empty()) return;
+  if (rows.empty()) return;
+  if (rows.size() < items.size()) batch = batch.index_select(0, at::tensor(rows));
   const auto prepared = Clock::now();
   at::Tensor embeddings;
   try {
     // [N, tokens, H], copied to the host at once: into pinned memory on CUDA (the fast
     // copy), which the frames then send without another copy.
-    embeddings = vision_->encode(at::stack(pixels));
+    embeddings = vision_->encode(batch);
     const auto encoded = Clock::now();
     at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(embeddings.is_cuda()));
     embeddings = host.copy_(embeddings);
     if (std::getenv("LLAVA_PIPE_TRACE_VISION") != nullptr) {  // where a batch's time goes
-      std::fprintf(stderr, "vision batch of %zu: host %.1f ms, encode %.1f ms, to host %.1f ms\n", pixels.size(),
-                   1e3 * seconds(prepared - start), 1e3 * seconds(encoded - prepared),
+      std::fprintf(stderr, "vision batch of %zu: host %.1f ms, encode %.1f ms, to host %.1f ms\n",
+                   rows.size(), 1e3 * seconds(prepared - start), 1e3 * seconds(encoded - prepared),
                    1e3 * seconds(Clock::now() - encoded));
     }
   } catch (const c10::Error& e) {
@@ -434,7 +436,7 @@ void Worker::encode_images() {
     auto body = out.header().getBody().initEmbeddings();
     body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
     body.setEncodeSeconds(elapsed);
-    body.setBatchImages(static_cast<uint32_t>(pixels.size()));
+    body.setBatchImages(static_cast<uint32_t>(rows.size()));
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
       at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
       out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));

@@ -2,6 +2,7 @@
 #include "stages/vision/vision_encoder.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "common/errors.h"
 
@@ -24,12 +25,31 @@ VisionEncoder::VisionEncoder(const LlavaConfig& config, const Checkpoint& checkp
 }
 
 at::Tensor VisionEncoder::pixels(const uint8_t* data, size_t size) const {
-  std::vector<float> values = preprocess(decode_image(data, size), preprocess_);
-  return at::tensor(values).view({3, preprocess_.crop_height, preprocess_.crop_width});
+  at::Tensor out = at::empty({3, preprocess_.crop_height, preprocess_.crop_width}, at::kFloat);
+  pixels_into(data, size, out);
+  return out;
+}
+
+void VisionEncoder::pixels_into(const uint8_t* data, size_t size, at::Tensor out) const {
+  const std::vector<float> values = preprocess(decode_image(data, size), preprocess_);
+  if (!out.is_contiguous() || out.scalar_type() != at::kFloat ||
+      out.numel() != static_cast<int64_t>(values.size())) {
+    throw std::invalid_argument(
+        "pixels_into: the destination is not a contiguous float32 [3, S, S] tensor");
+  }
+  std::copy(values.begin(), values.end(), out.data_ptr<float>());
+}
+
+at::Tensor VisionEncoder::pixel_batch(int64_t images) const {
+  return at::empty(
+      {images, 3, preprocess_.crop_height, preprocess_.crop_width},
+      at::TensorOptions().dtype(at::kFloat).pinned_memory(options_.device().is_cuda()));
 }
 
 at::Tensor VisionEncoder::encode(const at::Tensor& pixels) {
-  const at::Tensor on_device = pixels.to(options_);
+  // float32 to the device (asynchronous from pinned memory); the patch embedding casts.
+  const at::Tensor on_device =
+      pixels.to(options_.device(), pixels.scalar_type(), /*non_blocking=*/true);
   const int64_t images = pixels.size(0);
   if (graphs_.enabled() && images <= kGraphImages) {
     // Inside a graph the flash kernel attends (cuDNN's plans are not made for capture).

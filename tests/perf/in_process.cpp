@@ -73,9 +73,11 @@ int main(int argc, char** argv) {
 
   // One vision batch as the worker runs it: embeddings in pinned host memory.
   auto encode_batch = [&](int n) {
-    std::vector<at::Tensor> pixels(static_cast<size_t>(n));
-    llava::run_parallel(pixels.size(), [&](size_t i) { pixels[i] = vision.pixels(bytes.data(), bytes.size()); });
-    at::Tensor embeddings = vision.encode(at::stack(pixels));
+    at::Tensor pixels = vision.pixel_batch(n);
+    llava::run_parallel(static_cast<size_t>(n), [&](size_t i) {
+      vision.pixels_into(bytes.data(), bytes.size(), pixels[static_cast<int64_t>(i)]);
+    });
+    at::Tensor embeddings = vision.encode(pixels);
     at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(device.is_cuda()));
     return host.copy_(embeddings);
   };
@@ -93,9 +95,11 @@ int main(int argc, char** argv) {
   // transformers' get_image_features is timed on): images/s, median of 5.
   std::string tower;
   for (int batch : {1, vision_batch}) {
-    std::vector<at::Tensor> pixels(static_cast<size_t>(batch));
-    llava::run_parallel(pixels.size(), [&](size_t i) { pixels[i] = vision.pixels(bytes.data(), bytes.size()); });
-    const at::Tensor on_device = at::stack(pixels).to(options);
+    at::Tensor pixels = vision.pixel_batch(batch);
+    llava::run_parallel(static_cast<size_t>(batch), [&](size_t i) {
+      vision.pixels_into(bytes.data(), bytes.size(), pixels[static_cast<int64_t>(i)]);
+    });
+    const at::Tensor on_device = pixels.to(options);
     std::vector<double> times;
     for (int i = 0; i < 6; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
