@@ -2,7 +2,8 @@
 // (Worker::encode_images): decode + preprocess on the host, CLIP + projector on the
 // device, the copy of the embeddings into pinned host memory. ms per call, median of 20.
 //   vision_profile IMAGE CHECKPOINT [DEVICE [DTYPE]]
-// Without DEVICE only the host steps run (the checkpoint's preprocessor_config.json).
+// Without DEVICE only the host steps run (the checkpoint's preprocessor_config.json). With
+// LLAVA_PIPE_PROFILE set, ncu measures one encode at batch 32 (profile_range.h).
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -21,6 +22,7 @@
 #include "stages/vision/image.h"
 #include "stages/vision/preprocess.h"
 #include "stages/vision/vision_encoder.h"
+#include "tests/perf/profile_range.h"
 
 int main(int argc, char** argv) {
   if (argc < 3) {
@@ -76,6 +78,14 @@ int main(int argc, char** argv) {
       embeddings = encoder.encode(stacked);
       llava::synchronize(device);
     });
+    if (batch == 32) {  // with LLAVA_PIPE_PROFILE set, ncu measures this one (pixels on the device)
+      const at::Tensor on_device = stacked.to(device);
+      llava::synchronize(device);
+      llava::profile_range(true);
+      encoder.encode(on_device);
+      llava::synchronize(device);
+      llava::profile_range(false);
+    }
     time_ms(b + "embeddings to pinned host memory", 10, [&] {
       at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(device.is_cuda()));
       host.copy_(embeddings);
