@@ -281,6 +281,7 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
                                                context_tokens(config_, model_),
                                                stage_->prefill_chunk, stage_->cuda_graphs);
     }
+    checkpoint_->release_staging();
     synchronize(device_);
   } catch (const std::exception& e) {
     // Nothing can run without the model: say why, and exit non-zero.

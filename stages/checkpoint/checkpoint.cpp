@@ -78,6 +78,12 @@ Checkpoint::Checkpoint(const std::string& folder) : folder_(folder) {
   }
 }
 
+Checkpoint::~Checkpoint() = default;
+
+void Checkpoint::release_staging() const {
+  staging_.reset();
+}
+
 std::vector<int64_t> Checkpoint::shape(const std::string& canonical) const {
   auto it = names_.find(canonical);
   if (it == names_.end()) throw CheckpointError(folder_ + ": missing tensor '" + canonical + "'");
@@ -112,9 +118,17 @@ at::Tensor Checkpoint::load(const std::string& canonical, const std::vector<int6
     throw CheckpointError(it->second.file->path() + ": tensor '" + it->second.name +
                           "' is not floating point (" + entry.dtype + ")");
   }
-  // One copy, straight to the target device and dtype; copy=true so that a CPU tensor of
-  // the file's own dtype does not keep pointing into the mapping.
-  at::Tensor loaded = view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor loaded;
+  const bool same_dtype = !options.has_dtype() || options.dtype() == view.dtype();
+  if (options.device().is_cuda() && same_dtype && PinnedStaging::available()) {
+    if (!staging_) staging_ = std::make_unique<PinnedStaging>();
+    loaded = at::empty(view.sizes(), view.options().device(options.device()));
+    staging_->copy(view.data_ptr(), loaded.data_ptr(), loaded.nbytes(), loaded.device());
+  } else {
+    // One copy, straight to the target device and dtype; copy=true so that a CPU tensor of
+    // the file's own dtype does not keep pointing into the mapping.
+    loaded = view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  }
   bytes_loaded_ += static_cast<int64_t>(loaded.nbytes());
   if (on_tensor_) on_tensor_();
   return loaded;

@@ -13,12 +13,14 @@
 #include <vector>
 
 #include "stages/checkpoint/safetensors.h"
+#include "stages/checkpoint/staging.h"
 
 namespace llava {
 
 class Checkpoint {
  public:
   explicit Checkpoint(const std::string& folder);
+  ~Checkpoint();
 
   const std::string& folder() const { return folder_; }
   bool has(const std::string& canonical) const { return names_.count(canonical) > 0; }
@@ -27,9 +29,11 @@ class Checkpoint {
   // The name as the file spells it, for messages.
   std::string original_name(const std::string& canonical) const;
 
-  // Reads one tensor straight into `options` (device, dtype): one copy, no host staging
-  // beyond the mapped file. Throws CheckpointError naming the tensor when it is missing
-  // or its shape is not `shape`.
+  // Reads one tensor into `options` (device, dtype). To a CUDA device in the file's own
+  // dtype it goes through pinned staging buffers, asynchronously on the device's current
+  // stream (later work there sees it); otherwise one copy straight from the mapped file.
+  // Throws CheckpointError naming the tensor when it is missing or its shape is not
+  // `shape`.
   at::Tensor load(const std::string& canonical, const std::vector<int64_t>& shape,
                   const at::TensorOptions& options) const;
 
@@ -38,10 +42,14 @@ class Checkpoint {
   void on_tensor_loaded(std::function<void()> callback) { on_tensor_ = std::move(callback); }
   // Bytes loaded so far (in the target dtype).
   int64_t bytes_loaded() const { return bytes_loaded_; }
+  // Waits for staged copies in flight and frees the pinned staging buffers (the
+  // destructor does too): call once the model is built.
+  void release_staging() const;
 
  private:
   std::function<void()> on_tensor_;
   mutable int64_t bytes_loaded_ = 0;
+  mutable std::unique_ptr<PinnedStaging> staging_;  // made by the first staged load
   struct Source {
     const SafetensorsFile* file;
     std::string name;

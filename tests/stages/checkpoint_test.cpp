@@ -5,6 +5,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <vector>
 
 #include "common/errors.h"
 #include "common/model_config.h"
@@ -127,6 +129,41 @@ TEST(Checkpoint, EveryLayoutHoldsTheSameWeights) {
   }
   EXPECT_EQ(hub.original_name("lm_head.weight"), "language_model.lm_head.weight");
   EXPECT_EQ(v452.original_name("lm_head.weight"), "lm_head.weight");
+}
+
+// Loads to CUDA in the file's dtype go through the pinned staging ring: byte for byte the
+// file's tensors. The ring alone: a buffer of 10 MB + 3 bytes through 2 buffers of 1 MiB +
+// 5 bytes (chunks straddle, buffers are reused), and through the default ring (one chunk,
+// copied out of the source by several threads); the source changes as soon as copy returns.
+TEST(Checkpoint, OnCudaStagedLoadsGiveTheFilesBytes) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  llava::Checkpoint ckpt(data_path("tiny-llava"));
+  const auto cpu = at::TensorOptions().dtype(at::kFloat), cuda = cpu.device(at::kCUDA);
+  for (const char* name :
+       {"language.embed_tokens.weight", "language.layers.2.self_attn.k_proj.weight",
+        "vision.encoder.layers.1.mlp.fc2.bias", "projector.linear_2.weight"}) {
+    const auto shape = ckpt.shape(name);
+    EXPECT_TRUE(at::equal(ckpt.load(name, shape, cuda).cpu(), ckpt.load(name, shape, cpu))) << name;
+  }
+  ckpt.release_staging();
+  auto pattern = [](size_t i) { return static_cast<uint8_t>((i * 131 + i / 7) & 0xff); };
+  for (int ring = 0; ring < 2; ++ring) {
+    std::vector<uint8_t> bytes(10'000'003);
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = pattern(i);
+    at::Tensor device = at::empty({static_cast<int64_t>(bytes.size())},
+                                  at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
+    {
+      auto staging = ring == 0 ? std::make_unique<llava::PinnedStaging>((1 << 20) + 5, 2)
+                               : std::make_unique<llava::PinnedStaging>();
+      staging->copy(bytes.data(), device.data_ptr(), bytes.size(), device.device());
+      std::fill(bytes.begin(), bytes.end(), 0);
+    }
+    const at::Tensor back = device.cpu();
+    const uint8_t* got = back.data_ptr<uint8_t>();
+    size_t wrong = 0;
+    for (size_t i = 0; i < bytes.size(); ++i) wrong += got[i] != pattern(i);
+    EXPECT_EQ(wrong, 0u) << "ring " << ring;
+  }
 }
 
 TEST(Checkpoint, MissingTensorIsNamedWithItsExpectedShape) {
