@@ -84,8 +84,9 @@ void PinnedStaging::copy(const void* host, void* destination, size_t bytes,
     const cudaError_t error =
         cudaMemcpyAsync(static_cast<char*>(destination) + offset, buffer.memory.data_ptr(), n,
                         cudaMemcpyHostToDevice, stream);
-    if (error != cudaSuccess)
+    if (error != cudaSuccess) {
       throw std::runtime_error(std::string("staged copy: ") + cudaGetErrorString(error));
+    }
     buffer.done.record(at::cuda::getCurrentCUDAStream(device.index()));
     buffer.used = true;
   }
