@@ -37,15 +37,27 @@ void parallel_memcpy(void* to, const void* from, size_t bytes) {
 
 }  // namespace
 
+// The buffers are the ring's own (cudaHostAlloc / cudaFreeHost), not LibTorch's caching
+// host allocator, which would keep them pinned for the life of the process.
 struct PinnedStaging::Ring {
   struct Buffer {
-    at::Tensor memory;         // pinned host bytes
+    void* memory = nullptr;    // pinned host bytes
     at::cuda::CUDAEvent done;  // recorded after the copy out of it
     bool used = false;
   };
   std::vector<Buffer> buffers;
   size_t next = 0;
 };
+
+namespace {
+
+void check(cudaError_t error, const char* what) {
+  if (error != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+  }
+}
+
+}  // namespace
 
 PinnedStaging::PinnedStaging(size_t chunk_bytes, int buffers)
     : chunk_bytes_(std::max<size_t>(chunk_bytes, 1)), buffers_(std::max(buffers, 1)) {}
@@ -54,6 +66,7 @@ PinnedStaging::~PinnedStaging() {
   if (!ring_) return;
   for (auto& buffer : ring_->buffers) {
     if (buffer.used) buffer.done.synchronize();
+    if (buffer.memory != nullptr) cudaFreeHost(buffer.memory);
   }
 }
 
@@ -76,17 +89,13 @@ void PinnedStaging::copy(const void* host, void* destination, size_t bytes,
     Ring::Buffer& buffer = ring_->buffers[ring_->next];
     ring_->next = (ring_->next + 1) % ring_->buffers.size();
     if (buffer.used) buffer.done.synchronize();  // its previous copy has left it
-    if (!buffer.memory.defined()) {
-      buffer.memory = at::empty({static_cast<int64_t>(chunk_bytes_)},
-                                at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    if (buffer.memory == nullptr) {
+      check(cudaHostAlloc(&buffer.memory, chunk_bytes_, cudaHostAllocDefault), "staging buffer");
     }
-    parallel_memcpy(buffer.memory.data_ptr(), static_cast<const char*>(host) + offset, n);
-    const cudaError_t error =
-        cudaMemcpyAsync(static_cast<char*>(destination) + offset, buffer.memory.data_ptr(), n,
-                        cudaMemcpyHostToDevice, stream);
-    if (error != cudaSuccess) {
-      throw std::runtime_error(std::string("staged copy: ") + cudaGetErrorString(error));
-    }
+    parallel_memcpy(buffer.memory, static_cast<const char*>(host) + offset, n);
+    check(cudaMemcpyAsync(static_cast<char*>(destination) + offset, buffer.memory, n,
+                          cudaMemcpyHostToDevice, stream),
+          "staged copy");
     buffer.done.record(at::cuda::getCurrentCUDAStream(device.index()));
     buffer.used = true;
   }
