@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace llava {
 namespace cuda {
@@ -82,6 +83,24 @@ inline RowShape row_shape(int h) {
   const int vectors = h / 8;
   const int threads = vectors < 1024 ? (vectors + 31) / 32 * 32 : 1024, iters = (vectors + threads - 1) / threads;
   return iters <= 4 ? RowShape{threads, iters} : RowShape{};
+}
+
+// Calls launch(std::integral_constant<int, kIters>{}) with the row kernels' template
+// argument for a row shape's iterations (1, 2, or 4 for 3 and 4).
+template <typename F>
+inline void with_iters(int iters, F launch) {
+  if (iters == 1) {
+    launch(std::integral_constant<int, 1>{});
+  } else if (iters == 2) {
+    launch(std::integral_constant<int, 2>{});
+  } else {
+    launch(std::integral_constant<int, 4>{});
+  }
+}
+
+// Whether p suits the row kernels' 16-byte accesses.
+inline bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 // A row kernel's first step: this thread's values of row `offset` [h], x or, with delta,

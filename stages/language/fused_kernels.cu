@@ -241,24 +241,21 @@ void launch_attention(const T* qkv, int q_stride, const KvLayer& cache, const in
 void rms_norm(const void* x, const void* delta, void* sum, const void* w, void* y, int rows, int h, float eps,
               bool bf16, void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const RowShape shape = row_shape(h);
-  const int threads = shape.threads, iters = shape.iters;
-  const bool vector = iters > 0 && aligned(x) && aligned(w) && aligned(y) &&
-                      (delta == nullptr || (aligned(delta) && aligned(sum)));
+  const bool vector = shape.iters > 0 && aligned16(x) && aligned16(w) && aligned16(y) &&
+                      (delta == nullptr || (aligned16(delta) && aligned16(sum)));
   with_type(bf16, [&](auto tag) {
     using T = decltype(tag);
     const auto *in = static_cast<const T*>(x), *add = static_cast<const T*>(delta), *weight = static_cast<const T*>(w);
     auto *total = static_cast<T*>(sum), *out = static_cast<T*>(y);
     if (!vector) {
       rms_norm_kernel<<<rows, h >= 1024 ? 1024 : 256, 0, st>>>(in, add, total, weight, out, h, eps);
-    } else if (iters == 1) {
-      rms_norm_vector_kernel<T, 1><<<rows, threads, 0, st>>>(in, add, total, weight, out, h, eps);
-    } else if (iters == 2) {
-      rms_norm_vector_kernel<T, 2><<<rows, threads, 0, st>>>(in, add, total, weight, out, h, eps);
-    } else {
-      rms_norm_vector_kernel<T, 4><<<rows, threads, 0, st>>>(in, add, total, weight, out, h, eps);
+      return;
     }
+    with_iters(shape.iters, [&](auto iters) {
+      rms_norm_vector_kernel<T, decltype(iters)::value>
+          <<<rows, shape.threads, 0, st>>>(in, add, total, weight, out, h, eps);
+    });
   });
   check_launch("RMSNorm");
 }

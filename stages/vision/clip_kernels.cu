@@ -1,7 +1,5 @@
 // Quick GELU, residual add + LayerNorm and the embeddings' assembly + LayerNorm as one
 // kernel each (see clip_kernels.h).
-#include <type_traits>
-
 #include "stages/half_types.cuh"
 #include "stages/vision/clip_kernels.h"
 
@@ -95,22 +93,6 @@ __global__ void embed_layer_norm_kernel(const T* __restrict__ patches, const T* 
   layer_norm_row<T, kIters>(v, w, b, y + static_cast<size_t>(blockIdx.x) * h, h, eps);
 }
 
-bool aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
-// Calls launch(std::integral_constant<int, kIters>{}) for a row shape's iterations.
-template <typename F>
-void with_iters(int iters, F launch) {
-  if (iters == 1) {
-    launch(std::integral_constant<int, 1>{});
-  } else if (iters == 2) {
-    launch(std::integral_constant<int, 2>{});
-  } else {
-    launch(std::integral_constant<int, 4>{});
-  }
-}
-
 }  // namespace
 
 void quick_gelu(void* x, int64_t n, bool bf16, void* stream) {
@@ -127,8 +109,8 @@ void quick_gelu(void* x, int64_t n, bool bf16, void* stream) {
 bool add_layer_norm(const void* x, const void* delta, void* sum, const void* w, const void* b,
                     void* y, int rows, int h, float eps, bool bf16, void* stream) {
   const RowShape shape = row_shape(h);
-  if (shape.iters == 0 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y) ||
-      (delta != nullptr && (!aligned(delta) || !aligned(sum)))) {
+  if (shape.iters == 0 || !aligned16(x) || !aligned16(w) || !aligned16(b) || !aligned16(y) ||
+      (delta != nullptr && (!aligned16(delta) || !aligned16(sum)))) {
     return false;
   }
   auto st = static_cast<cudaStream_t>(stream);
@@ -148,8 +130,8 @@ bool embed_layer_norm(const void* patches, const void* cls, const void* position
                       const void* b, void* y, int images, int tokens, int h, float eps, bool bf16,
                       void* stream) {
   const RowShape shape = row_shape(h);
-  if (shape.iters == 0 || !aligned(patches) || !aligned(cls) || !aligned(position) || !aligned(w) ||
-      !aligned(b) || !aligned(y)) {
+  if (shape.iters == 0 || !aligned16(patches) || !aligned16(cls) || !aligned16(position) ||
+      !aligned16(w) || !aligned16(b) || !aligned16(y)) {
     return false;
   }
   auto st = static_cast<cudaStream_t>(stream);
