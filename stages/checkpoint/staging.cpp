@@ -83,7 +83,7 @@ void PinnedStaging::copy(const void* host, void* destination, size_t bytes,
     ring_ = std::make_unique<Ring>();
     ring_->buffers.resize(static_cast<size_t>(buffers_));
   }
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(device.index()).stream();
+  const at::cuda::CUDAStream stream = at::cuda::getCurrentCUDAStream(device.index());
   for (size_t offset = 0; offset < bytes; offset += chunk_bytes_) {
     const size_t n = std::min(chunk_bytes_, bytes - offset);
     Ring::Buffer& buffer = ring_->buffers[ring_->next];
@@ -94,9 +94,9 @@ void PinnedStaging::copy(const void* host, void* destination, size_t bytes,
     }
     parallel_memcpy(buffer.memory, static_cast<const char*>(host) + offset, n);
     check(cudaMemcpyAsync(static_cast<char*>(destination) + offset, buffer.memory, n,
-                          cudaMemcpyHostToDevice, stream),
+                          cudaMemcpyHostToDevice, stream.stream()),
           "staged copy");
-    buffer.done.record(at::cuda::getCurrentCUDAStream(device.index()));
+    buffer.done.record(stream);
     buffer.used = true;
   }
 }
