@@ -71,13 +71,17 @@ int main(int argc, char** argv) {
   for (int64_t eos : config.text.eos_token_ids) params.stop_token_ids.push_back(static_cast<int32_t>(eos));
   uint64_t next_id = 0;
 
-  // One vision batch as the worker runs it: embeddings in pinned host memory.
-  auto encode_batch = [&](int n) {
+  // n copies of the image, preprocessed as the worker does: into one pinned batch.
+  auto pixel_batch = [&](int n) {
     at::Tensor pixels = vision.pixel_batch(n);
     llava::run_parallel(static_cast<size_t>(n), [&](size_t i) {
       vision.pixels_into(bytes.data(), bytes.size(), pixels[static_cast<int64_t>(i)]);
     });
-    at::Tensor embeddings = vision.encode(pixels);
+    return pixels;
+  };
+  // One vision batch as the worker runs it: embeddings in pinned host memory.
+  auto encode_batch = [&](int n) {
+    at::Tensor embeddings = vision.encode(pixel_batch(n));
     at::Tensor host = at::empty(embeddings.sizes(), embeddings.options().device(at::kCPU).pinned_memory(device.is_cuda()));
     return host.copy_(embeddings);
   };
@@ -95,11 +99,7 @@ int main(int argc, char** argv) {
   // transformers' get_image_features is timed on): images/s, median of 5.
   std::string tower;
   for (int batch : {1, vision_batch}) {
-    at::Tensor pixels = vision.pixel_batch(batch);
-    llava::run_parallel(static_cast<size_t>(batch), [&](size_t i) {
-      vision.pixels_into(bytes.data(), bytes.size(), pixels[static_cast<int64_t>(i)]);
-    });
-    const at::Tensor on_device = pixels.to(options);
+    const at::Tensor on_device = pixel_batch(batch).to(options);
     std::vector<double> times;
     for (int i = 0; i < 6; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
