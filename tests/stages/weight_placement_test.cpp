@@ -8,6 +8,9 @@
 #include "common/config.h"
 #include "common/plan.h"
 #include "stages/vision/vision_encoder.h"
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+#include "stages/vision/clip_kernels.h"
+#endif
 #include "tiny_model.h"
 
 namespace {
@@ -175,6 +178,27 @@ TEST(FusedKernels, VisionOnCudaMatchesLibTorchsComposition) {
     EXPECT_LT(error, dtype == at::kHalf ? 5e-3 : 3e-2) << dtype;
   }
 }
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+// Our quick GELU rounds where LibTorch's x * sigmoid(1.702 x) rounds (three kernels), so
+// it equals it bit for bit: float16 and bfloat16, values up to overflow, an odd length
+// (the last elements outside the 16-byte packs).
+TEST(FusedKernels, QuickGeluOnCudaEqualsLibTorchsCompositionExactly) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(5);
+  const at::Tensor values = at::cat({at::randn({300001}) * 4, at::randn({999}) * 30,
+                                     at::tensor({0.0f, -0.0f, 60000.0f, -60000.0f})});
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    const at::Tensor x = values.to(at::TensorOptions().dtype(dtype).device(at::kCUDA));
+    const at::Tensor expected = x * at::sigmoid(1.702 * x);
+    at::Tensor y = x.clone();
+    llava::cuda::quick_gelu(y.data_ptr(), y.numel(), dtype == at::kBFloat16, nullptr);
+    const int64_t differ = (y != expected).sum().item<int64_t>();
+    EXPECT_EQ(differ, 0) << dtype << ": " << differ << " of " << y.numel() << " differ";
+    EXPECT_TRUE(at::equal(y.isnan(), expected.isnan())) << dtype;
+  }
+}
+#endif
 
 // Small vision batches run as CUDA graphs: the same embeddings as launching each kernel
 // (flash attention inside the graph, cuDNN's outside), one graph per image count up to
