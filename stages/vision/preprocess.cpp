@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <utility>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "common/errors.h"
 
@@ -211,24 +213,35 @@ RgbImage pad_to_square(const RgbImage& image, const float mean[3]) {
   return out;
 }
 
-std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c) {
-  RgbImage image = c.pad_to_square ? pad_to_square(input, c.mean) : input;
+namespace {
+
+// The image the steps before normalization leave: `input` itself where none runs (never
+// copied), else `padded` / `sized`, which hold the steps' images.
+const RgbImage& resized_image(const RgbImage& input, const PreprocessorConfig& c, RgbImage& padded,
+                              RgbImage& sized) {
+  const RgbImage* image = &input;
+  if (c.pad_to_square) image = &(padded = pad_to_square(input, c.mean));
   if (c.do_resize) {
     int width = c.resize_width, height = c.resize_height;
     if (c.shortest_edge > 0) {
       // transformers' get_resize_output_image_size(default_to_square=False)
-      const int64_t short_side = std::min(image.width, image.height);
-      const int64_t long_side = std::max(image.width, image.height);
+      const int64_t short_side = std::min(image->width, image->height);
+      const int64_t long_side = std::max(image->width, image->height);
       const int new_long = static_cast<int>(static_cast<double>(c.shortest_edge * long_side) /
                                             static_cast<double>(short_side));
-      width = image.width <= image.height ? c.shortest_edge : new_long;
-      height = image.width <= image.height ? new_long : c.shortest_edge;
+      width = image->width <= image->height ? c.shortest_edge : new_long;
+      height = image->width <= image->height ? new_long : c.shortest_edge;
     }
-    image = c.do_center_crop ? resize_and_crop(image, width, height, c.resample, c.crop_height, c.crop_width)
-                             : resize(image, width, height, c.resample);
-  } else if (c.do_center_crop) {
-    image = center_crop(image, c.crop_height, c.crop_width);
+    return sized = c.do_center_crop ? resize_and_crop(*image, width, height, c.resample,
+                                                      c.crop_height, c.crop_width)
+                                    : resize(*image, width, height, c.resample);
   }
+  if (c.do_center_crop) return sized = center_crop(*image, c.crop_height, c.crop_width);
+  return *image;
+}
+
+// image's [3, height, width] float32 values into out.
+void normalize_into(const RgbImage& image, const PreprocessorConfig& c, float* out) {
   // Each channel's 256 possible values: float64 rescale, then float32 normalize, as
   // transformers does.
   float table[3][256];
@@ -240,11 +253,30 @@ std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c
     }
   }
   const size_t plane = static_cast<size_t>(image.width) * image.height;
-  std::vector<float> out(plane * 3);
   for (size_t i = 0; i < plane; ++i) {
     for (int ch = 0; ch < 3; ++ch) out[static_cast<size_t>(ch) * plane + i] = table[ch][image.pixels[i * 3 + ch]];
   }
+}
+
+}  // namespace
+
+std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c) {
+  RgbImage padded, sized;
+  const RgbImage& image = resized_image(input, c, padded, sized);
+  std::vector<float> out(static_cast<size_t>(image.width) * image.height * 3);
+  normalize_into(image, c, out.data());
   return out;
+}
+
+void preprocess_into(const RgbImage& input, const PreprocessorConfig& c, float* out, size_t count) {
+  RgbImage padded, sized;
+  const RgbImage& image = resized_image(input, c, padded, sized);
+  const size_t values = static_cast<size_t>(image.width) * image.height * 3;
+  if (count != values) {
+    throw std::invalid_argument("preprocess: the image gives " + std::to_string(values) +
+                                " values, the destination holds " + std::to_string(count));
+  }
+  normalize_into(image, c, out);
 }
 
 PreprocessorConfig load_preprocessor_config(const std::string& folder) {

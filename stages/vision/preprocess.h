@@ -41,5 +41,9 @@ RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resam
 RgbImage pad_to_square(const RgbImage& image, const float mean[3]);
 // [3, height, width] float32, channel-major, as pixel_values.
 std::vector<float> preprocess(const RgbImage& image, const PreprocessorConfig& config);
+// The same values written to out, which holds `count` floats; std::invalid_argument
+// (nothing written) when count is not the result's size.
+void preprocess_into(const RgbImage& image, const PreprocessorConfig& config, float* out,
+                     size_t count);
 
 }  // namespace llava

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <stdexcept>
+
 #include "reference.h"
 
 namespace {
@@ -61,6 +64,32 @@ TEST(Preprocess, PadToSquareMatchesLlavaExpand2Square) {
     const std::string file = info["images"][i]["file"];
     double diff = mean_abs(llava::preprocess(load(file), config), reference[key("pad", i)]);
     EXPECT_LT(diff, 1e-6) << file;
+  }
+}
+
+// preprocess_into (what the vision worker writes into its pinned batch) gives
+// preprocess's values for every combination of steps, and refuses a destination of
+// another size without writing to it.
+TEST(Preprocess, IntoADestinationGivesTheSameValuesAndChecksItsSize) {
+  const llava::RgbImage image = load("img01_320x240_RGB.jpg");
+  auto base = llava::load_preprocessor_config(data_path("tiny-llava"));
+  for (int variant = 0; variant < 4; ++variant) {
+    llava::PreprocessorConfig c = base;
+    c.pad_to_square = variant == 1;
+    c.do_resize = variant < 2;
+    c.do_center_crop = variant != 3;  // 3: no step before normalizing
+    const std::vector<float> expected = llava::preprocess(image, c);
+    ASSERT_EQ(expected.size(), variant == 3 ? 320u * 240 * 3 : 56u * 56 * 3) << variant;
+    std::vector<float> out(expected.size() + 1, -7.0f);
+    llava::preprocess_into(image, c, out.data(), expected.size());
+    EXPECT_TRUE(std::equal(expected.begin(), expected.end(), out.begin())) << variant;
+    EXPECT_EQ(out.back(), -7.0f) << variant;  // nothing past the values
+    std::vector<float> wrong(expected.size() + 1, -7.0f);
+    EXPECT_THROW(llava::preprocess_into(image, c, wrong.data(), wrong.size()),
+                 std::invalid_argument)
+        << variant;
+    EXPECT_TRUE(std::all_of(wrong.begin(), wrong.end(), [](float v) { return v == -7.0f; }))
+        << variant;
   }
 }
 
