@@ -410,15 +410,16 @@ TEST(Pipeline, CurveEncryptedTcpMatchesInProcessGeneration) {
 // Workers a cluster manager starts (here: this test), on a fixed endpoint.
 class ExternalWorkers {
  public:
-  // `coordinator` adds keys to the coordinator section.
+  // `coordinator` adds keys to the coordinator section; `liveness` x 100 ms of silence
+  // declares a worker dead (coordinator) or the coordinator gone (worker).
   ExternalWorkers(const std::string& name, const std::string& stages_yaml,
-                  const std::string& coordinator = "") {
+                  const std::string& coordinator = "", int liveness = 5) {
     endpoint_ = "ipc://@llava-external-" + name + "-" + std::to_string(getpid());
     path_ = testing::TempDir() + name + ".yaml";
     std::ofstream(path_) << "model: {checkpoint: " << kModel << ", dtype: float32}\n"
                          << "mode: concurrent\nshare_devices: true\n"
                          << stages_yaml << "coordinator: {endpoint: '" << endpoint_
-                         << "', heartbeat_interval: 100ms, liveness: 5"
+                         << "', heartbeat_interval: 100ms, liveness: " << liveness
                          << (coordinator.empty() ? "" : ", " + coordinator) << "}\n"
                          << "generation: {max_new_tokens: " << kMaxNewTokens << "}\n";
   }
@@ -446,8 +447,13 @@ class ExternalWorkers {
 // The coordinator neither starts nor stops external workers: they outlive it, give the
 // device back, and register with the next coordinator on the same endpoint.
 TEST(Pipeline, ExternalWorkersOutliveTheCoordinatorAndRegisterWithTheNext) {
-  ExternalWorkers workers("restart", "stages: {vision: {devices: cpu, launch: external}, "
-                                     "language: {devices: cpu, max_context: 256, launch: external}}\n");
+  // Each coordinator must see each worker register exactly once: 2 s of silence before
+  // either side gives up (not 0.5 s), so a machine loaded by sanitizers does not make a
+  // slow reply look like a lost coordinator (this failed once in three ASan runs).
+  ExternalWorkers workers("restart",
+                          "stages: {vision: {devices: cpu, launch: external}, "
+                          "language: {devices: cpu, max_context: 256, launch: external}}\n",
+                          "", 20);
   workers.start("vision", 0);
   workers.start("language", 0);
   Outcome first = run_pipeline(workers.config(), kCases);
