@@ -13,6 +13,7 @@
 #include "common/curve.h"
 #include "common/errors.h"
 #include "common/units.h"
+#include "common/utf8.h"
 
 namespace llava {
 namespace fs = std::filesystem;
@@ -273,7 +274,8 @@ void check_placement(const PipelineConfig& config, Section& root, const YAML::No
                                                 "(sequential mode starts and stops its processes)");
     }
     const std::string& e = config.coordinator.endpoint;
-    if (e.find("{pid}") != std::string::npos || e.find(":*") != std::string::npos) {
+    if (e.find("{pid}") != std::string::npos || e.find("{rundir}") != std::string::npos ||
+        e.find(":*") != std::string::npos) {
       root.fail_at(stage_mark(stage->name), "stages." + stage->name + ".launch: external workers need a fixed " +
                                                 "coordinator.endpoint to connect to, got '" + e + "'");
     }
@@ -320,6 +322,31 @@ void check_placement(const PipelineConfig& config, Section& root, const YAML::No
   }
 }
 
+// YAML maps keep every duplicate key (a lookup finds the first): refuse them, naming both
+// lines, rather than let one value silently win.
+void refuse_duplicate_keys(const YAML::Node& node, const std::string& path, const std::string& file) {
+  if (node.IsSequence()) {
+    for (const auto& item : node) refuse_duplicate_keys(item, path, file);
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, YAML::Mark> seen;
+  for (const auto& entry : node) {
+    const std::string key = entry.first.IsScalar() ? entry.first.Scalar() : "";
+    const std::string name = path.empty() ? key : path + "." + key;
+    if (entry.first.IsScalar()) {
+      auto [first, inserted] = seen.emplace(key, entry.first.Mark());
+      if (!inserted) {
+        const YAML::Mark at = entry.first.Mark();
+        throw ConfigError(file + ":" + std::to_string(at.line + 1) + ":" + std::to_string(at.column + 1) +
+                          ": " + name + ": duplicate key (first given at line " +
+                          std::to_string(first->second.line + 1) + "); give each key once");
+      }
+    }
+    refuse_duplicate_keys(entry.second, name, file);
+  }
+}
+
 }  // namespace
 
 PipelineConfig parse_config(const std::string& yaml_text, const std::string& file,
@@ -333,6 +360,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
     throw ConfigError(out.str());
   }
   if (!root_node || root_node.IsNull()) throw ConfigError(file + ": the file is empty");
+  refuse_duplicate_keys(root_node, "", file);
 
   PipelineConfig config;
   config.path = file;
@@ -368,6 +396,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
       {{"float16", WeightDType::kFloat16}, {"fp16", WeightDType::kFloat16},
        {"bfloat16", WeightDType::kBFloat16}, {"bf16", WeightDType::kBFloat16},
        {"float32", WeightDType::kFloat32}, {"fp32", WeightDType::kFloat32}});
+  config.model.name = model.str("name", fs::path(config.model.checkpoint).filename().string());
   model.finish();
 
   Section stages = root.child("stages");
@@ -375,6 +404,9 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   config.vision = parse_stage(stages, "vision", file);
   config.language = parse_stage(stages, "language", file);
   stages.finish();
+
+  // server: the HTTP server's limits, read by launch/server_config.cpp (serve --http).
+  root.find("server");
 
   Section coord = root.child("coordinator");
   auto& c = config.coordinator;
@@ -398,6 +430,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   }
   c.max_restarts_per_minute =
       static_cast<int>(coord.integer("max_restarts_per_minute", c.max_restarts_per_minute, 0, 1000));
+  c.restart_window_ms = coord.millis("restart_window", c.restart_window_ms);
   c.queue_capacity = static_cast<int>(coord.integer("queue_capacity", c.queue_capacity, 1, 1 << 24));
   c.drain_timeout_ms = coord.millis("drain_timeout", c.drain_timeout_ms);
   c.external_wait_ms = coord.millis("external_wait", c.external_wait_ms);
@@ -418,9 +451,12 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
       YAML::Node node = curve.find(key);
       if (!node) curve.fail_at(curve.mark(), curve.key_name(key) + ": missing (a NAME.key_secret file)");
       // The coordinator needs its secret key (checked when it starts); a worker only the
-      // server's public key.
+      // server's public key. Workers need their own secret key; where every stage is
+      // external (a cluster manager's workers hold their own), the coordinator's copy of
+      // the config may name just the workers' public key.
       const bool server = std::string(key) == "server_key";
-      (server ? c.curve_server_key : c.curve_worker_key) = key_file(node, key, !server);
+      const bool all_external = config.vision.external && config.language.external;
+      (server ? c.curve_server_key : c.curve_worker_key) = key_file(node, key, !server && !all_external);
     }
     YAML::Node allowed = curve.find("allowed");
     if (allowed) {
@@ -471,41 +507,6 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   return config;
 }
 
-namespace {
-
-// Well-formed UTF-8 (no overlong forms, surrogates, or code points past U+10FFFF).
-bool valid_utf8(const std::string& text) {
-  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-  const auto* end = p + text.size();
-  while (p < end) {
-    const unsigned char c = *p;
-    int more = 0;
-    uint32_t code = 0, least = 0;
-    if (c < 0x80) {
-      ++p;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      more = 1, code = c & 0x1F, least = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      more = 2, code = c & 0x0F, least = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      more = 3, code = c & 0x07, least = 0x10000;
-    } else {
-      return false;
-    }
-    if (end - p <= more) return false;
-    for (int i = 1; i <= more; ++i) {
-      if ((p[i] & 0xC0) != 0x80) return false;
-      code = (code << 6) | (p[i] & 0x3F);
-    }
-    if (code < least || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
-    p += more + 1;
-  }
-  return true;
-}
-
-}  // namespace
-
 std::string stop_strings_problem(const std::vector<std::string>& stop) {
   if (stop.size() > 16) return std::to_string(stop.size()) + " stop strings; at most 16";
   for (const auto& s : stop) {
@@ -514,7 +515,7 @@ std::string stop_strings_problem(const std::vector<std::string>& stop) {
       return "a stop string of " + std::to_string(s.size()) + " bytes; at most 256";
     // The answer is cut where a stop string starts: only whole characters may match, or
     // the text would end inside one.
-    if (!valid_utf8(s)) return "a stop string is not valid UTF-8";
+    if (utf8_error_offset(s) != std::string::npos) return "a stop string is not valid UTF-8";
   }
   return "";
 }

@@ -27,6 +27,7 @@ size_t element_size(WeightDType dtype);
 struct ModelSection {
   std::string checkpoint;  // folder in the llava-hf layout, resolved against the config's folder
   WeightDType dtype = WeightDType::kFloat16;
+  std::string name;  // what clients see (/v1/models); default: the checkpoint folder's name
 };
 
 struct StageSection {
@@ -49,14 +50,17 @@ struct StageSection {
 };
 
 struct CoordinatorSection {
-  std::string endpoint = "ipc://@llava-pipe-{pid}";  // {pid} is the coordinator's pid
+  // {pid}: the coordinator's pid; {rundir}: a new folder only this user can enter (made at
+  // start, removed at the end), so that no other user can connect to a local pipeline.
+  std::string endpoint = "ipc://{rundir}/coordinator";
   uint64_t heartbeat_interval_ms = 500;
   int liveness = 3;                         // missed beats before a worker is declared dead
   uint64_t embedding_memory = 1ull << 30;   // host bytes for waiting embeddings, then spill
   uint64_t embedding_cache = 512ull << 20;  // host bytes of embeddings kept by image; 0 = off
   std::string spill_dir = "/tmp";
   uint64_t max_message_size = 256ull << 20;
-  int max_restarts_per_minute = 5;
+  int max_restarts_per_minute = 5;          // within restart_window; past it the stage fails
+  uint64_t restart_window_ms = 60000;       // sliding: the budget recovers as deaths age out
   int queue_capacity = 4096;                // requests waiting; past it requests are refused
   uint64_t drain_timeout_ms = 30000;        // on SIGTERM: time for work in flight to finish
   // A stage whose every worker is external and unregistered for this long fails the

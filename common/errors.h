@@ -27,7 +27,14 @@ struct RequestError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An endpoint that cannot be bound or reached (in use, no such host); names the endpoint.
+struct TransportError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
+// `run --requests`: the batch ran to its end, but some lines have an error result.
+constexpr int kExitSomeFailed = 3;
 
 }  // namespace llava

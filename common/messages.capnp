@@ -26,6 +26,13 @@ struct Hello {
   device @1 :Text;
   pid @2 :UInt32;
   replica @3 :UInt32;
+  # A worker the coordinator started presents the secret it was given (in its environment,
+  # which other users cannot read); the coordinator accepts a local worker's hello only
+  # with it. Empty for workers of a cluster manager (CURVE keys guard those).
+  secret @4 :Data;
+  # Random, fixed for the worker process's life: a hello from another incarnation for a
+  # replica whose worker is alive is refused (two live workers never share a replica).
+  incarnation @5 :UInt64;
 }
 
 # both ways, every heartbeat interval.
@@ -123,6 +130,12 @@ struct Cancel {}
 # declared dead after a stall, or this is a new coordinator): drop the work, register again.
 struct NotRegistered {}
 
+# coordinator -> worker: this hello is not accepted (no or a wrong secret, or the replica's
+# worker is alive). The worker says why and may try again later.
+struct Refused {
+  reason @0 :Text;
+}
+
 struct Header {
   protocolVersion @0 :UInt32;
   requestId @1 :UInt64;
@@ -143,5 +156,6 @@ struct Header {
     shutdown @15 :Shutdown;
     cancel @16 :Cancel;
     notRegistered @17 :NotRegistered;
+    refused @18 :Refused;
   }
 }

@@ -78,6 +78,7 @@ TextConfig parse_text(const json& object, const std::string& where) {
   f.read("mlp_bias", t.mlp_bias);
   f.read("tie_word_embeddings", t.tie_word_embeddings);
   f.read("bos_token_id", t.bos_token_id);
+  f.read("pad_token_id", t.pad_token_id);
   if (f.has("eos_token_id")) {
     const json& eos = object["eos_token_id"];
     t.eos_token_ids.clear();
@@ -230,6 +231,10 @@ LlavaConfig parse_llava_config(const std::string& json_text, const std::string& 
   config.text = parse_text(text, where + ": text_config");
   config.vision = parse_vision(vision, where + ": vision_config");
   f.read("image_token_index", config.image_token_index);
+  // llava-hf writes the pad token at the top level too (32001, an added token).
+  if (config.text.pad_token_id < 0 && f.has("pad_token_id")) {
+    f.read("pad_token_id", config.text.pad_token_id);
+  }
   f.read("image_token_id", config.image_token_index);
   f.read("projector_hidden_act", config.projector_hidden_act);
   f.read("multimodal_projector_bias", config.projector_bias);

@@ -28,6 +28,7 @@ struct TextConfig {
   bool tie_word_embeddings = false;
   std::vector<int64_t> eos_token_ids = {2};
   int64_t bos_token_id = 1;
+  int64_t pad_token_id = -1;  // -1: none declared
 };
 
 struct VisionConfig {

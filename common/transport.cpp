@@ -1,9 +1,16 @@
 // Socket set-up and checked send/receive.
 #include "common/transport.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <zmq_addon.hpp>
+
+#include "common/errors.h"
 
 namespace llava {
 namespace {
@@ -13,8 +20,26 @@ void apply_common(zmq::socket_t& socket, const TransportOptions& options) {
   socket.set(zmq::sockopt::linger, options.linger_ms);
   // Embedding frames are large; keep the high-water marks in messages modest so a
   // stalled peer cannot queue unbounded memory.
-  socket.set(zmq::sockopt::sndhwm, 1000);
-  socket.set(zmq::sockopt::rcvhwm, 1000);
+  socket.set(zmq::sockopt::sndhwm, kHighWaterMark);
+  socket.set(zmq::sockopt::rcvhwm, kHighWaterMark);
+}
+
+// An ipc:// endpoint with a file path (not an abstract "@name"): is a process listening on
+// it now? ZeroMQ's bind unlinks the file and binds anew, silently cutting the first
+// listener off, so a clash has to be found before the bind.
+bool ipc_file_in_use(const std::string& endpoint) {
+  if (endpoint.rfind("ipc://", 0) != 0) return false;
+  const std::string path = endpoint.substr(6);
+  if (path.empty() || path[0] == '@') return false;
+  sockaddr_un address{};
+  if (path.size() >= sizeof address.sun_path) return false;  // ZeroMQ refuses it at bind
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool listening = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  ::close(fd);
+  return listening;
 }
 
 }  // namespace
@@ -28,7 +53,17 @@ zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
     socket.set(zmq::sockopt::curve_secretkey, options.curve_own.secret_key);
   }
   socket.set(zmq::sockopt::router_mandatory, 1);
-  socket.bind(endpoint);
+  if (ipc_file_in_use(endpoint)) {
+    throw TransportError("cannot listen on " + endpoint +
+                         ": another process is listening there (another pipeline with the same "
+                         "coordinator.endpoint?); choose another endpoint or stop that process");
+  }
+  try {
+    socket.bind(endpoint);
+  } catch (const zmq::error_t& e) {
+    throw TransportError("cannot listen on " + endpoint + ": " + e.what() +
+                         (e.num() == EADDRINUSE ? " (another process holds this address)" : ""));
+  }
   return socket;
 }
 
@@ -99,23 +134,33 @@ std::optional<std::string> HandshakeWatch::failure() {
   return std::nullopt;
 }
 
-bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
-                const zmq::message_t* routing_id) {
+SendResult try_send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
+                          const zmq::message_t* routing_id) {
   try {
     if (routing_id) {
       zmq::message_t id(routing_id->data(), routing_id->size());
-      if (!socket.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
+      // A ROUTER with ZMQ_ROUTER_MANDATORY says EAGAIN (an empty result here) for a peer at
+      // its high-water mark and EHOSTUNREACH for a peer it does not know.
+      if (!socket.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        return SendResult::kBusy;
+      }
     }
     for (size_t i = 0; i < parts.size(); ++i) {
       auto flags = i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
       // Later parts of a started message never block: ZeroMQ queues a message whole.
-      if (!socket.send(parts[i], flags | zmq::send_flags::dontwait)) return false;
+      if (!socket.send(parts[i], flags | zmq::send_flags::dontwait)) return SendResult::kBusy;
     }
-    return true;
+    return SendResult::kSent;
   } catch (const zmq::error_t& e) {
-    if (e.num() == EHOSTUNREACH || e.num() == EAGAIN) return false;
+    if (e.num() == EAGAIN) return SendResult::kBusy;
+    if (e.num() == EHOSTUNREACH) return SendResult::kGone;
     throw;
   }
+}
+
+bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
+                const zmq::message_t* routing_id) {
+  return try_send_parts(socket, std::move(parts), routing_id) == SendResult::kSent;
 }
 
 bool send_message(zmq::socket_t& socket, wire::Outgoing& message,

@@ -24,7 +24,9 @@ struct TransportOptions {
 };
 
 // Binds a ROUTER with ZMQ_ROUTER_MANDATORY, so that a send to a peer that is gone is an
-// error rather than a silent drop. Throws zmq::error_t (e.g. "Address already in use").
+// error rather than a silent drop. Throws TransportError naming the endpoint when it
+// cannot be bound: in use (also an ipc socket file a live process listens on, which
+// ZeroMQ would silently take over), or not a valid address.
 zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
                           const TransportOptions& options);
 // The endpoint a bound socket really listens on (resolves tcp://127.0.0.1:* ports).
@@ -49,11 +51,19 @@ class HandshakeWatch {
 zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint,
                              const TransportOptions& options, HandshakeWatch* watch = nullptr);
 
+// What became of a send: queued, refused for now (the peer's queue is at its high-water
+// mark: a live but busy peer), or refused for good (no such peer).
+enum class SendResult { kSent, kBusy, kGone };
+SendResult try_send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
+                          const zmq::message_t* routing_id = nullptr);
 // Sends [routing id]? parts...; false when the peer is unreachable or the queue is full.
 bool send_parts(zmq::socket_t& socket, std::vector<zmq::message_t>&& parts,
                 const zmq::message_t* routing_id = nullptr);
 bool send_message(zmq::socket_t& socket, wire::Outgoing& message,
                   const zmq::message_t* routing_id = nullptr);
+
+// Messages a socket queues per peer before sends to it report kBusy.
+constexpr int kHighWaterMark = 1000;
 
 // Receives one multipart message, or nullopt if none arrives within `timeout`.
 std::optional<std::vector<zmq::message_t>> receive_parts(zmq::socket_t& socket,

@@ -50,6 +50,7 @@ const char* kind_name(schema::Header::Body::Which kind) {
     case W::SHUTDOWN: return "shutdown";
     case W::CANCEL: return "cancel";
     case W::NOT_REGISTERED: return "notRegistered";
+    case W::REFUSED: return "refused";
   }
   return "unknown";
 }
@@ -137,7 +138,7 @@ Incoming Incoming::parse(std::vector<zmq::message_t>&& parts, bool with_routing_
                       ", expected " + std::to_string(schema::PROTOCOL_VERSION));
     }
     auto kind = static_cast<unsigned>(in.header_.getBody().which());
-    if (kind > static_cast<unsigned>(schema::Header::Body::NOT_REGISTERED)) {
+    if (kind > static_cast<unsigned>(schema::Header::Body::REFUSED)) {
       throw WireError("unknown message kind " + std::to_string(kind));
     }
     auto tensors = in.header_.getTensors();

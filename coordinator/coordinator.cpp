@@ -2,12 +2,16 @@
 #include "coordinator/coordinator.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <random>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -17,6 +21,7 @@
 #include "common/plan.h"
 #include "common/transport.h"
 #include "common/units.h"
+#include "common/utf8.h"
 #include "coordinator/chat_template.h"
 #include "coordinator/worker_process.h"
 
@@ -29,10 +34,37 @@ constexpr int kMaxRequeues = 3;              // a request that kills workers sto
 constexpr int kMaxImagesPerRequest = 16;
 constexpr auto kStartupGrace = std::chrono::seconds(60);  // process start to hello
 
-std::string replace_pid(std::string endpoint) {
-  const auto at = endpoint.find("{pid}");
+// {pid}: this process's id; {rundir}: a new folder only this user can enter (`folder`
+// gets its path, to be removed at the end), so that no other user can connect to an
+// ipc socket file in it.
+std::string expand_endpoint(std::string endpoint, std::string* folder) {
+  auto at = endpoint.find("{pid}");
   if (at != std::string::npos) endpoint.replace(at, 5, std::to_string(getpid()));
+  at = endpoint.find("{rundir}");
+  if (at != std::string::npos) {
+    const char* base = std::getenv("XDG_RUNTIME_DIR");
+    if (!base || access(base, W_OK) != 0) base = std::getenv("TMPDIR");
+    if (!base || access(base, W_OK) != 0) base = "/tmp";
+    std::string pattern = std::string(base) + "/llava-pipe-XXXXXX";
+    if (!mkdtemp(pattern.data())) {  // mkdtemp makes it 0700
+      throw TransportError(std::string("cannot make a private folder for the endpoint in ") + base +
+                           ": " + std::strerror(errno));
+    }
+    *folder = pattern;
+    endpoint.replace(at, 8, pattern);
+  }
   return endpoint;
+}
+
+std::string random_secret() {
+  std::random_device device;
+  std::string secret;
+  for (int i = 0; i < 4; ++i) {
+    char part[9];
+    std::snprintf(part, sizeof part, "%08x", device());
+    secret += part;
+  }
+  return secret;
 }
 
 std::string routing_of(const zmq::message_t& id) {
@@ -40,6 +72,10 @@ std::string routing_of(const zmq::message_t& id) {
 }
 
 std::string read_image(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) {
+    throw RequestError("cannot read image '" + path + "': it is a directory, not an image file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw RequestError("cannot read image '" + path + "': " + std::strerror(errno));
   std::stringstream bytes;
@@ -75,11 +111,12 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
       events_(std::move(events)),
       worker_program_(worker_program.empty() ? executable_directory() + "/llava-stage"
                                              : std::move(worker_program)),
-      endpoint_(replace_pid(config.coordinator.endpoint)),
+      endpoint_(expand_endpoint(config.coordinator.endpoint, &private_dir_)),
       embeddings_(config.coordinator.embedding_memory, config.coordinator.spill_dir),
       cache_(config.coordinator.embedding_cache),
       started_(Clock::now()),
-      beat_interval_(config.coordinator.heartbeat_interval_ms) {
+      beat_interval_(config.coordinator.heartbeat_interval_ms),
+      secret_(random_secret()) {
   g_stop = 0;
   limits_.max_message_bytes = config.coordinator.max_message_size;
   TransportOptions transport;
@@ -87,7 +124,7 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
   if (config.coordinator.curve()) {
     transport.curve = true;
     transport.curve_own = read_curve_key(config.coordinator.curve_server_key, true);
-    std::set<std::string> allowed = {read_curve_key(config.coordinator.curve_worker_key, true).public_key};
+    std::set<std::string> allowed = {read_curve_key(config.coordinator.curve_worker_key, false).public_key};
     for (const auto& file : config.coordinator.curve_allowed) allowed.insert(read_curve_key(file, false).public_key);
     zap_ = std::make_unique<ZapHandler>(context_, allowed);
   }
@@ -110,7 +147,13 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
   }
 }
 
-Coordinator::~Coordinator() { shutdown_workers(); }
+Coordinator::~Coordinator() {
+  shutdown_workers();
+  if (!private_dir_.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(private_dir_, ignored);
+  }
+}
 
 // ---------------------------------------------------------------- requests -----------
 
@@ -130,6 +173,10 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
       throw RequestError("overloaded: " + std::to_string(requests_.size() - 1) +
                          " requests are waiting (coordinator.queue_capacity " +
                          std::to_string(config_.coordinator.queue_capacity) + "); try again later");
+    }
+    const size_t bad_byte = utf8_error_offset(spec.prompt);
+    if (bad_byte != std::string::npos) {
+      throw RequestError("the prompt is not valid UTF-8 (at byte " + std::to_string(bad_byte) + ")");
     }
     const size_t images = spec.image_paths.size() + spec.image_bytes.size();
     if (images > static_cast<size_t>(kMaxImagesPerRequest)) {
@@ -164,6 +211,9 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
   } catch (const RequestError& e) {
     finish(request, e.what());
   }
+  // A caller submitting thousands at once holds the loop for a while: the workers must
+  // still hear from us, or they take us for gone.
+  heartbeat();
   return id;
 }
 
@@ -263,8 +313,14 @@ void Coordinator::run() {
 
 bool Coordinator::step(std::chrono::milliseconds wait) {
   if (g_stop > 0 && !draining_) begin_drain();
-  if (draining_ && (g_stop > 1 || Clock::now() > drain_deadline_)) {
-    fail_all("stopped: the pipeline was shut down before this request finished");
+  // Every worker gone, and none this coordinator could start again: nothing in flight can
+  // finish, so waiting out the drain would only delay the answers.
+  const bool no_worker = std::all_of(slots_.begin(), slots_.end(), [](const Slot& slot) {
+    return slot.external && slot.state == SlotState::kDown;
+  });
+  if (draining_ && (g_stop > 1 || Clock::now() > drain_deadline_ || no_worker)) {
+    fail_all(no_worker ? "stopped: the pipeline was shut down and no worker is left to finish this request"
+                       : "stopped: the pipeline was shut down before this request finished");
     return false;
   }
   // Dispatch what is ready before waiting: a request submitted (or an embedding that
@@ -274,6 +330,7 @@ bool Coordinator::step(std::chrono::milliseconds wait) {
   reap();
   check_liveness();
   heartbeat();
+  if (!fatal_.empty()) fail_all(fatal_);  // nothing can run: every request gets its answer
   return fatal_.empty();
 }
 
@@ -283,9 +340,20 @@ void Coordinator::receive(std::chrono::milliseconds wait) {
       wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
       handle(message);
     } catch (const WireError& e) {
-      std::cerr << "llava-pipe: dropped a malformed message: " << e.what() << "\n";
+      log_dropped(std::string("a malformed message: ") + e.what());
     }
   }
+}
+
+void Coordinator::log_dropped(const std::string& what) {
+  ++dropped_since_log_;
+  const auto now = Clock::now();
+  if (now - last_drop_log_ < std::chrono::seconds(1)) return;
+  std::cerr << "llava-pipe: dropped " << what;
+  if (dropped_since_log_ > 1) std::cerr << " (and " << dropped_since_log_ - 1 << " more since the last report)";
+  std::cerr << "\n";
+  last_drop_log_ = now;
+  dropped_since_log_ = 0;
 }
 
 Coordinator::Slot* Coordinator::slot_by_routing(const std::string& routing) {
@@ -342,24 +410,56 @@ void Coordinator::handle(wire::Incoming& message) {
 
 void Coordinator::on_hello(const std::string& routing, const schema::Hello::Reader& hello) {
   const std::string stage = hello.getStage() == schema::Stage::VISION ? "vision" : "language";
+  const auto secret = hello.getSecret();
+  const bool has_secret = std::string(reinterpret_cast<const char*>(secret.begin()), secret.size()) == secret_;
   for (auto& slot : slots_) {
     if (slot.stage != stage || slot.replica != static_cast<int>(hello.getReplica())) continue;
+    const std::string who = slot.name + " (pid " + std::to_string(hello.getPid()) + ")";
     if (slot.external) {
       // A worker of a cluster manager registers, or registers again (it restarted, or it
       // lost us and found us again): what the old connection held is requeued.
       const bool repeated = slot.state == SlotState::kReady && slot.routing == routing && !slot.granted &&
                             slot.outstanding.empty();
       if (repeated) return;  // a hello sent again before ours was read: nothing was lost
+      // Another process for a replica whose worker is alive (two job steps, or a restarted
+      // step before the old one is declared dead): the live one keeps it.
+      const bool other_process = slot.incarnation != hello.getIncarnation();
+      const bool alive = slot.state == SlotState::kReady &&
+                         Clock::now() - slot.last_seen <= beat_interval_ * config_.coordinator.liveness;
+      if (other_process && alive) {
+        refuse(routing, slot.name + " is registered to a live worker (another process); this one may "
+                        "register once that one has been silent for the liveness period");
+        return;
+      }
       if (slot.state != SlotState::kDown) worker_died(slot, "registered again");
       record(slot, "registered", "pid " + std::to_string(hello.getPid()) + " on " + hello.getDevice().cStr());
-    } else if (static_cast<pid_t>(hello.getPid()) != slot.pid) {
-      return;  // a local slot accepts only the process it started
+    } else {
+      // A local slot accepts only the process it started, which presents the secret it was
+      // given: a pid is visible to anyone (ps), the secret only to this user.
+      if (static_cast<pid_t>(hello.getPid()) != slot.pid || !has_secret) {
+        refuse(routing, "no worker of this pipeline: " + who +
+                            (has_secret ? " is not the process the coordinator started"
+                                        : " did not present the secret the coordinator gave its workers"));
+        return;
+      }
+      // Registering again (it lost us for a while): it dropped its work and its lease.
+      if (slot.state == SlotState::kReady) take_back(slot, "registered again");
     }
     slot.routing = routing;
+    slot.incarnation = hello.getIncarnation();
     slot.state = SlotState::kReady;
     slot.last_seen = Clock::now();
     return;
   }
+  refuse(routing, "no " + stage + " replica " + std::to_string(hello.getReplica()) + " in this pipeline's plan");
+}
+
+void Coordinator::refuse(const std::string& routing, const std::string& why) {
+  log_dropped("a hello: " + why);
+  wire::Outgoing refused;
+  refused.header().getBody().initRefused().setReason(why);
+  zmq::message_t id(routing.data(), routing.size());
+  try_send_parts(router_, refused.parts(), &id);
 }
 
 void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
@@ -486,12 +586,12 @@ void Coordinator::record(const Slot& slot, const std::string& what, const std::s
 }
 
 void Coordinator::start_worker(Slot& slot) {
-  slot.pid = start_process(worker_program_, {"--config", config_.path, "--stage", slot.stage,
-                                             "--replica", std::to_string(slot.replica),
-                                             "--endpoint", endpoint_});
+  slot.pid = start_process(worker_program_,
+                           {"--config", config_.path, "--stage", slot.stage, "--replica",
+                            std::to_string(slot.replica), "--endpoint", endpoint_},
+                           {std::string(kSecretVariable) + "=" + secret_});
   slot.state = SlotState::kStarting;
-  slot.routing.clear();
-  slot.granted = slot.releasing = slot.exit_expected = false;
+  take_back(slot, "restarted");
   slot.last_seen = Clock::now();
   record(slot, "started", "pid " + std::to_string(slot.pid));
 }
@@ -509,8 +609,7 @@ void Coordinator::exited(Slot& slot, const ExitStatus& status) {
   if (slot.exit_expected && status.code == 0) {
     slot.pid = -1;
     slot.state = SlotState::kDown;
-    slot.routing.clear();
-    slot.granted = slot.releasing = slot.exit_expected = false;
+    take_back(slot, "exited");
     record(slot, "exited");
   } else if (status.code == kExitUsage) {
     fatal_ = slot.name + " " + status.description + ": its command line or config was refused";
@@ -556,6 +655,18 @@ void Coordinator::worker_died(Slot& slot, const std::string& reason) {
   slot.pid = -1;
   slot.state = SlotState::kDown;
   slot.down_since = Clock::now();
+  take_back(slot, reason);
+  const auto now = Clock::now();
+  slot.deaths.push_back(now);
+  slot.last_death = reason;
+  ++slot.report.restarts;
+  // Back off: 100 ms, 200 ms, ... up to 5 s between restarts.
+  const auto backoff = std::chrono::milliseconds(
+      std::min<int64_t>(5000, 100ll << std::min<size_t>(slot.deaths.size() - 1, 6)));
+  slot.restart_after = now + backoff;
+}
+
+void Coordinator::take_back(Slot& slot, const std::string& reason) {
   slot.routing.clear();
   slot.granted = slot.releasing = slot.exit_expected = false;
   const std::set<uint64_t> held = slot.outstanding;
@@ -564,39 +675,38 @@ void Coordinator::worker_died(Slot& slot, const std::string& reason) {
     auto it = requests_.find(id);
     if (it != requests_.end()) requeue(it->second, slot.name + " " + reason);
   }
-  const auto now = Clock::now();
-  slot.deaths.push_back(now);
-  while (!slot.deaths.empty() && now - slot.deaths.front() > std::chrono::minutes(1)) {
-    slot.deaths.pop_front();
-  }
-  ++slot.report.restarts;
-  // An external slot is never broken: its worker may come back at any time, and its
-  // requests wait for it or for another replica (up to coordinator.external_wait).
-  if (!slot.external && static_cast<int>(slot.deaths.size()) > config_.coordinator.max_restarts_per_minute) {
-    slot.broken = slot.name + " failed " + std::to_string(slot.deaths.size()) +
-                  " times in a minute (last: " + reason + ")";
-  }
-  // Back off: 100 ms, 200 ms, ... up to 5 s between restarts.
-  const auto backoff = std::chrono::milliseconds(
-      std::min<int64_t>(5000, 100ll << std::min<size_t>(slot.deaths.size() - 1, 6)));
-  slot.restart_after = now + backoff;
 }
 
-bool Coordinator::stage_broken(const std::string& stage, std::string* why) const {
+bool Coordinator::over_restart_budget(Slot& slot, std::string* why) {
+  // An external slot never is: its worker may come back at any time, and its requests wait
+  // for it or for another replica (up to coordinator.external_wait).
+  if (slot.external) return false;
+  const auto window = std::chrono::milliseconds(config_.coordinator.restart_window_ms);
+  const auto now = Clock::now();
+  while (!slot.deaths.empty() && now - slot.deaths.front() > window) slot.deaths.pop_front();
+  if (static_cast<int>(slot.deaths.size()) <= config_.coordinator.max_restarts_per_minute) return false;
+  *why = slot.name + " failed " + std::to_string(slot.deaths.size()) + " times in " +
+         format_millis(static_cast<int64_t>(config_.coordinator.restart_window_ms)) + " (last: " +
+         slot.last_death + "); it is started again once fewer than " +
+         std::to_string(config_.coordinator.max_restarts_per_minute + 1) +
+         " failures fall in that window (coordinator.max_restarts_per_minute, restart_window)";
+  return true;
+}
+
+bool Coordinator::stage_broken(const std::string& stage, std::string* why) {
   const auto wait = std::chrono::milliseconds(config_.coordinator.external_wait_ms);
   const auto now = Clock::now();
-  for (const auto& slot : slots_) {
-    if (slot.stage != stage) continue;
-    if (!slot.broken.empty()) {
-      *why = slot.broken;
-    } else if (slot.external && slot.state == SlotState::kDown && wait.count() > 0 &&
-               now - slot.down_since > wait) {
-      *why = "no worker registered as " + slot.name + " for " + format_millis(wait.count()) +
-             " (launch: external: a cluster manager must start `llava-stage --stage " + slot.stage +
-             " --replica " + std::to_string(slot.replica) + "`; coordinator.external_wait)";
-    } else {
+  // Broken when every replica is: over its restart budget, or external and unregistered
+  // for longer than external_wait.
+  for (auto& slot : slots_) {
+    if (slot.stage != stage || over_restart_budget(slot, why)) continue;
+    if (!(slot.external && slot.state == SlotState::kDown && wait.count() > 0 &&
+          now - slot.down_since > wait)) {
       return false;
     }
+    *why = "no worker registered as " + slot.name + " for " + format_millis(wait.count()) +
+           " (launch: external: a cluster manager must start `llava-stage --stage " + slot.stage +
+           " --replica " + std::to_string(slot.replica) + "`; coordinator.external_wait)";
   }
   return true;
 }
@@ -650,7 +760,11 @@ std::vector<StageReport> Coordinator::reports() const {
 
 bool Coordinator::send(Slot& slot, wire::Outgoing& message) {
   zmq::message_t id(slot.routing.data(), slot.routing.size());
-  if (send_parts(router_, message.parts(), &id)) return true;
+  const SendResult result = try_send_parts(router_, message.parts(), &id);
+  if (result == SendResult::kSent) return true;
+  // A full queue to a live worker means "not now": the caller tries again on a later pass
+  // (task_limit keeps tasks far below the queue's bound; heartbeats may wait).
+  if (result == SendResult::kBusy) return false;
   // A worker told to exit is expected to become unreachable; its exit is reaped.
   if (slot.exit_expected) return false;
   // A process of ours whose socket is gone is most likely ending (the kernel closes its
@@ -762,7 +876,14 @@ void Coordinator::send_burst(std::vector<BurstTask>& burst) {
     // A worker that died while this burst went out had its requests requeued.
     if (slot.routing.empty() || !slot.outstanding.count(task.request)) continue;
     task.message->header().getBody().getVisionTask().setFollowedBy(follow);
-    send(slot, *task.message);
+    if (send(slot, *task.message) || slot.routing.empty()) continue;
+    // Busy (its queue is full): the request waits for a later pass, as if never sent.
+    slot.outstanding.erase(task.request);
+    auto it = requests_.find(task.request);
+    if (it != requests_.end()) {
+      it->second.stage = Stage::kNeedVision;
+      it->second.slot = -1;
+    }
   }
   burst.clear();
 }
@@ -798,7 +919,9 @@ void Coordinator::schedule() {
 void Coordinator::schedule_concurrent() {
   const auto now = Clock::now();
   for (auto& slot : slots_) {
-    if (slot.state == SlotState::kDown && !slot.external && slot.broken.empty() && now >= slot.restart_after) {
+    std::string why;
+    if (slot.state == SlotState::kDown && !slot.external && now >= slot.restart_after &&
+        !over_restart_budget(slot, &why)) {
       start_worker(slot);
     }
     if (slot.state == SlotState::kReady && !slot.granted) grant(slot);
@@ -815,7 +938,7 @@ void Coordinator::schedule_concurrent() {
     Slot* best = nullptr;
     for (auto& slot : slots_) {
       if (slot.stage != stage || !slot.granted || slot.state != SlotState::kReady) continue;
-      if (slot.outstanding.size() >= static_cast<size_t>(2 * slot.batch_size)) continue;
+      if (slot.outstanding.size() >= task_limit(slot)) continue;
       if (!best || slot.outstanding.size() < best->outstanding.size()) best = &slot;
     }
     if (best) dispatch(*best, request, encoding, burst);
@@ -851,7 +974,8 @@ void Coordinator::schedule_sequential() {
     holder = holder_ == "vision" ? &vision : &language;
   }
   const bool has_work = holder_ == "vision" ? vision_work : language_work;
-  if (holder->state == SlotState::kDown && has_work && holder->broken.empty() &&
+  std::string why;
+  if (holder->state == SlotState::kDown && has_work && !over_restart_budget(*holder, &why) &&
       Clock::now() >= holder->restart_after && device_free(holder->device)) {
     start_worker(*holder);
   }
@@ -864,12 +988,16 @@ void Coordinator::schedule_sequential() {
   std::unordered_multiset<size_t> encoding = images_in_vision();
   std::vector<BurstTask> burst;
   for (auto& [id, request] : requests_) {
+    if (holder->outstanding.size() >= task_limit(*holder)) break;
     if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) continue;
     if (request.stage == need) dispatch(*holder, request, encoding, burst);
   }
   send_burst(burst);
-  // Round over: everything this stage was given is answered. Give the device back.
-  if (holder->granted && holder->outstanding.empty()) release(*holder);
+  // Round over: everything this stage was given is answered, and nothing more waits for
+  // it (a send refused as busy leaves its request waiting). Give the device back.
+  const bool waiting = std::any_of(requests_.begin(), requests_.end(),
+                                   [&](const auto& e) { return e.second.stage == need; });
+  if (holder->granted && holder->outstanding.empty() && !waiting) release(*holder);
 }
 
 }  // namespace llava

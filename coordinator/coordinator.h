@@ -95,9 +95,12 @@ class Coordinator {
   // between reading its clients). False once a stop has ended everything.
   bool step(std::chrono::milliseconds wait);
   bool idle() const { return requests_.empty(); }
+  // Requests submitted and not yet answered (what coordinator.queue_capacity bounds).
+  size_t pending() const { return requests_.size(); }
   // Async-signal-safe. The first call starts a drain: no new requests, requests not yet
   // started fail ("shutting down"), work in flight finishes within drain_timeout; a
-  // second call, or the timeout, ends the rest with an error.
+  // second call, the timeout, or every worker gone with none to restart (external
+  // workers only) ends the rest with an error.
   static void request_stop();
   bool stopped_by_signal() const { return draining_; }
   // Stops every worker (Shutdown, then SIGKILL after a grace period) and reaps them.
@@ -109,6 +112,8 @@ class Coordinator {
   std::vector<StageReport> reports() const;
   pid_t pid_of(const std::string& process) const;
   const std::string& endpoint() const { return endpoint_; }
+  // The secret the workers it starts present in their hello (LLAVA_PIPE_WORKER_SECRET).
+  static constexpr const char* kSecretVariable = "LLAVA_PIPE_WORKER_SECRET";
   const LlavaConfig& model() const { return model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
 
@@ -125,11 +130,12 @@ class Coordinator {
     bool granted = false, releasing = false, exit_expected = false;
     bool external = false;  // started by a cluster manager: never started or killed here
     uint64_t epoch = 0;
+    uint64_t incarnation = 0;  // of the registered worker process (its hello's)
     Clock::time_point last_seen, restart_after;
     Clock::time_point down_since;  // external: when it was last unregistered
     std::set<uint64_t> outstanding;
-    std::deque<Clock::time_point> deaths;
-    std::string broken;  // non-empty: restarted too often; its requests fail
+    std::deque<Clock::time_point> deaths;  // within coordinator.restart_window
+    std::string last_death;                // why it last died
     StageReport report;
   };
   enum class Stage { kNeedVision, kInVision, kNeedLanguage, kInLanguage, kDone };
@@ -164,6 +170,7 @@ class Coordinator {
   void receive(std::chrono::milliseconds wait);
   void handle(wire::Incoming& message);
   void on_hello(const std::string& routing, const schema::Hello::Reader& hello);
+  void refuse(const std::string& routing, const std::string& why);
   void on_embeddings(Slot& slot, wire::Incoming& message);
   void on_tokens(wire::Incoming& message);
   void on_done(wire::Incoming& message);
@@ -174,6 +181,12 @@ class Coordinator {
   void check_liveness();
   void heartbeat();
   void worker_died(Slot& slot, const std::string& reason);
+  // The slot's worker lost what it held (it died, or registered again): its requests are
+  // requeued and its lease is void.
+  void take_back(Slot& slot, const std::string& reason);
+  // Died more than max_restarts_per_minute times within the restart window (which slides:
+  // the budget recovers as old deaths leave it). Why, in `why`.
+  bool over_restart_budget(Slot& slot, std::string* why);
   void start_worker(Slot& slot);
   // scheduling
   void schedule();
@@ -190,7 +203,11 @@ class Coordinator {
   std::unique_ptr<wire::Outgoing> vision_task(const Request& request);  // the image files
   // Prompt + streamed tokens, sampling, and the request's embedding frames (shared).
   std::unique_ptr<wire::Outgoing> language_task(const Request& request);
+  // False when it was not sent: the worker is busy (its queue is full: try again later) or
+  // gone (then its death is handled here).
   bool send(Slot& slot, wire::Outgoing& message);
+  // Tasks a worker may hold at once: the batch it works on and the next one.
+  static size_t task_limit(const Slot& slot) { return 2 * static_cast<size_t>(slot.batch_size); }
   // requests
   Request* find(uint64_t id, uint32_t attempt);
   void requeue(Request& request, const std::string& why);
@@ -212,13 +229,16 @@ class Coordinator {
   void begin_drain();
   void record(const Slot& slot, const std::string& what, const std::string& detail = "");
   Slot* slot_by_routing(const std::string& routing);
-  bool stage_broken(const std::string& stage, std::string* why) const;
+  bool stage_broken(const std::string& stage, std::string* why);
+  // A malformed message or a refused hello: logged at most once a second, with a count.
+  void log_dropped(const std::string& what);
 
   PipelineConfig config_;
   LlavaConfig model_;
   Tokenizer tokenizer_;
   CoordinatorEvents events_;
   std::string worker_program_;
+  std::string private_dir_;  // a {rundir} endpoint's 0700 folder, removed at the end (set by endpoint_'s initializer)
   std::string endpoint_;
   wire::Limits limits_;
   zmq::context_t context_;
@@ -237,6 +257,9 @@ class Coordinator {
   std::set<pid_t> killed_;  // killed by us after a death was declared: reaping is expected
   Clock::time_point started_, last_heartbeat_;
   std::chrono::milliseconds beat_interval_;
+  std::string secret_;       // given to the workers it starts
+  Clock::time_point last_drop_log_;
+  size_t dropped_since_log_ = 0;
 };
 
 }  // namespace llava

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -27,18 +28,33 @@ ExitStatus describe(pid_t pid, int status) {
 
 }  // namespace
 
-pid_t start_process(const std::string& program, const std::vector<std::string>& args) {
+pid_t start_process(const std::string& program, const std::vector<std::string>& args,
+                    const std::vector<std::string>& environment) {
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(program.c_str()));
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  // Built before the fork: between fork and exec only async-signal-safe calls may run.
+  std::vector<char*> envp;
+  for (const auto& e : environment) envp.push_back(const_cast<char*>(e.c_str()));
+  for (char** e = environ; *e; ++e) {
+    const std::string entry(*e);
+    const bool replaced = std::any_of(environment.begin(), environment.end(), [&](const std::string& mine) {
+      return entry.compare(0, mine.find('=') + 1, mine, 0, mine.find('=') + 1) == 0;
+    });
+    if (!replaced) envp.push_back(*e);
+  }
+  envp.push_back(nullptr);
   const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) throw std::runtime_error(std::string("fork failed: ") + std::strerror(errno));
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // Ctrl-C reaches the whole process group: a worker follows its coordinator instead
+    // (ignored dispositions survive exec, so there is no window before its own set-up).
+    signal(SIGINT, SIG_IGN);
     if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
-    execv(program.c_str(), argv.data());
+    execve(program.c_str(), argv.data(), envp.data());
     std::fprintf(stderr, "llava-pipe: cannot start %s: %s\n", program.c_str(), std::strerror(errno));
     _exit(127);
   }

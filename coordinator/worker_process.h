@@ -10,8 +10,10 @@
 
 namespace llava {
 
-// fork + exec; throws std::runtime_error when the program cannot be started.
-pid_t start_process(const std::string& program, const std::vector<std::string>& args);
+// fork + exec; throws std::runtime_error when the program cannot be started. `environment`
+// ("NAME=value") is added to this process's environment for the child alone.
+pid_t start_process(const std::string& program, const std::vector<std::string>& args,
+                    const std::vector<std::string>& environment = {});
 
 struct ExitStatus {
   pid_t pid;

@@ -1,23 +1,92 @@
 // The worker's main loop and its handlers.
 #include "stages/worker.h"
 
+#include <netdb.h>
 #include <unistd.h>
 
 #include <c10/core/InferenceMode.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
+#include <random>
 #include <thread>
 
 #include "common/errors.h"
 #include "common/plan.h"
 #include "common/transport.h"
+#include "common/units.h"
 #include "stages/device.h"
 #include "stages/parallel.h"
 
 namespace llava {
 namespace {
+
+std::atomic<int> g_stop{0};  // SIGTERM received
+
+// Rate-limited: a flood of bad messages makes one line a second, with a count.
+void log_dropped(const std::string& what) {
+  using Clock = std::chrono::steady_clock;
+  static Clock::time_point last;
+  static size_t since = 0;
+  ++since;
+  if (Clock::now() - last < std::chrono::seconds(1)) return;
+  std::cerr << "llava-stage: dropped " << what;
+  if (since > 1) std::cerr << " (and " << since - 1 << " more since the last report)";
+  std::cerr << "\n";
+  last = Clock::now();
+  since = 0;
+}
+
+// tcp://HOST:PORT: the host must resolve, or the worker would wait for a coordinator it can
+// never reach (ZeroMQ retries the name quietly forever).
+void check_host_resolves(const std::string& endpoint) {
+  if (endpoint.rfind("tcp://", 0) != 0) return;
+  const std::string address = endpoint.substr(6);
+  const auto colon = address.rfind(':');
+  std::string host = address.substr(0, colon);
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty() || host == "*") return;
+  addrinfo* found = nullptr;
+  const int error = getaddrinfo(host.c_str(), nullptr, nullptr, &found);
+  if (found) freeaddrinfo(found);
+  if (error != 0) {
+    throw TransportError("cannot reach the coordinator at " + endpoint + ": the host '" + host +
+                         "' does not resolve (" + gai_strerror(error) + ")");
+  }
+}
+
+// An error as one line a user can act on. LibTorch's messages carry a C++ backtrace (26
+// frames for an out-of-memory): that goes to this worker's stderr under --verbose only. An
+// out-of-memory names what was being done, the allocation, the memory_limit and the knobs.
+std::string one_line_error(const std::exception& e, const std::string& who, const std::string& doing,
+                           const StageSection& stage) {
+  std::string text = e.what();
+  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) {
+    if (std::getenv("LLAVA_PIPE_VERBOSE")) std::cerr << "llava-stage: " << who << ": " << text << "\n";
+    text = torch_error->what_without_backtrace();
+  }
+  if (text.find("out of memory") == std::string::npos) {
+    const auto newline = text.find('\n');
+    return newline == std::string::npos ? text : text.substr(0, newline);
+  }
+  std::string allocation;
+  const auto tried = text.find("Tried to allocate ");
+  if (tried != std::string::npos) allocation = text.substr(tried, text.find('.', tried + 18 + 4) - tried);
+  const std::string limit = stage.memory_limit > 0 ? format_bytes(stage.memory_limit) : std::string("none");
+  const std::string knobs = stage.name == "vision"
+                                ? "lower stages.vision.batch_size, or raise memory_limit"
+                                : "lower stages.language.batch_size or max_context, or set quantize: int8 "
+                                  "(or int4) or offload: layers, or raise memory_limit";
+  return who + ": out of memory " + doing + (allocation.empty() ? "" : " (" + allocation + ")") +
+         "; memory_limit " + limit + ": " + knobs;
+}
+
+uint64_t random_incarnation() {
+  std::random_device device;
+  return (static_cast<uint64_t>(device()) << 32) | device();
+}
 
 at::ScalarType torch_dtype(WeightDType dtype) {
   switch (dtype) {
@@ -66,8 +135,18 @@ struct FaultHooks {
   int work_delay_ms = number("LLAVA_PIPE_FAULT_WORK_DELAY_MS");        // each work step slower
   int sticky_after_steps = number("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS");  // then a sticky error
   int oom_prompt_tokens = number("LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS");    // prompts this long OOM
+  int oom_at_load = number("LLAVA_PIPE_FAULT_OOM_AT_LOAD");                // loading OOMs
   // Messages taken one at a time, as if each arrived just after the worker started working.
   int one_message_per_step = number("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP");
+  // "ID:N": a first attempt's token number N is reported as ID (as if sampled), e.g. the
+  // image token, to test what a resumed request does with it.
+  int forced_token = pair("LLAVA_PIPE_FAULT_FORCE_TOKEN", 0);
+  int forced_index = pair("LLAVA_PIPE_FAULT_FORCE_TOKEN", 1);
+  static int pair(const char* name, int part) {
+    const char* value = std::getenv(name);
+    if (!value || !std::strchr(value, ':')) return -1;
+    return std::atoi(part == 0 ? value : std::strchr(value, ':') + 1);
+  }
   static int number(const char* name) {
     const char* value = std::getenv(name);
     return value ? std::atoi(value) : 0;
@@ -114,6 +193,8 @@ Worker::Worker(WorkerOptions options)
       stage_kind_(options_.stage == "vision" ? schema::Stage::VISION : schema::Stage::LANGUAGE),
       device_(stage_->devices[static_cast<size_t>(options_.replica) % stage_->devices.size()]),
       tensor_options_(at::TensorOptions().dtype(torch_dtype(config_.model.dtype)).device(device_)),
+      secret_(std::getenv("LLAVA_PIPE_WORKER_SECRET") ? std::getenv("LLAVA_PIPE_WORKER_SECRET") : ""),
+      incarnation_(random_incarnation()),
       beat_interval_(config_.coordinator.heartbeat_interval_ms) {
   if (options_.stage != "vision" && options_.stage != "language") {
     throw ConfigError("--stage must be vision or language, got '" + options_.stage + "'");
@@ -126,28 +207,55 @@ Worker::Worker(WorkerOptions options)
     transport.curve_own = read_curve_key(config_.coordinator.curve_worker_key, true);
     transport.curve_server_public_key = read_curve_key(config_.coordinator.curve_server_key, false).public_key;
   }
-  socket_ = connect_dealer(context_, options_.endpoint, transport);
+  check_host_resolves(options_.endpoint);
+  socket_ = connect_dealer(context_, options_.endpoint, transport, &handshake_);
+  pulse_thread_ = std::thread([this] { pulse(); });
 }
 
+Worker::~Worker() {
+  {
+    std::lock_guard<std::mutex> lock(pulse_mutex_);
+    pulse_stop_ = true;
+  }
+  pulse_wake_.notify_all();
+  if (pulse_thread_.joinable()) pulse_thread_.join();
+}
+
+void Worker::request_stop() { ++g_stop; }
+
 bool Worker::send(wire::Outgoing& message) {
+  std::lock_guard<std::mutex> lock(socket_mutex_);
   bool sent = send_parts(socket_, message.parts());
   if (!sent) std::cerr << "llava-stage: a message to the coordinator could not be queued\n";
   return sent;
+}
+
+void Worker::send_heartbeat() {
+  wire::Outgoing beat;
+  auto body = beat.header().getBody().initHeartbeat();
+  body.setState(state_ == State::kLeased ? schema::WorkerState::LEASED : schema::WorkerState::READY);
+  body.setDeviceBytes(device_bytes_);
+  body.setPeakDeviceBytes(peak_device_bytes_);
+  body.setLoadSeconds(load_seconds_);
+  body.setWorkSeconds(work_seconds_);
+  send(beat);
 }
 
 void Worker::heartbeat_if_due() {
   const auto now = Clock::now();
   if (now - last_beat_sent_ < beat_interval_) return;
   last_beat_sent_ = now;
-  wire::Outgoing beat;
-  auto body = beat.header().getBody().initHeartbeat();
-  body.setState(state_ == State::kLeased ? schema::WorkerState::LEASED : schema::WorkerState::READY);
   DeviceMemory memory = device_memory(device_);
-  body.setDeviceBytes(static_cast<uint64_t>(memory.current));
-  body.setPeakDeviceBytes(static_cast<uint64_t>(memory.peak));
-  body.setLoadSeconds(load_seconds_);
-  body.setWorkSeconds(work_seconds_);
-  send(beat);
+  device_bytes_ = static_cast<uint64_t>(memory.current);
+  peak_device_bytes_ = static_cast<uint64_t>(memory.peak);
+  send_heartbeat();
+}
+
+void Worker::pulse() {
+  std::unique_lock<std::mutex> lock(pulse_mutex_);
+  while (!pulse_wake_.wait_for(lock, beat_interval_, [this] { return pulse_stop_; })) {
+    if (working_ && registered_) send_heartbeat();
+  }
 }
 
 void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable) {
@@ -166,6 +274,8 @@ void Worker::hello() {
   body.setDevice(device_.str());
   body.setPid(static_cast<uint32_t>(getpid()));
   body.setReplica(static_cast<uint32_t>(options_.replica));
+  body.setSecret(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(secret_.data()), secret_.size()));
+  body.setIncarnation(incarnation_);
   send(hello);
   registered_ = false;  // until the coordinator says anything else
 }
@@ -194,19 +304,38 @@ int Worker::run() {
     // Take every waiting message before working: cancels and releases act at once. The
     // rest of an announced burst of vision tasks is waited for, to encode it as one batch.
     while (exit_code_ < 0) {
-      auto parts = receive_parts(socket_, wait);
+      std::optional<std::vector<zmq::message_t>> parts;
+      {
+        std::lock_guard<std::mutex> lock(socket_mutex_);
+        parts = receive_parts(socket_, wait);
+      }
       if (!parts) break;
       last_heard_ = Clock::now();
       try {
         wire::Incoming message = wire::Incoming::parse(std::move(*parts), false, limits_);
         handle(message);
       } catch (const WireError& e) {
-        std::cerr << "llava-stage: dropped a malformed message: " << e.what() << "\n";
+        log_dropped(std::string("a malformed message: ") + e.what());
       }
       wait = burst_wait();
       if (faults().one_message_per_step > 0 && wait.count() == 0) break;
     }
     if (exit_code_ >= 0) break;
+    if (auto refused = handshake_.failure()) {
+      std::cerr << "llava-stage: cannot register with the coordinator: " << *refused
+                << " (check coordinator.curve: this worker's key must be allowed, and the server key "
+                   "must be the coordinator's)\n";
+      return kExitRuntime;
+    }
+    if (g_stop > 0) {  // SIGTERM: a clean stop, the device given back first
+      if (state_ == State::kLeased) on_lease_release(schema::ReleaseHow::UNLOAD, 0);
+      std::cerr << "llava-stage: stopped by SIGTERM\n";
+      return 0;
+    }
+    if (!registered_ && hello_again_at_ != Clock::time_point{} && Clock::now() >= hello_again_at_) {
+      hello_again_at_ = {};
+      hello();
+    }
     heartbeat_if_due();
     if (Clock::now() - last_heard_ > silence_limit) {
       std::cerr << "llava-stage: no word from the coordinator for "
@@ -217,7 +346,11 @@ int Worker::run() {
       if (!stage_->external) return 1;
       lost_coordinator();
     }
-    if (state_ == State::kLeased) work();
+    if (state_ == State::kLeased) {
+      working_ = true;
+      work();
+      working_ = false;
+    }
   }
   return exit_code_;
 }
@@ -225,7 +358,7 @@ int Worker::run() {
 void Worker::handle(wire::Incoming& message) {
   using W = schema::Header::Body::Which;
   auto body = message.header().getBody();
-  if (message.kind() != W::NOT_REGISTERED) registered_ = true;
+  if (message.kind() != W::NOT_REGISTERED && message.kind() != W::REFUSED) registered_ = true;
   switch (message.kind()) {
     case W::HEARTBEAT: break;  // last_heard_ is enough
     case W::LEASE_GRANT: on_lease_grant(body.getLeaseGrant()); break;
@@ -247,8 +380,24 @@ void Worker::handle(wire::Incoming& message) {
         lost_coordinator();
       }
       break;
+    case W::REFUSED: {
+      const std::string why = body.getRefused().getReason();
+      // A worker the coordinator started and refused cannot become acceptable: say why
+      // and stop. One of a cluster manager tries again once the live holder of its
+      // replica may have been declared dead.
+      if (!stage_->external) {
+        std::cerr << "llava-stage: the coordinator refused this worker: " << why << "\n";
+        exit_code_ = kExitRuntime;
+        break;
+      }
+      std::cerr << "llava-stage: the coordinator refused this worker for now: " << why << "\n";
+      registered_ = false;
+      hello_again_at_ = Clock::now() + beat_interval_ * config_.coordinator.liveness;
+      last_heard_ = Clock::now();
+      break;
+    }
     default:
-      std::cerr << "llava-stage: ignoring a " << wire::kind_name(message.kind()) << " message\n";
+      log_dropped(std::string("a ") + wire::kind_name(message.kind()) + " message (not for a worker)");
   }
 }
 
@@ -256,6 +405,10 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
   if (state_ == State::kLeased) return;
   const auto start = Clock::now();
   try {
+    if (faults().oom_at_load && FaultHooks::armed()) {
+      TORCH_CHECK(false, "CUDA out of memory. Tried to allocate 86.00 MiB. (injected by LLAVA_PIPE_FAULT_OOM_AT_LOAD)");
+    }
+    require_capability(device_, config_.model.dtype);
     initialize_device(device_);
     // memory_limit bounds the whole process on the device (what NVML shows): the allocator
     // gets what the CUDA context leaves.
@@ -285,11 +438,12 @@ void Worker::on_lease_grant(const schema::LeaseGrant::Reader& grant) {
     synchronize(device_);
   } catch (const std::exception& e) {
     // Nothing can run without the model: say why, and exit non-zero.
-    fail(0, 0, std::string("cannot load the ") + options_.stage + " stage: " + e.what(), false);
+    fail(0, 0, "cannot load the " + options_.stage + " stage: " + one_line_error(e, who(), "while loading", *stage_),
+         false);
     exit_code_ = 1;
     return;
   }
-  load_seconds_ += seconds(Clock::now() - start);
+  load_seconds_ = load_seconds_ + seconds(Clock::now() - start);
   state_ = State::kLeased;
   last_beat_sent_ = {};  // announce the new state now
   heartbeat_if_due();
@@ -353,7 +507,7 @@ void Worker::work() {
   } else {
     generate_tokens();
   }
-  work_seconds_ += seconds(Clock::now() - start);
+  work_seconds_ = work_seconds_ + seconds(Clock::now() - start);
 }
 
 void Worker::encode_images() {
@@ -426,7 +580,10 @@ void Worker::encode_images() {
     if (is_sticky(e)) exit_after_sticky_error(e);
     for (size_t t = 0; t < tasks.size(); ++t) {
       if (failed[t]) continue;
-      fail(tasks[t].request_id(), tasks[t].attempt(), std::string("vision encoder: ") + e.what_without_backtrace(), false);
+      fail(tasks[t].request_id(), tasks[t].attempt(),
+           "vision encoder: " + one_line_error(e, who(), "encoding a batch of " + std::to_string(rows.size()) + " images",
+                                               *stage_),
+           false);
     }
     return;
   }
@@ -468,11 +625,18 @@ void Worker::admit(wire::Incoming& task) {
   for (int32_t id : s.getStopTokenIds()) params.stop_token_ids.push_back(id);
   if (faults().oom_prompt_tokens > 0 && static_cast<int>(ids.size()) >= faults().oom_prompt_tokens &&
       FaultHooks::armed()) {
-    TORCH_CHECK(false, "CUDA out of memory (injected by LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS)");
+    TORCH_CHECK(false, "CUDA out of memory. Tried to allocate 20.00 MiB. (injected by LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS)");
   }
+  // Tokens an earlier attempt generated continue the prompt; only the prompt's own image
+  // tokens are placeholders (a generated id equal to the image token is text).
+  if (body.getResumeFrom() > ids.size()) {
+    throw RequestError("resumes from token " + std::to_string(body.getResumeFrom()) + " of a prompt of " +
+                       std::to_string(ids.size()));
+  }
+  const size_t placeholders_end = ids.size() - body.getResumeFrom();
   Running run{task.attempt(), body.getResumeFrom(), static_cast<uint32_t>(ids.size()), 0,
               Clock::now()};
-  TokenEvent first = generator_->start(task.request_id(), ids, images, params);
+  TokenEvent first = generator_->start(task.request_id(), ids, images, params, placeholders_end);
   run.prefill_seconds = seconds(Clock::now() - run.started);
   running_[task.request_id()] = run;
   emit(first);
@@ -482,7 +646,12 @@ void Worker::emit(const TokenEvent& event) {
   Running& run = running_.at(event.id);
   wire::Outgoing chunk(event.id, run.attempt);
   auto body = chunk.header().getBody().initTokenChunk();
-  body.initTokenIds(1).set(0, event.token);
+  int32_t token = event.token;
+  if (faults().forced_token >= 0 && run.attempt == 0 &&
+      static_cast<int>(run.first_index + run.generated) == faults().forced_index) {
+    token = faults().forced_token;
+  }
+  body.initTokenIds(1).set(0, token);
   body.setFirstIndex(run.first_index + run.generated);
   ++run.generated;
   send(chunk);
@@ -510,14 +679,15 @@ void Worker::generate_tokens() {
     } catch (const c10::Error& e) {  // out of memory and the like: this request only
       if (is_sticky(e)) exit_after_sticky_error(e);
       running_.erase(task.request_id());
-      fail(task.request_id(), task.attempt(), std::string("language model: ") + e.what_without_backtrace(), false);
+      fail(task.request_id(), task.attempt(),
+           "language model: " + one_line_error(e, who(), "prefilling this request's prompt", *stage_), false);
     }
   }
   if (generator_->active() == 0) return;
   std::vector<TokenEvent> events;
   try {
-    static int steps = 0;
-    if (faults().sticky_after_steps > 0 && ++steps == faults().sticky_after_steps && FaultHooks::armed()) {
+    if (faults().sticky_after_steps > 0 && ++decode_steps_ == faults().sticky_after_steps &&
+        FaultHooks::armed()) {
       TORCH_CHECK(false, "CUDA error: an illegal memory access was encountered (injected)");
     }
     events = generator_->step();
@@ -526,7 +696,7 @@ void Worker::generate_tokens() {
     // The batch cannot go on; each request is retried from what it has streamed.
     for (auto& [id, run] : running_) {
       generator_->cancel(id);
-      fail(id, run.attempt, std::string("decode step failed: ") + e.what(), true);
+      fail(id, run.attempt, "decode step failed: " + one_line_error(e, who(), "in a decode step", *stage_), true);
     }
     running_.clear();
     return;

@@ -5,14 +5,19 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <zmq.hpp>
 
 #include "common/config.h"
+#include "common/transport.h"
 #include "common/model_config.h"
 #include "common/wire.h"
 #include "stages/checkpoint/checkpoint.h"
@@ -32,7 +37,10 @@ struct WorkerOptions {
 class Worker {
  public:
   explicit Worker(WorkerOptions options);
+  ~Worker();
   int run();  // the process's exit code
+  // Async-signal-safe: SIGTERM's handler. The loop gives the device back and exits 0.
+  static void request_stop();
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -57,7 +65,15 @@ class Worker {
 
   bool send(wire::Outgoing& message);
   void heartbeat_if_due();
+  void send_heartbeat();  // from the loop or the pulse thread
+  // The pulse thread's body: while a work step holds the loop (a long prefill, a big image
+  // batch on the CPU), it sends the heartbeats the loop cannot, so that slow work is not
+  // taken for a dead worker. It touches the socket only under socket_mutex_.
+  void pulse();
   void fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable);
+  std::string who() const {  // "language-0 on cuda:0"
+    return options_.stage + "-" + std::to_string(options_.replica) + " on " + device_.str();
+  }
 
   WorkerOptions options_;
   PipelineConfig config_;
@@ -69,9 +85,19 @@ class Worker {
   wire::Limits limits_;
   zmq::context_t context_;
   zmq::socket_t socket_;
+  HandshakeWatch handshake_;  // a refused CURVE handshake is said at once
+  std::mutex socket_mutex_;  // the loop and the pulse thread share the socket
+  std::thread pulse_thread_;
+  std::condition_variable pulse_wake_;
+  std::mutex pulse_mutex_;
+  bool pulse_stop_ = false;
+  std::atomic<bool> working_{false};  // a work step holds the loop: the pulse beats
+  const std::string secret_;           // from the coordinator that started us, if any
+  const uint64_t incarnation_;         // random, for this process's life
+  Clock::time_point hello_again_at_{};  // after a refused hello: when to try again
 
-  State state_ = State::kReady;
-  bool registered_ = false;  // the coordinator has answered our last hello
+  std::atomic<State> state_{State::kReady};
+  std::atomic<bool> registered_{false};  // the coordinator has answered our last hello
   int exit_code_ = -1;  // >= 0: leave the loop with this code
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<VisionEncoder> vision_;
@@ -90,8 +116,11 @@ class Worker {
     double prefill_seconds = 0;
   };
   std::map<uint64_t, Running> running_;
+  int decode_steps_ = 0;  // this process's, for the fault hooks
 
-  double load_seconds_ = 0, work_seconds_ = 0;
+  // Read by the pulse thread too.
+  std::atomic<double> load_seconds_{0}, work_seconds_{0};
+  std::atomic<uint64_t> device_bytes_{0}, peak_device_bytes_{0};
   Clock::time_point last_beat_sent_, last_heard_;
   std::chrono::milliseconds beat_interval_;
 };

@@ -2,6 +2,7 @@
 #include "stages/language/generator.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "common/errors.h"
 
@@ -12,7 +13,24 @@ Generator::Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tok
     : decoder_(decoder),
       prefill_chunk_(std::max<int64_t>(1, prefill_chunk)),
       cache_(decoder.config(), slots, max_tokens, decoder.options()),
-      decode_(decoder_, cache_, cuda_graphs) {}
+      decode_(decoder_, cache_, cuda_graphs) {
+  const TextConfig& text = decoder.config();
+  for (int64_t id : {decoder.image_token(), text.pad_token_id}) {
+    const bool stop = std::count(text.eos_token_ids.begin(), text.eos_token_ids.end(), id) > 0;
+    if (id >= 0 && id < text.vocab_size && !stop && !std::count(banned_.begin(), banned_.end(), id)) {
+      banned_.push_back(id);
+    }
+  }
+  if (!banned_.empty()) {
+    banned_ids_ = at::tensor(banned_, at::TensorOptions().dtype(at::kLong)).to(decoder.options().device());
+  }
+}
+
+at::Tensor Generator::without_banned(at::Tensor logits) const {
+  // In place: the logits are fresh, or a CUDA graph's output that its next replay rewrites.
+  if (!banned_.empty()) logits.index_fill_(-1, banned_ids_, -std::numeric_limits<float>::infinity());
+  return logits;
+}
 
 TokenEvent Generator::choose(uint64_t id, Sequence& s, const float* logits, int64_t vocab,
                              int32_t greedy_token) {
@@ -31,7 +49,8 @@ TokenEvent Generator::choose(uint64_t id, Sequence& s, const float* logits, int6
 }
 
 TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
-                            const std::vector<at::Tensor>& images, const SamplingParams& params) {
+                            const std::vector<at::Tensor>& images, const SamplingParams& params,
+                            size_t placeholders_end) {
   if (prompt.empty()) throw RequestError("request " + std::to_string(id) + ": empty prompt");
   if (static_cast<int64_t>(prompt.size()) >= cache_.max_tokens()) {
     throw RequestError("request " + std::to_string(id) + ": prompt of " +
@@ -44,7 +63,8 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
   if (sequences_.count(id)) {
     throw RequestError("request " + std::to_string(id) + " is already generating");
   }
-  at::Tensor embeds = decoder_.embed_prompt(prompt, images);  // validates before a slot is taken
+  // validates before a slot is taken
+  at::Tensor embeds = decoder_.embed_prompt(prompt, images, placeholders_end);
   const int slot = cache_.acquire();
   if (slot < 0) throw RequestError("request " + std::to_string(id) + ": no free sequence slot");
   Sequence s{slot, prompt, 0, params, Sampler(params)};
@@ -59,7 +79,7 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
     cache_.release(slot);
     throw;
   }
-  at::Tensor logits = decoder_.logits(hidden[0][-1]);  // [V]
+  at::Tensor logits = without_banned(decoder_.logits(hidden[0][-1]));  // [V]
   TokenEvent event;
   if (plain_greedy(params)) {
     event = choose(id, s, nullptr, 0, static_cast<int32_t>(logits.argmax().item<int64_t>()));
@@ -88,7 +108,7 @@ std::vector<TokenEvent> Generator::step() {
     positions[static_cast<size_t>(s.slot)] = cache_.length(s.slot);
     keys = std::max(keys, cache_.length(s.slot) + 1);
   }
-  at::Tensor logits = decode_.run(tokens, positions, keys);  // [rows, V]
+  at::Tensor logits = without_banned(decode_.run(tokens, positions, keys));  // [rows, V]
   // One transfer to the host per step: the argmaxes when every row is greedy, else all
   // the scores.
   const bool greedy = std::all_of(sequences_.begin(), sequences_.end(),

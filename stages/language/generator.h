@@ -37,9 +37,14 @@ class Generator {
   int64_t max_tokens() const { return cache_.max_tokens(); }
 
   // Prefills and returns the first token. Throws RequestError (prompt longer than the
-  // context, image count mismatch) without taking a slot.
+  // context, image count mismatch) without taking a slot. Image tokens are placeholders
+  // only among the first `placeholders_end` ids (the rest: an earlier attempt's tokens).
   TokenEvent start(uint64_t id, const std::vector<int32_t>& prompt,
-                   const std::vector<at::Tensor>& images, const SamplingParams& params);
+                   const std::vector<at::Tensor>& images, const SamplingParams& params,
+                   size_t placeholders_end = SIZE_MAX);
+  // Ids never sampled: the image token and the pad token (added tokens that mean nothing
+  // as text; transformers' LLaVA never emits them in practice), unless one is a stop token.
+  const std::vector<int64_t>& banned_tokens() const { return banned_; }
   // One token for every running sequence, in one batch.
   std::vector<TokenEvent> step();
   bool cancel(uint64_t id);
@@ -52,6 +57,8 @@ class Generator {
     SamplingParams params;
     Sampler sampler;
   };
+  // logits [..., V] with the banned ids at -inf.
+  at::Tensor without_banned(at::Tensor logits) const;
   // `logits`: the row's scores on the host; `greedy_token`: the device's argmax, when the
   // whole batch is greedy (then the scores are not copied at all).
   TokenEvent choose(uint64_t id, Sequence& sequence, const float* logits, int64_t vocab,
@@ -65,6 +72,8 @@ class Generator {
   KvCache cache_;
   DecodeStep decode_;
   std::map<uint64_t, Sequence> sequences_;
+  std::vector<int64_t> banned_;
+  at::Tensor banned_ids_;  // banned_ on the decoder's device
 };
 
 }  // namespace llava

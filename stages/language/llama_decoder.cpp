@@ -145,11 +145,11 @@ int64_t LlamaDecoder::host_weight_bytes() const {
          (embeddings_on_host_ ? static_cast<int64_t>(embed_tokens_.nbytes()) : 0);
 }
 
-at::Tensor LlamaDecoder::embed_prompt(const std::vector<int32_t>& ids,
-                                      const std::vector<at::Tensor>& images) const {
+at::Tensor LlamaDecoder::embed_prompt(const std::vector<int32_t>& ids, const std::vector<at::Tensor>& images,
+                                      size_t placeholders_end) const {
   std::vector<int64_t> lookup(ids.size()), image_positions;
   for (size_t p = 0; p < ids.size(); ++p) {
-    if (ids[p] == image_token_) {
+    if (ids[p] == image_token_ && p < placeholders_end) {
       image_positions.push_back(static_cast<int64_t>(p));
       lookup[p] = 0;  // replaced below; the image token may lie outside the table
     } else if (ids[p] < 0 || ids[p] >= config_.vocab_size) {

@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+
 #include <array>
 #include <functional>
 #include <memory>
@@ -37,10 +39,13 @@ class LlamaDecoder {
   const at::TensorOptions& options() const { return options_; }
 
   // Prompt embeddings [1, T, H]: token embeddings, with the rows of each run of image
-  // tokens replaced by that image's embeddings ([tokens, H] each, in order). Throws
-  // RequestError when the counts disagree or an id is outside the vocabulary.
-  at::Tensor embed_prompt(const std::vector<int32_t>& ids,
-                          const std::vector<at::Tensor>& images) const;
+  // tokens among the first `placeholders_end` ids replaced by that image's embeddings
+  // ([tokens, H] each, in order); past it (a resumed request's generated tokens) every id
+  // is text. Throws RequestError when the counts disagree or an id is outside the
+  // vocabulary.
+  at::Tensor embed_prompt(const std::vector<int32_t>& ids, const std::vector<at::Tensor>& images,
+                          size_t placeholders_end = SIZE_MAX) const;
+  int64_t image_token() const { return image_token_; }
   // ids [B, T] -> [B, T, H]
   at::Tensor embed(const at::Tensor& ids) const;
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 // clang-format off
 #include <jpeglib.h>
+#include <jerror.h>
 // clang-format on
 // stb_image compiled here with only the formats LLaVA needs besides JPEG: Debian's prebuilt
 // libstb carries stb 2.27's JPEG decoder, which writes out of bounds on crafted Huffman
@@ -66,6 +67,7 @@ struct JpegError {
   jpeg_error_mgr manager;
   jmp_buf back;
   char message[JMSG_LENGTH_MAX];
+  bool truncated;  // the data ended before the image did (libjpeg fills the rest with grey)
 };
 
 void on_jpeg_error(j_common_ptr info) {
@@ -74,7 +76,11 @@ void on_jpeg_error(j_common_ptr info) {
   longjmp(error->back, 1);
 }
 
-void on_jpeg_warning(j_common_ptr, int) {}  // warnings (corrupt data it recovers from) pass
+// Warnings (corrupt data it recovers from) pass, as in PIL, except a file that ends early:
+// PIL refuses it ("image file is truncated"), and so do we.
+void on_jpeg_warning(j_common_ptr info, int level) {
+  if (level < 0 && info->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegError*>(info->err)->truncated = true;
+}
 
 // Decodes to RGB (grayscale expanded; CMYK converted as PIL does). Returns a malloc'ed
 // buffer, or nullptr with `error` set. `too_big` is set when the header exceeds the limit.
@@ -87,6 +93,7 @@ uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, i
   info.err = jpeg_std_error(&failure.manager);
   failure.manager.error_exit = on_jpeg_error;
   failure.manager.emit_message = on_jpeg_warning;
+  failure.truncated = false;
   if (setjmp(failure.back)) {
     std::snprintf(error, JMSG_LENGTH_MAX, "%s", failure.message);
     jpeg_destroy_decompress(&info);
@@ -128,9 +135,15 @@ uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, i
       }
     }
   }
-  jpeg_finish_decompress(&info);
+  const bool truncated = failure.truncated;  // before finish, which reads no more data
+  if (!truncated) jpeg_finish_decompress(&info);
   jpeg_destroy_decompress(&info);
   std::free(row);
+  if (truncated) {
+    std::snprintf(error, JMSG_LENGTH_MAX, "the file is truncated: its data ends before the image does");
+    std::free(pixels);
+    return nullptr;
+  }
   return pixels;
 }
 

@@ -39,7 +39,9 @@ struct Coefficients {
   std::vector<int32_t> weights;  // [out, ksize]
 };
 
-Coefficients precompute(int in_size, int out_size, int resample) {
+// Coefficients of output indices [from, to) of a resize from in_size to out_size (entry i is
+// index from + i): a window of a huge resize costs only its own rows.
+Coefficients precompute(int in_size, int out_size, int resample, int from, int to) {
   double (*filter)(double) = resample == 2 ? bilinear : bicubic;
   const double filter_support = resample == 2 ? 1.0 : 2.0;
   const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
@@ -47,11 +49,13 @@ Coefficients precompute(int in_size, int out_size, int resample) {
   const double support = filter_support * filter_scale;
   Coefficients c;
   c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-  c.first.resize(static_cast<size_t>(out_size));
-  c.count.resize(static_cast<size_t>(out_size));
-  c.weights.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  const size_t n = static_cast<size_t>(std::max(0, to - from));
+  c.first.resize(n);
+  c.count.resize(n);
+  c.weights.assign(n * c.ksize, 0);
   std::vector<double> k(static_cast<size_t>(c.ksize));
-  for (int xx = 0; xx < out_size; ++xx) {
+  for (int xx = from; xx < to; ++xx) {
+    const size_t at = static_cast<size_t>(xx - from);
     const double center = (xx + 0.5) * scale;
     const double ss = 1.0 / filter_scale;
     int xmin = static_cast<int>(center - support + 0.5);
@@ -66,12 +70,12 @@ Coefficients precompute(int in_size, int out_size, int resample) {
     }
     for (int x = 0; x < xmax; ++x) {
       double w = total != 0.0 ? k[static_cast<size_t>(x)] / total : k[static_cast<size_t>(x)];
-      c.weights[static_cast<size_t>(xx) * c.ksize + x] =
+      c.weights[at * c.ksize + x] =
           static_cast<int32_t>(w < 0 ? -0.5 + w * (1 << kPrecisionBits)
                                      : 0.5 + w * (1 << kPrecisionBits));
     }
-    c.first[static_cast<size_t>(xx)] = xmin;
-    c.count[static_cast<size_t>(xx)] = xmax;
+    c.first[at] = xmin;
+    c.count[at] = xmax;
   }
   return c;
 }
@@ -86,12 +90,13 @@ struct Window {
   int x0, x1, y0, y1;
 };
 
-// Horizontal pass: out [in.height, out_width], columns [x0, x1) of rows [r0, r1).
-void horizontal_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, int x0, int x1, int r0, int r1) {
+// Horizontal pass: input rows [r0, r1) into `out` (x1 - x0 columns, r1 - r0 rows); column j
+// of out is output column x0 + j, whose coefficients are c's entry j.
+void horizontal_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, int r0, int r1) {
   for (int y = r0; y < r1; ++y) {
     const uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
-    uint8_t* q = &out.pixels[static_cast<size_t>(y) * out.width * 3];
-    for (int x = x0; x < x1; ++x) {
+    uint8_t* q = &out.pixels[static_cast<size_t>(y - r0) * out.width * 3];
+    for (int x = 0; x < out.width; ++x) {
       const int32_t* w = &c.weights[static_cast<size_t>(x) * c.ksize];
       const uint8_t* p = row + static_cast<size_t>(c.first[static_cast<size_t>(x)]) * 3;
       int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
@@ -105,54 +110,62 @@ void horizontal_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, i
   }
 }
 
-// Vertical pass: rows [y0, y1) of out, columns [x0, x1), a whole row segment per tap
-// (contiguous, so the compiler vectorizes it).
-void vertical_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, const Window& window) {
-  const size_t span = static_cast<size_t>(window.x1 - window.x0) * 3;
+// Vertical pass: `in` holds input rows from r0 on; row j of `out` is output row y0 + j, with
+// c's entry j; a whole row per tap (contiguous, so the compiler vectorizes it).
+void vertical_pass(const RgbImage& in, int r0, RgbImage& out, const Coefficients& c) {
+  const size_t span = static_cast<size_t>(out.width) * 3;
   std::vector<int32_t> sums(span);
-  for (int y = window.y0; y < window.y1; ++y) {
+  for (int y = 0; y < out.height; ++y) {
     std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
     const int32_t* w = &c.weights[static_cast<size_t>(y) * c.ksize];
     for (int i = 0; i < c.count[static_cast<size_t>(y)]; ++i) {
-      const uint8_t* p = &in.pixels[(static_cast<size_t>(c.first[static_cast<size_t>(y)] + i) * in.width + window.x0) * 3];
+      const uint8_t* p = &in.pixels[static_cast<size_t>(c.first[static_cast<size_t>(y)] + i - r0) * in.width * 3];
       const int32_t weight = w[i];
       for (size_t j = 0; j < span; ++j) sums[j] += p[j] * weight;
     }
-    uint8_t* q = &out.pixels[(static_cast<size_t>(y) * out.width + window.x0) * 3];
+    uint8_t* q = &out.pixels[static_cast<size_t>(y) * span];
     for (size_t j = 0; j < span; ++j) q[j] = clip8(sums[j]);
   }
 }
 
-// PIL's resize (horizontal pass, then vertical), computing only `window` of the result
-// (the rest stays 0): each output pixel depends only on its own coefficients, so the
-// window's values are those of the whole resize.
+// `window` of PIL's resize to width x height (horizontal pass, then vertical), as an image of
+// the window's size: each output pixel depends only on its own coefficients, so these are
+// the whole resize's values, and memory and time follow the window, not the resize.
 RgbImage resize_window(const RgbImage& image, int width, int height, int resample, const Window& window) {
   if (resample != 2 && resample != 3) {
     throw RequestError("resize: only bilinear (2) and bicubic (3) resampling are supported");
   }
-  RgbImage wide = image;
-  if (width != image.width) {
-    const Coefficients c = precompute(image.width, width, resample);
-    // Only the input rows the window's vertical taps read.
-    int r0 = 0, r1 = image.height;
-    if (height != image.height && window.y1 > window.y0) {
-      const Coefficients v = precompute(image.height, height, resample);
-      r0 = v.first[static_cast<size_t>(window.y0)];
-      r1 = v.first[static_cast<size_t>(window.y1 - 1)] + v.count[static_cast<size_t>(window.y1 - 1)];
-    } else if (height == image.height) {
-      r0 = window.y0, r1 = window.y1;
+  const int columns = window.x1 - window.x0, rows = window.y1 - window.y0;
+  // The input rows the window's output rows read.
+  int r0 = window.y0, r1 = window.y1;
+  Coefficients vertical;
+  if (height != image.height) {
+    vertical = precompute(image.height, height, resample, window.y0, window.y1);
+    r0 = rows > 0 ? vertical.first.front() : 0;
+    r1 = rows > 0 ? vertical.first.back() + vertical.count.back() : 0;
+    for (size_t j = 0; j < vertical.first.size(); ++j) {
+      r0 = std::min(r0, vertical.first[j]);
+      r1 = std::max(r1, vertical.first[j] + vertical.count[j]);
     }
-    wide.width = width;
-    wide.pixels.assign(static_cast<size_t>(width) * image.height * 3, 0);
-    horizontal_pass(image, wide, c, window.x0, window.x1, r0, r1);
+  }
+  RgbImage wide;  // input rows [r0, r1), the window's columns
+  wide.width = columns;
+  wide.height = r1 - r0;
+  wide.pixels.assign(static_cast<size_t>(std::max(0, columns)) * std::max(0, r1 - r0) * 3, 0);
+  if (width != image.width) {
+    horizontal_pass(image, wide, precompute(image.width, width, resample, window.x0, window.x1), r0, r1);
+  } else {
+    for (int y = r0; y < r1; ++y) {
+      std::copy_n(&image.pixels[(static_cast<size_t>(y) * image.width + window.x0) * 3], columns * 3,
+                  &wide.pixels[static_cast<size_t>(y - r0) * columns * 3]);
+    }
   }
   if (height == image.height) return wide;
-  const Coefficients c = precompute(image.height, height, resample);
   RgbImage out;
-  out.width = width;
-  out.height = height;
-  out.pixels.assign(static_cast<size_t>(width) * height * 3, 0);
-  vertical_pass(wide, out, c, window);
+  out.width = columns;
+  out.height = rows;
+  out.pixels.assign(static_cast<size_t>(std::max(0, columns)) * std::max(0, rows) * 3, 0);
+  vertical_pass(wide, r0, out, vertical);
   return out;
 }
 
@@ -173,7 +186,17 @@ RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resam
   const auto [top, left] = crop_offsets(height, width, crop_height, crop_width);
   const Window window{std::max(0, left), std::min(width, left + crop_width), std::max(0, top),
                       std::min(height, top + crop_height)};
-  return center_crop(resize_window(image, width, height, resample, window), crop_height, crop_width);
+  const RgbImage part = resize_window(image, width, height, resample, window);
+  // The crop: the computed window at its place, zeros where the crop passes the image.
+  RgbImage out;
+  out.width = crop_width;
+  out.height = crop_height;
+  out.pixels.assign(static_cast<size_t>(crop_width) * crop_height * 3, 0);
+  for (int y = 0; y < part.height; ++y) {
+    std::copy_n(&part.pixels[static_cast<size_t>(y) * part.width * 3], part.width * 3,
+                &out.pixels[(static_cast<size_t>(window.y0 - top + y) * crop_width + (window.x0 - left)) * 3]);
+  }
+  return out;
 }
 
 RgbImage center_crop(const RgbImage& image, int height, int width) {
@@ -217,24 +240,41 @@ namespace {
 
 // The image the steps before normalization leave: `input` itself where none runs (never
 // copied), else `padded` / `sized`, which hold the steps' images.
+// An image whose steps would make a picture over the pixel limit (a 1 x 100,000 strip
+// resized to a 336 short side is 336 x 33,600,000): refused before any of it is made.
+void check_step_size(const RgbImage& image, int64_t width, int64_t height, const char* step) {
+  const int64_t limit = ImageLimits{}.max_pixels;
+  if (width * height <= limit) return;
+  const int64_t short_side = std::max(1, std::min(image.width, image.height));
+  throw RequestError("image: " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                     " (aspect ratio " + std::to_string(std::max(image.width, image.height) / short_side) +
+                     ":1) " + step + " " + std::to_string(width) + "x" + std::to_string(height) +
+                     ", over the limit of " + std::to_string(limit) + " pixels; crop or pad it nearer to square");
+}
+
 const RgbImage& resized_image(const RgbImage& input, const PreprocessorConfig& c, RgbImage& padded,
                               RgbImage& sized) {
   const RgbImage* image = &input;
-  if (c.pad_to_square) image = &(padded = pad_to_square(input, c.mean));
+  if (c.pad_to_square) {
+    const int64_t side = std::max(input.width, input.height);
+    check_step_size(input, side, side, "pads to a square of");
+    image = &(padded = pad_to_square(input, c.mean));
+  }
   if (c.do_resize) {
-    int width = c.resize_width, height = c.resize_height;
+    int64_t width = c.resize_width, height = c.resize_height;
     if (c.shortest_edge > 0) {
       // transformers' get_resize_output_image_size(default_to_square=False)
       const int64_t short_side = std::min(image->width, image->height);
       const int64_t long_side = std::max(image->width, image->height);
-      const int new_long = static_cast<int>(static_cast<double>(c.shortest_edge * long_side) /
-                                            static_cast<double>(short_side));
+      const auto new_long = static_cast<int64_t>(static_cast<double>(c.shortest_edge * long_side) /
+                                                 static_cast<double>(short_side));
       width = image->width <= image->height ? c.shortest_edge : new_long;
       height = image->width <= image->height ? new_long : c.shortest_edge;
     }
-    return sized = c.do_center_crop ? resize_and_crop(*image, width, height, c.resample,
-                                                      c.crop_height, c.crop_width)
-                                    : resize(*image, width, height, c.resample);
+    check_step_size(*image, width, height, "resizes to");
+    const int w = static_cast<int>(width), h = static_cast<int>(height);  // within the limit
+    return sized = c.do_center_crop ? resize_and_crop(*image, w, h, c.resample, c.crop_height, c.crop_width)
+                                    : resize(*image, w, h, c.resample);
   }
   if (c.do_center_crop) return sized = center_crop(*image, c.crop_height, c.crop_width);
   return *image;

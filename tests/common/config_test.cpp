@@ -48,7 +48,7 @@ TEST(Config, LoadsEveryShippedConfig) {
     EXPECT_NO_THROW(llava::load_config(entry.path().string(), is_demo)) << entry.path();
     ++loaded;
   }
-  EXPECT_EQ(loaded, 7);
+  EXPECT_EQ(loaded, 8);  // with slurm-cpu.yaml
 }
 
 TEST(Config, ReadsEverySection) {
@@ -74,6 +74,15 @@ TEST(Config, UnknownKeyNamesLineAndSuggests) {
   yaml.replace(yaml.find("    batch_size: 16"), 18, "    bach_size: 16");
   EXPECT_EQ(error_of(yaml),
             "test.yaml:12:5: unknown key 'stages.language.bach_size'; did you mean 'batch_size'?");
+}
+
+// yaml-cpp keeps both and a lookup finds the first: a silent choice, refused instead.
+TEST(Config, ADuplicateKeyNamesBothLines) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("    batch_size: 16"), 18, "    batch_size: 16\n    batch_size: 32");
+  EXPECT_EQ(error_of(yaml),
+            "test.yaml:13:5: stages.language.batch_size: duplicate key (first given at line 12); give "
+            "each key once");
 }
 
 TEST(Config, UnknownKeyWithNoNearNameListsKnownOnes) {

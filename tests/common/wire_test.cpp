@@ -2,7 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -403,7 +408,75 @@ TEST(Wire, ServerSurvivesMalformedMessagesOverZeroMQ) {
 TEST(Transport, BindingAPortInUseFailsFast) {
   zmq::context_t context;
   auto first = llava::bind_router(context, "tcp://127.0.0.1:*", {});
-  EXPECT_THROW(llava::bind_router(context, llava::last_endpoint(first), {}), zmq::error_t);
+  const std::string endpoint = llava::last_endpoint(first);
+  try {
+    llava::bind_router(context, endpoint, {});
+    FAIL() << "a second bind of " << endpoint << " succeeded";
+  } catch (const llava::TransportError& e) {
+    EXPECT_NE(std::string(e.what()).find(endpoint), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("in use"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Transport, BindingAnIpcFileAnotherProcessListensOnIsRefused) {
+  const std::string folder = testing::TempDir() + "ipc-clash-" + std::to_string(getpid());
+  std::filesystem::create_directories(folder);
+  const std::string endpoint = "ipc://" + folder + "/coordinator";
+  zmq::context_t context;
+  auto first = llava::bind_router(context, endpoint, {});
+  try {
+    llava::bind_router(context, endpoint, {});
+    FAIL() << "a second bind of " << endpoint << " took the socket file over";
+  } catch (const llava::TransportError& e) {
+    EXPECT_NE(std::string(e.what()).find(endpoint), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(folder);
+}
+
+// A socket file left by a process that ended without removing it: nobody listens, so it is
+// bound again.
+TEST(Transport, AStaleIpcFileIsBoundAgain) {
+  const std::string folder = testing::TempDir() + "ipc-stale-" + std::to_string(getpid());
+  std::filesystem::create_directories(folder);
+  const std::string path = folder + "/coordinator";
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strcpy(address.sun_path, path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ::close(fd);  // the file stays, with no listener
+  ASSERT_TRUE(std::filesystem::exists(path));
+  zmq::context_t context;
+  EXPECT_NO_THROW(llava::bind_router(context, "ipc://" + path, {}));
+  std::filesystem::remove_all(folder);
+}
+
+TEST(Transport, ASendToAPeerAtItsHighWaterMarkIsBusyNotGone) {
+  zmq::context_t context;
+  auto router = llava::bind_router(context, "tcp://127.0.0.1:*", {});
+  auto dealer = llava::connect_dealer(context, llava::last_endpoint(router), {});
+  Outgoing hello;
+  hello.header().getBody().initHeartbeat();
+  ASSERT_TRUE(llava::send_message(dealer, hello));
+  auto parts = llava::receive_parts(router, std::chrono::seconds(5));
+  ASSERT_TRUE(parts.has_value());
+  const zmq::message_t& id = (*parts)[0];
+  // The dealer never reads: the router's queue to it fills, then sends are refused for now.
+  int sent = 0;
+  llava::SendResult result = llava::SendResult::kSent;
+  while (sent < 100000) {
+    Outgoing beat;
+    beat.header().getBody().initHeartbeat();
+    result = llava::try_send_parts(router, beat.parts(), &id);
+    if (result != llava::SendResult::kSent) break;
+    ++sent;
+  }
+  EXPECT_EQ(result, llava::SendResult::kBusy);
+  EXPECT_GE(sent, llava::kHighWaterMark);
+  zmq::message_t nobody("nobody", 6);
+  Outgoing out;
+  out.header().getBody().initShutdown();
+  EXPECT_EQ(llava::try_send_parts(router, out.parts(), &nobody), llava::SendResult::kGone);
 }
 
 TEST(Transport, SendToAnUnknownPeerIsReportedNotDropped) {

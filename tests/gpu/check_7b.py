@@ -2,7 +2,9 @@
 """GPU check of the model code on a LLaVA-1.5-7B-shaped checkpoint (random weights).
 
 Run on the GPU machine from the project root, after building build-gpu/:
-    python3 tests/gpu/check_7b.py WORKDIR build-gpu/tests/llava_logits
+    python3 tests/gpu/check_7b.py WORKDIR build-gpu/tests/llava_logits [MORE_LLAVA_LOGITS...]
+(several builds, e.g. PTX-only ones, are checked against one reference: a report each, under
+"builds", when more than one is named)
 Writes a random 7B-shaped checkpoint with transformers (float16, the 5.x layout, shards),
 computes transformers' prompt logits for 10 prompts (one image each, 576 image tokens),
 runs our llava_logits on the same checkpoint, and prints the agreement as JSON.
@@ -21,7 +23,7 @@ from transformers import CLIPImageProcessor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_7b import make_7b  # noqa: E402
 
-work, tool = sys.argv[1], sys.argv[2]
+work, tools = sys.argv[1], sys.argv[2:]
 here = os.path.dirname(os.path.abspath(__file__))
 data = os.path.join(here, "..", "data")
 folder = os.path.join(work, "llava-7b-random")
@@ -53,30 +55,40 @@ for c in reference:
 del model
 torch.cuda.empty_cache()
 
-run = subprocess.run([tool, folder, "cuda:0", "float16", os.path.join(work, "inputs.safetensors"),
-                      os.path.join(work, "outputs.safetensors")], capture_output=True, text=True)
-report["tool_stdout"] = run.stdout.strip()
-report["tool_stderr"] = run.stderr.strip()[-2000:]
-if run.returncode == 0:
-    ours = load_file(os.path.join(work, "outputs.safetensors"))
-    rel, top1, first, margins, rel_hf32, rel_ours32, first32 = [], [], [], [], [], [], []
-    for c in reference:
-        o, r = ours[f"logits.{c}"], reference[c]
-        rel.append(((o - r).abs().max() / r.abs().max()).item())
-        top1.append((o.argmax(-1) == r.argmax(-1)).float().mean().item())
-        first.append(int(ours[f"greedy.{c}"][0]) == int(r[-1].argmax()))
-        t = truth[c]
-        top2 = torch.topk(t[-1], 2).values
-        margins.append((top2[0] - top2[1]).item())
-        rel_hf32.append(((r - t).abs().max() / t.abs().max()).item())
-        rel_ours32.append(((o - t).abs().max() / t.abs().max()).item())
-        first32.append(int(ours[f"greedy.{c}"][0]) == int(t[-1].argmax()))
-    report.update({"relative_error": rel, "max_relative_error": max(rel),
-                   "top1_agreement_all_positions": sum(top1) / len(top1),
-                   "first_greedy_token_identical": first,
-                   "first_greedy_identical_count": sum(first),
-                   "float32_last_position_top2_margin": margins,
-                   "transformers_fp16_vs_fp32_relative_error": rel_hf32,
-                   "ours_fp16_vs_fp32_relative_error": rel_ours32,
-                   "ours_first_token_equals_fp32": first32})
+def evaluate(tool):
+    report = {}
+    run = subprocess.run([tool, folder, "cuda:0", "float16", os.path.join(work, "inputs.safetensors"),
+                          os.path.join(work, "outputs.safetensors")], capture_output=True, text=True)
+    report["tool_stdout"] = run.stdout.strip()
+    report["tool_stderr"] = run.stderr.strip()[-2000:]
+    if run.returncode == 0:
+        ours = load_file(os.path.join(work, "outputs.safetensors"))
+        rel, top1, first, margins, rel_hf32, rel_ours32, first32 = [], [], [], [], [], [], []
+        for c in reference:
+            o, r = ours[f"logits.{c}"], reference[c]
+            rel.append(((o - r).abs().max() / r.abs().max()).item())
+            top1.append((o.argmax(-1) == r.argmax(-1)).float().mean().item())
+            first.append(int(ours[f"greedy.{c}"][0]) == int(r[-1].argmax()))
+            t = truth[c]
+            top2 = torch.topk(t[-1], 2).values
+            margins.append((top2[0] - top2[1]).item())
+            rel_hf32.append(((r - t).abs().max() / t.abs().max()).item())
+            rel_ours32.append(((o - t).abs().max() / t.abs().max()).item())
+            first32.append(int(ours[f"greedy.{c}"][0]) == int(t[-1].argmax()))
+        report.update({"relative_error": rel, "max_relative_error": max(rel),
+                       "top1_agreement_all_positions": sum(top1) / len(top1),
+                       "first_greedy_token_identical": first,
+                       "first_greedy_identical_count": sum(first),
+                       "float32_last_position_top2_margin": margins,
+                       "transformers_fp16_vs_fp32_relative_error": rel_hf32,
+                       "ours_fp16_vs_fp32_relative_error": rel_ours32,
+                       "ours_first_token_equals_fp32": first32})
+    return report
+
+
+results = {tool: evaluate(tool) for tool in tools}
+if len(tools) == 1:
+    report.update(results[tools[0]])
+else:
+    report["builds"] = results
 print(json.dumps(report, indent=1))

@@ -75,6 +75,28 @@ TEST(Check, PlanThatCannotFitExitsTwoSayingByHowMuch) {
   EXPECT_NE(r.output.find("but memory_limit is 8.00 GiB"), std::string::npos) << r.output;
 }
 
+// `run` refuses the same plan at once (exit 2, check's lines), before starting any worker;
+// --force starts it anyway (here it then fails to find the 7B weights: exit 1, not 2).
+TEST(Check, RunRefusesAPlanThatDoesNotFitUnlessForced) {
+  auto path = write_temp("small-run.yaml", "model: {checkpoint: " + kHub7b +
+                                               "}\nstages: {vision: {devices: cuda:0}, language: "
+                                               "{devices: cuda:0, memory_limit: 8GiB}}\n");
+  Result r = run("run " + path + " --prompt hi");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("but memory_limit is 8.00 GiB"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the plan does not fit"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("process      device"), std::string::npos) << "workers were started: " << r.output;
+}
+
+TEST(Check, WorkersListsOneLinePerProcessForALauncher) {
+  auto path = write_temp("workers.yaml", "mode: concurrent\nmodel: {checkpoint: " + kHub7b +
+                                             "}\nstages: {vision: {devices: cuda:0}, language: "
+                                             "{devices: [cuda:1, cuda:2], replicas: 2}}\n");
+  Result r = run("check " + path + " --workers");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "vision\t0\tcuda:0\nlanguage\t0\tcuda:1\nlanguage\t1\tcuda:2\n");
+}
+
 TEST(Check, UnknownCommandIsAUsageError) {
   Result r = run("frobnicate");
   EXPECT_EQ(r.exit_code, 2);

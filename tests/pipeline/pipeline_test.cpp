@@ -771,8 +771,11 @@ TEST(Pipeline, OutOfMemoryFailsThatRequestAloneAndTheWorkerLivesOn) {
   }
   const auto& r = outcome.results.at(outcome.ids.back());
   EXPECT_FALSE(r.ok);
-  EXPECT_NE(r.error.find("language stage: language model: CUDA out of memory (injected"), std::string::npos)
-      << r.error;
+  // One line a user can act on: who, what, the allocation, the limit, the knobs; no backtrace.
+  EXPECT_EQ(r.error,
+            "language stage: language model: language-0 on cpu: out of memory prefilling this request's "
+            "prompt (Tried to allocate 20.00 MiB); memory_limit none: lower stages.language.batch_size or "
+            "max_context, or set quantize: int8 (or int4) or offload: layers, or raise memory_limit");
   expect_no_deaths(outcome);
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "common/errors.h"
 #include "tiny_model.h"
 
@@ -133,6 +135,43 @@ TEST(Generator, BadRequestsFailAloneWithoutTakingASlot) {
   EXPECT_EQ(g.start(3, p.ids, {}, s).token, p.greedy[0]);
   EXPECT_TRUE(g.cancel(3));
   EXPECT_TRUE(g.has_capacity());
+}
+
+// The image and pad tokens (tiny-llava: 800, 801) are never sampled, even near-uniformly
+// (temperature 100: each of 1,024 ids ~1/1,024 a draw; ~7,000 draws would hold ~14 of them).
+TEST(Generator, NeverSamplesTheImageOrPadToken) {
+  TinyModel model(data_path("tiny-llava"));
+  constexpr int kSequences = 32, kContext = 256;  // the tiny model's positions
+  Generator g(model.decoder, kSequences, kContext);
+  EXPECT_EQ(g.banned_tokens(), (std::vector<int64_t>{800, 801}));
+  auto p = prompt(model, 3);
+  SamplingParams s;
+  s.max_new_tokens = kContext - static_cast<int>(p.ids.size()) - 1;
+  s.temperature = 100.0f;
+  std::map<int32_t, int> drawn;
+  std::vector<TokenEvent> events;
+  for (uint64_t id = 1; id <= kSequences; ++id) {
+    s.seed = id;
+    events.push_back(g.start(id, p.ids, p.images, s));
+  }
+  while (g.active() > 0) {
+    for (const auto& e : g.step()) events.push_back(e);
+  }
+  for (const auto& e : events) ++drawn[e.token];
+  EXPECT_EQ(events.size(), static_cast<size_t>(kSequences * s.max_new_tokens));
+  EXPECT_GT(drawn.size(), 900u) << "not near-uniform: the test would prove nothing";
+  EXPECT_EQ(drawn.count(800), 0u);
+  EXPECT_EQ(drawn.count(801), 0u);
+}
+
+// A resumed request: ids past `placeholders_end` are an earlier attempt's tokens, text even
+// when one equals the image token.
+TEST(Generator, TheImageTokenAfterThePromptIsText) {
+  TinyModel model(data_path("tiny-llava"));
+  Generator g(model.decoder, 1, 64);
+  SamplingParams s;
+  EXPECT_THROW(g.start(1, {1, 5, 800}, {}, s), llava::RequestError);  // a placeholder, no image
+  EXPECT_NO_THROW(g.start(2, {1, 5, 800}, {}, s, 2));
 }
 
 TEST(Generator, ChunkedPrefillGivesTheSameTokens) {

@@ -4,12 +4,16 @@
 
 #include "common/errors.h"
 #include "reference.h"
+#include "tests/test_images.h"
 
 namespace {
 
 using llava::decode_image;
 using llava::RequestError;
+using llava::test::append_chunk;
 using llava::test::data_path;
+using llava::test::png_header;
+using llava::test::zlib_zeros;
 using llava::test::read_file;
 
 std::string error_of(const std::vector<uint8_t>& bytes) {
@@ -67,30 +71,6 @@ TEST(Image, NonImageBytesAreRefused) {
             std::string::npos);
 }
 
-void append_be32(std::vector<uint8_t>& out, uint32_t value) {
-  for (int shift : {24, 16, 8, 0}) out.push_back(static_cast<uint8_t>(value >> shift));
-}
-
-// Appends a chunk: length, type, data and a zero CRC (stb_image does not check CRCs).
-void append_chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_t>& data,
-                  uint32_t claimed_length) {
-  append_be32(png, claimed_length);
-  png.insert(png.end(), type, type + 4);
-  png.insert(png.end(), data.begin(), data.end());
-  png.insert(png.end(), 4, 0);
-}
-
-// A PNG signature and an IHDR chunk claiming width x height RGB, and no pixel data.
-std::vector<uint8_t> png_header(uint32_t width, uint32_t height) {
-  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
-  std::vector<uint8_t> ihdr;
-  append_be32(ihdr, width);
-  append_be32(ihdr, height);
-  ihdr.insert(ihdr.end(), {8, 2, 0, 0, 0});  // 8-bit RGB, no interlace
-  append_chunk(png, "IHDR", ihdr, 13);
-  return png;
-}
-
 TEST(Image, DecompressionBombIsRefusedFromItsHeader) {
   EXPECT_EQ(error_of(png_header(65500, 65500)),
             "image: 65500x65500 pixels is over the limit of 40000000");
@@ -99,35 +79,6 @@ TEST(Image, DecompressionBombIsRefusedFromItsHeader) {
   // Found by tests/fuzz: the product of two 32-bit sides must not overflow.
   EXPECT_EQ(error_of(png_header(3267297207u, 2867324061u)),
             "image: 3267297207x2867324061 pixels is over the limit of 40000000");
-}
-
-// A zlib stream of `runs` x 258 + 1 zero bytes in a few bytes each: one fixed-Huffman
-// block of a literal 0 and then back-references of length 258 at distance 1.
-std::vector<uint8_t> zlib_zeros(size_t runs) {
-  std::vector<uint8_t> out = {0x78, 0x01};
-  uint32_t bits = 0;
-  int count = 0;
-  auto put = [&](uint32_t value, int width) {  // LSB first, as deflate packs fields
-    for (int i = 0; i < width; ++i) {
-      bits |= ((value >> i) & 1u) << count;
-      if (++count == 8) out.push_back(static_cast<uint8_t>(bits)), bits = 0, count = 0;
-    }
-  };
-  auto put_code = [&](uint32_t code, int width) {  // Huffman codes go most significant first
-    for (int i = width - 1; i >= 0; --i) put((code >> i) & 1u, 1);
-  };
-  put(1, 1);          // last block
-  put(1, 2);          // fixed Huffman codes
-  put_code(0x30, 8);  // literal 0
-  for (size_t i = 0; i < runs; ++i) {
-    put_code(0xC5, 8);  // length 258 (symbol 285)
-    put_code(0, 5);     // distance 1
-  }
-  put_code(0, 7);  // end of block
-  if (count > 0) out.push_back(static_cast<uint8_t>(bits));
-  const uint32_t total = static_cast<uint32_t>(runs * 258 + 1);
-  append_be32(out, ((total % 65521) << 16) | 1);  // Adler-32 of zeros
-  return out;
 }
 
 // A 16x16 PNG needs 784 bytes of rows; this one's IDAT inflates to 16 MiB of zeros from 27 KB
@@ -159,6 +110,16 @@ TEST(Image, ChunkClaimingMoreBytesThanTheFileIsRefusedBeforeAllocating) {
   EXPECT_NE(error.find("image: decoding this 16x16 file asked for 1100000000 bytes"),
             std::string::npos)
       << error;
+}
+
+// PIL refuses a JPEG whose data ends early ("image file is truncated"); libjpeg fills the
+// rest with grey and only warns.
+TEST(Image, TruncatedJpegIsRefusedAsPilRefusesIt) {
+  const auto whole = read_file(data_path("images/img01_320x240_RGB.jpg"));
+  EXPECT_NO_THROW(decode_image(whole.data(), whole.size()));
+  const std::vector<uint8_t> half(whole.begin(), whole.begin() + static_cast<long>(whole.size() / 2));
+  const std::string error = error_of(half);
+  EXPECT_NE(error.find("truncated"), std::string::npos) << error;
 }
 
 }  // namespace

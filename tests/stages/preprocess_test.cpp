@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/errors.h"
 #include "reference.h"
 
 namespace {
@@ -116,6 +117,54 @@ TEST(Preprocess, ResizeAt336IsBitExactWithPil) {
       worst = std::max(worst, d);
     }
     EXPECT_EQ(worst, 0) << file << ": mean difference " << total / ours.pixels.size();
+  }
+}
+
+llava::PreprocessorConfig clip_336() {
+  llava::PreprocessorConfig c;
+  c.shortest_edge = 336;
+  c.crop_height = c.crop_width = 336;
+  return c;
+}
+
+llava::RgbImage striped(int width, int height) {
+  llava::RgbImage image;
+  image.width = width;
+  image.height = height;
+  image.pixels.resize(static_cast<size_t>(width) * height * 3);
+  for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = static_cast<uint8_t>((i * 37) % 251);
+  return image;
+}
+
+// A 1 x 100,000 strip resized to a 336 short side would be 336 x 33,600,000 pixels (11 GB of
+// bytes): refused at once, naming the sizes and the aspect ratio, before anything is made.
+TEST(Preprocess, AnExtremeAspectRatioIsRefusedFromTheResizedSize) {
+  const llava::RgbImage strip = striped(1, 100'000);
+  try {
+    llava::preprocess(strip, clip_336());
+    FAIL() << "a 1x100000 image was preprocessed";
+  } catch (const llava::RequestError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("1x100000 (aspect ratio 100000:1) resizes to 336x33600000"), std::string::npos) << what;
+  }
+  llava::PreprocessorConfig padded = clip_336();
+  padded.pad_to_square = true;
+  try {
+    llava::preprocess(striped(2, 20'000), padded);
+    FAIL() << "a 2x20000 image was padded to 20000x20000";
+  } catch (const llava::RequestError& e) {
+    EXPECT_NE(std::string(e.what()).find("pads to a square of 20000x20000"), std::string::npos) << e.what();
+  }
+}
+
+// Within the limit, a long strip costs only the crop's pixels and gives the whole resize's.
+TEST(Preprocess, ALongStripWithinTheLimitMatchesTheCropOfTheWholeResize) {
+  for (auto [w, h] : {std::pair{3, 700}, {700, 3}, {1, 250}, {5, 337}}) {
+    const llava::RgbImage image = striped(w, h);
+    const int nw = w <= h ? 336 : static_cast<int>(static_cast<double>(336 * int64_t{w}) / h);
+    const int nh = w <= h ? static_cast<int>(static_cast<double>(336 * int64_t{h}) / w) : 336;
+    const auto whole = llava::center_crop(llava::resize(image, nw, nh, 3), 336, 336);
+    EXPECT_EQ(llava::resize_and_crop(image, nw, nh, 3, 336, 336).pixels, whole.pixels) << w << "x" << h;
   }
 }
 
