@@ -1,4 +1,5 @@
-// SentencePiece with transformers' splitting and prefix rules.
+// tokenizer.json through HfTokenizer, else SentencePiece with transformers' splitting and
+// prefix rules.
 #include "coordinator/tokenizer.h"
 
 #include <sentencepiece_processor.h>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "coordinator/hf_tokenizer.h"
 
 namespace llava {
 namespace {
@@ -34,12 +36,44 @@ std::string replace_spaces(const std::string& text) {
   return out;
 }
 
+// A special token's name in tokenizer_config.json: "<s>" or {"content": "<s>", ...}.
+std::string config_token(const nlohmann::json& config, const char* key, const std::string& fallback) {
+  if (!config.contains(key)) return fallback;
+  const auto& value = config.at(key);
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_object() && value.contains("content")) return value.at("content").get<std::string>();
+  return fallback;
+}
+
 }  // namespace
 
 Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int32_t>& extra) {
+  // transformers' AutoProcessor builds the fast tokenizer from tokenizer.json when a
+  // checkpoint has both files, so that file wins here too.
+  const std::string json_path = folder + "/tokenizer.json";
+  if (std::filesystem::exists(json_path)) {
+    json_ = std::make_unique<HfTokenizer>(HfTokenizer::from_file(json_path));
+    for (const auto& [content, id] : extra) json_->add_special_token(content, id);
+    nlohmann::json config = nlohmann::json::object();
+    const std::string config_path = folder + "/tokenizer_config.json";
+    if (std::filesystem::exists(config_path)) {
+      try {
+        config = nlohmann::json::parse(read_all(config_path));
+      } catch (const nlohmann::json::exception& e) {
+        throw CheckpointError(config_path + ": " + e.what());
+      }
+    }
+    bos_id_ = json_->token_to_id(config_token(config, "bos_token", "<s>"));
+    if (bos_id_ < 0) bos_id_ = json_->template_first_special();
+    eos_id_ = json_->token_to_id(config_token(config, "eos_token", "</s>"));
+    pieces_ = json_->vocab_size();
+    return;
+  }
+
   const std::string model_path = folder + "/tokenizer.model";
   if (!std::filesystem::exists(model_path)) {
-    throw CheckpointError(model_path + ": missing (the coordinator needs the tokenizer)");
+    throw CheckpointError(folder + ": neither tokenizer.json nor tokenizer.model (the coordinator "
+                          "needs the tokenizer)");
   }
   const std::string model = read_all(model_path);
   decoder_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
@@ -60,15 +94,13 @@ Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int3
     if (id >= 0) added_[decoder_->IdToPiece(id)] = id;
   }
   for (const auto& [content, id] : extra) added_[content] = id;
-  const std::string json_path = folder + "/tokenizer.json";
-  if (std::filesystem::exists(json_path)) {
+  const std::string added_path = folder + "/added_tokens.json";  // {"<image>": 32000, ...}
+  if (std::filesystem::exists(added_path)) {
     try {
-      auto json = nlohmann::json::parse(read_all(json_path));
-      for (const auto& token : json.value("added_tokens", nlohmann::json::array())) {
-        added_[token.at("content").get<std::string>()] = token.at("id").get<int32_t>();
-      }
+      const auto added = nlohmann::json::parse(read_all(added_path));
+      for (const auto& [content, id] : added.items()) added_[content] = id.get<int32_t>();
     } catch (const nlohmann::json::exception& e) {
-      throw CheckpointError(json_path + ": " + e.what());
+      throw CheckpointError(added_path + ": " + e.what());
     }
   }
 }
@@ -76,12 +108,14 @@ Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int3
 Tokenizer::~Tokenizer() = default;
 
 int32_t Tokenizer::token_id(const std::string& added_token) const {
+  if (json_) return json_->token_to_id(added_token);
   auto it = added_.find(added_token);
   return it == added_.end() ? -1 : it->second;
 }
 
 bool Tokenizer::is_special(int32_t id) const {
   if (id < 0 || id >= pieces_) return true;
+  if (json_) return json_->is_special(id);
   if (decoder_->IsControl(id) || decoder_->IsUnknown(id)) return true;
   for (const auto& [content, added] : added_) {
     if (added == id) return true;
@@ -101,6 +135,7 @@ void Tokenizer::encode_piece(const std::string& text, bool at_start,
 }
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos) const {
+  if (json_) return json_->encode(text, add_bos);
   std::vector<int32_t> out;
   if (add_bos) out.push_back(bos_id_);
   size_t start = 0, position = 0;
@@ -127,6 +162,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_bos) co
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  if (json_) return json_->decode(ids, /*skip_special_tokens=*/true);
   std::vector<int> kept;
   for (int32_t id : ids) {
     if (!is_special(id)) kept.push_back(id);

@@ -1,8 +1,11 @@
-// Text <-> token ids for LLaMA-family checkpoints, matching transformers' LlamaTokenizer
-// (legacy=False): added tokens ("<image>", "<s>", ...) are matched in the text first;
-// SentencePiece encodes the pieces between them, and only the piece at the very start
-// gets the "▁" prefix, unless it already starts with a space. Lives in the coordinator:
-// never link it with LibTorch (protobuf clash on Debian).
+// Text <-> token ids for LLaMA-family checkpoints, as transformers' AutoProcessor tokenizes
+// them. Which file wins: tokenizer.json when the checkpoint has it (transformers loads the
+// fast tokenizer from it, and it declares its own rules: HfTokenizer follows them), else
+// tokenizer.model through SentencePiece with LlamaTokenizer's legacy=False rules: added
+// tokens ("<image>", "<s>", ...) are matched in the text first; SentencePiece encodes the
+// pieces between them, and only the piece at the very start gets the "▁" prefix, unless it
+// already starts with a space. Lives in the coordinator: never link it with LibTorch
+// (protobuf clash on Debian).
 #pragma once
 
 #include <cstdint>
@@ -17,16 +20,22 @@ class SentencePieceProcessor;
 
 namespace llava {
 
+class HfTokenizer;
+
 class Tokenizer {
  public:
-  // Reads `folder`/tokenizer.model, and the added tokens from tokenizer.json or
-  // added_tokens.json when present (else <unk>, <s>, </s> and `extra_tokens`).
+  // Reads `folder`/tokenizer.json, else `folder`/tokenizer.model with the added tokens of
+  // added_tokens.json when present (and <unk>, <s>, </s>). `extra_tokens` (the coordinator's
+  // <image>) are added as special tokens unless the files already have that content.
   explicit Tokenizer(const std::string& folder,
                      const std::map<std::string, int32_t>& extra_tokens = {});
   ~Tokenizer();
 
+  // add_bos: tokenizer.json's post-processor template (BOS for LLaMA), as
+  // add_special_tokens=True does in transformers.
   std::vector<int32_t> encode(const std::string& text, bool add_bos = true) const;
-  // Skips added and control tokens (skip_special_tokens=True).
+  // Skips special tokens (skip_special_tokens=True): tokenizer.json's special added tokens;
+  // SentencePiece's added, control and unknown ones.
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int32_t bos_id() const { return bos_id_; }
@@ -37,6 +46,7 @@ class Tokenizer {
  private:
   void encode_piece(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
 
+  std::unique_ptr<HfTokenizer> json_;  // set when the checkpoint has tokenizer.json
   std::unique_ptr<sentencepiece::SentencePieceProcessor> encoder_;  // no dummy prefix
   std::unique_ptr<sentencepiece::SentencePieceProcessor> decoder_;  // as trained
   std::map<std::string, int32_t> added_;  // content -> id

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -51,6 +52,23 @@ TEST_F(TokenizerTest, DecodesAsTransformersDoesSkippingSpecialTokens) {
     EXPECT_EQ(tokenizer.decode(c["ids"].get<std::vector<int32_t>>()), c["decoded"].get<std::string>())
         << "text: " << c["text"].get<std::string>();
   }
+}
+
+// tiny-llava has both files, and tokenizer.json wins: the SentencePiece path, on its own.
+TEST(SentencePieceTokenizer, MatchesTransformersOnFiftyStringsWithoutTokenizerJson) {
+  const auto folder = std::filesystem::path(testing::TempDir()) / "tiny-llava-sentencepiece";
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
+  llava::Tokenizer tokenizer(folder.string(), {{"<image>", 800}, {"<pad>", 801}});
+  auto reference = load_json("reference/tokenizer.json");
+  for (const auto& c : reference["cases"]) {
+    const std::string text = c["text"];
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tokenizer.encode(text), ids) << "text: " << text;
+    EXPECT_EQ(tokenizer.decode(ids), c["decoded"].get<std::string>()) << "text: " << text;
+  }
+  std::filesystem::remove_all(folder);
 }
 
 TEST_F(TokenizerTest, KnowsTheAddedTokens) {
