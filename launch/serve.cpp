@@ -1,30 +1,43 @@
-// The server loop: read clients, submit, let the coordinator take a turn, stream text back;
-// a send to a client that is gone (ROUTER_MANDATORY: unroutable) cancels its request.
+// The server loop: read ZeroMQ clients and the HTTP front's commands, submit, let the
+// coordinator take a turn, stream text back; a client that is gone has its request cancelled.
 #include "launch/serve.h"
 
 #include <signal.h>
+#include <zmq.h>
 
+#include <algorithm>
 #include <array>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <zmq_addon.hpp>
 
 #include "common/config.h"
 #include "common/curve.h"
 #include "common/errors.h"
 #include "common/transport.h"
+#include "common/units.h"
 #include "coordinator/coordinator.h"
+#include "launch/commands.h"
+#include "launch/http_server.h"
+#include "launch/metrics.h"
 #include "launch/request_json.h"
+#include "launch/server_config.h"
 
 namespace llava {
 namespace {
 
-void on_signal(int) { Coordinator::request_stop(); }
+void on_signal(int) {
+  Coordinator::request_stop();
+}
 
 bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann::json& body) {
   zmq::message_t id(routing.data(), routing.size());
@@ -33,19 +46,85 @@ bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann
   return send_parts(socket, std::move(parts), &id);
 }
 
+// ask's connection, watched (zmq_socket_monitor) for what means no answer will come: nobody
+// listening (the connect refused), a handshake the server refused, or the server hanging up
+// (what ZeroMQ does with a message over its max_message_size).
+class ConnectionWatch {
+ public:
+  ConnectionWatch(zmq::context_t& context, zmq::socket_t& dealer) {
+    const std::string endpoint =
+        "inproc://llava-ask-" + std::to_string(reinterpret_cast<uintptr_t>(dealer.handle()));
+    const int events = ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED;
+    if (zmq_socket_monitor(dealer.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
+    monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
+    monitor_.connect(endpoint);
+  }
+  zmq::socket_t& socket() { return monitor_; }
+
+  std::optional<std::string> failure(const std::string& server, size_t request_bytes) {
+    std::vector<zmq::message_t> parts;  // [uint16 event, uint32 value][endpoint]
+    while (zmq::recv_multipart(monitor_, std::back_inserter(parts), zmq::recv_flags::dontwait)) {
+      if (parts.empty() || parts[0].size() < 6) {
+        parts.clear();
+        continue;
+      }
+      uint16_t event = 0;
+      uint32_t value = 0;
+      std::memcpy(&event, parts[0].data(), sizeof event);
+      std::memcpy(&value, static_cast<const char*>(parts[0].data()) + sizeof event, sizeof value);
+      parts.clear();
+      switch (event) {
+        case ZMQ_EVENT_CONNECT_RETRIED:
+          return "nobody listens at " + server +
+                 " (the connection was refused); is `llava-pipe serve` running there?";
+        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+          connected_ = true;
+          break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+          return server + " refused this client's key (ZAP status " + std::to_string(value) + ")";
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+          return "handshake with " + server +
+                 " failed: its security does not match this client's " +
+                 "(CURVE on one side only?; ZeroMQ protocol error " + std::to_string(value) + ")";
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        case ZMQ_EVENT_DISCONNECTED:
+          if (!connected_) {
+            return server +
+                   " closed the connection during the handshake (CURVE on one side only, or a "
+                   "wrong server key?)";
+          }
+          return server + " closed the connection: the request (" + format_bytes(request_bytes) +
+                 ") is likely over its coordinator.max_message_size, or the server stopped";
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  zmq::socket_t monitor_;
+  bool connected_ = false;
+};
+
 }  // namespace
 
-int serve(const std::vector<std::string>& args) {
+int serve(const std::vector<std::string>& command_line) {
   const char* usage =
-      "usage: llava-pipe serve CONFIG --listen ENDPOINT [--curve-key SERVER.key_secret --allow "
-      "CLIENT.key...]";
+      "usage: llava-pipe serve CONFIG [--http HOST:PORT] [--listen ENDPOINT [--curve-key "
+      "SERVER.key_secret --allow CLIENT.key...]] [--force] (at least one of --http and --listen)";
+  std::vector<std::string> args = command_line;
+  const auto forced = std::find(args.begin(), args.end(), "--force");
+  const bool force = forced != args.end();  // start a plan check says does not fit
+  if (force) args.erase(forced);
   if (args.size() < 3 || args.size() % 2 == 0) throw ConfigError(usage);
-  const PipelineConfig config = load_config(args[0]);
-  std::string listen, curve_key;
+  std::string listen, curve_key, http_address;
   std::set<std::string> allowed;  // clients' public keys
   for (size_t i = 1; i + 1 < args.size(); i += 2) {
     if (args[i] == "--listen") {
       listen = args[i + 1];
+    } else if (args[i] == "--http") {
+      http_address = args[i + 1];
     } else if (args[i] == "--curve-key") {
       curve_key = args[i + 1];
     } else if (args[i] == "--allow") {
@@ -54,31 +133,71 @@ int serve(const std::vector<std::string>& args) {
       throw ConfigError(std::string(usage) + " (unknown option " + args[i] + ")");
     }
   }
-  if (listen.empty()) throw ConfigError(usage);
+  if (listen.empty() && http_address.empty()) throw ConfigError(usage);
+#if !LLAVA_PIPE_HTTP
+  if (!http_address.empty()) {
+    throw ConfigError("--http: this llava-pipe was built without cpp-httplib; install libcpp-httplib-dev "
+                      "(and libcurl4-openssl-dev for http(s) image URLs) and build again");
+  }
+#endif
   if (curve_key.empty() != allowed.empty())
     throw ConfigError("serve: --curve-key and --allow go together");
+  std::string http_host;
+  int http_port = 0;
+  if (!http_address.empty()) parse_host_port(http_address, http_host, http_port);
+  std::string yaml_text;
+  {
+    std::ifstream in(args[0]);
+    if (!in) throw ConfigError(args[0] + ": cannot read the config file");
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    yaml_text = buffer.str();
+  }
+  // The server: section is read by launch/server_config.cpp.
+  const PipelineConfig config = parse_config(yaml_text, args[0]);
+  require_fitting_plan(config, force);
+  const ServerSection server = parse_server_section(yaml_text, args[0]);
+  // Templates are checked before any worker starts: one outside the Jinja subset is a config error.
+  std::unique_ptr<ChatTemplate> chat_template;
+  if (!http_address.empty()) {
+    chat_template =
+        std::make_unique<ChatTemplate>(config.model.checkpoint, config.generation.chat_template);
+  }
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
+  signal(SIGPIPE,
+         SIG_IGN);  // a write to a client gone is an error return, not the end of the server
   zmq::context_t context;
-  TransportOptions options;
-  options.max_message_size = config.coordinator.max_message_size;
+  std::optional<zmq::socket_t> clients;
   std::unique_ptr<ZapHandler> zap;  // with CURVE: which clients may connect (before the bind)
-  if (!curve_key.empty()) {
-    options.curve = true;
-    options.curve_own = read_curve_key(curve_key, true);
-    zap = std::make_unique<ZapHandler>(context, allowed);
-  } else if (listen.rfind("tcp://", 0) == 0) {
-    std::cerr << "llava-pipe: clients on " << listen << " are neither authenticated nor encrypted "
-              << "(--curve-key, --allow)\n";
+  if (!listen.empty()) {
+    TransportOptions options;
+    options.max_message_size = config.coordinator.max_message_size;
+    if (!curve_key.empty()) {
+      options.curve = true;
+      options.curve_own = read_curve_key(curve_key, true);
+      zap = std::make_unique<ZapHandler>(context, allowed);
+    } else if (listen.rfind("tcp://", 0) == 0) {
+      std::cerr << "llava-pipe: clients on " << listen
+                << " are neither authenticated nor encrypted "
+                << "(--curve-key, --allow)\n";
+    }
+    clients.emplace(bind_router(context, listen, options));
   }
-  zmq::socket_t clients = bind_router(context, listen, options);
 
+  std::unique_ptr<PipelineMetrics> metrics;
+  std::unique_ptr<HttpServer> http;
   std::map<uint64_t, std::pair<std::string, nlohmann::json>> owners;  // request -> client, its id
   std::set<uint64_t> gone;  // requests whose client could not be reached
   CoordinatorEvents events;
   events.on_text = [&](uint64_t id, const std::string& text) {
+    if (metrics) metrics->on_text(id);
+#if LLAVA_PIPE_HTTP
+    if (http && http->on_text(id, text)) return;
+#endif
     auto it = owners.find(id);
-    if (it != owners.end() && !send_json(clients, it->second.first, {{"id", it->second.second}, {"text", text}})) {
+    if (it != owners.end() &&
+        !send_json(*clients, it->second.first, {{"id", it->second.second}, {"text", text}})) {
       gone.insert(id);  // cancelled after this turn (not from inside the coordinator's)
     }
   };
@@ -89,48 +208,94 @@ int serve(const std::vector<std::string>& args) {
       early[r.id] = r;
       return;
     }
-    nlohmann::json done = {{"id", it->second.second}, {"done", true}, {"ok", r.ok}, {"text", r.text},
-                           {"finish", r.finish}, {"tokens", r.tokens}};
+    nlohmann::json done = {{"id", it->second.second}, {"done", true},       {"ok", r.ok},
+                           {"text", r.text},          {"finish", r.finish}, {"tokens", r.tokens}};
     if (!r.ok) done["error"] = r.error;
-    send_json(clients, it->second.first, done);
+    send_json(*clients, it->second.first, done);
     owners.erase(it);
   };
-  events.on_result = deliver;
+  events.on_result = [&](const RequestResult& r) {
+    if (metrics) metrics->on_result(r);
+#if LLAVA_PIPE_HTTP
+    if (http && http->on_result(r)) return;
+#endif
+    deliver(r);
+  };
   Coordinator coordinator(config, events);
-  std::cerr << "llava-pipe: serving " << config.path << " on " << last_endpoint(clients) << "\n";
+  metrics = std::make_unique<PipelineMetrics>(coordinator.model().image_tokens());
+#if LLAVA_PIPE_HTTP
+  if (!http_address.empty()) {
+    http = std::make_unique<HttpServer>(config, server, *chat_template, config.model.name, *metrics);
+    const int port = http->start(http_host, http_port);
+    std::cerr << "llava-pipe: serving " << config.path << " over HTTP on http://" << http_host
+              << ":" << port << " (chat template: " << chat_template->origin() << ")\n";
+  }
+#endif
+  if (clients) {
+    std::cerr << "llava-pipe: serving " << config.path << " on " << last_endpoint(*clients) << "\n";
+  }
+  // Between coordinator turns: ZeroMQ clients, then the HTTP handlers' commands. With HTTP,
+  // a turn waits 1 ms at most, so that a posted request starts within it.
+  const auto turn = http ? std::chrono::milliseconds(1) : std::chrono::milliseconds(5);
   while (true) {
-    while (auto parts = receive_parts(clients, std::chrono::milliseconds(0))) {
+    while (clients) {
+      auto parts = receive_parts(*clients, std::chrono::milliseconds(0));
+      if (!parts) break;
       const std::string routing = parts->front().to_string();
       JsonRequest request;
       request.generation = config.generation;
       try {
         if (parts->size() < 2) throw RequestError("expected [JSON request, image bytes...]");
+        size_t bytes = 0;
+        for (size_t i = 1; i < parts->size(); ++i) bytes += (*parts)[i].size();
+        if (bytes > config.coordinator.max_message_size) {  // each frame fits, not the whole
+          throw RequestError("the request is " + format_bytes(bytes) +
+                             "; this server takes at most " +
+                             format_bytes(config.coordinator.max_message_size) +
+                             " (coordinator.max_message_size)");
+        }
         parse_json_request((*parts)[1].to_string(), false, request);
         RequestSpec spec;
         spec.prompt = request.prompt;
         spec.generation = request.generation;
-        for (size_t i = 2; i < parts->size(); ++i) spec.image_bytes.push_back((*parts)[i].to_string());
+        for (size_t i = 2; i < parts->size(); ++i)
+          spec.image_bytes.push_back((*parts)[i].to_string());
         spec.client_id = json_text(request.id);
         const uint64_t id = coordinator.submit(spec);
         owners[id] = {routing, request.id};
         if (auto it = early.find(id); it != early.end()) {  // refused at once: answer now
           deliver(it->second);
           early.erase(it);
+        } else {
+          metrics->on_submitted(id, static_cast<int>(spec.image_bytes.size()));
         }
       } catch (const std::exception& e) {  // bad JSON, bad key: this request alone
-        send_json(clients, routing,
+        send_json(*clients, routing,
                   {{"id", request.id}, {"done", true}, {"ok", false}, {"error", e.what()}});
       }
     }
-    const bool running = coordinator.step(std::chrono::milliseconds(5));
+#if LLAVA_PIPE_HTTP
+    if (http) http->run_commands(coordinator);
+    const bool running =
+        coordinator.step(http && http->has_commands() ? std::chrono::milliseconds(0) : turn);
+#else
+    const bool running = coordinator.step(turn);
+#endif
     for (uint64_t id : gone) {
       if (coordinator.cancel(id, "cancelled: the client disconnected")) {
         std::cerr << "llava-pipe: request " << id << ": the client disconnected; cancelled\n";
       }
     }
     gone.clear();
-    if (!running || coordinator.failed() || (coordinator.stopped_by_signal() && coordinator.idle())) break;
+    if (!running || coordinator.failed() || (coordinator.stopped_by_signal() && coordinator.idle()))
+      break;
   }
+#if LLAVA_PIPE_HTTP
+  if (http) {
+    http->close(coordinator.failed() ? coordinator.fatal_error() : "the server is shutting down");
+    http->stop();
+  }
+#endif
   coordinator.shutdown_workers();
   if (coordinator.failed()) {
     std::cerr << "llava-pipe: " << coordinator.fatal_error() << "\n";
@@ -148,33 +313,52 @@ int ask(const std::vector<std::string>& args) {
   nlohmann::json request = {{"id", 1}};
   std::vector<std::string> images;
   TransportOptions options;
+  GenerationSection checked;  // the sampling keys, checked here as the server will
   for (size_t i = 1; i < args.size(); ++i) {
     if (i + 1 >= args.size()) throw ConfigError("ask: " + args[i] + " needs a value");
-    const std::string key = args[i].substr(args[i].rfind('-') == std::string::npos ? 0 : 2);
+    const std::string& flag = args[i];
+    const std::string key = flag.substr(flag.rfind("--", 0) == 0 ? 2 : 0);
     const std::string& value = args[++i];
     if (key == "curve-server") {
       options.curve_server_public_key = read_curve_key(value, false).public_key;
     } else if (key == "curve-key") {
       options.curve_own = read_curve_key(value, true);
     } else if (key == "image") {
+      std::error_code error;
+      if (!std::filesystem::is_regular_file(value, error)) {
+        throw ConfigError("ask: --image " + value + ": not a readable file");
+      }
       std::ifstream in(value, std::ios::binary);
-      if (!in) throw ConfigError("ask: cannot read " + value);
+      if (!in) throw ConfigError("ask: --image " + value + ": cannot read it");
       images.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     } else if (key == "prompt") {
       request["prompt"] = value;
     } else {
       std::string name = key;
       for (auto& c : name) c = c == '-' ? '_' : c;
-      request[name] = nlohmann::json::parse(value);
+      nlohmann::json parsed;
+      try {
+        parsed = nlohmann::json::parse(value);
+      } catch (const nlohmann::json::exception&) {
+        // A bare word is a string ("--stop END"); anything else that is not JSON is an error.
+        if (name != "stop") {
+          throw ConfigError("ask: " + flag + " " + value + ": expected a number (or JSON), got '" +
+                            value + "'");
+        }
+        parsed = value;
+      }
+      try {
+        apply_sampling(name, parsed, checked);
+      } catch (const RequestError& e) {
+        throw ConfigError("ask: " + flag + " " + value + ": " + e.what());
+      }
+      request[name] = parsed;
     }
   }
   options.curve = !options.curve_server_public_key.empty();
   if (options.curve == options.curve_own.secret_key.empty()) {
     throw ConfigError("ask: --curve-server and --curve-key go together");
   }
-  zmq::context_t context;
-  HandshakeWatch watch;
-  zmq::socket_t server = connect_dealer(context, args[0], options, &watch);
   std::vector<zmq::message_t> parts;
   try {
     parts.emplace_back(request.dump());
@@ -182,21 +366,31 @@ int ask(const std::vector<std::string>& args) {
     throw ConfigError(std::string("ask: the request is not valid UTF-8 (") + e.what() +
                       "); check --prompt and --stop");
   }
-  for (const auto& image : images) parts.emplace_back(image.data(), image.size());
+  size_t request_bytes = parts.back().size();
+  for (const auto& image : images) {
+    parts.emplace_back(image.data(), image.size());
+    request_bytes += image.size();
+  }
+  zmq::context_t context;
+  zmq::socket_t server = connect_dealer(context, args[0], options);
+  ConnectionWatch watch(context, server);
   send_parts(server, std::move(parts));
   while (true) {
-    // The answer, or a handshake the server refused (an answer that can never come).
+    // The answer, or news of the connection that means it cannot come.
     std::array<zmq::pollitem_t, 2> items = {
         {{server.handle(), 0, ZMQ_POLLIN, 0}, {watch.socket().handle(), 0, ZMQ_POLLIN, 0}}};
     if (zmq::poll(items.data(), items.size(), std::chrono::milliseconds(600000)) == 0) break;
-    if (auto failure = watch.failure()) {
-      std::cerr << "llava-pipe: " << *failure << "\n";
-      return kExitRuntime;
+    auto reply = receive_parts(server, std::chrono::milliseconds(0));  // answers first
+    if (!reply) {
+      if (auto failure = watch.failure(args[0], request_bytes)) {
+        std::cerr << "llava-pipe: " << *failure << "\n";
+        return kExitRuntime;
+      }
+      continue;
     }
-    auto reply = receive_parts(server, std::chrono::milliseconds(0));
-    if (!reply) continue;
     auto j = nlohmann::json::parse(reply->back().to_string());
-    if (j.contains("text") && !j.contains("done")) std::cout << j["text"].get<std::string>() << std::flush;
+    if (j.contains("text") && !j.contains("done"))
+      std::cout << j["text"].get<std::string>() << std::flush;
     if (j.value("done", false)) {
       std::cout << "\n";
       if (!j.value("ok", false)) {
@@ -206,7 +400,7 @@ int ask(const std::vector<std::string>& args) {
       return 0;
     }
   }
-  std::cerr << "llava-pipe: no answer from " << args[0] << "\n";
+  std::cerr << "llava-pipe: no answer from " << args[0] << " in 600 s\n";
   return kExitRuntime;
 }
 

@@ -14,11 +14,11 @@ cd "$root"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLLAVA_PIPE_FUZZ=ON \
   -DLLAVA_PIPE_BUILD_STAGES=OFF -DLLAVA_PIPE_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image fuzz_request \
-  fuzz_config >/dev/null
+  fuzz_config fuzz_http_request >/dev/null
 mkdir -p build-fuzz/crashes
 declare -A inputs=([wire]=2000000 [safetensors]=1500000 [image]=250000 [request]=500000
-  [config]=120000)
-for target in wire safetensors image request config; do
+  [config]=120000 [http_request]=300000)
+for target in wire safetensors image request config http_request; do
   work="$(mktemp -d)"
   if [ -n "$seconds" ]; then
     echo "fuzzing $target for ${seconds}s (random seed)"

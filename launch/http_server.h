@@ -1,0 +1,87 @@
+// `llava-pipe serve --http HOST:PORT`: the OpenAI-compatible HTTP front of a coordinator.
+// Threads: httplib's handlers run on its pool (max_connections threads); the coordinator runs
+// on the serve loop's thread. Handlers post commands (submit, cancel, read figures) to that
+// thread, which runs them between coordinator turns; each request has a channel back (its
+// text, its result) that wakes its handler through an eventfd, polled together with the
+// client's socket, so that a client that goes away is seen at once and its request cancelled.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/config.h"
+#include "coordinator/chat_template.h"
+#include "launch/metrics.h"
+#include "launch/server_config.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace llava {
+
+class Coordinator;
+struct RequestResult;
+class RequestChannel;
+
+class HttpServer {
+ public:
+  HttpServer(const PipelineConfig& config, const ServerSection& server,
+             const ChatTemplate& chat_template, std::string model_id, PipelineMetrics& metrics);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds HOST:PORT (throws ConfigError naming the address when it cannot) and starts
+  // answering on a listener thread. Returns the port (useful with port 0).
+  int start(const std::string& host, int port);
+  void stop();
+
+  // ---- the coordinator's thread
+  // Runs the commands handlers posted. True if there were any.
+  bool run_commands(Coordinator& coordinator);
+  bool has_commands() const;
+  // The coordinator's events for requests this server submitted: false if not one of them.
+  bool on_text(uint64_t request, const std::string& text);
+  bool on_result(const RequestResult& result);
+  // The loop has ended: every open request gets `why`, later commands find no coordinator.
+  void close(const std::string& why);
+
+  // The HTTP status for a failed request's error text from the coordinator.
+  static int status_for(const std::string& error);
+
+ private:
+  using Command = std::function<void(Coordinator*)>;
+  void post(Command command);
+  void routes();
+  // /v1/chat/completions (chat) and /v1/completions: answered whole or streamed.
+  void complete(const httplib::Request& req, httplib::Response& res, bool chat);
+  void cancel(const std::shared_ptr<RequestChannel>& channel);
+
+  PipelineConfig config_;
+  ServerSection server_;
+  const ChatTemplate& chat_template_;
+  std::string model_id_;
+  PipelineMetrics& metrics_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread listener_;
+  int64_t started_ = 0;  // unix seconds, the models' "created"
+
+  mutable std::mutex commands_mutex_;
+  std::deque<Command> commands_;
+  bool closed_ = false;
+
+  // The coordinator's thread only.
+  std::map<uint64_t, std::shared_ptr<RequestChannel>> open_;
+  std::shared_ptr<RequestChannel> submitting_;  // gets a result given inside submit()
+};
+
+}  // namespace llava

@@ -1,0 +1,363 @@
+// OpenAI request parsing and response bodies. Sampling keys are checked by apply_sampling,
+// with the ranges the YAML file has; every error names the request's own field.
+#include "launch/openai_api.h"
+
+#include "common/errors.h"
+#include "launch/request_json.h"
+
+namespace llava {
+namespace {
+
+std::string shown(const nlohmann::json& value) {
+  std::string text = json_text(value);
+  if (text.size() > 40) text = text.substr(0, 37) + "...";
+  return text;
+}
+
+// One sampling key through apply_sampling; its error names `field` (the request's name).
+void sampling(const std::string& field, const std::string& key, const nlohmann::json& value,
+              GenerationSection& g) {
+  if (value.is_null()) return;  // null: the default, as OpenAI's clients send it
+  try {
+    apply_sampling(key, value, g);
+  } catch (const RequestError& e) {
+    std::string message = e.what();
+    if (message.rfind(key, 0) == 0) message = field + message.substr(key.size());
+    throw ApiError(400, message, field);
+  }
+}
+
+bool boolean(const std::string& field, const nlohmann::json& value) {
+  if (value.is_null()) return false;
+  if (!value.is_boolean())
+    throw ApiError(400, field + ": expected true or false, got " + shown(value), field);
+  return value.get<bool>();
+}
+
+std::string string_field(const std::string& field, const nlohmann::json& value) {
+  if (!value.is_string())
+    throw ApiError(400, field + ": expected a string, got " + shown(value), field);
+  return value.get<std::string>();
+}
+
+nlohmann::json parse_object(const std::string& body) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const nlohmann::json::exception& e) {
+    throw ApiError(400, std::string("the body is not valid JSON (") + e.what() + ")");
+  }
+  if (!j.is_object()) throw ApiError(400, "the body must be a JSON object, got " + shown(j));
+  return j;
+}
+
+// Keys shared by both endpoints; false if `key` is not one of them.
+bool common_key(const std::string& key, const nlohmann::json& value, CompletionRequest& out) {
+  static const std::map<std::string, std::string> kSampling = {
+      {"max_tokens", "max_new_tokens"},
+      {"max_completion_tokens", "max_new_tokens"},
+      {"temperature", "temperature"},
+      {"top_p", "top_p"},
+      {"top_k", "top_k"},
+      {"seed", "seed"},
+      {"stop", "stop"},
+      {"repetition_penalty", "repetition_penalty"}};
+  if (auto it = kSampling.find(key); it != kSampling.end()) {
+    sampling(key, it->second, value, out.generation);
+  } else if (key == "model") {
+    string_field(key, value);  // one model is served, whatever the name
+  } else if (key == "user") {
+    // ignored, as the issue allows
+  } else if (key == "stream") {
+    out.stream = boolean(key, value);
+  } else if (key == "stream_options") {
+    if (value.is_null()) return true;
+    if (!value.is_object())
+      throw ApiError(400, "stream_options: expected an object, got " + shown(value), key);
+    for (const auto& [k, v] : value.items()) {
+      if (k != "include_usage") {
+        throw ApiError(400, "stream_options." + k + ": unsupported parameter",
+                       "stream_options." + k);
+      }
+      out.include_usage = boolean("stream_options.include_usage", v);
+    }
+  } else if (key == "n") {
+    if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 1)) {
+      throw ApiError(400, "n: only 1 choice per request is supported, got " + shown(value), key);
+    }
+  } else if (key == "presence_penalty" || key == "frequency_penalty") {
+    if (value.is_null()) return true;
+    if (!value.is_number())
+      throw ApiError(400, key + ": expected a number, got " + shown(value), key);
+    if (value.get<double>() != 0) {
+      throw ApiError(400, key + ": not supported (only 0); use repetition_penalty", key);
+    }
+  } else {
+    return false;
+  }
+  return true;
+}
+
+ChatPart content_part(const std::string& where, const nlohmann::json& part) {
+  if (!part.is_object())
+    throw ApiError(400, where + ": expected an object, got " + shown(part), where);
+  auto type = part.find("type");
+  if (type == part.end() || !type->is_string()) {
+    throw ApiError(400, where + ".type: expected \"text\" or \"image_url\"", where + ".type");
+  }
+  ChatPart out;
+  out.param = where;
+  for (const auto& [k, v] : part.items()) {
+    if (k != "type" && k != "text" && k != "image_url") {
+      throw ApiError(400, where + "." + k + ": unsupported field", where + "." + k);
+    }
+  }
+  if (*type == "text") {
+    auto text = part.find("text");
+    if (text == part.end()) throw ApiError(400, where + ".text: missing", where + ".text");
+    out.text = string_field(where + ".text", *text);
+  } else if (*type == "image_url") {
+    auto image = part.find("image_url");
+    if (image == part.end())
+      throw ApiError(400, where + ".image_url: missing", where + ".image_url");
+    out.image = true;
+    if (image->is_string()) {
+      out.url = image->get<std::string>();
+    } else if (image->is_object() && image->contains("url")) {
+      out.url = string_field(where + ".image_url.url", (*image)["url"]);
+      for (const auto& [k, v] : image->items()) {
+        if (k != "url" && k != "detail") {
+          throw ApiError(400, where + ".image_url." + k + ": unsupported field",
+                         where + ".image_url." + k);
+        }
+      }
+    } else {
+      throw ApiError(400, where + ".image_url: expected {\"url\": ...}, got " + shown(*image),
+                     where + ".image_url");
+    }
+  } else {
+    throw ApiError(400,
+                   where + ".type: '" + type->get<std::string>() +
+                       "' is not supported (expected \"text\" or \"image_url\")",
+                   where + ".type");
+  }
+  return out;
+}
+
+ChatMessage chat_message(const std::string& where, const nlohmann::json& m) {
+  if (!m.is_object()) throw ApiError(400, where + ": expected an object, got " + shown(m), where);
+  ChatMessage out;
+  auto role = m.find("role");
+  if (role == m.end()) throw ApiError(400, where + ".role: missing", where + ".role");
+  out.role = string_field(where + ".role", *role);
+  if (out.role == "developer") out.role = "system";  // OpenAI's newer name for it
+  if (out.role != "system" && out.role != "user" && out.role != "assistant") {
+    throw ApiError(
+        400, where + ".role: unknown role '" + out.role + "' (expected system, user or assistant)",
+        where + ".role");
+  }
+  for (const auto& [k, v] : m.items()) {
+    if (k != "role" && k != "content" && k != "name") {
+      throw ApiError(400, where + "." + k + ": unsupported field", where + "." + k);
+    }
+  }
+  auto content = m.find("content");
+  if (content == m.end() || content->is_null()) {
+    throw ApiError(400, where + ".content: missing", where + ".content");
+  }
+  if (content->is_string()) {
+    out.content_is_string = true;
+    out.parts.push_back({false, content->get<std::string>(), "", where + ".content"});
+  } else if (content->is_array()) {
+    for (size_t i = 0; i < content->size(); ++i) {
+      out.parts.push_back(
+          content_part(where + ".content[" + std::to_string(i) + "]", (*content)[i]));
+      if (out.parts.back().image && out.role != "user") {
+        throw ApiError(400, out.parts.back().param + ": images go in user messages only",
+                       out.parts.back().param);
+      }
+    }
+  } else {
+    throw ApiError(400,
+                   where + ".content: expected a string or a list of parts, got " + shown(*content),
+                   where + ".content");
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* error_type(int status) {
+  switch (status) {
+    case 400:
+    case 404:
+    case 405:
+    case 413:
+      return "invalid_request_error";
+    case 401:
+      return "authentication_error";
+    case 429:
+      return "rate_limit_error";
+    case 503:
+      return "service_unavailable";
+    default:
+      return "server_error";
+  }
+}
+
+nlohmann::json error_body(int status, const std::string& message, const std::string& param,
+                          const std::string& code) {
+  nlohmann::json error = {{"message", message},
+                          {"type", error_type(status)},
+                          {"param", param.empty() ? nlohmann::json() : nlohmann::json(param)},
+                          {"code", code.empty() ? nlohmann::json() : nlohmann::json(code)}};
+  return {{"error", error}};
+}
+
+CompletionRequest parse_chat_request(const std::string& body, const GenerationSection& defaults,
+                                     int max_images) {
+  const nlohmann::json j = parse_object(body);
+  CompletionRequest out;
+  out.chat = true;
+  out.generation = defaults;
+  bool have_messages = false;
+  for (const auto& [key, value] : j.items()) {
+    if (common_key(key, value, out)) continue;
+    if (key == "messages") {
+      if (!value.is_array() || value.empty()) {
+        throw ApiError(400, "messages: expected a non-empty list of messages, got " + shown(value),
+                       key);
+      }
+      for (size_t i = 0; i < value.size(); ++i) {
+        out.messages.push_back(chat_message("messages[" + std::to_string(i) + "]", value[i]));
+      }
+      have_messages = true;
+    } else if (key == "logprobs") {
+      if (boolean(key, value)) throw ApiError(400, "logprobs: not supported", key);
+    } else if (key == "top_logprobs") {
+      if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 0)) {
+        throw ApiError(400, "top_logprobs: not supported", key);
+      }
+    } else {
+      throw ApiError(400, "'" + key + "': unsupported parameter", key);
+    }
+  }
+  if (!have_messages) throw ApiError(400, "messages: missing", "messages");
+  for (const auto& m : out.messages) {
+    for (const auto& p : m.parts) out.images += p.image;
+  }
+  if (out.images > max_images) {
+    throw ApiError(400,
+                   std::to_string(out.images) + " images; at most " + std::to_string(max_images) +
+                       " per request (server.max_images)",
+                   "messages");
+  }
+  if (!out.stream && out.include_usage) {
+    throw ApiError(400, "stream_options: only with \"stream\": true", "stream_options");
+  }
+  return out;
+}
+
+CompletionRequest parse_completion_request(const std::string& body,
+                                           const GenerationSection& defaults) {
+  const nlohmann::json j = parse_object(body);
+  CompletionRequest out;
+  out.chat = false;
+  out.generation = defaults;
+  bool have_prompt = false;
+  for (const auto& [key, value] : j.items()) {
+    if (common_key(key, value, out)) continue;
+    if (key == "prompt") {
+      if (value.is_array() && value.size() == 1 && value[0].is_string()) {
+        out.prompt = value[0].get<std::string>();
+      } else {
+        out.prompt = string_field(key, value);
+      }
+      have_prompt = true;
+    } else if (key == "logprobs") {
+      if (!value.is_null()) throw ApiError(400, "logprobs: not supported", key);
+    } else if (key == "echo") {
+      if (boolean(key, value)) throw ApiError(400, "echo: not supported", key);
+    } else if (key == "best_of") {
+      if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 1)) {
+        throw ApiError(400, "best_of: only 1 is supported", key);
+      }
+    } else {
+      throw ApiError(400, "'" + key + "': unsupported parameter", key);
+    }
+  }
+  if (!have_prompt) throw ApiError(400, "prompt: missing", "prompt");
+  if (!out.stream && out.include_usage) {
+    throw ApiError(400, "stream_options: only with \"stream\": true", "stream_options");
+  }
+  return out;
+}
+
+std::string finish_reason(const std::string& finish) {
+  return finish == "length" ? "length" : "stop";
+}
+
+nlohmann::json usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
+                               const std::string& model, const std::string& text,
+                               const std::string& finish, const Usage& usage) {
+  nlohmann::json choice = {
+      {"index", 0}, {"finish_reason", finish_reason(finish)}, {"logprobs", nullptr}};
+  if (chat) {
+    choice["message"] = {{"role", "assistant"}, {"content", text}};
+  } else {
+    choice["text"] = text;
+  }
+  return {{"id", id},
+          {"object", chat ? "chat.completion" : "text_completion"},
+          {"created", created},
+          {"model", model},
+          {"choices", {choice}},
+          {"usage", usage_json(usage)}};
+}
+
+nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
+                          const std::string& model, const std::string& text, bool role,
+                          const std::string& finish) {
+  nlohmann::json choice = {
+      {"index", 0},
+      {"logprobs", nullptr},
+      {"finish_reason", finish.empty() ? nlohmann::json() : nlohmann::json(finish_reason(finish))}};
+  if (chat) {
+    nlohmann::json delta = nlohmann::json::object();
+    if (role) delta["role"] = "assistant";
+    if (!text.empty() || role) delta["content"] = text;
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = text;
+  }
+  return {{"id", id},
+          {"object", chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", created},
+          {"model", model},
+          {"choices", {choice}}};
+}
+
+nlohmann::json usage_chunk_body(bool chat, const std::string& id, int64_t created,
+                                const std::string& model, const Usage& usage) {
+  return {{"id", id},
+          {"object", chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", created},
+          {"model", model},
+          {"choices", nlohmann::json::array()},
+          {"usage", usage_json(usage)}};
+}
+
+std::string sse_event(const nlohmann::json& body) {
+  return "data: " + json_text(body) + "\n\n";
+}
+std::string sse_done() {
+  return "data: [DONE]\n\n";
+}
+
+}  // namespace llava

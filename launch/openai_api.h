@@ -1,0 +1,91 @@
+// The OpenAI-compatible API's messages: chat and text completion requests parsed and
+// validated (each error an ApiError with the HTTP status and the field it names), the
+// response and stream-chunk bodies, the error envelope, and Server-Sent Events framing.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+
+namespace llava {
+
+// An error answered with `status` and {"error": {"message", "type", "param", "code"}}.
+struct ApiError : std::runtime_error {
+  ApiError(int status, const std::string& message, std::string param = "", std::string code = "")
+      : std::runtime_error(message),
+        status(status),
+        param(std::move(param)),
+        code(std::move(code)) {}
+  int status;
+  std::string param;  // the request field at fault ("messages[1].role"), or ""
+  std::string code;   // a machine-readable reason ("rate_limit_exceeded"), or ""
+};
+
+// "invalid_request_error", "authentication_error", ... for an HTTP status.
+const char* error_type(int status);
+nlohmann::json error_body(int status, const std::string& message, const std::string& param = "",
+                          const std::string& code = "");
+
+struct ChatPart {
+  bool image = false;
+  std::string text;   // a text part's text
+  std::string url;    // an image part's URL (data:, file://, http(s)://)
+  std::string param;  // where it was: "messages[0].content[1]"
+};
+
+struct ChatMessage {
+  std::string role;                // system, user, assistant
+  bool content_is_string = false;  // written as one string: one text part
+  std::vector<ChatPart> parts;
+};
+
+struct CompletionRequest {
+  bool chat = true;
+  std::vector<ChatMessage> messages;  // chat
+  std::string prompt;                 // text completion
+  GenerationSection generation;       // the config's defaults, overridden by the request
+  bool stream = false;
+  bool include_usage = false;
+  int images = 0;
+};
+
+// Parses a /v1/chat/completions body; `defaults` are the config's generation keys. Throws
+// ApiError (400) naming the field: invalid JSON, a wrong type or range, an unknown role, an
+// unsupported parameter, more than `max_images` images.
+CompletionRequest parse_chat_request(const std::string& body, const GenerationSection& defaults,
+                                     int max_images);
+// Parses a /v1/completions body (a text prompt, no images).
+CompletionRequest parse_completion_request(const std::string& body,
+                                           const GenerationSection& defaults);
+
+// The coordinator's finish ("eos", "stop", "length") as OpenAI's ("stop", "length").
+std::string finish_reason(const std::string& coordinator_finish);
+
+struct Usage {
+  int prompt_tokens = 0;  // with the image tokens
+  int completion_tokens = 0;
+};
+nlohmann::json usage_json(const Usage& usage);
+
+// A whole answer: "chat.completion" or "text_completion".
+nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
+                               const std::string& model, const std::string& text,
+                               const std::string& finish, const Usage& usage);
+// One stream chunk: "chat.completion.chunk" (delta) or "text_completion" (text). `role`
+// goes in the first chat delta; `finish` is "" until the last. With `usage` (and no
+// choices) it is the final usage chunk.
+nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
+                          const std::string& model, const std::string& text, bool role,
+                          const std::string& finish);
+nlohmann::json usage_chunk_body(bool chat, const std::string& id, int64_t created,
+                                const std::string& model, const Usage& usage);
+
+// Server-Sent Events: "data: JSON\n\n", and the end of a stream, "data: [DONE]\n\n".
+std::string sse_event(const nlohmann::json& body);
+std::string sse_done();
+
+}  // namespace llava

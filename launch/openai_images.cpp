@@ -1,0 +1,242 @@
+// Image URLs to bytes: data URIs, file:// under a root folder, http(s) through libcurl.
+#include "launch/openai_images.h"
+
+#if LLAVA_PIPE_CURL
+#include <curl/curl.h>
+#endif
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "launch/openai_api.h"
+
+namespace llava {
+namespace {
+
+std::string shortened(const std::string& url) {
+  return url.size() > 64 ? url.substr(0, 61) + "..." : url;
+}
+
+std::string from_data_uri(const std::string& url, const std::string& param) {
+  const size_t comma = url.find(',');
+  if (comma == std::string::npos)
+    throw ApiError(400, param + ": a data URI needs a ',' before its data", param);
+  const std::string header = url.substr(5, comma - 5);  // after "data:"
+  if (header.rfind("image/", 0) != 0) {
+    throw ApiError(
+        400,
+        param + ": a data URI must have an image/... media type, got '" + shortened(header) + "'",
+        param);
+  }
+  if (header.size() < 7 || header.substr(header.size() - 7) != ";base64") {
+    throw ApiError(400, param + ": only base64 data URIs are supported (data:image/png;base64,...)",
+                   param);
+  }
+  return decode_base64(url.substr(comma + 1), param);
+}
+
+std::string from_file(const std::string& url, const std::string& param,
+                      const ServerSection& server) {
+  if (server.image_root.empty()) {
+    throw ApiError(400, param + ": file:// URLs are off (set server.image_root to allow a folder)",
+                   param);
+  }
+  std::error_code error;
+  const auto path = std::filesystem::canonical(url.substr(7), error);
+  const std::string root = server.image_root + "/";
+  if (error || path.string().rfind(root, 0) != 0) {
+    throw ApiError(400, param + ": " + shortened(url) + " is not a file under server.image_root",
+                   param);
+  }
+  if (!std::filesystem::is_regular_file(path, error)) {
+    throw ApiError(400, param + ": " + shortened(url) + " is not a regular file", param);
+  }
+  if (std::filesystem::file_size(path, error) > server.max_image_bytes) {
+    throw ApiError(400, param + ": the image is over server.max_image_bytes", param);
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ApiError(400, param + ": cannot read " + shortened(url), param);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+struct Download {
+  std::string bytes;
+  uint64_t cap = 0;
+  bool over = false;
+};
+
+#if LLAVA_PIPE_CURL
+size_t on_body(char* data, size_t size, size_t count, void* user) {
+  auto* d = static_cast<Download*>(user);
+  if (d->bytes.size() + size * count > d->cap) {
+    d->over = true;
+    return 0;  // ends the transfer
+  }
+  d->bytes.append(data, size * count);
+  return size * count;
+}
+#endif
+
+std::string from_http(const std::string& url, const std::string& param,
+                      const ServerSection& server) {
+  if (!server.allow_remote_images) {
+    throw ApiError(400, param + ": http(s) image URLs are off (server.allow_remote_images)", param);
+  }
+#if !LLAVA_PIPE_CURL
+  (void)url;
+  throw ApiError(400, param + ": this llava-pipe was built without libcurl, so http(s) image URLs cannot be fetched", param);
+#else
+  std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
+  if (!curl) throw std::runtime_error("libcurl: cannot start a transfer");
+  Download download;
+  download.cap = server.max_image_bytes;
+  char error[CURL_ERROR_SIZE] = "";
+  curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl.get(), CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(server.remote_image_timeout_ms));
+  curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl.get(), CURLOPT_FAILONERROR, 1L);
+  curl_easy_setopt(curl.get(), CURLOPT_MAXFILESIZE_LARGE,
+                   static_cast<curl_off_t>(server.max_image_bytes));
+  curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &download);
+  curl_easy_setopt(curl.get(), CURLOPT_ERRORBUFFER, error);
+  const CURLcode code = curl_easy_perform(curl.get());
+  if (download.over || code == CURLE_FILESIZE_EXCEEDED) {
+    throw ApiError(
+        400, param + ": the image at " + shortened(url) + " is over server.max_image_bytes", param);
+  }
+  if (code != CURLE_OK) {
+    throw ApiError(400,
+                   param + ": cannot fetch " + shortened(url) + " (" +
+                       (error[0] ? error : curl_easy_strerror(code)) + ")",
+                   param);
+  }
+  return download.bytes;
+#endif
+}
+
+}  // namespace
+
+std::string decode_base64(const std::string& text, const std::string& param) {
+  static const auto table = [] {
+    std::array<int8_t, 256> t{};
+    t.fill(-1);
+    const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t[static_cast<uint8_t>(alphabet[i])] = static_cast<int8_t>(i);
+    return t;
+  }();
+  size_t end = text.size();
+  int padding = 0;
+  while (end > 0 && text[end - 1] == '=' && padding < 2) --end, ++padding;
+  if ((padding > 0 && text.size() % 4 != 0) || end % 4 == 1) {
+    throw ApiError(400, param + ": the data URI is not valid base64 (its length)", param);
+  }
+  std::string out;
+  out.reserve(end / 4 * 3 + 2);
+  uint32_t bits = 0;
+  int count = 0;
+  for (size_t i = 0; i < end; ++i) {
+    const int8_t v = table[static_cast<uint8_t>(text[i])];
+    if (v < 0) {
+      throw ApiError(400,
+                     param + ": the data URI is not valid base64 (byte " + std::to_string(i) +
+                         " is not a base64 character)",
+                     param);
+    }
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    if (++count == 4) {
+      out += static_cast<char>(bits >> 16);
+      out += static_cast<char>(bits >> 8);
+      out += static_cast<char>(bits);
+      bits = 0, count = 0;
+    }
+  }
+  if (count == 2) out += static_cast<char>(bits >> 4);
+  if (count == 3) out += static_cast<char>(bits >> 10), out += static_cast<char>(bits >> 2);
+  return out;
+}
+
+std::string image_format_problem(const std::string& b) {
+  auto starts = [&](const char* magic, size_t n) {
+    return b.size() >= n && b.compare(0, n, magic, n) == 0;
+  };
+  if (starts("\xFF\xD8\xFF", 3) || starts("\x89PNG\r\n\x1A\n", 8) || starts("GIF8", 4) ||
+      starts("BM", 2)) {
+    return "";
+  }
+  if (b.empty()) return "the image is empty (0 bytes)";
+  return "not a JPEG, PNG, GIF or BMP image";
+}
+
+std::pair<uint64_t, uint64_t> image_size(const std::string& b) {
+  auto byte = [&](size_t i) -> uint64_t { return i < b.size() ? static_cast<uint8_t>(b[i]) : 0; };
+  auto be16 = [&](size_t i) { return byte(i) << 8 | byte(i + 1); };
+  auto be32 = [&](size_t i) { return be16(i) << 16 | be16(i + 2); };
+  auto le16 = [&](size_t i) { return byte(i) | byte(i + 1) << 8; };
+  if (b.size() >= 24 && b.compare(0, 8, "\x89PNG\r\n\x1A\n", 8) == 0) return {be32(16), be32(20)};
+  if (b.size() >= 10 && b.compare(0, 4, "GIF8") == 0) return {le16(6), le16(8)};
+  if (b.size() >= 26 && b.compare(0, 2, "BM") == 0) {
+    const auto height = static_cast<int32_t>(le16(22) | le16(24) << 16);  // negative: top-down
+    return {le16(18) | le16(20) << 16,
+            static_cast<uint64_t>(height < 0 ? -int64_t{height} : height)};
+  }
+  if (b.size() >= 4 && byte(0) == 0xFF && byte(1) == 0xD8) {  // JPEG: walk the markers to a SOFn
+    size_t at = 2;
+    while (at + 9 < b.size() && byte(at) == 0xFF) {
+      const uint64_t marker = byte(at + 1);
+      if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7) ||
+          marker == 0xFF) {
+        at += marker == 0xFF ? 1 : 2;
+        continue;
+      }
+      const bool frame =
+          marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (frame) return {be16(at + 7), be16(at + 5)};
+      at += 2 + be16(at + 2);
+    }
+  }
+  return {0, 0};
+}
+
+std::string fetch_image(const std::string& url, const std::string& param,
+                        const ServerSection& server) {
+  std::string bytes;
+  if (url.rfind("data:", 0) == 0) {
+    bytes = from_data_uri(url, param);
+  } else if (url.rfind("file://", 0) == 0) {
+    bytes = from_file(url, param, server);
+  } else if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0) {
+    bytes = from_http(url, param, server);
+  } else {
+    throw ApiError(400,
+                   param + ": unsupported image URL '" + shortened(url) +
+                       "' (expected data:, file:// or http(s)://)",
+                   param);
+  }
+  if (bytes.size() > server.max_image_bytes) {
+    throw ApiError(400,
+                   param + ": the image is " + std::to_string(bytes.size()) +
+                       " bytes, over server.max_image_bytes",
+                   param);
+  }
+  if (const std::string problem = image_format_problem(bytes); !problem.empty()) {
+    throw ApiError(400, param + ": " + problem, param);
+  }
+  const auto [width, height] = image_size(bytes);
+  if (width * height > server.max_image_pixels) {
+    throw ApiError(400,
+                   param + ": the image is " + std::to_string(width) + "x" +
+                       std::to_string(height) + ", over server.max_image_pixels (" +
+                       std::to_string(server.max_image_pixels) + ")",
+                   param);
+  }
+  return bytes;
+}
+
+}  // namespace llava

@@ -1,0 +1,227 @@
+// The Jinja subset: the constructs chat templates use, refusals at parse time, and the
+// reference prompts transformers' apply_chat_template rendered (tests/data/chat_template_refs.json,
+// written by tests/gpu/make_chat_template_refs.py). Also ChatTemplate over conversations.
+#include "coordinator/jinja.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/errors.h"
+#include "coordinator/chat_template.h"
+
+namespace llava {
+namespace {
+
+using json = nlohmann::json;
+
+std::string render(const std::string& source, const json& context = json::object()) {
+  return JinjaTemplate(source).render(context);
+}
+
+std::string parse_error(const std::string& source) {
+  try {
+    JinjaTemplate t(source);
+  } catch (const JinjaError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "accepted: " << source;
+  return "";
+}
+
+TEST(Jinja, PrintsTextExpressionsAndConcatenations) {
+  EXPECT_EQ(render("a{{ 'b' + \"c\" }}{{ x ~ 1 }}{# gone #}d", {{"x", "y"}}), "abcy1d");
+  EXPECT_EQ(render("{{ '<image>\\n' }}"), "<image>\n");
+  EXPECT_EQ(render("{{ 7 % 3 }} {{ -7 // 2 }} {{ true }} {{ none }} {{ missing }}|"),
+            "1 -4 True None |");
+}
+
+TEST(Jinja, LoopsOverMessagesWithLoopVariables) {
+  const json ctx = {
+      {"messages", {{{"role", "user"}}, {{"role", "assistant"}}, {{"role", "user"}}}}};
+  EXPECT_EQ(render("{% for m in messages %}{{ loop.index0 }}{{ m['role'].upper() }}"
+                   "{% if loop.first %}F{% endif %}{% if loop.last %}L{% endif %},{% endfor %}",
+                   ctx),
+            "0USERF,1ASSISTANT,2USERL,");
+  EXPECT_EQ(
+      render(
+          "{% for m in messages if m.role == 'user' %}{{ loop.length }}{% else %}none{% endfor %}",
+          ctx),
+      "22");
+  EXPECT_EQ(render("{% for x in [] %}x{% else %}empty{% endfor %}"), "empty");
+}
+
+TEST(Jinja, SelectattrPicksContentPartsByType) {
+  const json ctx = {
+      {"content",
+       {{{"type", "image"}}, {{"type", "text"}, {"text", " hi "}}, {{"type", "image"}}}}};
+  EXPECT_EQ(render("{% for c in content | selectattr('type', 'equalto', 'image') %}I{% endfor %}"
+                   "{% for c in content | selectattr('type', 'equalto', 'text') %}[{{ c['text'] | "
+                   "trim }}]{% endfor %}"
+                   "{{ content | rejectattr('type', 'equalto', 'image') | list | length }}",
+                   ctx),
+            "II[hi]1");
+}
+
+TEST(Jinja, ConditionalsTestsAndRaiseException) {
+  EXPECT_EQ(
+      render("{% if x is string %}s{% elif x is mapping %}m{% else %}o{% endif %}", {{"x", "a"}}),
+      "s");
+  EXPECT_EQ(render("{% if x is string %}s{% elif x is mapping %}m{% else %}o{% endif %}",
+                   {{"x", json::object()}}),
+            "m");
+  EXPECT_EQ(render("{% if x is not defined and not y %}u{% endif %}{{ 'a' if y else 'b' }}",
+                   {{"y", false}}),
+            "ub");
+  EXPECT_EQ(
+      render("{% if (r == 'user') != (i % 2 == 0) %}bad{% endif %}ok", {{"r", "user"}, {"i", 0}}),
+      "ok");
+  try {
+    render("{{ raise_exception('Roles must alternate') }}");
+    FAIL();
+  } catch (const RequestError& e) {
+    EXPECT_STREQ(e.what(), "Roles must alternate");
+  }
+}
+
+TEST(Jinja, TrimBlocksAndLstripBlocksAsTransformersSetsThem) {
+  EXPECT_EQ(render("{% for x in xs %}\n    {% if x %}\n{{ x }}\n    {% endif %}\n{% endfor %}\n",
+                   {{"xs", {"a", "b"}}}),
+            "a\nb\n");
+  EXPECT_EQ(render("a  {%- if true -%}  b  {%- endif %}"), "ab");
+  EXPECT_EQ(render("{{ 'x' }}\n{{ 'y' }}"), "x\ny");  // trim_blocks leaves {{ }} alone
+}
+
+TEST(Jinja, SetAndGenerationBlocks) {
+  EXPECT_EQ(render("{% set sep = '; ' %}{% generation %}a{{ sep }}b{% endgeneration %}"), "a; b");
+}
+
+TEST(Jinja, TemplatesOutsideTheSubsetAreRefusedAtParseTime) {
+  EXPECT_NE(parse_error("{% macro f() %}x{% endmacro %}").find("the tag 'macro' is not supported"),
+            std::string::npos);
+  EXPECT_NE(parse_error("{{ x | wordwrap }}").find("the filter 'wordwrap' is not supported"),
+            std::string::npos);
+  EXPECT_NE(parse_error("{% set ns = namespace(a=1) %}").find("not supported"), std::string::npos);
+  EXPECT_NE(parse_error("{{ x.format(1) }}").find("the method .format() is not supported"),
+            std::string::npos);
+  EXPECT_NE(parse_error("{% if x %}open").find("missing 'endif'"), std::string::npos);
+  EXPECT_NE(parse_error("line one\n{{ x is divisibleby 3 }}").find("line 2"), std::string::npos);
+  EXPECT_NE(parse_error("{{ 'unclosed }}").find("not closed"), std::string::npos);
+}
+
+// transformers' outputs, made by tests/gpu/make_chat_template_refs.py on the GPU machine.
+TEST(Jinja, RendersLikeTransformersApplyChatTemplate) {
+  const std::string path = LLAVA_PIPE_SOURCE_DIR "/tests/data/chat_template_refs.json";
+  if (!std::filesystem::exists(path)) {
+    GTEST_SKIP() << path << " is absent: run python3 tests/gpu/make_chat_template_refs.py " << path
+                 << " where transformers is installed";
+  }
+  std::ifstream in(path);
+  const json refs = json::parse(in);
+  ASSERT_GE(refs["cases"].size(), 20u);
+  for (const auto& c : refs["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    const JinjaTemplate t(c["template"].get<std::string>());
+    const json context = {{"messages", c["messages"]},
+                          {"add_generation_prompt", c["add_generation_prompt"]},
+                          {"bos_token", refs["bos_token"]},
+                          {"eos_token", refs["eos_token"]}};
+    if (c.contains("error")) {
+      try {
+        t.render(context);
+        ADD_FAILURE() << "rendered; transformers raised " << c["error"];
+      } catch (const RequestError& e) {
+        EXPECT_EQ(e.what(), c["error"].get<std::string>());
+      }
+    } else {
+      EXPECT_EQ(t.render(context), c["expected"].get<std::string>());
+    }
+  }
+}
+
+using Files = std::map<std::string, std::string>;  // name -> content
+
+// A checkpoint folder with the given files, removed afterwards.
+class CheckpointFolder {
+ public:
+  explicit CheckpointFolder(const Files& files)
+      : path_(testing::TempDir() + "chat-template-" + std::to_string(++count_)) {
+    std::filesystem::create_directories(path_);
+    for (const auto& [name, text] : files) std::ofstream(path_ + "/" + name) << text;
+  }
+  ~CheckpointFolder() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  static inline int count_ = 0;
+  std::string path_;
+};
+
+std::vector<ChatTurn> conversation() {
+  return {{"system", true, {{false, "Be brief."}}},
+          {"user", false, {{true, ""}, {false, "What is it?"}}},
+          {"assistant", true, {{false, "A cat."}}},
+          {"user", false, {{false, "Colour?"}, {true, ""}}}};
+}
+
+TEST(ChatTemplate, WithoutACheckpointTemplateTheConfigsFormGoesTurnByTurn) {
+  CheckpointFolder folder(Files{{"tokenizer_config.json", R"({"bos_token":"<s>"})"}});
+  const ChatTemplate t(folder.path(), "USER: {images}{prompt} ASSISTANT:");
+  EXPECT_EQ(t.origin(), "the config's generation.chat_template");
+  EXPECT_EQ(
+      t.render(conversation()),
+      "Be brief. USER: <image>\nWhat is it? ASSISTANT: A cat. USER: Colour?<image>\n ASSISTANT:");
+  EXPECT_EQ(t.render({{"user", true, {{false, "Hi"}}}}, false), "USER: Hi");
+}
+
+TEST(ChatTemplate, TheCheckpointsJinjaTemplateWinsAndLosesItsLeadingBos) {
+  CheckpointFolder folder(Files{
+      {"chat_template.json",
+       R"({"chat_template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{% for p in m.content %}{% if p is string %}{{ p }}{% elif p.type == 'image' %}<image>{% else %}{{ p.text }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}>{% endif %}"})"}});
+  const ChatTemplate t(folder.path(), "USER: {prompt} ASSISTANT:");
+  EXPECT_NE(t.origin().find("chat_template.json"), std::string::npos);
+  EXPECT_EQ(t.render({{"user", false, {{true, ""}, {false, "Hi"}}}}), "[user]<image>Hi>");
+}
+
+TEST(ChatTemplate, StringContentReachesATemplateThatWalksPartsAsATextPart) {
+  // llava-1.5's hub template walks parts only: an OpenAI client's string content must not vanish.
+  CheckpointFolder folder(
+      Files{{"chat_template.jinja",
+             "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] | "
+             "selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %} {% endfor %}"}});
+  EXPECT_EQ(ChatTemplate(folder.path(), "{prompt}").render({{"user", true, {{false, "Hi"}}}}),
+            "USER: Hi ");
+}
+
+TEST(ChatTemplate, ATemplateThatPrintsContentWholeGetsTextWithImagesInline) {
+  CheckpointFolder folder(
+      Files{{"chat_template.jinja",
+             "{% for m in messages %}{{ m.role }}: {{ m.content }}|{% endfor %}"}});
+  EXPECT_EQ(ChatTemplate(folder.path(), "{prompt}")
+                .render({{"user", false, {{true, ""}, {false, "Hi"}}}}),
+            "user: <image>\nHi|");
+}
+
+TEST(ChatTemplate, TokenizerConfigsTemplateIsUsedWhenNoChatTemplateFile) {
+  CheckpointFolder folder(
+      Files{{"tokenizer_config.json",
+             R"({"chat_template": "{% for m in messages %}{{ m.role }}{% endfor %}"})"}});
+  EXPECT_EQ(ChatTemplate(folder.path(), "{prompt}").render({{"user", true, {{false, "x"}}}}),
+            "user");
+}
+
+TEST(ChatTemplate, ACheckpointTemplateOutsideTheSubsetIsAConfigErrorNamingTheFile) {
+  CheckpointFolder folder(Files{{"chat_template.jinja", "{% macro m() %}{% endmacro %}"}});
+  try {
+    ChatTemplate t(folder.path(), "{prompt}");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("chat_template.jinja"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'macro' is not supported"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace llava

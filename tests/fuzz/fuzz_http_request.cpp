@@ -1,0 +1,64 @@
+// libFuzzer target: an HTTP request body as /v1/chat/completions and /v1/completions read it
+// (JSON, sampling keys, content parts), its data: URIs decoded, and the conversation rendered
+// through the config's template and a Jinja chat template. Refusals are ApiError or
+// RequestError; anything else (a crash, a sanitizer report, another exception) is a finding.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common/errors.h"
+#include "coordinator/jinja.h"
+#include "launch/openai_api.h"
+#include "launch/openai_images.h"
+
+namespace {
+
+const char* kLlavaTemplate =
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + "
+    "': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'ASSISTANT:' }}{% endif %}";
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace llava;
+  const std::string body(reinterpret_cast<const char*>(data), size);
+  static const ServerSection server;  // data: URIs only (file:// and http(s):// are off)
+  static const JinjaTemplate jinja(kLlavaTemplate);
+  try {
+    parse_completion_request(body, GenerationSection{});
+  } catch (const ApiError&) {
+  }
+  try {
+    const CompletionRequest request = parse_chat_request(body, GenerationSection{}, 8);
+    nlohmann::json messages = nlohmann::json::array();
+    for (const auto& message : request.messages) {
+      nlohmann::json content = nlohmann::json::array();
+      for (const auto& part : message.parts) {
+        if (part.image) {
+          try {
+            fetch_image(part.url, part.param, server);
+          } catch (const ApiError&) {
+          }
+          content.push_back({{"type", "image"}});
+        } else {
+          content.push_back({{"type", "text"}, {"text", part.text}});
+        }
+      }
+      messages.push_back({{"role", message.role}, {"content", content}});
+    }
+    try {
+      jinja.render({{"messages", messages}, {"add_generation_prompt", true}});
+    } catch (const RequestError&) {
+    }
+  } catch (const ApiError&) {
+  } catch (const nlohmann::json::exception&) {
+    // json_text / dump of bytes that are not UTF-8 is handled; any other is a finding
+    throw;
+  }
+  return 0;
+}

@@ -1,0 +1,288 @@
+// llava-pipe's OpenAI-compatible server through the official `openai` client (node --test).
+// tests/http/run.sh starts two servers on 127.0.0.1 with the tiny demo checkpoint and sets:
+//   LLAVA_HTTP_URL         configs/demo.yaml, default limits
+//   LLAVA_HTTP_LIMITS_URL  the same model with server.api_key, a 64 KiB body cap and
+//                          coordinator.queue_capacity 1 (for 401, 413 and 429)
+//   LLAVA_HTTP_KEY         that server's key
+//   LLAVA_HTTP_MAX_BODY    its server.max_body_bytes
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import OpenAI from 'openai';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const baseURL = process.env.LLAVA_HTTP_URL;
+const limitsURL = process.env.LLAVA_HTTP_LIMITS_URL;
+const key = process.env.LLAVA_HTTP_KEY;
+const maxBody = Number(process.env.LLAVA_HTTP_MAX_BODY);
+assert.ok(baseURL && limitsURL && key, 'run through tests/http/run.sh (it starts the servers)');
+
+const client = new OpenAI({ baseURL: `${baseURL}/v1`, apiKey: 'unused', maxRetries: 0 });
+const image = (name) =>
+  `data:image/${name.endsWith('.png') ? 'png' : 'jpeg'};base64,` +
+  readFileSync(path.join(here, '..', 'data', 'images', name)).toString('base64');
+const jpeg = image('img01_320x240_RGB.jpg');
+const png = image('img00_64x48_RGB.png');
+const greedy = { model: 'tiny-llava', temperature: 0, max_tokens: 12 };
+
+const userWith = (...parts) => [{ role: 'user', content: parts }];
+const text = (t) => ({ type: 'text', text: t });
+const img = (url) => ({ type: 'image_url', image_url: { url } });
+
+async function metric(name, url = baseURL) {
+  const body = await (await fetch(`${url}/metrics`)).text();
+  const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
+
+// Waits (up to `ms`) for `check` to hold, re-reading between tries: the server's counters
+// change when it has handled the client's disconnect, after the client's call returned.
+async function eventually(check, ms = 10000) {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return true;
+}
+
+async function rawStream(body, url = baseURL, headers = {}) {
+  const response = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ ...greedy, ...body, stream: true }),
+  });
+  return { status: response.status, type: response.headers.get('content-type'), text: await response.text() };
+}
+
+test('models.list names the one model, after the checkpoint folder', async () => {
+  const models = [];
+  for await (const model of client.models.list()) models.push(model);
+  assert.equal(models.length, 1);
+  assert.equal(models[0].id, 'tiny-llava');
+  assert.equal(models[0].object, 'model');
+});
+
+test('a non-streaming chat with a data-URI image is answered with usage counting the image tokens', async () => {
+  const withImage = await client.chat.completions.create({
+    ...greedy, messages: userWith(img(jpeg), text('What is in the picture?')),
+  });
+  const textOnly = await client.chat.completions.create({
+    ...greedy, messages: userWith(text('What is in the picture?')),
+  });
+  assert.equal(withImage.object, 'chat.completion');
+  assert.match(withImage.id, /^chatcmpl-/);
+  assert.equal(withImage.model, 'tiny-llava');
+  assert.equal(typeof withImage.created, 'number');
+  const choice = withImage.choices[0];
+  assert.equal(choice.message.role, 'assistant');
+  assert.equal(typeof choice.message.content, 'string');
+  assert.ok(['stop', 'length'].includes(choice.finish_reason));
+  const u = withImage.usage;
+  assert.equal(u.total_tokens, u.prompt_tokens + u.completion_tokens);
+  assert.ok(u.completion_tokens > 0 && u.completion_tokens <= 12);
+  // The image adds its embeddings (many tokens), not one placeholder.
+  assert.ok(u.prompt_tokens > textOnly.usage.prompt_tokens + 10, `${u.prompt_tokens} vs ${textOnly.usage.prompt_tokens}`);
+});
+
+test('a streamed chat gives the same text and, with include_usage, the same usage as the whole answer', async () => {
+  const messages = userWith(img(png), text('Describe it.'));
+  const whole = await client.chat.completions.create({ ...greedy, messages });
+  const stream = await client.chat.completions.create({
+    ...greedy, messages, stream: true, stream_options: { include_usage: true },
+  });
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  assert.ok(chunks.every((c) => c.object === 'chat.completion.chunk'));
+  assert.equal(chunks[0].choices[0].delta.role, 'assistant');
+  const streamed = chunks.flatMap((c) => c.choices.map((x) => x.delta.content ?? '')).join('');
+  assert.equal(streamed, whole.choices[0].message.content);
+  const finishes = chunks.flatMap((c) => c.choices.map((x) => x.finish_reason)).filter(Boolean);
+  assert.deepEqual(finishes, [whole.choices[0].finish_reason]);
+  const last = chunks.at(-1);
+  assert.deepEqual(last.choices, []);
+  assert.deepEqual(last.usage, whole.usage);
+});
+
+test('two images in one message are both given to the model', async () => {
+  const one = await client.chat.completions.create({ ...greedy, messages: userWith(img(jpeg), text('Compare.')) });
+  const two = await client.chat.completions.create({
+    ...greedy, messages: userWith(img(jpeg), img(png), text('Compare.')),
+  });
+  const perImage = one.usage.prompt_tokens - (await client.chat.completions.create({
+    ...greedy, messages: userWith(text('Compare.')),
+  })).usage.prompt_tokens;
+  assert.ok(perImage > 10);
+  // One more image: its embeddings, give or take the newline token after a placeholder.
+  assert.ok(Math.abs(two.usage.prompt_tokens - one.usage.prompt_tokens - perImage) <= 2,
+            `${two.usage.prompt_tokens} - ${one.usage.prompt_tokens} vs ${perImage}`);
+});
+
+test('a multi-turn conversation (system, user, assistant, user) is answered', async () => {
+  const first = await client.chat.completions.create({ ...greedy, messages: userWith(img(jpeg), text('Hi.')) });
+  const conversation = await client.chat.completions.create({
+    ...greedy,
+    messages: [
+      { role: 'system', content: 'Be brief.' },
+      { role: 'user', content: [img(jpeg), text('Hi.')] },
+      { role: 'assistant', content: first.choices[0].message.content },
+      { role: 'user', content: 'And the colours?' },
+    ],
+  });
+  assert.equal(typeof conversation.choices[0].message.content, 'string');
+  assert.ok(conversation.usage.prompt_tokens > first.usage.prompt_tokens);
+});
+
+test('a stop string ends the answer just before it, with finish_reason stop', async () => {
+  const messages = userWith(text('Count with me.'));
+  const whole = await client.chat.completions.create({ ...greedy, max_tokens: 24, messages });
+  const full = whole.choices[0].message.content;
+  assert.ok(full.length >= 6, `the greedy answer is too short to cut: ${JSON.stringify(full)}`);
+  const stop = full.slice(3, 5);
+  const cut = await client.chat.completions.create({ ...greedy, max_tokens: 24, messages, stop: [stop] });
+  assert.equal(cut.choices[0].message.content, full.slice(0, full.indexOf(stop)));
+  assert.equal(cut.choices[0].finish_reason, 'stop');
+});
+
+// Aborts a streamed request once `when(chunk)` holds; the server must cancel it and free its place.
+async function abortedStream(request, when) {
+  const before = await metric('llava_requests_cancelled_total');
+  const controller = new AbortController();
+  const stream = await client.chat.completions.create({ ...request, stream: true }, { signal: controller.signal });
+  let aborted = false;
+  try {  // the client ends its iteration quietly on an abort, or throws its abort error
+    for await (const chunk of stream) {
+      if (!aborted && when(chunk)) {
+        aborted = true;
+        controller.abort();
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof OpenAI.APIUserAbortError) && e.name !== 'AbortError') throw e;
+  }
+  assert.ok(aborted, 'the stream ended before the moment to abort');
+  assert.ok(await eventually(async () => (await metric('llava_requests_cancelled_total')) > before),
+            'the cancelled-requests counter did not rise');
+  assert.ok(await eventually(async () => (await metric('llava_requests_running')) === 0 &&
+                                         (await metric('llava_requests_waiting')) === 0),
+            'the aborted request still holds its place');
+}
+
+test('a client that aborts before its first token has its request cancelled', async () => {
+  // An image request: the vision stage starts first, so the role chunk comes long before text.
+  await abortedStream({ ...greedy, messages: userWith(img(jpeg), text('Describe.')) },
+                      (chunk) => chunk.choices[0]?.delta?.role === 'assistant');
+});
+
+test('a client that aborts mid-stream has its request cancelled, and its slot serves the next', async () => {
+  await abortedStream({ ...greedy, max_tokens: 230, messages: userWith(text('Talk for a long time.')) },
+                      (chunk) => Boolean(chunk.choices[0]?.delta?.content));
+  const after = await client.chat.completions.create({ ...greedy, messages: userWith(text('Still there?')) });
+  assert.ok(after.usage.completion_tokens > 0);
+});
+
+test('a bad base64 image is refused with 400 naming the part', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ ...greedy, messages: userWith(img('data:image/png;base64,@@@not-base64'), text('x')) }),
+    (e) => e.status === 400 && /base64/.test(e.message) && e.param === 'messages[0].content[0]');
+});
+
+test('too many images are refused with 400', async () => {
+  const parts = Array.from({ length: 9 }, () => img(png));
+  await assert.rejects(
+    client.chat.completions.create({ ...greedy, messages: userWith(...parts, text('x')) }),
+    (e) => e.status === 400 && /at most 8/.test(e.message));
+});
+
+test('an unknown role is refused with 400 naming the field', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ ...greedy, messages: [{ role: 'wizard', content: 'x' }] }),
+    (e) => e.status === 400 && e.param === 'messages[0].role' && /wizard/.test(e.message));
+});
+
+test('an unsupported parameter is refused with 400 naming it', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), presence_penalty: 0.5 }),
+    (e) => e.status === 400 && e.param === 'presence_penalty');
+});
+
+test('a missing or wrong API key gets 401; the right one is served', async () => {
+  const missing = await fetch(`${limitsURL}/v1/models`);
+  assert.equal(missing.status, 401);
+  assert.equal((await missing.json()).error.type, 'authentication_error');
+  const wrong = new OpenAI({ baseURL: `${limitsURL}/v1`, apiKey: 'wrong', maxRetries: 0 });
+  await assert.rejects(wrong.models.list(), (e) => e.status === 401);
+  const right = new OpenAI({ baseURL: `${limitsURL}/v1`, apiKey: key, maxRetries: 0 });
+  const models = await right.models.list();
+  assert.equal(models.data[0].id, 'tiny-llava');
+});
+
+test('a body over server.max_body_bytes gets 413', async () => {
+  const right = new OpenAI({ baseURL: `${limitsURL}/v1`, apiKey: key, maxRetries: 0 });
+  await assert.rejects(
+    right.chat.completions.create({ ...greedy, messages: userWith(text('x'.repeat(maxBody + 1))) }),
+    (e) => e.status === 413 && /max_body_bytes/.test(e.message));
+});
+
+test('past coordinator.queue_capacity a request gets 429', async () => {
+  const right = new OpenAI({ baseURL: `${limitsURL}/v1`, apiKey: key, maxRetries: 0 });
+  const outcomes = await Promise.allSettled(Array.from({ length: 6 }, () =>
+    right.chat.completions.create({ ...greedy, max_tokens: 24, messages: userWith(img(jpeg), text('x')) })));
+  const refused = outcomes.filter((o) => o.status === 'rejected');
+  assert.ok(refused.length > 0, 'no request was refused');
+  assert.ok(refused.every((o) => o.reason.status === 429 && /overloaded/.test(o.reason.message)));
+  assert.ok(outcomes.some((o) => o.status === 'fulfilled'));
+});
+
+test('32 concurrent streaming clients are all answered, each stream complete and ending in [DONE]', async () => {
+  const streams = await Promise.all(Array.from({ length: 32 }, (_, i) =>
+    rawStream({ messages: userWith(text(`Client ${i} says hello.`)), max_tokens: 8 })));
+  for (const s of streams) {
+    assert.equal(s.status, 200);
+    assert.match(s.type, /^text\/event-stream/);
+    const events = s.text.split('\n\n').filter(Boolean);
+    assert.equal(events.at(-1), 'data: [DONE]');
+    const chunks = events.slice(0, -1).map((e) => JSON.parse(e.replace(/^data: /, '')));
+    assert.equal(chunks[0].choices[0].delta.role, 'assistant');
+    assert.ok(['stop', 'length'].includes(chunks.at(-1).choices[0].finish_reason));
+  }
+});
+
+test('/v1/completions answers a text prompt, whole and streamed alike', async () => {
+  const whole = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:' });
+  assert.equal(whole.object, 'text_completion');
+  const stream = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', stream: true });
+  let streamed = '';
+  for await (const chunk of stream) streamed += chunk.choices[0]?.text ?? '';
+  assert.equal(streamed, whole.choices[0].text);
+});
+
+test('/tokenize and /detokenize round-trip a prompt with the server\'s tokenizer', async () => {
+  const post = async (path, body) =>
+    (await fetch(`${baseURL}${path}`, { method: 'POST', body: JSON.stringify(body) })).json();
+  const { tokens, count } = await post('/tokenize', { prompt: 'Hello world', add_special_tokens: false });
+  assert.equal(count, tokens.length);
+  assert.ok(count > 0);
+  assert.equal((await post('/detokenize', { tokens })).prompt, 'Hello world');
+  const bad = await fetch(`${baseURL}/detokenize`, { method: 'POST', body: '{"tokens":[-1]}' });
+  assert.equal(bad.status, 400);
+});
+
+test('/health says ok, and /metrics passes promtool check metrics', async () => {
+  const health = await fetch(`${baseURL}/health`);
+  assert.equal(health.status, 200);
+  const body = await (await fetch(`${baseURL}/metrics`)).text();
+  assert.match(body, /^llava_request_success_total\{finish_reason="(stop|length)"\} [1-9]/m);
+  assert.match(body, /^llava_time_to_first_token_seconds_bucket\{le="\+Inf"\} [1-9]/m);
+  let promtool = true;
+  try {
+    execFileSync('promtool', ['--version'], { stdio: 'ignore' });
+  } catch {
+    promtool = false;
+  }
+  assert.ok(promtool, 'promtool is missing (Debian package prometheus)');
+  execFileSync('promtool', ['check', 'metrics'], { input: body });  // throws on a problem
+});

@@ -1,0 +1,287 @@
+// The OpenAI API's requests and responses: parsing, validation (each error naming its field
+// and status), response bodies, SSE framing, image URLs.
+#include "launch/openai_api.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "launch/http_server.h"
+#include "launch/openai_images.h"
+
+namespace llava {
+namespace {
+
+GenerationSection defaults() {
+  return GenerationSection{};
+}
+
+// The ApiError a chat body gets.
+ApiError chat_error(const std::string& body, int max_images = 8) {
+  try {
+    parse_chat_request(body, defaults(), max_images);
+  } catch (const ApiError& e) {
+    return e;
+  }
+  ADD_FAILURE() << "accepted: " << body;
+  return ApiError(0, "");
+}
+
+TEST(OpenAiChatRequest, ReadsMessagesPartsAndSampling) {
+  const auto r = parse_chat_request(
+      R"({"model":"m","messages":[{"role":"system","content":"Be brief."},
+          {"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA=="}},
+                                    {"type":"text","text":"What?"}]}],
+          "max_tokens":7,"temperature":0.5,"top_p":0.9,"top_k":3,"seed":11,"stop":"END",
+          "repetition_penalty":1.1,"stream":true,"stream_options":{"include_usage":true},"n":1,"user":"u"})",
+      defaults(), 8);
+  ASSERT_EQ(r.messages.size(), 2u);
+  EXPECT_TRUE(r.messages[0].content_is_string);
+  EXPECT_EQ(r.messages[0].parts[0].text, "Be brief.");
+  ASSERT_EQ(r.messages[1].parts.size(), 2u);
+  EXPECT_TRUE(r.messages[1].parts[0].image);
+  EXPECT_EQ(r.messages[1].parts[0].url, "data:image/png;base64,AA==");
+  EXPECT_EQ(r.messages[1].parts[0].param, "messages[1].content[0]");
+  EXPECT_EQ(r.messages[1].parts[1].text, "What?");
+  EXPECT_EQ(r.images, 1);
+  EXPECT_EQ(r.generation.max_new_tokens, 7);
+  EXPECT_DOUBLE_EQ(r.generation.temperature, 0.5);
+  EXPECT_DOUBLE_EQ(r.generation.top_p, 0.9);
+  EXPECT_EQ(r.generation.top_k, 3);
+  EXPECT_EQ(r.generation.seed, 11u);
+  EXPECT_EQ(r.generation.stop, std::vector<std::string>{"END"});
+  EXPECT_DOUBLE_EQ(r.generation.repetition_penalty, 1.1);
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+}
+
+TEST(OpenAiChatRequest, MaxCompletionTokensAndNullsKeepOrSetTheLimit) {
+  auto r = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":5})", defaults(), 8);
+  EXPECT_EQ(r.generation.max_new_tokens, 5);
+  r = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"max_tokens":null,"temperature":null})",
+      defaults(), 8);
+  EXPECT_EQ(r.generation.max_new_tokens, defaults().max_new_tokens);
+}
+
+TEST(OpenAiChatRequest, InvalidJsonIs400) {
+  const auto e = chat_error("{not json");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(std::string(e.what()).find("not valid JSON"), std::string::npos);
+}
+
+TEST(OpenAiChatRequest, AWrongTypeNamesTheField) {
+  const auto e = chat_error(R"({"messages":[{"role":"user","content":"x"}],"temperature":"hot"})");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "temperature");
+  EXPECT_EQ(std::string(e.what()).rfind("temperature: expected a number", 0), 0u) << e.what();
+}
+
+TEST(OpenAiChatRequest, AnOutOfRangeValueNamesTheRequestsOwnField) {
+  const auto e = chat_error(R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})");
+  EXPECT_EQ(e.param, "max_tokens");
+  EXPECT_EQ(std::string(e.what()).rfind("max_tokens: 0 is out of range", 0), 0u) << e.what();
+}
+
+TEST(OpenAiChatRequest, AnUnknownRoleNamesTheMessage) {
+  const auto e =
+      chat_error(R"({"messages":[{"role":"user","content":"x"},{"role":"tool","content":"y"}]})");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "messages[1].role");
+}
+
+TEST(OpenAiChatRequest, TooManyImagesAre400) {
+  std::string parts;
+  for (int i = 0; i < 3; ++i)
+    parts += R"({"type":"image_url","image_url":{"url":"data:image/png;base64,AA=="}},)";
+  const auto e = chat_error(
+      R"({"messages":[{"role":"user","content":[)" + parts + R"({"type":"text","text":"x"}]}]})",
+      2);
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(std::string(e.what()).find("3 images; at most 2"), std::string::npos);
+}
+
+TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0.3})").param,
+      "presence_penalty");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})").param,
+            "logprobs");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[]})").param,
+            "tools");
+  // Zero penalties are what OpenAI's clients send by default: accepted.
+  EXPECT_NO_THROW(parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0,"frequency_penalty":0,"logprobs":false})",
+      defaults(), 8));
+}
+
+TEST(OpenAiChatRequest, ImagesOutsideUserMessagesAreRefused) {
+  const auto e = chat_error(
+      R"({"messages":[{"role":"assistant","content":[{"type":"image_url","image_url":{"url":"x"}}]}]})");
+  EXPECT_EQ(e.param, "messages[0].content[0]");
+}
+
+TEST(OpenAiChatRequest, IncludeUsageWithoutStreamIsRefused) {
+  EXPECT_EQ(
+      chat_error(
+          R"({"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}})")
+          .param,
+      "stream_options");
+}
+
+TEST(OpenAiCompletionRequest, ReadsAPromptAndRefusesEcho) {
+  const auto r = parse_completion_request(R"({"prompt":"Once","max_tokens":3})", defaults());
+  EXPECT_FALSE(r.chat);
+  EXPECT_EQ(r.prompt, "Once");
+  EXPECT_EQ(r.generation.max_new_tokens, 3);
+  EXPECT_THROW(parse_completion_request(R"({"prompt":"x","echo":true})", defaults()), ApiError);
+  EXPECT_THROW(parse_completion_request(R"({"max_tokens":3})", defaults()), ApiError);
+}
+
+TEST(OpenAiResponses, AWholeChatAnswerHasTheFieldsClientsRead) {
+  const auto body =
+      completion_body(true, "chatcmpl-1", 1700000000, "tiny", "Hi", "eos", Usage{30, 2});
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_EQ(body["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "Hi");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");  // eos and stop strings alike
+  EXPECT_EQ(body["usage"]["total_tokens"], 32);
+  EXPECT_EQ(
+      completion_body(false, "c", 0, "m", "x", "length", Usage{})["choices"][0]["finish_reason"],
+      "length");
+}
+
+TEST(OpenAiResponses, StreamChunksCarryTheRoleFirstThenDeltasThenTheFinish) {
+  const auto first = chunk_body(true, "id", 1, "m", "", true, "");
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
+  const auto text = chunk_body(true, "id", 1, "m", "é", false, "");
+  EXPECT_FALSE(text["choices"][0]["delta"].contains("role"));
+  EXPECT_EQ(text["choices"][0]["delta"]["content"], "é");
+  const auto last = chunk_body(true, "id", 1, "m", "", false, "length");
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
+  const auto usage = usage_chunk_body(true, "id", 1, "m", Usage{5, 6});
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["total_tokens"], 11);
+}
+
+TEST(OpenAiResponses, SseFramesOneJsonEventPerDataLineAndEndsWithDone) {
+  EXPECT_EQ(sse_event({{"a", "line\nbreak"}}), "data: {\"a\":\"line\\nbreak\"}\n\n");
+  EXPECT_EQ(sse_done(), "data: [DONE]\n\n");
+}
+
+TEST(OpenAiResponses, ErrorsUseTheOpenAiEnvelope) {
+  const auto body = error_body(429, "overloaded", "", "");
+  EXPECT_EQ(body["error"]["message"], "overloaded");
+  EXPECT_EQ(body["error"]["type"], "rate_limit_error");
+  EXPECT_TRUE(body["error"]["param"].is_null());
+  EXPECT_TRUE(body["error"]["code"].is_null());
+  EXPECT_EQ(error_body(400, "x", "messages[0].role")["error"]["param"], "messages[0].role");
+  EXPECT_EQ(error_body(401, "x")["error"]["type"], "authentication_error");
+}
+
+TEST(OpenAiErrors, TheCoordinatorsRefusalsMapToTheirStatus) {
+  EXPECT_EQ(HttpServer::status_for(
+                "overloaded: 4096 requests are waiting (coordinator.queue_capacity 4096)"),
+            429);
+  EXPECT_EQ(HttpServer::status_for("refused: the pipeline is shutting down"), 503);
+  EXPECT_EQ(HttpServer::status_for(
+                "the prompt is 300 tokens (with 576 per image); the context holds 256"),
+            400);
+  EXPECT_EQ(HttpServer::status_for("vision stage: image: not a readable image (bad png sig)"), 400);
+  EXPECT_EQ(HttpServer::status_for("gave up after 3 retries; last: language-0 unreachable"), 503);
+  EXPECT_EQ(HttpServer::status_for("something else broke"), 500);
+}
+
+TEST(OpenAiImages, DecodesBase64StrictlyWithOrWithoutPadding) {
+  EXPECT_EQ(decode_base64("aGVsbG8=", "p"), "hello");
+  EXPECT_EQ(decode_base64("aGVsbG8", "p"), "hello");
+  EXPECT_EQ(decode_base64("", "p"), "");
+  try {
+    decode_base64("aGV$bG8=", "messages[0].content[1]");
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "messages[0].content[1]");
+    EXPECT_NE(std::string(e.what()).find("byte 3"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(decode_base64("a", "p"), ApiError);
+}
+
+TEST(OpenAiImages, DataUrisMustBeImagesInBase64) {
+  ServerSection server;
+  EXPECT_THROW(fetch_image("data:text/plain;base64,aGk=", "p", server), ApiError);
+  EXPECT_THROW(fetch_image("data:image/png,rawbytes", "p", server), ApiError);
+  // Valid base64 of bytes that are no image: refused here, before the vision stage.
+  try {
+    fetch_image("data:image/png;base64,aGVsbG8=", "p", server);
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("not a JPEG, PNG, GIF or BMP"), std::string::npos);
+  }
+  EXPECT_EQ(fetch_image("data:image/png;base64,iVBORw0KGgo=", "p", server), "\x89PNG\r\n\x1A\n");
+}
+
+TEST(OpenAiImages, SizesComeFromTheHeadersOfEachFormat) {
+  auto file = [](const char* name) {
+    std::ifstream in(std::string(LLAVA_PIPE_SOURCE_DIR "/tests/data/images/") + name,
+                     std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  EXPECT_EQ(image_size(file("img00_64x48_RGB.png")), std::make_pair(uint64_t{64}, uint64_t{48}));
+  EXPECT_EQ(image_size(file("img02_240x320_RGB.jpg")),
+            std::make_pair(uint64_t{240}, uint64_t{320}));
+  EXPECT_EQ(image_size(std::string("GIF89a\x10\x00\x20\x00", 10)),
+            std::make_pair(uint64_t{16}, uint64_t{32}));
+  EXPECT_EQ(image_size("not an image"), std::make_pair(uint64_t{0}, uint64_t{0}));
+}
+
+TEST(OpenAiImages, AnImageOverTheConfiguredPixelsIsRefusedWithItsSize) {
+  ServerSection server;
+  server.max_image_pixels = 1000;
+  const std::string tiny_gif = "data:image/gif;base64,R0lGODlhQABAAA==";  // a 64x64 GIF header
+  try {
+    fetch_image(tiny_gif, "messages[0].content[0]", server);
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("64x64, over server.max_image_pixels (1000)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(OpenAiImages, FileAndHttpUrlsAreOffUnlessTheConfigAllowsThem) {
+  ServerSection server;
+  try {
+    fetch_image("file:///etc/passwd", "p", server);
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("server.image_root"), std::string::npos);
+  }
+  try {
+    fetch_image("http://127.0.0.1:1/x.png", "p", server);
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("server.allow_remote_images"), std::string::npos);
+  }
+  EXPECT_THROW(fetch_image("ftp://host/x.png", "p", server), ApiError);
+}
+
+TEST(OpenAiImages, FileUrlsOutsideTheImageRootAreRefused) {
+  ServerSection server;
+  server.image_root = LLAVA_PIPE_SOURCE_DIR "/tests/data/images";
+  const std::string inside =
+      "file://" LLAVA_PIPE_SOURCE_DIR "/tests/data/images/img00_64x48_RGB.png";
+  EXPECT_EQ(fetch_image(inside, "p", server).substr(1, 3), "PNG");
+  EXPECT_THROW(
+      fetch_image("file://" LLAVA_PIPE_SOURCE_DIR "/tests/data/images/../tiny-llava/config.json",
+                  "p", server),
+      ApiError);
+}
+
+}  // namespace
+}  // namespace llava
