@@ -85,18 +85,20 @@ zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoin
   return socket;
 }
 
-void HandshakeWatch::attach(zmq::context_t& context, zmq::socket_t& dealer) {
+void HandshakeWatch::attach(zmq::context_t& context, zmq::socket_t& dealer, bool whole_connection) {
+  whole_connection_ = whole_connection;
   const std::string endpoint =
       "inproc://llava-handshake-" + std::to_string(reinterpret_cast<uintptr_t>(dealer.handle()));
   const int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                      ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                     ZMQ_EVENT_DISCONNECTED;
+                     ZMQ_EVENT_DISCONNECTED | (whole_connection ? ZMQ_EVENT_CONNECT_RETRIED : 0);
   if (zmq_socket_monitor(dealer.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
   monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
   monitor_.connect(endpoint);
 }
 
-std::optional<std::string> HandshakeWatch::failure() {
+std::optional<std::string> HandshakeWatch::failure(const std::string& server,
+                                                   const std::string& after_handshake) {
   std::vector<zmq::message_t> parts;  // [uint16 event, uint32 value][endpoint]
   while (zmq::recv_multipart(monitor_, std::back_inserter(parts), zmq::recv_flags::dontwait)) {
     if (parts.empty() || parts[0].size() < 6) {
@@ -107,9 +109,11 @@ std::optional<std::string> HandshakeWatch::failure() {
     uint32_t value = 0;
     std::memcpy(&event, parts[0].data(), sizeof event);
     std::memcpy(&value, static_cast<const char*>(parts[0].data()) + sizeof event, sizeof value);
-    const std::string where = parts.size() > 1 ? parts[1].to_string() : "the server";
+    const std::string where = !server.empty() ? server : parts.size() > 1 ? parts[1].to_string() : "the server";
     parts.clear();
     switch (event) {
+      case ZMQ_EVENT_CONNECT_RETRIED:
+        return "nobody listens at " + where + " (the connection was refused); is it running?";
       case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
         succeeded_ = true;
         break;
@@ -119,13 +123,15 @@ std::optional<std::string> HandshakeWatch::failure() {
         return "handshake with " + where + " failed: its security does not match this client's " +
                "(CURVE on one side only?; ZeroMQ protocol error " + std::to_string(value) + ")";
       // A server that cannot read our CURVE hello hangs up. After a good handshake a
-      // disconnect is a server that went away: it may come back.
+      // disconnect is a server that went away: it may come back, unless the whole
+      // connection is watched.
       case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
       case ZMQ_EVENT_DISCONNECTED:
         if (!succeeded_)
           return where +
                  " closed the connection during the handshake (CURVE on one side only, or a wrong "
                  "server key?)";
+        if (whole_connection_) return where + " closed the connection" + (after_handshake.empty() ? "" : ": " + after_handshake);
         break;
       default:
         break;

@@ -32,18 +32,25 @@ zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
 // The endpoint a bound socket really listens on (resolves tcp://127.0.0.1:* ports).
 std::string last_endpoint(zmq::socket_t& socket);
 
-// Watches a DEALER's handshakes from before its connect, so that a client learns that
-// the server refused it (a key not allowed, CURVE on one side only, a wrong server key)
-// instead of waiting for an answer that cannot come.
+// Watches a DEALER's connection, so that a client learns what means no answer will come
+// instead of waiting for it: the server refused it (a key not allowed, CURVE on one side
+// only, a wrong server key) or, for a client that wants to know (`ask`), nobody listens, or
+// the server hung up after the handshake (what ZeroMQ does with a message over its
+// max_message_size). A worker leaves those two out: its coordinator may start later, or
+// come back.
 class HandshakeWatch {
  public:
-  void attach(zmq::context_t& context, zmq::socket_t& dealer);  // before the connect
-  zmq::socket_t& socket() { return monitor_; }                  // to poll with the dealer
-  // Reads the waiting events: what went wrong, or nullopt.
-  std::optional<std::string> failure();
+  // Before the connect (attach) or after it (watch: events from then on).
+  void attach(zmq::context_t& context, zmq::socket_t& dealer, bool whole_connection = false);
+  zmq::socket_t& socket() { return monitor_; }  // to poll with the dealer
+  // Reads the waiting events: what went wrong, or nullopt. `server` names the peer in the
+  // message, `after_handshake` says why a hang-up after a good handshake happened.
+  std::optional<std::string> failure(const std::string& server = "",
+                                     const std::string& after_handshake = "");
 
  private:
   zmq::socket_t monitor_;  // PAIR, fed by zmq_socket_monitor
+  bool whole_connection_ = false;
   bool succeeded_ = false;
 };
 

@@ -8,12 +8,6 @@
 namespace llava {
 namespace {
 
-std::string shown(const nlohmann::json& value) {
-  std::string text = json_text(value);
-  if (text.size() > 40) text = text.substr(0, 37) + "...";
-  return text;
-}
-
 // One sampling key through apply_sampling; its error names `field` (the request's name).
 void sampling(const std::string& field, const std::string& key, const nlohmann::json& value,
               GenerationSection& g) {

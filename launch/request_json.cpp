@@ -9,14 +9,13 @@
 
 namespace llava {
 
-namespace {
-
-// The value as written, shortened: an error must not echo a megabyte back.
 std::string shown(const nlohmann::json& value) {
   std::string text = json_text(value);
   if (text.size() > 40) text = text.substr(0, 37) + "...";
   return text;
 }
+
+namespace {
 
 // A JSON integer in [lo, hi]: 2.5, "3", 1e30 or 2^64 are refused, never cast.
 long long whole(const std::string& key, const nlohmann::json& value, long long lo, long long hi) {

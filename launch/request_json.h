@@ -22,6 +22,9 @@ std::string string_value(const std::string& key, const nlohmann::json& value);
 // exception that would end the server or the batch.
 std::string json_text(const nlohmann::json& value);
 
+// The value as written, shortened to 40 characters: an error must not echo a megabyte back.
+std::string shown(const nlohmann::json& value);
+
 struct JsonRequest {
   nlohmann::json id;  // the client's, echoed back: set by the caller as the default
   std::string prompt;

@@ -46,66 +46,6 @@ bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann
   return send_parts(socket, std::move(parts), &id);
 }
 
-// ask's connection, watched (zmq_socket_monitor) for what means no answer will come: nobody
-// listening (the connect refused), a handshake the server refused, or the server hanging up
-// (what ZeroMQ does with a message over its max_message_size).
-class ConnectionWatch {
- public:
-  ConnectionWatch(zmq::context_t& context, zmq::socket_t& dealer) {
-    const std::string endpoint =
-        "inproc://llava-ask-" + std::to_string(reinterpret_cast<uintptr_t>(dealer.handle()));
-    const int events = ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
-                       ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                       ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED;
-    if (zmq_socket_monitor(dealer.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
-    monitor_ = zmq::socket_t(context, zmq::socket_type::pair);
-    monitor_.connect(endpoint);
-  }
-  zmq::socket_t& socket() { return monitor_; }
-
-  std::optional<std::string> failure(const std::string& server, size_t request_bytes) {
-    std::vector<zmq::message_t> parts;  // [uint16 event, uint32 value][endpoint]
-    while (zmq::recv_multipart(monitor_, std::back_inserter(parts), zmq::recv_flags::dontwait)) {
-      if (parts.empty() || parts[0].size() < 6) {
-        parts.clear();
-        continue;
-      }
-      uint16_t event = 0;
-      uint32_t value = 0;
-      std::memcpy(&event, parts[0].data(), sizeof event);
-      std::memcpy(&value, static_cast<const char*>(parts[0].data()) + sizeof event, sizeof value);
-      parts.clear();
-      switch (event) {
-        case ZMQ_EVENT_CONNECT_RETRIED:
-          return "nobody listens at " + server +
-                 " (the connection was refused); is `llava-pipe serve` running there?";
-        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
-          connected_ = true;
-          break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-          return server + " refused this client's key (ZAP status " + std::to_string(value) + ")";
-        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-          return "handshake with " + server +
-                 " failed: its security does not match this client's " +
-                 "(CURVE on one side only?; ZeroMQ protocol error " + std::to_string(value) + ")";
-        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        case ZMQ_EVENT_DISCONNECTED:
-          if (!connected_) {
-            return server +
-                   " closed the connection during the handshake (CURVE on one side only, or a "
-                   "wrong server key?)";
-          }
-          return server + " closed the connection: the request (" + format_bytes(request_bytes) +
-                 ") is likely over its coordinator.max_message_size, or the server stopped";
-      }
-    }
-    return std::nullopt;
-  }
-
- private:
-  zmq::socket_t monitor_;
-  bool connected_ = false;
-};
 
 }  // namespace
 
@@ -373,7 +313,8 @@ int ask(const std::vector<std::string>& args) {
   }
   zmq::context_t context;
   zmq::socket_t server = connect_dealer(context, args[0], options);
-  ConnectionWatch watch(context, server);
+  HandshakeWatch watch;  // nobody listening, a refused key, a hang-up: said at once
+  watch.attach(context, server, /*whole_connection=*/true);
   send_parts(server, std::move(parts));
   while (true) {
     // The answer, or news of the connection that means it cannot come.
@@ -382,7 +323,9 @@ int ask(const std::vector<std::string>& args) {
     if (zmq::poll(items.data(), items.size(), std::chrono::milliseconds(600000)) == 0) break;
     auto reply = receive_parts(server, std::chrono::milliseconds(0));  // answers first
     if (!reply) {
-      if (auto failure = watch.failure(args[0], request_bytes)) {
+      if (auto failure = watch.failure(args[0], "the request (" + format_bytes(request_bytes) +
+                                                     ") is likely over its coordinator.max_message_size, "
+                                                     "or the server stopped")) {
         std::cerr << "llava-pipe: " << *failure << "\n";
         return kExitRuntime;
       }
