@@ -1,5 +1,6 @@
 // `llava-pipe check CONFIG [--workers]`: validate a config and print its plan (or, with
 // --workers, one line per worker process for a cluster manager's launcher).
+#include <algorithm>
 #include <iostream>
 
 #include "common/errors.h"
@@ -20,22 +21,31 @@ LlavaConfig model_of(const PipelineConfig& config) {
   }
 }
 
-// The GPUs nvidia-smi shows, and what each CUDA device of the plan can run.
-void describe_gpus(const PipelineConfig& config, std::ostream& out) {
+// The GPUs nvidia-smi shows, with the compute capability assumed for each; true when a GPU
+// the plan uses cannot run the model's dtype (the worker would refuse it at load).
+bool describe_gpus(const PipelineConfig& config, const Plan& plan, std::ostream& out) {
   std::vector<GpuInfo> gpus;
   try {
     gpus = query_gpus();
   } catch (const std::exception& e) {
     out << "\nGPUs: nvidia-smi's answer could not be read (" << e.what() << ")\n";
-    return;
+    return false;
   }
-  if (gpus.empty()) return;
+  if (gpus.empty()) return false;
+  bool problem = false;
   out << "\nGPUs (nvidia-smi; the compute capability a worker there gets):\n";
   for (const auto& gpu : gpus) {
     out << "  " << describe(gpu) << "\n";
+    const std::string device = "cuda:" + std::to_string(gpu.index);
+    const bool used = std::any_of(plan.processes.begin(), plan.processes.end(),
+                                  [&](const PlannedProcess& p) { return p.device == device; });
     const std::string refusal = dtype_refusal(config.model.dtype, gpu.name, gpu.major, gpu.minor);
-    if (!refusal.empty()) out << "    warning: " << refusal << "\n";
+    if (used && !refusal.empty()) {
+      out << "    problem: " << refusal << "\n";
+      problem = true;
+    }
   }
+  return problem;
 }
 
 }  // namespace
@@ -63,8 +73,8 @@ int check(const std::vector<std::string>& args) {
   }
   std::cout << describe(plan, config, model);
   std::cout << "\n" << describe(load_server_section(config.path));
-  describe_gpus(config, std::cout);
-  if (!plan.problems.empty()) return kExitUsage;
+  const bool gpu_problem = describe_gpus(config, plan, std::cout);
+  if (!plan.problems.empty() || gpu_problem) return kExitUsage;
   std::cout << "\nok: the plan fits\n";
   return 0;
 }

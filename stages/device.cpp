@@ -7,7 +7,14 @@
 #include <ATen/Parallel.h>
 
 #include <fstream>
+#include <string>
 
+#include "common/errors.h"
+#include "common/gpu_info.h"
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+#include "stages/cuda_archs.h"  // LLAVA_PIPE_CUDA_ARCHS_BUILT, written by stages/CMakeLists.txt
+#endif
 #ifdef LLAVA_PIPE_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -38,6 +45,23 @@ DeviceMemory device_memory(const at::Device& device) {
   getrusage(RUSAGE_SELF, &usage);
   m.peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;
   return m;
+}
+
+void require_capability(const at::Device& device, WeightDType dtype) {
+#ifdef LLAVA_PIPE_CUDA
+  if (!device.is_cuda()) return;
+  const cudaDeviceProp* properties = at::cuda::getDeviceProperties(device.index());
+  const std::string where = device.str() + ": ";
+  std::string refusal = dtype_refusal(dtype, properties->name, properties->major, properties->minor);
+  if (!refusal.empty()) throw ConfigError(where + refusal);
+#ifdef LLAVA_PIPE_CUDA_ARCHS_BUILT
+  refusal = arch_refusal(LLAVA_PIPE_CUDA_ARCHS_BUILT, properties->name, properties->major, properties->minor);
+  if (!refusal.empty()) throw ConfigError(where + refusal);
+#endif
+#else
+  (void)device;
+  (void)dtype;
+#endif
 }
 
 void initialize_device(const at::Device& device) {

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "common/config.h"
+
 namespace llava {
 
 struct DeviceMemory {
@@ -15,6 +17,11 @@ struct DeviceMemory {
 };
 
 DeviceMemory device_memory(const at::Device& device);
+// Refuses, before any weight is loaded, a GPU that cannot run this stage: `dtype` needs a
+// newer compute capability (bfloat16: 8.0), or this build's CUDA kernels have no code for
+// it. Throws ConfigError saying what to change (common/gpu_info.h's rules, which `llava-pipe
+// check` applies too). No effect on the CPU.
+void require_capability(const at::Device& device, WeightDType dtype);
 // Creates the CUDA context and allocator (only under the lease: it takes device memory).
 void initialize_device(const at::Device& device);
 void reset_peak_memory(const at::Device& device);
