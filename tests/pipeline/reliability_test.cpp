@@ -484,6 +484,60 @@ TEST(Reliability, OutOfMemoryAtLoadIsOneLineWithTheKnobs) {
   EXPECT_EQ(c.output.find("frame #"), std::string::npos) << "a backtrace reached the user: " << c.output;
 }
 
+// A cluster manager's replica whose worker is alive: a second process saying hello for it
+// (another job step, a restarted step before the old one is declared dead) is refused and
+// told why; the first keeps the replica.
+TEST(Reliability, ASecondLiveWorkerForOneExternalReplicaIsRefused) {
+  const std::string endpoint = "ipc://@llava-fence-" + std::to_string(getpid());
+  const std::string config = write_config("fence",
+                                          "mode: concurrent\nshare_devices: true\nstages: {vision: {devices: cpu, "
+                                          "launch: external}, language: {devices: cpu, max_context: 256, launch: external}}\n",
+                                          "endpoint: '" + endpoint + "'");
+  llava::Coordinator coordinator(llava::load_config(config), {}, kBinary + "/llava-stage");
+  zmq::context_t context;
+  auto hello = [&](zmq::socket_t& socket, uint64_t incarnation) {
+    llava::wire::Outgoing message;
+    auto body = message.header().getBody().initHello();
+    body.setStage(llava::schema::Stage::LANGUAGE);
+    body.setReplica(0);
+    body.setDevice("cpu");
+    body.setIncarnation(incarnation);
+    llava::send_message(socket, message);
+  };
+  // Reads until a message of `kind` arrives (the coordinator's heartbeats come too).
+  auto wait_for = [&](zmq::socket_t& socket, const std::string& kind) -> std::string {
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (Clock::now() < deadline) {
+      coordinator.step(std::chrono::milliseconds(10));
+      auto parts = llava::receive_parts(socket, std::chrono::milliseconds(10));
+      if (!parts) continue;
+      auto message = llava::wire::Incoming::parse(std::move(*parts), false, {});
+      if (llava::wire::kind_name(message.kind()) != kind) continue;
+      return kind == "refused" ? std::string(message.header().getBody().getRefused().getReason()) : kind;
+    }
+    return "";
+  };
+  auto first = llava::connect_dealer(context, endpoint, {});
+  hello(first, 1);
+  EXPECT_EQ(wait_for(first, "heartbeat"), "heartbeat");  // registered: the coordinator beats to it
+  auto second = llava::connect_dealer(context, endpoint, {});
+  hello(second, 2);
+  const std::string why = wait_for(second, "refused");
+  EXPECT_NE(why.find("language-0 is registered to a live worker"), std::string::npos) << why;
+  EXPECT_EQ(wait_for(first, "heartbeat"), "heartbeat");  // the first still holds it
+}
+
+// A worker started with a coordinator host that does not resolve says so at once (ZeroMQ
+// would retry the name quietly forever) and exits 1.
+TEST(Reliability, AWorkerWhoseCoordinatorHostDoesNotResolveSaysSo) {
+  const std::string config = write_config("no-host", kConcurrent);
+  const std::string output = llava::test::run_command(
+      kBinary + "/llava-stage --config " + config +
+      " --stage language --endpoint tcp://no-such-host.invalid:5555 2>&1; echo rc=$?");
+  EXPECT_NE(output.find("the host 'no-such-host.invalid' does not resolve"), std::string::npos) << output;
+  EXPECT_NE(output.find("rc=1"), std::string::npos) << output;
+}
+
 TEST(Reliability, AWorkerGivenAnImpossibleReplicaNamesTheFlag) {
   const std::string output = llava::test::run_command(kBinary + "/llava-stage --config x.yaml --stage vision "
                                                       "--replica 99999999999999 --endpoint ipc://@x 2>&1");
