@@ -439,6 +439,19 @@ TEST(Reliability, WorkersIgnoreSigintToTheProcessGroup) {
   EXPECT_EQ(restarts_of(run, "language-0"), 0);
 }
 
+// Work steps longer than the liveness period (0.5 s here: a long prefill, a big image batch
+// on the CPU): the workers' pulse keeps their heartbeats flowing, so none is taken for dead.
+TEST(Reliability, SlowWorkStepsDoNotLookLikeADeadWorker) {
+  ScopedEnv slow("LLAVA_PIPE_FAULT_WORK_DELAY_MS", "800");
+  const std::string config = write_config("slow-steps", kConcurrent, "", 3);
+  Outcome run = run_coordinator(config, {spec_of("One", {kImages + "img01_320x240_RGB.jpg"}, 3),
+                                         spec_of("Two", {}, 3)});
+  expect_each_answered_once(run);
+  for (uint64_t id : run.ids) EXPECT_TRUE(run.results.at(id).ok) << run.results.at(id).error;
+  EXPECT_EQ(restarts_of(run, "vision-0"), 0);
+  EXPECT_EQ(restarts_of(run, "language-0"), 0);
+}
+
 // 2,000 garbage messages from a local process: logged a line a second at most, each line
 // counting the rest; the pipeline answers as before.
 TEST(Reliability, AFloodOfMalformedMessagesIsLoggedAtALimitedRate) {
