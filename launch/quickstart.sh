@@ -121,8 +121,13 @@ packages=(build-essential cmake ninja-build pkg-config
   libcpp-httplib-dev libcurl4-openssl-dev)
 # The tests also need: clang (fuzzers), promtool (metrics), Node.js and npm (the openai
 # client), Slurm and munge (a two-node test cluster), procps.
-[ "$what" = test ] && packages+=(clang libclang-rt-14-dev prometheus nodejs npm
-  slurmctld slurmd slurm-client munge procps)
+if [ "$what" = test ]; then
+  packages+=(clang libclang-rt-14-dev prometheus slurmctld slurmd slurm-client munge procps)
+  # Node.js from Debian, unless one is there already (a nodejs package that bundles npm
+  # conflicts with Debian's npm package).
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
+fi
 install_missing "${packages[@]}"
 
 build="${BUILD_DIR:-build}"
