@@ -11,10 +11,13 @@ set -euo pipefail
 seconds="${1:-}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLLAVA_PIPE_FUZZ=ON \
-  -DLLAVA_PIPE_BUILD_STAGES=OFF -DLLAVA_PIPE_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image fuzz_request \
-  fuzz_config fuzz_http_request >/dev/null
+mkdir -p build-fuzz
+# The build's output is kept, and shown when it fails.
+{ CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLLAVA_PIPE_FUZZ=ON \
+    -DLLAVA_PIPE_BUILD_STAGES=OFF -DLLAVA_PIPE_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+  cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image fuzz_request \
+    fuzz_config fuzz_http_request; } > build-fuzz/build.log 2>&1 ||
+  { grep -E -A8 "error|FAILED" build-fuzz/build.log | head -60; echo "fuzz: the build failed (build-fuzz/build.log)"; exit 1; }
 mkdir -p build-fuzz/crashes
 declare -A inputs=([wire]=2000000 [safetensors]=1500000 [image]=250000 [request]=500000
   [config]=120000 [http_request]=300000)
