@@ -340,20 +340,9 @@ void Coordinator::receive(std::chrono::milliseconds wait) {
       wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
       handle(message);
     } catch (const WireError& e) {
-      log_dropped(std::string("a malformed message: ") + e.what());
+      dropped_.write(std::string("a malformed message: ") + e.what());
     }
   }
-}
-
-void Coordinator::log_dropped(const std::string& what) {
-  ++dropped_since_log_;
-  const auto now = Clock::now();
-  if (now - last_drop_log_ < std::chrono::seconds(1)) return;
-  std::cerr << "llava-pipe: dropped " << what;
-  if (dropped_since_log_ > 1) std::cerr << " (and " << dropped_since_log_ - 1 << " more since the last report)";
-  std::cerr << "\n";
-  last_drop_log_ = now;
-  dropped_since_log_ = 0;
 }
 
 Coordinator::Slot* Coordinator::slot_by_routing(const std::string& routing) {
@@ -455,7 +444,7 @@ void Coordinator::on_hello(const std::string& routing, const schema::Hello::Read
 }
 
 void Coordinator::refuse(const std::string& routing, const std::string& why) {
-  log_dropped("a hello: " + why);
+  dropped_.write("a hello: " + why);
   wire::Outgoing refused;
   refused.header().getBody().initRefused().setReason(why);
   zmq::message_t id(routing.data(), routing.size());

@@ -21,6 +21,7 @@
 #include "common/config.h"
 #include "common/curve.h"
 #include "common/model_config.h"
+#include "common/rate_limited_log.h"
 #include "common/wire.h"
 #include "coordinator/embedding_store.h"
 #include "coordinator/stop_strings.h"
@@ -230,8 +231,6 @@ class Coordinator {
   void record(const Slot& slot, const std::string& what, const std::string& detail = "");
   Slot* slot_by_routing(const std::string& routing);
   bool stage_broken(const std::string& stage, std::string* why);
-  // A malformed message or a refused hello: logged at most once a second, with a count.
-  void log_dropped(const std::string& what);
 
   PipelineConfig config_;
   LlavaConfig model_;
@@ -258,8 +257,7 @@ class Coordinator {
   Clock::time_point started_, last_heartbeat_;
   std::chrono::milliseconds beat_interval_;
   std::string secret_;       // given to the workers it starts
-  Clock::time_point last_drop_log_;
-  size_t dropped_since_log_ = 0;
+  RateLimitedLog dropped_{"llava-pipe: dropped "};  // malformed messages, refused hellos
 };
 
 }  // namespace llava

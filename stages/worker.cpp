@@ -25,20 +25,6 @@ namespace {
 
 std::atomic<int> g_stop{0};  // SIGTERM received
 
-// Rate-limited: a flood of bad messages makes one line a second, with a count.
-void log_dropped(const std::string& what) {
-  using Clock = std::chrono::steady_clock;
-  static Clock::time_point last;
-  static size_t since = 0;
-  ++since;
-  if (Clock::now() - last < std::chrono::seconds(1)) return;
-  std::cerr << "llava-stage: dropped " << what;
-  if (since > 1) std::cerr << " (and " << since - 1 << " more since the last report)";
-  std::cerr << "\n";
-  last = Clock::now();
-  since = 0;
-}
-
 // tcp://HOST:PORT: the host must resolve, or the worker would wait for a coordinator it can
 // never reach (ZeroMQ retries the name quietly forever).
 void check_host_resolves(const std::string& endpoint) {
@@ -315,7 +301,7 @@ int Worker::run() {
         wire::Incoming message = wire::Incoming::parse(std::move(*parts), false, limits_);
         handle(message);
       } catch (const WireError& e) {
-        log_dropped(std::string("a malformed message: ") + e.what());
+        dropped_.write(std::string("a malformed message: ") + e.what());
       }
       wait = burst_wait();
       if (faults().one_message_per_step > 0 && wait.count() == 0) break;
@@ -397,7 +383,7 @@ void Worker::handle(wire::Incoming& message) {
       break;
     }
     default:
-      log_dropped(std::string("a ") + wire::kind_name(message.kind()) + " message (not for a worker)");
+      dropped_.write(std::string("a ") + wire::kind_name(message.kind()) + " message (not for a worker)");
   }
 }
 

@@ -19,6 +19,7 @@
 #include "common/config.h"
 #include "common/transport.h"
 #include "common/model_config.h"
+#include "common/rate_limited_log.h"
 #include "common/wire.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/language/generator.h"
@@ -116,6 +117,7 @@ class Worker {
     double prefill_seconds = 0;
   };
   std::map<uint64_t, Running> running_;
+  RateLimitedLog dropped_{"llava-stage: dropped "};  // malformed or misdirected messages
   int decode_steps_ = 0;  // this process's, for the fault hooks
 
   // Read by the pulse thread too.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,6 +18,19 @@ inline const std::string kSource = LLAVA_PIPE_SOURCE_DIR;
 inline const std::string kBinary = LLAVA_PIPE_BINARY_DIR;
 inline const std::string kModel = kSource + "/tests/data/tiny-llava";
 inline const std::string kImages = kSource + "/tests/data/images/";
+
+// A variable the workers started in this scope inherit (a fault hook), unset at its end
+// however the test leaves it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) { setenv(name, value.c_str(), 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
 
 inline std::string run_command(const std::string& command) {
   std::string output;

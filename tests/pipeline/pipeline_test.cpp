@@ -34,6 +34,7 @@ using llava::test::kImages;
 using llava::test::kModel;
 using llava::test::kSource;
 using llava::test::run_command;
+using llava::test::ScopedEnv;
 
 constexpr int kMaxNewTokens = 12;
 
@@ -199,21 +200,6 @@ double first_event(const std::vector<llava::LeaseEvent>& timeline, const std::st
   }
   return -1;
 }
-
-// A variable the workers started in this scope inherit (a fault hook), unset at its end
-// however the test leaves it.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
 
 class FaultDelay : public ScopedEnv {  // slows each worker step so that faults land mid-work
  public:

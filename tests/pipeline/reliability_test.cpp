@@ -31,18 +31,8 @@ namespace {
 using llava::test::kBinary;
 using llava::test::kImages;
 using llava::test::kModel;
+using llava::test::ScopedEnv;
 using Clock = std::chrono::steady_clock;
-
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) { setenv(name, value.c_str(), 1); }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
 
 std::string temp_path(const std::string& name) {
   return testing::TempDir() + "reliability-" + std::to_string(getpid()) + "-" + name;
