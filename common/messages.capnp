@@ -38,10 +38,13 @@ struct Hello {
 # both ways, every heartbeat interval.
 struct Heartbeat {
   state @0 :WorkerState;
-  deviceBytes @1 :UInt64;       # now allocated on the device
+  deviceBytes @1 :UInt64;       # now reserved on the device (the allocator's pool)
   peakDeviceBytes @2 :UInt64;   # since the lease began
   loadSeconds @3 :Float64;      # loading weights, all leases so far
   workSeconds @4 :Float64;      # encoding or generating, all leases so far
+  kvSlotsUsed @5 :UInt32;       # language: sequences holding a KV-cache slot
+  kvSlots @6 :UInt32;           # language: KV-cache slots (0 before the lease)
+  allocatedBytes @7 :UInt64;    # now allocated to tensors (within deviceBytes)
 }
 
 # coordinator -> worker: the worker may now place memory on `device`.
@@ -78,6 +81,7 @@ struct Embeddings {
   imageCount @0 :UInt32;
   encodeSeconds @1 :Float64;
   batchImages @2 :UInt32;  # images in the batch these were encoded in
+  preprocessSeconds @3 :Float64;  # decoding and preprocessing that batch (within encodeSeconds)
 }
 
 struct Sampling {
@@ -118,6 +122,7 @@ struct Failure {
   stage @0 :Stage;
   message @1 :Text;
   retryable @2 :Bool;           # true: the worker failed, not the request
+  badRequest @3 :Bool;          # true: the request itself is at fault (an undecodable image)
 }
 
 struct Shutdown {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -83,6 +84,28 @@ std::string read_image(const std::string& path) {
   return bytes.str();
 }
 
+}  // namespace
+
+const char* error_kind_name(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kNone: return "none";
+    case ErrorKind::kBadRequest: return "bad_request";
+    case ErrorKind::kOverloaded: return "overloaded";
+    case ErrorKind::kUnavailable: return "unavailable";
+    case ErrorKind::kCancelled: return "cancelled";
+    case ErrorKind::kInternal: break;
+  }
+  return "internal";
+}
+
+namespace {
+
+// A refusal at submission, with the kind of error it is.
+struct Refusal : RequestError {
+  Refusal(ErrorKind kind, const std::string& message) : RequestError(message), kind(kind) {}
+  ErrorKind kind;
+};
+
 const char* reason_name(schema::FinishReason reason) {
   switch (reason) {
     case schema::FinishReason::EOS: return "eos";
@@ -129,6 +152,13 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
     zap_ = std::make_unique<ZapHandler>(context_, allowed);
   }
   router_ = bind_router(context_, endpoint_, transport);  // fails fast if the port is taken
+  const std::string wake_endpoint = "inproc://llava-wake-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+  wake_in_ = zmq::socket_t(context_, zmq::socket_type::pull);
+  wake_in_.bind(wake_endpoint);
+  wake_out_ = zmq::socket_t(context_, zmq::socket_type::push);
+  wake_out_.set(zmq::sockopt::sndhwm, 1);  // one pending wake is enough
+  wake_out_.set(zmq::sockopt::linger, 0);
+  wake_out_.connect(wake_endpoint);
   if (endpoint_.rfind("tcp://", 0) == 0) endpoint_ = last_endpoint(router_);
   // One slot per process of the plan (`llava-pipe check` prints the same list).
   for (const PlannedProcess& process : make_plan(config_, model_).processes) {
@@ -167,10 +197,10 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
   const uint64_t id = r.id;
   auto& request = requests_.emplace(id, std::move(r)).first->second;
   try {
-    if (draining_ || g_stop > 0) throw RequestError("refused: the pipeline is shutting down");
+    if (draining_ || g_stop > 0) throw Refusal(ErrorKind::kUnavailable, "refused: the pipeline is shutting down");
     // Bounded queue: past it, an explicit refusal rather than unbounded memory.
     if (requests_.size() > static_cast<size_t>(config_.coordinator.queue_capacity)) {
-      throw RequestError("overloaded: " + std::to_string(requests_.size() - 1) +
+      throw Refusal(ErrorKind::kOverloaded, "overloaded: " + std::to_string(requests_.size() - 1) +
                          " requests are waiting (coordinator.queue_capacity " +
                          std::to_string(config_.coordinator.queue_capacity) + "); try again later");
     }
@@ -208,8 +238,10 @@ uint64_t Coordinator::submit(const RequestSpec& spec) {
     request.stage = request.images.empty() ? Stage::kNeedLanguage : Stage::kNeedVision;
     request.image_hashes = EmbeddingCache::hashes(request.images);
     take_from_cache(request);  // every image seen before: no vision stage
-  } catch (const RequestError& e) {
-    finish(request, e.what());
+  } catch (const Refusal& e) {
+    finish(request, e.what(), "", e.kind);
+  } catch (const RequestError& e) {  // what the request asked for cannot be done
+    finish(request, e.what(), "", ErrorKind::kBadRequest);
   }
   // A caller submitting thousands at once holds the loop for a while: the workers must
   // still hear from us, or they take us for gone.
@@ -221,7 +253,7 @@ bool Coordinator::cancel(uint64_t id, const std::string& why) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return false;
   cancel_at_worker(it->second);
-  finish(it->second, why, "cancelled");
+  finish(it->second, why, "cancelled", ErrorKind::kCancelled);
   return true;
 }
 
@@ -241,12 +273,14 @@ Coordinator::Request* Coordinator::find(uint64_t id, uint32_t attempt) {
   return &it->second;
 }
 
-void Coordinator::finish(Request& request, const std::string& error, const std::string& reason) {
+void Coordinator::finish(Request& request, const std::string& error, const std::string& reason,
+                         ErrorKind kind) {
   RequestResult result;
   result.id = request.id;
   result.client_id = request.spec.client_id;
   result.ok = error.empty();
   result.error = error;
+  result.error_kind = result.ok ? ErrorKind::kNone : kind == ErrorKind::kNone ? ErrorKind::kInternal : kind;
   std::string rest;  // the last bytes: the detokenizer's and what a stop string held back
   if (result.ok) {
     rest = request.text.push(request.detokenizer->finish());
@@ -263,6 +297,13 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
   result.vision_batch_images = request.vision_batch_images;
   result.cached_images = request.cached_images;
   result.first_token_ms = ms_between(request.submitted, request.first_token);
+  if (request.dispatched) result.queue_ms = ms_between(request.submitted, *request.dispatched);
+  result.preprocess_ms = request.preprocess_ms;
+  result.vision_worker = request.vision_worker;
+  if (request.handed_off && !request.images.empty()) {
+    result.handoff_ms = ms_between(request.embedded, *request.handed_off);
+  }
+  result.embedding_bytes = request.embedding_bytes;
   result.total_ms = ms_between(request.submitted, now);
   if (request.slot >= 0) slots_[static_cast<size_t>(request.slot)].outstanding.erase(request.id);
   embeddings_.erase(request.id);
@@ -274,7 +315,8 @@ void Coordinator::finish(Request& request, const std::string& error, const std::
 
 void Coordinator::requeue(Request& request, const std::string& why) {
   if (++request.requeues > kMaxRequeues) {
-    finish(request, "gave up after " + std::to_string(kMaxRequeues) + " retries; last: " + why);
+    finish(request, "gave up after " + std::to_string(kMaxRequeues) + " retries; last: " + why, "",
+           ErrorKind::kUnavailable);
     return;
   }
   ++request.attempt;
@@ -296,11 +338,13 @@ void Coordinator::begin_drain() {
       unstarted.push_back(id);
     }
   }
-  for (uint64_t id : unstarted) finish(requests_.at(id), "cancelled: the pipeline is shutting down");
+  for (uint64_t id : unstarted) {
+    finish(requests_.at(id), "cancelled: the pipeline is shutting down", "", ErrorKind::kUnavailable);
+  }
 }
 
 void Coordinator::fail_all(const std::string& error) {
-  while (!requests_.empty()) finish(requests_.begin()->second, error);
+  while (!requests_.empty()) finish(requests_.begin()->second, error, "", ErrorKind::kUnavailable);
 }
 
 // ---------------------------------------------------------------- the loop -----------
@@ -334,8 +378,22 @@ bool Coordinator::step(std::chrono::milliseconds wait) {
   return fatal_.empty();
 }
 
+void Coordinator::wake() {
+  std::lock_guard<std::mutex> lock(wake_mutex_);
+  (void)wake_out_.send(zmq::message_t(), zmq::send_flags::dontwait);  // full: a wake is pending
+}
+
 void Coordinator::receive(std::chrono::milliseconds wait) {
-  for (auto parts = receive_parts(router_, wait); parts; parts = receive_parts(router_, std::chrono::milliseconds(0))) {
+  if (wait.count() > 0) {  // until a message or a wake
+    std::array<zmq::pollitem_t, 2> items = {
+        zmq::pollitem_t{static_cast<void*>(router_), 0, ZMQ_POLLIN, 0},
+        zmq::pollitem_t{static_cast<void*>(wake_in_), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items.data(), items.size(), wait);
+    for (zmq::message_t wake; wake_in_.recv(wake, zmq::recv_flags::dontwait);) {
+    }
+  }
+  for (auto parts = receive_parts(router_, std::chrono::milliseconds(0)); parts;
+       parts = receive_parts(router_, std::chrono::milliseconds(0))) {
     try {
       wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
       handle(message);
@@ -377,6 +435,10 @@ void Coordinator::handle(wire::Incoming& message) {
       slot->report.peak_bytes = std::max(slot->report.peak_bytes, beat.getPeakDeviceBytes());
       slot->report.load_seconds = std::max(slot->report.load_seconds, beat.getLoadSeconds());
       slot->report.work_seconds = std::max(slot->report.work_seconds, beat.getWorkSeconds());
+      slot->report.device_bytes = beat.getDeviceBytes();
+      slot->report.allocated_bytes = beat.getAllocatedBytes();
+      slot->report.kv_slots_used = beat.getKvSlotsUsed();
+      slot->report.kv_slots = beat.getKvSlots();
       break;
     }
     case W::LEASE_RELEASED: {
@@ -468,9 +530,11 @@ void Coordinator::on_embeddings(Slot& slot, wire::Incoming& message) {
     }
   }
   cache_.put(request->images, request->image_hashes, message.frames());
-  request->encode_ms = 1e3 * message.header().getBody().getEmbeddings().getEncodeSeconds();
-  request->vision_batch_images =
-      static_cast<int>(message.header().getBody().getEmbeddings().getBatchImages());
+  const auto done = message.header().getBody().getEmbeddings();
+  request->encode_ms = 1e3 * done.getEncodeSeconds();
+  request->preprocess_ms = 1e3 * done.getPreprocessSeconds();
+  request->vision_batch_images = static_cast<int>(done.getBatchImages());
+  request->vision_worker = slot.name;
   try {
     put_embeddings(*request, std::move(message.frames()));  // the frames as they came
   } catch (const RequestError& e) {
@@ -510,6 +574,8 @@ std::unordered_multiset<size_t> Coordinator::images_in_vision() const {
 }
 
 void Coordinator::put_embeddings(Request& request, std::vector<wire::Frame> frames) {
+  request.embedding_bytes = 0;
+  for (const auto& frame : frames) request.embedding_bytes += frame.bytes.size();
   try {
     embeddings_.put(request.id, std::move(frames));
   } catch (const std::runtime_error& e) {  // a spill that failed (disk full): this request
@@ -561,15 +627,17 @@ void Coordinator::on_failure(Slot& slot, wire::Incoming& message) {
   if (failure.getRetryable()) {
     requeue(*request, slot.name + ": " + text);
   } else {
-    finish(*request, slot.stage + " stage: " + text);
+    finish(*request, slot.stage + " stage: " + text, "",
+           failure.getBadRequest() ? ErrorKind::kBadRequest : ErrorKind::kInternal);
   }
 }
 
 // ---------------------------------------------------------------- supervision --------
 
-void Coordinator::record(const Slot& slot, const std::string& what, const std::string& detail) {
+void Coordinator::record(const Slot& slot, const std::string& what, const std::string& detail,
+                         double wait_seconds) {
   LeaseEvent event{std::chrono::duration<double>(Clock::now() - started_).count(), slot.device,
-                   slot.name, what, detail};
+                   slot.name, what, detail, wait_seconds};
   timeline_.push_back(event);
   if (events_.on_lease_event) events_.on_lease_event(event);
 }
@@ -741,8 +809,47 @@ pid_t Coordinator::pid_of(const std::string& process) const {
 
 std::vector<StageReport> Coordinator::reports() const {
   std::vector<StageReport> out;
-  for (const auto& slot : slots_) out.push_back(slot.report);
+  for (const auto& slot : slots_) {
+    out.push_back(slot.report);
+    out.back().tasks = slot.outstanding.size();
+  }
   return out;
+}
+
+std::string Coordinator::unavailable_reason() {
+  if (failed()) return fatal_;
+  if (draining_) return "draining";
+  for (const char* stage : {"vision", "language"}) {
+    std::string why;
+    if (stage_broken(stage, &why)) return std::string(stage) + " stage: " + why;
+  }
+  if (config_.mode == Mode::kSequential) return "";
+  for (const char* stage : {"vision", "language"}) {
+    bool serving = false;
+    const Slot* dead = nullptr;
+    for (const auto& slot : slots_) {
+      if (slot.stage != stage) continue;
+      // Loaded: granted, and a heartbeat since has counted its load time.
+      if (slot.state == SlotState::kReady && slot.granted && slot.report.load_seconds > 0) serving = true;
+      if (slot.state == SlotState::kDown && !slot.last_death.empty()) dead = &slot;
+    }
+    if (serving) continue;
+    if (dead) {
+      return std::string(stage) + " stage: no live worker (" + dead->name + " died: " + dead->last_death +
+             "; it is being restarted)";
+    }
+    return std::string("loading: the ") + stage + " stage's worker is starting or loading its weights";
+  }
+  return "";
+}
+
+StageQueues Coordinator::queues() const {
+  StageQueues q;
+  for (const auto& [id, r] : requests_) {
+    q.vision += r.stage == Stage::kNeedVision;
+    q.language += r.stage == Stage::kNeedLanguage;
+  }
+  return q;
 }
 
 // ---------------------------------------------------------------- scheduling ---------
@@ -785,7 +892,16 @@ void Coordinator::grant(Slot& slot) {
   if (!send(slot, message)) return;
   slot.granted = true;
   ++slot.report.leases;
-  record(slot, "granted");
+  // The lease's wait: since the oldest request that needs this stage began to need it.
+  const Stage need = slot.stage == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
+  double waited = -1;
+  const auto now = Clock::now();
+  for (const auto& [id, r] : requests_) {
+    if (r.stage != need) continue;
+    const Clock::time_point since = need == Stage::kNeedLanguage && !r.images.empty() ? r.embedded : r.submitted;
+    waited = std::max(waited, std::chrono::duration<double>(now - since).count());
+  }
+  record(slot, "granted", "", waited);
 }
 
 void Coordinator::release(Slot& slot, std::optional<Release> override_how) {
@@ -853,6 +969,9 @@ void Coordinator::dispatch(Slot& slot, Request& request, std::unordered_multiset
   }
   request.stage = vision ? Stage::kInVision : Stage::kInLanguage;
   request.slot = static_cast<int>(slot_index);
+  const auto now = Clock::now();
+  if (!request.dispatched) request.dispatched = now;
+  if (!vision && !request.handed_off) request.handed_off = now;
   slot.outstanding.insert(request.id);
 }
 
@@ -887,7 +1006,9 @@ void Coordinator::schedule() {
     for (auto& [id, r] : requests_) {
       if (r.stage == need) doomed.push_back(id);
     }
-    for (uint64_t id : doomed) finish(requests_.at(id), std::string(stage) + " stage: " + why);
+    for (uint64_t id : doomed) {
+      finish(requests_.at(id), std::string(stage) + " stage: " + why, "", ErrorKind::kUnavailable);
+    }
   }
   // A request that produced all its tokens before its worker died is complete.
   std::vector<uint64_t> complete;

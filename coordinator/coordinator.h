@@ -10,6 +10,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <set>
@@ -38,11 +39,23 @@ struct RequestSpec {
   GenerationSection generation;  // the config's defaults, overridden per request
 };
 
+// Why a request failed, for a client's status code (HTTP 400, 429, 503, 500).
+enum class ErrorKind {
+  kNone,
+  kBadRequest,   // the request itself: its prompt, its images, too long for the context
+  kOverloaded,   // the queue is full: try again later
+  kUnavailable,  // draining, or a stage with no worker that can run it
+  kCancelled,    // cancelled by its client (or its client went away)
+  kInternal,     // anything else: a worker's failure on this request, a fault of ours
+};
+const char* error_kind_name(ErrorKind kind);  // "bad_request", ...
+
 struct RequestResult {
   uint64_t id = 0;
   std::string client_id;
   bool ok = false;
   std::string error;  // names the stage and what was wrong
+  ErrorKind error_kind = ErrorKind::kNone;
   std::string text;
   std::vector<int32_t> tokens;
   std::string finish;  // "eos", "length"
@@ -52,6 +65,11 @@ struct RequestResult {
   double encode_ms = 0;  // the vision worker's time for the batch this request's images were in
   int vision_batch_images = 0;  // images in that batch (this request's and others')
   int cached_images = 0;  // images whose embeddings came from the cache (the vision stage skipped)
+  double queue_ms = 0;       // from submission until a worker (of either stage) was sent it
+  double preprocess_ms = 0;  // decoding + preprocessing in the vision batch (within encode_ms)
+  std::string vision_worker;  // the process that encoded its images ("vision-0"), or ""
+  double handoff_ms = 0;      // from its embeddings being ready until the language stage was sent them
+  uint64_t embedding_bytes = 0;  // the embeddings handed to the language stage
 };
 
 struct LeaseEvent {
@@ -60,6 +78,9 @@ struct LeaseEvent {
   std::string process;  // "vision-0"
   std::string what;     // started, granted, released, exited, died
   std::string detail;
+  // granted: how long the oldest request that needed this stage had waited for it (-1: none
+  // waited, as at a concurrent start)
+  double wait_seconds = -1;
 };
 
 struct StageReport {
@@ -67,6 +88,15 @@ struct StageReport {
   double load_seconds = 0, work_seconds = 0;
   uint64_t peak_bytes = 0;
   int restarts = 0, leases = 0;
+  // From the worker's last heartbeat: device memory reserved and allocated now, KV slots.
+  uint64_t device_bytes = 0, allocated_bytes = 0;
+  uint32_t kv_slots_used = 0, kv_slots = 0;
+  size_t tasks = 0;  // requests sent to it and not answered
+};
+
+// Requests waiting for a stage that no worker has been sent yet, per stage.
+struct StageQueues {
+  size_t vision = 0, language = 0;
 };
 
 struct CoordinatorEvents {
@@ -111,6 +141,16 @@ class Coordinator {
   const std::string& fatal_error() const { return fatal_; }
   const std::vector<LeaseEvent>& timeline() const { return timeline_; }
   std::vector<StageReport> reports() const;
+  StageQueues queues() const;
+  // Any thread: ends the wait of the loop's current or next step() at once (another
+  // thread has handed it work, as the HTTP server does).
+  void wake();
+  // "" when every stage can take work; else why not, starting with "loading:" (a worker
+  // is starting or loading its weights), "draining", or the stage that has no live worker
+  // and why (its restart budget is spent, an external worker is missing). Sequential mode
+  // starts its workers by turns, so there a stage is down only when it is broken.
+  std::string unavailable_reason();
+  uint64_t embedding_cache_bytes() const { return cache_.bytes(); }
   pid_t pid_of(const std::string& process) const;
   const std::string& endpoint() const { return endpoint_; }
   // The secret the workers it starts present in their hello (LLAVA_PIPE_WORKER_SECRET).
@@ -154,6 +194,10 @@ class Coordinator {
     std::unique_ptr<Detokenizer> detokenizer;
     StopStrings text;  // the answer so far, cut at a stop string
     Clock::time_point submitted, embedded, first_token;
+    std::optional<Clock::time_point> dispatched, handed_off;  // first sent to a worker / to language
+    double preprocess_ms = 0;
+    std::string vision_worker;
+    uint64_t embedding_bytes = 0;
     double encode_ms = 0;
     int vision_batch_images = 0;
     int cached_images = 0;
@@ -225,10 +269,13 @@ class Coordinator {
   // The request's embeddings are ready: it waits for the language stage. Throws
   // RequestError when they cannot be kept (a failed spill).
   void put_embeddings(Request& request, std::vector<wire::Frame> frames);
-  void finish(Request& request, const std::string& error, const std::string& reason = "");
+  // An error without a kind is kInternal.
+  void finish(Request& request, const std::string& error, const std::string& reason = "",
+              ErrorKind kind = ErrorKind::kNone);
   void fail_all(const std::string& error);
   void begin_drain();
-  void record(const Slot& slot, const std::string& what, const std::string& detail = "");
+  void record(const Slot& slot, const std::string& what, const std::string& detail = "",
+              double wait_seconds = -1);
   Slot* slot_by_routing(const std::string& routing);
   bool stage_broken(const std::string& stage, std::string* why);
 
@@ -243,6 +290,9 @@ class Coordinator {
   zmq::context_t context_;
   std::unique_ptr<ZapHandler> zap_;  // with CURVE: who may connect (before router_ binds)
   zmq::socket_t router_;
+  zmq::socket_t wake_in_;   // PULL, polled with router_ by the loop
+  std::mutex wake_mutex_;   // guards wake_out_ (any thread)
+  zmq::socket_t wake_out_;  // PUSH, inproc, to wake_in_
   EmbeddingStore embeddings_;
   EmbeddingCache cache_;
   std::vector<Slot> slots_;

@@ -192,15 +192,14 @@ bool same_key(const std::string& a, const std::string& b) {
 
 }  // namespace
 
-int HttpServer::status_for(const std::string& error) {
-  // The coordinator's refusals, by the words its messages start with or contain.
-  static const std::pair<const char*, int> kStatuses[] = {
-      {"overloaded", 429},        {"shutting down", 503}, {"gave up after", 503},
-      {"times in a minute", 503}, {"no worker", 503},     {"context holds", 400},
-      {"per request", 400},       {"placeholder", 400},   {"stage: image", 400},
-  };
-  for (const auto& [words, status] : kStatuses) {
-    if (error.find(words) != std::string::npos) return status;
+int HttpServer::status_for(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kBadRequest: return 400;
+    case ErrorKind::kOverloaded: return 429;
+    case ErrorKind::kUnavailable: return 503;
+    case ErrorKind::kCancelled: return 499;  // nginx's "client closed request": nobody reads it
+    case ErrorKind::kNone:
+    case ErrorKind::kInternal: break;
   }
   return 500;
 }
@@ -257,6 +256,7 @@ void HttpServer::post(Command command) {
     std::lock_guard<std::mutex> lock(commands_mutex_);
     if (!closed_) {
       commands_.push_back(std::move(command));
+      if (on_command) on_command();
       return;
     }
   }
@@ -309,6 +309,7 @@ void HttpServer::close(const std::string& why) {
     RequestResult result;
     result.id = id;
     result.error = why;
+    result.error_kind = ErrorKind::kUnavailable;
     channel->finish(result);
   }
   open_.clear();
@@ -358,6 +359,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     if (!coordinator) {
       RequestResult refused;
       refused.error = "refused: the pipeline is shutting down";
+      refused.error_kind = ErrorKind::kUnavailable;
       channel->finish(refused);
       return;
     }
@@ -384,7 +386,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   std::optional<RequestResult> result;
   if (channel->finished()) {  // refused at once: an error status, not a stream
     channel->take(text, result);
-    if (!result->ok) throw ApiError(status_for(result->error), result->error);
+    if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
   }
   const int64_t created = unix_now();
   if (!request.stream) {
@@ -394,7 +396,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       throw ApiError(wake == RequestChannel::Wake::kTimedOut ? 500 : 499, timeout_text);
     }
     channel->take(text, result);
-    if (!result->ok) throw ApiError(status_for(result->error), result->error);
+    if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
     const Usage usage{result->prompt_tokens, static_cast<int>(result->tokens.size())};
     answer_json(res, 200,
                 completion_body(chat, id, created, model_id_, result->text, result->finish, usage));
@@ -452,7 +454,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
         }
         if (!result) return true;
         if (!result->ok) {
-          send(sse_event(error_body(status_for(result->error), result->error)));
+          send(sse_event(error_body(status_for(result->error_kind), result->error)));
           return end();
         }
         if (!send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, "",
@@ -535,8 +537,8 @@ void HttpServer::routes() {
   http_->Get("/health", guarded([on_coordinator](const httplib::Request&, httplib::Response& res) {
                const nlohmann::json health = on_coordinator([](Coordinator* c) -> nlohmann::json {
                  if (!c) return {{"status", 503}, {"reason", "shutting down"}};
-                 if (c->failed()) return {{"status", 503}, {"reason", c->fatal_error()}};
-                 if (c->stopped_by_signal()) return {{"status", 503}, {"reason", "draining"}};
+                 const std::string why = c->unavailable_reason();
+                 if (!why.empty()) return {{"status", 503}, {"reason", why}};
                  return {{"status", 200}, {"reason", "ok"}};
                });
                const int status = health["status"];

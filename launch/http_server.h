@@ -29,6 +29,7 @@ struct Response;
 namespace llava {
 
 class Coordinator;
+enum class ErrorKind;
 struct RequestResult;
 class RequestChannel;
 
@@ -55,8 +56,11 @@ class HttpServer {
   // The loop has ended: every open request gets `why`, later commands find no coordinator.
   void close(const std::string& why);
 
-  // The HTTP status for a failed request's error text from the coordinator.
-  static int status_for(const std::string& error);
+  // Called (on a handler's thread) after each command is posted: wakes the coordinator.
+  std::function<void()> on_command;
+
+  // The HTTP status for a failed request's kind of error.
+  static int status_for(ErrorKind kind);
 
  private:
   using Command = std::function<void(Coordinator*)>;

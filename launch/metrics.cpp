@@ -198,6 +198,37 @@ PipelineMetrics::PipelineMetrics(int64_t image_tokens_per_image)
   r.gauge("llava_worker_load_seconds", "Seconds the worker took to load its weights, last load.");
   r.gauge("llava_worker_busy_seconds", "Seconds the worker spent working.");
   r.counter("llava_http_requests_total", "HTTP requests answered, by endpoint and status code.");
+  r.histogram("llava_request_queue_seconds",
+              "From submission until a worker was sent the request (either stage).", latency_buckets());
+  r.gauge("llava_stage_queue_depth",
+          "Requests waiting for a stage that no worker has been sent yet (stage vision: the vision queue).");
+  r.gauge("llava_worker_tasks", "Requests sent to the stage replica's worker and not answered yet.");
+  r.histogram("llava_image_preprocess_seconds",
+              "Decoding and preprocessing the images of a vision batch, per request in it.",
+              latency_buckets());
+  r.histogram("llava_vision_encode_seconds",
+              "A vision batch's whole time in the worker (preprocess + encoder + copy out), per request in it.",
+              latency_buckets());
+  r.counter("llava_images_encoded_total", "Images the stage replica encoded (cache misses).");
+  r.gauge("llava_embedding_cache_bytes", "Bytes of image embeddings held in the coordinator's cache.");
+  r.histogram("llava_embedding_handoff_seconds",
+              "From a request's embeddings being ready until they were sent to the language stage.",
+              latency_buckets());
+  r.counter("llava_embedding_handoff_bytes_total", "Bytes of image embeddings sent to the language stage.");
+  r.histogram("llava_lease_wait_seconds",
+              "At each device grant: how long the oldest request needing that stage had waited.",
+              latency_buckets());
+  r.gauge("llava_kv_cache_usage_ratio",
+          "Language replica: KV-cache slots held by sequences, over its slots (0 before the lease).");
+  r.gauge("llava_worker_device_memory_bytes",
+          "Device memory the worker's allocator holds now (reserved; CPU: resident bytes).");
+  r.gauge("llava_worker_allocated_memory_bytes", "Device memory held by the worker's tensors now.");
+}
+
+void PipelineMetrics::on_lease_event(const LeaseEvent& event) {
+  if (event.what != "granted" || event.wait_seconds < 0) return;
+  registry_.observe("llava_lease_wait_seconds", {{"stage", worker_labels(event.process)[0].second}},
+                    event.wait_seconds);
 }
 
 void PipelineMetrics::on_submitted(uint64_t request, int images) {
@@ -242,6 +273,17 @@ void PipelineMetrics::on_result(const RequestResult& r) {
   registry_.add("llava_images_total", {}, images);
   registry_.add("llava_embedding_cache_queries_total", {}, images);
   registry_.add("llava_embedding_cache_hits_total", {}, r.cached_images);
+  registry_.observe("llava_request_queue_seconds", {}, r.queue_ms / 1000);
+  if (!r.vision_worker.empty()) {
+    const MetricLabels labels = worker_labels(r.vision_worker);
+    registry_.observe("llava_image_preprocess_seconds", labels, r.preprocess_ms / 1000);
+    registry_.observe("llava_vision_encode_seconds", labels, r.encode_ms / 1000);
+    registry_.add("llava_images_encoded_total", labels, images - r.cached_images);
+  }
+  if (r.embedding_bytes > 0) {
+    registry_.observe("llava_embedding_handoff_seconds", {}, r.handoff_ms / 1000);
+    registry_.add("llava_embedding_handoff_bytes_total", {}, static_cast<double>(r.embedding_bytes));
+  }
 }
 
 void PipelineMetrics::refresh(const Coordinator& coordinator) {
@@ -270,7 +312,19 @@ void PipelineMetrics::refresh(const Coordinator& coordinator) {
                   static_cast<double>(report.peak_bytes));
     registry_.set("llava_worker_load_seconds", labels, report.load_seconds);
     registry_.set("llava_worker_busy_seconds", labels, report.work_seconds);
+    registry_.set("llava_worker_tasks", labels, static_cast<double>(report.tasks));
+    registry_.set("llava_worker_device_memory_bytes", with_device, static_cast<double>(report.device_bytes));
+    registry_.set("llava_worker_allocated_memory_bytes", with_device,
+                  static_cast<double>(report.allocated_bytes));
+    if (labels[0].second == "language") {
+      registry_.set("llava_kv_cache_usage_ratio", labels,
+                    report.kv_slots == 0 ? 0.0 : static_cast<double>(report.kv_slots_used) / report.kv_slots);
+    }
   }
+  const StageQueues queues = coordinator.queues();
+  registry_.set("llava_stage_queue_depth", {{"stage", "vision"}}, static_cast<double>(queues.vision));
+  registry_.set("llava_stage_queue_depth", {{"stage", "language"}}, static_cast<double>(queues.language));
+  registry_.set("llava_embedding_cache_bytes", {}, static_cast<double>(coordinator.embedding_cache_bytes()));
 }
 
 void PipelineMetrics::on_http_response(const std::string& endpoint, int status) {

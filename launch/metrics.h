@@ -60,6 +60,7 @@ std::vector<double> latency_buckets();
 // any thread.
 
 struct RequestResult;
+struct LeaseEvent;
 class Coordinator;
 
 class PipelineMetrics {
@@ -70,6 +71,8 @@ class PipelineMetrics {
   void on_submitted(uint64_t request, int images);
   void on_text(uint64_t request);
   void on_result(const RequestResult& result);
+  // A grant's wait (sequential mode's turns) goes to llava_lease_wait_seconds.
+  void on_lease_event(const LeaseEvent& event);
   // Request-independent figures read from the coordinator: workers up, restarts, memory.
   void refresh(const Coordinator& coordinator);
   // An HTTP answer: `endpoint` as routed ("/v1/chat/completions"), its status.

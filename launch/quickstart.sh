@@ -139,7 +139,7 @@ cmake --build "$build" -j "$jobs"
 case "$what" in
   demo)
     "$build/llava-pipe" run configs/demo.yaml \
-      --image tests/data/images/img01_320x240_RGB.jpg --prompt "What is in the picture?"
+      --image tests/data/shapes-llava/demo.png --prompt "What is in the picture?"
     ;;
   test)
     # Fuzzers first, so that ctest's summary is the last word: a fixed seed and input count

@@ -150,7 +150,10 @@ int serve(const std::vector<std::string>& command_line) {
     }
     nlohmann::json done = {{"id", it->second.second}, {"done", true},       {"ok", r.ok},
                            {"text", r.text},          {"finish", r.finish}, {"tokens", r.tokens}};
-    if (!r.ok) done["error"] = r.error;
+    if (!r.ok) {
+      done["error"] = r.error;
+      done["error_kind"] = error_kind_name(r.error_kind);  // bad_request, overloaded, unavailable, ...
+    }
     send_json(*clients, it->second.first, done);
     owners.erase(it);
   };
@@ -161,11 +164,15 @@ int serve(const std::vector<std::string>& command_line) {
 #endif
     deliver(r);
   };
+  events.on_lease_event = [&](const LeaseEvent& e) {
+    if (metrics) metrics->on_lease_event(e);
+  };
   Coordinator coordinator(config, events);
   metrics = std::make_unique<PipelineMetrics>(coordinator.model().image_tokens());
 #if LLAVA_PIPE_HTTP
   if (!http_address.empty()) {
     http = std::make_unique<HttpServer>(config, server, *chat_template, config.model.name, *metrics);
+    http->on_command = [&coordinator] { coordinator.wake(); };  // a request starts at once
     const int port = http->start(http_host, http_port);
     std::cerr << "llava-pipe: serving " << config.path << " over HTTP on http://" << http_host
               << ":" << port << " (chat template: " << chat_template->origin() << ")\n";
@@ -174,9 +181,10 @@ int serve(const std::vector<std::string>& command_line) {
   if (clients) {
     std::cerr << "llava-pipe: serving " << config.path << " on " << last_endpoint(*clients) << "\n";
   }
-  // Between coordinator turns: ZeroMQ clients, then the HTTP handlers' commands. With HTTP,
-  // a turn waits 1 ms at most, so that a posted request starts within it.
-  const auto turn = http ? std::chrono::milliseconds(1) : std::chrono::milliseconds(5);
+  // Between coordinator turns: ZeroMQ clients, then the HTTP handlers' commands. A posted
+  // HTTP command wakes the turn's wait (Coordinator::wake); ZeroMQ clients are read between
+  // turns, so with them a turn waits 5 ms at most.
+  const auto turn = clients ? std::chrono::milliseconds(5) : std::chrono::milliseconds(50);
   while (true) {
     while (clients) {
       auto parts = receive_parts(*clients, std::chrono::milliseconds(0));

@@ -33,6 +33,7 @@ DeviceMemory device_memory(const at::Device& device) {
       const auto& reserved = stats.reserved_bytes[0];  // StatType::AGGREGATE
       m.current = reserved.current;
       m.peak = reserved.peak;
+      m.allocated = stats.allocated_bytes[0].current;
     } catch (const c10::Error&) {
     }
     return m;
@@ -41,6 +42,7 @@ DeviceMemory device_memory(const at::Device& device) {
   long pages = 0, resident = 0;
   std::ifstream("/proc/self/statm") >> pages >> resident;
   m.current = resident * sysconf(_SC_PAGESIZE);
+  m.allocated = m.current;
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   m.peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;

@@ -12,8 +12,9 @@
 namespace llava {
 
 struct DeviceMemory {
-  int64_t current = 0;
+  int64_t current = 0;    // CUDA: reserved by the caching allocator; CPU: resident
   int64_t peak = 0;
+  int64_t allocated = 0;  // CUDA: held by tensors; CPU: resident
 };
 
 DeviceMemory device_memory(const at::Device& device);

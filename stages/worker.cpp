@@ -224,6 +224,9 @@ void Worker::send_heartbeat() {
   body.setPeakDeviceBytes(peak_device_bytes_);
   body.setLoadSeconds(load_seconds_);
   body.setWorkSeconds(work_seconds_);
+  body.setKvSlotsUsed(kv_slots_used_);
+  body.setKvSlots(kv_slots_);
+  body.setAllocatedBytes(allocated_bytes_);
   send(beat);
 }
 
@@ -234,6 +237,13 @@ void Worker::heartbeat_if_due() {
   DeviceMemory memory = device_memory(device_);
   device_bytes_ = static_cast<uint64_t>(memory.current);
   peak_device_bytes_ = static_cast<uint64_t>(memory.peak);
+  allocated_bytes_ = static_cast<uint64_t>(memory.allocated);
+  if (generator_) {
+    kv_slots_used_ = static_cast<uint32_t>(generator_->active());
+    kv_slots_ = static_cast<uint32_t>(generator_->slots());
+  } else {
+    kv_slots_used_ = kv_slots_ = 0;
+  }
   send_heartbeat();
 }
 
@@ -244,12 +254,14 @@ void Worker::pulse() {
   }
 }
 
-void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable) {
+void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable,
+                  bool bad_request) {
   wire::Outgoing out(request, attempt);
   auto failure = out.header().getBody().initFailure();
   failure.setStage(stage_kind_);
   failure.setMessage(message);
   failure.setRetryable(retryable);
+  failure.setBadRequest(bad_request);
   send(out);
 }
 
@@ -536,7 +548,7 @@ void Worker::encode_images() {
   for (const auto& item : items) {
     if (!item.error.empty() && !failed[item.task]) {
       failed[item.task] = true;
-      fail(tasks[item.task].request_id(), tasks[item.task].attempt(), item.error, false);
+      fail(tasks[item.task].request_id(), tasks[item.task].attempt(), item.error, false, true);
     }
   }
   std::vector<int64_t> rows;  // of the tasks that go on, in task order, then frame order
@@ -580,6 +592,7 @@ void Worker::encode_images() {
     auto body = out.header().getBody().initEmbeddings();
     body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
     body.setEncodeSeconds(elapsed);
+    body.setPreprocessSeconds(seconds(prepared - start));
     body.setBatchImages(static_cast<uint32_t>(rows.size()));
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
       at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
@@ -661,7 +674,7 @@ void Worker::generate_tokens() {
       admit(task);
     } catch (const RequestError& e) {
       running_.erase(task.request_id());
-      fail(task.request_id(), task.attempt(), e.what(), false);
+      fail(task.request_id(), task.attempt(), e.what(), false, true);
     } catch (const c10::Error& e) {  // out of memory and the like: this request only
       if (is_sticky(e)) exit_after_sticky_error(e);
       running_.erase(task.request_id());

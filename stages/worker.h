@@ -71,7 +71,9 @@ class Worker {
   // batch on the CPU), it sends the heartbeats the loop cannot, so that slow work is not
   // taken for a dead worker. It touches the socket only under socket_mutex_.
   void pulse();
-  void fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable);
+  // `bad_request`: the request's own fault (its image, its prompt), not the worker's.
+  void fail(uint64_t request, uint32_t attempt, const std::string& message, bool retryable,
+            bool bad_request = false);
   std::string who() const {  // "language-0 on cuda:0"
     return options_.stage + "-" + std::to_string(options_.replica) + " on " + device_.str();
   }
@@ -122,7 +124,8 @@ class Worker {
 
   // Read by the pulse thread too.
   std::atomic<double> load_seconds_{0}, work_seconds_{0};
-  std::atomic<uint64_t> device_bytes_{0}, peak_device_bytes_{0};
+  std::atomic<uint64_t> device_bytes_{0}, peak_device_bytes_{0}, allocated_bytes_{0};
+  std::atomic<uint32_t> kv_slots_used_{0}, kv_slots_{0};  // set by the loop, read by the pulse
   Clock::time_point last_beat_sent_, last_heard_;
   std::chrono::milliseconds beat_interval_;
 };

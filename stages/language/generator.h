@@ -33,6 +33,7 @@ class Generator {
 
   bool has_capacity() const { return cache_.free_slots() > 0; }
   size_t active() const { return sequences_.size(); }
+  int64_t slots() const { return cache_.slots(); }  // sequences the KV cache holds at most
   size_t cuda_graphs() const { return decode_.graphs(); }
   int64_t max_tokens() const { return cache_.max_tokens(); }
 

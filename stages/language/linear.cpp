@@ -36,7 +36,27 @@ QuantizedWeight quantize_int4_rows(const at::Tensor& w) {
   const int64_t groups = (in + kInt4Group - 1) / kInt4Group;
   at::Tensor w32 = at::constant_pad_nd(w.to(at::kFloat), {0, groups * kInt4Group - in});
   w32 = w32.view({out, groups, kInt4Group});
-  at::Tensor scale = stored_scale(w32.abs().amax(2, /*keepdim=*/true), 7.0, w.scalar_type());
+  // Scale search: per group, of the scales amax * r / 7 and amax * r / 8 (r from 1 down to
+  // 0.75: clipping the largest values buys finer steps for the rest; / 8 uses the -8 level),
+  // the one with the least squared error. r = 1, / 7 is plain round-to-nearest, so the
+  // result is never worse than it. (12 candidates: 3.5 s for an 11008 x 4096 matrix on two
+  // CPU cores at load; on a GPU, milliseconds.)
+  const at::Tensor absmax = w32.abs().amax(2, /*keepdim=*/true);
+  at::Tensor scale, best_error;
+  for (double levels : {7.0, 8.0}) {
+    for (int step = 0; step <= 5; ++step) {
+      const at::Tensor candidate = stored_scale(absmax * (1.0 - 0.05 * step), levels, w.scalar_type());
+      const at::Tensor error =
+          ((w32 / candidate).round().clamp(-8, 7) * candidate - w32).square().sum(2, /*keepdim=*/true);
+      if (!scale.defined()) {
+        scale = candidate, best_error = error;
+        continue;
+      }
+      const at::Tensor better = error < best_error;
+      scale = at::where(better, candidate, scale);
+      best_error = at::where(better, error, best_error);
+    }
+  }
   // -8..7 stored as 0..15; padding inputs are 0 (stored 8).
   at::Tensor q = ((w32 / scale).round_().clamp_(-8, 7) + 8).to(at::kInt).view({out, groups * kInt4Group});
   const int64_t even = (in + 1) / 2 * 2;

@@ -33,6 +33,7 @@ void* bounded_realloc(void* block, std::size_t size);
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "common/errors.h"
 
@@ -61,6 +62,83 @@ void* bounded_realloc(void* block, size_t size) {
   return within_ceiling(size) ? std::realloc(block, size) : nullptr;
 }
 
+// The Orientation tag (0x0112) of IFD0 in a TIFF-structured Exif block, 1 when absent or
+// unreadable. Every offset is checked against the block: the bytes come from strangers.
+int exif_orientation(const uint8_t* tiff, size_t size) {
+  if (size < 8) return 1;
+  const bool little = tiff[0] == 'I' && tiff[1] == 'I';
+  if (!little && !(tiff[0] == 'M' && tiff[1] == 'M')) return 1;
+  auto u16 = [&](size_t at) {
+    return little ? uint32_t{tiff[at]} | (uint32_t{tiff[at + 1]} << 8)
+                  : (uint32_t{tiff[at]} << 8) | uint32_t{tiff[at + 1]};
+  };
+  auto u32 = [&](size_t at) {
+    return little ? u16(at) | (u16(at + 2) << 16) : (u16(at) << 16) | u16(at + 2);
+  };
+  if (u16(2) != 42) return 1;
+  const uint64_t ifd = u32(4);
+  if (ifd + 2 > size) return 1;
+  const uint32_t entries = u16(ifd);
+  for (uint32_t i = 0; i < entries; ++i) {
+    const uint64_t at = ifd + 2 + 12ull * i;
+    if (at + 12 > size) return 1;
+    if (u16(at) != 0x0112) continue;
+    const uint32_t type = u16(at + 2), count = u32(at + 4);
+    if (count < 1) return 1;
+    const uint32_t value = type == 3 ? u16(at + 8) : type == 4 ? u32(at + 8) : 1;  // SHORT, LONG
+    return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+  }
+  return 1;
+}
+
+// A PNG's eXIf chunk (PIL reads it as it reads a JPEG's APP1 block).
+int png_exif_orientation(const uint8_t* data, size_t size) {
+  size_t at = 8;
+  while (at + 12 <= size) {
+    const uint64_t length = (uint64_t{data[at]} << 24) | (uint64_t{data[at + 1]} << 16) |
+                            (uint64_t{data[at + 2]} << 8) | data[at + 3];
+    if (at + 12 + length > size) return 1;
+    if (std::equal(data + at + 4, data + at + 8, "eXIf")) return exif_orientation(data + at + 8, length);
+    if (std::equal(data + at + 4, data + at + 8, "IEND")) return 1;
+    at += 12 + length;
+  }
+  return 1;
+}
+
+}  // namespace
+
+// The pixels as a viewer shows them: what PIL's ImageOps.exif_transpose (and so
+// transformers' load_image) does for each Exif orientation.
+RgbImage apply_orientation(RgbImage image, int orientation) {
+  if (orientation < 2 || orientation > 8) return image;
+  const int w = image.width, h = image.height;
+  const bool swaps = orientation >= 5;  // 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90
+  RgbImage out;
+  out.width = swaps ? h : w;
+  out.height = swaps ? w : h;
+  out.pixels.resize(image.pixels.size());
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      int row = y, col = x;  // the source pixel of (y, x)
+      switch (orientation) {
+        case 2: col = w - 1 - x; break;                        // FLIP_LEFT_RIGHT
+        case 3: row = h - 1 - y, col = w - 1 - x; break;       // ROTATE_180
+        case 4: row = h - 1 - y; break;                        // FLIP_TOP_BOTTOM
+        case 5: row = x, col = y; break;                       // TRANSPOSE
+        case 6: row = h - 1 - x, col = y; break;               // ROTATE_270 (90 clockwise)
+        case 7: row = h - 1 - x, col = w - 1 - y; break;       // TRANSVERSE
+        case 8: row = x, col = w - 1 - y; break;               // ROTATE_90 (counter-clockwise)
+      }
+      const uint8_t* from = &image.pixels[(static_cast<size_t>(row) * w + col) * 3];
+      uint8_t* to = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
+      to[0] = from[0], to[1] = from[1], to[2] = from[2];
+    }
+  }
+  return out;
+}
+
+namespace {
+
 // libjpeg reports errors through a callback that must not return: jump back out, with no
 // C++ object alive between setjmp and longjmp.
 struct JpegError {
@@ -85,7 +163,7 @@ void on_jpeg_warning(j_common_ptr info, int level) {
 // Decodes to RGB (grayscale expanded; CMYK converted as PIL does). Returns a malloc'ed
 // buffer, or nullptr with `error` set. `too_big` is set when the header exceeds the limit.
 uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, int* width,
-                         int* height, bool* too_big, char* error) {
+                         int* height, int* orientation, bool* too_big, char* error) {
   jpeg_decompress_struct info;
   JpegError failure;
   uint8_t* volatile pixels = nullptr;
@@ -103,7 +181,15 @@ uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, i
   }
   jpeg_create_decompress(&info);
   jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
+  jpeg_save_markers(&info, JPEG_APP0 + 1, 0xFFFF);  // APP1: Exif, for the orientation
   jpeg_read_header(&info, TRUE);
+  for (jpeg_saved_marker_ptr m = info.marker_list; m != nullptr; m = m->next) {
+    static const uint8_t kExif[] = {'E', 'x', 'i', 'f', 0, 0};
+    if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 && std::equal(kExif, kExif + 6, m->data)) {
+      *orientation = exif_orientation(m->data + 6, m->data_length - 6);
+      break;  // PIL reads the first Exif block
+    }
+  }
   *width = static_cast<int>(info.image_width);
   *height = static_cast<int>(info.image_height);
   if (static_cast<uint64_t>(info.image_width) * info.image_height > static_cast<uint64_t>(max_pixels)) {
@@ -150,8 +236,10 @@ uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, i
 RgbImage decode_jpeg(const uint8_t* data, size_t size, const ImageLimits& limits) {
   int width = 0, height = 0;
   bool too_big = false;
+  int orientation = 1;
   char error[JMSG_LENGTH_MAX] = {0};
-  uint8_t* pixels = decode_jpeg_raw(data, size, limits.max_pixels, &width, &height, &too_big, error);
+  uint8_t* pixels =
+      decode_jpeg_raw(data, size, limits.max_pixels, &width, &height, &orientation, &too_big, error);
   if (too_big) {
     throw RequestError("image: " + std::to_string(width) + "x" + std::to_string(height) +
                        " pixels is over the limit of " + std::to_string(limits.max_pixels));
@@ -162,7 +250,7 @@ RgbImage decode_jpeg(const uint8_t* data, size_t size, const ImageLimits& limits
   image.height = height;
   image.pixels.assign(pixels, pixels + static_cast<size_t>(width) * height * 3);
   std::free(pixels);
-  return image;
+  return apply_orientation(std::move(image), orientation);
 }
 
 }  // namespace
@@ -175,7 +263,8 @@ RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limit
   // stb_image refuses very large PNGs with a vague message; read their size ourselves so
   // that a decompression bomb is named for what it is.
   static const uint8_t kPng[] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
-  if (size >= 24 && std::equal(kPng, kPng + 8, data) && std::equal(data + 12, data + 16, "IHDR")) {
+  const bool is_png = size >= 24 && std::equal(kPng, kPng + 8, data);
+  if (is_png && std::equal(data + 12, data + 16, "IHDR")) {
     auto be32 = [&](size_t at) {
       return (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
              (uint32_t{data[at + 2]} << 8) | data[at + 3];
@@ -191,6 +280,7 @@ RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limit
   if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
     return decode_jpeg(data, size, limits);
   }
+  const int orientation = is_png ? png_exif_orientation(data, size) : 1;
   if (!stbi_info_from_memory(data, length, &width, &height, &channels)) {
     throw RequestError(std::string("image: not a readable image (") + stbi_failure_reason() +
                        "; JPEG, PNG, BMP and GIF are read)");
@@ -223,7 +313,7 @@ RgbImage decode_image(const uint8_t* data, size_t size, const ImageLimits& limit
   image.width = width;
   image.height = height;
   image.pixels.assign(pixels.get(), pixels.get() + static_cast<size_t>(width) * height * 3);
-  return image;
+  return apply_orientation(std::move(image), orientation);
 }
 
 }  // namespace llava

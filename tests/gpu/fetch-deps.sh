@@ -22,6 +22,7 @@ pkgs=(
   libjpeg62-turbo libjpeg62-turbo-dev
   libgtest-dev libgmock-dev libbenchmark1debian libbenchmark-dev
   libfmt9 libfmt-dev libspdlog1.10 libspdlog-dev libcli11-dev
+  libcpp-httplib-dev libcpp-httplib0.11 libssl-dev zlib1g-dev libbrotli-dev libbrotli1
   ${EXTRA_GPU_DEBS:-}
 )
 compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null || apt-get update -q >/dev/null

@@ -41,7 +41,9 @@ async function streamed(maxTokens, prompt) {
       buffer = buffer.slice(end + 2);
       if (event === '[DONE]') continue;
       const chunk = JSON.parse(event);
-      if (!first && chunk.choices[0]?.delta?.content) first = performance.now() - start;
+      // The first event after the role's: the first token's text, or the finish chunk when
+      // that token is not whole text yet (a byte of a UTF-8 character).
+      if (!first && chunk.choices.length && !('role' in (chunk.choices[0].delta ?? {}))) first = performance.now() - start;
       if (chunk.usage) completion = chunk.usage.completion_tokens;
     }
   }

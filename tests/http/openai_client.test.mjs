@@ -1,6 +1,6 @@
 // llava-pipe's OpenAI-compatible server through the official `openai` client (node --test).
 // tests/http/run.sh starts two servers on 127.0.0.1 with the tiny demo checkpoint and sets:
-//   LLAVA_HTTP_URL         configs/demo.yaml, default limits
+//   LLAVA_HTTP_URL         configs/tiny-random.yaml, default limits
 //   LLAVA_HTTP_LIMITS_URL  the same model with server.api_key, a 64 KiB body cap and
 //                          coordinator.queue_capacity 1 (for 401, 413 and 429)
 //   LLAVA_HTTP_KEY         that server's key
@@ -277,6 +277,16 @@ test('/health says ok, and /metrics passes promtool check metrics', async () => 
   const body = await (await fetch(`${baseURL}/metrics`)).text();
   assert.match(body, /^llava_request_success_total\{finish_reason="(stop|length)"\} [1-9]/m);
   assert.match(body, /^llava_time_to_first_token_seconds_bucket\{le="\+Inf"\} [1-9]/m);
+  // Figures the workers send with their heartbeats and results, through the coordinator.
+  assert.match(body, /^llava_images_encoded_total\{stage="vision",replica="0"\} [1-9]/m);
+  assert.match(body, /^llava_vision_encode_seconds_count\{stage="vision",replica="0"\} [1-9]/m);
+  assert.match(body, /^llava_image_preprocess_seconds_count\{stage="vision",replica="0"\} [1-9]/m);
+  assert.match(body, /^llava_embedding_handoff_bytes_total [1-9]/m);
+  assert.match(body, /^llava_request_queue_seconds_count [1-9]/m);
+  assert.match(body, /^llava_stage_queue_depth\{stage="vision"\} 0$/m);
+  assert.match(body, /^llava_kv_cache_usage_ratio\{stage="language",replica="0"\} 0$/m);
+  assert.match(body, /^llava_worker_device_memory_bytes\{stage="language",replica="0",device="cpu"\} [1-9]/m);
+  assert.match(body, /^llava_worker_up\{stage="vision",replica="0"\} [01]$/m);  // sequential: up in its turns
   let promtool = true;
   try {
     execFileSync('promtool', ['--version'], { stdio: 'ignore' });

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The HTTP server's end-to-end tests: starts `llava-pipe serve --http` twice on 127.0.0.1
-# (configs/demo.yaml as it is, and the same model with an API key, a queue of 1 and a 64 KiB
+# (configs/tiny-random.yaml as it is, and the same model with an API key, a queue of 1 and a 64 KiB
 # body cap for the 401 / 429 / 413 cases), runs the `openai` client suite (node --test),
 # then a `curl -N` SSE smoke test, and stops both servers whatever happens.
 #   bash tests/http/run.sh [BUILD_DIR]     (default: build; needs llava-pipe and llava-stage)
@@ -26,7 +26,7 @@ trap cleanup EXIT
 key="test-key-$$"
 sed -e "s|checkpoint: ../tests/data/tiny-llava.*|checkpoint: $root/tests/data/tiny-llava|" \
     -e "s|llava-pipe-demo-{pid}|llava-pipe-http-limits-{pid}|" \
-    -e "s|^coordinator:|coordinator:\n  queue_capacity: 1|" configs/demo.yaml > "$work/limits.yaml"
+    -e "s|^coordinator:|coordinator:\n  queue_capacity: 1|" configs/tiny-random.yaml > "$work/limits.yaml"
 # The key comes from the environment (LLAVA_PIPE_API_KEY); the body cap from the server:
 # section where the config parser shared with the workers knows it, else the default cap.
 max_body=$((64 << 20))
@@ -52,7 +52,7 @@ start() {
   cat "$log" >&2
   return 1
 }
-url="$(start configs/demo.yaml "$work/demo.log")"
+url="$(start configs/tiny-random.yaml "$work/demo.log")"
 limits_url="$(start "$work/limits.yaml" "$work/limits.log" "$key")"
 echo "servers: $url (demo), $limits_url (limits)"
 

@@ -95,7 +95,7 @@ TEST(Serve, ARequestWhoseFramesTogetherAreOverMaxMessageSizeIsAnsweredWithAnErro
   // Each image fits the 1 MiB cap, the two together do not: serve answers (no worker starts).
   const std::string config = testing::TempDir() + "serve-small.yaml";
   {
-    std::ifstream demo(LLAVA_PIPE_SOURCE_DIR "/configs/demo.yaml");
+    std::ifstream demo(LLAVA_PIPE_SOURCE_DIR "/configs/tiny-random.yaml");
     std::ofstream out(config);
     std::string line;
     while (std::getline(demo, line)) {

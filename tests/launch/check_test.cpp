@@ -133,7 +133,7 @@ TEST(Check, ShippedThirteenBConfigFitsTheL4InInt8) {
 // The benchmark on the tiny model (CPU): every phase answers and the figures are there.
 TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   const std::string json = testing::TempDir() + "bench.json";
-  Result r = run("bench " + std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/demo.yaml --image " +
+  Result r = run("bench " + std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/tiny-random.yaml --image " +
                  std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/images/img01_320x240_RGB.jpg" +
                  " --batches 1,3 --new-tokens 6 --ttft-runs 2 --vision-batch 3 --throughput 4 --json " + json);
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -16,7 +16,7 @@ namespace {
 class HttpServerTest : public testing::Test {
  protected:
   void start(ServerSection server = {}) {
-    config_ = load_config(LLAVA_PIPE_SOURCE_DIR "/configs/demo.yaml");
+    config_ = load_config(LLAVA_PIPE_SOURCE_DIR "/configs/tiny-random.yaml");
     template_ =
         std::make_unique<ChatTemplate>(config_.model.checkpoint, config_.generation.chat_template);
     http_ = std::make_unique<HttpServer>(config_, server, *template_, "tiny-llava", metrics_);

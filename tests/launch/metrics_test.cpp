@@ -94,7 +94,20 @@ TEST(Metrics, PipelineMetricsFromResultsPassPromtool) {
   ok.first_token_ms = 80;
   ok.total_ms = 120;
   ok.cached_images = 1;
+  ok.queue_ms = 3;
+  ok.vision_worker = "vision-1";
+  ok.preprocess_ms = 4;
+  ok.encode_ms = 30;
+  ok.embedding_bytes = 2 * 576 * 4096 * 2;
+  ok.handoff_ms = 0.5;
   m.on_result(ok);
+  LeaseEvent granted;
+  granted.process = "language-0";
+  granted.what = "granted";
+  granted.wait_seconds = 0.25;
+  m.on_lease_event(granted);
+  granted.wait_seconds = -1;  // nothing waited (a concurrent start): not a wait
+  m.on_lease_event(granted);
   m.on_submitted(2, 0);
   RequestResult cancelled;
   cancelled.id = 2;
@@ -113,6 +126,14 @@ TEST(Metrics, PipelineMetricsFromResultsPassPromtool) {
   EXPECT_TRUE(contains(text, "llava_time_to_first_token_seconds_bucket{le=\"0.1\"} 1\n"));
   EXPECT_TRUE(contains(text, "llava_inter_token_latency_seconds_count 1\n"));
   EXPECT_TRUE(contains(text, "llava_request_errors_total{code=\"429\"} 1\n"));
+  EXPECT_TRUE(contains(text, "llava_request_queue_seconds_bucket{le=\"0.005\"} 1\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_image_preprocess_seconds_sum{stage=\"vision\",replica=\"1\"} 0.004\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_vision_encode_seconds_sum{stage=\"vision\",replica=\"1\"} 0.03\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_images_encoded_total{stage=\"vision\",replica=\"1\"} 1\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_embedding_handoff_bytes_total 9437184\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_embedding_handoff_seconds_sum 0.0005\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_lease_wait_seconds_count{stage=\"language\"} 1\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_lease_wait_seconds_sum{stage=\"language\"} 0.25\n")) << text;
   const auto [status, out] = promtool_check(text);
   ASSERT_NE(status, -1);
   if (WEXITSTATUS(status) == 127)

@@ -6,7 +6,16 @@
 
 #include <fstream>
 #include <iterator>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
+#if LLAVA_PIPE_HTTP && LLAVA_PIPE_CURL
+#include <httplib.h>
+#endif
+
+#include "coordinator/coordinator.h"
 #include "launch/http_server.h"
 #include "launch/openai_images.h"
 
@@ -184,17 +193,16 @@ TEST(OpenAiResponses, ErrorsUseTheOpenAiEnvelope) {
   EXPECT_EQ(error_body(401, "x")["error"]["type"], "authentication_error");
 }
 
-TEST(OpenAiErrors, TheCoordinatorsRefusalsMapToTheirStatus) {
-  EXPECT_EQ(HttpServer::status_for(
-                "overloaded: 4096 requests are waiting (coordinator.queue_capacity 4096)"),
-            429);
-  EXPECT_EQ(HttpServer::status_for("refused: the pipeline is shutting down"), 503);
-  EXPECT_EQ(HttpServer::status_for(
-                "the prompt is 300 tokens (with 576 per image); the context holds 256"),
-            400);
-  EXPECT_EQ(HttpServer::status_for("vision stage: image: not a readable image (bad png sig)"), 400);
-  EXPECT_EQ(HttpServer::status_for("gave up after 3 retries; last: language-0 unreachable"), 503);
-  EXPECT_EQ(HttpServer::status_for("something else broke"), 500);
+// The coordinator gives each failure its kind (tests/pipeline checks which failure gets
+// which); the server maps kinds, never words of the message, to statuses.
+TEST(OpenAiErrors, TheCoordinatorsErrorKindsMapToTheirStatus) {
+  EXPECT_EQ(HttpServer::status_for(ErrorKind::kBadRequest), 400);
+  EXPECT_EQ(HttpServer::status_for(ErrorKind::kOverloaded), 429);
+  EXPECT_EQ(HttpServer::status_for(ErrorKind::kUnavailable), 503);
+  EXPECT_EQ(HttpServer::status_for(ErrorKind::kInternal), 500);
+  EXPECT_EQ(HttpServer::status_for(ErrorKind::kNone), 500);
+  EXPECT_STREQ(error_kind_name(ErrorKind::kBadRequest), "bad_request");
+  EXPECT_STREQ(error_kind_name(ErrorKind::kOverloaded), "overloaded");
 }
 
 TEST(OpenAiImages, DecodesBase64StrictlyWithOrWithoutPadding) {
@@ -270,6 +278,76 @@ TEST(OpenAiImages, FileAndHttpUrlsAreOffUnlessTheConfigAllowsThem) {
   }
   EXPECT_THROW(fetch_image("ftp://host/x.png", "p", server), ApiError);
 }
+
+#if LLAVA_PIPE_HTTP && LLAVA_PIPE_CURL
+// http(s) image URLs against a real server on 127.0.0.1: the bytes arrive whole, a redirect
+// is followed, and a file over the cap, a 404, a server slower than the timeout and a body
+// that is no image are each refused with a message that names what went wrong.
+TEST(OpenAiImages, HttpUrlsAreFetchedFromALocalServerWithinTheirLimits) {
+  std::ifstream in(LLAVA_PIPE_SOURCE_DIR "/tests/data/images/img01_320x240_RGB.jpg", std::ios::binary);
+  const std::string jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(jpeg.size(), 1000u);
+  httplib::Server server;
+  server.Get("/cat.jpg", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(jpeg, "image/jpeg");
+  });
+  server.Get("/moved", [](const httplib::Request&, httplib::Response& res) {
+    res.set_redirect("/cat.jpg");
+  });
+  server.Get("/big.jpg", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(jpeg + std::string(4096, '\0'), "image/jpeg");
+  });
+  server.Get("/page.html", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("<html>not an image</html>", "text/html");
+  });
+  // Answers only after the client has given up (the client's timeout is what is tested).
+  std::mutex mutex;
+  std::condition_variable released;
+  bool release = false;
+  server.Get("/slow.jpg", [&](const httplib::Request&, httplib::Response& res) {
+    std::unique_lock<std::mutex> lock(mutex);
+    released.wait_for(lock, std::chrono::seconds(10), [&] { return release; });
+    res.set_content(jpeg, "image/jpeg");
+  });
+  const int port = server.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread thread([&] { server.listen_after_bind(); });
+  // bind_to_any_port has the socket listening: connections wait in its backlog until the
+  // thread accepts them.
+  const std::string base = "http://127.0.0.1:" + std::to_string(port);
+
+  ServerSection config;
+  config.allow_remote_images = true;
+  config.remote_image_timeout_ms = 300;
+  config.max_image_bytes = jpeg.size() + 100;
+  EXPECT_EQ(fetch_image(base + "/cat.jpg", "p", config), jpeg);
+  EXPECT_EQ(fetch_image(base + "/moved", "p", config), jpeg);
+  auto refusal = [&](const std::string& path) {
+    try {
+      fetch_image(base + path, "messages[0].content[1]", config);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << path;
+      EXPECT_EQ(std::string(e.what()).rfind("messages[0].content[1]: ", 0), 0u) << e.what();
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << path << " was accepted";
+    return std::string();
+  };
+  EXPECT_NE(refusal("/big.jpg").find("over server.max_image_bytes"), std::string::npos);
+  EXPECT_NE(refusal("/missing.jpg").find("404"), std::string::npos);
+  EXPECT_NE(refusal("/page.html").find("not a JPEG, PNG, GIF or BMP image"), std::string::npos);
+  const std::string slow = refusal("/slow.jpg");
+  EXPECT_NE(slow.find("cannot fetch"), std::string::npos) << slow;
+  EXPECT_NE(slow.find("imed out"), std::string::npos) << slow;  // "Timed out" / "timed out"
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    release = true;
+  }
+  released.notify_all();
+  server.stop();
+  thread.join();
+}
+#endif
 
 TEST(OpenAiImages, FileUrlsOutsideTheImageRootAreRefused) {
   ServerSection server;

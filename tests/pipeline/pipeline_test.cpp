@@ -148,6 +148,7 @@ void expect_all_failed_with(const Outcome& outcome, const std::string& error) {
     const auto& r = outcome.results.at(id);
     EXPECT_FALSE(r.ok) << "request " << id;
     EXPECT_NE(r.error.find(error), std::string::npos) << r.error;
+    EXPECT_EQ(r.error_kind, llava::ErrorKind::kUnavailable) << r.error;  // a stage that cannot run
   }
 }
 
@@ -622,6 +623,52 @@ TEST(Pipeline, ConcurrentMatchesInProcessGeneration) {
   EXPECT_GT(first_event(outcome.timeline, "language-0", "granted"), 0);
 }
 
+// What /health reports: "loading" until each stage's worker has loaded its weights, then
+// ready; a killed worker makes its stage unavailable, naming it, until its replacement loads.
+TEST(Pipeline, UnavailableReasonFollowsLoadingDeathAndRestart) {
+  llava::Coordinator coordinator(llava::load_config(write_config("health", concurrent_cpu(2, 2))), {},
+                                 kBinary + "/llava-stage");
+  EXPECT_EQ(coordinator.unavailable_reason().rfind("loading: ", 0), 0u) << coordinator.unavailable_reason();
+  // Steps until `done` holds; false after 60 s.
+  auto step_until = [&](const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      coordinator.step(std::chrono::milliseconds(20));
+    }
+    return true;
+  };
+  ASSERT_TRUE(step_until([&] { return coordinator.unavailable_reason().empty(); }))
+      << coordinator.unavailable_reason();
+  ASSERT_GT(coordinator.pid_of("language-0"), 0);
+  kill(coordinator.pid_of("language-0"), SIGKILL);
+  std::string seen;
+  ASSERT_TRUE(step_until([&] {
+    seen = coordinator.unavailable_reason();
+    return !seen.empty();
+  }));
+  EXPECT_NE(seen.find("language stage"), std::string::npos) << seen;
+  EXPECT_TRUE(step_until([&] { return coordinator.unavailable_reason().empty(); }))
+      << coordinator.unavailable_reason();
+  coordinator.shutdown_workers();
+}
+
+// Another thread's wake() ends the loop's wait at once (the HTTP server hands it requests
+// this way). Sequential mode with no work starts no worker, so nothing else would end a
+// 60 s wait early.
+TEST(Pipeline, WakeEndsTheLoopsWaitFromAnotherThread) {
+  llava::Coordinator coordinator(llava::load_config(write_config("wake", kSequential)), {},
+                                 kBinary + "/llava-stage");
+  for (int round = 0; round < 3; ++round) {
+    std::thread waker([&] { coordinator.wake(); });
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_TRUE(coordinator.step(std::chrono::seconds(60)));
+    waker.join();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << round;
+  }
+  EXPECT_EQ(coordinator.pid_of("vision-0"), -1);  // nothing else happened
+}
+
 TEST(Pipeline, TwoVisionAndTwoLanguageReplicasMatch) {
   std::vector<Case> cases = kCases;
   cases.insert(cases.end(), kCases.begin(), kCases.end());
@@ -704,6 +751,7 @@ TEST(Pipeline, StopDrainsWorkInFlightAndEndsTheRestExplicitly) {
     } else {
       ++cut;
       EXPECT_EQ(r.error, "cancelled: the pipeline is shutting down") << i;
+      EXPECT_EQ(r.error_kind, llava::ErrorKind::kUnavailable) << i;
     }
   }
   EXPECT_GE(finished, 1);  // what the vision worker had when the stop came went through
@@ -721,6 +769,7 @@ TEST(Pipeline, FullQueueRefusesNewRequestsExplicitly) {
       EXPECT_FALSE(r.ok);
       EXPECT_EQ(r.error.rfind("overloaded: 2 requests are waiting (coordinator.queue_capacity 2)", 0), 0u)
           << r.error;
+      EXPECT_EQ(r.error_kind, llava::ErrorKind::kOverloaded);
     }
   }
 }
@@ -763,6 +812,7 @@ TEST(Pipeline, OutOfMemoryFailsThatRequestAloneAndTheWorkerLivesOn) {
             "language stage: language model: language-0 on cpu: out of memory prefilling this request's "
             "prompt (Tried to allocate 20.00 MiB); memory_limit none: lower stages.language.batch_size or "
             "max_context, or set quantize: int8 (or int4) or offload: layers, or raise memory_limit");
+  EXPECT_EQ(r.error_kind, llava::ErrorKind::kInternal);
   expect_no_deaths(outcome);
 }
 
@@ -774,6 +824,7 @@ TEST(Pipeline, PromptLongerThanTheContextFailsAlone) {
   const auto& r = outcome.results.at(outcome.ids[1]);
   EXPECT_FALSE(r.ok);
   EXPECT_NE(r.error.find("the context holds 256"), std::string::npos) << r.error;
+  EXPECT_EQ(r.error_kind, llava::ErrorKind::kBadRequest);
 }
 
 TEST(Pipeline, LanguageWorkerKilledMidGenerationStillAnswersEachRequestOnce) {
@@ -844,10 +895,12 @@ TEST(Pipeline, CorruptAndMissingImagesFailAloneWithTheirReason) {
   const auto& bad = outcome.results.at(outcome.ids[kCases.size()]);
   EXPECT_FALSE(bad.ok);
   EXPECT_EQ(bad.error.rfind("vision stage: image 1 of 1: ", 0), 0u) << bad.error;
+  EXPECT_EQ(bad.error_kind, llava::ErrorKind::kBadRequest);  // the worker says whose fault it is
   const auto& missing = outcome.results.at(outcome.ids[kCases.size() + 1]);
   EXPECT_FALSE(missing.ok);
   EXPECT_NE(missing.error.find("cannot read image '"), std::string::npos) << missing.error;
   EXPECT_NE(missing.error.find("No such file or directory"), std::string::npos);
+  EXPECT_EQ(missing.error_kind, llava::ErrorKind::kBadRequest);
 }
 
 TEST(Pipeline, CheckpointThatCannotLoadFailsTheRunWithTheLoaderMessage) {

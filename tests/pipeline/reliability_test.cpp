@@ -188,7 +188,7 @@ TEST(Reliability, AFullFileSystemLeavesOnlyWholeLinesAndSaysHowMany) {
   std::ifstream in(out);
   size_t lines = 0;
   for (std::string line; std::getline(in, line); ++lines) {
-    EXPECT_NO_THROW((void)nlohmann::json::parse(line)) << "line " << lines + 1 << ": " << line;
+    EXPECT_TRUE(nlohmann::json::accept(line)) << "line " << lines + 1 << ": " << line;
   }
   EXPECT_EQ(lines, kept);
   EXPECT_FALSE(std::filesystem::exists(out + ".partial"));

@@ -122,4 +122,89 @@ TEST(Image, TruncatedJpegIsRefusedAsPilRefusesIt) {
   EXPECT_NE(error.find("truncated"), std::string::npos) << error;
 }
 
+// Each Exif orientation turns the pixels as PIL's ImageOps.exif_transpose does; a 3 x 2
+// image whose values name their place, against the layouts worked out by hand from PIL's
+// Transpose methods (FLIP_LEFT_RIGHT, ROTATE_180, ..., ROTATE_90).
+TEST(Image, EachExifOrientationTurnsThePixelsAsPilDoes) {
+  llava::RgbImage image;
+  image.width = 3;
+  image.height = 2;
+  for (int v : {0, 1, 2, 10, 11, 12}) image.pixels.insert(image.pixels.end(), {uint8_t(v), 0, 0});
+  const std::vector<std::vector<int>> expected = {
+      {0, 1, 2, 10, 11, 12},  // 1: as stored
+      {2, 1, 0, 12, 11, 10},  // 2: mirrored left-right
+      {12, 11, 10, 2, 1, 0},  // 3: turned 180 degrees
+      {10, 11, 12, 0, 1, 2},  // 4: mirrored top-bottom
+      {0, 10, 1, 11, 2, 12},  // 5: transposed (2 wide, 3 high from here on)
+      {10, 0, 11, 1, 12, 2},  // 6: turned 90 degrees clockwise
+      {12, 2, 11, 1, 10, 0},  // 7: transversed
+      {2, 12, 1, 11, 0, 10},  // 8: turned 90 degrees counter-clockwise
+  };
+  for (int orientation = 1; orientation <= 8; ++orientation) {
+    const llava::RgbImage turned = llava::apply_orientation(image, orientation);
+    EXPECT_EQ(turned.width, orientation >= 5 ? 2 : 3) << orientation;
+    EXPECT_EQ(turned.height, orientation >= 5 ? 3 : 2) << orientation;
+    std::vector<int> got;
+    for (size_t i = 0; i < turned.pixels.size(); i += 3) got.push_back(turned.pixels[i]);
+    EXPECT_EQ(got, expected[orientation - 1]) << orientation;
+  }
+  EXPECT_EQ(llava::apply_orientation(image, 0).pixels, image.pixels);
+  EXPECT_EQ(llava::apply_orientation(image, 9).pixels, image.pixels);
+}
+
+// JPEGs tagged with each orientation (little- and big-endian Exif) and a PNG with an eXIf
+// chunk decode upright, with the sizes transformers' load_image gives; the pixel values
+// against its processor are checked in preprocess_test.
+TEST(Image, ExifTaggedFilesDecodeUprightAsLoadImageShowsThem) {
+  auto info = llava::test::load_json("images/exif/exif.json");
+  ASSERT_GE(info["images"].size(), 11u);
+  for (const auto& entry : info["images"]) {
+    const std::string file = entry["file"];
+    auto bytes = read_file(data_path("images/exif/" + file));
+    const llava::RgbImage image = decode_image(bytes.data(), bytes.size());
+    EXPECT_EQ(image.width, entry["width"].get<int>()) << file;
+    EXPECT_EQ(image.height, entry["height"].get<int>()) << file;
+  }
+  // The turned JPEG and the upright PNG that PIL wrote from it hold the same pixels.
+  auto tagged = read_file(data_path("images/exif/o6.jpg"));
+  auto upright = read_file(data_path("images/exif/o6_upright.png"));
+  EXPECT_EQ(decode_image(tagged.data(), tagged.size()).pixels,
+            decode_image(upright.data(), upright.size()).pixels);
+}
+
+// An Exif block that lies (offsets past its end, a count of thousands of entries, a wrong
+// byte-order mark) is read as "no orientation", never past the block.
+TEST(Image, ALyingExifBlockIsIgnored) {
+  auto bytes = read_file(data_path("images/img01_320x240_RGB.jpg"));
+  const llava::RgbImage plain = decode_image(bytes.data(), bytes.size());
+  const std::vector<std::vector<uint8_t>> tiffs = {
+      {'I', 'I', 42, 0, 0xff, 0xff, 0xff, 0x7f},            // IFD0 far past the end
+      {'I', 'I', 42, 0, 8, 0, 0, 0, 0xff, 0xff},            // 65535 entries, none there
+      {'X', 'X', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0},
+      {'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6},  // entry cut short
+      {'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 99, 0, 0, 0},
+  };
+  for (size_t i = 0; i < tiffs.size(); ++i) {
+    std::vector<uint8_t> app1 = {0xFF, 0xE1, 0, 0, 'E', 'x', 'i', 'f', 0, 0};
+    app1.insert(app1.end(), tiffs[i].begin(), tiffs[i].end());
+    const size_t length = app1.size() - 2;
+    app1[2] = static_cast<uint8_t>(length >> 8), app1[3] = static_cast<uint8_t>(length);
+    std::vector<uint8_t> file(bytes.begin(), bytes.begin() + 2);  // SOI
+    file.insert(file.end(), app1.begin(), app1.end());
+    file.insert(file.end(), bytes.begin() + 2, bytes.end());
+    const llava::RgbImage image = decode_image(file.data(), file.size());
+    EXPECT_EQ(image.width, plain.width) << i;
+    EXPECT_EQ(image.pixels, plain.pixels) << i;
+  }
+  // The same block telling the truth (orientation 6) turns it: the test above can fail.
+  std::vector<uint8_t> app1 = {0xFF, 0xE1, 0, 30, 'E', 'x', 'i', 'f', 0, 0,
+                               'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0};
+  std::vector<uint8_t> file(bytes.begin(), bytes.begin() + 2);
+  file.insert(file.end(), app1.begin(), app1.end());
+  file.insert(file.end(), bytes.begin() + 2, bytes.end());
+  const llava::RgbImage turned = decode_image(file.data(), file.size());
+  EXPECT_EQ(turned.width, plain.height);
+  EXPECT_EQ(turned.pixels, llava::apply_orientation(plain, 6).pixels);
+}
+
 }  // namespace

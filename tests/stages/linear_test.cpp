@@ -48,7 +48,19 @@ TEST(Quantize, Int4RoundTripIsWithinHalfAStepOfEachGroup) {
   at::Tensor back = dequantize(q, Quantize::kInt4, 301);
   EXPECT_EQ(back.sizes(), w.sizes());
   at::Tensor error = (back - w).abs();
-  EXPECT_TRUE((error <= half_step(q, Quantize::kInt4, 301) * 1.0001).all().item<bool>());
+  // Within half a step wherever the group's scale reaches (the scale search may clip the
+  // largest few values of a group, to give the rest finer steps).
+  at::Tensor step = half_step(q, Quantize::kInt4, 301) * 2;
+  at::Tensor inside = (w / step <= 7.5) & (w / step >= -8.5);
+  EXPECT_GT(inside.to(at::kFloat).mean().item<double>(), 0.95);
+  EXPECT_TRUE(((error <= step / 2 * 1.0001) | ~inside).all().item<bool>());
+  // Never worse than round-to-nearest with the group's largest value at +-7 steps.
+  at::Tensor w32 = at::constant_pad_nd(w, {0, 3 * llava::kInt4Group - 301}).view({16, 3, llava::kInt4Group});
+  at::Tensor rtn_scale = w32.abs().amax(2, true) / 7;
+  at::Tensor rtn = ((w32 / rtn_scale).round().clamp(-8, 7) * rtn_scale).view({16, -1}).narrow(1, 0, 301);
+  const double ours = (back - w).norm().item<double>(), plain = (rtn - w).norm().item<double>();
+  EXPECT_LE(ours, plain * 1.0001);
+  EXPECT_LT(ours, plain * 0.97);  // and on Gaussian weights, measurably better
   // Relative error of a Gaussian's int4 round trip: about 0.1 of its scale, far from 0.
   const double relative = ((back - w).norm() / w.norm()).item<double>();
   EXPECT_GT(relative, 0.02);
@@ -72,9 +84,14 @@ TEST(Quantize, Float16ScalesAreTheOnesDequantizationUses) {
     at::Tensor back = dequantize(q, kind, 256);
     EXPECT_EQ(back.scalar_type(), at::kHalf);
     at::Tensor error = (back.to(at::kFloat) - w.to(at::kFloat)).abs();
-    // Half a step, plus float16 rounding of the dequantized value.
-    at::Tensor bound = half_step(q, kind, 256) + w.to(at::kFloat).abs() * 1e-3;
-    EXPECT_TRUE((error <= bound).all().item<bool>());
+    // Half a step, plus float16 rounding of the dequantized value (int4: where the scale
+    // reaches; the search may clip a group's largest values).
+    at::Tensor step = half_step(q, kind, 256) * 2;
+    at::Tensor w32 = w.to(at::kFloat);
+    at::Tensor inside = kind == Quantize::kInt8 ? at::ones_like(w32, at::kBool)
+                                                : (w32 / step <= 7.5) & (w32 / step >= -8.5);
+    at::Tensor bound = step / 2 + w32.abs() * 1e-3;
+    EXPECT_TRUE(((error <= bound) | ~inside).all().item<bool>());
   }
 }
 

@@ -56,6 +56,23 @@ TEST(Preprocess, MatchesClipImageProcessorOnTwentyImages) {
   RecordProperty("worst_mean_abs", std::to_string(worst));
 }
 
+// JPEGs and a PNG tagged with every Exif orientation, against transformers' load_image
+// (which applies ImageOps.exif_transpose) + CLIPImageProcessor: the same values as for any
+// untagged image, so the turn is the one PIL makes.
+TEST(Preprocess, ExifOrientedImagesMatchLoadImageAndTheProcessor) {
+  auto info = llava::test::load_json("images/exif/exif.json");
+  auto reference = llava::test::load_tensors("images/exif/exif.safetensors");
+  auto config = llava::load_preprocessor_config(data_path("tiny-llava"));
+  ASSERT_GE(info["images"].size(), 11u);
+  for (size_t i = 0; i < info["images"].size(); ++i) {
+    const std::string file = info["images"][i]["file"];
+    EXPECT_LT(mean_abs(llava::preprocess(load("exif/" + file), config), reference[key("exif", i)]), 5e-4)
+        << file;
+  }
+  // Ignoring the tag would be caught: orientation 6 against the untagged processor values.
+  EXPECT_GT(mean_abs(llava::preprocess(load("exif/o1.jpg"), config), reference[key("exif", 5)]), 0.05);
+}
+
 TEST(Preprocess, PadToSquareMatchesLlavaExpand2Square) {
   auto info = llava::test::load_json("images/preprocess.json");
   auto reference = llava::test::load_tensors("images/preprocess.safetensors");

@@ -18,10 +18,10 @@ namespace llava::test {
 
 struct TinyModel {
   explicit TinyModel(const std::string& folder, at::ScalarType dtype = at::kFloat,
-                     const WeightPlacement& placement = {})
+                     const WeightPlacement& placement = {}, at::Device device = at::kCPU)
       : config(load_llava_config(folder)),
         checkpoint(folder),
-        options(at::TensorOptions().dtype(dtype)),
+        options(at::TensorOptions().dtype(dtype).device(device)),
         vision(config, checkpoint, options),
         projector(config, checkpoint, options),
         decoder(config, checkpoint, options, placement) {}
