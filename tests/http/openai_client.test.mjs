@@ -121,6 +121,18 @@ test('two images in one message are both given to the model', async () => {
             `${two.usage.prompt_tokens} - ${one.usage.prompt_tokens} vs ${perImage}`);
 });
 
+test('a JPEG tagged with Exif orientation 6 is seen upright, as the same picture stored upright', async () => {
+  const tagged = image('exif/o6.jpg');
+  const upright = image('exif/o6_upright.png');
+  const unturned = image('exif/o1.jpg');
+  const ask = async (url) => (await client.chat.completions.create({
+    ...greedy, messages: userWith(img(url), text('What is in the picture?')),
+  })).choices[0].message.content;
+  const [a, b, c] = [await ask(tagged), await ask(upright), await ask(unturned)];
+  assert.equal(a, b);
+  assert.notEqual(a, c);  // the turn matters to this model: ignoring the tag would show
+});
+
 test('a multi-turn conversation (system, user, assistant, user) is answered', async () => {
   const first = await client.chat.completions.create({ ...greedy, messages: userWith(img(jpeg), text('Hi.')) });
   const conversation = await client.chat.completions.create({
