@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -208,6 +209,30 @@ class Section {
   std::string path_;
   const std::string& file_;
   std::set<std::string> known_;
+};
+
+// The generation section's sampling keys, for common/sampling's list of them.
+class SectionSamplingKeys : public SamplingKeyReader {
+ public:
+  explicit SectionSamplingKeys(Section& section) : section_(section) {}
+
+  std::optional<long long> whole(const std::string& key, long long lo, long long hi) override {
+    if (!section_.find(key)) return std::nullopt;
+    return section_.integer(key, 0, lo, hi);
+  }
+  std::optional<double> real(const std::string& key, double lo, double hi, bool lo_open) override {
+    if (!section_.find(key)) return std::nullopt;
+    return section_.real(key, 0.0, lo, hi, lo_open);
+  }
+  // YAML integers are read signed: a file's seed is at most 2^63 - 1.
+  std::optional<uint64_t> seed(const std::string& key) override {
+    auto value = whole(key, 0, std::numeric_limits<long long>::max());
+    if (!value) return std::nullopt;
+    return static_cast<uint64_t>(*value);
+  }
+
+ private:
+  Section& section_;
 };
 
 StageSection parse_stage(Section& stages, const std::string& name, const std::string& file) {
@@ -432,6 +457,8 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
       static_cast<int>(coord.integer("max_restarts_per_minute", c.max_restarts_per_minute, 0, 1000));
   c.restart_window_ms = coord.millis("restart_window", c.restart_window_ms);
   c.queue_capacity = static_cast<int>(coord.integer("queue_capacity", c.queue_capacity, 1, 1 << 24));
+  c.swap_after_ms = coord.millis("swap_after", c.swap_after_ms);
+  c.swap_batch = static_cast<int>(coord.integer("swap_batch", c.swap_batch, 0, 1 << 20));
   c.drain_timeout_ms = coord.millis("drain_timeout", c.drain_timeout_ms);
   c.external_wait_ms = coord.millis("external_wait", c.external_wait_ms);
   Section curve = coord.child("curve");
@@ -472,15 +499,8 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
 
   Section gen = root.child("generation");
   auto& g = config.generation;
-  using L = GenerationLimits;
-  g.max_new_tokens =
-      static_cast<int>(gen.integer("max_new_tokens", g.max_new_tokens, 1, L::kMaxNewTokens));
-  g.temperature = gen.real("temperature", g.temperature, 0.0, L::kTemperature);
-  g.top_k = static_cast<int>(gen.integer("top_k", g.top_k, 0, L::kTopK));
-  g.top_p = gen.real("top_p", g.top_p, 0.0, 1.0, /*lo_open=*/true);
-  g.repetition_penalty =
-      gen.real("repetition_penalty", g.repetition_penalty, 0.0, L::kRepetitionPenalty, true);
-  g.seed = static_cast<uint64_t>(gen.integer("seed", 0, 0, L::kSeed));
+  SectionSamplingKeys sampling_keys(gen);
+  read_sampling_keys(sampling_keys, g);
   YAML::Node chat = gen.find("chat_template");
   if (chat) {
     g.chat_template = gen.scalar("chat_template", chat);

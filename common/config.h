@@ -3,11 +3,12 @@
 #pragma once
 
 #include <cstdint>
-#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "common/sampling.h"
 
 namespace llava {
 
@@ -63,6 +64,12 @@ struct CoordinatorSection {
   uint64_t restart_window_ms = 60000;       // sliding: the budget recovers as deaths age out
   int queue_capacity = 4096;                // requests waiting; past it requests are refused
   uint64_t drain_timeout_ms = 30000;        // on SIGTERM: time for work in flight to finish
+  // Sequential mode's leases are lazy: a stage keeps the device until the other stage has
+  // work. It gives way at once when it has nothing left to start; with work of its own,
+  // once swap_batch requests wait for the other stage (0: that stage's batch_size) or the
+  // oldest of them has waited swap_after.
+  uint64_t swap_after_ms = 1000;
+  int swap_batch = 0;
   // A stage whose every worker is external and unregistered for this long fails the
   // requests that need it (they would wait for a worker nobody starts); 0 = wait forever.
   uint64_t external_wait_ms = 120000;
@@ -75,13 +82,9 @@ struct CoordinatorSection {
   bool curve() const { return !curve_server_key.empty(); }
 };
 
-struct GenerationSection {
-  int max_new_tokens = 64;
-  double temperature = 0.0;  // 0 = greedy
-  int top_k = 0;             // 0 = off
-  double top_p = 1.0;
-  double repetition_penalty = 1.0;
-  uint64_t seed = 0;
+// The sampling keys (common/sampling.h, read there for the file and for a request) and
+// the text's: the chat template and the stop strings.
+struct GenerationSection : SamplingParams {
   // {images} becomes one "<image>\n" per image; {prompt} the user's text.
   std::string chat_template = "USER: {images}{prompt} ASSISTANT:";
   // Generation ends where one of these first appears; the text ends before it.
@@ -102,15 +105,6 @@ std::string range_text(T lo, T hi, bool lo_open = false) {
   text << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
   return text.str();
 }
-
-// Ranges of the generation keys, the same in the YAML file and in a request.
-struct GenerationLimits {
-  static constexpr long long kMaxNewTokens = 1 << 20;  // max_new_tokens: [1, this]
-  static constexpr long long kTopK = 1 << 24;          // top_k: [0, this]
-  static constexpr double kTemperature = 100.0;        // temperature: [0, this]
-  static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
-  static constexpr long long kSeed = std::numeric_limits<long long>::max();  // the file's seed
-};
 
 // Why these stop strings cannot be used, or "" if they can: at most 16, each 1-256 bytes.
 std::string stop_strings_problem(const std::vector<std::string>& stop);

@@ -92,6 +92,7 @@ struct Sampling {
   repetitionPenalty @4 :Float32;
   seed @5 :UInt64;
   stopTokenIds @6 :List(Int32);
+  minP @7 :Float32;             # 0 = off
 }
 
 # coordinator -> language worker; frames: one [image_tokens, hidden] embedding frame per

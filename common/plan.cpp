@@ -246,6 +246,18 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
                     " images of " + format_bytes(image_bytes) + ")"
               : std::string("off"))
       << "\n";
+  if (plan.mode == Mode::kSequential) {
+    const auto batch = [&](int configured, int stage_batch) {
+      return std::to_string(configured > 0 ? configured : stage_batch);
+    };
+    out << "  turns (lazy leases): a stage keeps the device until the other has work; it "
+           "gives way when it has nothing left to start, or once "
+        << batch(c.swap_batch, config.vision.batch_size) << " requests wait for the vision stage ("
+        << batch(c.swap_batch, config.language.batch_size) << " for the language stage) or the oldest has "
+        << "waited " << format_millis(c.swap_after_ms)
+        << " (coordinator.swap_batch, swap_after); requests whose images are all cached need no "
+           "vision turn\n";
+  }
   out << "\ndevices:\n";
   for (const auto& d : plan.devices) {
     out << "  " << d.device << ": predicted peak " << format_bytes(d.predicted_peak);

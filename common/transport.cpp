@@ -44,6 +44,20 @@ bool ipc_file_in_use(const std::string& endpoint) {
 
 }  // namespace
 
+TransportOptions transport_options(const CoordinatorSection& coordinator,
+                                   const std::string& own_key, const std::string& server_key) {
+  TransportOptions options;
+  options.max_message_size = coordinator.max_message_size;
+  if (!own_key.empty()) {
+    options.curve = true;
+    options.curve_own = read_curve_key(own_key, true);
+    if (!server_key.empty()) {
+      options.curve_server_public_key = read_curve_key(server_key, false).public_key;
+    }
+  }
+  return options;
+}
+
 zmq::socket_t bind_router(zmq::context_t& context, const std::string& endpoint,
                           const TransportOptions& options) {
   zmq::socket_t socket(context, zmq::socket_type::router);

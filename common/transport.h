@@ -8,6 +8,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "common/config.h"
 #include "common/curve.h"
 #include "common/wire.h"
 
@@ -22,6 +23,16 @@ struct TransportOptions {
   CurveKey curve_own;
   std::string curve_server_public_key;
 };
+
+// A socket's options from the config: its size limit (coordinator.max_message_size), and
+// CURVE when `own_key` names a secret key file (the socket's key pair); a socket that
+// connects also names `server_key`, the server's public key file. No `own_key`: no CURVE.
+// The coordinator's ROUTER: (coordinator, coordinator.curve_server_key); a worker's DEALER:
+// (coordinator, coordinator.curve_worker_key, coordinator.curve_server_key); serve's ROUTER
+// for clients: (coordinator, its --curve-key). Throws ConfigError naming a bad key file.
+TransportOptions transport_options(const CoordinatorSection& coordinator,
+                                   const std::string& own_key,
+                                   const std::string& server_key = "");
 
 // Binds a ROUTER with ZMQ_ROUTER_MANDATORY, so that a send to a peer that is gone is an
 // error rather than a silent drop. Throws TransportError naming the endpoint when it

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 
 #include "common/errors.h"
 #include "common/plan.h"
+#include "common/sampling.h"
 #include "common/transport.h"
 #include "common/units.h"
 #include "common/utf8.h"
@@ -142,11 +144,9 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
       secret_(random_secret()) {
   g_stop = 0;
   limits_.max_message_bytes = config.coordinator.max_message_size;
-  TransportOptions transport;
-  transport.max_message_size = config.coordinator.max_message_size;
+  const TransportOptions transport =
+      transport_options(config.coordinator, config.coordinator.curve_server_key);
   if (config.coordinator.curve()) {
-    transport.curve = true;
-    transport.curve_own = read_curve_key(config.coordinator.curve_server_key, true);
     std::set<std::string> allowed = {read_curve_key(config.coordinator.curve_worker_key, false).public_key};
     for (const auto& file : config.coordinator.curve_allowed) allowed.insert(read_curve_key(file, false).public_key);
     zap_ = std::make_unique<ZapHandler>(context_, allowed);
@@ -388,7 +388,11 @@ void Coordinator::receive(std::chrono::milliseconds wait) {
     std::array<zmq::pollitem_t, 2> items = {
         zmq::pollitem_t{static_cast<void*>(router_), 0, ZMQ_POLLIN, 0},
         zmq::pollitem_t{static_cast<void*>(wake_in_), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(items.data(), items.size(), wait);
+    try {
+      zmq::poll(items.data(), items.size(), wait);
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;  // a signal (SIGTERM's drain): handled by the step
+    }
     for (zmq::message_t wake; wake_in_.recv(wake, zmq::recv_flags::dontwait);) {
     }
   }
@@ -892,6 +896,7 @@ void Coordinator::grant(Slot& slot) {
   if (!send(slot, message)) return;
   slot.granted = true;
   ++slot.report.leases;
+  turn_dispatched_ = 0;
   // The lease's wait: since the oldest request that needs this stage began to need it.
   const Stage need = slot.stage == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
   double waited = -1;
@@ -936,19 +941,12 @@ std::unique_ptr<wire::Outgoing> Coordinator::language_task(const Request& reques
   auto list = task.initTokenIds(static_cast<unsigned>(ids.size()));
   for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
   task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
-  const GenerationSection& g = request.spec.generation;
-  auto s = task.initSampling();
-  s.setMaxNewTokens(
-      static_cast<uint32_t>(g.max_new_tokens - static_cast<int>(request.tokens.size())));
-  s.setTemperature(static_cast<float>(g.temperature));
-  s.setTopK(static_cast<uint32_t>(g.top_k));
-  s.setTopP(static_cast<float>(g.top_p));
-  s.setRepetitionPenalty(static_cast<float>(g.repetition_penalty));
-  s.setSeed(g.seed);
-  auto stops = s.initStopTokenIds(static_cast<unsigned>(model_.text.eos_token_ids.size()));
-  for (size_t i = 0; i < model_.text.eos_token_ids.size(); ++i) {
-    stops.set(static_cast<unsigned>(i), static_cast<int32_t>(model_.text.eos_token_ids[i]));
+  SamplingParams sampling = request.spec.generation;  // the request's keys
+  sampling.max_new_tokens -= static_cast<int>(request.tokens.size());
+  for (int64_t eos : model_.text.eos_token_ids) {
+    sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
   }
+  to_wire(sampling, task.initSampling());
   if (!request.images.empty()) {
     for (auto& frame : embeddings_.share(request.id)) message->add_frame(std::move(frame));
   }
@@ -1057,21 +1055,50 @@ void Coordinator::schedule_concurrent() {
 }
 
 void Coordinator::schedule_sequential() {
-  auto count = [&](Stage a, Stage b) {
-    return std::count_if(requests_.begin(), requests_.end(),
-                         [&](const auto& e) { return e.second.stage == a || e.second.stage == b; });
+  // Per stage: the requests that need it, those of them no worker has yet, and how long
+  // the oldest of those has waited for it.
+  struct Demand {
+    size_t total = 0, waiting = 0;
+    Clock::duration oldest{0};
   };
-  const bool vision_work = count(Stage::kNeedVision, Stage::kInVision) > 0;
-  const bool language_work = count(Stage::kNeedLanguage, Stage::kInLanguage) > 0;
+  const auto now = Clock::now();
+  // Images another request has had encoded since: on to the language stage, with no turn
+  // of the vision stage's.
+  for (auto& [id, r] : requests_) {
+    if (r.stage == Stage::kNeedVision) take_from_cache(r);
+  }
+  Demand vision_demand, language_demand;
+  for (const auto& [id, r] : requests_) {
+    const bool vision_stage = r.stage == Stage::kNeedVision || r.stage == Stage::kInVision;
+    if (!vision_stage && r.stage != Stage::kNeedLanguage && r.stage != Stage::kInLanguage) continue;
+    Demand& d = vision_stage ? vision_demand : language_demand;
+    ++d.total;
+    if (r.stage != Stage::kNeedVision && r.stage != Stage::kNeedLanguage) continue;
+    ++d.waiting;
+    const Clock::time_point since = vision_stage || r.images.empty() ? r.submitted : r.embedded;
+    d.oldest = std::max(d.oldest, now - since);
+  }
+  const bool vision_work = vision_demand.total > 0;
+  const bool language_work = language_demand.total > 0;
   Slot& vision = slots_[0];
   Slot& language = slots_[1];
   Slot* holder = holder_ == "vision" ? &vision : holder_ == "language" ? &language : nullptr;
 
+  // The holder has given the device back: because it had no work left, or to give way.
   if (holder && !holder->granted && !holder->releasing && !holder->exit_expected &&
       holder->state != SlotState::kStarting && device_free(holder->device) &&
-      !(holder_ == "vision" ? vision_work : language_work)) {
-    holder_.clear();  // its round is over and it has given the device back
+      (giving_way_ || !(holder_ == "vision" ? vision_work : language_work))) {
+    const std::string previous = holder_;
+    holder_.clear();
     holder = nullptr;
+    if (giving_way_) {  // the other stage's turn, though this one may have work again
+      giving_way_ = false;
+      const bool other_work = previous == "vision" ? language_work : vision_work;
+      if (other_work) {
+        holder_ = previous == "vision" ? "language" : "vision";
+        holder = previous == "vision" ? &language : &vision;
+      }
+    }
   }
   if (!holder) {
     if (vision_work) {
@@ -1094,20 +1121,43 @@ void Coordinator::schedule_sequential() {
     grant(*holder);
   }
   if (!holder->granted || holder->releasing) return;
-  const Stage need = holder_ == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
-  std::unordered_multiset<size_t> encoding = images_in_vision();
-  std::vector<BurstTask> burst;
-  for (auto& [id, request] : requests_) {
-    if (holder->outstanding.size() >= task_limit(*holder)) break;
-    if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) continue;
-    if (request.stage == need) dispatch(*holder, request, encoding, burst);
+  // Lazy leases: the holder keeps the device while the other stage has nothing waiting (a
+  // request whose images are all cached goes straight to a resident language worker). It
+  // gives way when it has nothing left to start, or once swap_batch requests wait for the
+  // other stage or the oldest has waited swap_after; then it starts nothing new, finishes
+  // what it holds and gives the device back.
+  const Demand& own = holder_ == "vision" ? vision_demand : language_demand;
+  const Demand& other = holder_ == "vision" ? language_demand : vision_demand;
+  const Slot& other_slot = holder_ == "vision" ? language : vision;
+  const size_t swap_batch = config_.coordinator.swap_batch > 0
+                                ? static_cast<size_t>(config_.coordinator.swap_batch)
+                                : static_cast<size_t>(other_slot.batch_size);
+  // The thresholds count only once the holder has had work in this turn: a stage that has
+  // just loaded must not give way before doing anything (two stages would hand the device
+  // back and forth while requests age past swap_after).
+  const bool give_way =
+      other.waiting > 0 &&
+      (own.waiting == 0 ||
+       (turn_dispatched_ > 0 &&
+        (other.waiting >= swap_batch ||
+         other.oldest >= std::chrono::milliseconds(config_.coordinator.swap_after_ms))));
+  if (!give_way) {
+    const Stage need = holder_ == "vision" ? Stage::kNeedVision : Stage::kNeedLanguage;
+    std::unordered_multiset<size_t> encoding = images_in_vision();
+    std::vector<BurstTask> burst;
+    for (auto& [id, request] : requests_) {
+      if (holder->outstanding.size() >= task_limit(*holder)) break;
+      if (request.stage == Stage::kNeedVision && !ready_for_vision(request, encoding)) continue;
+      if (request.stage != need) continue;
+      dispatch(*holder, request, encoding, burst);
+      turn_dispatched_ += request.stage != need;  // it went to the worker
+    }
+    send_burst(burst);
   }
-  send_burst(burst);
-  // Round over: everything this stage was given is answered, and nothing more waits for
-  // it (a send refused as busy leaves its request waiting). Give the device back.
-  const bool waiting = std::any_of(requests_.begin(), requests_.end(),
-                                   [&](const auto& e) { return e.second.stage == need; });
-  if (holder->granted && holder->outstanding.empty() && !waiting) release(*holder);
+  if (give_way && holder->granted && holder->outstanding.empty()) {
+    giving_way_ = true;
+    release(*holder);
+  }
 }
 
 }  // namespace llava

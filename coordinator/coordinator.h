@@ -299,6 +299,8 @@ class Coordinator {
   std::map<uint64_t, Request> requests_;  // until finished
   uint64_t next_id_ = 1;
   std::string holder_;  // sequential: the stage holding the device ("" = none)
+  bool giving_way_ = false;  // sequential: the holder was released for the other stage's work
+  size_t turn_dispatched_ = 0;  // sequential: tasks the holder was sent since its grant
   bool draining_ = false;
   Clock::time_point drain_deadline_;
   std::string fatal_;

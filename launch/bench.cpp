@@ -10,15 +10,18 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <thread>
 
+#include "common/command_line.h"
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/plan.h"
@@ -44,12 +47,20 @@ std::vector<int> parse_list(const std::string& text) {
   std::vector<int> out;
   std::stringstream in(text);
   for (std::string item; std::getline(in, item, ',');) {
-    const int value = std::stoi(item);
-    if (value < 1) throw ConfigError("bench: batch sizes must be at least 1, got " + item);
-    out.push_back(value);
+    try {
+      out.push_back(static_cast<int>(whole_number(item, 1, INT_MAX)));
+    } catch (const std::invalid_argument&) {
+      throw ConfigError("batch sizes are whole numbers of at least 1, got '" + item + "'");
+    }
   }
   return out;
 }
+
+struct BenchOptions {
+  std::string config_path, image, json_path;
+  std::vector<int> batches = {1, 8, 32};
+  int new_tokens = 64, ttft_runs = 10, vision_batch = 32, throughput = 0;
+};
 
 // nvidia-smi sampling device memory every 100 ms, its peak per device index. Without
 // nvidia-smi (a CPU machine) nothing is sampled.
@@ -144,30 +155,13 @@ double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int itera
   return median(times);
 }
 
-}  // namespace
-
-int bench(const std::vector<std::string>& args) {
-  if (args.empty()) throw ConfigError("bench needs a CONFIG");
-  std::string image, json_path;
-  std::vector<int> batches = {1, 8, 32};
-  int new_tokens = 64, ttft_runs = 10, vision_batch = 32, throughput = 0;
-  for (size_t i = 1; i < args.size(); ++i) {
-    auto value = [&]() -> const std::string& {
-      if (i + 1 >= args.size()) throw ConfigError("bench: " + args[i] + " needs a value");
-      return args[++i];
-    };
-    const std::string& arg = args[i];
-    if (arg == "--image") image = value();
-    else if (arg == "--json") json_path = value();
-    else if (arg == "--batches") batches = parse_list(value());
-    else if (arg == "--new-tokens") new_tokens = std::max(2, std::stoi(value()));
-    else if (arg == "--ttft-runs") ttft_runs = std::max(1, std::stoi(value()));
-    else if (arg == "--vision-batch") vision_batch = std::max(1, std::stoi(value()));
-    else if (arg == "--throughput") throughput = std::max(0, std::stoi(value()));
-    else throw ConfigError("bench: unknown argument '" + arg + "'");
-  }
-  if (image.empty()) throw ConfigError("bench: --image PATH is required");
-  PipelineConfig config = load_config(args[0]);
+int bench(const BenchOptions& o) {
+  const std::string& image = o.image;
+  const std::string& json_path = o.json_path;
+  const std::vector<int>& batches = o.batches;
+  const int new_tokens = o.new_tokens, ttft_runs = o.ttft_runs, vision_batch = o.vision_batch,
+            throughput = o.throughput;
+  PipelineConfig config = load_config(o.config_path);
   // Every request sends the same image: with the cache on, all but the first would skip
   // the vision stage, and the figures would not be the uncached path's.
   config.coordinator.embedding_cache = 0;
@@ -305,6 +299,37 @@ int bench(const std::vector<std::string>& args) {
   std::printf("%s\n", out.dump().c_str());
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(1) << "\n";
   return failed ? kExitRuntime : 0;
+}
+
+// A whole number; below `lo` it counts as `lo` (as the flags always have).
+int at_least(const std::string& text, int lo) {
+  return std::max(lo, static_cast<int>(whole_number(text, 0, INT_MAX)));
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& app) {
+  CLI::App* command = app.add_subcommand("bench", "measure the pipeline's figures");
+  command->footer(
+      "Time to first token, images/s, decode tokens/s per batch size, embedding handoff, load\n"
+      "time and peak memory per stage and device: a table on stdout, and JSON.");
+  auto o = std::make_shared<BenchOptions>();
+  command->add_option("CONFIG", o->config_path, "the pipeline's YAML config")->required();
+  command->add_option("--image", o->image, "the image every request sends")
+      ->type_name("PATH")
+      ->required();
+  command->add_option("--json", o->json_path, "also write the figures there")->type_name("OUT.json");
+  add_checked_option(*command, "--batches", "1,8,32", "decode batch sizes to measure",
+                     [o](const std::string& v) { o->batches = parse_list(v); });
+  add_checked_option(*command, "--new-tokens", "64", "tokens per request (at least 2)",
+                     [o](const std::string& v) { o->new_tokens = at_least(v, 2); });
+  add_checked_option(*command, "--ttft-runs", "10", "requests timed one at a time for TTFT",
+                     [o](const std::string& v) { o->ttft_runs = at_least(v, 1); });
+  add_checked_option(*command, "--vision-batch", "32", "images encoded together for images/s",
+                     [o](const std::string& v) { o->vision_batch = at_least(v, 1); });
+  add_checked_option(*command, "--throughput", "N", "N requests at once for requests/s (0: off)",
+                     [o](const std::string& v) { o->throughput = at_least(v, 0); });
+  return [o] { return bench(*o); };
 }
 
 }  // namespace llava

@@ -4,11 +4,10 @@
 // table on stdout and as JSON.
 #pragma once
 
-#include <string>
-#include <vector>
+#include "launch/commands.h"
 
 namespace llava {
 
-int bench(const std::vector<std::string>& args);
+Command add_bench(CLI::App& app);
 
 }  // namespace llava

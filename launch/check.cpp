@@ -2,6 +2,8 @@
 // --workers, one line per worker process for a cluster manager's launcher).
 #include <algorithm>
 #include <iostream>
+#include <memory>
+#include <string>
 
 #include "common/errors.h"
 #include "common/gpu_info.h"
@@ -48,20 +50,8 @@ bool describe_gpus(const PipelineConfig& config, const Plan& plan, std::ostream&
   return problem;
 }
 
-}  // namespace
-
-int check(const std::vector<std::string>& args) {
-  bool workers = false;
-  std::vector<std::string> rest;
-  for (const auto& arg : args) {
-    if (arg == "--workers") {
-      workers = true;
-    } else {
-      rest.push_back(arg);
-    }
-  }
-  if (rest.size() != 1) throw ConfigError(std::string("check takes one CONFIG\n") + kUsage);
-  const PipelineConfig config = load_config(rest[0]);
+int check(const std::string& config_path, bool workers) {
+  const PipelineConfig config = load_config(config_path);
   const LlavaConfig model = model_of(config);
   const Plan plan = make_plan(config, model);
   if (workers) {
@@ -77,6 +67,25 @@ int check(const std::vector<std::string>& args) {
   if (!plan.problems.empty() || gpu_problem) return kExitUsage;
   std::cout << "\nok: the plan fits\n";
   return 0;
+}
+
+}  // namespace
+
+Command add_check(CLI::App& app) {
+  CLI::App* command = app.add_subcommand("check", "validate CONFIG and print its plan");
+  command->footer(
+      "The plan: processes, devices, when each holds its device, predicted peak memory, and\n"
+      "the GPUs nvidia-smi shows. Exit code 2 if the config is bad or cannot fit.");
+  struct Options {
+    std::string config_path;
+    bool workers = false;
+  };
+  auto o = std::make_shared<Options>();
+  command->add_option("CONFIG", o->config_path, "the pipeline's YAML config")->required();
+  command->add_flag("--workers", o->workers,
+                  "one line per worker instead, STAGE<TAB>REPLICA<TAB>DEVICE: what a launcher "
+                  "starts");
+  return [o] { return check(o->config_path, o->workers); };
 }
 
 void require_fitting_plan(const PipelineConfig& config, bool force) {

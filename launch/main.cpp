@@ -1,10 +1,14 @@
-// The `llava-pipe` command: dispatches to its subcommands (check.cpp, run.cpp, serve.cpp,
-// bench.cpp). Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage, 3 (run --requests)
-// some lines failed.
+// The `llava-pipe` command: its subcommands (check.cpp, run.cpp, bench.cpp, serve.cpp) add
+// themselves to one CLI11 command line, which parses and gives --help. Exit codes: 0 ok,
+// 1 runtime failure, 2 bad config or usage, 3 (run --requests) some lines failed.
 #include <iostream>
+#include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/command_line.h"
 #include "common/curve.h"
 #include "common/errors.h"
 #include "launch/bench.h"
@@ -12,65 +16,51 @@
 #include "launch/serve.h"
 
 namespace llava {
+namespace {
 
-const char* const kUsage =
-    "usage:\n"
-    "  llava-pipe check CONFIG [--workers]\n"
-    "      validate CONFIG and print the plan: processes, devices, when each holds its\n"
-    "      device, predicted peak memory, the GPUs nvidia-smi shows; exits 2 if the config\n"
-    "      is bad or cannot fit. --workers: one line per worker, STAGE<TAB>REPLICA<TAB>DEVICE\n"
-    "  llava-pipe run CONFIG [--image PATH]... --prompt TEXT [SAMPLING]\n"
-    "      run one request and stream the answer to stdout\n"
-    "  llava-pipe run CONFIG --requests IN.jsonl --output OUT.jsonl [SAMPLING]\n"
-    "      run a batch: one JSON object a line {\"id\", \"image\" or \"images\", \"prompt\",\n"
-    "      sampling keys}; image paths are relative to IN.jsonl's folder; one result line\n"
-    "      per request, in input order, with its \"line\"; exit code 3 when some lines\n"
-    "      failed (each has \"ok\": false and its error), 0 when all succeeded\n"
-    "      run refuses a plan check says does not fit (exit 2) unless --force is given\n"
-    "  llava-pipe bench CONFIG --image PATH [--json OUT.json] [--batches 1,8,32]\n"
-    "                  [--new-tokens 64] [--ttft-runs 10] [--vision-batch 32] [--throughput N]\n"
-    "      measure the pipeline: time to first token, images/s, decode tokens/s per batch\n"
-    "      size, embedding handoff, load time and peak memory per stage and device\n"
-    "  llava-pipe serve CONFIG --listen ENDPOINT [--curve-key SERVER.key_secret --allow "
-    "CLIENT.key...]\n"
-    "      run the pipeline for clients (ZeroMQ, e.g. tcp://0.0.0.0:5600): a request is\n"
-    "      [JSON {id, prompt, sampling keys}, image bytes...]; text streams back as JSON;\n"
-    "      a client that disconnects has its request cancelled\n"
-    "  llava-pipe ask ENDPOINT [--image PATH]... --prompt TEXT [--max-new-tokens N ...]\n"
-    "                 [--curve-server SERVER.key --curve-key CLIENT.key_secret]\n"
-    "      a client of serve: streams the answer to stdout\n"
-    "  llava-pipe keygen NAME\n"
-    "      write a CURVE key pair: NAME.key (public) and NAME.key_secret (mode 0600), for\n"
-    "      coordinator.curve in a config\n"
-    "  --verbose: print each worker start, lease grant, release, exit and death on stderr\n"
-    "  SAMPLING: --max-new-tokens N --temperature T --top-k K --top-p P\n"
-    "            --repetition-penalty R --seed S --stop JSON (a string or a list of strings)\n"
-    "            (defaults: the config's generation section)\n";
+Command add_keygen(CLI::App& app) {
+  CLI::App* keygen = app.add_subcommand("keygen", "write a CURVE key pair for coordinator.curve");
+  keygen->footer("NAME.key (public) and NAME.key_secret (both; mode 0600).");
+  auto name = std::make_shared<std::string>();
+  keygen->add_option("NAME", *name, "the key files' path without .key")->required();
+  return [name] {
+    write_curve_key(*name, generate_curve_key());
+    std::cout << "wrote " << *name << ".key and " << *name << ".key_secret\n";
+    return 0;
+  };
+}
 
+}  // namespace
 }  // namespace llava
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
-    std::cout << llava::kUsage;
-    return args.empty() ? llava::kExitUsage : 0;
+  CLI::App app("llava-pipe: LLaVA-style vision-language inference as a pipeline of processes\n"
+               "(a coordinator, vision workers and language workers).",
+               "llava-pipe");
+  app.require_subcommand(1);
+  app.footer(
+      "`llava-pipe COMMAND --help` lists a command's flags; sampling flags default to the\n"
+      "config's generation section. Exit codes: 0 ok, 1 runtime failure, 2 bad config or\n"
+      "usage, 3 (run --requests) some lines failed.");
+  std::map<std::string, llava::Command> commands;  // by subcommand name
+  for (auto add : {llava::add_check, llava::add_run, llava::add_bench, llava::add_serve,
+                   llava::add_ask, llava::add_keygen}) {
+    llava::Command command = add(app);
+    commands[app.get_subcommands([](CLI::App*) { return true; }).back()->get_name()] =
+        std::move(command);
   }
-  const std::string command = args[0];
-  args.erase(args.begin());
-  try {
-    if (command == "check") return llava::check(args);
-    if (command == "run") return llava::run(args);
-    if (command == "bench") return llava::bench(args);
-    if (command == "serve") return llava::serve(args);
-    if (command == "ask") return llava::ask(args);
-    if (command == "keygen") {
-      if (args.size() != 1) throw llava::ConfigError(std::string("keygen takes one NAME\n") + llava::kUsage);
-      llava::write_curve_key(args[0], llava::generate_curve_key());
-      std::cout << "wrote " << args[0] << ".key and " << args[0] << ".key_secret\n";
-      return 0;
-    }
-    std::cerr << "llava-pipe: unknown command '" << command << "'\n" << llava::kUsage;
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cout << app.help();
     return llava::kExitUsage;
+  }
+  if (args[0].rfind("-", 0) != 0 && commands.count(args[0]) == 0) {
+    std::cerr << "llava-pipe: unknown command '" << args[0] << "'\n" << app.help();
+    return llava::kExitUsage;
+  }
+  if (auto exit_code = llava::parse_command_line(app, args)) return *exit_code;
+  try {
+    return commands.at(app.get_subcommands().at(0)->get_name())();
   } catch (const llava::ConfigError& e) {
     std::cerr << "llava-pipe: " << e.what() << "\n";
     return llava::kExitUsage;

@@ -47,17 +47,11 @@ nlohmann::json parse_object(const std::string& body) {
 
 // Keys shared by both endpoints; false if `key` is not one of them.
 bool common_key(const std::string& key, const nlohmann::json& value, CompletionRequest& out) {
-  static const std::map<std::string, std::string> kSampling = {
-      {"max_tokens", "max_new_tokens"},
-      {"max_completion_tokens", "max_new_tokens"},
-      {"temperature", "temperature"},
-      {"top_p", "top_p"},
-      {"top_k", "top_k"},
-      {"seed", "seed"},
-      {"stop", "stop"},
-      {"repetition_penalty", "repetition_penalty"}};
-  if (auto it = kSampling.find(key); it != kSampling.end()) {
-    sampling(key, it->second, value, out.generation);
+  // OpenAI's names for max_new_tokens; the other sampling keys keep their own (vLLM's).
+  if (key == "max_tokens" || key == "max_completion_tokens") {
+    sampling(key, "max_new_tokens", value, out.generation);
+  } else if (key != "max_new_tokens" && is_sampling_key(key)) {
+    sampling(key, key, value, out.generation);
   } else if (key == "model") {
     string_field(key, value);  // one model is served, whatever the name
   } else if (key == "user") {

@@ -73,7 +73,7 @@ gpu_setup() {
     esac
     install_missing build-essential cmake ninja-build pkg-config git python3 \
       libzmq3-dev cppzmq-dev libcapnp-dev capnproto libyaml-cpp-dev libsentencepiece-dev \
-      nlohmann-json3-dev libstb-dev "$jpeg" libgtest-dev libgmock-dev \
+      nlohmann-json3-dev libstb-dev "$jpeg" libgtest-dev libgmock-dev libcli11-dev \
       libcpp-httplib-dev libcurl4-openssl-dev
   fi
 
@@ -118,7 +118,7 @@ fi
 packages=(build-essential cmake ninja-build pkg-config
   libtorch-dev libzmq3-dev cppzmq-dev libcapnp-dev capnproto libyaml-cpp-dev
   libsentencepiece-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev
-  libcpp-httplib-dev libcurl4-openssl-dev)
+  libcli11-dev libcpp-httplib-dev libcurl4-openssl-dev)
 # The tests also need: clang (fuzzers), promtool (metrics), Node.js and npm (the openai
 # client), Slurm and munge (a two-node test cluster), procps.
 if [ "$what" = test ]; then

@@ -3,9 +3,11 @@
 #include "launch/request_json.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/sampling.h"
 
 namespace llava {
 
@@ -18,7 +20,7 @@ std::string shown(const nlohmann::json& value) {
 namespace {
 
 // A JSON integer in [lo, hi]: 2.5, "3", 1e30 or 2^64 are refused, never cast.
-long long whole(const std::string& key, const nlohmann::json& value, long long lo, long long hi) {
+long long whole_number(const std::string& key, const nlohmann::json& value, long long lo, long long hi) {
   if (!value.is_number_integer()) {
     throw RequestError(key + ": expected a whole number, got " + shown(value));
   }
@@ -35,7 +37,7 @@ long long whole(const std::string& key, const nlohmann::json& value, long long l
 }
 
 // A JSON number in [lo, hi] ((lo, hi] when lo_open).
-double real(const std::string& key, const nlohmann::json& value, double lo, double hi,
+double real_number(const std::string& key, const nlohmann::json& value, double lo, double hi,
             bool lo_open = false) {
   if (!value.is_number()) throw RequestError(key + ": expected a number, got " + shown(value));
   const double number = value.get<double>();
@@ -45,6 +47,42 @@ double real(const std::string& key, const nlohmann::json& value, double lo, doub
   }
   return number;
 }
+
+// One key of a request, for common/sampling's list of keys: answers for that key only.
+class OneSamplingKey : public SamplingKeyReader {
+ public:
+  OneSamplingKey(const std::string& key, const nlohmann::json& value) : key_(key), value_(value) {}
+  bool read() const { return read_; }
+
+  std::optional<long long> whole(const std::string& key, long long lo, long long hi) override {
+    if (!mine(key)) return std::nullopt;
+    return whole_number(key, value_, lo, hi);
+  }
+  std::optional<double> real(const std::string& key, double lo, double hi, bool lo_open) override {
+    if (!mine(key)) return std::nullopt;
+    return real_number(key, value_, lo, hi, lo_open);
+  }
+  // Any 64-bit seed (a file's seed is at most 2^63 - 1, as YAML integers are read signed).
+  std::optional<uint64_t> seed(const std::string& key) override {
+    if (!mine(key)) return std::nullopt;
+    if (!value_.is_number_unsigned() &&
+        !(value_.is_number_integer() && value_.get<int64_t>() >= 0)) {
+      throw RequestError(key + ": expected a whole number from 0 to 2^64 - 1, got " +
+                         shown(value_));
+    }
+    return value_.get<uint64_t>();
+  }
+
+ private:
+  bool mine(const std::string& key) {
+    if (key != key_) return false;
+    read_ = true;
+    return true;
+  }
+  const std::string& key_;
+  const nlohmann::json& value_;
+  bool read_ = false;
+};
 
 }  // namespace
 
@@ -57,37 +95,54 @@ std::string string_value(const std::string& key, const nlohmann::json& value) {
   return value.get<std::string>();
 }
 
+bool is_sampling_key(const std::string& key) {
+  static const std::vector<std::string> kKeys = sampling_keys();
+  return key == "stop" || std::find(kKeys.begin(), kKeys.end(), key) != kKeys.end();
+}
+
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g) {
-  using L = GenerationLimits;
-  if (key == "max_new_tokens") {
-    g.max_new_tokens = static_cast<int>(whole(key, value, 1, L::kMaxNewTokens));
-  } else if (key == "temperature") {
-    g.temperature = real(key, value, 0.0, L::kTemperature);
-  } else if (key == "top_k") {
-    g.top_k = static_cast<int>(whole(key, value, 0, L::kTopK));
-  } else if (key == "top_p") {
-    g.top_p = real(key, value, 0.0, 1.0, /*lo_open=*/true);
-  } else if (key == "repetition_penalty") {
-    g.repetition_penalty = real(key, value, 0.0, L::kRepetitionPenalty, /*lo_open=*/true);
-  } else if (key == "seed") {
-    // Any 64-bit seed (a file's seed is at most 2^63 - 1, as YAML integers are read signed).
-    if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0)) {
-      throw RequestError("seed: expected a whole number from 0 to 2^64 - 1, got " + shown(value));
-    }
-    g.seed = value.get<uint64_t>();
-  } else if (key == "stop") {
-    if (value.is_string()) {
-      g.stop = {string_value(key, value)};
-    } else if (value.is_array() && std::all_of(value.begin(), value.end(),
-                                               [](const auto& v) { return v.is_string(); })) {
-      g.stop = value.get<std::vector<std::string>>();
-    } else {
-      throw RequestError("stop: expected a string or a list of strings, got " + shown(value));
-    }
-    const std::string problem = stop_strings_problem(g.stop);
-    if (!problem.empty()) throw RequestError("stop: " + problem);
+  if (key != "stop") {
+    OneSamplingKey reader(key, value);
+    read_sampling_keys(reader, g);
+    if (!reader.read()) throw RequestError("unknown key '" + key + "'");
+    return;
+  }
+  if (value.is_string()) {
+    g.stop = {string_value(key, value)};
+  } else if (value.is_array() && std::all_of(value.begin(), value.end(),
+                                             [](const auto& v) { return v.is_string(); })) {
+    g.stop = value.get<std::vector<std::string>>();
   } else {
-    throw RequestError("unknown key '" + key + "'");
+    throw RequestError("stop: expected a string or a list of strings, got " + shown(value));
+  }
+  const std::string problem = stop_strings_problem(g.stop);
+  if (!problem.empty()) throw RequestError("stop: " + problem);
+}
+
+void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
+  std::vector<std::string> keys = sampling_keys();
+  keys.push_back("stop");
+  for (const std::string& key : keys) {
+    std::string flag = "--" + key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    const bool stop = key == "stop";
+    add_checked_option(
+        command, flag, stop ? "JSON" : "VALUE",
+        stop ? "where the answer ends: a string or a JSON list of strings"
+             : "generation." + key + " for this command (default: the config's)",
+        [key, stop, &flags](const std::string& text) {
+          nlohmann::json value;
+          try {
+            value = nlohmann::json::parse(text);
+          } catch (const nlohmann::json::exception&) {
+            // A bare word is a string ("--stop END"); anything else that is not JSON is an error.
+            if (!stop) throw RequestError("expected a number (or JSON), got '" + text + "'");
+            value = text;
+          }
+          GenerationSection checked;
+          apply_sampling(key, value, checked);
+          flags.emplace_back(key, value);
+        });
   }
 }
 

@@ -1,18 +1,29 @@
 // Requests as JSON: a `serve` client's, a batch file's line, and the sampling keys both (and
-// the command line) take. Every error is a RequestError naming the key and the value.
+// the command line's flags) take. Every error is a RequestError naming the key and the value.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/command_line.h"
 #include "common/config.h"
 
 namespace llava {
 
-// One sampling key ("max_new_tokens", "temperature", "top_k", "top_p",
-// "repetition_penalty", "seed", "stop") applied to `g`, within the YAML file's ranges.
+// One sampling key (common/sampling.h's, or "stop") applied to `g`, within the YAML file's
+// ranges; an unknown key is an error too.
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g);
+bool is_sampling_key(const std::string& key);
+
+// A sampling key given on a command line, as JSON, checked; applied to the defaults later.
+using SamplingFlags = std::vector<std::pair<std::string, nlohmann::json>>;
+// The sampling keys as flags of `command` (--max-new-tokens, ..., --stop): each value is
+// JSON (a bare word: a string, for --stop), checked as apply_sampling checks it (an error
+// names the flag and the value: "--top-p 2: top_p: 2 is out of range (0, 1]") and added
+// to `flags` (a flag given twice: its last value).
+void add_sampling_flags(CLI::App& command, SamplingFlags& flags);
 
 // A request's string (its "prompt", an image path); throws RequestError naming the key.
 std::string string_value(const std::string& key, const nlohmann::json& value);

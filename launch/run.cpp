@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "common/errors.h"
@@ -47,59 +48,23 @@ void print_lease_event(const LeaseEvent& e) {
 }
 
 struct RunOptions {
-  PipelineConfig config;
+  std::string config_path;
+  SamplingFlags sampling;
+  PipelineConfig config;  // read once the line is parsed, the sampling flags applied
   RequestSpec single;
   bool have_prompt = false, verbose = false, force = false;
   std::string requests_path, output_path;
 };
 
-RunOptions parse_run(const std::vector<std::string>& args) {
-  if (args.empty()) throw ConfigError(std::string("run needs a CONFIG\n") + kUsage);
-  RunOptions o;
-  o.config = load_config(args[0]);
+// The config, with the sampling flags over its generation section.
+void prepare(RunOptions& o) {
+  o.config = load_config(o.config_path);
+  for (const auto& [key, value] : o.sampling) apply_sampling(key, value, o.config.generation);
   o.single.generation = o.config.generation;
-  for (size_t i = 1; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--verbose" || arg == "--force") {
-      (arg == "--verbose" ? o.verbose : o.force) = true;
-      continue;
-    }
-    if (i + 1 >= args.size()) throw ConfigError(arg + " needs a value\n" + kUsage);
-    const std::string value = args[++i];
-    try {
-      if (arg == "--image") {
-        o.single.image_paths.push_back(value);
-      } else if (arg == "--prompt") {
-        o.single.prompt = value, o.have_prompt = true;
-      } else if (arg == "--requests") {
-        o.requests_path = value;
-      } else if (arg == "--output") {
-        o.output_path = value;
-      } else if (arg.rfind("--", 0) == 0) {
-        std::string key = arg.substr(2);
-        std::replace(key.begin(), key.end(), '-', '_');
-        nlohmann::json parsed;
-        try {
-          parsed = nlohmann::json::parse(value);
-        } catch (const nlohmann::json::exception&) {
-          parsed = value;  // a bare word: the sampling key says what it expected
-        }
-        apply_sampling(key, parsed, o.single.generation);
-        o.config.generation = o.single.generation;
-      } else {
-        throw ConfigError("unexpected argument '" + arg + "'\n" + kUsage);
-      }
-    } catch (const ConfigError&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw ConfigError(arg + " " + value + ": " + e.what());
-    }
-  }
   const bool batch = !o.requests_path.empty();
   if (batch == o.have_prompt || (batch && o.output_path.empty())) {
-    throw ConfigError(std::string("give --prompt, or --requests with --output\n") + kUsage);
+    throw ConfigError("give --prompt, or --requests with --output (llava-pipe run --help)");
   }
-  return o;
 }
 
 // How the coordinator's run ended, as an exit code (0 when it did not fail).
@@ -250,16 +215,50 @@ int run_batch(RunOptions& o) {
   return 0;
 }
 
-}  // namespace
-
-int run(const std::vector<std::string>& args) {
-  RunOptions o = parse_run(args);
+int run(RunOptions& o) {
+  prepare(o);
   require_fitting_plan(o.config, o.force);
   // Workers print LibTorch's backtraces (otherwise left out of their one-line errors).
   if (o.verbose) setenv("LLAVA_PIPE_VERBOSE", "1", 1);
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   return o.requests_path.empty() ? run_single(o) : run_batch(o);
+}
+
+}  // namespace
+
+Command add_run(CLI::App& app) {
+  CLI::App* command = app.add_subcommand(
+      "run", "run one request (--prompt), its answer streamed to stdout, or a batch (--requests)");
+  command->footer(
+      "A batch (--requests IN.jsonl --output OUT.jsonl) has one JSON object a line: {\"id\",\n"
+      "\"image\" or \"images\", \"prompt\", sampling keys}; image paths are relative to IN.jsonl's\n"
+      "folder. One result line per request, in input order, with its \"line\"; exit code 3 when\n"
+      "some lines failed (each has \"ok\": false and its error), 0 when all succeeded.\n"
+      "run refuses a plan check says does not fit (exit 2) unless --force is given.");
+  auto o = std::make_shared<RunOptions>();
+  command->add_option("CONFIG", o->config_path, "the pipeline's YAML config")->required();
+  command->add_option("--image", o->single.image_paths, "an image of the request (again for more)")
+      ->type_name("PATH")
+      ->allow_extra_args(false);
+  command
+      ->add_option_function<std::string>(
+          "--prompt",
+          [o](const std::string& prompt) {
+            o->single.prompt = prompt;
+            o->have_prompt = true;
+          },
+          "the request's text")
+      ->type_name("TEXT");
+  command->add_option("--requests", o->requests_path, "a batch: one JSON request a line")
+      ->type_name("IN.jsonl");
+  command->add_option("--output", o->output_path, "the batch's results, one JSON line each")
+      ->type_name("OUT.jsonl");
+  add_sampling_flags(*command, o->sampling);
+  command->add_flag("--verbose", o->verbose,
+                    "print each worker start, lease grant, release, exit and death on stderr");
+  command->add_flag("--force", o->force, "start even if the plan does not fit");
+  return [o] { return run(*o); };
 }
 
 }  // namespace llava

@@ -46,34 +46,19 @@ bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann
   return send_parts(socket, std::move(parts), &id);
 }
 
-
-}  // namespace
-
-int serve(const std::vector<std::string>& command_line) {
-  const char* usage =
-      "usage: llava-pipe serve CONFIG [--http HOST:PORT] [--listen ENDPOINT [--curve-key "
-      "SERVER.key_secret --allow CLIENT.key...]] [--force] (at least one of --http and --listen)";
-  std::vector<std::string> args = command_line;
-  const auto forced = std::find(args.begin(), args.end(), "--force");
-  const bool force = forced != args.end();  // start a plan check says does not fit
-  if (force) args.erase(forced);
-  if (args.size() < 3 || args.size() % 2 == 0) throw ConfigError(usage);
-  std::string listen, curve_key, http_address;
+struct ServeOptions {
+  std::string config_path, listen, curve_key, http_address;
   std::set<std::string> allowed;  // clients' public keys
-  for (size_t i = 1; i + 1 < args.size(); i += 2) {
-    if (args[i] == "--listen") {
-      listen = args[i + 1];
-    } else if (args[i] == "--http") {
-      http_address = args[i + 1];
-    } else if (args[i] == "--curve-key") {
-      curve_key = args[i + 1];
-    } else if (args[i] == "--allow") {
-      allowed.insert(read_curve_key(args[i + 1], false).public_key);
-    } else {
-      throw ConfigError(std::string(usage) + " (unknown option " + args[i] + ")");
-    }
+  bool force = false;             // start a plan check says does not fit
+};
+
+int serve(const ServeOptions& o) {
+  const std::string &listen = o.listen, &curve_key = o.curve_key, &http_address = o.http_address;
+  const std::set<std::string>& allowed = o.allowed;
+  const bool force = o.force;
+  if (listen.empty() && http_address.empty()) {
+    throw ConfigError("serve: give --http HOST:PORT, --listen ENDPOINT or both (llava-pipe serve --help)");
   }
-  if (listen.empty() && http_address.empty()) throw ConfigError(usage);
 #if !LLAVA_PIPE_HTTP
   if (!http_address.empty()) {
     throw ConfigError("--http: this llava-pipe was built without cpp-httplib; install libcpp-httplib-dev "
@@ -87,16 +72,16 @@ int serve(const std::vector<std::string>& command_line) {
   if (!http_address.empty()) parse_host_port(http_address, http_host, http_port);
   std::string yaml_text;
   {
-    std::ifstream in(args[0]);
-    if (!in) throw ConfigError(args[0] + ": cannot read the config file");
+    std::ifstream in(o.config_path);
+    if (!in) throw ConfigError(o.config_path + ": cannot read the config file");
     std::stringstream buffer;
     buffer << in.rdbuf();
     yaml_text = buffer.str();
   }
   // The server: section is read by launch/server_config.cpp.
-  const PipelineConfig config = parse_config(yaml_text, args[0]);
+  const PipelineConfig config = parse_config(yaml_text, o.config_path);
   require_fitting_plan(config, force);
-  const ServerSection server = parse_server_section(yaml_text, args[0]);
+  const ServerSection server = parse_server_section(yaml_text, o.config_path);
   // Templates are checked before any worker starts: one outside the Jinja subset is a config error.
   std::unique_ptr<ChatTemplate> chat_template;
   if (!http_address.empty()) {
@@ -111,11 +96,8 @@ int serve(const std::vector<std::string>& command_line) {
   std::optional<zmq::socket_t> clients;
   std::unique_ptr<ZapHandler> zap;  // with CURVE: which clients may connect (before the bind)
   if (!listen.empty()) {
-    TransportOptions options;
-    options.max_message_size = config.coordinator.max_message_size;
-    if (!curve_key.empty()) {
-      options.curve = true;
-      options.curve_own = read_curve_key(curve_key, true);
+    const TransportOptions options = transport_options(config.coordinator, curve_key);
+    if (options.curve) {
       zap = std::make_unique<ZapHandler>(context, allowed);
     } else if (listen.rfind("tcp://", 0) == 0) {
       std::cerr << "llava-pipe: clients on " << listen
@@ -252,57 +234,29 @@ int serve(const std::vector<std::string>& command_line) {
   return 0;
 }
 
-int ask(const std::vector<std::string>& args) {
-  if (args.empty()) {
-    throw ConfigError(
-        "usage: llava-pipe ask ENDPOINT [--image PATH]... --prompt TEXT [SAMPLING] "
-        "[--curve-server SERVER.key --curve-key CLIENT.key_secret]");
-  }
+struct AskOptions {
+  std::string endpoint;
+  std::optional<std::string> prompt;
+  std::vector<std::string> image_paths;
+  SamplingFlags sampling;
+  TransportOptions transport;  // the CURVE keys, read as the flags are
+};
+
+int ask(AskOptions& o) {
   nlohmann::json request = {{"id", 1}};
+  if (o.prompt) request["prompt"] = *o.prompt;
+  for (const auto& [key, value] : o.sampling) request[key] = value;
   std::vector<std::string> images;
-  TransportOptions options;
-  GenerationSection checked;  // the sampling keys, checked here as the server will
-  for (size_t i = 1; i < args.size(); ++i) {
-    if (i + 1 >= args.size()) throw ConfigError("ask: " + args[i] + " needs a value");
-    const std::string& flag = args[i];
-    const std::string key = flag.substr(flag.rfind("--", 0) == 0 ? 2 : 0);
-    const std::string& value = args[++i];
-    if (key == "curve-server") {
-      options.curve_server_public_key = read_curve_key(value, false).public_key;
-    } else if (key == "curve-key") {
-      options.curve_own = read_curve_key(value, true);
-    } else if (key == "image") {
-      std::error_code error;
-      if (!std::filesystem::is_regular_file(value, error)) {
-        throw ConfigError("ask: --image " + value + ": not a readable file");
-      }
-      std::ifstream in(value, std::ios::binary);
-      if (!in) throw ConfigError("ask: --image " + value + ": cannot read it");
-      images.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    } else if (key == "prompt") {
-      request["prompt"] = value;
-    } else {
-      std::string name = key;
-      for (auto& c : name) c = c == '-' ? '_' : c;
-      nlohmann::json parsed;
-      try {
-        parsed = nlohmann::json::parse(value);
-      } catch (const nlohmann::json::exception&) {
-        // A bare word is a string ("--stop END"); anything else that is not JSON is an error.
-        if (name != "stop") {
-          throw ConfigError("ask: " + flag + " " + value + ": expected a number (or JSON), got '" +
-                            value + "'");
-        }
-        parsed = value;
-      }
-      try {
-        apply_sampling(name, parsed, checked);
-      } catch (const RequestError& e) {
-        throw ConfigError("ask: " + flag + " " + value + ": " + e.what());
-      }
-      request[name] = parsed;
+  for (const std::string& path : o.image_paths) {
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) {
+      throw ConfigError("ask: --image " + path + ": not a readable file");
     }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ConfigError("ask: --image " + path + ": cannot read it");
+    images.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
+  TransportOptions& options = o.transport;
   options.curve = !options.curve_server_public_key.empty();
   if (options.curve == options.curve_own.secret_key.empty()) {
     throw ConfigError("ask: --curve-server and --curve-key go together");
@@ -320,7 +274,7 @@ int ask(const std::vector<std::string>& args) {
     request_bytes += image.size();
   }
   zmq::context_t context;
-  zmq::socket_t server = connect_dealer(context, args[0], options);
+  zmq::socket_t server = connect_dealer(context, o.endpoint, options);
   HandshakeWatch watch;  // nobody listening, a refused key, a hang-up: said at once
   watch.attach(context, server, /*whole_connection=*/true);
   send_parts(server, std::move(parts));
@@ -331,7 +285,7 @@ int ask(const std::vector<std::string>& args) {
     if (zmq::poll(items.data(), items.size(), std::chrono::milliseconds(600000)) == 0) break;
     auto reply = receive_parts(server, std::chrono::milliseconds(0));  // answers first
     if (!reply) {
-      if (auto failure = watch.failure(args[0], "the request (" + format_bytes(request_bytes) +
+      if (auto failure = watch.failure(o.endpoint, "the request (" + format_bytes(request_bytes) +
                                                      ") is likely over its coordinator.max_message_size, "
                                                      "or the server stopped")) {
         std::cerr << "llava-pipe: " << *failure << "\n";
@@ -351,8 +305,65 @@ int ask(const std::vector<std::string>& args) {
       return 0;
     }
   }
-  std::cerr << "llava-pipe: no answer from " << args[0] << " in 600 s\n";
+  std::cerr << "llava-pipe: no answer from " << o.endpoint << " in 600 s\n";
   return kExitRuntime;
+}
+
+}  // namespace
+
+Command add_serve(CLI::App& app) {
+  CLI::App* command = app.add_subcommand(
+      "serve", "run the pipeline for clients: HTTP (the OpenAI API), ZeroMQ or both");
+  command->footer(
+      "A ZeroMQ request is [JSON {id, prompt, sampling keys}, image bytes...]; text streams\n"
+      "back as JSON. A client that disconnects has its request cancelled.");
+  auto o = std::make_shared<ServeOptions>();
+  command->add_option("CONFIG", o->config_path, "the pipeline's YAML config")->required();
+  command->add_option("--http", o->http_address, "serve the OpenAI API over HTTP here")
+      ->type_name("HOST:PORT");
+  command->add_option("--listen", o->listen, "serve ZeroMQ clients here, e.g. tcp://0.0.0.0:5600")
+      ->type_name("ENDPOINT");
+  command->add_option("--curve-key", o->curve_key, "--listen with CURVE: the server's secret key file")
+      ->type_name("SERVER.key_secret");
+  command
+      ->add_option_function<std::vector<std::string>>(
+          "--allow",
+          [o](const std::vector<std::string>& files) {
+            for (const auto& file : files) {
+              try {
+                o->allowed.insert(read_curve_key(file, false).public_key);
+              } catch (const ConfigError& e) {
+                throw ConfigError("--allow " + file + ": " + e.what());
+              }
+            }
+          },
+          "with --curve-key: a client's public key file let in (again for more)")
+      ->type_name("CLIENT.key")
+      ->allow_extra_args(false);
+  command->add_flag("--force", o->force, "start even if the plan does not fit");
+  return [o] { return serve(*o); };
+}
+
+Command add_ask(CLI::App& app) {
+  CLI::App* command = app.add_subcommand("ask", "a ZeroMQ client of serve: streams the answer to stdout");
+  auto o = std::make_shared<AskOptions>();
+  command->add_option("ENDPOINT", o->endpoint, "the server's --listen endpoint")->required();
+  command->add_option("--image", o->image_paths, "an image of the request (again for more)")
+      ->type_name("PATH")
+      ->allow_extra_args(false);
+  command
+      ->add_option_function<std::string>(
+          "--prompt", [o](const std::string& prompt) { o->prompt = prompt; }, "the request's text")
+      ->type_name("TEXT");
+  add_sampling_flags(*command, o->sampling);
+  add_checked_option(*command, "--curve-server", "SERVER.key", "the server's public key file (CURVE)",
+                     [o](const std::string& file) {
+                       o->transport.curve_server_public_key = read_curve_key(file, false).public_key;
+                     });
+  add_checked_option(*command, "--curve-key", "CLIENT.key_secret",
+                     "with --curve-server: this client's secret key file",
+                     [o](const std::string& file) { o->transport.curve_own = read_curve_key(file, true); });
+  return [o] { return ask(*o); };
 }
 
 }  // namespace llava

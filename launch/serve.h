@@ -9,12 +9,11 @@
 // are over coordinator.max_message_size is answered with an error.
 #pragma once
 
-#include <string>
-#include <vector>
+#include "launch/commands.h"
 
 namespace llava {
 
-int serve(const std::vector<std::string>& args);
-int ask(const std::vector<std::string>& args);
+Command add_serve(CLI::App& app);
+Command add_ask(CLI::App& app);
 
 }  // namespace llava

@@ -7,22 +7,13 @@
 #include <iostream>
 #include <string>
 
+#include "common/command_line.h"
 #include "common/errors.h"
 #include "stages/worker.h"
 
 namespace {
 
 void on_stop_signal(int) { llava::Worker::request_stop(); }
-
-// A replica number: a whole number in [0, 65535], the whole argument.
-int parse_replica(const std::string& text) {
-  const bool digits = !text.empty() && text.size() <= 5 &&
-                      text.find_first_not_of("0123456789") == std::string::npos;
-  if (!digits || std::stoi(text) > 65535) {
-    throw llava::ConfigError("--replica " + text + ": expected a whole number from 0 to 65535");
-  }
-  return std::stoi(text);
-}
 
 }  // namespace
 
@@ -33,35 +24,32 @@ int main(int argc, char** argv) {
   // own setting wins.
   setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", /*overwrite=*/0);
   llava::WorkerOptions options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw llava::ConfigError(arg + " needs a value");
-      return argv[++i];
-    };
-    try {
-      if (arg == "--config") {
-        options.config_path = value();
-      } else if (arg == "--stage") {
-        options.stage = value();
-      } else if (arg == "--replica") {
-        options.replica = parse_replica(value());
-      } else if (arg == "--endpoint") {
-        options.endpoint = value();
-      } else {
-        throw llava::ConfigError("unknown argument '" + arg + "'");
-      }
-    } catch (const std::exception& e) {
-      std::cerr << "llava-stage: " << e.what()
-                << "\nusage: llava-stage --config CONFIG --stage vision|language [--replica N] "
-                   "--endpoint ENDPOINT\n";
-      return llava::kExitUsage;
-    }
-  }
+  CLI::App app(
+      "One worker of a llava-pipe pipeline: it registers with the coordinator at ENDPOINT,\n"
+      "loads its stage's weights when granted the device, and answers its tasks.\n"
+      "The coordinator starts its own workers; a cluster manager starts external ones.",
+      "llava-stage");
+  app.add_option("--config", options.config_path, "the pipeline's YAML config")
+      ->type_name("CONFIG")
+      ->required();
+  llava::add_checked_option(app, "--stage", "vision|language", "which stage this worker runs",
+                            [&](const std::string& value) {
+                              if (value != "vision" && value != "language") {
+                                throw llava::ConfigError("expected vision or language");
+                              }
+                              options.stage = value;
+                            })
+      ->required();
+  llava::add_checked_option(
+      app, "--replica", "N", "which replica of the stage (default 0); its device: devices[N % count]",
+      [&](const std::string& value) {
+        options.replica = static_cast<int>(llava::whole_number(value, 0, 65535));
+      });
+  app.add_option("--endpoint", options.endpoint, "the coordinator's endpoint (ipc:// or tcp://)")
+      ->type_name("ENDPOINT")
+      ->required();
+  if (auto exit_code = llava::parse_command_line(app, {argv + 1, argv + argc})) return *exit_code;
   try {
-    if (options.config_path.empty() || options.endpoint.empty()) {
-      throw llava::ConfigError("--config and --endpoint are required");
-    }
     // SIGTERM (a cluster manager stopping the job, or the coordinator): give the device
     // back and exit 0. A worker the coordinator started ignores SIGINT: Ctrl-C reaches the
     // whole process group, and the coordinator, draining, decides when its workers stop.

@@ -15,6 +15,7 @@
 
 #include "common/errors.h"
 #include "common/plan.h"
+#include "common/sampling.h"
 #include "common/transport.h"
 #include "common/units.h"
 #include "stages/device.h"
@@ -186,13 +187,8 @@ Worker::Worker(WorkerOptions options)
     throw ConfigError("--stage must be vision or language, got '" + options_.stage + "'");
   }
   limits_.max_message_bytes = config_.coordinator.max_message_size;
-  TransportOptions transport;
-  transport.max_message_size = config_.coordinator.max_message_size;
-  if (config_.coordinator.curve()) {
-    transport.curve = true;
-    transport.curve_own = read_curve_key(config_.coordinator.curve_worker_key, true);
-    transport.curve_server_public_key = read_curve_key(config_.coordinator.curve_server_key, false).public_key;
-  }
+  const TransportOptions transport = transport_options(
+      config_.coordinator, config_.coordinator.curve_worker_key, config_.coordinator.curve_server_key);
   check_host_resolves(options_.endpoint);
   socket_ = connect_dealer(context_, options_.endpoint, transport, &handshake_);
   pulse_thread_ = std::thread([this] { pulse(); });
@@ -613,15 +609,7 @@ void Worker::admit(wire::Incoming& task) {
     }
     images.push_back(at::from_blob(frame.bytes.data(), frame.shape, from_wire(frame.dtype)));
   }
-  auto s = body.getSampling();
-  SamplingParams params;
-  params.max_new_tokens = static_cast<int>(s.getMaxNewTokens());
-  params.temperature = s.getTemperature();
-  params.top_k = static_cast<int>(s.getTopK());
-  params.top_p = s.getTopP();
-  params.repetition_penalty = s.getRepetitionPenalty();
-  params.seed = s.getSeed();
-  for (int32_t id : s.getStopTokenIds()) params.stop_token_ids.push_back(id);
+  const SamplingParams params = from_wire(body.getSampling());
   if (faults().oom_prompt_tokens > 0 && static_cast<int>(ids.size()) >= faults().oom_prompt_tokens &&
       FaultHooks::armed()) {
     TORCH_CHECK(false, "CUDA out of memory. Tried to allocate 20.00 MiB. (injected by LLAVA_PIPE_FAULT_OOM_PROMPT_TOKENS)");

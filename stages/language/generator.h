@@ -65,7 +65,7 @@ class Generator {
   TokenEvent choose(uint64_t id, Sequence& sequence, const float* logits, int64_t vocab,
                     int32_t greedy_token);
   static bool plain_greedy(const SamplingParams& params) {
-    return params.temperature <= 0.0f && params.repetition_penalty == 1.0f;
+    return params.temperature <= 0.0 && params.repetition_penalty == 1.0;
   }
 
   const LlamaDecoder& decoder_;

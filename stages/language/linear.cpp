@@ -52,7 +52,9 @@ QuantizedWeight quantize_int4_rows(const at::Tensor& w) {
         scale = candidate, best_error = error;
         continue;
       }
-      const at::Tensor better = error < best_error;
+      // Better by a margin: two near-equal candidates must be chosen alike on every device
+      // (sums of squares round differently on a GPU), so the CPU and CUDA weights agree.
+      const at::Tensor better = error < best_error * (1 - 1e-4);
       scale = at::where(better, candidate, scale);
       best_error = at::where(better, error, best_error);
     }

@@ -176,6 +176,25 @@ TEST(Config, OutOfRangeSamplingIsRejected) {
             std::string::npos);
 }
 
+TEST(Config, ReadsMinPWithinZeroToOne) {
+  EXPECT_DOUBLE_EQ(parse_config(kGood, "t.yaml", false).generation.min_p, 0.0);  // off
+  EXPECT_DOUBLE_EQ(
+      parse_config(kGood + "generation: {min_p: 0.05}\n", "t.yaml", false).generation.min_p, 0.05);
+  EXPECT_DOUBLE_EQ(
+      parse_config(kGood + "generation: {min_p: 1}\n", "t.yaml", false).generation.min_p, 1.0);
+  EXPECT_NE(error_of(kGood + "generation: {min_p: 1.5}\n")
+                .find("test.yaml:13:21: generation.min_p: 1.5 is out of range [0, 1]"),
+            std::string::npos);
+  EXPECT_NE(error_of(kGood + "generation: {min_p: -0.1}\n")
+                .find("generation.min_p: -0.1 is out of range [0, 1]"),
+            std::string::npos);
+  EXPECT_NE(error_of(kGood + "generation: {min_p: lots}\n")
+                .find("generation.min_p: expected a number, got 'lots'"),
+            std::string::npos);
+  EXPECT_NE(error_of(kGood + "generation: {min_pp: 0.1}\n").find("did you mean 'min_p'?"),
+            std::string::npos);
+}
+
 TEST(Config, StopStringsAreOneOrAListAndNeverEmpty) {
   EXPECT_EQ(parse_config(kGood + "generation: {stop: 'USER:'}\n", "t.yaml", false).generation.stop,
             (std::vector<std::string>{"USER:"}));

@@ -77,4 +77,41 @@ TEST(Curve, OnlyListedKeysReachTheCoordinatorsSocket) {
   EXPECT_GE(zap.refused(), 1);  // the stranger was asked about and refused
 }
 
+TEST(Curve, TransportOptionsComeFromTheConfigsKeyFiles) {
+  const CurveKey server = llava::generate_curve_key(), worker = llava::generate_curve_key();
+  llava::write_curve_key(temp("options-server"), server);
+  llava::write_curve_key(temp("options-worker"), worker);
+  llava::CoordinatorSection section;
+  section.max_message_size = 1234;
+  section.curve_server_key = temp("options-server.key_secret");
+  section.curve_worker_key = temp("options-worker.key_secret");
+
+  // The coordinator's ROUTER: its own key pair.
+  const auto coordinator = llava::transport_options(section, section.curve_server_key);
+  EXPECT_TRUE(coordinator.curve);
+  EXPECT_EQ(coordinator.max_message_size, 1234u);
+  EXPECT_EQ(coordinator.curve_own.secret_key, server.secret_key);
+  EXPECT_TRUE(coordinator.curve_server_public_key.empty());
+  // A worker's DEALER: its key pair and the coordinator's public key.
+  const auto dealer =
+      llava::transport_options(section, section.curve_worker_key, section.curve_server_key);
+  EXPECT_TRUE(dealer.curve);
+  EXPECT_EQ(dealer.curve_own.public_key, worker.public_key);
+  EXPECT_EQ(dealer.curve_own.secret_key, worker.secret_key);
+  EXPECT_EQ(dealer.curve_server_public_key, server.public_key);
+  // No key: no CURVE, the size limit still from the config.
+  const auto plain = llava::transport_options(section, "");
+  EXPECT_FALSE(plain.curve);
+  EXPECT_EQ(plain.max_message_size, 1234u);
+  // A socket's own key must be a secret key file.
+  try {
+    llava::transport_options(section, temp("options-worker.key"));
+    FAIL() << "a public key file gave a key pair";
+  } catch (const llava::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("options-worker.key: no secret-key line"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace

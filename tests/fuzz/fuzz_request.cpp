@@ -8,7 +8,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
-  using L = llava::GenerationLimits;
+  using L = llava::SamplingLimits;
   for (bool batch_line : {false, true}) {
     llava::JsonRequest request;
     try {
@@ -19,6 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (g.top_k < 0 || g.top_k > L::kTopK) __builtin_trap();
       if (!(g.temperature >= 0 && g.temperature <= L::kTemperature)) __builtin_trap();
       if (!(g.top_p > 0 && g.top_p <= 1)) __builtin_trap();
+      if (!(g.min_p >= 0 && g.min_p <= 1)) __builtin_trap();
       if (!(g.repetition_penalty > 0 && g.repetition_penalty <= L::kRepetitionPenalty))
         __builtin_trap();
       if (!llava::stop_strings_problem(g.stop).empty()) __builtin_trap();

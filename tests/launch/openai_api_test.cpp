@@ -94,6 +94,22 @@ TEST(OpenAiChatRequest, AnOutOfRangeValueNamesTheRequestsOwnField) {
   EXPECT_EQ(std::string(e.what()).rfind("max_tokens: 0 is out of range", 0), 0u) << e.what();
 }
 
+TEST(OpenAiChatRequest, MinPIsAcceptedAsVllmTakesItAndCheckedByName) {
+  const auto r = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"min_p":0.05})", defaults(), 8);
+  EXPECT_DOUBLE_EQ(r.generation.min_p, 0.05);
+  const auto c = parse_completion_request(R"({"prompt":"x","min_p":0.2})", defaults());
+  EXPECT_DOUBLE_EQ(c.generation.min_p, 0.2);
+  const auto e = chat_error(R"({"messages":[{"role":"user","content":"x"}],"min_p":2})");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "min_p");
+  EXPECT_STREQ(e.what(), "min_p: 2 is out of range [0, 1]");
+  // The config's name for max_tokens is not OpenAI's: refused as before.
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"max_new_tokens":5})").param,
+      "max_new_tokens");
+}
+
 TEST(OpenAiChatRequest, AnUnknownRoleNamesTheMessage) {
   const auto e =
       chat_error(R"({"messages":[{"role":"user","content":"x"},{"role":"tool","content":"y"}]})");

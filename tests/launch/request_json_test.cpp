@@ -69,6 +69,24 @@ TEST(Sampling, RealNumbersHaveTheFilesRanges) {
   EXPECT_EQ(error_of("temperature", "0"), "");
 }
 
+TEST(Sampling, MinPIsANumberFromZeroToOne) {
+  GenerationSection g;
+  apply_sampling("min_p", json::parse("0.05"), g);
+  EXPECT_DOUBLE_EQ(g.min_p, 0.05);
+  apply_sampling("min_p", json::parse("0"), g);
+  EXPECT_DOUBLE_EQ(g.min_p, 0.0);
+  EXPECT_EQ(error_of("min_p", "1"), "");
+  EXPECT_EQ(error_of("min_p", "1.5"), "min_p: 1.5 is out of range [0, 1]");
+  EXPECT_EQ(error_of("min_p", "-0.01"), "min_p: -0.01 is out of range [0, 1]");
+  EXPECT_EQ(error_of("min_p", "\"low\""), "min_p: expected a number, got \"low\"");
+}
+
+TEST(Sampling, EverySamplingKeyIsARequestKey) {
+  for (const std::string& key : llava::sampling_keys()) EXPECT_TRUE(llava::is_sampling_key(key));
+  EXPECT_TRUE(llava::is_sampling_key("stop"));
+  EXPECT_FALSE(llava::is_sampling_key("prompt"));
+}
+
 TEST(Sampling, StopStringsAndUnknownKeys) {
   EXPECT_EQ(error_of("stop", "[\"a\", 3]"),
             "stop: expected a string or a list of strings, got [\"a\",3]");
@@ -96,10 +114,12 @@ TEST(Sampling, RepliesAreJsonEvenWithBytesThatAreNotUtf8) {
 
 TEST(JsonRequest, ClientAndBatchLineKeys) {
   llava::JsonRequest client;
-  llava::parse_json_request(R"({"id": [1, "x"], "prompt": "Hi", "top_k": 5})", false, client);
+  llava::parse_json_request(R"({"id": [1, "x"], "prompt": "Hi", "top_k": 5, "min_p": 0.1})",
+                            false, client);
   EXPECT_EQ(client.id, json::parse(R"([1, "x"])"));
   EXPECT_EQ(client.prompt, "Hi");
   EXPECT_EQ(client.generation.top_k, 5);
+  EXPECT_DOUBLE_EQ(client.generation.min_p, 0.1);
 
   llava::JsonRequest line;
   llava::parse_json_request(R"({"images": ["a.png", "b.gif"], "image": "c.jpg", "prompt": ""})",
@@ -125,6 +145,8 @@ TEST(JsonRequest, ErrorsNameWhatIsWrongAndKeepTheId) {
   EXPECT_EQ(refusal(R"({"id": 1, "image": "x.jpg", "prompt": "a"})", false).first,
             "unknown key 'image'");  // a client sends image bytes, not paths
   EXPECT_EQ(refusal(R"({"id": 1})", true).first, "no \"prompt\"");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "min_p": 3})", true).first,
+            "min_p: 3 is out of range [0, 1]");
   EXPECT_EQ(refusal(R"({"prompt": "a", "images": ["a.png", 3]})", true).first,
             "images: expected a string, got 3");
   EXPECT_EQ(refusal("[1, 2]", false).first, "a request must be a JSON object, got [1,2]");

@@ -244,7 +244,15 @@ TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
   const std::vector<uint64_t> first = round();
   const int vision_grants = count_events(coordinator.timeline(), "vision-0", "granted");
   EXPECT_GE(vision_grants, 1);
+  const pid_t language = coordinator.pid_of("language-0");
+  ASSERT_GT(language, 0);
+  const size_t lease_events = coordinator.timeline().size();
   const std::vector<uint64_t> second = round();
+  // Lazy leases: the language worker kept the device after the first round (nothing else
+  // needed it), so the second round, its images all cached, needed no swap at all: not a
+  // lease event in between, the same process.
+  EXPECT_EQ(coordinator.timeline().size(), lease_events);
+  EXPECT_EQ(coordinator.pid_of("language-0"), language);
   coordinator.shutdown_workers();
   EXPECT_EQ(count_events(coordinator.timeline(), "vision-0", "granted"), vision_grants);
   for (size_t i = 0; i < kCases.size(); ++i) {
@@ -256,6 +264,57 @@ TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
     EXPECT_EQ(a.cached_images, 0);
     EXPECT_EQ(b.cached_images, static_cast<int>(kCases[i].images.size())) << "request " << i;
   }
+}
+
+// Sequential turns with lazy leases: the language worker holds the device with 8 text-only
+// requests to answer (one at a time, slowed) when an image request arrives. With
+// swap_batch 1 it gives way as soon as what it holds is done; with thresholds it does not
+// reach (100 requests, 60 s) it answers all 8 first. Either way every answer is exact.
+TEST(Pipeline, AResidentStageGivesWayAtTheSwapThresholds) {
+  FaultDelay delay(30);
+  const std::string body =
+      "mode: sequential\nstages: {vision: {devices: cpu, batch_size: 4}, "
+      "language: {devices: cpu, batch_size: 1, max_context: 256}}\n";
+  // Text answers that came before the vision worker's grant, for each setting.
+  auto answered_before_vision = [&](const std::string& name, const std::string& swap) {
+    const std::string path = write_config(name, body, swap);
+    std::vector<std::string> log;  // "text" per answer, "vision" at the vision grant
+    std::map<uint64_t, llava::RequestResult> results;
+    llava::CoordinatorEvents events;
+    events.on_result = [&](const llava::RequestResult& r) {
+      results[r.id] = r;
+      log.push_back("answer");
+    };
+    events.on_lease_event = [&](const llava::LeaseEvent& e) {
+      if (e.process == "vision-0" && e.what == "granted") log.push_back("vision");
+    };
+    llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+    auto submit = [&](const Case& item) {
+      llava::RequestSpec spec;
+      spec.prompt = item.prompt;
+      spec.image_paths = item.images;
+      spec.generation = llava::load_config(path).generation;
+      return coordinator.submit(spec);
+    };
+    std::vector<uint64_t> text;
+    for (int i = 0; i < 8; ++i) text.push_back(submit({"Question " + std::to_string(i) + "?", {}}));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (count_events(coordinator.timeline(), "language-0", "granted") == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      coordinator.step(std::chrono::milliseconds(20));
+    }
+    const uint64_t image = submit(kCases[0]);
+    coordinator.run();
+    coordinator.shutdown_workers();
+    for (uint64_t id : text) EXPECT_TRUE(results.at(id).ok) << name << ": " << results.at(id).error;
+    EXPECT_TRUE(results.at(image).ok) << results.at(image).error;
+    EXPECT_EQ(results.at(image).tokens, expected_tokens(coordinator, kCases[0])) << name;
+    const auto at = std::find(log.begin(), log.end(), "vision");
+    EXPECT_NE(at, log.end()) << name;
+    return static_cast<int>(at - log.begin());
+  };
+  EXPECT_LE(answered_before_vision("swap-now", "swap_batch: 1"), 3);
+  EXPECT_EQ(answered_before_vision("swap-late", "swap_batch: 100, swap_after: 60s"), 8);
 }
 
 // Several questions about one image, submitted together: the image is encoded once, the

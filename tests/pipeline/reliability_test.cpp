@@ -548,4 +548,20 @@ TEST(Reliability, AWorkerGivenAnImpossibleReplicaNamesTheFlag) {
       << output;
 }
 
+TEST(Reliability, AWorkersFlagErrorsNameTheFlagAndItsHelpListsEveryFlag) {
+  const std::string stage = llava::test::run_command(
+      kBinary + "/llava-stage --config x.yaml --stage audio --endpoint ipc://@x 2>&1; echo rc=$?");
+  EXPECT_NE(stage.find("llava-stage: --stage audio: expected vision or language"), std::string::npos)
+      << stage;
+  EXPECT_NE(stage.find("rc=2"), std::string::npos) << stage;
+  const std::string missing = llava::test::run_command(kBinary + "/llava-stage --stage vision 2>&1; echo rc=$?");
+  EXPECT_NE(missing.find("--config is required"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("rc=2"), std::string::npos) << missing;
+  const std::string help = llava::test::run_command(kBinary + "/llava-stage --help; echo rc=$?");
+  for (const char* flag : {"--config CONFIG", "--stage vision|language", "--replica N", "--endpoint ENDPOINT"}) {
+    EXPECT_NE(help.find(flag), std::string::npos) << flag << " in\n" << help;
+  }
+  EXPECT_NE(help.find("rc=0"), std::string::npos) << help;
+}
+
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 
 namespace {
@@ -60,6 +61,75 @@ TEST(Sampler, TopPKeepsOnlyTheNucleus) {
   EXPECT_EQ(counts[2], 0);
   // 0.5 / 0.8 = 62.5% of draws for token 0
   EXPECT_NEAR(counts[0] / 2000.0, 0.625, 0.04);
+}
+
+// probabilities 0.5, 0.3, 0.15, 0.05 (logits are their logs, at temperature 1)
+const std::vector<float> kFour = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+
+TEST(Sampler, MinPDropsExactlyTheTokensBelowItsShareOfTheTopProbability) {
+  // min_p 0.25: the bar is 0.25 x 0.5 = 0.125, so 0.05 goes and 0.15 stays.
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.min_p = 0.25;
+  const auto d = Sampler(p).distribution(kFour, {});
+  ASSERT_EQ(d.size(), 3u);
+  EXPECT_EQ(d[0].first, 0);
+  EXPECT_EQ(d[1].first, 1);
+  EXPECT_EQ(d[2].first, 2);
+  EXPECT_NEAR(d[0].second, 0.5 / 0.95, 1e-6);
+  EXPECT_NEAR(d[1].second, 0.3 / 0.95, 1e-6);
+  EXPECT_NEAR(d[2].second, 0.15 / 0.95, 1e-6);
+  // min_p 0.5: the bar is 0.25, so 0.15 goes too.
+  p.min_p = 0.5;
+  const auto two = Sampler(p).distribution(kFour, {});
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_NEAR(two[0].second, 0.5 / 0.8, 1e-6);
+  EXPECT_NEAR(two[1].second, 0.3 / 0.8, 1e-6);
+  // Off (0): every token stays, with its own probability.
+  p.min_p = 0.0;
+  const auto all = Sampler(p).distribution(kFour, {});
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_NEAR(all[3].second, 0.05, 1e-6);
+}
+
+TEST(Sampler, MinPComesAfterTemperature) {
+  // Temperature 2 flattens 0.5 / 0.05 (10x) to sqrt(10) ~ 3.16x: the last token is now
+  // ~0.316 of the top one, above min_p 0.25, so it stays.
+  SamplingParams p;
+  p.temperature = 2.0;
+  p.min_p = 0.25;
+  const auto d = Sampler(p).distribution(kFour, {});
+  ASSERT_EQ(d.size(), 4u);
+  EXPECT_NEAR(d[3].second / d[0].second, std::sqrt(0.1), 1e-6);
+}
+
+TEST(Sampler, MinPNeverDrawsADroppedToken) {
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.min_p = 0.25;
+  p.seed = 3;
+  Sampler s(p);
+  std::map<int, int> counts;
+  for (int i = 0; i < 2000; ++i) counts[s.next(kFour, {})]++;
+  EXPECT_EQ(counts[3], 0);
+  EXPECT_NEAR(counts[2] / 2000.0, 0.15 / 0.95, 0.03);
+}
+
+TEST(Sampler, TheDistributionOfTopPIsTheNucleusRenormalized) {
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.top_p = 0.7;
+  const auto d = Sampler(p).distribution(kFour, {});
+  ASSERT_EQ(d.size(), 2u);  // 0.5 + 0.3 reaches 0.7
+  EXPECT_NEAR(d[0].second, 0.5 / 0.8, 1e-6);
+  EXPECT_NEAR(d[1].second, 0.3 / 0.8, 1e-6);
+}
+
+TEST(Sampler, TheGreedyDistributionIsTheLargestAlone) {
+  const auto d = Sampler(SamplingParams{}).distribution(kLogits, {});
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].first, 1);
+  EXPECT_EQ(d[0].second, 1.0);
 }
 
 TEST(Sampler, TemperatureFollowsTheSoftmax) {

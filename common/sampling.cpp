@@ -1,0 +1,72 @@
+// The sampling keys with their ranges, and their wire form.
+#include "common/sampling.h"
+
+namespace llava {
+
+void read_sampling_keys(SamplingKeyReader& reader, SamplingParams& params) {
+  using L = SamplingLimits;
+  if (auto v = reader.whole("max_new_tokens", 1, L::kMaxNewTokens)) {
+    params.max_new_tokens = static_cast<int>(*v);
+  }
+  if (auto v = reader.real("temperature", 0.0, L::kTemperature, false)) params.temperature = *v;
+  if (auto v = reader.whole("top_k", 0, L::kTopK)) params.top_k = static_cast<int>(*v);
+  if (auto v = reader.real("top_p", 0.0, 1.0, /*lo_open=*/true)) params.top_p = *v;
+  if (auto v = reader.real("min_p", 0.0, 1.0, false)) params.min_p = *v;
+  if (auto v = reader.real("repetition_penalty", 0.0, L::kRepetitionPenalty, /*lo_open=*/true)) {
+    params.repetition_penalty = *v;
+  }
+  if (auto v = reader.seed("seed")) params.seed = *v;
+}
+
+std::vector<std::string> sampling_keys() {
+  // A reader that has no key but writes down the names asked for.
+  class Names : public SamplingKeyReader {
+   public:
+    std::optional<long long> whole(const std::string& key, long long, long long) override {
+      names.push_back(key);
+      return std::nullopt;
+    }
+    std::optional<double> real(const std::string& key, double, double, bool) override {
+      names.push_back(key);
+      return std::nullopt;
+    }
+    std::optional<uint64_t> seed(const std::string& key) override {
+      names.push_back(key);
+      return std::nullopt;
+    }
+    std::vector<std::string> names;
+  };
+  Names names;
+  SamplingParams unused;
+  read_sampling_keys(names, unused);
+  return names.names;
+}
+
+void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
+  out.setMaxNewTokens(static_cast<uint32_t>(params.max_new_tokens));
+  out.setTemperature(static_cast<float>(params.temperature));
+  out.setTopK(static_cast<uint32_t>(params.top_k));
+  out.setTopP(static_cast<float>(params.top_p));
+  out.setMinP(static_cast<float>(params.min_p));
+  out.setRepetitionPenalty(static_cast<float>(params.repetition_penalty));
+  out.setSeed(params.seed);
+  auto stops = out.initStopTokenIds(static_cast<unsigned>(params.stop_token_ids.size()));
+  for (size_t i = 0; i < params.stop_token_ids.size(); ++i) {
+    stops.set(static_cast<unsigned>(i), params.stop_token_ids[i]);
+  }
+}
+
+SamplingParams from_wire(schema::Sampling::Reader in) {
+  SamplingParams params;
+  params.max_new_tokens = static_cast<int>(in.getMaxNewTokens());
+  params.temperature = in.getTemperature();
+  params.top_k = static_cast<int>(in.getTopK());
+  params.top_p = in.getTopP();
+  params.min_p = in.getMinP();
+  params.repetition_penalty = in.getRepetitionPenalty();
+  params.seed = in.getSeed();
+  for (int32_t id : in.getStopTokenIds()) params.stop_token_ids.push_back(id);
+  return params;
+}
+
+}  // namespace llava

@@ -1,0 +1,64 @@
+// A request's sampling parameters and every place they cross: the YAML file's generation
+// section and a request's JSON read them through read_sampling_keys (the one list of keys
+// and their ranges), the wire carries them in schema::Sampling. A new key is a field here,
+// a line in sampling.cpp, a field in messages.capnp and its use in the sampler.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/messages.capnp.h"
+
+namespace llava {
+
+struct SamplingParams {
+  int max_new_tokens = 64;
+  double temperature = 0.0;  // 0 = greedy
+  int top_k = 0;             // 0 = off
+  double top_p = 1.0;        // 1 = off
+  double min_p = 0.0;        // 0 = off; else tokens below min_p x the top token's probability go
+  double repetition_penalty = 1.0;
+  uint64_t seed = 0;
+  // Not a key: the coordinator sends the model's end-of-sequence ids; generation ends
+  // after one of these.
+  std::vector<int32_t> stop_token_ids;
+};
+
+// Ranges of the keys, the same in the YAML file and in a request.
+struct SamplingLimits {
+  static constexpr long long kMaxNewTokens = 1 << 20;  // max_new_tokens: [1, this]
+  static constexpr long long kTopK = 1 << 24;          // top_k: [0, this]
+  static constexpr double kTemperature = 100.0;        // temperature: [0, this]
+  static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
+};
+
+// Where sampling keys are read from: the YAML file's generation section, or one key of a
+// request's JSON. Each method gives nothing when `key` is absent, and throws the source's
+// own error (ConfigError at file:line:column, RequestError) naming the key and the value
+// when the value is not a number in range.
+class SamplingKeyReader {
+ public:
+  virtual ~SamplingKeyReader() = default;
+  // A whole number in [lo, hi].
+  virtual std::optional<long long> whole(const std::string& key, long long lo, long long hi) = 0;
+  // A number in [lo, hi], or (lo, hi] when lo_open.
+  virtual std::optional<double> real(const std::string& key, double lo, double hi,
+                                     bool lo_open) = 0;
+  // A seed: any 64-bit whole number the source can hold.
+  virtual std::optional<uint64_t> seed(const std::string& key) = 0;
+};
+
+// Reads every sampling key `reader` has into `params`, in the order errors are reported.
+void read_sampling_keys(SamplingKeyReader& reader, SamplingParams& params);
+
+// The keys read_sampling_keys reads, in its order.
+std::vector<std::string> sampling_keys();
+
+// The wire's copy: the coordinator writes it into a LanguageTask, the worker reads it back.
+// Real numbers travel as 32-bit floats.
+void to_wire(const SamplingParams& params, schema::Sampling::Builder out);
+SamplingParams from_wire(schema::Sampling::Reader in);
+
+}  // namespace llava

@@ -1,0 +1,56 @@
+// The sampling parameters' one list of keys and their trip over the wire.
+#include "common/sampling.h"
+
+#include <gtest/gtest.h>
+
+#include "common/wire.h"
+
+namespace {
+
+using llava::SamplingParams;
+using llava::wire::Incoming;
+using llava::wire::Outgoing;
+
+TEST(Sampling, KeysAreListedOnceInTheOrderErrorsAreReported) {
+  EXPECT_EQ(llava::sampling_keys(),
+            (std::vector<std::string>{"max_new_tokens", "temperature", "top_k", "top_p", "min_p",
+                                      "repetition_penalty", "seed"}));
+}
+
+TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
+  SamplingParams sent;
+  sent.max_new_tokens = 300;
+  sent.temperature = 0.75;  // binary fractions: exact as the wire's 32-bit floats
+  sent.top_k = 40;
+  sent.top_p = 0.875;
+  sent.min_p = 0.0625;
+  sent.repetition_penalty = 1.25;
+  sent.seed = UINT64_MAX;
+  sent.stop_token_ids = {2, 32000};
+
+  Outgoing out(9, 1);
+  llava::to_wire(sent, out.header().getBody().initLanguageTask().initSampling());
+  Incoming in = Incoming::parse(out.parts(), /*with_routing_id=*/false, llava::wire::Limits{});
+  const SamplingParams got = llava::from_wire(in.header().getBody().getLanguageTask().getSampling());
+
+  EXPECT_EQ(got.max_new_tokens, 300);
+  EXPECT_EQ(got.temperature, 0.75);
+  EXPECT_EQ(got.top_k, 40);
+  EXPECT_EQ(got.top_p, 0.875);
+  EXPECT_EQ(got.min_p, 0.0625);
+  EXPECT_EQ(got.repetition_penalty, 1.25);
+  EXPECT_EQ(got.seed, UINT64_MAX);
+  EXPECT_EQ(got.stop_token_ids, (std::vector<int32_t>{2, 32000}));
+}
+
+TEST(Sampling, ATaskWithoutMinPLeavesItOff) {
+  // A sender from before min_p: the field reads as its default, 0 (off).
+  Outgoing out;
+  out.header().getBody().initLanguageTask().initSampling().setTopP(0.5f);
+  Incoming in = Incoming::parse(out.parts(), false, llava::wire::Limits{});
+  const SamplingParams got = llava::from_wire(in.header().getBody().getLanguageTask().getSampling());
+  EXPECT_EQ(got.min_p, 0.0);
+  EXPECT_EQ(got.top_p, 0.5);
+}
+
+}  // namespace
