@@ -19,7 +19,9 @@
 namespace llava {
 namespace fs = std::filesystem;
 
-const char* to_string(Mode mode) { return mode == Mode::kSequential ? "sequential" : "concurrent"; }
+const char* to_string(Mode mode) {
+  return mode == Mode::kSequential ? "sequential" : mode == Mode::kConcurrent ? "concurrent" : "auto";
+}
 const char* to_string(Release release) { return release == Release::kExit ? "exit" : "unload"; }
 const char* to_string(Quantize quantize) {
   return quantize == Quantize::kInt8 ? "int8" : quantize == Quantize::kInt4 ? "int4" : "none";
@@ -270,6 +272,7 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
   if (name == "language") {
     stage.max_context = static_cast<int>(s.integer("max_context", 0, 0, 1 << 20));
     stage.prefill_chunk = static_cast<int>(s.integer("prefill_chunk", 1024, 1, 1 << 20));
+    stage.min_batch = static_cast<int>(s.integer("min_batch", 4, 1, 1024));
     stage.quantize = s.choice<Quantize>(
         "quantize", Quantize::kNone,
         {{"none", Quantize::kNone}, {"int8", Quantize::kInt8}, {"int4", Quantize::kInt4}});
@@ -293,7 +296,7 @@ void check_placement(const PipelineConfig& config, Section& root, const YAML::No
   auto stage_mark = [&](const std::string& name) { return stages_node[name].Mark(); };
   for (const StageSection* stage : {&config.vision, &config.language}) {
     if (!stage->external) continue;
-    if (config.mode == Mode::kSequential) {
+    if (config.mode != Mode::kConcurrent) {
       root.fail_at(stage_mark(stage->name), "stages." + stage->name +
                                                 ".launch: external workers need mode: concurrent "
                                                 "(sequential mode starts and stops its processes)");
@@ -305,7 +308,7 @@ void check_placement(const PipelineConfig& config, Section& root, const YAML::No
                                                 "coordinator.endpoint to connect to, got '" + e + "'");
     }
   }
-  if (config.mode == Mode::kSequential) {
+  if (config.mode != Mode::kConcurrent) {  // auto may fall back to sequential: its rules
     for (const StageSection* stage : {&config.vision, &config.language}) {
       if (stage->replicas != 1) {
         root.fail_at(stage_mark(stage->name),
@@ -392,7 +395,8 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   Section root(root_node, "", file);
   config.mode = root.choice<Mode>("mode", Mode::kSequential,
                                   {{"sequential", Mode::kSequential},
-                                   {"concurrent", Mode::kConcurrent}});
+                                   {"concurrent", Mode::kConcurrent},
+                                   {"auto", Mode::kAuto}});
   config.share_devices = root.boolean("share_devices", false);
 
   Section memory = root.child("device_memory");

@@ -12,7 +12,9 @@
 
 namespace llava {
 
-enum class Mode { kSequential, kConcurrent };
+// auto: concurrent when both stages fit on their device together (the language batch may
+// shrink to min_batch for it), else sequential; resolved by common/plan.h's resolve_mode.
+enum class Mode { kSequential, kConcurrent, kAuto };
 enum class Release { kExit, kUnload };  // how a sequential stage gives its device back
 enum class WeightDType { kFloat32, kFloat16, kBFloat16 };
 enum class Quantize { kNone, kInt8, kInt4 };  // weight-only, of the language stage's linears
@@ -45,6 +47,7 @@ struct StageSection {
   bool external = false;
   int max_context = 0;               // language: tokens per sequence; 0 = model's maximum
   int prefill_chunk = 1024;          // language: prompt tokens per forward pass
+  int min_batch = 4;                 // language, mode auto: the smallest batch it runs together at
   bool cuda_graphs = true;           // decode steps / small vision batches as CUDA graphs (CUDA only)
   Quantize quantize = Quantize::kNone;  // language only
   Offload offload = Offload::kNone;     // language only

@@ -142,7 +142,60 @@ StageMemory predict_language_memory(const PipelineConfig& config, const LlavaCon
   return m;
 }
 
+PipelineConfig resolve_mode(const PipelineConfig& config, const LlavaConfig& model,
+                            std::string* decision) {
+  if (config.mode != Mode::kAuto) return config;
+  PipelineConfig sequential = config;
+  sequential.mode = Mode::kSequential;
+  PipelineConfig together = config;
+  together.mode = Mode::kConcurrent;
+  together.share_devices = true;
+  const std::string device = config.vision.devices.at(0);
+  if (device == "cpu") {
+    *decision = "mode auto: concurrent (on the CPU, nothing is leased)";
+    return together;
+  }
+  const auto capacity = config.device_memory.find(device);
+  if (capacity == config.device_memory.end()) {
+    *decision = "mode auto: sequential (device_memory." + device +
+                " is not set, so whether both stages fit together is unknown)";
+    return sequential;
+  }
+  const int configured = config.language.batch_size;
+  const int lowest = std::min(configured, config.language.min_batch);
+  for (int batch = configured; batch >= lowest; --batch) {
+    together.language.batch_size = batch;
+    const uint64_t vision = predict_vision_memory(together, model).total();
+    const uint64_t language = predict_language_memory(together, model).total();
+    if (vision + language > capacity->second) continue;
+    const uint64_t room = capacity->second - vision - language;
+    together.vision.memory_limit = vision + room / 2;
+    together.language.memory_limit = language + room / 2;
+    if (!make_plan(together, model).problems.empty()) continue;
+    *decision = "mode auto: concurrent on " + device + " (vision " + format_bytes(vision) +
+                " + language " + format_bytes(language) + " of " + format_bytes(capacity->second) +
+                (batch == configured ? ")"
+                                     : "), the language batch cut from " + std::to_string(configured) +
+                                           " to " + std::to_string(batch) + " sequences (min_batch " +
+                                           std::to_string(config.language.min_batch) + ") to fit");
+    return together;
+  }
+  together.language.batch_size = lowest;
+  *decision = "mode auto: sequential (together they need " +
+              format_bytes(predict_vision_memory(together, model).total() +
+                           predict_language_memory(together, model).total()) +
+              " even with a language batch of " + std::to_string(lowest) + "; " + device + " has " +
+              format_bytes(capacity->second) + ")";
+  return sequential;
+}
+
 Plan make_plan(const PipelineConfig& config, const LlavaConfig& model) {
+  if (config.mode == Mode::kAuto) {
+    std::string decision;
+    Plan plan = make_plan(resolve_mode(config, model, &decision), model);
+    plan.decision = decision;
+    return plan;
+  }
   Plan plan;
   plan.mode = config.mode;
   const StageMemory vision = predict_vision_memory(config, model);
@@ -203,6 +256,7 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
   std::ostringstream out;
   out << "pipeline " << config.path << ": " << to_string(plan.mode) << ", "
       << to_string(config.model.dtype) << " weights from " << config.model.checkpoint << "\n";
+  if (!plan.decision.empty()) out << plan.decision << "\n";
   out << "model: vision " << model.vision.num_hidden_layers << " layers (runs "
       << model.vision_layers_needed() << "), " << model.image_tokens()
       << " tokens per image; language " << model.text.num_hidden_layers << " layers, hidden "

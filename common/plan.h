@@ -39,6 +39,7 @@ struct PlannedDevice {
 
 struct Plan {
   Mode mode = Mode::kSequential;
+  std::string decision;  // mode auto: what it chose and why
   std::vector<PlannedProcess> processes;
   std::vector<PlannedDevice> devices;
   std::vector<std::string> problems;  // a plan with problems is refused
@@ -89,6 +90,15 @@ int64_t context_tokens(const PipelineConfig& config, const LlavaConfig& model);
 uint64_t image_embedding_bytes(const PipelineConfig& config, const LlavaConfig& model);
 
 Plan make_plan(const PipelineConfig& config, const LlavaConfig& model);
+// mode: auto -> the config to run, and in `decision` why: concurrent (sharing the device)
+// when both stages with the configured batches fit in device_memory together; else
+// concurrent with the language batch shrunk, no lower than min_batch; else sequential.
+// Concurrent on one device splits it: each stage's memory_limit is its predicted peak plus
+// half the room left. A CUDA device without a device_memory entry stays sequential (whether
+// they fit is unknown); the CPU is not leased, so there the stages run together. Other
+// modes are returned as they are.
+PipelineConfig resolve_mode(const PipelineConfig& config, const LlavaConfig& model,
+                            std::string* decision);
 std::string describe(const Plan& plan, const PipelineConfig& config, const LlavaConfig& model);
 
 }  // namespace llava

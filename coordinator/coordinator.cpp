@@ -143,6 +143,11 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
       beat_interval_(config.coordinator.heartbeat_interval_ms),
       secret_(random_secret()) {
   g_stop = 0;
+  if (config_.mode == Mode::kAuto) {  // the workers resolve their copy of the file alike
+    std::string decision;
+    config_ = resolve_mode(config_, model_, &decision);
+    std::cerr << "llava-pipe: " << decision << "\n";
+  }
   limits_.max_message_bytes = config.coordinator.max_message_size;
   const TransportOptions transport =
       transport_options(config.coordinator, config.coordinator.curve_server_key);

@@ -170,11 +170,19 @@ bool is_sticky(const std::exception& e) {
   std::_Exit(kExitRuntime);  // no destructors: they would touch the broken context
 }
 
+// The config as the coordinator runs it: mode auto resolved from the same file and model,
+// so both sides choose alike (the mode, the batch, each stage's memory_limit).
+PipelineConfig config_to_run(const std::string& path) {
+  PipelineConfig config = load_config(path);
+  std::string decision;
+  return resolve_mode(config, load_llava_config(config.model.checkpoint), &decision);
+}
+
 }  // namespace
 
 Worker::Worker(WorkerOptions options)
     : options_(std::move(options)),
-      config_(load_config(options_.config_path)),
+      config_(config_to_run(options_.config_path)),
       model_(load_llava_config(config_.model.checkpoint)),
       stage_(options_.stage == "vision" ? &config_.vision : &config_.language),
       stage_kind_(options_.stage == "vision" ? schema::Stage::VISION : schema::Stage::LANGUAGE),

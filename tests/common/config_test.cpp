@@ -148,7 +148,7 @@ TEST(Config, BadDeviceNameIsRejected) {
 TEST(Config, EnumValueListsTheChoices) {
   std::string yaml = kGood;
   yaml.replace(yaml.find("concurrent"), 10, "parallel");
-  EXPECT_EQ(error_of(yaml), "test.yaml:1:7: mode: 'parallel' is not one of sequential, concurrent");
+  EXPECT_EQ(error_of(yaml), "test.yaml:1:7: mode: 'parallel' is not one of sequential, concurrent, auto");
 }
 
 TEST(Config, YamlSyntaxErrorHasLine) {

@@ -146,4 +146,57 @@ TEST(Plan, OffloadThatCannotFitEvenOneLayerIsRefused) {
   EXPECT_NE(plan.problems[0].find("but memory_limit is 1.00 GiB"), std::string::npos) << plan.problems[0];
 }
 
+// mode: auto's three outcomes on one cuda:0 (the 7B shape, float16, language batch 12 x
+// 1024 tokens as configs/colab-l4.yaml has it), each from the same predictions as the plan.
+llava::PipelineConfig auto_config(const std::string& capacity) {
+  return config_of("mode: auto\n"
+                   "stages: {vision: {devices: cuda:0, batch_size: 32}, language: {devices: cuda:0, "
+                   "batch_size: 12, max_context: 1024}}\n" +
+                   (capacity.empty() ? std::string() : "device_memory: {cuda:0: " + capacity + "}\n"));
+}
+
+TEST(AutoMode, BothStagesFittingTogetherRunConcurrentlyEachWithItsShare) {
+  const auto model = llava::load_llava_config(kHub7b);
+  std::string decision;
+  const auto c = llava::resolve_mode(auto_config("80GiB"), model, &decision);
+  EXPECT_EQ(c.mode, llava::Mode::kConcurrent);
+  EXPECT_TRUE(c.share_devices);
+  EXPECT_EQ(c.language.batch_size, 12);
+  EXPECT_EQ(decision.rfind("mode auto: concurrent on cuda:0", 0), 0u) << decision;
+  // The limits split the device: each stage its prediction plus half the room left.
+  EXPECT_LE(c.vision.memory_limit + c.language.memory_limit, 80ull << 30);
+  EXPECT_GE(c.vision.memory_limit + c.language.memory_limit, (80ull << 30) - 1);
+  const auto plan = llava::make_plan(auto_config("80GiB"), model);
+  EXPECT_EQ(plan.mode, llava::Mode::kConcurrent);
+  EXPECT_TRUE(plan.problems.empty());
+  EXPECT_NE(llava::describe(plan, auto_config("80GiB"), model).find(decision), std::string::npos);
+}
+
+TEST(AutoMode, ATightDeviceRunsConcurrentlyWithAShorterBatchNoLowerThanMinBatch) {
+  const auto model = llava::load_llava_config(kHub7b);
+  std::string decision;
+  const auto c = llava::resolve_mode(auto_config("22GiB"), model, &decision);
+  EXPECT_EQ(c.mode, llava::Mode::kConcurrent);
+  EXPECT_LT(c.language.batch_size, 12);
+  EXPECT_GE(c.language.batch_size, 4);
+  EXPECT_NE(decision.find("the language batch cut from 12 to " + std::to_string(c.language.batch_size)),
+            std::string::npos)
+      << decision;
+  // One sequence more would not have fitted: the largest batch that does was taken.
+  auto bigger = c;
+  ++bigger.language.batch_size;
+  bigger.vision.memory_limit = bigger.language.memory_limit = 0;
+  const auto plan = llava::make_plan(bigger, model);
+  EXPECT_GT(plan.devices.at(0).predicted_peak, 22ull << 30);
+}
+
+TEST(AutoMode, TooSmallOrUnknownDevicesRunSequentially) {
+  const auto model = llava::load_llava_config(kHub7b);
+  std::string decision;
+  EXPECT_EQ(llava::resolve_mode(auto_config("16GiB"), model, &decision).mode, llava::Mode::kSequential);
+  EXPECT_NE(decision.find("even with a language batch of 4; cuda:0 has 16.00 GiB"), std::string::npos) << decision;
+  EXPECT_EQ(llava::resolve_mode(auto_config(""), model, &decision).mode, llava::Mode::kSequential);
+  EXPECT_NE(decision.find("device_memory.cuda:0 is not set"), std::string::npos) << decision;
+}
+
 }  // namespace

@@ -3,13 +3,16 @@
 # capped at 22 GiB) on the random LLaVA-1.5-7B-shaped checkpoint, `serve`, then one `ask`
 # after another, 32 new tokens each: five about one image (from the second on its
 # embeddings come from the cache), then three about new images. Prints each question's
-# seconds as JSON lines and the NVML peak.
-#   bash tests/perf/sequential_7b.sh BUILD_DIR CHECKPOINT OUT_DIR
+# seconds as JSON lines and the NVML peak. MODE (default sequential): the config's mode, e.g.
+# auto (which on this 22 GiB device runs the stages together with a shorter language batch).
+#   bash tests/perf/sequential_7b.sh BUILD_DIR CHECKPOINT OUT_DIR [MODE]
 set -euo pipefail
-build="$1"; ckpt="$2"; out="$3"
+build="$1"; ckpt="$2"; out="$3"; mode="${4:-sequential}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mkdir -p "$out"
-sed "s|checkpoint: /models/llava-1.5-7b-hf|checkpoint: $ckpt|" "$root/configs/colab-l4.yaml" > "$out/seq.yaml"
+sed -e "s|checkpoint: /models/llava-1.5-7b-hf|checkpoint: $ckpt|" -e "s|^mode: sequential|mode: $mode|" \
+    "$root/configs/colab-l4.yaml" > "$out/seq.yaml"
+"$build/llava-pipe" check "$out/seq.yaml" > "$out/check.txt" 2>&1 || true
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$out/nvml.txt" &
 smi=$!
 "$build/llava-pipe" serve "$out/seq.yaml" --listen tcp://127.0.0.1:5611 > "$out/serve.log" 2>&1 &

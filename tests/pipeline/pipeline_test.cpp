@@ -728,6 +728,27 @@ TEST(Pipeline, WakeEndsTheLoopsWaitFromAnotherThread) {
   EXPECT_EQ(coordinator.pid_of("vision-0"), -1);  // nothing else happened
 }
 
+// mode: auto on the CPU (nothing is leased there) runs the stages together: both workers
+// hold their device from the start and neither gives it back; the answers are exact. The
+// workers resolve the same file alike (their batch and limits are the coordinator's).
+TEST(Pipeline, AutoModeOnTheCpuRunsTheStagesTogether) {
+  std::string body = kSequential;
+  body.replace(body.find("mode: sequential"), 16, "mode: auto");
+  Outcome outcome = run_pipeline(write_config("auto", body), kCases);
+  expect_all_match(outcome);
+  expect_no_deaths(outcome);
+  EXPECT_EQ(count_events(outcome.timeline, "vision-0", "granted"), 1);
+  EXPECT_EQ(count_events(outcome.timeline, "language-0", "granted"), 1);
+  // Sequential turns would grant the language worker only after the vision worker gave
+  // the device back (at shutdown here, if at all).
+  const double language = first_event(outcome.timeline, "language-0", "granted");
+  ASSERT_GE(language, 0);
+  for (const char* end : {"released", "exited"}) {
+    const double vision_end = first_event(outcome.timeline, "vision-0", end);
+    EXPECT_TRUE(vision_end < 0 || language < vision_end) << end;
+  }
+}
+
 TEST(Pipeline, TwoVisionAndTwoLanguageReplicasMatch) {
   std::vector<Case> cases = kCases;
   cases.insert(cases.end(), kCases.begin(), kCases.end());

@@ -16,29 +16,12 @@ using llava::test::TinyModel;
 
 constexpr double kLogitTolerance = 1e-4;  // max |ours - theirs| / max |theirs|, float32
 
-void check_cases(const std::string& folder, const std::string& tag) {
-  TinyModel model(data_path(folder));
-  auto cases = load_json("reference/" + tag + "_cases.json");
-  ASSERT_GE(cases.size(), 3u);
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c["file"].get<std::string>());
-    auto ref = load_tensors("reference/" + c["file"].get<std::string>());
-    auto ids = ids_of(ref["input_ids"]);
-    at::Tensor pixels = ref.count("pixel_values") ? ref["pixel_values"] : at::Tensor();
-    if (pixels.defined()) {
-      EXPECT_LT(relative_error(model.image_features(pixels), ref["image_features"]), 1e-5);
-    }
-    llava::KvCache cache(model.config.text, 1, static_cast<int64_t>(ids.size()), model.options);
-    at::Tensor logits = model.prompt_logits(ids, pixels, cache, cache.acquire());
-    EXPECT_LT(relative_error(logits, ref["logits"]), kLogitTolerance);
-    EXPECT_EQ(model.greedy(ids, pixels, 32), ids_of(ref["greedy"]));
-  }
-}
+using llava::test::check_reference_cases;
 
-TEST(Parity, TinyLlavaMatchesTransformers) { check_cases("tiny-llava", "a"); }
+TEST(Parity, TinyLlavaMatchesTransformers) { check_reference_cases("tiny-llava", "reference", "a"); }
 
 // "full" feature strategy, two concatenated feature layers, tied embeddings, linear RoPE.
-TEST(Parity, TinyLlavaVariantMatchesTransformers) { check_cases("tiny-llava-b", "b"); }
+TEST(Parity, TinyLlavaVariantMatchesTransformers) { check_reference_cases("tiny-llava-b", "reference", "b"); }
 
 TEST(Parity, HubShardedLayoutGivesIdenticalLogits) {
   TinyModel v5(data_path("tiny-llava")), hub(data_path("tiny-llava-layouts/hub-sharded"));

@@ -21,35 +21,14 @@ using llava::test::load_json;
 using llava::test::load_tensors;
 using llava::test::read_file;
 using llava::test::relative_error;
+using llava::test::check_reference_cases;
 using llava::test::TinyModel;
 
-constexpr int32_t kEos = 2;
-
-// Up to and with the first end-of-sequence token: what follows it is never generated
-// (the pipeline stops there), and transformers' greedy margins past it are small.
-std::vector<int32_t> until_eos(std::vector<int32_t> ids) {
-  auto eos = std::find(ids.begin(), ids.end(), kEos);
-  if (eos != ids.end()) ids.erase(eos + 1, ids.end());
-  return ids;
-}
-
+// Greedy tokens up to and with </s> (id 2): what follows is never generated.
 TEST(ShapesParity, TrainedModelMatchesTransformers) {
-  TinyModel model(data_path("shapes-llava"));
+  check_reference_cases("shapes-llava", "shapes-reference", "shapes", 2);
   auto cases = load_json("shapes-reference/shapes_cases.json");
   ASSERT_EQ(cases.size(), 4u);
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c["file"].get<std::string>());
-    auto ref = load_tensors("shapes-reference/" + c["file"].get<std::string>());
-    auto ids = ids_of(ref["input_ids"]);
-    at::Tensor pixels = ref.count("pixel_values") ? ref["pixel_values"] : at::Tensor();
-    if (pixels.defined()) {
-      EXPECT_LT(relative_error(model.image_features(pixels), ref["image_features"]), 1e-5);
-    }
-    llava::KvCache cache(model.config.text, 1, static_cast<int64_t>(ids.size()), model.options);
-    EXPECT_LT(relative_error(model.prompt_logits(ids, pixels, cache, cache.acquire()), ref["logits"]), 1e-4);
-    const auto expected = until_eos(ids_of(ref["greedy"]));
-    EXPECT_EQ(until_eos(model.greedy(ids, pixels, 32)), expected);
-  }
   // The answers themselves (transformers' greedy text, recorded with the references).
   EXPECT_EQ(cases[0]["greedy_text"], cases[0]["expected"]);
 }

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include <memory>
 #include <string>
@@ -69,6 +72,34 @@ struct TinyModel {
 inline std::vector<int32_t> ids_of(const at::Tensor& t) {
   auto l = t.to(at::kLong).contiguous();
   return std::vector<int32_t>(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel());
+}
+
+// Our model against transformers' references (make_tiny_llava.py's references() format):
+// every case's image features, prompt logits within 1e-4 relative (float32), and greedy
+// tokens: all 32, or up to and with the first `eos` when `eos` >= 0 (a trained model's
+// answer ends there, and transformers' margins past it are small).
+inline void check_reference_cases(const std::string& folder, const std::string& reference_dir,
+                                  const std::string& tag, int32_t eos = -1) {
+  TinyModel model(data_path(folder));
+  auto cases = load_json(reference_dir + "/" + tag + "_cases.json");
+  ASSERT_GE(cases.size(), 3u);
+  auto until_eos = [&](std::vector<int32_t> ids) {
+    auto at = std::find(ids.begin(), ids.end(), eos);
+    if (eos >= 0 && at != ids.end()) ids.erase(at + 1, ids.end());
+    return ids;
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["file"].get<std::string>());
+    auto ref = load_tensors(reference_dir + "/" + c["file"].get<std::string>());
+    auto ids = ids_of(ref["input_ids"]);
+    at::Tensor pixels = ref.count("pixel_values") ? ref["pixel_values"] : at::Tensor();
+    if (pixels.defined()) {
+      EXPECT_LT(relative_error(model.image_features(pixels), ref["image_features"]), 1e-5);
+    }
+    KvCache cache(model.config.text, 1, static_cast<int64_t>(ids.size()), model.options);
+    EXPECT_LT(relative_error(model.prompt_logits(ids, pixels, cache, cache.acquire()), ref["logits"]), 1e-4);
+    EXPECT_EQ(until_eos(model.greedy(ids, pixels, 32)), until_eos(ids_of(ref["greedy"])));
+  }
 }
 
 }  // namespace llava::test
