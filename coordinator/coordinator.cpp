@@ -908,8 +908,7 @@ void Coordinator::grant(Slot& slot) {
   const auto now = Clock::now();
   for (const auto& [id, r] : requests_) {
     if (r.stage != need) continue;
-    const Clock::time_point since = need == Stage::kNeedLanguage && !r.images.empty() ? r.embedded : r.submitted;
-    waited = std::max(waited, std::chrono::duration<double>(now - since).count());
+    waited = std::max(waited, std::chrono::duration<double>(now - waiting_since(r)).count());
   }
   record(slot, "granted", "", waited);
 }
@@ -1080,8 +1079,7 @@ void Coordinator::schedule_sequential() {
     ++d.total;
     if (r.stage != Stage::kNeedVision && r.stage != Stage::kNeedLanguage) continue;
     ++d.waiting;
-    const Clock::time_point since = vision_stage || r.images.empty() ? r.submitted : r.embedded;
-    d.oldest = std::max(d.oldest, now - since);
+    d.oldest = std::max(d.oldest, now - waiting_since(r));
   }
   const bool vision_work = vision_demand.total > 0;
   const bool language_work = language_demand.total > 0;

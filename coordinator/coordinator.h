@@ -264,6 +264,12 @@ class Coordinator {
   // now waits for the language stage), or when one of them is being encoded for another
   // request (`encoding`) and will be in the cache (it waits for that).
   bool ready_for_vision(Request& request, const std::unordered_multiset<size_t>& encoding);
+  // Since when the request has waited for the stage it needs now: its submission, or for
+  // the language stage after images, its embeddings.
+  static Clock::time_point waiting_since(const Request& request) {
+    return request.stage == Stage::kNeedLanguage && !request.images.empty() ? request.embedded
+                                                                             : request.submitted;
+  }
   // Tells the worker holding the request (if any) to drop it and free what it holds.
   void cancel_at_worker(const Request& request);
   // The request's embeddings are ready: it waits for the language stage. Throws
