@@ -1,20 +1,19 @@
-// YAML -> PipelineConfig, with every error naming file:line:column and the key.
+// The YAML file's schema: each section's keys, defaults and checks -> PipelineConfig. The
+// reading itself (file:line:column errors, unknown and duplicate keys) is common/yaml_reader.
 #include "common/config.h"
-
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <optional>
-#include <set>
 #include <sstream>
 
 #include "common/curve.h"
 #include "common/errors.h"
 #include "common/units.h"
 #include "common/utf8.h"
+#include "common/yaml_reader.h"
 
 namespace llava {
 namespace fs = std::filesystem;
@@ -22,7 +21,15 @@ namespace fs = std::filesystem;
 const char* to_string(Mode mode) {
   return mode == Mode::kSequential ? "sequential" : mode == Mode::kConcurrent ? "concurrent" : "auto";
 }
-const char* to_string(Release release) { return release == Release::kExit ? "exit" : "unload"; }
+const char* to_string(Release release) {
+  switch (release) {
+    case Release::kExit: return "exit";
+    case Release::kUnload: return "unload";
+    case Release::kOffload: return "offload";
+    case Release::kAuto: break;
+  }
+  return "auto";
+}
 const char* to_string(Quantize quantize) {
   return quantize == Quantize::kInt8 ? "int8" : quantize == Quantize::kInt4 ? "int4" : "none";
 }
@@ -45,178 +52,10 @@ bool is_valid_device(const std::string& device) {
 
 namespace {
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
-// Reads one YAML mapping, remembering which keys were read so that finish() can report
-// the unknown ones with a did-you-mean.
-class Section {
- public:
-  Section(const YAML::Node& node, std::string key_path, const std::string& file)
-      : node_(node), path_(std::move(key_path)), file_(file) {
-    if (node_ && !node_.IsNull() && !node_.IsMap()) fail(node_, "expected a mapping of keys");
-  }
-
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& what) const {
-    fail_at(at.Mark(), what);
-  }
-  [[noreturn]] void fail_at(const YAML::Mark& mark, const std::string& what) const {
-    std::ostringstream out;
-    out << file_;
-    if (mark.line >= 0) out << ":" << mark.line + 1 << ":" << mark.column + 1;
-    out << ": " << what;
-    throw ConfigError(out.str());
-  }
-  std::string key_name(const std::string& key) const {
-    return path_.empty() ? key : path_ + "." + key;
-  }
-
-  YAML::Node find(const std::string& key) {
-    known_.insert(key);
-    static const YAML::Node kEmptyMap(YAML::NodeType::Map);
-    if (!node_ || !node_.IsMap()) return kEmptyMap[key];  // an undefined node: "absent"
-    return node_[key];
-  }
-  Section child(const std::string& key) { return Section(find(key), key_name(key), file_); }
-  YAML::Mark mark() const { return node_ ? node_.Mark() : YAML::Mark::null_mark(); }
-  bool present() const { return node_ && !node_.IsNull(); }
-
-  std::string scalar(const std::string& key, const YAML::Node& value) const {
-    if (!value.IsScalar()) fail(value, key_name(key) + ": expected a single value");
-    return value.Scalar();
-  }
-
-  std::string str(const std::string& key, const std::string& fallback) {
-    YAML::Node value = find(key);
-    return value ? scalar(key, value) : fallback;
-  }
-
-  long long integer(const std::string& key, long long fallback, long long lo, long long hi) {
-    return number<long long>(key, fallback, lo, hi, false, "a whole number",
-                             [](const std::string& t, size_t* used) { return std::stoll(t, used); });
-  }
-
-  double real(const std::string& key, double fallback, double lo, double hi, bool lo_open = false) {
-    return number<double>(key, fallback, lo, hi, lo_open, "a number",
-                          [](const std::string& t, size_t* used) { return std::stod(t, used); });
-  }
-
-  // A scalar that `parse` must consume whole, within [lo, hi] ((lo, hi] when lo_open).
-  template <typename T, typename Parse>
-  T number(const std::string& key, T fallback, T lo, T hi, bool lo_open, const char* what,
-           Parse parse) {
-    YAML::Node value = find(key);
-    if (!value) return fallback;
-    std::string text = scalar(key, value);
-    T parsed{};
-    size_t used = 0;
-    try {
-      parsed = parse(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != text.size()) {
-      fail(value, key_name(key) + ": expected " + what + ", got '" + text + "'");
-    }
-    if (!in_range(parsed, lo, hi, lo_open)) {
-      fail(value, key_name(key) + ": " + text + " is out of range " + range_text(lo, hi, lo_open));
-    }
-    return parsed;
-  }
-
-  bool boolean(const std::string& key, bool fallback) {
-    YAML::Node value = find(key);
-    if (!value) return fallback;
-    std::string text = scalar(key, value);
-    if (text == "true" || text == "yes" || text == "on") return true;
-    if (text == "false" || text == "no" || text == "off") return false;
-    fail(value, key_name(key) + ": expected true or false, got '" + text + "'");
-  }
-
-  uint64_t bytes(const std::string& key, uint64_t fallback) {
-    YAML::Node value = find(key);
-    if (!value) return fallback;
-    std::string text = scalar(key, value);
-    auto parsed = parse_bytes(text);
-    if (!parsed) {
-      fail(value, key_name(key) + ": expected a size such as 22GiB or 512MiB, got '" + text + "'");
-    }
-    return *parsed;
-  }
-
-  uint64_t millis(const std::string& key, uint64_t fallback) {
-    YAML::Node value = find(key);
-    if (!value) return fallback;
-    std::string text = scalar(key, value);
-    auto parsed = parse_millis(text);
-    if (!parsed || *parsed == 0) {
-      fail(value, key_name(key) + ": expected a positive duration such as 500ms or 2s, got '" +
-                      text + "'");
-    }
-    return *parsed;
-  }
-
-  template <typename Enum>
-  Enum choice(const std::string& key, Enum fallback,
-              const std::vector<std::pair<std::string, Enum>>& options) {
-    YAML::Node value = find(key);
-    if (!value) return fallback;
-    std::string text = scalar(key, value);
-    std::string names;
-    for (const auto& [name, option] : options) {
-      if (name == text) return option;
-      names += (names.empty() ? "" : ", ") + name;
-    }
-    fail(value, key_name(key) + ": '" + text + "' is not one of " + names);
-  }
-
-  // Unknown keys are errors: a typo must not silently fall back to a default.
-  void finish() const {
-    if (!node_ || !node_.IsMap()) return;
-    for (const auto& entry : node_) {
-      const std::string key = entry.first.Scalar();
-      if (known_.count(key)) continue;
-      std::string best;
-      size_t best_distance = 3;
-      for (const auto& candidate : known_) {
-        size_t d = edit_distance(key, candidate);
-        if (d < best_distance) best_distance = d, best = candidate;
-      }
-      std::string what = "unknown key '" + key_name(key) + "'";
-      if (!best.empty()) {
-        what += "; did you mean '" + best + "'?";
-      } else {
-        std::string all;
-        for (const auto& k : known_) all += (all.empty() ? "" : ", ") + k;
-        what += " (known here: " + all + ")";
-      }
-      fail(entry.first, what);
-    }
-  }
-
- private:
-  YAML::Node node_;
-  std::string path_;
-  const std::string& file_;
-  std::set<std::string> known_;
-};
-
 // The generation section's sampling keys, for common/sampling's list of them.
 class SectionSamplingKeys : public SamplingKeyReader {
  public:
-  explicit SectionSamplingKeys(Section& section) : section_(section) {}
+  explicit SectionSamplingKeys(YamlSection& section) : section_(section) {}
 
   std::optional<long long> whole(const std::string& key, long long lo, long long hi) override {
     if (!section_.find(key)) return std::nullopt;
@@ -234,11 +73,11 @@ class SectionSamplingKeys : public SamplingKeyReader {
   }
 
  private:
-  Section& section_;
+  YamlSection& section_;
 };
 
-StageSection parse_stage(Section& stages, const std::string& name, const std::string& file) {
-  Section s = stages.child(name);
+StageSection parse_stage(YamlSection& stages, const std::string& name, const std::string& file) {
+  YamlSection s = stages.child(name);
   if (!s.present()) s.fail_at(stages.mark(), "stages." + name + ": section is missing");
   StageSection stage;
   stage.name = name;
@@ -265,8 +104,11 @@ StageSection parse_stage(Section& stages, const std::string& name, const std::st
   }
   stage.memory_limit = s.bytes("memory_limit", 0);
   stage.batch_size = static_cast<int>(s.integer("batch_size", 8, 1, 1024));
-  stage.release = s.choice<Release>("release", Release::kExit,
-                                    {{"exit", Release::kExit}, {"unload", Release::kUnload}});
+  stage.release = s.choice<Release>("release", Release::kAuto,
+                                    {{"exit", Release::kExit},
+                                     {"unload", Release::kUnload},
+                                     {"offload", Release::kOffload},
+                                     {"auto", Release::kAuto}});
   stage.external = s.choice<bool>("launch", false, {{"local", false}, {"external", true}});
   stage.cuda_graphs = s.boolean("cuda_graphs", true);
   if (name == "language") {
@@ -292,7 +134,8 @@ std::string relative_to(const std::string& config_file, const std::string& path)
 
 // Placement rules that need both stages: one device in sequential mode, no silent
 // sharing in concurrent mode.
-void check_placement(const PipelineConfig& config, Section& root, const YAML::Node& stages_node) {
+void check_placement(const PipelineConfig& config, YamlSection& root,
+                     const YAML::Node& stages_node) {
   auto stage_mark = [&](const std::string& name) { return stages_node[name].Mark(); };
   for (const StageSection* stage : {&config.vision, &config.language}) {
     if (!stage->external) continue;
@@ -325,7 +168,7 @@ void check_placement(const PipelineConfig& config, Section& root, const YAML::No
     return;
   }
   for (const StageSection* stage : {&config.vision, &config.language}) {
-    if (stage->release == Release::kUnload) {
+    if (config.mode == Mode::kConcurrent && stage->release != Release::kAuto) {
       root.fail_at(stage_mark(stage->name),
                    "stages." + stage->name +
                        ".release: only sequential mode gives devices back; remove it");
@@ -350,56 +193,23 @@ void check_placement(const PipelineConfig& config, Section& root, const YAML::No
   }
 }
 
-// YAML maps keep every duplicate key (a lookup finds the first): refuse them, naming both
-// lines, rather than let one value silently win.
-void refuse_duplicate_keys(const YAML::Node& node, const std::string& path, const std::string& file) {
-  if (node.IsSequence()) {
-    for (const auto& item : node) refuse_duplicate_keys(item, path, file);
-    return;
-  }
-  if (!node.IsMap()) return;
-  std::map<std::string, YAML::Mark> seen;
-  for (const auto& entry : node) {
-    const std::string key = entry.first.IsScalar() ? entry.first.Scalar() : "";
-    const std::string name = path.empty() ? key : path + "." + key;
-    if (entry.first.IsScalar()) {
-      auto [first, inserted] = seen.emplace(key, entry.first.Mark());
-      if (!inserted) {
-        const YAML::Mark at = entry.first.Mark();
-        throw ConfigError(file + ":" + std::to_string(at.line + 1) + ":" + std::to_string(at.column + 1) +
-                          ": " + name + ": duplicate key (first given at line " +
-                          std::to_string(first->second.line + 1) + "); give each key once");
-      }
-    }
-    refuse_duplicate_keys(entry.second, name, file);
-  }
-}
-
 }  // namespace
 
 PipelineConfig parse_config(const std::string& yaml_text, const std::string& file,
                             bool check_files) {
-  YAML::Node root_node;
-  try {
-    root_node = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    std::ostringstream out;
-    out << file << ":" << e.mark.line + 1 << ":" << e.mark.column + 1 << ": " << e.msg;
-    throw ConfigError(out.str());
-  }
+  YAML::Node root_node = load_yaml(yaml_text, file);
   if (!root_node || root_node.IsNull()) throw ConfigError(file + ": the file is empty");
-  refuse_duplicate_keys(root_node, "", file);
 
   PipelineConfig config;
   config.path = file;
-  Section root(root_node, "", file);
-  config.mode = root.choice<Mode>("mode", Mode::kSequential,
+  YamlSection root(root_node, "", file);
+  config.mode = root.choice<Mode>("mode", Mode::kAuto,
                                   {{"sequential", Mode::kSequential},
                                    {"concurrent", Mode::kConcurrent},
                                    {"auto", Mode::kAuto}});
   config.share_devices = root.boolean("share_devices", false);
 
-  Section memory = root.child("device_memory");
+  YamlSection memory = root.child("device_memory");
   if (memory.present()) {
     for (const auto& entry : root_node["device_memory"]) {
       std::string device = entry.first.Scalar();
@@ -411,7 +221,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
     }
   }
 
-  Section model = root.child("model");
+  YamlSection model = root.child("model");
   if (!model.present()) root.fail_at(root_node.Mark(), "model: section is missing");
   YAML::Node checkpoint_node = model.find("checkpoint");
   if (!checkpoint_node) model.fail_at(model.mark(), "model.checkpoint: missing");
@@ -428,7 +238,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   config.model.name = model.str("name", fs::path(config.model.checkpoint).filename().string());
   model.finish();
 
-  Section stages = root.child("stages");
+  YamlSection stages = root.child("stages");
   if (!stages.present()) root.fail_at(root_node.Mark(), "stages: section is missing");
   config.vision = parse_stage(stages, "vision", file);
   config.language = parse_stage(stages, "language", file);
@@ -437,7 +247,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   // server: the HTTP server's limits, read by launch/server_config.cpp (serve --http).
   root.find("server");
 
-  Section coord = root.child("coordinator");
+  YamlSection coord = root.child("coordinator");
   auto& c = config.coordinator;
   YAML::Node endpoint = coord.find("endpoint");
   if (endpoint) {
@@ -465,7 +275,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   c.swap_batch = static_cast<int>(coord.integer("swap_batch", c.swap_batch, 0, 1 << 20));
   c.drain_timeout_ms = coord.millis("drain_timeout", c.drain_timeout_ms);
   c.external_wait_ms = coord.millis("external_wait", c.external_wait_ms);
-  Section curve = coord.child("curve");
+  YamlSection curve = coord.child("curve");
   if (curve.present()) {
     auto key_file = [&](const YAML::Node& node, const std::string& key, bool secret) {
       const std::string resolved = relative_to(file, curve.scalar(key, node));
@@ -501,7 +311,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   curve.finish();
   coord.finish();
 
-  Section gen = root.child("generation");
+  YamlSection gen = root.child("generation");
   auto& g = config.generation;
   SectionSamplingKeys sampling_keys(gen);
   read_sampling_keys(sampling_keys, g);

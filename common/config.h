@@ -15,7 +15,11 @@ namespace llava {
 // auto: concurrent when both stages fit on their device together (the language batch may
 // shrink to min_batch for it), else sequential; resolved by common/plan.h's resolve_mode.
 enum class Mode { kSequential, kConcurrent, kAuto };
-enum class Release { kExit, kUnload };  // how a sequential stage gives its device back
+// How a sequential stage gives its device back: its process exits; it frees the model and
+// keeps the process; or it keeps its weights in pinned host memory (the next turn copies
+// them back). auto: offload where the host has the memory for it, else exit (resolved by
+// common/plan.h's resolve_release).
+enum class Release { kExit, kUnload, kOffload, kAuto };
 enum class WeightDType { kFloat32, kFloat16, kBFloat16 };
 enum class Quantize { kNone, kInt8, kInt4 };  // weight-only, of the language stage's linears
 enum class Offload { kNone, kLayers };        // kLayers: decoder layers streamed from host
@@ -39,7 +43,7 @@ struct StageSection {
   std::vector<std::string> devices;  // "cpu" or "cuda:N"; replica i runs on devices[i % size]
   uint64_t memory_limit = 0;         // bytes; 0 means no limit
   int batch_size = 8;
-  Release release = Release::kExit;  // sequential mode only
+  Release release = Release::kAuto;  // sequential mode only
   // external: the processes are started by a cluster manager (Slurm, Kubernetes...), on
   // any host, with `llava-stage --config C --stage S --replica N --endpoint E`; the
   // coordinator waits for them, never starts or kills them, and takes them back whenever
@@ -114,7 +118,7 @@ std::string stop_strings_problem(const std::vector<std::string>& stop);
 
 struct PipelineConfig {
   std::string path;  // the YAML file this came from
-  Mode mode = Mode::kSequential;
+  Mode mode = Mode::kAuto;
   bool share_devices = false;                  // concurrent: several processes on one device
   std::map<std::string, uint64_t> device_memory;  // optional: known capacity per device
   ModelSection model;

@@ -5,6 +5,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <string>
 #include <sstream>
 #include <stdexcept>
 
@@ -97,6 +99,17 @@ std::vector<GpuInfo> visible_gpus(std::vector<GpuInfo> gpus, const char* visible
     if (!found) break;
   }
   return seen;
+}
+
+uint64_t host_memory_available() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, unit;
+  uint64_t value = 0;
+  while (meminfo >> key >> value) {
+    std::getline(meminfo, unit);
+    if (key == "MemAvailable:") return value * 1024;  // in kB
+  }
+  return 0;
 }
 
 std::vector<GpuInfo> query_gpus() {

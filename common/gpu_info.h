@@ -36,6 +36,9 @@ std::vector<GpuInfo> visible_gpus(std::vector<GpuInfo> gpus, const char* visible
 // or sees no GPU; throws std::runtime_error when its output does not parse.
 std::vector<GpuInfo> query_gpus();
 
+// The host memory available to new work (/proc/meminfo's MemAvailable), 0 when unknown.
+uint64_t host_memory_available();
+
 // "cuda:0: NVIDIA L4, compute capability 8.9, 22.5 GiB"
 std::string describe(const GpuInfo& gpu);
 

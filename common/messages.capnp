@@ -17,7 +17,7 @@ struct TensorInfo {
 
 enum Stage { vision @0; language @1; coordinator @2; }
 enum WorkerState { starting @0; ready @1; leased @2; releasing @3; }
-enum ReleaseHow { exit @0; unload @1; }
+enum ReleaseHow { exit @0; unload @1; offload @2; }
 enum FinishReason { eos @0; length @1; stop @2; cancelled @3; }
 
 # worker -> coordinator, once after connecting.

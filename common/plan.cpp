@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "common/gpu_info.h"
 #include "common/units.h"
 
 namespace llava {
@@ -189,10 +190,95 @@ PipelineConfig resolve_mode(const PipelineConfig& config, const LlavaConfig& mod
   return sequential;
 }
 
+uint64_t offload_bytes(const PipelineConfig& config, const LlavaConfig& model, const std::string& stage) {
+  if (stage == "vision") return predict_vision_memory(config, model).weights;
+  const LanguageLayout layout = language_layout(config, model);
+  // Streaming buffers are made anew; the streamed layers are in host memory already.
+  return layout.head_bytes + layout.layer_bytes * static_cast<uint64_t>(layout.resident_layers);
+}
+
+PipelineConfig resolve_release(const PipelineConfig& config, const LlavaConfig& model,
+                               uint64_t host_available, std::string* decision) {
+  decision->clear();
+  if (config.mode != Mode::kSequential) return config;
+  PipelineConfig out = config;
+  std::vector<StageSection*> automatic;
+  for (StageSection* stage : {&out.vision, &out.language}) {
+    if (stage->release == Release::kAuto) automatic.push_back(stage);
+  }
+  if (automatic.empty()) return out;
+  if (!on_gpu(config.vision.devices.front())) {
+    for (StageSection* stage : automatic) stage->release = Release::kOffload;
+    *decision = "release auto: offload (on the CPU the weights stay where they are)";
+    return out;
+  }
+  // Explicit offloads take their share of the host first.
+  const uint64_t kept = config.coordinator.embedding_memory + config.coordinator.embedding_cache + kHostReserveBytes;
+  uint64_t room = host_available > kept ? host_available - kept : 0;
+  for (const StageSection* stage : {&config.vision, &config.language}) {
+    if (stage->release != Release::kOffload) continue;
+    const uint64_t bytes = offload_bytes(config, model, stage->name);
+    room = room > bytes ? room - bytes : 0;
+  }
+  // Each automatic stage offloads or exits. Offloading the language stage saves the larger
+  // reload, so choices that offload it come first; a choice must fit the host, and the
+  // device too (an offloaded stage keeps its CUDA context through the other's turn).
+  for (StageSection* stage : automatic) stage->release = Release::kExit;
+  const size_t problems_when_exiting = make_plan(out, model).problems.size();
+  const size_t n = automatic.size();
+  const std::vector<std::vector<bool>> choices =
+      n == 2 ? std::vector<std::vector<bool>>{{true, true}, {false, true}, {true, false}, {false, false}}
+             : std::vector<std::vector<bool>>{{true}, {false}};
+  std::vector<bool> host_short(n, false), device_short(n, false);
+  for (const auto& choice : choices) {
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (choice[i]) bytes += offload_bytes(config, model, automatic[i]->name);
+    }
+    for (size_t i = 0; i < n; ++i) automatic[i]->release = choice[i] ? Release::kOffload : Release::kExit;
+    if (bytes > room) {
+      for (size_t i = 0; i < n; ++i) host_short[i] = host_short[i] || (choice[i] && offload_bytes(config, model, automatic[i]->name) > room);
+      continue;
+    }
+    if (make_plan(out, model).problems.size() > problems_when_exiting) {
+      for (size_t i = 0; i < n; ++i) device_short[i] = device_short[i] || choice[i];
+      continue;
+    }
+    break;  // the all-exit choice, last, always passes
+  }
+  std::ostringstream why;
+  why << "release auto (host memory available " << format_bytes(host_available) << ", "
+      << format_bytes(kept) << " kept for embeddings and the rest of the host):";
+  for (size_t i = 0; i < n; ++i) {
+    const StageSection* stage = automatic[i];
+    const uint64_t bytes = offload_bytes(config, model, stage->name);
+    if (stage->release == Release::kOffload) {
+      why << " " << stage->name << " offloads (" << format_bytes(bytes) << " of weights kept in pinned host memory);";
+    } else if (host_short[i] || !device_short[i]) {
+      why << " " << stage->name << " exits (its " << format_bytes(bytes) << " of weights do not fit in the "
+          << format_bytes(room) << " left; each turn reloads them from the checkpoint);";
+    } else {
+      why << " " << stage->name << " exits (its process kept through the other stage's turn would put "
+          << stage->devices.front() << " over its device_memory);";
+    }
+  }
+  std::string text = why.str();
+  text.pop_back();
+  *decision = text;
+  return out;
+}
+
 Plan make_plan(const PipelineConfig& config, const LlavaConfig& model) {
   if (config.mode == Mode::kAuto) {
     std::string decision;
     Plan plan = make_plan(resolve_mode(config, model, &decision), model);
+    plan.decision = decision + (plan.decision.empty() ? "" : "\n" + plan.decision);
+    return plan;
+  }
+  if (config.mode == Mode::kSequential &&
+      (config.vision.release == Release::kAuto || config.language.release == Release::kAuto)) {
+    std::string decision;
+    Plan plan = make_plan(resolve_release(config, model, host_memory_available(), &decision), model);
     plan.decision = decision;
     return plan;
   }
@@ -211,11 +297,11 @@ Plan make_plan(const PipelineConfig& config, const LlavaConfig& model) {
       p.memory = stage->name == "vision" ? vision : language;
       p.memory_limit = stage->memory_limit;
       if (sequential) {
-        p.holds = stage->name == "vision"
-                      ? "turn 1 of each round: encodes every queued image, then " +
-                            std::string(stage->release == Release::kExit ? "exits" : "unloads")
-                      : "turn 2 of each round: generates for every encoded request, then " +
-                            std::string(stage->release == Release::kExit ? "exits" : "unloads");
+        const std::string then = stage->release == Release::kExit     ? "exits"
+                                 : stage->release == Release::kUnload ? "unloads (the process stays)"
+                                                                      : "offloads its weights to pinned host memory (the process stays; the next turn copies them back)";
+        p.holds = stage->name == "vision" ? "in turns: encodes the queued images, then " + then
+                                          : "in turns: generates for the encoded requests, then " + then;
       } else {
         p.holds = "its whole life";
       }
@@ -232,9 +318,17 @@ Plan make_plan(const PipelineConfig& config, const LlavaConfig& model) {
     PlannedDevice& d = devices[p.device];
     d.device = p.device;
     d.processes.push_back(p.name);
-    // Sequential stages take turns, so a device's peak is the larger stage; concurrent
-    // processes on one device add up.
-    d.predicted_peak = sequential ? std::max(d.predicted_peak, p.memory.total())
+    // Sequential stages take turns, so a device's peak is the larger stage, plus the CUDA
+    // context of the other while its process stays (unload, offload); concurrent processes
+    // on one device add up.
+    uint64_t idle_contexts = 0;
+    for (const auto& other : plan.processes) {
+      const StageSection& section = other.stage == "vision" ? config.vision : config.language;
+      if (&other != &p && other.device == p.device && section.release != Release::kExit) {
+        idle_contexts += other.memory.runtime;
+      }
+    }
+    d.predicted_peak = sequential ? std::max(d.predicted_peak, p.memory.total() + idle_contexts)
                                   : d.predicted_peak + p.memory.total();
   }
   for (auto& [name, d] : devices) {
@@ -301,6 +395,18 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
               : std::string("off"))
       << "\n";
   if (plan.mode == Mode::kSequential) {
+    uint64_t pinned = 0;
+    std::string parts;
+    for (const StageSection* stage : {&config.vision, &config.language}) {
+      if (stage->release != Release::kOffload) continue;
+      const uint64_t bytes = on_gpu(stage->devices.front()) ? offload_bytes(config, model, stage->name) : 0;
+      pinned += bytes;
+      parts += (parts.empty() ? "" : " + ") + stage->name + " " + format_bytes(bytes);
+    }
+    if (!parts.empty()) {
+      out << "  host memory for offloaded weights (release: offload): " << format_bytes(pinned) << " pinned ("
+          << parts << "); a turn copies a stage's weights back at the host link's speed\n";
+    }
     const auto batch = [&](int configured, int stage_batch) {
       return std::to_string(configured > 0 ? configured : stage_batch);
     };

@@ -39,7 +39,7 @@ struct PlannedDevice {
 
 struct Plan {
   Mode mode = Mode::kSequential;
-  std::string decision;  // mode auto: what it chose and why
+  std::string decision;  // mode and release auto: what they chose and why
   std::vector<PlannedProcess> processes;
   std::vector<PlannedDevice> devices;
   std::vector<std::string> problems;  // a plan with problems is refused
@@ -89,6 +89,7 @@ int64_t context_tokens(const PipelineConfig& config, const LlavaConfig& model);
 // One image's embeddings: image tokens x text hidden size, in the model dtype.
 uint64_t image_embedding_bytes(const PipelineConfig& config, const LlavaConfig& model);
 
+// Resolves mode and release (release from this host's available memory) and plans them.
 Plan make_plan(const PipelineConfig& config, const LlavaConfig& model);
 // mode: auto -> the config to run, and in `decision` why: concurrent (sharing the device)
 // when both stages with the configured batches fit in device_memory together; else
@@ -99,6 +100,16 @@ Plan make_plan(const PipelineConfig& config, const LlavaConfig& model);
 // modes are returned as they are.
 PipelineConfig resolve_mode(const PipelineConfig& config, const LlavaConfig& model,
                             std::string* decision);
+// release: auto -> offload where the host can keep the weights of the stages that give the
+// device back (`host_available` bytes, less the coordinator's embedding memory and cache
+// and kHostReserveBytes), the smaller stage first; else exit. Says why in `decision`.
+// Only sequential pipelines release; other configs are returned as they are.
+PipelineConfig resolve_release(const PipelineConfig& config, const LlavaConfig& model,
+                               uint64_t host_available, std::string* decision);
+// Host memory kept free for everything else when weights are offloaded to it.
+constexpr uint64_t kHostReserveBytes = 2ull << 30;
+// Host bytes a stage's offloaded weights take (what it had on its device).
+uint64_t offload_bytes(const PipelineConfig& config, const LlavaConfig& model, const std::string& stage);
 std::string describe(const Plan& plan, const PipelineConfig& config, const LlavaConfig& model);
 
 }  // namespace llava

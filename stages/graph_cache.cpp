@@ -48,6 +48,12 @@ size_t GraphCache::size() const {
   return 0;
 }
 
+void GraphCache::clear() {
+#ifdef LLAVA_PIPE_CUDA_GRAPHS
+  if (graphs_) graphs_ = std::make_unique<Graphs>();
+#endif
+}
+
 at::Tensor GraphCache::run(int64_t key, const std::vector<at::Tensor>& inputs, const Step& step) {
 #ifdef LLAVA_PIPE_CUDA_GRAPHS
   if (graphs_) {

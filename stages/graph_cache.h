@@ -24,6 +24,8 @@ class GraphCache {
 
   bool enabled() const { return graphs_ != nullptr; }
   size_t size() const;  // graphs captured so far
+  // Drops every graph and their memory pool (the tensors they read are about to move).
+  void clear();
 
   // step(inputs) for the graph of `key` (captured with these inputs' shapes the first
   // time; the step must not synchronize or allocate outside LibTorch's allocator). The

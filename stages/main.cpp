@@ -9,6 +9,7 @@
 
 #include "common/command_line.h"
 #include "common/errors.h"
+#include "common/stage_kind.h"
 #include "stages/worker.h"
 
 namespace {
@@ -34,10 +35,9 @@ int main(int argc, char** argv) {
       ->required();
   llava::add_checked_option(app, "--stage", "vision|language", "which stage this worker runs",
                             [&](const std::string& value) {
-                              if (value != "vision" && value != "language") {
-                                throw llava::ConfigError("expected vision or language");
-                              }
-                              options.stage = value;
+                              const auto stage = llava::parse_stage(value);
+                              if (!stage) throw llava::ConfigError("expected vision or language");
+                              options.stage = *stage;
                             })
       ->required();
   llava::add_checked_option(

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -23,6 +24,10 @@ class LayerStream {
   int64_t device_bytes() const;
   int64_t host_bytes() const;
 
+  // f(tensor&) on every tensor of the device buffers (release: offload moves them too).
+  void visit_buffers(const std::function<void(at::Tensor&)>& f) {
+    for (auto& buffer : buffers_) buffer.visit(f);
+  }
   // A forward pass starts: the first copies begin.
   void begin();
   // Streamed layer j on the device, ready for work queued on the current stream.

@@ -41,6 +41,13 @@ class Linear {
   // The stored tensors (values, scales, bias; undefined ones left out), for copying the
   // layer between host and device.
   std::vector<at::Tensor> tensors() const;
+  // Calls f(tensor&) on every stored tensor, in tensors()'s order; f may replace it.
+  template <typename F>
+  void visit(F&& f) {
+    f(weight_);
+    if (scales_.defined()) f(scales_);
+    if (bias_.defined()) f(bias_);
+  }
   // The same layer with every tensor moved by `move` (e.g. to pinned host memory).
   template <typename Move>
   Linear map(Move move) const {

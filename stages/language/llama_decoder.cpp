@@ -129,6 +129,16 @@ at::Tensor LlamaDecoder::embed(const at::Tensor& ids) const {
   return at::embedding(embed_tokens_, ids.to(embed_tokens_.device())).to(options_.device());
 }
 
+void LlamaDecoder::visit_tensors(const std::function<void(at::Tensor&)>& f) {
+  f(embed_tokens_);
+  f(final_norm_);
+  lm_head_.visit(f);
+  f(rope_cos_);
+  f(rope_sin_);
+  for (auto& layer : layers_) layer.visit(f);
+  if (streamed_) streamed_->visit_buffers(f);
+}
+
 int64_t LlamaDecoder::device_weight_bytes() const {
   int64_t total = static_cast<int64_t>(final_norm_.nbytes()) + lm_head_.bytes() +
                   (streamed_ ? streamed_->device_bytes() : 0);

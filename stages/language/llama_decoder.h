@@ -67,6 +67,10 @@ class LlamaDecoder {
   // hidden [..., H] -> float32 logits [..., V]
   at::Tensor logits(const at::Tensor& hidden) const;
 
+  // f(tensor&) on every tensor the decoder keeps (weights, RoPE tables, streaming
+  // buffers), in a fixed order; f may replace one by an equal tensor elsewhere (release:
+  // offload moves them to host memory and back).
+  void visit_tensors(const std::function<void(at::Tensor&)>& f);
   // Weight bytes on the device (streaming buffers included) and in host memory.
   int64_t device_weight_bytes() const;
   int64_t host_weight_bytes() const;

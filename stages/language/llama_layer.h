@@ -27,6 +27,13 @@ struct LlamaLayer {
     for (const auto& t : tensors()) total += static_cast<int64_t>(t.nbytes());
     return total;
   }
+  // f(tensor&) on every stored tensor, in tensors()'s order; f may replace it.
+  template <typename F>
+  void visit(F&& f) {
+    f(input_norm);
+    f(post_norm);
+    for (Linear* linear : {&qkv, &o, &gate_up, &down}) linear->visit(f);
+  }
   template <typename Move>
   LlamaLayer map(Move move) const {
     return {move(input_norm), move(post_norm), qkv.map(move), o.map(move), gate_up.map(move),

@@ -19,6 +19,13 @@ struct ClipLayer {
   at::Tensor out_w, out_b;
   at::Tensor norm2_w, norm2_b;
   at::Tensor fc1_w, fc1_b, fc2_w, fc2_b;
+  template <typename F>
+  void visit(F&& f) {
+    for (at::Tensor* t : {&norm1_w, &norm1_b, &qkv_w, &qkv_b, &out_w, &out_b, &norm2_w, &norm2_b,
+                          &fc1_w, &fc1_b, &fc2_w, &fc2_b}) {
+      if (t->defined()) f(*t);
+    }
+  }
 };
 
 class ClipVision {
@@ -33,6 +40,14 @@ class ClipVision {
   // Our CUDA kernels (quick GELU, residual add + LayerNorm, embeddings + LayerNorm) where
   // built (default on); off, LibTorch's kernels compose the same math.
   void use_fused_kernels(bool on) { fused_ = on; }
+  // f(tensor&) on every weight, in a fixed order; f may replace one by an equal tensor.
+  template <typename F>
+  void visit(F&& f) {
+    for (at::Tensor* t : {&patch_matrix_, &class_embedding_, &position_embedding_, &pre_norm_w_, &pre_norm_b_}) {
+      if (t->defined()) f(*t);
+    }
+    for (auto& layer : layers_) layer.visit(f);
+  }
 
  private:
   // (x + delta, LayerNorm(x + delta)); with delta undefined, (x, LayerNorm(x)).

@@ -15,6 +15,13 @@ class Projector {
             const at::TensorOptions& options);
   // features: [B, tokens, vision_hidden * layers] -> [B, tokens, text_hidden]
   at::Tensor forward(const at::Tensor& features) const;
+  // f(tensor&) on every weight, in a fixed order; f may replace one by an equal tensor.
+  template <typename F>
+  void visit(F&& f) {
+    for (at::Tensor* t : {&w1_, &b1_, &w2_, &b2_}) {
+      if (t->defined()) f(*t);
+    }
+  }
 
  private:
   at::Tensor w1_, b1_, w2_, b2_;

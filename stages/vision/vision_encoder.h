@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <vector>
 
 #include "stages/checkpoint/checkpoint.h"
@@ -39,6 +40,13 @@ class VisionEncoder {
   // (a graph's output buffer for small batches: valid until the next call).
   at::Tensor encode(const at::Tensor& pixels);
   size_t cuda_graphs() const { return graphs_.size(); }
+  // f(tensor&) on every weight (CLIP, then the projector); f may replace one by an equal
+  // tensor elsewhere. Captured graphs read the old addresses: call forget_graphs() after.
+  void visit_tensors(const std::function<void(at::Tensor&)>& f) {
+    clip_.visit(f);
+    projector_.visit(f);
+  }
+  void forget_graphs() { graphs_.clear(); }
   // On CUDA, runs every batch shape up to `max_images` once (graphs captured, cuDNN's
   // plans built, pinned host buffers for the embeddings cached), so that no request pays
   // for them: measured on an H100, a first batch of 30 images took 272 ms in the worker

@@ -297,3 +297,30 @@ TEST(Config, ExternalWorkersNeedConcurrentModeAndAFixedEndpoint) {
 }
 
 }  // namespace
+
+namespace {
+
+// The defaults: mode auto and release auto (resolved against the device and the host);
+// an explicit release in a concurrent pipeline is refused, since nothing is given back.
+TEST(Config, ModeAndReleaseDefaultToAutoAndOffloadIsAChoice) {
+  const std::string plain = "model: {checkpoint: /models/x}\nstages: {vision: {devices: cuda:0}, "
+                            "language: {devices: cuda:0}}\n";
+  const auto config = parse_config(plain, "test.yaml", false);
+  EXPECT_EQ(config.mode, llava::Mode::kAuto);
+  EXPECT_EQ(config.vision.release, llava::Release::kAuto);
+  EXPECT_EQ(config.language.release, llava::Release::kAuto);
+  const auto offload = parse_config(
+      "mode: sequential\nmodel: {checkpoint: /models/x}\nstages: {vision: {devices: cuda:0, release: offload}, "
+      "language: {devices: cuda:0, release: unload}}\n",
+      "test.yaml", false);
+  EXPECT_EQ(offload.vision.release, llava::Release::kOffload);
+  EXPECT_EQ(offload.language.release, llava::Release::kUnload);
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("    memory_limit: 8GiB"), 22, "    memory_limit: 8GiB\n    release: offload");
+  EXPECT_EQ(error_of(yaml), "test.yaml:7:5: stages.vision.release: only sequential mode gives devices back; remove it");
+  yaml = kGood;
+  yaml.replace(yaml.find("    memory_limit: 8GiB"), 22, "    memory_limit: 8GiB\n    release: later");
+  EXPECT_EQ(error_of(yaml), "test.yaml:9:14: stages.vision.release: 'later' is not one of exit, unload, offload, auto");
+}
+
+}  // namespace

@@ -13,8 +13,9 @@ llava::PipelineConfig config_of(const std::string& yaml) {
 
 TEST(Plan, SequentialPeakIsTheLargerStage) {
   auto config = config_of(
-      "stages: {vision: {devices: cuda:0}, language: {devices: cuda:0, batch_size: 1, "
-      "max_context: 1024}}\n");
+      "mode: sequential\n"
+      "stages: {vision: {devices: cuda:0, release: exit}, language: {devices: cuda:0, batch_size: 1, "
+      "max_context: 1024, release: exit}}\n");
   auto model = llava::load_llava_config(kHub7b);
   auto plan = llava::make_plan(config, model);
   ASSERT_EQ(plan.devices.size(), 1u);
@@ -197,6 +198,96 @@ TEST(AutoMode, TooSmallOrUnknownDevicesRunSequentially) {
   EXPECT_NE(decision.find("even with a language batch of 4; cuda:0 has 16.00 GiB"), std::string::npos) << decision;
   EXPECT_EQ(llava::resolve_mode(auto_config(""), model, &decision).mode, llava::Mode::kSequential);
   EXPECT_NE(decision.find("device_memory.cuda:0 is not set"), std::string::npos) << decision;
+}
+
+// release: auto, on configs/colab-l4.yaml's shape (7B float16 on one 22 GiB device).
+llava::PipelineConfig sequential_config(const std::string& releases = "") {
+  return config_of("mode: sequential\n"
+                   "stages: {vision: {devices: cuda:0" + releases + "}, language: {devices: cuda:0, "
+                   "batch_size: 12, max_context: 1024}}\n");
+}
+
+constexpr uint64_t kGiB = 1ull << 30;
+
+TEST(ReleaseAuto, OffloadsBothStagesWhenTheHostHasRoomForTheirWeights) {
+  const auto model = llava::load_llava_config(kHub7b);
+  std::string decision;
+  const auto c = llava::resolve_release(sequential_config(), model, 64 * kGiB, &decision);
+  EXPECT_EQ(c.vision.release, llava::Release::kOffload);
+  EXPECT_EQ(c.language.release, llava::Release::kOffload);
+  // The language stage's weights as they sit on the device: 6.74e9 parameters in float16.
+  EXPECT_EQ(llava::offload_bytes(c, model, "language"), 6'738'939'904ull * 2);
+  EXPECT_NE(decision.find("language offloads (12.55 GiB of weights kept in pinned host memory)"),
+            std::string::npos)
+      << decision;
+}
+
+TEST(ReleaseAuto, ATightHostOffloadsTheSmallerStageAndTheLargerExits) {
+  const auto model = llava::load_llava_config(kHub7b);
+  std::string decision;
+  const auto c = llava::resolve_release(sequential_config(), model, 8 * kGiB, &decision);
+  EXPECT_EQ(c.vision.release, llava::Release::kOffload);
+  EXPECT_EQ(c.language.release, llava::Release::kExit);
+  EXPECT_NE(decision.find("language exits (its 12.55 GiB of weights do not fit"), std::string::npos) << decision;
+  const auto none = llava::resolve_release(sequential_config(), model, 3 * kGiB, &decision);
+  EXPECT_EQ(none.vision.release, llava::Release::kExit);
+  EXPECT_EQ(none.language.release, llava::Release::kExit);
+}
+
+TEST(ReleaseAuto, QuantizedWeightsTakeTheirStoredSizeInHostMemory) {
+  const auto model = llava::load_llava_config(kHub7b);
+  auto config = sequential_config();
+  config.language.quantize = llava::Quantize::kInt8;
+  const uint64_t bytes = llava::offload_bytes(config, model, "language");
+  EXPECT_EQ(bytes, llava::language_layout(config, model).device_weight_bytes());
+  EXPECT_LT(bytes, 7 * kGiB);
+  // 12 GiB of host (a T4 Colab's): the float16 weights do not fit, int8 ones do.
+  std::string decision;
+  EXPECT_EQ(llava::resolve_release(sequential_config(), model, 12 * kGiB, &decision).language.release,
+            llava::Release::kExit);
+  EXPECT_EQ(llava::resolve_release(config, model, 12 * kGiB, &decision).language.release,
+            llava::Release::kOffload);
+}
+
+TEST(ReleaseAuto, ExplicitChoicesStayAndAnExplicitOffloadTakesItsShareFirst) {
+  const auto model = llava::load_llava_config(kHub7b);
+  auto config = sequential_config(", release: exit");
+  config.language.release = llava::Release::kOffload;
+  std::string decision;
+  const auto c = llava::resolve_release(config, model, 64 * kGiB, &decision);
+  EXPECT_EQ(c.vision.release, llava::Release::kExit);
+  EXPECT_EQ(c.language.release, llava::Release::kOffload);
+  EXPECT_TRUE(decision.empty()) << decision;
+  // Vision auto, language offload explicitly, and room for the language stage only.
+  config.vision.release = llava::Release::kAuto;
+  const uint64_t language = llava::offload_bytes(config, model, "language");
+  const uint64_t kept = config.coordinator.embedding_memory + config.coordinator.embedding_cache +
+                        llava::kHostReserveBytes;
+  const auto tight = llava::resolve_release(config, model, language + kept + (64ull << 20), &decision);
+  EXPECT_EQ(tight.vision.release, llava::Release::kExit);
+}
+
+TEST(ReleaseAuto, OnTheCpuTheWeightsStayWhereTheyAre) {
+  const auto model = llava::load_llava_config(kHub7b);
+  auto config = config_of("mode: sequential\nstages: {vision: {devices: cpu}, language: {devices: cpu}}\n");
+  std::string decision;
+  const auto c = llava::resolve_release(config, model, 1 * kGiB, &decision);
+  EXPECT_EQ(c.vision.release, llava::Release::kOffload);
+  EXPECT_EQ(c.language.release, llava::Release::kOffload);
+}
+
+// A stage that offloads or unloads keeps its process, and so its CUDA context, through
+// the other stage's turn: the device's peak counts it.
+TEST(Plan, AStageThatKeepsItsProcessKeepsItsCudaContextInTheOtherTurn) {
+  const auto model = llava::load_llava_config(kHub7b);
+  auto config = sequential_config();
+  config.vision.release = llava::Release::kOffload;
+  config.language.release = llava::Release::kExit;
+  const auto plan = llava::make_plan(config, model);
+  const uint64_t vision = plan.processes[0].memory.total(), language = plan.processes[1].memory.total();
+  EXPECT_EQ(plan.devices[0].predicted_peak, std::max(vision, language + llava::kCudaRuntimeBytes));
+  EXPECT_NE(plan.processes[0].holds.find("offloads its weights to pinned host memory"), std::string::npos);
+  EXPECT_NE(plan.processes[1].holds.find("then exits"), std::string::npos);
 }
 
 }  // namespace

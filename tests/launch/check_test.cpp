@@ -38,11 +38,18 @@ const std::string kHub7b =
 TEST(Check, PrintsThePlanOfAFittingConfig) {
   auto path = write_temp("fits.yaml", "model: {checkpoint: " + kHub7b +
                                           "}\nstages: {vision: {devices: cuda:0, memory_limit: "
-                                          "22GiB}, language: {devices: cuda:0, memory_limit: "
-                                          "22GiB, batch_size: 12, max_context: 1024}}\n");
+                                          "22GiB, release: offload}, language: {devices: cuda:0, memory_limit: "
+                                          "22GiB, batch_size: 12, max_context: 1024, release: offload}}\n");
   Result r = run("check " + path);
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("vision-0 on cuda:0, holds it: turn 1 of each round"), std::string::npos)
+  EXPECT_NE(r.output.find("vision-0 on cuda:0, holds it: in turns: encodes the queued images, then "
+                          "offloads its weights to pinned host memory"),
+            std::string::npos)
+      << r.output;
+  // What offloading keeps in host memory: the weights as they sit on the device.
+  EXPECT_NE(r.output.find("host memory for offloaded weights (release: offload): 13.13 GiB pinned "
+                          "(vision 594.9 MiB + language 12.55 GiB)"),
+            std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("language-0 on cuda:0"), std::string::npos);
   EXPECT_NE(r.output.find("cuda:0: predicted peak"), std::string::npos);

@@ -5,12 +5,15 @@
 # embeddings come from the cache), then three about new images. Prints each question's
 # seconds as JSON lines and the NVML peak. MODE (default sequential): the config's mode, e.g.
 # auto (which on this 22 GiB device runs the stages together with a shorter language batch).
-#   bash tests/perf/sequential_7b.sh BUILD_DIR CHECKPOINT OUT_DIR [MODE]
+# RELEASE (default auto): both stages' release (exit, unload, offload, auto).
+#   bash tests/perf/sequential_7b.sh BUILD_DIR CHECKPOINT OUT_DIR [MODE] [RELEASE]
 set -euo pipefail
-build="$1"; ckpt="$2"; out="$3"; mode="${4:-sequential}"
+build="$1"; ckpt="$2"; out="$3"; mode="${4:-sequential}"; release="${5:-auto}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mkdir -p "$out"
-sed -e "s|checkpoint: /models/llava-1.5-7b-hf|checkpoint: $ckpt|" -e "s|^mode: sequential|mode: $mode|" \
+sed -e "s|checkpoint: /models/llava-1.5-7b-hf|checkpoint: $ckpt|" -e "s|^mode: .*|mode: $mode|" \
+    -e "s|^    batch_size: 32|    batch_size: 32\n    release: $release|" \
+    -e "s|^    max_context: 1024|    max_context: 1024\n    release: $release|" \
     "$root/configs/colab-l4.yaml" > "$out/seq.yaml"
 "$build/llava-pipe" check "$out/seq.yaml" > "$out/check.txt" 2>&1 || true
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$out/nvml.txt" &

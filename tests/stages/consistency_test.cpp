@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "common/errors.h"
-#include "tiny_model.h"
+#include "tests/stages/tiny_model.h"
 
 namespace {
 

@@ -2,7 +2,7 @@
 // CPU, tests/data/make_tiny_llava.py) on the same checkpoints.
 #include <gtest/gtest.h>
 
-#include "tiny_model.h"
+#include "tests/stages/tiny_model.h"
 
 namespace {
 

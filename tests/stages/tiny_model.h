@@ -10,12 +10,12 @@
 #include <string>
 
 #include "common/model_config.h"
-#include "reference.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/language/kv_cache.h"
 #include "stages/language/llama_decoder.h"
 #include "stages/vision/clip_vision.h"
 #include "stages/vision/projector.h"
+#include "tests/stages/reference.h"
 
 namespace llava::test {
 

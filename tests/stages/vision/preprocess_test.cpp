@@ -8,7 +8,7 @@
 #include <stdexcept>
 
 #include "common/errors.h"
-#include "reference.h"
+#include "tests/stages/reference.h"
 
 namespace {
 

@@ -11,7 +11,7 @@
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 #include "stages/vision/clip_kernels.h"
 #endif
-#include "tiny_model.h"
+#include "tests/stages/tiny_model.h"
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <map>
 
 #include "common/errors.h"
-#include "tiny_model.h"
+#include "tests/stages/tiny_model.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 
 #include "common/errors.h"
 #include "common/model_config.h"
-#include "reference.h"
+#include "tests/stages/reference.h"
 
 namespace {
 

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "common/errors.h"
-#include "reference.h"
+#include "tests/stages/reference.h"
 #include "tests/test_images.h"
 
 namespace {

@@ -9,7 +9,7 @@
 
 #include "stages/vision/image.h"
 #include "stages/vision/preprocess.h"
-#include "tiny_model.h"
+#include "tests/stages/tiny_model.h"
 
 namespace {
 

@@ -1,0 +1,41 @@
+// The values a chat template computes with: JSON, or Jinja's "undefined", with Python's
+// meanings of truth, str(), repr(), equality and the operators (+ - * / // % ~, comparisons,
+// in) as transformers' Jinja gives them.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace llava::jinja {
+
+using json = nlohmann::json;
+
+// A value: JSON, or Jinja's undefined (a missing variable, key or attribute).
+struct Value {
+  bool undefined = false;
+  json j;
+  static Value none() { return Value{true, json()}; }
+};
+inline Value of(json j) {
+  return Value{false, std::move(j)};
+}
+
+// A template that fails while rendering: RequestError "chat template: what".
+[[noreturn]] void runtime_error(const std::string& what);
+
+bool truthy(const Value& v);
+std::string str(const Value& v);  // Python's str(): what {{ }} prints
+std::string repr(const json& j);  // Python's repr(): strings quoted, inside lists and dicts
+bool equal(const Value& a, const Value& b);
+// The items a for loop or a filter walks: a list's, a dict's keys, a string's characters.
+std::vector<json> items_of(const Value& v);
+// object[key] or object.key: undefined when there is none.
+Value member(const Value& object, const json& key);
+// `a op b` for every binary operator but `and` / `or` (those short-circuit in the evaluator).
+Value binary(const std::string& op, const Value& a, const Value& b);
+
+// Python's strip() (lstrip, rstrip): also the lexer's whitespace control.
+std::string trimmed(const std::string& s, bool left = true, bool right = true);
+
+}  // namespace llava::jinja

@@ -1,0 +1,88 @@
+// Builders of the coordinator's messages to its workers.
+#include "coordinator/tasks.h"
+
+#include "common/sampling.h"
+#include "coordinator/request_table.h"
+
+namespace llava {
+
+std::unique_ptr<wire::Outgoing> vision_task(const Request& request) {
+  auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
+  message->header().getBody().initVisionTask().setImageCount(
+      static_cast<uint32_t>(request.images.size()));
+  for (const auto& image : request.images) {
+    message->add_frame(wire::DType::kU8, {static_cast<int64_t>(image.size())},
+                       zmq::message_t(image.data(), image.size()));
+  }
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> language_task(const Request& request,
+                                              std::vector<wire::Frame> embeddings,
+                                              const std::vector<int64_t>& eos_token_ids) {
+  auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
+  auto task = message->header().getBody().initLanguageTask();
+  std::vector<int32_t> ids = request.prompt;
+  ids.insert(ids.end(), request.tokens.begin(), request.tokens.end());
+  auto list = task.initTokenIds(static_cast<unsigned>(ids.size()));
+  for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
+  task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
+  SamplingParams sampling = request.spec.generation;  // the request's keys
+  sampling.max_new_tokens -= static_cast<int>(request.tokens.size());
+  for (int64_t eos : eos_token_ids) sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
+  to_wire(sampling, task.initSampling());
+  for (auto& frame : embeddings) message->add_frame(std::move(frame));
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> lease_grant(const std::string& device, uint64_t memory_limit,
+                                            uint64_t epoch) {
+  auto message = std::make_unique<wire::Outgoing>();
+  auto body = message->header().getBody().initLeaseGrant();
+  body.setDevice(device);
+  body.setMemoryLimit(memory_limit);
+  body.setEpoch(epoch);
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> lease_release(Release how, uint64_t epoch) {
+  auto message = std::make_unique<wire::Outgoing>();
+  auto body = message->header().getBody().initLeaseRelease();
+  body.setHow(release_exits(how)         ? schema::ReleaseHow::EXIT
+              : how == Release::kOffload ? schema::ReleaseHow::OFFLOAD
+                                         : schema::ReleaseHow::UNLOAD);
+  body.setEpoch(epoch);
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> cancel_task(const Request& request) {
+  auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
+  message->header().getBody().initCancel();
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> heartbeat_message() {
+  auto message = std::make_unique<wire::Outgoing>();
+  message->header().getBody().initHeartbeat();
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> shutdown_message(const std::string& reason) {
+  auto message = std::make_unique<wire::Outgoing>();
+  message->header().getBody().initShutdown().setReason(reason);
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> not_registered_message() {
+  auto message = std::make_unique<wire::Outgoing>();
+  message->header().getBody().initNotRegistered();
+  return message;
+}
+
+std::unique_ptr<wire::Outgoing> refused_message(const std::string& why) {
+  auto message = std::make_unique<wire::Outgoing>();
+  message->header().getBody().initRefused().setReason(why);
+  return message;
+}
+
+}  // namespace llava

@@ -1,0 +1,212 @@
+// The vision stage's work: queue VisionTasks, wait for the rest of an announced burst, then
+// decode and preprocess a batch of images on host threads, encode it, and send one
+// Embeddings message per task.
+#include "stages/vision/vision_stage.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "stages/parallel.h"
+
+namespace llava {
+namespace {
+
+// The longest a vision worker waits for the next task of an announced burst (they are sent
+// back to back; this only bounds a burst cut short, by a cancel or a dead coordinator).
+constexpr std::chrono::milliseconds kBurstGap{50};
+constexpr double kMillisPerSecond = 1e3;
+
+wire::DType wire_dtype(at::ScalarType dtype) {
+  return dtype == at::kHalf       ? wire::DType::kF16
+         : dtype == at::kBFloat16 ? wire::DType::kBF16
+                                  : wire::DType::kF32;
+}
+
+// A frame over a contiguous host tensor without copying it: the message keeps the
+// tensor's storage alive until ZeroMQ has sent it.
+zmq::message_t host_message(const at::Tensor& tensor) {
+  auto* owner = new at::Tensor(tensor);
+  return zmq::message_t(
+      tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()),
+      [](void*, void* hint) { delete static_cast<at::Tensor*>(hint); }, owner);
+}
+
+}  // namespace
+
+VisionStage::VisionStage(const StageContext& context, StageSink& sink)
+    : context_(context), sink_(sink) {}
+
+WeightOffload::Visit VisionStage::weights() {
+  return [this](const std::function<void(at::Tensor&)>& f) { encoder_->visit_tensors(f); };
+}
+
+void VisionStage::load() {
+  if (offload_ && offload_->offloaded()) {  // the weights wait in host memory
+    restore_weights(*offload_, weights(), context_);
+    return;
+  }
+  checkpoint_ = std::make_unique<Checkpoint>(context_.config.model.checkpoint);
+  checkpoint_->on_tensor_loaded([this] { sink_.heartbeat_if_due(); });
+  encoder_ = std::make_unique<VisionEncoder>(context_.model, *checkpoint_, context_.tensor_options,
+                                             context_.section.cuda_graphs);
+  // A long-lived worker warms every batch shape once; in sequential mode each round
+  // loads anew and its batches are mostly full ones (measured: warming takes ~1.3 s).
+  if (context_.config.mode == Mode::kConcurrent) encoder_->warm_up(context_.section.batch_size);
+  checkpoint_->release_staging();
+}
+
+void VisionStage::unload() {
+  encoder_.reset();
+  checkpoint_.reset();
+  offload_.reset();
+}
+
+void VisionStage::offload() {
+  encoder_->forget_graphs();  // captured with the weights' device addresses
+  if (!offload_) offload_ = std::make_unique<WeightOffload>();
+  offload_weights(*offload_, weights(), context_);
+}
+
+void VisionStage::take(wire::Incoming task) {
+  if (task.kind() != schema::Header::Body::Which::VISION_TASK) {
+    throw WireError(std::string("a ") + wire::kind_name(task.kind()) + " for a vision worker");
+  }
+  burst_following_ = task.header().getBody().getVisionTask().getFollowedBy();
+  burst_deadline_ = Clock::now() + kBurstGap;
+  queue_.push_back(std::move(task));
+}
+
+void VisionStage::cancel(uint64_t request) {
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->request_id() == request) {
+      queue_.erase(it);
+      return;
+    }
+  }
+}
+
+void VisionStage::drop_all(const std::optional<std::string>& reason) {
+  if (reason) {
+    for (auto& task : queue_) {
+      sink_.fail(task.request_id(), task.attempt(), *reason, FailureKind::kRetryable);
+    }
+  }
+  queue_.clear();
+}
+
+std::chrono::milliseconds VisionStage::wait_for_more() const {
+  if (burst_following_ == 0) return std::chrono::milliseconds(0);
+  size_t images = 0;
+  for (const auto& task : queue_) images += task.frames().size();
+  if (images >= static_cast<size_t>(context_.section.batch_size)) {
+    return std::chrono::milliseconds(0);
+  }
+  const auto left = burst_deadline_ - Clock::now();
+  if (left <= Clock::duration::zero()) return std::chrono::milliseconds(0);
+  return std::chrono::ceil<std::chrono::milliseconds>(left);
+}
+
+void VisionStage::work_step() {
+  if (queue_.empty()) return;
+  const auto start = Clock::now();
+  const auto batch_size = static_cast<size_t>(context_.section.batch_size);
+  // Whole tasks, up to batch_size images (at least one task).
+  std::vector<wire::Incoming> tasks;
+  size_t images = 0;
+  while (!queue_.empty() &&
+         (tasks.empty() || images + queue_.front().frames().size() <= batch_size)) {
+    images += queue_.front().frames().size();
+    tasks.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  // Decode and preprocess every image of the batch in parallel, on threads of our own
+  // (one per core, up to one per image): on the host this is most of the vision stage's
+  // time.
+  struct Item {
+    size_t task, frame;
+    std::string error;
+  };
+  std::vector<Item> items;
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}});
+  }
+  at::Tensor batch = encoder_->pixel_batch(static_cast<int64_t>(items.size()));  // row j: item j
+  run_parallel(items.size(), [&](size_t j) {
+    Item& item = items[j];
+    const auto& frame = tasks[item.task].frames()[item.frame].bytes;
+    try {
+      encoder_->pixels_into(static_cast<const uint8_t*>(frame.data()), frame.size(),
+                            batch[static_cast<int64_t>(j)]);
+    } catch (const RequestError& e) {
+      item.error = "image " + std::to_string(item.frame + 1) + " of " +
+                   std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
+    }
+  });
+  // A task with a bad image fails alone; the others go on.
+  std::vector<bool> failed(tasks.size(), false);
+  for (const auto& item : items) {
+    if (!item.error.empty() && !failed[item.task]) {
+      failed[item.task] = true;
+      sink_.fail(tasks[item.task].request_id(), tasks[item.task].attempt(), item.error,
+                 FailureKind::kBadRequest);
+    }
+  }
+  std::vector<int64_t> rows;  // of the tasks that go on, in task order, then frame order
+  std::vector<size_t> first_row(tasks.size(), 0);
+  for (size_t j = 0; j < items.size(); ++j) {
+    if (failed[items[j].task]) continue;
+    if (items[j].frame == 0) first_row[items[j].task] = rows.size();
+    rows.push_back(static_cast<int64_t>(j));
+  }
+  if (rows.empty()) return;
+  if (rows.size() < items.size()) batch = batch.index_select(0, at::tensor(rows));
+  const auto prepared = Clock::now();
+  at::Tensor embeddings;
+  try {
+    // [N, tokens, H], copied to the host at once: into pinned memory on CUDA (the fast
+    // copy), which the frames then send without another copy.
+    embeddings = encoder_->encode(batch);
+    const auto encoded = Clock::now();
+    at::Tensor host =
+        at::empty(embeddings.sizes(),
+                  embeddings.options().device(at::kCPU).pinned_memory(embeddings.is_cuda()));
+    embeddings = host.copy_(embeddings);
+    if (std::getenv("LLAVA_PIPE_TRACE_VISION") != nullptr) {  // where a batch's time goes
+      std::fprintf(stderr, "vision batch of %zu: host %.1f ms, encode %.1f ms, to host %.1f ms\n",
+                   rows.size(), kMillisPerSecond * seconds(prepared - start),
+                   kMillisPerSecond * seconds(encoded - prepared),
+                   kMillisPerSecond * seconds(Clock::now() - encoded));
+    }
+  } catch (const c10::Error& e) {
+    if (is_sticky(e)) exit_after_sticky_error(e);
+    const std::string doing = "encoding a batch of " + std::to_string(rows.size()) + " images";
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      if (failed[t]) continue;
+      sink_.fail(tasks[t].request_id(), tasks[t].attempt(),
+                 "vision encoder: " + one_line_error(e, context_, doing), FailureKind::kFinal);
+    }
+    return;
+  }
+  const double elapsed = seconds(Clock::now() - start);
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    if (failed[t]) continue;
+    wire::Outgoing out(tasks[t].request_id(), tasks[t].attempt());
+    auto body = out.header().getBody().initEmbeddings();
+    body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
+    body.setEncodeSeconds(elapsed);
+    body.setPreprocessSeconds(seconds(prepared - start));
+    body.setBatchImages(static_cast<uint32_t>(rows.size()));
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
+      at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
+      out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));
+    }
+    sink_.send(out);
+  }
+}
+
+}  // namespace llava

@@ -1,0 +1,170 @@
+// What requests ask of the pipeline, through real processes: images seen before or shared
+// by requests submitted together are encoded once, bursts are one vision batch, embeddings
+// spill past their memory bound, prompts place their images, stop strings end answers.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+
+#include "common/config.h"
+#include "coordinator/coordinator.h"
+#include "pipeline_harness.h"
+
+namespace llava::test {
+namespace {
+
+// A chat sends its image again every turn: an image seen before (the same bytes) skips the
+// vision stage, its embeddings kept by the coordinator, and the answer is the same. In
+// sequential mode the vision worker is not even given the device for the second round.
+TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
+  const std::string path = write_config("cache", kSequential);
+  std::map<uint64_t, llava::RequestResult> results;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  auto round = [&] {
+    std::vector<uint64_t> ids;
+    for (const auto& item : kCases) {
+      llava::RequestSpec spec;
+      spec.prompt = item.prompt;
+      spec.image_paths = item.images;
+      spec.generation = llava::load_config(path).generation;
+      ids.push_back(coordinator.submit(spec));
+    }
+    coordinator.run();
+    return ids;
+  };
+  const std::vector<uint64_t> first = round();
+  const int vision_grants = count_events(coordinator.timeline(), "vision-0", "granted");
+  EXPECT_GE(vision_grants, 1);
+  const pid_t language = coordinator.pid_of("language-0");
+  ASSERT_GT(language, 0);
+  const size_t lease_events = coordinator.timeline().size();
+  const std::vector<uint64_t> second = round();
+  // Lazy leases: the language worker kept the device after the first round (nothing else
+  // needed it), so the second round, its images all cached, needed no swap at all: not a
+  // lease event in between, the same process.
+  EXPECT_EQ(coordinator.timeline().size(), lease_events);
+  EXPECT_EQ(coordinator.pid_of("language-0"), language);
+  coordinator.shutdown_workers();
+  EXPECT_EQ(count_events(coordinator.timeline(), "vision-0", "granted"), vision_grants);
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& a = results.at(first[i]);
+    const auto& b = results.at(second[i]);
+    ASSERT_TRUE(a.ok && b.ok) << a.error << b.error;
+    EXPECT_EQ(b.tokens, expected_tokens(coordinator, kCases[i])) << "request " << i;
+    EXPECT_EQ(a.tokens, b.tokens) << "request " << i;
+    EXPECT_EQ(a.cached_images, 0);
+    EXPECT_EQ(b.cached_images, static_cast<int>(kCases[i].images.size())) << "request " << i;
+  }
+}
+
+// Several questions about one image, submitted together: the image is encoded once, the
+// other requests wait for its embeddings (cache) instead of encoding it again; every
+// answer is exact. In both modes.
+TEST(Pipeline, OneImageInRequestsSubmittedTogetherIsEncodedOnce) {
+  const std::string concurrent = concurrent_cpu(4, 4);
+  for (const std::string& body : {kSequential, concurrent}) {
+    std::vector<Case> cases;
+    for (const auto& item : kCases) cases.push_back({item.prompt, kCases[0].images});
+    Outcome outcome = run_pipeline(write_config("twins", body), cases);
+    expect_all_match(outcome);
+    int encoded = 0, cached = 0;
+    for (const auto& [id, r] : outcome.results) (r.cached_images == 0 ? encoded : cached) += 1;
+    EXPECT_EQ(encoded, 1) << body;
+    EXPECT_EQ(cached, static_cast<int>(cases.size()) - 1) << body;
+  }
+}
+
+// Requests submitted together reach the vision worker as one burst, and it encodes them as
+// one batch even when its messages arrive one at a time (the fault hook makes it work after
+// each): the coordinator tells it how many tasks follow each one. Answers are exact.
+TEST(Pipeline, RequestsSubmittedTogetherAreEncodedInOneVisionBatch) {
+  const std::string body = concurrent_cpu(8, 4);
+  Outcome outcome;
+  {
+    ScopedEnv one_at_a_time("LLAVA_PIPE_FAULT_ONE_MESSAGE_PER_STEP", "1");
+    outcome = run_pipeline(write_config("burst", body), kCases);
+  }
+  expect_all_match(outcome);
+  int images = 0;
+  for (const auto& item : kCases) images += static_cast<int>(item.images.size());
+  ASSERT_EQ(images, 5);
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    EXPECT_EQ(r.vision_batch_images, kCases[i].images.empty() ? 0 : images) << "request " << i;
+  }
+}
+
+TEST(Pipeline, EmbeddingsPastTheMemoryBoundAreSpilledAndReadBack) {
+  const std::string spill = testing::TempDir() + "pipeline-spill";
+  std::system(("mkdir -p " + spill).c_str());
+  Outcome outcome = run_pipeline(
+      write_config("spill", kSequential, "embedding_memory: 1KiB, spill_dir: " + spill), kCases);
+  expect_all_match(outcome);
+  EXPECT_TRUE(std::filesystem::is_empty(spill));  // every spill file removed
+}
+
+// A prompt may place its images itself, one <image> per image, as transformers' LLaVA
+// prompts do: the answer is exact (embeddings spliced mid-prompt). A prompt whose
+// placeholders do not match its images is refused at submission, naming both counts.
+TEST(Pipeline, PromptThatPlacesItsImagesIsExactAndAMismatchIsRefusedAtOnce) {
+  const std::vector<Case> cases = {
+      {"Compare <image> with this one: <image>\nWhich is brighter?",
+       {kImages + "img02_240x320_RGB.jpg", kImages + "img09_400x300_L.jpg"}},
+      {"What is <image> and <image>?", {kImages + "img01_320x240_RGB.jpg"}},
+  };
+  Outcome outcome = run_pipeline(write_config("placed", kSequential), cases, {}, 1);
+  const auto& placed = outcome.results.at(outcome.ids[0]);
+  ASSERT_TRUE(placed.ok) << placed.error;
+  EXPECT_EQ(placed.tokens, outcome.expected[0]);
+  const auto& mismatched = outcome.results.at(outcome.ids[1]);
+  EXPECT_FALSE(mismatched.ok);
+  EXPECT_NE(mismatched.error.find("the prompt has 2 <image> placeholders for 1 image"),
+            std::string::npos)
+      << mismatched.error;
+  EXPECT_EQ(mismatched.attempts, 1);
+}
+
+// A stop string ends the answer where it first appears: the text, streamed and final,
+// ends just before it, the finish reason is "stop", and the language worker drops the
+// request (its one KV slot then serves the next request, whose answer is exact).
+TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
+  const std::string path = write_config("stop", concurrent_cpu(8, 1));
+  std::map<uint64_t, llava::RequestResult> results;
+  std::map<uint64_t, std::string> streamed;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  events.on_text = [&](uint64_t id, const std::string& text) { streamed[id] += text; };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  auto submit = [&](const Case& item, const std::vector<std::string>& stop) {
+    llava::RequestSpec spec;
+    spec.prompt = item.prompt;
+    spec.image_paths = item.images;
+    spec.generation = llava::load_config(path).generation;
+    spec.generation.stop = stop;
+    return coordinator.submit(spec);
+  };
+  const uint64_t plain = submit(kCases[0], {});
+  coordinator.run();
+  const std::string full = results.at(plain).text;
+  EXPECT_EQ(streamed[plain], full);  // every byte streamed, the last ones at the end too
+  ASSERT_GE(full.size(), 8u) << full;
+  const std::string stop = full.substr(full.size() / 2, 3);
+  const std::string expected = full.substr(0, full.find(stop));
+  const uint64_t stopped = submit(kCases[0], {"never in this text \x01", stop});
+  const uint64_t next = submit(kCases[3], {});
+  coordinator.run();
+  coordinator.shutdown_workers();
+  const auto& r = results.at(stopped);
+  EXPECT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.finish, "stop");
+  EXPECT_EQ(r.text, expected);
+  EXPECT_EQ(streamed[stopped], expected);
+  EXPECT_LE(r.tokens.size(), results.at(plain).tokens.size());
+  EXPECT_EQ(results.at(next).tokens, expected_tokens(coordinator, kCases[3]));
+}
+
+}  // namespace
+}  // namespace llava::test
