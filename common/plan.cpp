@@ -229,15 +229,17 @@ PipelineConfig resolve_release(const PipelineConfig& config, const LlavaConfig& 
   const std::vector<std::vector<bool>> choices =
       n == 2 ? std::vector<std::vector<bool>>{{true, true}, {false, true}, {true, false}, {false, false}}
              : std::vector<std::vector<bool>>{{true}, {false}};
+  std::vector<uint64_t> stage_bytes(n);
+  for (size_t i = 0; i < n; ++i) stage_bytes[i] = offload_bytes(config, model, automatic[i]->name);
   std::vector<bool> host_short(n, false), device_short(n, false);
   for (const auto& choice : choices) {
     uint64_t bytes = 0;
     for (size_t i = 0; i < n; ++i) {
-      if (choice[i]) bytes += offload_bytes(config, model, automatic[i]->name);
+      if (choice[i]) bytes += stage_bytes[i];
     }
     for (size_t i = 0; i < n; ++i) automatic[i]->release = choice[i] ? Release::kOffload : Release::kExit;
     if (bytes > room) {
-      for (size_t i = 0; i < n; ++i) host_short[i] = host_short[i] || (choice[i] && offload_bytes(config, model, automatic[i]->name) > room);
+      for (size_t i = 0; i < n; ++i) host_short[i] = host_short[i] || (choice[i] && stage_bytes[i] > room);
       continue;
     }
     if (make_plan(out, model).problems.size() > problems_when_exiting) {
@@ -251,7 +253,7 @@ PipelineConfig resolve_release(const PipelineConfig& config, const LlavaConfig& 
       << format_bytes(kept) << " kept for embeddings and the rest of the host):";
   for (size_t i = 0; i < n; ++i) {
     const StageSection* stage = automatic[i];
-    const uint64_t bytes = offload_bytes(config, model, stage->name);
+    const uint64_t bytes = stage_bytes[i];
     if (stage->release == Release::kOffload) {
       why << " " << stage->name << " offloads (" << format_bytes(bytes) << " of weights kept in pinned host memory);";
     } else if (host_short[i] || !device_short[i]) {

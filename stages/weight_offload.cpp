@@ -77,16 +77,20 @@ bool WeightOffload::holds(const at::Tensor& t) const {
   return p >= begin && p + t.nbytes() <= begin + total_;
 }
 
+void WeightOffload::point_at(const Visit& visit, const at::Tensor& block) {
+  size_t i = 0;
+  visit([&](at::Tensor& t) {
+    if (i >= index_.size()) throw std::logic_error("release: offload: the model has more tensors than before");
+    const int entry = index_[i++];
+    if (entry >= 0) t = view(block, entries_[static_cast<size_t>(entry)]);
+  });
+  if (i != index_.size()) throw std::logic_error("release: offload: the model has fewer tensors than before");
+}
+
 void WeightOffload::offload(const Visit& visit) {
   if (offloaded_) return;
   if (host_) {  // the copy made at the first offload is still exact
-    size_t i = 0;
-    visit([&](at::Tensor& t) {
-      if (i >= index_.size()) throw std::logic_error("release: offload: the model has more tensors than before");
-      const int entry = index_[i++];
-      if (entry >= 0) t = view(host_block_, entries_[static_cast<size_t>(entry)]);
-    });
-    if (i != index_.size()) throw std::logic_error("release: offload: the model has fewer tensors than before");
+    point_at(visit, host_block_);
     offloaded_ = true;
     return;
   }
@@ -126,8 +130,8 @@ void WeightOffload::offload(const Visit& visit) {
   }
   synchronize(device);
   sources.clear();
-  offloaded_ = false;  // now swap the model's tensors for the host views
-  offload(visit);
+  point_at(visit, host_block_);  // the device copies go once nothing else holds them
+  offloaded_ = true;
 }
 
 void WeightOffload::restore(const Visit& visit, const at::Device& device) {
@@ -135,12 +139,7 @@ void WeightOffload::restore(const Visit& visit, const at::Device& device) {
   // One block, one copy: the transfer runs at the link's speed, not per tensor.
   at::Tensor block = at::empty({static_cast<int64_t>(total_)}, at::TensorOptions().dtype(at::kByte).device(device));
   block.copy_(host_block_, /*non_blocking=*/host_->pinned);
-  size_t i = 0;
-  visit([&](at::Tensor& t) {
-    if (i >= index_.size()) throw std::logic_error("release: offload: the model has more tensors than before");
-    const int entry = index_[i++];
-    if (entry >= 0) t = view(block, entries_[static_cast<size_t>(entry)]);
-  });
+  point_at(visit, block);
   synchronize(device);
   offloaded_ = false;
 }

@@ -48,6 +48,10 @@ class WeightOffload {
   };
   bool moves(const at::Tensor& t) const;
   at::Tensor view(const at::Tensor& block, const Entry& entry) const;
+  // Replaces every moved tensor the model visits with its view of `block` (the host copy
+  // or a device block laid out alike). Throws if the model's tensors are not the first
+  // offload's.
+  void point_at(const Visit& visit, const at::Tensor& block);
 
   bool cpu_too_;
   bool offloaded_ = false;

@@ -49,9 +49,7 @@ void LanguageStage::load() {
   const PipelineConfig& config = context_.config;
   if (offload_ && offload_->offloaded()) {  // the weights wait in host memory
     restore_weights(*offload_, weights(), context_);
-    generator_ = std::make_unique<Generator>(
-        *decoder_, context_.section.batch_size, context_tokens(config, context_.model),
-        context_.section.prefill_chunk, context_.section.cuda_graphs);
+    make_generator();
     return;
   }
   checkpoint_ = std::make_unique<Checkpoint>(config.model.checkpoint);
@@ -63,10 +61,14 @@ void LanguageStage::load() {
   // Loading's temporaries (float16 parts, float32 copies for quantizing) leave cached
   // blocks of odd sizes; give them back before the KV cache takes its share.
   release_cached_memory(context_.tensor_options.device());
-  generator_ = std::make_unique<Generator>(
-      *decoder_, context_.section.batch_size, context_tokens(config, context_.model),
-      context_.section.prefill_chunk, context_.section.cuda_graphs);
+  make_generator();
   checkpoint_->release_staging();
+}
+
+void LanguageStage::make_generator() {
+  generator_ = std::make_unique<Generator>(*decoder_, context_.section.batch_size,
+                                           context_tokens(context_.config, context_.model),
+                                           context_.section.prefill_chunk, context_.section.cuda_graphs);
 }
 
 void LanguageStage::unload() {

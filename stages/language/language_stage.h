@@ -52,6 +52,7 @@ class LanguageStage final : public Stage {
   std::unique_ptr<Generator> generator_;
   std::unique_ptr<WeightOffload> offload_;  // release: offload's host copy, from the first offload
   WeightOffload::Visit weights();
+  void make_generator();  // the KV cache and decode step over decoder_, from the section's sizes
   std::deque<wire::Incoming> queue_;  // tasks not admitted yet
   std::map<uint64_t, Running> running_;
   int decode_steps_ = 0;  // this process's, for the fault hooks
