@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -120,6 +122,80 @@ __device__ inline void load_row(const T* x, const T* delta, T* sum_out, size_t o
       if (sum_out != nullptr) *reinterpret_cast<uint4*>(sum_out + offset + i) = pack8<T>(v[it]);
     }
   }
+}
+
+// Programmatic dependent launch (Hopper, compute capability 9.0): a kernel launched with
+// launch_early() may start while the kernel before it in the stream still runs; it must
+// call wait_for_inputs() before its first read of anything an earlier kernel wrote (and
+// write nothing before). What it reads before (weights) overlaps the previous kernel's
+// tail and the launch itself: at batch 1 a decode step is ~300 short kernels in a row.
+// let_next_start() lets the next such kernel be scheduled once every block of this one
+// has started. Both are no-ops on older GPUs and in code built for them, where
+// launch_early() launches plainly (tests/perf/README.md, "Decode step").
+__device__ inline void wait_for_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ inline void let_next_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+namespace detail {
+// A kernel of this file's build: its code has the two instructions above only if it was
+// built for 9.0 or newer (a PTX-only build for 7.5 run on an H100 has not).
+static __global__ void early_launch_probe() {}
+}  // namespace detail
+
+// Whether kernels of this build may be launched early on the current device (LLAVA_PIPE_PDL=0
+// turns it off, to measure what it gives).
+inline bool early_launch_enabled() {
+#if CUDART_VERSION >= 12030  // graphs capture such launches from 12.3
+  static int known[64] = {};  // per device: 0 unknown, 1 yes, 2 no
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  if (known[device] == 0) {
+    int major = 0;
+    cudaFuncAttributes attributes{};
+    const char* setting = std::getenv("LLAVA_PIPE_PDL");
+    const bool ok = (setting == nullptr || std::string(setting) != "0") &&
+                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                    major >= 9 && cudaFuncGetAttributes(&attributes, detail::early_launch_probe) == cudaSuccess &&
+                    attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
+    cudaGetLastError();
+    known[device] = ok ? 1 : 2;
+  }
+  return known[device] == 1;
+#else
+  return false;
+#endif
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...), allowed to start early where
+// early_launch_enabled().
+template <typename... Params, typename... Args>
+inline void launch_early(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                         Args&&... args) {
+#if CUDART_VERSION >= 12030  // graphs capture such launches from 12.3
+  if (early_launch_enabled()) {
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared;
+    config.stream = stream;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+    return;
+  }
+#endif
+  kernel<<<grid, block, shared, stream>>>(std::forward<Args>(args)...);
 }
 
 inline void check_launch(const char* what) {

@@ -16,6 +16,8 @@ namespace {
 template <typename T, int kIters>
 __global__ void rms_norm_vector_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum_out,
                                        const T* __restrict__ w, T* __restrict__ y, int h, float eps) {
+  let_next_start();
+  wait_for_inputs();
   const size_t offset = static_cast<size_t>(blockIdx.x) * h;
   float v[kIters][8];
   load_row<T, kIters>(x, delta, sum_out, offset, h, v);
@@ -43,6 +45,8 @@ __global__ void rms_norm_vector_kernel(const T* __restrict__ x, const T* __restr
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum_out,
                                 const T* __restrict__ w, T* __restrict__ y, int h, float eps) {
+  let_next_start();
+  wait_for_inputs();
   const size_t offset = static_cast<size_t>(blockIdx.x) * h;
   const T* row = x + offset;
   float sum = 0.0f;
@@ -70,6 +74,8 @@ template <typename T>
 __global__ void rope_kernel(T* __restrict__ qkv, const T* __restrict__ cos_table, const T* __restrict__ sin_table,
                             const int64_t* __restrict__ positions, int row_stride, int heads, int kv_heads, int d,
                             T* __restrict__ k_cache, T* __restrict__ v_cache, int64_t max_tokens) {
+  let_next_start();
+  wait_for_inputs();
   const int head = blockIdx.x, r = blockIdx.y, j = threadIdx.x, half = d / 2;
   const int64_t position = positions[r];
   T* x = qkv + static_cast<int64_t>(r) * row_stride + head * d;
@@ -99,6 +105,8 @@ __global__ void rope_kernel(T* __restrict__ qkv, const T* __restrict__ cos_table
 
 template <typename T>
 __global__ void silu_mul_kernel(const T* __restrict__ gate_up, T* __restrict__ out, int rows, int n) {
+  let_next_start();
+  wait_for_inputs();
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<size_t>(rows) * n) return;
   const size_t r = i / n, c = i % n;
@@ -121,6 +129,8 @@ __global__ void __launch_bounds__(kThreads)
                            const T* __restrict__ v_cache, int64_t max_tokens, const int64_t* __restrict__ positions,
                            int heads, int kv_heads, float scale, float* __restrict__ work, int* __restrict__ counters,
                            T* __restrict__ out) {
+  let_next_start();
+  wait_for_inputs();
   constexpr int kLanes = D / 8;  // lanes per key, 8 elements (16 bytes) each
   constexpr int kKeysPerWarp = 32 / kLanes;
   constexpr int kKeysPerRound = kThreads / 32 * kKeysPerWarp;
@@ -230,7 +240,7 @@ template <typename T, int D>
 void launch_attention(const T* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
                       int heads, int kv_heads, int chunks, float scale, float* work, int* counters, T* out,
                       cudaStream_t stream) {
-  attention_chunk_kernel<T, D><<<dim3(chunks, heads, rows), kThreads, 0, stream>>>(
+  launch_early(attention_chunk_kernel<T, D>, dim3(chunks, heads, rows), kThreads, 0, stream,
       qkv, q_stride, static_cast<const T*>(cache.k), static_cast<const T*>(cache.v), cache.max_tokens, positions,
       heads, kv_heads, scale, work, counters, out);
   check_launch("decode attention");
@@ -249,12 +259,12 @@ void rms_norm(const void* x, const void* delta, void* sum, const void* w, void* 
     const auto *in = static_cast<const T*>(x), *add = static_cast<const T*>(delta), *weight = static_cast<const T*>(w);
     auto *total = static_cast<T*>(sum), *out = static_cast<T*>(y);
     if (!vector) {
-      rms_norm_kernel<<<rows, h >= 1024 ? 1024 : 256, 0, st>>>(in, add, total, weight, out, h, eps);
+      launch_early(rms_norm_kernel<T>, rows, h >= 1024 ? 1024 : 256, 0, st, in, add, total, weight, out, h, eps);
       return;
     }
     with_iters(shape.iters, [&](auto iters) {
-      rms_norm_vector_kernel<T, decltype(iters)::value>
-          <<<rows, shape.threads, 0, st>>>(in, add, total, weight, out, h, eps);
+      launch_early(rms_norm_vector_kernel<T, decltype(iters)::value>, rows, shape.threads, 0, st, in, add, total,
+                   weight, out, h, eps);
     });
   });
   check_launch("RMSNorm");
@@ -265,7 +275,7 @@ void rope(void* qkv, const void* cos_table, const void* sin_table, const int64_t
   with_type(bf16, [&](auto tag) {
     using T = decltype(tag);
     const int blocks = heads + kv_heads + (store != nullptr ? kv_heads : 0);
-    rope_kernel<<<dim3(blocks, rows), d / 2, 0, static_cast<cudaStream_t>(stream)>>>(
+    launch_early(rope_kernel<T>, dim3(blocks, rows), d / 2, 0, static_cast<cudaStream_t>(stream),
         static_cast<T*>(qkv), static_cast<const T*>(cos_table), static_cast<const T*>(sin_table), positions,
         row_stride, heads, kv_heads, d, store ? static_cast<T*>(store->k) : nullptr,
         store ? static_cast<T*>(store->v) : nullptr, store ? store->max_tokens : 0);
@@ -304,8 +314,8 @@ void silu_mul(const void* gate_up, void* out, int rows, int n, bool bf16, void* 
   const unsigned blocks = static_cast<unsigned>((static_cast<size_t>(rows) * n + 255) / 256);
   with_type(bf16, [&](auto tag) {
     using T = decltype(tag);
-    silu_mul_kernel<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(gate_up),
-                                                                           static_cast<T*>(out), rows, n);
+    launch_early(silu_mul_kernel<T>, blocks, 256, 0, static_cast<cudaStream_t>(stream),
+                 static_cast<const T*>(gate_up), static_cast<T*>(out), rows, n);
   });
   check_launch("SiLU gate");
 }

@@ -11,6 +11,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "stages/language/quant_gemm.h"
 #include "stages/language/quant_kernels.h"
 #endif
 
@@ -135,7 +136,19 @@ std::vector<at::Tensor> Linear::tensors() const {
 
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 namespace {
+// Which kernel takes how many rows (tests/perf/linear_bench on the H200, per decoder layer;
+// tests/perf/README.md, "Linear paths"). Float weights: our GEMV up to 4 rows (1 row:
+// 97 us per layer against cuBLAS's 125), beyond that cuBLAS's tensor cores. Quantized
+// weights: the tensor-core GEMM up to 128 rows, with 16-row tiles up to 8 rows (int8 1 row
+// 70 us, as the GEMV; 8 rows 72 us against the GEMV's 309; int4 1 row 62 us against 94),
+// 32-row tiles beyond (int8 32 rows 106 us, 128 rows 277 against dequantization + cuBLAS's
+// 315); past 128 rows the dequantized matrix for cuBLAS (256 rows 338 us against 564).
+// Where the GEMM has no code (before compute capability 8.0), the GEMV takes up to 8 rows.
 constexpr int64_t kFloatGemvMaxRows = 4;
+constexpr int64_t kQuantGemmMaxRows = 128;
+constexpr int64_t kQuantGemmSmallTileRows = 8;
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 }  // namespace
 #endif
 
@@ -143,43 +156,46 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   if (x.is_cuda() && half) {
-    const bool int4 = quantize_ == Quantize::kInt4, bf16 = x.scalar_type() == at::kBFloat16;
+    const bool quantized = quantize_ != Quantize::kNone, int4 = quantize_ == Quantize::kInt4,
+               bf16 = x.scalar_type() == at::kBFloat16;
     const int64_t out = weight_.size(0), rows = x.numel() / in_;
     const c10::cuda::CUDAGuard guard(x.device());  // our launches go to the current device
     void* stream = at::cuda::getCurrentCUDAStream().stream();
     at::Tensor xc = x.contiguous();
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = out;
+    const int m = static_cast<int>(rows), n = static_cast<int>(out), k = static_cast<int>(in_);
+    auto with_bias = [&](at::Tensor y) { return bias_.defined() ? y.add_(bias_) : y; };
+    if (quantized && rows <= kQuantGemmMaxRows && cuda::quant_gemm_supports(int4, in_) && aligned16(xc) &&
+        aligned16(weight_) && cuda::quant_gemm_available()) {
+      at::Tensor y = at::empty(shape, x.options());
+      cuda::quant_gemm(xc.data_ptr(), cuda::QuantMatrix{weight_.data_ptr(), scales_.data_ptr(), n, k, int4}, y.data_ptr(),
+                       m, bf16, stream, rows <= kQuantGemmSmallTileRows ? 16 : 32);
+      return with_bias(y);
+    }
     // A few rows (decoding): our GEMV, which reads the weights once at close to the
     // memory's speed (cuBLAS picks split-k kernels plus a reduction for these shapes).
-    // Float weights up to 4 rows: beyond, cuBLAS's tensor cores win (H100, gate/up
-    // shape: 4 rows 0.069 ms ours / 0.071 cuBLAS; 8 rows 0.131 / 0.071). Quantized weights
-    // up to 8: cuBLAS would need the whole matrix dequantized first.
-    const int64_t max_rows = quantize_ == Quantize::kNone ? kFloatGemvMaxRows : cuda::kGemvMaxRows;
-    if (rows <= max_rows && cuda::gemv_supports(int4, in_) &&
-        reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0 &&
-        (quantize_ != Quantize::kNone || weight_.scalar_type() == x.scalar_type())) {
-      std::vector<int64_t> shape = x.sizes().vec();
-      shape.back() = out;
+    const int64_t gemv_rows = quantized ? cuda::kGemvMaxRows : kFloatGemvMaxRows;
+    if (rows <= gemv_rows && cuda::gemv_supports(int4, in_) && aligned16(xc) &&
+        (quantized || weight_.scalar_type() == x.scalar_type())) {
       at::Tensor y = at::empty(shape, x.options());
-      const int m = static_cast<int>(rows), n = static_cast<int>(out), k = static_cast<int>(in_);
-      if (quantize_ == Quantize::kNone) {
+      if (!quantized) {
         cuda::half_gemv(xc.data_ptr(), weight_.data_ptr(), y.data_ptr(), m, n, k, bf16, stream);
       } else if (int4) {
-        cuda::int4_gemv(xc.data_ptr(), weight_.data_ptr<uint8_t>(), scales_.data_ptr(), y.data_ptr(),
-                        m, n, k, bf16, stream);
+        cuda::int4_gemv(xc.data_ptr(), weight_.data_ptr<uint8_t>(), scales_.data_ptr(), y.data_ptr(), m, n, k, bf16,
+                        stream);
       } else {
-        cuda::int8_gemv(xc.data_ptr(), weight_.data_ptr<int8_t>(), scales_.data_ptr(), y.data_ptr(),
-                        m, n, k, bf16, stream);
+        cuda::int8_gemv(xc.data_ptr(), weight_.data_ptr<int8_t>(), scales_.data_ptr(), y.data_ptr(), m, n, k, bf16,
+                        stream);
       }
-      return bias_.defined() ? y.add_(bias_) : y;
+      return with_bias(y);
     }
-    if (quantize_ != Quantize::kNone) {
+    if (quantized) {
       at::Tensor w = at::empty({out, in_}, x.options());
       if (int4) {
-        cuda::int4_dequantize(weight_.data_ptr<uint8_t>(), scales_.data_ptr(), w.data_ptr(),
-                              static_cast<int>(out), static_cast<int>(in_), bf16, stream);
+        cuda::int4_dequantize(weight_.data_ptr<uint8_t>(), scales_.data_ptr(), w.data_ptr(), n, k, bf16, stream);
       } else {
-        cuda::int8_dequantize(weight_.data_ptr<int8_t>(), scales_.data_ptr(), w.data_ptr(),
-                              static_cast<int>(out), static_cast<int>(in_), bf16, stream);
+        cuda::int8_dequantize(weight_.data_ptr<int8_t>(), scales_.data_ptr(), w.data_ptr(), n, k, bf16, stream);
       }
       return at::linear(x, w, bias_);
     }

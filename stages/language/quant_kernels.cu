@@ -69,20 +69,39 @@ __device__ inline void store_rows(float total, T* y, int row0, int n, Scale scal
   }
 }
 
+// The GEMV's weight stream: each thread's 16 bytes of the block's rows at one step,
+// loaded a step ahead of their use (the first before waiting for the inputs, so that it
+// overlaps the previous kernel). Rows past n read as zeros.
+template <typename Raw>
+struct RowLoads {
+  Raw next[kRowsPerBlock];
+  template <typename Address>
+  __device__ inline void load(int row0, int n, Address address) {
+#pragma unroll
+    for (int r = 0; r < kRowsPerBlock; ++r) {
+      next[r] = Raw{};
+      if (row0 + r < n) next[r] = __ldg(reinterpret_cast<const Raw*>(address(row0 + r)));
+    }
+  }
+};
+
 template <typename T, int M>
 __global__ void half_gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, int n,
                                  int k) {
+  let_next_start();
   const int row0 = blockIdx.x * kRowsPerBlock;
+  constexpr int kStride = kThreads * 8;
+  RowLoads<uint4> weights_ahead;
+  auto at = [&](int kk) { return [=](int row) { return w + static_cast<size_t>(row) * k + kk; }; };
+  int kk = threadIdx.x * 8;
+  if (kk < k) weights_ahead.load(row0, n, at(kk));
+  wait_for_inputs();
   float acc[M][kRowsPerBlock] = {};
-#pragma unroll 2
-  for (int kk = threadIdx.x * 8; kk < k; kk += kThreads * 8) {
+  for (; kk < k; kk += kStride) {
     float weights[kRowsPerBlock][8];  // converted once, used by every x row
 #pragma unroll
-    for (int r = 0; r < kRowsPerBlock; ++r) {
-      const uint4 raw = row0 + r < n ? __ldg(reinterpret_cast<const uint4*>(w + static_cast<size_t>(row0 + r) * k + kk))
-                                     : make_uint4(0, 0, 0, 0);
-      unpack8<T>(raw, weights[r]);
-    }
+    for (int r = 0; r < kRowsPerBlock; ++r) unpack8<T>(weights_ahead.next[r], weights[r]);
+    if (kk + kStride < k) weights_ahead.load(row0, n, at(kk + kStride));
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float in[8];
@@ -102,18 +121,23 @@ __global__ void half_gemv_kernel(const T* __restrict__ x, const T* __restrict__ 
 template <typename T, int M>
 __global__ void int8_gemv_kernel(const T* __restrict__ x, const int8_t* __restrict__ w,
                                  const T* __restrict__ scales, T* __restrict__ y, int n, int k) {
+  let_next_start();
   const int row0 = blockIdx.x * kRowsPerBlock;
+  RowLoads<int4> weights_ahead;
+  auto at = [&](int kk) { return [=](int row) { return w + static_cast<size_t>(row) * k + kk; }; };
+  int kk = threadIdx.x * 16;
+  if (kk < k) weights_ahead.load(row0, n, at(kk));
+  wait_for_inputs();
   float acc[M][kRowsPerBlock] = {};
-  for (int kk = threadIdx.x * 16; kk < k; kk += kStep) {
+  for (; kk < k; kk += kStep) {
     float weights[kRowsPerBlock][16];  // converted once, used by every x row
 #pragma unroll
     for (int r = 0; r < kRowsPerBlock; ++r) {
-      const int4 raw = row0 + r < n ? __ldg(reinterpret_cast<const int4*>(w + static_cast<size_t>(row0 + r) * k + kk))
-                                    : make_int4(0, 0, 0, 0);
-      const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
+      const int8_t* q = reinterpret_cast<const int8_t*>(&weights_ahead.next[r]);
 #pragma unroll
       for (int i = 0; i < 16; ++i) weights[r][i] = static_cast<float>(q[i]);
     }
+    if (kk + kStep < k) weights_ahead.load(row0, n, at(kk + kStep));
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float in[16];
@@ -133,26 +157,28 @@ __global__ void int8_gemv_kernel(const T* __restrict__ x, const int8_t* __restri
 template <typename T, int M>
 __global__ void int4_gemv_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
                                  const T* __restrict__ scales, T* __restrict__ y, int n, int k) {
+  let_next_start();
   const int row0 = blockIdx.x * kRowsPerBlock;
   const int groups = k / kGroup;
+  RowLoads<uint2> weights_ahead;
+  auto at = [&](int kk) { return [=](int row) { return w + (static_cast<size_t>(row) * k + kk) / 2; }; };
+  int kk = threadIdx.x * 16;
+  if (kk < k) weights_ahead.load(row0, n, at(kk));
+  wait_for_inputs();
   float acc[M][kRowsPerBlock] = {};
-  for (int kk = threadIdx.x * 16; kk < k; kk += kStep) {
+  for (; kk < k; kk += kStep) {
     float weights[kRowsPerBlock][16];
 #pragma unroll
     for (int r = 0; r < kRowsPerBlock; ++r) {
-      uint2 packed = make_uint2(0, 0);
-      float scale = 0.0f;
-      if (row0 + r < n) {
-        packed = __ldg(reinterpret_cast<const uint2*>(w + (static_cast<size_t>(row0 + r) * k + kk) / 2));
-        scale = to_float(scales[static_cast<size_t>(row0 + r) * groups + kk / kGroup]);
-      }
-      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&packed);
+      const float scale = row0 + r < n ? to_float(scales[static_cast<size_t>(row0 + r) * groups + kk / kGroup]) : 0.0f;
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&weights_ahead.next[r]);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         weights[r][2 * i] = static_cast<float>(static_cast<int>(bytes[i] & 0xF) - 8) * scale;
         weights[r][2 * i + 1] = static_cast<float>(static_cast<int>(bytes[i] >> 4) - 8) * scale;
       }
     }
+    if (kk + kStep < k) weights_ahead.load(row0, n, at(kk + kStep));
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       float in[16];
@@ -169,17 +195,58 @@ __global__ void int4_gemv_kernel(const T* __restrict__ x, const uint8_t* __restr
   store_rows<T, M>(block_sum<M>(acc), y, row0, n, [](int) { return 1.0f; });  // scales applied per group
 }
 
+// Dequantization for cuBLAS (prefill): each thread widens 16 bytes of one row (16 int8
+// or 32 int4 weights) and writes them as two or four 16-byte stores. Rows whose width
+// does not split so (k % 16 for int8, k % 32 for int4) go one weight per thread.
 template <typename T>
 __global__ void int8_dequantize_kernel(const int8_t* __restrict__ w, const T* __restrict__ scales,
                                        T* __restrict__ out, int n, int k) {
+  const size_t vectors = static_cast<size_t>(n) * (k / 16);
+  const size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v >= vectors) return;
+  const size_t row = v / (k / 16), first = v * 16;
+  const float scale = to_float(scales[row]);
+  const int4 raw = __ldg(reinterpret_cast<const int4*>(w + first));
+  const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
+  float values[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) values[i] = static_cast<float>(q[i]) * scale;
+  *reinterpret_cast<uint4*>(out + first) = pack8<T>(values);
+  *reinterpret_cast<uint4*>(out + first + 8) = pack8<T>(values + 8);
+}
+
+template <typename T>
+__global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* __restrict__ scales,
+                                       T* __restrict__ out, int n, int k) {
+  const size_t vectors = static_cast<size_t>(n) * (k / 32);
+  const size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v >= vectors) return;
+  const size_t row = v / (k / 32), first = v * 32, col = first - row * k;
+  const int groups = (k + kGroup - 1) / kGroup;
+  const float scale = to_float(scales[row * groups + col / kGroup]);  // 32 inputs never cross a group
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w + first / 2));
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
+  float values[32];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    values[2 * i] = static_cast<float>(static_cast<int>(bytes[i] & 0xF) - 8) * scale;
+    values[2 * i + 1] = static_cast<float>(static_cast<int>(bytes[i] >> 4) - 8) * scale;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) *reinterpret_cast<uint4*>(out + first + 8 * i) = pack8<T>(values + 8 * i);
+}
+
+template <typename T>
+__global__ void int8_dequantize_each_kernel(const int8_t* __restrict__ w, const T* __restrict__ scales,
+                                            T* __restrict__ out, int n, int k) {
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<size_t>(n) * k) return;
   out[i] = from_float<T>(static_cast<float>(w[i]) * to_float(scales[i / k]));
 }
 
 template <typename T>
-__global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* __restrict__ scales,
-                                       T* __restrict__ out, int n, int k) {
+__global__ void int4_dequantize_each_kernel(const uint8_t* __restrict__ w, const T* __restrict__ scales,
+                                            T* __restrict__ out, int n, int k) {
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<size_t>(n) * k) return;
   const size_t row = i / k, col = i % k;
@@ -195,17 +262,15 @@ template <typename T, int M>
 void launch_gemv(Weights kind, const void* x, const void* w, const void* s, void* y, int n, int k,
                  cudaStream_t stream) {
   const dim3 grid((n + kRowsPerBlock - 1) / kRowsPerBlock);
+  const auto* in = static_cast<const T*>(x);
+  const auto* scales = static_cast<const T*>(s);
+  auto* out = static_cast<T*>(y);
   if (kind == Weights::kHalf) {
-    half_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w),
-                                                          static_cast<T*>(y), n, k);
+    launch_early(half_gemv_kernel<T, M>, grid, kThreads, 0, stream, in, static_cast<const T*>(w), out, n, k);
   } else if (kind == Weights::kInt4) {
-    int4_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const uint8_t*>(w), static_cast<const T*>(s),
-        static_cast<T*>(y), n, k);
+    launch_early(int4_gemv_kernel<T, M>, grid, kThreads, 0, stream, in, static_cast<const uint8_t*>(w), scales, out, n, k);
   } else {
-    int8_gemv_kernel<T, M><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const int8_t*>(w), static_cast<const T*>(s),
-        static_cast<T*>(y), n, k);
+    launch_early(int8_gemv_kernel<T, M>, grid, kThreads, 0, stream, in, static_cast<const int8_t*>(w), scales, out, n, k);
   }
 }
 
@@ -236,19 +301,29 @@ void gemv_any(Weights kind, const void* x, const void* w, const void* s, void* y
   check_launch(kind == Weights::kHalf ? "GEMV" : kind == Weights::kInt4 ? "int4 GEMV" : "int8 GEMV");
 }
 
-unsigned elementwise_blocks(int n, int k) {
-  return static_cast<unsigned>((static_cast<size_t>(n) * k + kThreads - 1) / kThreads);
-}
+unsigned blocks_for(size_t items) { return static_cast<unsigned>((items + kThreads - 1) / kThreads); }
 
 template <typename T>
 void launch_dequantize(bool int4, const void* w, const void* scales, void* out, int n, int k,
                        cudaStream_t stream) {
   const auto* s = static_cast<const T*>(scales);
   auto* o = static_cast<T*>(out);
+  const size_t all = static_cast<size_t>(n) * k;
+  const bool vectors = aligned16(w) && aligned16(out) && k % (int4 ? 32 : 16) == 0;
   if (int4) {
-    int4_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, stream>>>(static_cast<const uint8_t*>(w), s, o, n, k);
+    const auto* q = static_cast<const uint8_t*>(w);
+    if (vectors) {
+      int4_dequantize_kernel<<<blocks_for(all / 32), kThreads, 0, stream>>>(q, s, o, n, k);
+    } else {
+      int4_dequantize_each_kernel<<<blocks_for(all), kThreads, 0, stream>>>(q, s, o, n, k);
+    }
   } else {
-    int8_dequantize_kernel<<<elementwise_blocks(n, k), kThreads, 0, stream>>>(static_cast<const int8_t*>(w), s, o, n, k);
+    const auto* q = static_cast<const int8_t*>(w);
+    if (vectors) {
+      int8_dequantize_kernel<<<blocks_for(all / 16), kThreads, 0, stream>>>(q, s, o, n, k);
+    } else {
+      int8_dequantize_each_kernel<<<blocks_for(all), kThreads, 0, stream>>>(q, s, o, n, k);
+    }
   }
 }
 

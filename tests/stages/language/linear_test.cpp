@@ -143,8 +143,8 @@ TEST(QuantizedLinear, StoredBytesAreThePlansBytes) {
   }
 }
 
-// Our CUDA kernels (GEMV for 1-8 rows, dequantize + cuBLAS beyond) against the CPU
-// reference, float16 and bfloat16, on shapes of the 7B model's matrices.
+// Our CUDA kernels (GEMV, the tensor-core GEMM, dequantize + cuBLAS: each row count goes
+// to one) against the CPU reference, float16 and bfloat16, on the 7B's matrix shapes.
 TEST(QuantizedLinear, CudaKernelsMatchTheCpuReference) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (auto dtype : {at::kHalf, at::kBFloat16}) {
@@ -156,7 +156,7 @@ TEST(QuantizedLinear, CudaKernelsMatchTheCpuReference) {
           cpu_reference = dequantize(kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w), kind, in);
         }
         Linear gpu({w.cuda()}, {}, kind);
-        for (int64_t rows : {1, 3, 8, 17}) {
+        for (int64_t rows : {1, 3, 8, 17, 40, 300}) {
           at::Tensor x = at::randn({rows, in}).to(dtype);
           at::Tensor expected = at::linear(x.to(at::kFloat), cpu_reference.to(at::kFloat));
           at::Tensor got = gpu(x.cuda()).cpu().to(at::kFloat);

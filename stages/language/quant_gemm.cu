@@ -1,0 +1,321 @@
+// The int8/int4 x float16 matrix product on tensor cores (quant_gemm.h).
+//
+// y^T [n, m] = W [n, k] . x^T [k, m] as mma.sync m16n8k16: weight rows fill the MMA's 16
+// rows, input rows (tokens) its 8 columns, so a handful of tokens still uses whole
+// instructions. A block of 8 warps takes 16 or 32 weight rows and up to 32 tokens; its
+// warps split k in chunks of 64 weight bytes per row (64 int8 or 128 int4 inputs, one int4
+// group) and add their sums through shared memory at the end.
+//
+// The sum over k does not care in which order k is visited, only that a weight and its
+// input meet. Each thread of an MMA holds the same 4 k slots of A (weights) and B (inputs),
+// chosen by its lane % 4, so lane % 4 = q may map its slots to any 4 inputs, as long as A
+// and B use the same map. We give it 16 consecutive weight bytes (int8: inputs 16q..16q+15
+// of the chunk; int4: 32q..32q+31): one 16-byte load per row, coalesced across the 4 lanes
+// of a row, and the inputs it needs are consecutive too.
+//
+// Widening is exact. int8 (float16): each byte + 128 is put under the exponent of 1024
+// (0x64XX is 1024 + XX), then 1152 is subtracted. int4: each nibble under 1024, minus
+// 1032, times the group's scale (one rounding, as dequantization does). int8's per-row
+// scale multiplies the float32 sum at the end. bfloat16 widens through float32.
+#include "stages/language/quant_gemm.h"
+
+#include <array>
+#include <string>
+#include <type_traits>
+
+#include "stages/half_types.cuh"
+
+namespace llava {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunkBytes = 64;  // per weight row and chunk
+constexpr int kGroup = 128;      // int4 group size (plan.h: kInt4Group)
+constexpr int kMaxTileTokens = 32;
+
+__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __half) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __nv_bfloat16) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Two bfloat16 in one register, from floats (exact for the integers widened here).
+__device__ inline uint32_t bf16_pair(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ inline uint32_t hsub2_bits(uint32_t a, uint32_t b) {
+  const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+__device__ inline uint32_t hmul2_bits(uint32_t a, uint32_t b) {
+  const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// 4 int8 weights (inputs j..j+3) as two pairs: out[0] = (j, j+1), out[1] = (j+2, j+3).
+template <typename T>
+__device__ inline void widen_int8(uint32_t word, uint32_t (&out)[2]) {
+  if constexpr (std::is_same<T, __half>::value) {
+    const uint32_t biased = word ^ 0x80808080u;  // q + 128 in each byte
+    out[0] = hsub2_bits(__byte_perm(biased, 0x64646464u, 0x5140), 0x64806480u);
+    out[1] = hsub2_bits(__byte_perm(biased, 0x64646464u, 0x7362), 0x64806480u);
+  } else {
+    auto q = [&](int i) { return static_cast<float>(static_cast<int8_t>(word >> (8 * i))); };
+    out[0] = bf16_pair(q(0), q(1));
+    out[1] = bf16_pair(q(2), q(3));
+  }
+}
+
+// 8 int4 weights (inputs j..j+7, byte b holding j + 2b low and j + 2b + 1 high) times
+// their scale as four pairs: out[i] = (j + i, j + i + 4).
+template <typename T>
+__device__ inline void widen_int4(uint32_t word, uint32_t scale2, float scale, uint32_t (&out)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t nibbles = (word >> (4 * i)) & 0x000F000Fu;  // inputs j + i, j + i + 4
+    if constexpr (std::is_same<T, __half>::value) {
+      out[i] = hmul2_bits(hsub2_bits(nibbles | 0x64006400u, 0x64086408u), scale2);
+    } else {
+      out[i] = bf16_pair(static_cast<float>(static_cast<int>(nibbles & 0xF) - 8) * scale,
+                       static_cast<float>(static_cast<int>(nibbles >> 16) - 8) * scale);
+    }
+  }
+}
+
+// Pairs (a.low, b.low) and (a.high, b.high) of two registers of two elements each.
+__device__ inline uint32_t lows(uint32_t a, uint32_t b) { return __byte_perm(a, b, 0x5410); }
+__device__ inline uint32_t highs(uint32_t a, uint32_t b) { return __byte_perm(a, b, 0x7632); }
+
+// kTiles weight tiles of 16 rows per block (rows = 16 kTiles) x kTokenTiles token tiles of
+// 8. Grid: x over token slabs of 8 kTokenTiles (fastest, so blocks sharing weight rows run
+// together and the rereads hit L2), y over row blocks.
+template <typename T, bool kInt4, int kTiles, int kTokenTiles>
+__global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
+                                                               const T* __restrict__ scales, T* __restrict__ y, int m,
+                                                               int n, int k) {
+  let_next_start();
+  constexpr int kRows = 16 * kTiles, kTokens = 8 * kTokenTiles;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
+  const int row0 = blockIdx.y * kRows, token0 = blockIdx.x * kTokens;
+  const int row_bytes = kInt4 ? k / 2 : k, chunks = row_bytes / kChunkBytes, groups = k / kGroup;
+  constexpr int kInputsPerLane = kInt4 ? 32 : 16;  // this lane's inputs of a chunk
+
+  // Rows g and g + 8 of each tile; a row past n reads the last row (never stored).
+  const uint8_t* wrow[kTiles][2];
+  int srow[kTiles][2];
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      srow[t][h] = min(row0 + 16 * t + 8 * h + g, n - 1);
+      wrow[t][h] = w + static_cast<size_t>(srow[t][h]) * row_bytes + 16 * q;
+    }
+  }
+  const T* xrow[kTokenTiles];
+#pragma unroll
+  for (int j = 0; j < kTokenTiles; ++j) {
+    xrow[j] = x + static_cast<size_t>(min(token0 + 8 * j + g, m - 1)) * k + kInputsPerLane * q;
+  }
+
+  float acc[kTiles][kTokenTiles][4] = {};
+  // The weights of this warp's next chunk are loaded while the current one is multiplied.
+  uint4 next[kTiles][2];
+  auto load_weights = [&](int c) {
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) next[t][h] = __ldg(reinterpret_cast<const uint4*>(wrow[t][h] + c * kChunkBytes));
+    }
+  };
+  if (warp < chunks) load_weights(warp);
+  wait_for_inputs();  // x; the weights above overlap the previous kernel
+  for (int c = warp; c < chunks; c += kWarps) {
+    uint4 raw[kTiles][2];
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) raw[t][0] = next[t][0], raw[t][1] = next[t][1];
+    if (c + kWarps < chunks) load_weights(c + kWarps);
+    uint32_t scale2[kTiles][2] = {};
+    float scale[kTiles][2] = {};
+    if constexpr (kInt4) {
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const T s = scales[static_cast<size_t>(srow[t][h]) * groups + c];
+          scale[t][h] = to_float(s);
+          const uint16_t bits = *reinterpret_cast<const uint16_t*>(&s);
+          scale2[t][h] = static_cast<uint32_t>(bits) * 0x10001u;
+        }
+      }
+    }
+    // This lane's inputs of the chunk for each token tile, as pairs.
+    uint32_t in[kTokenTiles][kInputsPerLane / 2];
+#pragma unroll
+    for (int j = 0; j < kTokenTiles; ++j) {
+      const uint4* p = reinterpret_cast<const uint4*>(xrow[j] + static_cast<size_t>(c) * (kChunkBytes * (kInt4 ? 2 : 1)));
+#pragma unroll
+      for (int v = 0; v < kInputsPerLane / 8; ++v) {
+        const uint4 r = __ldg(p + v);
+        in[j][4 * v] = r.x, in[j][4 * v + 1] = r.y, in[j][4 * v + 2] = r.z, in[j][4 * v + 3] = r.w;
+      }
+    }
+    const uint32_t* word[kTiles][2];
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+      word[t][0] = reinterpret_cast<const uint32_t*>(&raw[t][0]);
+      word[t][1] = reinterpret_cast<const uint32_t*>(&raw[t][1]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // the lane's 4 weight words per row
+      if constexpr (!kInt4) {
+        // Word i: inputs 4i..4i+3 of the lane, one MMA step.
+        uint32_t a[kTiles][4];
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+          uint32_t r0[2], r8[2];
+          widen_int8<T>(word[t][0][i], r0);
+          widen_int8<T>(word[t][1][i], r8);
+          a[t][0] = r0[0], a[t][1] = r8[0], a[t][2] = r0[1], a[t][3] = r8[1];
+        }
+#pragma unroll
+        for (int j = 0; j < kTokenTiles; ++j) {
+          const uint32_t b[2] = {in[j][2 * i], in[j][2 * i + 1]};
+#pragma unroll
+          for (int t = 0; t < kTiles; ++t) mma(acc[t][j], a[t], b, T{});
+        }
+      } else {
+        // Word i: inputs 8i..8i+7 of the lane, two MMA steps: pairs (0,4),(1,5) then (2,6),(3,7).
+        uint32_t p0[kTiles][4], p8[kTiles][4];
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+          widen_int4<T>(word[t][0][i], scale2[t][0], scale[t][0], p0[t]);
+          widen_int4<T>(word[t][1][i], scale2[t][1], scale[t][1], p8[t]);
+        }
+#pragma unroll
+        for (int step = 0; step < 2; ++step) {
+#pragma unroll
+          for (int j = 0; j < kTokenTiles; ++j) {
+            const uint32_t lo = in[j][4 * i + step], hi = in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
+            const uint32_t b[2] = {lows(lo, hi), highs(lo, hi)};
+#pragma unroll
+            for (int t = 0; t < kTiles; ++t) {
+              const uint32_t a[4] = {p0[t][2 * step], p8[t][2 * step], p0[t][2 * step + 1], p8[t][2 * step + 1]};
+              mma(acc[t][j], a, b, T{});
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The warps' partial sums, added in shared memory. Accumulator i of tile t, token tile j:
+  // row 16t + g (+ 8 for i >= 2), token 8j + 2q + i % 2.
+  __shared__ float partial[kWarps][kTokens][kRows + 1];
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int j = 0; j < kTokenTiles; ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) partial[warp][8 * j + 2 * q + i % 2][16 * t + g + 8 * (i / 2)] = acc[t][j][i];
+    }
+  }
+  __syncthreads();
+  for (int v = threadIdx.x; v < kRows * kTokens; v += kThreads) {
+    const int row = v % kRows, token = v / kRows;
+    if (row0 + row >= n || token0 + token >= m) continue;
+    float sum = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kWarps; ++p) sum += partial[p][token][row];
+    if (!kInt4) sum *= to_float(scales[row0 + row]);
+    y[static_cast<size_t>(token0 + token) * n + row0 + row] = from_float<T>(sum);
+  }
+}
+
+template <typename T, bool kInt4, int kTiles, int kTokenTiles>
+void launch(const void* x, const QuantMatrix& w, void* y, int m, cudaStream_t stream) {
+  constexpr int kTokens = 8 * kTokenTiles;
+  const dim3 grid((m + kTokens - 1) / kTokens, (w.n + 16 * kTiles - 1) / (16 * kTiles));
+  launch_early(quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles>, grid, kThreads, 0, stream,
+      static_cast<const T*>(x), static_cast<const uint8_t*>(w.values), static_cast<const T*>(w.scales),
+      static_cast<T*>(y), m, w.n, w.k);
+}
+
+template <typename T, bool kInt4, int kTiles>
+void launch_tokens(const void* x, const QuantMatrix& w, void* y, int m, cudaStream_t stream) {
+  if (m <= 8) {
+    launch<T, kInt4, kTiles, 1>(x, w, y, m, stream);
+  } else if (m <= 16) {
+    launch<T, kInt4, kTiles, 2>(x, w, y, m, stream);
+  } else {
+    launch<T, kInt4, kTiles, kMaxTileTokens / 8>(x, w, y, m, stream);
+  }
+}
+
+template <typename T, bool kInt4>
+void launch_tiles(const void* x, const QuantMatrix& w, void* y, int m, int tile_rows, cudaStream_t stream) {
+  if (tile_rows == 16) {
+    launch_tokens<T, kInt4, 1>(x, w, y, m, stream);
+  } else {
+    launch_tokens<T, kInt4, 2>(x, w, y, m, stream);
+  }
+}
+
+}  // namespace
+
+bool quant_gemm_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGroup : kChunkBytes) == 0; }
+
+bool quant_gemm_available() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  static std::array<int, 64> known{};  // 0 unknown, 1 yes, 2 no; races write the same value
+  if (device < 0 || device >= static_cast<int>(known.size())) return false;
+  if (known[device] == 0) {
+    cudaFuncAttributes attributes{};
+    const bool ok = cudaFuncGetAttributes(&attributes, quant_gemm_kernel<__half, false, 2, 1>) == cudaSuccess &&
+                    attributes.ptxVersion >= 80 && attributes.binaryVersion >= 80;
+    cudaGetLastError();  // a device without code for the kernel leaves an error behind
+    known[device] = ok ? 1 : 2;
+  }
+  return known[device] == 1;
+}
+
+void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, int tile_rows) {
+  if (m < 1 || w.n < 1 || !quant_gemm_supports(w.int4, w.k)) {
+    throw std::invalid_argument("quantized GEMM: m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " +
+                                std::to_string(w.k) + " (k a multiple of " + std::to_string(w.int4 ? kGroup : kChunkBytes) +
+                                ")");
+  }
+  if (tile_rows == 0) tile_rows = 32;
+  auto s = static_cast<cudaStream_t>(stream);
+  with_type(bf16, [&](auto type) {
+    using T = decltype(type);
+    if (w.int4) {
+      launch_tiles<T, true>(x, w, y, m, tile_rows, s);
+    } else {
+      launch_tiles<T, false>(x, w, y, m, tile_rows, s);
+    }
+  });
+  check_launch(w.int4 ? "int4 GEMM" : "int8 GEMM");
+}
+
+}  // namespace cuda
+}  // namespace llava

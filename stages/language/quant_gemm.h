@@ -1,0 +1,35 @@
+// Matrix products of float16/bfloat16 inputs with int8 or int4 weights on tensor cores,
+// for one to a few hundred input rows (decoding batches, short prompts). The weights stay
+// quantized in memory and are widened in registers, so a product reads each weight byte
+// once, as the GEMV does, while the multiply-adds run on mma.sync (float32 sums).
+// Layouts are quant_kernels.h's. Needs code for compute capability 8.0 or newer in this
+// build and such a device: quant_gemm_available() says; elsewhere the caller dequantizes
+// for cuBLAS.
+#pragma once
+
+#include <cstdint>
+
+namespace llava {
+namespace cuda {
+
+// A quantized weight [n, k]: int8 values [n, k] with scales [n], or int4 values
+// [n, k / 2] with scales [n, k / 128] (quant_kernels.h).
+struct QuantMatrix {
+  const void* values = nullptr;
+  const void* scales = nullptr;
+  int n = 0, k = 0;
+  bool int4 = false;
+};
+
+// Whether the kernel takes this input width: k a multiple of 64 (int8) or 128 (int4).
+bool quant_gemm_supports(bool int4, int64_t k);
+// Whether this build has tensor-core code that the current device runs (8.0 and newer;
+// a PTX-only build for an older architecture has none).
+bool quant_gemm_available();
+
+// y [m, n] = x [m, k] . dequantized(w)^T for m >= 1; x, y float16 (or bfloat16), x and the
+// values aligned to 16 bytes. tile_rows: weight rows per block, 16 or 32 (0: chosen).
+void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, int tile_rows = 0);
+
+}  // namespace cuda
+}  // namespace llava

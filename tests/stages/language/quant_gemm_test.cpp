@@ -1,0 +1,108 @@
+// Our quantized CUDA kernels against float64 references on the CPU: the tensor-core GEMM
+// (int8 / int4, float16 / bfloat16, both tile sizes, ragged rows and tokens) and the
+// dequantization for cuBLAS (bit-exact with the CPU's). Skipped where there is no CUDA
+// device or the build has no kernels.
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+
+#include "stages/language/linear.h"
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+#include "stages/language/quant_gemm.h"
+#include "stages/language/quant_kernels.h"
+#endif
+
+namespace {
+
+using llava::Quantize;
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+
+llava::QuantizedWeight quantize(const at::Tensor& w, Quantize kind) {
+  return kind == Quantize::kInt8 ? llava::quantize_int8(w) : llava::quantize_int4(w);
+}
+
+// max |got - expected| / max |expected|, NaN (an unwritten output) counting as a failure.
+double relative_error(const at::Tensor& got, const at::Tensor& expected) {
+  const at::Tensor g = got.cpu().to(at::kDouble);
+  if (!at::isfinite(g).all().item<bool>()) return INFINITY;
+  return (g - expected).abs().max().item<double>() / expected.abs().max().item<double>();
+}
+
+TEST(QuantGemm, MatchesFloat64ProductsOfTheDequantizedWeights) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  if (!llava::cuda::quant_gemm_available()) GTEST_SKIP() << "no tensor-core code for this device in this build";
+  int checked = 0;
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+      // n: whole tiles, a ragged last tile, fewer rows than a tile; k: one chunk, the 7B's widths.
+      for (auto [n, k] : {std::pair<int, int>{4096, 4096}, {100, 11008}, {30, 128}, {12288 + 48, 256}}) {
+        at::manual_seed(n + k);
+        const at::Tensor w = (at::randn({n, k}) * 0.05).to(dtype);
+        const llava::QuantizedWeight q = quantize(w.cuda(), kind);
+        const at::Tensor dequantized = llava::dequantize({q.values.cpu(), q.scales.cpu()}, kind, k).to(at::kDouble);
+        for (int m : {1, 2, 7, 8, 9, 16, 17, 32, 33, 100, 257}) {
+          const at::Tensor x = (at::randn({m, k}) * (dtype == at::kHalf ? 1.0 : 3.0)).to(dtype);
+          const at::Tensor expected = at::matmul(x.to(at::kDouble), dequantized.t());
+          for (int tile : {16, 32}) {
+            at::Tensor y = at::full({m, n}, NAN, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+            const at::Tensor xc = x.cuda();
+            llava::cuda::quant_gemm(xc.data_ptr(), {q.values.data_ptr(), q.scales.data_ptr(), n, k, kind == Quantize::kInt4},
+                                    y.data_ptr(), m, dtype == at::kBFloat16, nullptr, tile);
+            // One rounding of each output to the dtype: 2^-11 (float16) / 2^-8 (bfloat16) of
+            // its size, plus float32 sums.
+            EXPECT_LT(relative_error(y, expected), dtype == at::kHalf ? 1e-3 : 8e-3)
+                << llava::to_string(kind) << (dtype == at::kHalf ? " float16 " : " bfloat16 ") << n << "x" << k
+                << " rows " << m << " tile " << tile;
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 2 * 2 * 4 * 11 * 2);
+}
+
+TEST(QuantGemm, RefusesAWidthThatIsNotWholeChunks) {
+  EXPECT_TRUE(llava::cuda::quant_gemm_supports(false, 64));
+  EXPECT_FALSE(llava::cuda::quant_gemm_supports(false, 96));
+  EXPECT_TRUE(llava::cuda::quant_gemm_supports(true, 256));
+  EXPECT_FALSE(llava::cuda::quant_gemm_supports(true, 192));
+  EXPECT_THROW(llava::cuda::quant_gemm(nullptr, {nullptr, nullptr, 8, 192, true}, nullptr, 1, false, nullptr),
+               std::invalid_argument);
+}
+
+// The widening kernels for cuBLAS write exactly what the CPU's dequantize computes, on
+// widths the 16-byte path takes and on ones that go a weight at a time.
+TEST(QuantGemm, DequantizationForCublasEqualsTheCpuBitForBit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+      for (auto [n, k] : {std::pair<int, int>{64, 4096}, {37, 11008}, {5, 40}, {9, 200}, {3, 129}}) {
+        at::manual_seed(n * k);
+        const at::Tensor w = (at::randn({n, k}) * 0.05).to(dtype);
+        const llava::QuantizedWeight q = quantize(w, kind);
+        const at::Tensor values = q.values.cuda(), scales = q.scales.cuda();
+        at::Tensor out = at::full({n, k}, NAN, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+        if (kind == Quantize::kInt4) {
+          llava::cuda::int4_dequantize(values.data_ptr<uint8_t>(), scales.data_ptr(), out.data_ptr(), n, k,
+                                       dtype == at::kBFloat16, nullptr);
+        } else {
+          llava::cuda::int8_dequantize(values.data_ptr<int8_t>(), scales.data_ptr(), out.data_ptr(), n, k,
+                                       dtype == at::kBFloat16, nullptr);
+        }
+        EXPECT_TRUE(at::equal(out.cpu(), llava::dequantize(q, kind, k)))
+            << llava::to_string(kind) << " " << n << "x" << k;
+      }
+    }
+  }
+}
+
+#else
+
+TEST(QuantGemm, NeedsABuildWithCudaKernels) { GTEST_SKIP() << "built without CUDA kernels"; }
+
+#endif
+
+}  // namespace
