@@ -1,8 +1,9 @@
 // A linear layer whose weight is stored in the compute dtype or weight-only quantized:
 // int8 with one scale per output, or int4 in groups of 128 inputs with one scale per
 // output and group (symmetric, scales in the compute dtype). Quantized at load time from
-// the checkpoint's weights; the product dequantizes inside a CUDA kernel for a few rows
-// (decoding), or dequantizes the matrix for many rows (prefill) and on the CPU.
+// the checkpoint's weights; on CUDA the product widens the weights inside our kernels up to
+// 128 rows (quant_gemm.cu; decoding, short prompts), or dequantizes the matrix for cuBLAS
+// beyond (prefill), as on the CPU for LibTorch.
 #pragma once
 
 #include <ATen/ATen.h>
