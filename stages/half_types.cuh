@@ -144,6 +144,24 @@ __device__ inline void let_next_start() {
 #endif
 }
 
+// Whether the current device runs `kernel` from code built for `version` (80: compute
+// capability 8.0) or newer; a PTX-only build for an older architecture, compiled by the
+// driver at load, has not. Asked once per device: `known` is the caller's cache (0 unknown,
+// 1 yes, 2 no; racing callers write the same value).
+template <typename... Params>
+inline bool runs_code_of(void (*kernel)(Params...), int version, int (&known)[64]) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  if (known[device] == 0) {
+    cudaFuncAttributes attributes{};
+    const bool ok = cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess && attributes.ptxVersion >= version &&
+                    attributes.binaryVersion >= version;
+    cudaGetLastError();  // a device without code for the kernel leaves an error behind
+    known[device] = ok ? 1 : 2;
+  }
+  return known[device] == 1;
+}
+
 namespace detail {
 // A kernel of this file's build: its code has the two instructions above only if it was
 // built for 9.0 or newer (a PTX-only build for 7.5 run on an H100 has not).
@@ -151,24 +169,15 @@ static __global__ void early_launch_probe() {}
 }  // namespace detail
 
 // Whether kernels of this build may be launched early on the current device (LLAVA_PIPE_PDL=0
-// turns it off, to measure what it gives).
-inline bool early_launch_enabled() {
+// turns it off, to measure what it gives). Per file, as the probe is.
+static inline bool early_launch_enabled() {
 #if CUDART_VERSION >= 12030  // graphs capture such launches from 12.3
-  static int known[64] = {};  // per device: 0 unknown, 1 yes, 2 no
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
-  if (known[device] == 0) {
-    int major = 0;
-    cudaFuncAttributes attributes{};
+  static const bool allowed = [] {
     const char* setting = std::getenv("LLAVA_PIPE_PDL");
-    const bool ok = (setting == nullptr || std::string(setting) != "0") &&
-                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                    major >= 9 && cudaFuncGetAttributes(&attributes, detail::early_launch_probe) == cudaSuccess &&
-                    attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
-    cudaGetLastError();
-    known[device] = ok ? 1 : 2;
-  }
-  return known[device] == 1;
+    return setting == nullptr || std::string(setting) != "0";
+  }();
+  static int known[64] = {};
+  return allowed && runs_code_of(detail::early_launch_probe, 90, known);
 #else
   return false;
 #endif
@@ -177,7 +186,7 @@ inline bool early_launch_enabled() {
 // kernel<<<grid, block, shared, stream>>>(args...), allowed to start early where
 // early_launch_enabled().
 template <typename... Params, typename... Args>
-inline void launch_early(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+static inline void launch_early(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
                          Args&&... args) {
 #if CUDART_VERSION >= 12030  // graphs capture such launches from 12.3
   if (early_launch_enabled()) {

@@ -19,7 +19,6 @@
 // scale multiplies the float32 sum at the end. bfloat16 widens through float32.
 #include "stages/language/quant_gemm.h"
 
-#include <array>
 #include <string>
 #include <type_traits>
 
@@ -284,18 +283,8 @@ void launch_tiles(const void* x, const QuantMatrix& w, void* y, int m, int tile_
 bool quant_gemm_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGroup : kChunkBytes) == 0; }
 
 bool quant_gemm_available() {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  static std::array<int, 64> known{};  // 0 unknown, 1 yes, 2 no; races write the same value
-  if (device < 0 || device >= static_cast<int>(known.size())) return false;
-  if (known[device] == 0) {
-    cudaFuncAttributes attributes{};
-    const bool ok = cudaFuncGetAttributes(&attributes, quant_gemm_kernel<__half, false, 2, 1>) == cudaSuccess &&
-                    attributes.ptxVersion >= 80 && attributes.binaryVersion >= 80;
-    cudaGetLastError();  // a device without code for the kernel leaves an error behind
-    known[device] = ok ? 1 : 2;
-  }
-  return known[device] == 1;
+  static int known[64] = {};
+  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1>, 80, known);
 }
 
 void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, int tile_rows) {
