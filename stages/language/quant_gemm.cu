@@ -14,9 +14,9 @@
 // of a row, and the inputs it needs are consecutive too.
 //
 // Widening is exact. int8 (float16): each byte + 128 is put under the exponent of 1024
-// (0x64XX is 1024 + XX), then 1152 is subtracted. int4: each nibble under 1024, minus
-// 1032, times the group's scale (one rounding, as dequantization does). int8's per-row
-// scale multiplies the float32 sum at the end. bfloat16 widens through float32.
+// (0x64XX is 1024 + XX), then 1152 is subtracted; bfloat16 widens int8 through float32.
+// int4: q - 8 from each nibble (widen_int4). The scales multiply float32 sums: int8's
+// per-row scale at the end, int4's group scale per chunk (a chunk is one group).
 #include "stages/language/quant_gemm.h"
 
 #include <string>
@@ -60,13 +60,16 @@ __device__ inline uint32_t bf16_pair(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-__device__ inline uint32_t hsub2_bits(uint32_t a, uint32_t b) {
-  const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+template <typename T>
+__device__ inline uint32_t sub2(uint32_t a, uint32_t b) {
+  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  const T2 r = __hsub2(*reinterpret_cast<const T2*>(&a), *reinterpret_cast<const T2*>(&b));
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
-__device__ inline uint32_t hmul2_bits(uint32_t a, uint32_t b) {
-  const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+__device__ inline uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
+  const __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
+                            *reinterpret_cast<const __half2*>(&c));
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
@@ -75,8 +78,8 @@ template <typename T>
 __device__ inline void widen_int8(uint32_t word, uint32_t (&out)[2]) {
   if constexpr (std::is_same<T, __half>::value) {
     const uint32_t biased = word ^ 0x80808080u;  // q + 128 in each byte
-    out[0] = hsub2_bits(__byte_perm(biased, 0x64646464u, 0x5140), 0x64806480u);
-    out[1] = hsub2_bits(__byte_perm(biased, 0x64646464u, 0x7362), 0x64806480u);
+    out[0] = sub2<T>(__byte_perm(biased, 0x64646464u, 0x5140), 0x64806480u);
+    out[1] = sub2<T>(__byte_perm(biased, 0x64646464u, 0x7362), 0x64806480u);
   } else {
     auto q = [&](int i) { return static_cast<float>(static_cast<int8_t>(word >> (8 * i))); };
     out[0] = bf16_pair(q(0), q(1));
@@ -84,19 +87,23 @@ __device__ inline void widen_int8(uint32_t word, uint32_t (&out)[2]) {
   }
 }
 
-// 8 int4 weights (inputs j..j+7, byte b holding j + 2b low and j + 2b + 1 high) times
-// their scale as four pairs: out[i] = (j + i, j + i + 4).
+// 8 int4 weights (inputs j..j+7, byte b holding j + 2b low and j + 2b + 1 high) as four
+// pairs of q - 8 (the group's scale multiplies the chunk's sums): out[i] = (j + i, j + i + 4).
+// float16: nibble i of each half under 1024's exponent is 1024 + q (i even) or, one nibble
+// up, 1024 + 16q, which one fused multiply-add by 1/16 and -72 brings to q - 8.
+// bfloat16 (7 mantissa bits) takes each nibble to the low bits under 128's exponent.
 template <typename T>
-__device__ inline void widen_int4(uint32_t word, uint32_t scale2, float scale, uint32_t (&out)[4]) {
+__device__ inline void widen_int4(uint32_t word, uint32_t (&out)[4]) {
+  if constexpr (std::is_same<T, __half>::value) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t nibbles = (word >> (4 * i)) & 0x000F000Fu;  // inputs j + i, j + i + 4
-    if constexpr (std::is_same<T, __half>::value) {
-      out[i] = hmul2_bits(hsub2_bits(nibbles | 0x64006400u, 0x64086408u), scale2);
-    } else {
-      out[i] = bf16_pair(static_cast<float>(static_cast<int>(nibbles & 0xF) - 8) * scale,
-                       static_cast<float>(static_cast<int>(nibbles >> 16) - 8) * scale);
+    for (int i = 0; i < 4; i += 2) {
+      const uint32_t bits = word >> (4 * i);
+      out[i] = sub2<T>((bits & 0x000F000Fu) | 0x64006400u, 0x64086408u);
+      out[i + 1] = hfma2_bits((bits & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, 0xD480D480u);
     }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = sub2<T>(((word >> (4 * i)) & 0x000F000Fu) | 0x43004300u, 0x43084308u);
   }
 }
 
@@ -120,13 +127,14 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
 
   // Rows g and g + 8 of each tile; a row past n reads the last row (never stored).
   const uint8_t* wrow[kTiles][2];
-  int srow[kTiles][2];
+  const T* srow[kTiles][2];  // int4: the row's group scales
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      srow[t][h] = min(row0 + 16 * t + 8 * h + g, n - 1);
-      wrow[t][h] = w + static_cast<size_t>(srow[t][h]) * row_bytes + 16 * q;
+      const int row = min(row0 + 16 * t + 8 * h + g, n - 1);
+      wrow[t][h] = w + static_cast<size_t>(row) * row_bytes + 16 * q;
+      srow[t][h] = scales + static_cast<size_t>(row) * groups;
     }
   }
   const T* xrow[kTokenTiles];
@@ -135,54 +143,39 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
     xrow[j] = x + static_cast<size_t>(min(token0 + 8 * j + g, m - 1)) * k + kInputsPerLane * q;
   }
 
-  float acc[kTiles][kTokenTiles][4] = {};
-  // The weights of this warp's next chunk are loaded while the current one is multiplied.
-  uint4 next[kTiles][2];
-  auto load_weights = [&](int c) {
+  // One chunk's operands of this lane: 16 weight bytes of each of its rows, the rows' int4
+  // scales, and its inputs of the chunk for each token tile, as pairs.
+  struct Operands {
+    uint4 weights[kTiles][2];
+    T scale[kTiles][2];
+    uint32_t in[kTokenTiles][kInputsPerLane / 2];
+  };
+  auto load_weights = [&](Operands& o, int c) {
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) next[t][h] = __ldg(reinterpret_cast<const uint4*>(wrow[t][h] + c * kChunkBytes));
-    }
-  };
-  if (warp < chunks) load_weights(warp);
-  wait_for_inputs();  // x; the weights above overlap the previous kernel
-  for (int c = warp; c < chunks; c += kWarps) {
-    uint4 raw[kTiles][2];
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) raw[t][0] = next[t][0], raw[t][1] = next[t][1];
-    if (c + kWarps < chunks) load_weights(c + kWarps);
-    uint32_t scale2[kTiles][2] = {};
-    float scale[kTiles][2] = {};
-    if constexpr (kInt4) {
-#pragma unroll
-      for (int t = 0; t < kTiles; ++t) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const T s = scales[static_cast<size_t>(srow[t][h]) * groups + c];
-          scale[t][h] = to_float(s);
-          const uint16_t bits = *reinterpret_cast<const uint16_t*>(&s);
-          scale2[t][h] = static_cast<uint32_t>(bits) * 0x10001u;
-        }
+      for (int h = 0; h < 2; ++h) {
+        o.weights[t][h] = __ldg(reinterpret_cast<const uint4*>(wrow[t][h] + c * kChunkBytes));
+        if constexpr (kInt4) o.scale[t][h] = srow[t][h][c];
       }
     }
-    // This lane's inputs of the chunk for each token tile, as pairs.
-    uint32_t in[kTokenTiles][kInputsPerLane / 2];
+  };
+  auto load_inputs = [&](Operands& o, int c) {
 #pragma unroll
     for (int j = 0; j < kTokenTiles; ++j) {
-      const uint4* p = reinterpret_cast<const uint4*>(xrow[j] + static_cast<size_t>(c) * (kChunkBytes * (kInt4 ? 2 : 1)));
+      const uint4* p = reinterpret_cast<const uint4*>(xrow[j] + static_cast<size_t>(c) * kInputsPerLane * 4);
 #pragma unroll
       for (int v = 0; v < kInputsPerLane / 8; ++v) {
         const uint4 r = __ldg(p + v);
-        in[j][4 * v] = r.x, in[j][4 * v + 1] = r.y, in[j][4 * v + 2] = r.z, in[j][4 * v + 3] = r.w;
+        o.in[j][4 * v] = r.x, o.in[j][4 * v + 1] = r.y, o.in[j][4 * v + 2] = r.z, o.in[j][4 * v + 3] = r.w;
       }
     }
-    const uint32_t* word[kTiles][2];
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) {
-      word[t][0] = reinterpret_cast<const uint32_t*>(&raw[t][0]);
-      word[t][1] = reinterpret_cast<const uint32_t*>(&raw[t][1]);
-    }
+  };
+
+  float acc[kTiles][kTokenTiles][4] = {};
+  // sums[t][j][i] += the chunk's products; int8's row scales multiply at the end, int4's
+  // group scales (one group per chunk) multiply each chunk's sums.
+  auto multiply = [&](const Operands& o, float (&sums)[kTiles][kTokenTiles][4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {  // the lane's 4 weight words per row
       if constexpr (!kInt4) {
@@ -191,38 +184,66 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
 #pragma unroll
         for (int t = 0; t < kTiles; ++t) {
           uint32_t r0[2], r8[2];
-          widen_int8<T>(word[t][0][i], r0);
-          widen_int8<T>(word[t][1][i], r8);
+          widen_int8<T>(reinterpret_cast<const uint32_t*>(&o.weights[t][0])[i], r0);
+          widen_int8<T>(reinterpret_cast<const uint32_t*>(&o.weights[t][1])[i], r8);
           a[t][0] = r0[0], a[t][1] = r8[0], a[t][2] = r0[1], a[t][3] = r8[1];
         }
 #pragma unroll
         for (int j = 0; j < kTokenTiles; ++j) {
-          const uint32_t b[2] = {in[j][2 * i], in[j][2 * i + 1]};
+          const uint32_t b[2] = {o.in[j][2 * i], o.in[j][2 * i + 1]};
 #pragma unroll
-          for (int t = 0; t < kTiles; ++t) mma(acc[t][j], a[t], b, T{});
+          for (int t = 0; t < kTiles; ++t) mma(sums[t][j], a[t], b, T{});
         }
       } else {
         // Word i: inputs 8i..8i+7 of the lane, two MMA steps: pairs (0,4),(1,5) then (2,6),(3,7).
         uint32_t p0[kTiles][4], p8[kTiles][4];
 #pragma unroll
         for (int t = 0; t < kTiles; ++t) {
-          widen_int4<T>(word[t][0][i], scale2[t][0], scale[t][0], p0[t]);
-          widen_int4<T>(word[t][1][i], scale2[t][1], scale[t][1], p8[t]);
+          widen_int4<T>(reinterpret_cast<const uint32_t*>(&o.weights[t][0])[i], p0[t]);
+          widen_int4<T>(reinterpret_cast<const uint32_t*>(&o.weights[t][1])[i], p8[t]);
         }
 #pragma unroll
         for (int step = 0; step < 2; ++step) {
 #pragma unroll
           for (int j = 0; j < kTokenTiles; ++j) {
-            const uint32_t lo = in[j][4 * i + step], hi = in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
+            const uint32_t lo = o.in[j][4 * i + step], hi = o.in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
             const uint32_t b[2] = {lows(lo, hi), highs(lo, hi)};
 #pragma unroll
             for (int t = 0; t < kTiles; ++t) {
               const uint32_t a[4] = {p0[t][2 * step], p8[t][2 * step], p0[t][2 * step + 1], p8[t][2 * step + 1]};
-              mma(acc[t][j], a, b, T{});
+              mma(sums[t][j], a, b, T{});
             }
           }
         }
       }
+    }
+  };
+
+  // Warp w takes chunks w, w + 8, w + 16, ...; the weights (and int4 scales) of its next
+  // chunk are loaded while the current one is multiplied, its inputs (from L2) at use.
+  // (More chunks ahead, 2-3 with their inputs, was slower at every shape but int4's
+  // 4096-row ones: tests/perf/README.md, "Speed, round 3".)
+  Operands next;
+  if (warp < chunks) load_weights(next, warp);
+  wait_for_inputs();  // x; the weights above overlap the previous kernel
+  for (int c = warp; c < chunks; c += kWarps) {
+    Operands o = next;
+    if (c + kWarps < chunks) load_weights(next, c + kWarps);
+    load_inputs(o, c);
+    if constexpr (kInt4) {
+      float part[kTiles][kTokenTiles][4] = {};
+      multiply(o, part);
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) {
+        const float scale[2] = {to_float(o.scale[t][0]), to_float(o.scale[t][1])};
+#pragma unroll
+        for (int j = 0; j < kTokenTiles; ++j) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[t][j][i] += part[t][j][i] * scale[i / 2];
+        }
+      }
+    } else {
+      multiply(o, acc);
     }
   }
 

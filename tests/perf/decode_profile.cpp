@@ -1,9 +1,11 @@
 // Times each operation of one decode step at LLaVA-1.5-7B shapes (float16, batch 1), on
 // random weights, to find where a step's time goes. Prints a table, ms per call.
-//   decode_profile DEVICE [CONTEXT [CHECKPOINT]]
-// With a checkpoint, also times the real decoder's one-token forward after a CONTEXT-token
-// prompt, and the worker's decode step at batch 1, 8 and 32. With LLAVA_PIPE_PROFILE set,
-// one step of each batch runs between cudaProfilerStart and cudaProfilerStop, for
+//   decode_profile DEVICE [CONTEXT [CHECKPOINT [none|int8|int4]]]
+// With a checkpoint (its layers quantized as asked), also times the real decoder's
+// CONTEXT-token prompt forward and one-token forward after it, and the worker's decode
+// step at batch 1, 8 and 32. With LLAVA_PIPE_PROFILE set, one step of each batch (or, with
+// LLAVA_PIPE_PROFILE=prefill, one prompt forward) runs between cudaProfilerStart and
+// cudaProfilerStop, for
 //   ncu --profile-from-start off --metrics gpu__time_duration.sum decode_profile ...
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 
@@ -92,11 +95,26 @@ int main(int argc, char** argv) {
   if (argc > 3) {
     llava::LlavaConfig config = llava::load_llava_config(argv[3]);
     llava::Checkpoint checkpoint(argv[3]);
-    llava::LlamaDecoder decoder(config, checkpoint, f16);
+    llava::WeightPlacement placement;
+    const std::string quantize = argc > 4 ? argv[4] : "none";
+    placement.quantize = quantize == "int8"   ? llava::Quantize::kInt8
+                         : quantize == "int4" ? llava::Quantize::kInt4
+                                              : llava::Quantize::kNone;
+    llava::LlamaDecoder decoder(config, checkpoint, f16, placement);
+    const char* profiled = std::getenv("LLAVA_PIPE_PROFILE");
+    const bool profile_prefill = profiled != nullptr && std::string(profiled) == "prefill";
     llava::KvCache kv(config.text, 1, context + 64, f16);
     const int slot = kv.acquire();
     at::Tensor prompt = at::randint(3, config.text.vocab_size, {1, context}, at::TensorOptions().dtype(at::kLong).device(device));
-    decoder.forward(decoder.embed(prompt), kv, {slot});
+    const at::Tensor prompt_embedded = decoder.embed(prompt);
+    time_ms("real decoder: prompt forward (CONTEXT tokens)", 10, [&] {
+      decoder.forward(prompt_embedded, kv, {slot});
+      kv.set_length(slot, 0);
+    });
+    if (profile_prefill) llava::profile_range(true);
+    decoder.forward(prompt_embedded, kv, {slot});
+    llava::synchronize(device);
+    if (profile_prefill) llava::profile_range(false);
     at::Tensor token = at::full({1, 1}, 5, at::TensorOptions().dtype(at::kLong).device(device));
     at::Tensor embedded = decoder.embed(token);
     time_ms("real decoder: embed", 50, [&] { decoder.embed(token); });
@@ -118,10 +136,10 @@ int main(int argc, char** argv) {
       const std::string name = "Generator::step, batch " + std::to_string(batch);
       time_ms(name.c_str(), 30, [&] { generator.step(); });
       llava::synchronize(device);
-      llava::profile_range(true);
+      if (!profile_prefill) llava::profile_range(true);
       generator.step();
       llava::synchronize(device);
-      llava::profile_range(false);
+      if (!profile_prefill) llava::profile_range(false);
     }
   }
   return 0;

@@ -1,15 +1,18 @@
 // How far cuBLASLt's first heuristic choice (what LibTorch runs) is from the fastest of
 // the algorithms cuBLASLt offers, for the CLIP tower's and projector's GEMM shapes at a
 // batch of images: y[M, N] = x[M, K] W[N, K]^T + bias (+ a residual with --residual),
-// float16 in and out, float32 accumulation. CUDA-event timed, median of 25.
+// or for LLaVA-1.5-7B's decoder layer (no bias) at a prompt of TOKENS rows; float16 in and
+// out, float32 accumulation. CUDA-event timed, median of 25.
 //   nvcc -O2 -std=c++17 -arch=sm_90 tests/perf/gemm_algos.cu -lcublasLt -o gemm_algos
 //   ./gemm_algos [BATCH]
+//   ./gemm_algos --decoder [TOKENS]
 #include <cublasLt.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #define CHECK(x)                                                                      \
@@ -37,6 +40,7 @@ struct Shape {
   const char* name;
   int m, n, k;  // rows of x, out features, in features
   bool residual;
+  bool bias = true;
 };
 
 float median_ms(cublasLtHandle_t lt, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
@@ -62,43 +66,60 @@ float median_ms(cublasLtHandle_t lt, cublasLtMatmulDesc_t op, cublasLtMatrixLayo
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int batch = argc > 1 ? std::atoi(argv[1]) : 32;
-  const int tokens = batch * 577, patches = batch * 576;
-  const Shape shapes[] = {
-      {"qkv", tokens, 3072, 1024, false},         {"out_proj", tokens, 1024, 1024, false},
-      {"out_proj+res", tokens, 1024, 1024, true}, {"fc1", tokens, 4096, 1024, false},
-      {"fc2", tokens, 1024, 4096, false},         {"fc2+res", tokens, 1024, 4096, true},
-      {"proj1", patches, 4096, 1024, false},      {"proj2", patches, 4096, 4096, false},
-      {"patch", patches, 1024, 592, false}};
+  const bool decoder = argc > 1 && std::string(argv[1]) == "--decoder";
+  const int batch = !decoder && argc > 1 ? std::atoi(argv[1]) : 32;
+  const int tokens = decoder ? (argc > 2 ? std::atoi(argv[2]) : 641) : batch * 577, patches = batch * 576;
+  const std::vector<Shape> shapes =
+      decoder ? std::vector<Shape>{{"qkv", tokens, 12288, 4096, false, false},
+                                   {"o", tokens, 4096, 4096, false, false},
+                                   {"gate_up", tokens, 22016, 4096, false, false},
+                                   {"down", tokens, 4096, 11008, false, false}}
+              : std::vector<Shape>{{"qkv", tokens, 3072, 1024, false},         {"out_proj", tokens, 1024, 1024, false},
+                                   {"out_proj+res", tokens, 1024, 1024, true}, {"fc1", tokens, 4096, 1024, false},
+                                   {"fc2", tokens, 1024, 4096, false},         {"fc2+res", tokens, 1024, 4096, true},
+                                   {"proj1", patches, 4096, 1024, false},      {"proj2", patches, 4096, 4096, false},
+                                   {"patch", patches, 1024, 592, false}};
+  size_t x_elements = 0, w_elements = 0, y_elements = 0;
+  for (const Shape& s : shapes) {
+    x_elements = std::max(x_elements, size_t(s.m) * s.k);
+    w_elements = std::max(w_elements, size_t(s.n) * s.k);
+    y_elements = std::max(y_elements, size_t(s.m) * s.n);
+  }
   cublasLtHandle_t lt;
   CHECK(cublasLtCreate(&lt));
   const size_t workspace_bytes = 32u << 20;
   void* workspace = nullptr;
   CHECK(cudaMalloc(&workspace, workspace_bytes));
   __half *x, *w, *y, *bias;
-  CHECK(cudaMalloc(&x, size_t(tokens) * 4096 * 2));
-  CHECK(cudaMalloc(&w, size_t(4096) * 4096 * 2));
-  CHECK(cudaMalloc(&y, size_t(tokens) * 4096 * 2));
-  CHECK(cudaMalloc(&bias, 4096 * 2));
-  fill<<<1024, 256>>>(x, size_t(tokens) * 4096, 1);
-  fill<<<1024, 256>>>(w, size_t(4096) * 4096, 2);
-  fill<<<1024, 256>>>(bias, 4096, 3);
+  CHECK(cudaMalloc(&x, x_elements * 2));
+  CHECK(cudaMalloc(&w, w_elements * 2));
+  CHECK(cudaMalloc(&y, y_elements * 2));
+  CHECK(cudaMalloc(&bias, 32768 * 2));
+  fill<<<1024, 256>>>(x, x_elements, 1);
+  fill<<<1024, 256>>>(w, w_elements, 2);
+  fill<<<1024, 256>>>(bias, 32768, 3);
   cudaEvent_t start, end;
   cudaEventCreate(&start);
   cudaEventCreate(&end);
-  std::printf("batch %d; TFLOP/s of cuBLASLt's first choice and of the fastest offered\n", batch);
+  if (decoder) {
+    std::printf("decoder, %d tokens; TFLOP/s of cuBLASLt's first choice and of the fastest offered\n", tokens);
+  } else {
+    std::printf("batch %d; TFLOP/s of cuBLASLt's first choice and of the fastest offered\n", batch);
+  }
   for (const Shape& s : shapes) {
     cublasLtMatmulDesc_t op;
     CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
     CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
     CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
-    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    const cublasLtEpilogue_t epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
                                          sizeof(epilogue)));
     const void* bias_ptr = bias;
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
-                                         sizeof(bias_ptr)));
+    if (s.bias) {
+      CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
+                                           sizeof(bias_ptr)));
+    }
     // Column-major: y^T [N, M] = W [N, K] (stored [K, N], transposed) x^T [K, M].
     cublasLtMatrixLayout_t a, b, c;
     CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_16F, s.k, s.n, s.k));
