@@ -317,11 +317,17 @@ int64_t decode_attention_work_floats(int rows, int heads, int d, int max_keys) {
   return static_cast<int64_t>(rows) * heads * chunks * (d + 2);
 }
 
+bool decode_attention_supports(int d, int64_t max_keys) {
+  constexpr int64_t kMaxChunks = 8192;  // the combine's float per chunk: 32 KiB of shared memory
+  const bool head_size = d == 16 || d == 32 || d == 64 || d == 128 || d == 256;
+  return head_size && max_keys >= 1 && (max_keys + kChunk - 1) / kChunk <= kMaxChunks;
+}
+
 bool decode_attention(const void* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
                       int heads, int kv_heads, int d, int max_keys, float scale, float* work, int* counters, void* out,
                       bool bf16, void* stream) {
+  if (!decode_attention_supports(d, max_keys)) return false;
   const int chunks = (max_keys + kChunk - 1) / kChunk;
-  if (chunks > 8192) return false;  // the combine's float per chunk: 32 KiB of shared memory at most
   bool taken = true;
   with_type(bf16, [&](auto tag) {
     using T = decltype(tag);

@@ -36,9 +36,12 @@ void rope(void* qkv, const void* cos_table, const void* sin_table, const int64_t
 // cache slot r (grouped-query: head h reads kv head h / (heads / kv_heads)). q is the
 // q part of qkv rows ([rows, q_stride]). `max_keys` bounds every row's keys (the grid);
 // `work` holds decode_attention_work_floats(...) floats; `counters` [rows * heads] are
-// zero before the call and zero again after it. False (nothing launched) for a head size
-// the kernel does not take (16, 32, 64, 128 and 256 are taken).
+// zero before the call and zero again after it. False (nothing launched) where
+// decode_attention_supports(d, max_keys) is false.
 int64_t decode_attention_work_floats(int rows, int heads, int d, int max_keys);
+// Whether the kernel takes this head size (16, 32, 64, 128 or 256) and this many keys (up to
+// 524,288: the combine keeps a float per chunk of keys in shared memory).
+bool decode_attention_supports(int d, int64_t max_keys);
 bool decode_attention(const void* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
                       int heads, int kv_heads, int d, int max_keys, float scale, float* work, int* counters,
                       void* out, bool bf16, void* stream);

@@ -137,16 +137,25 @@ std::vector<at::Tensor> Linear::tensors() const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 namespace {
 // Which kernel takes how many rows (tests/perf/linear_bench on the H200, per decoder layer;
-// tests/perf/README.md, "Linear paths"). Float weights: our GEMV up to 4 rows (1 row:
-// 97 us per layer against cuBLAS's 125), beyond that cuBLAS's tensor cores. Quantized
-// weights: the tensor-core GEMM up to 128 rows, with 16-row tiles up to 8 rows (int8 1 row
-// 70 us, as the GEMV; 8 rows 72 us against the GEMV's 309; int4 1 row 62 us against 94),
-// 32-row tiles beyond (int8 32 rows 106 us, 128 rows 277 against dequantization + cuBLAS's
-// 315); past 128 rows the dequantized matrix for cuBLAS (256 rows 338 us against 564).
-// Where the GEMM has no code (before compute capability 8.0), the GEMV takes up to 8 rows.
+// tests/perf/README.md, "Linear paths" and "Speed, round 4"). Float weights: our GEMV up to
+// 4 rows (1 row: 97 us per layer against cuBLAS's 125), beyond that cuBLAS's tensor cores.
+// Quantized weights: the tensor-core GEMM up to 128 rows (int8 1 row 62.4 us against the
+// GEMV's 69.9; 8 rows 64.6 against 311; int4 1 row 44.7 against 94.1), in 16-row tiles up
+// to 8 rows (int4: 4; its 8 rows take 55.5 us in 32-row tiles, 57.9 in 16), 32-row tiles
+// beyond (int8 32 rows 105 us, 128 rows 277 against dequantization + cuBLAS's 315); past
+// 128 rows the dequantized matrix for cuBLAS (256 rows 338 us against 564). Where the GEMM
+// has no code (before compute capability 8.0), the GEMV takes up to 8 rows.
 constexpr int64_t kFloatGemvMaxRows = 4;
 constexpr int64_t kQuantGemmMaxRows = 128;
 constexpr int64_t kQuantGemmSmallTileRows = 8;
+constexpr int64_t kInt4SmallTileRows = 4;
+
+// The tile for `rows` input rows (int4's 5-8 rows: a chunk's inputs, 256 bytes a row, are
+// then read once per 32 weight rows instead of 16); quant_gemm chooses the warps.
+cuda::QuantGemmTiling quant_tiling(int64_t rows, bool int4) {
+  const int64_t small_tile_rows = int4 ? kInt4SmallTileRows : kQuantGemmSmallTileRows;
+  return {rows <= small_tile_rows ? 16 : 32, 0};
+}
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 }  // namespace
@@ -170,7 +179,7 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
         aligned16(weight_) && cuda::quant_gemm_available()) {
       at::Tensor y = at::empty(shape, x.options());
       cuda::quant_gemm(xc.data_ptr(), cuda::QuantMatrix{weight_.data_ptr(), scales_.data_ptr(), n, k, int4}, y.data_ptr(),
-                       m, bf16, stream, rows <= kQuantGemmSmallTileRows ? 16 : 32);
+                       m, bf16, stream, quant_tiling(rows, int4));
       return with_bias(y);
     }
     // A few rows (decoding): our GEMV, which reads the weights once at close to the

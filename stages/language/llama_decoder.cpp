@@ -250,8 +250,7 @@ at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& posi
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   // Our decode attention reads each row's keys from the cache in place (no mask, no
   // copies); the RoPE kernel writes the new k/v there.
-  const int64_t d = config_.head_dim;
-  if (kernels() && d >= 16 && d <= 256 && (d & (d - 1)) == 0) {
+  if (kernels() && cuda::decode_attention_supports(static_cast<int>(config_.head_dim), keys)) {
     // The kernel's per-(row, head) counters: zero here, reset by each layer's launch.
     at::Tensor counters = at::zeros({rows * config_.num_attention_heads}, positions.options().dtype(at::kInt));
     return logits(layers(embeds, [&](int layer, const at::Tensor& projected) {
@@ -338,7 +337,10 @@ at::Tensor LlamaDecoder::attend_cached(int layer, const at::Tensor& projected, c
                                             kv_heads, d, static_cast<int>(keys), 1.0f / std::sqrt(static_cast<float>(d)),
                                             work.data_ptr<float>(), counters.data_ptr<int>(), out.data_ptr(),
                                             bf16(projected), stream());
-  if (!taken) throw std::logic_error("decode attention does not take head size " + std::to_string(d));
+  if (!taken) {  // decode() checked decode_attention_supports
+    throw std::logic_error("decode attention does not take head size " + std::to_string(d) + " with " +
+                           std::to_string(keys) + " keys");
+  }
   return out;
 }
 #endif

@@ -4,7 +4,10 @@
 // rows, input rows (tokens) its 8 columns, so a handful of tokens still uses whole
 // instructions. A block of 8 warps takes 16 or 32 weight rows and up to 32 tokens; its
 // warps split k in chunks of 64 weight bytes per row (64 int8 or 128 int4 inputs, one int4
-// group) and add their sums through shared memory at the end.
+// group) and add their sums through shared memory at the end. Up to 8 tokens, a matrix of
+// few rows gets blocks of 16 warps instead: 4096 rows in 16-row tiles are 256 blocks, under
+// 2 per multiprocessor on an H200, and 8 warps each left three quarters of the warp slots
+// idle while the loads waited on memory (tests/perf/README.md, "Speed, round 4").
 //
 // The sum over k does not care in which order k is visited, only that a weight and its
 // input meet. Each thread of an MMA holds the same 4 k slots of A (weights) and B (inputs),
@@ -28,8 +31,6 @@ namespace llava {
 namespace cuda {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
 constexpr int kChunkBytes = 64;  // per weight row and chunk
 constexpr int kGroup = 128;      // int4 group size (plan.h: kInt4Group)
 constexpr int kMaxTileTokens = 32;
@@ -112,10 +113,10 @@ __device__ inline uint32_t lows(uint32_t a, uint32_t b) { return __byte_perm(a, 
 __device__ inline uint32_t highs(uint32_t a, uint32_t b) { return __byte_perm(a, b, 0x7632); }
 
 // kTiles weight tiles of 16 rows per block (rows = 16 kTiles) x kTokenTiles token tiles of
-// 8. Grid: x over token slabs of 8 kTokenTiles (fastest, so blocks sharing weight rows run
-// together and the rereads hit L2), y over row blocks.
-template <typename T, bool kInt4, int kTiles, int kTokenTiles>
-__global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
+// 8, split over kWarps warps. Grid: x over token slabs of 8 kTokenTiles (fastest, so blocks
+// sharing weight rows run together and the rereads hit L2), y over row blocks.
+template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
                                                                const T* __restrict__ scales, T* __restrict__ y, int m,
                                                                int n, int k) {
   let_next_start();
@@ -143,14 +144,14 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
     xrow[j] = x + static_cast<size_t>(min(token0 + 8 * j + g, m - 1)) * k + kInputsPerLane * q;
   }
 
-  // One chunk's operands of this lane: 16 weight bytes of each of its rows, the rows' int4
-  // scales, and its inputs of the chunk for each token tile, as pairs.
-  struct Operands {
+  // One chunk's weights of this lane: 16 bytes of each of its rows, and the rows' int4 scales.
+  struct Weights {
     uint4 weights[kTiles][2];
     T scale[kTiles][2];
-    uint32_t in[kTokenTiles][kInputsPerLane / 2];
   };
-  auto load_weights = [&](Operands& o, int c) {
+  // This lane's inputs of a chunk for each token tile, as pairs.
+  using Inputs = uint32_t[kTokenTiles][kInputsPerLane / 2];
+  auto load_weights = [&](Weights& o, int c) {
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
@@ -160,14 +161,14 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
       }
     }
   };
-  auto load_inputs = [&](Operands& o, int c) {
+  auto load_inputs = [&](Inputs& in, int c) {
 #pragma unroll
     for (int j = 0; j < kTokenTiles; ++j) {
       const uint4* p = reinterpret_cast<const uint4*>(xrow[j] + static_cast<size_t>(c) * kInputsPerLane * 4);
 #pragma unroll
       for (int v = 0; v < kInputsPerLane / 8; ++v) {
         const uint4 r = __ldg(p + v);
-        o.in[j][4 * v] = r.x, o.in[j][4 * v + 1] = r.y, o.in[j][4 * v + 2] = r.z, o.in[j][4 * v + 3] = r.w;
+        in[j][4 * v] = r.x, in[j][4 * v + 1] = r.y, in[j][4 * v + 2] = r.z, in[j][4 * v + 3] = r.w;
       }
     }
   };
@@ -175,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
   float acc[kTiles][kTokenTiles][4] = {};
   // sums[t][j][i] += the chunk's products; int8's row scales multiply at the end, int4's
   // group scales (one group per chunk) multiply each chunk's sums.
-  auto multiply = [&](const Operands& o, float (&sums)[kTiles][kTokenTiles][4]) {
+  auto multiply = [&](const Weights& o, const Inputs& in, float (&sums)[kTiles][kTokenTiles][4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {  // the lane's 4 weight words per row
       if constexpr (!kInt4) {
@@ -190,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
         }
 #pragma unroll
         for (int j = 0; j < kTokenTiles; ++j) {
-          const uint32_t b[2] = {o.in[j][2 * i], o.in[j][2 * i + 1]};
+          const uint32_t b[2] = {in[j][2 * i], in[j][2 * i + 1]};
 #pragma unroll
           for (int t = 0; t < kTiles; ++t) mma(sums[t][j], a[t], b, T{});
         }
@@ -206,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
         for (int step = 0; step < 2; ++step) {
 #pragma unroll
           for (int j = 0; j < kTokenTiles; ++j) {
-            const uint32_t lo = o.in[j][4 * i + step], hi = o.in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
+            const uint32_t lo = in[j][4 * i + step], hi = in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
             const uint32_t b[2] = {lows(lo, hi), highs(lo, hi)};
 #pragma unroll
             for (int t = 0; t < kTiles; ++t) {
@@ -219,32 +220,44 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
     }
   };
 
-  // Warp w takes chunks w, w + 8, w + 16, ...; the weights (and int4 scales) of its next
-  // chunk are loaded while the current one is multiplied, its inputs (from L2) at use.
-  // (More chunks ahead, 2-3 with their inputs, was slower at every shape but int4's
-  // 4096-row ones: tests/perf/README.md, "Speed, round 3".)
-  Operands next;
-  if (warp < chunks) load_weights(next, warp);
-  wait_for_inputs();  // x; the weights above overlap the previous kernel
-  for (int c = warp; c < chunks; c += kWarps) {
-    Operands o = next;
-    if (c + kWarps < chunks) load_weights(next, c + kWarps);
-    load_inputs(o, c);
+  // One chunk's products into acc; int4's group scales (scale[t][h] for rows g and g + 8 of
+  // tile t) multiply the chunk's own sums.
+  auto add_chunk = [&](const Weights& o, const Inputs& in, const float (&scale)[kTiles][2]) {
     if constexpr (kInt4) {
       float part[kTiles][kTokenTiles][4] = {};
-      multiply(o, part);
+      multiply(o, in, part);
 #pragma unroll
       for (int t = 0; t < kTiles; ++t) {
-        const float scale[2] = {to_float(o.scale[t][0]), to_float(o.scale[t][1])};
 #pragma unroll
         for (int j = 0; j < kTokenTiles; ++j) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) acc[t][j][i] += part[t][j][i] * scale[i / 2];
+          for (int i = 0; i < 4; ++i) acc[t][j][i] += part[t][j][i] * scale[t][i / 2];
         }
       }
     } else {
-      multiply(o, acc);
+      multiply(o, in, acc);
     }
+  };
+
+  // Warp w takes chunks w, w + kWarps, w + 2 kWarps, ...; the weights (and int4 scales) of
+  // its next chunk are loaded while the current one is multiplied, its inputs (from L2) at
+  // use. (More chunks in flight did not help: 2-3 ahead in registers, with their inputs,
+  // was slower at every shape, and 1-3 ahead in shared memory by cp.async at best even:
+  // tests/perf/README.md, "Speed, round 3" and "Speed, round 4".)
+  Weights next;
+  if (warp < chunks) load_weights(next, warp);
+  wait_for_inputs();  // x; the weights above overlap the previous kernel
+  for (int c = warp; c < chunks; c += kWarps) {
+    const Weights o = next;
+    if (c + kWarps < chunks) load_weights(next, c + kWarps);
+    Inputs in;
+    load_inputs(in, c);
+    float scale[kTiles][2] = {};
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+      if constexpr (kInt4) scale[t][0] = to_float(o.scale[t][0]), scale[t][1] = to_float(o.scale[t][1]);
+    }
+    add_chunk(o, in, scale);
   }
 
   // The warps' partial sums, added in shared memory. Accumulator i of tile t, token tile j:
@@ -259,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
     }
   }
   __syncthreads();
-  for (int v = threadIdx.x; v < kRows * kTokens; v += kThreads) {
+  for (int v = threadIdx.x; v < kRows * kTokens; v += kWarps * 32) {
     const int row = v % kRows, token = v / kRows;
     if (row0 + row >= n || token0 + token >= m) continue;
     float sum = 0.0f;
@@ -270,19 +283,32 @@ __global__ void __launch_bounds__(kThreads) quant_gemm_kernel(const T* __restric
   }
 }
 
-template <typename T, bool kInt4, int kTiles, int kTokenTiles>
+template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps = 8>
 void launch(const void* x, const QuantMatrix& w, void* y, int m, cudaStream_t stream) {
   constexpr int kTokens = 8 * kTokenTiles;
   const dim3 grid((m + kTokens - 1) / kTokens, (w.n + 16 * kTiles - 1) / (16 * kTiles));
-  launch_early(quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles>, grid, kThreads, 0, stream,
+  launch_early(quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps>, grid, kWarps * 32, 0, stream,
       static_cast<const T*>(x), static_cast<const uint8_t*>(w.values), static_cast<const T*>(w.scales),
       static_cast<T*>(y), m, w.n, w.k);
 }
 
+// The current device's multiprocessors, asked once per device.
+int multiprocessors() {
+  static int known[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
+  if (known[device] == 0) cudaDeviceGetAttribute(&known[device], cudaDevAttrMultiProcessorCount, device);
+  return known[device];
+}
+
 template <typename T, bool kInt4, int kTiles>
-void launch_tokens(const void* x, const QuantMatrix& w, void* y, int m, cudaStream_t stream) {
+void launch_tokens(const void* x, const QuantMatrix& w, void* y, int m, int warps, cudaStream_t stream) {
   if (m <= 8) {
-    launch<T, kInt4, kTiles, 1>(x, w, y, m, stream);
+    if (warps == 16) {
+      launch<T, kInt4, kTiles, 1, 16>(x, w, y, m, stream);
+    } else {
+      launch<T, kInt4, kTiles, 1>(x, w, y, m, stream);
+    }
   } else if (m <= 16) {
     launch<T, kInt4, kTiles, 2>(x, w, y, m, stream);
   } else {
@@ -291,11 +317,11 @@ void launch_tokens(const void* x, const QuantMatrix& w, void* y, int m, cudaStre
 }
 
 template <typename T, bool kInt4>
-void launch_tiles(const void* x, const QuantMatrix& w, void* y, int m, int tile_rows, cudaStream_t stream) {
-  if (tile_rows == 16) {
-    launch_tokens<T, kInt4, 1>(x, w, y, m, stream);
+void launch_tiles(const void* x, const QuantMatrix& w, void* y, int m, QuantGemmTiling tiling, cudaStream_t stream) {
+  if (tiling.rows == 16) {
+    launch_tokens<T, kInt4, 1>(x, w, y, m, tiling.warps, stream);
   } else {
-    launch_tokens<T, kInt4, 2>(x, w, y, m, stream);
+    launch_tokens<T, kInt4, 2>(x, w, y, m, tiling.warps, stream);
   }
 }
 
@@ -305,23 +331,30 @@ bool quant_gemm_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGr
 
 bool quant_gemm_available() {
   static int known[64] = {};
-  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1>, 80, known);
+  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1, 8>, 80, known);
 }
 
-void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, int tile_rows) {
+void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, QuantGemmTiling tiling) {
   if (m < 1 || w.n < 1 || !quant_gemm_supports(w.int4, w.k)) {
     throw std::invalid_argument("quantized GEMM: m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " +
                                 std::to_string(w.k) + " (k a multiple of " + std::to_string(w.int4 ? kGroup : kChunkBytes) +
                                 ")");
   }
-  if (tile_rows == 0) tile_rows = 32;
+  if (tiling.rows != 16) tiling.rows = 32;
+  if (tiling.warps == 0) {
+    // 16 warps where 8-warp blocks would leave the multiprocessors under 4 blocks each
+    // (tests/perf/README.md, "Speed, round 4": the 4096-row matrices at batch 1).
+    const int64_t blocks = (w.n + tiling.rows - 1) / tiling.rows;
+    tiling.warps = m <= 8 && blocks < 4 * static_cast<int64_t>(multiprocessors()) ? 16 : 8;
+  }
+  if (tiling.warps != 16) tiling.warps = 8;
   auto s = static_cast<cudaStream_t>(stream);
   with_type(bf16, [&](auto type) {
     using T = decltype(type);
     if (w.int4) {
-      launch_tiles<T, true>(x, w, y, m, tile_rows, s);
+      launch_tiles<T, true>(x, w, y, m, tiling, s);
     } else {
-      launch_tiles<T, false>(x, w, y, m, tile_rows, s);
+      launch_tiles<T, false>(x, w, y, m, tiling, s);
     }
   });
   check_launch(w.int4 ? "int4 GEMM" : "int8 GEMM");

@@ -27,9 +27,18 @@ bool quant_gemm_supports(bool int4, int64_t k);
 // a PTX-only build for an older architecture has none).
 bool quant_gemm_available();
 
+// How a product is cut into blocks: weight rows per block, 16 or 32 (else 32), and warps
+// per block splitting k: 8, or 16 for up to 8 input rows (16 past that means 8); 0 chooses
+// 16 where 8-warp blocks would give the multiprocessors fewer than 4 blocks each.
+struct QuantGemmTiling {
+  int rows = 32;
+  int warps = 0;
+};
+
 // y [m, n] = x [m, k] . dequantized(w)^T for m >= 1; x, y float16 (or bfloat16), x and the
-// values aligned to 16 bytes. tile_rows: weight rows per block, 16 or 32 (0: chosen).
-void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, int tile_rows = 0);
+// values aligned to 16 bytes.
+void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream,
+                QuantGemmTiling tiling = {});
 
 }  // namespace cuda
 }  // namespace llava

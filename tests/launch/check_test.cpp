@@ -151,6 +151,17 @@ TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   EXPECT_EQ(out["failed"], 0);
   EXPECT_GT(out["ttft_ms"]["median"].get<double>(), 0);
   EXPECT_EQ(out["ttft_ms"]["runs"], 2);
+  // The first token's parts, in time order; each a median (of 2: the larger), so their sum
+  // is at least the first token's median.
+  double parts = 0;
+  for (const char* part : {"queue", "preprocess", "vision_tower", "to_coordinator", "handoff", "language"}) {
+    ASSERT_TRUE(out["ttft_parts_ms"].contains(part)) << part;
+    EXPECT_GE(out["ttft_parts_ms"][part].get<double>(), 0) << part;
+    parts += out["ttft_parts_ms"][part].get<double>();
+  }
+  EXPECT_GT(out["ttft_parts_ms"]["vision_tower"].get<double>(), 0);
+  EXPECT_GT(out["ttft_parts_ms"]["language"].get<double>(), 0);
+  EXPECT_GE(parts, out["ttft_ms"]["median"].get<double>() * 0.999);
   EXPECT_GT(out["images_per_s"]["batch1"].get<double>(), 0);
   EXPECT_GT(out["images_per_s"]["batch3"].get<double>(), 0);
   EXPECT_GT(out["vision_stage_images_per_s"]["batch3"].get<double>(), out["images_per_s"]["batch3"].get<double>());

@@ -126,11 +126,16 @@ int main(int argc, char** argv) {
             };
           }
           if (llava::cuda::quant_gemm_available()) {
+            // mma<rows>: the warps quant_gemm chooses; up to 8 rows also mma<rows>w8 / w16.
             for (int tile : {16, 32}) {
-              paths["mma" + std::to_string(tile)] = [&, tile](int i) {
-                llava::cuda::QuantMatrix q{values(i), scales(i), s.n, s.k, int4};
-                llava::cuda::quant_gemm(x.data_ptr(), q, y.data_ptr(), m, false, stream, tile);
-              };
+              for (int warps : {0, 8, 16}) {
+                if (warps != 0 && m > 8) continue;
+                const std::string name = "mma" + std::to_string(tile) + (warps != 0 ? "w" + std::to_string(warps) : "");
+                paths[name] = [&, tile, warps](int i) {
+                  llava::cuda::QuantMatrix q{values(i), scales(i), s.n, s.k, int4};
+                  llava::cuda::quant_gemm(x.data_ptr(), q, y.data_ptr(), m, false, stream, {tile, warps});
+                };
+              }
             }
           }
           paths["dequant+cublas"] = [&](int i) {

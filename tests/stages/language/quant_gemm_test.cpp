@@ -1,5 +1,5 @@
 // Our quantized CUDA kernels against float64 references on the CPU: the tensor-core GEMM
-// (int8 / int4, float16 / bfloat16, both tile sizes, ragged rows and tokens) and the
+// (int8 / int4, float16 / bfloat16, every tiling, ragged rows and tokens) and the
 // dequantization for cuBLAS (bit-exact with the CPU's). Skipped where there is no CUDA
 // device or the build has no kernels.
 #include <gtest/gtest.h>
@@ -45,23 +45,24 @@ TEST(QuantGemm, MatchesFloat64ProductsOfTheDequantizedWeights) {
         for (int m : {1, 2, 7, 8, 9, 16, 17, 32, 33, 100, 257}) {
           const at::Tensor x = (at::randn({m, k}) * (dtype == at::kHalf ? 1.0 : 3.0)).to(dtype);
           const at::Tensor expected = at::matmul(x.to(at::kDouble), dequantized.t());
-          for (int tile : {16, 32}) {
+          const llava::cuda::QuantGemmTiling tilings[] = {{16, 8}, {32, 8}, {16, 16}, {32, 16}, {16, 0}};
+          for (const llava::cuda::QuantGemmTiling& tiling : tilings) {
             at::Tensor y = at::full({m, n}, NAN, at::TensorOptions().dtype(dtype).device(at::kCUDA));
             const at::Tensor xc = x.cuda();
             llava::cuda::quant_gemm(xc.data_ptr(), {q.values.data_ptr(), q.scales.data_ptr(), n, k, kind == Quantize::kInt4},
-                                    y.data_ptr(), m, dtype == at::kBFloat16, nullptr, tile);
+                                    y.data_ptr(), m, dtype == at::kBFloat16, nullptr, tiling);
             // One rounding of each output to the dtype: 2^-11 (float16) / 2^-8 (bfloat16) of
             // its size, plus float32 sums.
             EXPECT_LT(relative_error(y, expected), dtype == at::kHalf ? 1e-3 : 8e-3)
                 << llava::to_string(kind) << (dtype == at::kHalf ? " float16 " : " bfloat16 ") << n << "x" << k
-                << " rows " << m << " tile " << tile;
+                << " rows " << m << " tile " << tiling.rows << " warps " << tiling.warps;
             ++checked;
           }
         }
       }
     }
   }
-  EXPECT_EQ(checked, 2 * 2 * 4 * 11 * 2);
+  EXPECT_EQ(checked, 2 * 2 * 4 * 11 * 5);
 }
 
 TEST(QuantGemm, RefusesAWidthThatIsNotWholeChunks) {

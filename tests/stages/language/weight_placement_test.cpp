@@ -9,6 +9,7 @@
 #include "common/plan.h"
 #include "stages/vision/vision_encoder.h"
 #ifdef LLAVA_PIPE_CUDA_KERNELS
+#include "stages/language/fused_kernels.h"
 #include "stages/vision/clip_kernels.h"
 #endif
 #include "tests/stages/tiny_model.h"
@@ -155,6 +156,18 @@ TEST(FusedKernels, DecodeAttentionMatchesLibTorchsMaskedAttention) {
     }
   }
 }
+
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+// Which shapes the decode attention kernel takes, so that decode() falls back to LibTorch's
+// attention for the rest: head sizes of powers of two from 16 to 256, up to 524,288 keys.
+TEST(FusedKernels, DecodeAttentionSaysWhichHeadSizesAndContextsItTakes) {
+  for (int d : {16, 32, 64, 128, 256}) EXPECT_TRUE(llava::cuda::decode_attention_supports(d, 4096)) << d;
+  for (int d : {0, 8, 80, 96, 512}) EXPECT_FALSE(llava::cuda::decode_attention_supports(d, 4096)) << d;
+  EXPECT_TRUE(llava::cuda::decode_attention_supports(128, 524288));
+  EXPECT_FALSE(llava::cuda::decode_attention_supports(128, 524289));
+  EXPECT_FALSE(llava::cuda::decode_attention_supports(128, 0));
+}
+#endif
 
 // The vision tower's kernels (quick GELU, residual add + LayerNorm) and cuDNN attention
 // against LibTorch's composition, float16 and bfloat16, on random pixels at batch 3.
