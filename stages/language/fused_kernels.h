@@ -18,12 +18,16 @@ namespace cuda {
 void rms_norm(const void* x, const void* delta, void* sum, const void* w, void* y, int rows, int h,
               float eps, bool bf16, void* stream);
 
-// Where the decode step's keys and values go: one cache layer [slots, kv_heads,
-// max_tokens, d]; row r of the step is slot r, at its position.
+// Where rows' keys and values go: one cache layer [slots, kv_heads, max_tokens, d]; row r
+// is slot slots[r / rows_per_slot] (without `slots`, first_slot + r / rows_per_slot), at its
+// position. The decode step: row r is slot r; a prompt of n tokens: rows_per_slot n.
 struct KvLayer {
   void* k;
   void* v;
   int64_t max_tokens;
+  const int64_t* slots = nullptr;  // on the device
+  int64_t first_slot = 0;
+  int rows_per_slot = 1;
 };
 // In place on the q and k heads of each row of qkv ([rows, row_stride]: heads q, then
 // kv_heads k, then kv_heads v): x * cos + rotate_half(x) * sin, with the rows of the

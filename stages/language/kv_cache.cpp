@@ -52,15 +52,21 @@ void KvCache::set_length(int slot, int64_t length) {
   lengths_[static_cast<size_t>(slot)] = length;
 }
 
+void KvCache::check_room(const std::vector<int>& slots, int64_t tokens) const {
+  for (int slot : slots) {
+    if (length(slot) + tokens > max_tokens_) {
+      throw RequestError("sequence of " + std::to_string(length(slot) + tokens) +
+                         " tokens exceeds the context of " + std::to_string(max_tokens_));
+    }
+  }
+}
+
 void KvCache::write(int layer, const std::vector<int>& slots, const at::Tensor& k,
                     const at::Tensor& v) {
   const int64_t t = k.size(2);
+  check_room(slots, t);
   for (size_t b = 0; b < slots.size(); ++b) {
     const int64_t start = length(slots[b]);
-    if (start + t > max_tokens_) {
-      throw RequestError("sequence of " + std::to_string(start + t) +
-                         " tokens exceeds the context of " + std::to_string(max_tokens_));
-    }
     k_[static_cast<size_t>(layer)][slots[b]].narrow(1, start, t).copy_(k[static_cast<int64_t>(b)]);
     v_[static_cast<size_t>(layer)][slots[b]].narrow(1, start, t).copy_(v[static_cast<int64_t>(b)]);
   }

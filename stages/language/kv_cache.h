@@ -26,6 +26,8 @@ class KvCache {
   int64_t length(int slot) const { return lengths_[static_cast<size_t>(slot)]; }
   void set_length(int slot, int64_t length);
 
+  // Throws RequestError unless every slot has room for `tokens` more.
+  void check_room(const std::vector<int>& slots, int64_t tokens) const;
   // Stores k/v [B, kv_heads, T, D] of rows b at positions length(slots[b]) + [0, T).
   void write(int layer, const std::vector<int>& slots, const at::Tensor& k, const at::Tensor& v);
   // Keys and values of `slots` up to `tokens`: [B, kv_heads, tokens, D] (a view for B = 1).

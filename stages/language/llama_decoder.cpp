@@ -234,9 +234,18 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     at::Tensor key = at::arange(keys, f32).view({1, 1, 1, keys});
     mask = at::where(key <= limit, at::zeros({}, f32), at::full({}, -INFINITY, f32));
   }
+  // Our RoPE kernel writes the keys and values into the cache as it rotates them (where it
+  // takes them), which spares two strided copies a layer.
+  cache.check_room(slots, n);
+  at::Tensor slot_table;
+  if (b > 1 && kernels()) {
+    slot_table = at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong).to(options_.device());
+  }
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
-    auto [q, k, v] = rotated_heads(projected, positions);
-    cache.write(layer, slots, k, v);
+    const CacheRows rows{&cache, layer, &slots, slot_table};
+    bool stored = false;
+    auto [q, k, v] = rotated_heads(projected, positions, &rows, &stored);
+    if (!stored) cache.write(layer, slots, k, v);
     auto [all_k, all_v] = cache.read(layer, slots, keys);  // [B, kv, L, D]
     return attend(q, all_k, all_v, mask, fresh);
   });
@@ -276,17 +285,29 @@ at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& posi
   return logits(x).view({rows, -1});
 }
 
-std::array<at::Tensor, 3> LlamaDecoder::rotated_heads(const at::Tensor& projected, const at::Tensor& positions) const {
+std::array<at::Tensor, 3> LlamaDecoder::rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
+                                                      const CacheRows* store, bool* stored) const {
   const int64_t b = projected.size(0), n = projected.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   const bool fuse = kernels() && projected.is_contiguous();
+  if (stored != nullptr) *stored = false;
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   if (fuse) {  // q and k rotated in place
     const c10::cuda::CUDAGuard guard(projected.device());
     const at::Tensor at_positions = positions.contiguous();
+    cuda::KvLayer cache_layer{};
+    const bool into_cache = store != nullptr && stored != nullptr;
+    if (into_cache) {
+      auto [k_layer, v_layer] = store->cache->layer(store->layer);
+      cache_layer = {k_layer.data_ptr(), v_layer.data_ptr(), store->cache->max_tokens(),
+                     store->slot_table.defined() ? store->slot_table.data_ptr<int64_t>() : nullptr,
+                     store->slots->front(), static_cast<int>(n)};
+      *stored = true;
+    }
     cuda::rope(projected.data_ptr(), rope_cos_.data_ptr(), rope_sin_.data_ptr(), at_positions.data_ptr<int64_t>(),
                static_cast<int>(b * n), static_cast<int>(projected.size(-1)), static_cast<int>(heads),
-               static_cast<int>(kv_heads), static_cast<int>(d), nullptr, bf16(projected), stream());
+               static_cast<int>(kv_heads), static_cast<int>(d), into_cache ? &cache_layer : nullptr, bf16(projected),
+               stream());
   }
 #endif
   auto qkv = projected.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);

@@ -82,9 +82,20 @@ class LlamaDecoder {
   std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
                                                  const at::Tensor& weight) const;
   at::Tensor gate(const at::Tensor& gate_up) const;  // [..., 2I] -> silu(gate) * up [..., I]
+  // Where a prompt's rows' keys and values go: cache layer `layer`, batch row b to slot
+  // slots[b] (also on the device as `slot_table` where B > 1) from its length on.
+  struct CacheRows {
+    KvCache* cache;
+    int layer;
+    const std::vector<int>* slots;
+    at::Tensor slot_table;
+  };
   // q [B, heads, T, D], k and v [B, kv_heads, T, D] of the rows of qkv [B, T, (heads +
-  // 2 kv_heads) D], q and k rotated to positions [B, T] (in place where fused).
-  std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions) const;
+  // 2 kv_heads) D], q and k rotated to positions [B, T] (in place where fused). With
+  // `store`, the fused kernel also writes the rotated k and the v into the cache, and
+  // `*stored` says whether it did (else the caller writes them).
+  std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
+                                          const CacheRows* store = nullptr, bool* stored = nullptr) const;
   // Attention of q over k/v (kv heads repeated for grouped-query), as [B, T, heads * D].
   at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal) const;
   // The decode step's attention with our kernels: RoPE + the cache write, then attention

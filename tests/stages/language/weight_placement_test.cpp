@@ -111,6 +111,57 @@ TEST(FusedKernels, OnCudaMatchLibTorchsComposition) {
   }
 }
 
+// Prompts with our RoPE kernel writing their keys and values into the cache as it rotates
+// them: one prompt alone, two together into slots out of order, then a continuation of
+// both (not a fresh prompt: masked attention over what the kernel wrote). Every layer's
+// cache equals the one LibTorch's composition and the cache's copies leave.
+TEST(FusedKernels, PromptKeysAndValuesLandInTheirSlotsAsComposed) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string folder = data_path("tiny-llava");
+  const auto config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  auto text = [&](int length, int seed) {
+    std::vector<int32_t> ids;
+    for (int i = 0; i < length; ++i) {
+      const auto id = static_cast<int32_t>(3 + (i * 53 + seed * 17) % 900);
+      ids.push_back(id == config.image_token_index ? 4 : id);
+    }
+    return ids;
+  };
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    const auto options = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+    llava::LlamaDecoder decoder(config, checkpoint, options);
+    auto run = [&](bool fused) {
+      decoder.use_fused_kernels(fused);
+      llava::KvCache cache(config.text, 4, 96, options);
+      const int s0 = cache.acquire(), s1 = cache.acquire(), s2 = cache.acquire();
+      decoder.forward(decoder.embed_prompt(text(37, 1), {}), cache, {s1});
+      decoder.forward(at::cat({decoder.embed_prompt(text(30, 2), {}), decoder.embed_prompt(text(30, 3), {})}, 0), cache,
+                      {s2, s0});
+      at::Tensor last = decoder.logits(decoder.forward(
+          at::cat({decoder.embed_prompt(text(9, 4), {}), decoder.embed_prompt(text(9, 5), {})}, 0), cache, {s2, s0}));
+      EXPECT_EQ(cache.length(s0), 39);
+      EXPECT_EQ(cache.length(s1), 37);
+      std::vector<at::Tensor> all;
+      for (int64_t layer = 0; layer < config.text.num_hidden_layers; ++layer) {
+        auto [k, v] = cache.layer(static_cast<int>(layer));
+        all.push_back(k.cpu().to(at::kFloat));
+        all.push_back(v.cpu().to(at::kFloat));
+      }
+      return std::make_pair(at::stack(all), last.cpu());
+    };
+    auto [fused, fused_logits] = run(true);
+    auto [composed, composed_logits] = run(false);
+    // Written where they belong: slot 3 was never used, slot 1 holds 37 positions.
+    EXPECT_TRUE(at::equal(fused.select(1, 3), at::zeros_like(fused.select(1, 3))));
+    EXPECT_TRUE(at::equal(fused.select(1, 1).narrow(-2, 37, 96 - 37), at::zeros_like(fused.select(1, 1).narrow(-2, 37, 96 - 37))));
+    EXPECT_GT(fused.select(1, 0).narrow(-2, 38, 1).abs().sum().item<double>(), 0.0);
+    EXPECT_LT((fused - composed).abs().max().item<double>(), dtype == at::kHalf ? 2e-2 : 1e-1) << dtype;
+    const double error = ((fused_logits - composed_logits).abs().max() / composed_logits.abs().max()).item<double>();
+    EXPECT_LT(error, dtype == at::kHalf ? 5e-3 : 3e-2) << dtype;
+  }
+}
+
 // The decode step with our kernels (RoPE writing the cache, attention of each row over
 // its own keys in chunks of 128) against LibTorch's masked attention over the same
 // cache: four rows at different lengths, two of them across chunk boundaries,
