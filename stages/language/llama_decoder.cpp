@@ -186,7 +186,13 @@ at::Tensor LlamaDecoder::embed_prompt(const std::vector<int32_t>& ids, const std
   auto long_options = at::TensorOptions().dtype(at::kLong);
   at::Tensor x = embed(at::tensor(lookup, long_options)).unsqueeze(0);
   if (!images.empty()) {
-    at::Tensor rows = at::cat(images, 0).to(options_);
+    // Each image straight into its rows on the device (a host-side cat would copy them once more).
+    at::Tensor rows = at::empty({image_rows, config_.hidden_size}, options_);
+    int64_t row = 0;
+    for (const auto& image : images) {
+      rows.narrow(0, row, image.size(0)).copy_(image);
+      row += image.size(0);
+    }
     if (!at::isfinite(rows).all().item<bool>()) {
       throw RequestError("the image embeddings contain NaN or Inf");
     }
