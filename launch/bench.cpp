@@ -199,7 +199,9 @@ int bench(const BenchOptions& o) {
   // decoding + preprocessing the image; the vision tower and copying out; the embeddings'
   // way back to the coordinator; the handoff to the language stage; the language stage
   // (prefill, the first token, its way back).
-  std::map<std::string, std::vector<double>> ttft_parts;
+  const std::vector<std::string> part_names = {"queue",          "preprocess", "vision_tower",
+                                               "to_coordinator", "handoff",    "language"};
+  std::vector<std::vector<double>> ttft_parts(part_names.size());
   int prompt_tokens = 0;
   for (int i = 0; i < ttft_runs; ++i) {
     for (const auto& r : phase(1, 1)) {
@@ -208,12 +210,13 @@ int bench(const BenchOptions& o) {
       vision_one.push_back(r.vision_ms);
       encode_one.push_back(r.encode_ms);
       prompt_tokens = r.prompt_tokens;
-      ttft_parts["1_queue"].push_back(r.queue_ms);
-      ttft_parts["2_preprocess"].push_back(r.preprocess_ms);
-      ttft_parts["3_vision_tower"].push_back(r.encode_ms - r.preprocess_ms);
-      ttft_parts["4_to_coordinator"].push_back(r.vision_ms - r.queue_ms - r.encode_ms);
-      ttft_parts["5_handoff"].push_back(r.handoff_ms);
-      ttft_parts["6_language"].push_back(r.first_token_ms - r.vision_ms - r.handoff_ms);
+      const double parts[] = {r.queue_ms,
+                              r.preprocess_ms,
+                              r.encode_ms - r.preprocess_ms,
+                              r.vision_ms - r.queue_ms - r.encode_ms,
+                              r.handoff_ms,
+                              r.first_token_ms - r.vision_ms - r.handoff_ms};
+      for (size_t p = 0; p < part_names.size(); ++p) ttft_parts[p].push_back(parts[p]);
     }
   }
   // End to end (submission to embeddings at the coordinator) and the vision stage's own
@@ -267,7 +270,7 @@ int bench(const BenchOptions& o) {
   out["new_tokens"] = new_tokens;
   out["ttft_ms"] = {{"median", median(ttft)}, {"runs", ttft.size()}};
   out["ttft_parts_ms"] = nlohmann::json::object();  // medians
-  for (const auto& [part, values] : ttft_parts) out["ttft_parts_ms"][part.substr(2)] = median(values);
+  for (size_t p = 0; p < part_names.size(); ++p) out["ttft_parts_ms"][part_names[p]] = median(ttft_parts[p]);
   const std::string vb = "batch" + std::to_string(vision_batch);
   auto per_s = [](double images, double ms) { return ms > 0 ? images * 1e3 / ms : 0.0; };
   out["images_per_s"] = {{"batch1", per_s(1, median(vision_one))}, {vb, per_s(vision_batch, vision_batch_ms)}};
@@ -290,7 +293,7 @@ int bench(const BenchOptions& o) {
   std::printf("  time to first token (1 image, %d prompt tokens)  %9.1f ms (median of %zu)\n",
               prompt_tokens, median(ttft), ttft.size());
   std::printf("    medians:");
-  for (const auto& [part, values] : ttft_parts) std::printf(" %s %.2f", part.substr(2).c_str(), median(values));
+  for (size_t p = 0; p < part_names.size(); ++p) std::printf(" %s %.2f", part_names[p].c_str(), median(ttft_parts[p]));
   std::printf(" ms\n");
   std::printf("  images/s end to end, batch 1 / batch %d          %9.1f / %.1f\n", vision_batch,
               out["images_per_s"]["batch1"].get<double>(), out["images_per_s"][vb].get<double>());

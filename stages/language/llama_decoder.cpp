@@ -240,8 +240,8 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     at::Tensor key = at::arange(keys, f32).view({1, 1, 1, keys});
     mask = at::where(key <= limit, at::zeros({}, f32), at::full({}, -INFINITY, f32));
   }
-  // Our RoPE kernel writes the keys and values into the cache as it rotates them (where it
-  // takes them), which spares two strided copies a layer.
+  // The keys and values go into the cache with RoPE (our kernel writes them as it rotates
+  // them, which spares two strided copies a layer).
   cache.check_room(slots, n);
   at::Tensor slot_table;
   if (b > 1 && kernels()) {
@@ -249,9 +249,7 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   }
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
     const CacheRows rows{&cache, layer, &slots, slot_table};
-    bool stored = false;
-    auto [q, k, v] = rotated_heads(projected, positions, &rows, &stored);
-    if (!stored) cache.write(layer, slots, k, v);
+    auto [q, k, v] = rotated_heads(projected, positions, &rows);
     auto [all_k, all_v] = cache.read(layer, slots, keys);  // [B, kv, L, D]
     return attend(q, all_k, all_v, mask, fresh);
   });
@@ -292,28 +290,25 @@ at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& posi
 }
 
 std::array<at::Tensor, 3> LlamaDecoder::rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
-                                                      const CacheRows* store, bool* stored) const {
+                                                      const CacheRows* store) const {
   const int64_t b = projected.size(0), n = projected.size(1);
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
   const bool fuse = kernels() && projected.is_contiguous();
-  if (stored != nullptr) *stored = false;
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   if (fuse) {  // q and k rotated in place
     const c10::cuda::CUDAGuard guard(projected.device());
     const at::Tensor at_positions = positions.contiguous();
     cuda::KvLayer cache_layer{};
-    const bool into_cache = store != nullptr && stored != nullptr;
-    if (into_cache) {
+    if (store != nullptr) {
       auto [k_layer, v_layer] = store->cache->layer(store->layer);
       cache_layer = {k_layer.data_ptr(), v_layer.data_ptr(), store->cache->max_tokens(),
                      store->slot_table.defined() ? store->slot_table.data_ptr<int64_t>() : nullptr,
                      store->slots->front(), static_cast<int>(n)};
-      *stored = true;
     }
     cuda::rope(projected.data_ptr(), rope_cos_.data_ptr(), rope_sin_.data_ptr(), at_positions.data_ptr<int64_t>(),
                static_cast<int>(b * n), static_cast<int>(projected.size(-1)), static_cast<int>(heads),
-               static_cast<int>(kv_heads), static_cast<int>(d), into_cache ? &cache_layer : nullptr, bf16(projected),
-               stream());
+               static_cast<int>(kv_heads), static_cast<int>(d), store != nullptr ? &cache_layer : nullptr,
+               bf16(projected), stream());
   }
 #endif
   auto qkv = projected.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
@@ -330,6 +325,7 @@ std::array<at::Tensor, 3> LlamaDecoder::rotated_heads(const at::Tensor& projecte
     };
     q = rope(q);
     k = rope(k);
+    if (store != nullptr) store->cache->write(store->layer, *store->slots, k, v);
   }
   return {q, k, v};
 }

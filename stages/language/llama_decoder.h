@@ -92,10 +92,10 @@ class LlamaDecoder {
   };
   // q [B, heads, T, D], k and v [B, kv_heads, T, D] of the rows of qkv [B, T, (heads +
   // 2 kv_heads) D], q and k rotated to positions [B, T] (in place where fused). With
-  // `store`, the fused kernel also writes the rotated k and the v into the cache, and
-  // `*stored` says whether it did (else the caller writes them).
+  // `store`, the rotated k and the v also go into the cache (by the fused kernel as it
+  // rotates them, else by the cache's copies).
   std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
-                                          const CacheRows* store = nullptr, bool* stored = nullptr) const;
+                                          const CacheRows* store = nullptr) const;
   // Attention of q over k/v (kv heads repeated for grouped-query), as [B, T, heads * D].
   at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal) const;
   // The decode step's attention with our kernels: RoPE + the cache write, then attention

@@ -82,7 +82,8 @@ Coefficients precompute(int in_size, int out_size, int resample, int from, int t
 
 // sums[j] += p[j] * weight: both passes' inner loop. x86-64's baseline (SSE2) has no 32-bit
 // vector multiply, so the loop also gets an AVX2 build, picked at run time where the CPU has
-// it (1.6 -> 0.5 ms for a 320x240 image to 336 x 336).
+// it (with the transposed horizontal pass: resize + crop + normalize of a 320x240 image to
+// 336 x 336, 2.28 -> 0.91 ms on the H200 machine's host).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -93,6 +94,15 @@ void accumulate(int32_t* __restrict__ sums, const uint8_t* __restrict__ p, int32
 uint8_t clip8(int32_t sum) {
   int32_t v = sum >> kPrecisionBits;
   return static_cast<uint8_t>(std::clamp(v, 0, 255));
+}
+
+// sums = the rounding half plus c's entry `at` over its taps: line(first + i) (sums.size()
+// bytes) times weight i.
+template <typename Line>
+void tap_sums(std::vector<int32_t>& sums, const Coefficients& c, size_t at, Line line) {
+  std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
+  const int32_t* w = &c.weights[at * c.ksize];
+  for (int i = 0; i < c.count[at]; ++i) accumulate(sums.data(), line(c.first[at] + i), w[i], sums.size());
 }
 
 // The part of a resized image that is computed: columns [x0, x1), rows [y0, y1).
@@ -124,11 +134,8 @@ void horizontal_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, i
   }
   std::vector<int32_t> sums(span);
   for (int x = 0; x < out.width; ++x) {
-    std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
-    const int32_t* w = &c.weights[static_cast<size_t>(x) * c.ksize];
-    for (int i = 0; i < c.count[static_cast<size_t>(x)]; ++i) {
-      accumulate(sums.data(), &columns[static_cast<size_t>(c.first[static_cast<size_t>(x)] + i - c0) * span], w[i], span);
-    }
+    tap_sums(sums, c, static_cast<size_t>(x),
+             [&](int column) { return &columns[static_cast<size_t>(column - c0) * span]; });
     uint8_t* q = &out.pixels[static_cast<size_t>(x) * 3];
     const size_t stride = static_cast<size_t>(out.width) * 3;
     for (size_t y = 0; y < rows; ++y, q += stride) {
@@ -143,12 +150,8 @@ void vertical_pass(const RgbImage& in, int r0, RgbImage& out, const Coefficients
   const size_t span = static_cast<size_t>(out.width) * 3;
   std::vector<int32_t> sums(span);
   for (int y = 0; y < out.height; ++y) {
-    std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
-    const int32_t* w = &c.weights[static_cast<size_t>(y) * c.ksize];
-    for (int i = 0; i < c.count[static_cast<size_t>(y)]; ++i) {
-      accumulate(sums.data(), &in.pixels[static_cast<size_t>(c.first[static_cast<size_t>(y)] + i - r0) * in.width * 3], w[i],
-                 span);
-    }
+    tap_sums(sums, c, static_cast<size_t>(y),
+             [&](int row) { return &in.pixels[static_cast<size_t>(row - r0) * in.width * 3]; });
     uint8_t* q = &out.pixels[static_cast<size_t>(y) * span];
     for (size_t j = 0; j < span; ++j) q[j] = clip8(sums[j]);
   }
