@@ -171,14 +171,21 @@ constexpr int kChunk = 64;  // keys per block: ~450 blocks for one 7B row of 900
 constexpr int kThreads = 128;
 static_assert(kChunk <= kThreads, "the softmax takes a key per thread");
 
-template <typename T, int D>
+// kEarly: positions and the cache rows before them are older than this step
+// (fused_kernels.h), so they are read before waiting: their loads overlap the RoPE kernel
+// that writes the step's own key and value (row `fresh` of the chunk), read after the wait.
+// Taken for one row, where the grid is a few hundred blocks (tests/perf/README.md, "Speed,
+// round 5": decoding at batch 1 +3.4% int8, +3.9% int4); with more rows the registers
+// the loads hold across the wait (95 against 62 at D = 128) cost more blocks per
+// multiprocessor than the overlap saves (-3 to -4% at 8 and 32 rows).
+template <typename T, int D, bool kEarly>
 __global__ void __launch_bounds__(kThreads)
     attention_chunk_kernel(const T* __restrict__ q, int q_stride, const T* __restrict__ k_cache,
                            const T* __restrict__ v_cache, int64_t max_tokens, const int64_t* __restrict__ positions,
                            int heads, int kv_heads, float scale, float* __restrict__ work, int* __restrict__ counters,
                            T* __restrict__ out) {
   let_next_start();
-  wait_for_inputs();
+  if constexpr (!kEarly) wait_for_inputs();
   constexpr int kLanes = D / 8;  // lanes per key, 8 elements (16 bytes) each
   constexpr int kKeysPerWarp = 32 / kLanes;
   constexpr int kKeysPerRound = kThreads / 32 * kKeysPerWarp;
@@ -187,8 +194,8 @@ __global__ void __launch_bounds__(kThreads)
   const int chunk = blockIdx.x, head = blockIdx.y, r = blockIdx.z;
   const int begin = chunk * kChunk;
   const int length = static_cast<int>(positions[r]) + 1;
-  if (begin >= length) return;  // past this row's keys: the combine reads no such chunk
-  const int n = min(kChunk, length - begin);
+  if (!kEarly && begin >= length) return;  // past this row's keys: the combine reads no such chunk
+  const int n = begin < length ? min(kChunk, length - begin) : 0, fresh = length - 1 - begin;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int sub = lane / kLanes, part = lane % kLanes;
   const int64_t kv_head = head / (heads / kv_heads);
@@ -196,13 +203,23 @@ __global__ void __launch_bounds__(kThreads)
   // Every key and value row this thread reads, requested at once so that their
   // latencies overlap (zeros past the row's keys).
   uint4 keys[kRounds], values[kRounds];
+  auto load = [&](int i, int j) {
+    keys[i] = *reinterpret_cast<const uint4*>(k_cache + first + static_cast<int64_t>(j) * D);
+    values[i] = *reinterpret_cast<const uint4*>(v_cache + first + static_cast<int64_t>(j) * D);
+  };
 #pragma unroll
   for (int i = 0; i < kRounds; ++i) {
     const int j = i * kKeysPerRound + warp * kKeysPerWarp + sub;
     keys[i] = values[i] = make_uint4(0, 0, 0, 0);
-    if (j < n) {
-      keys[i] = *reinterpret_cast<const uint4*>(k_cache + first + static_cast<int64_t>(j) * D);
-      values[i] = *reinterpret_cast<const uint4*>(v_cache + first + static_cast<int64_t>(j) * D);
+    if (j < n && (!kEarly || j != fresh)) load(i, j);
+  }
+  if constexpr (kEarly) {
+    wait_for_inputs();  // q and the fresh row
+    if (n == 0) return;
+#pragma unroll
+    for (int i = 0; i < kRounds; ++i) {
+      const int j = i * kKeysPerRound + warp * kKeysPerWarp + sub;
+      if (j == fresh) load(i, j);
     }
   }
   float qv[8];
@@ -295,9 +312,10 @@ template <typename T, int D>
 void launch_attention(const T* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
                       int heads, int kv_heads, int chunks, float scale, float* work, int* counters, T* out,
                       cudaStream_t stream) {
-  launch_early(attention_chunk_kernel<T, D>, dim3(chunks, heads, rows), kThreads, chunks * sizeof(float), stream,
-      qkv, q_stride, static_cast<const T*>(cache.k), static_cast<const T*>(cache.v), cache.max_tokens, positions,
-      heads, kv_heads, scale, work, counters, out);
+  auto* kernel = rows == 1 ? attention_chunk_kernel<T, D, true> : attention_chunk_kernel<T, D, false>;
+  launch_early(kernel, dim3(chunks, heads, rows), kThreads, chunks * sizeof(float), stream, qkv, q_stride,
+      static_cast<const T*>(cache.k), static_cast<const T*>(cache.v), cache.max_tokens, positions, heads, kv_heads,
+      scale, work, counters, out);
   check_launch("decode attention");
 }
 

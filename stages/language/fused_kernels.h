@@ -42,6 +42,11 @@ void rope(void* qkv, const void* cos_table, const void* sin_table, const int64_t
 // `work` holds decode_attention_work_floats(...) floats; `counters` [rows * heads] are
 // zero before the call and zero again after it. False (nothing launched) where
 // decode_attention_supports(d, max_keys) is false.
+// For one row the kernel reads `positions` and the cache rows below them while the kernel
+// before it still runs (launch_early): they must come from work that ended before the
+// step's first plainly launched kernel or copy (LlamaDecoder::decode begins with one: it
+// zeroes the counters). q and the row at positions[r] may come from the kernel just
+// before (RoPE).
 int64_t decode_attention_work_floats(int rows, int heads, int d, int max_keys);
 // Whether the kernel takes this head size (16, 32, 64, 128 or 256) and this many keys (up to
 // 524,288: the combine keeps a float per chunk of keys in shared memory).

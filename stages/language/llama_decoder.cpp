@@ -264,7 +264,9 @@ at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& posi
   // Our decode attention reads each row's keys from the cache in place (no mask, no
   // copies); the RoPE kernel writes the new k/v there.
   if (kernels() && cuda::decode_attention_supports(static_cast<int>(config_.head_dim), keys)) {
-    // The kernel's per-(row, head) counters: zero here, reset by each layer's launch.
+    // The kernel's per-(row, head) counters: zero here, reset by each layer's launch. This
+    // plain launch also ends every earlier write to the cache before the step's kernels
+    // start (the attention reads older rows early: fused_kernels.h).
     at::Tensor counters = at::zeros({rows * config_.num_attention_heads}, positions.options().dtype(at::kInt));
     return logits(layers(embeds, [&](int layer, const at::Tensor& projected) {
                     return attend_cached(layer, projected, positions, counters, cache, keys);

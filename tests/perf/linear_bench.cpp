@@ -3,7 +3,7 @@
 // per row count rests on numbers: float16 (our GEMV, cuBLAS) and int8 / int4 (our GEMV,
 // the tensor-core GEMM with 16- or 32-row tiles, dequantize + cuBLAS). Each path's output
 // is checked against float32 products of the dequantized weight first.
-//   linear_bench [JSON_OUT]
+//   linear_bench [JSON_OUT [MAX_ROWS]]
 // Prints a table (µs per call, weight GB/s, TFLOP/s, error) and, per row count, the sum
 // over the decoder layer's four shapes for each path; JSON lines go to JSON_OUT.
 #include <ATen/ATen.h>
@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <string>
@@ -85,7 +86,11 @@ int main(int argc, char** argv) {
   llava::initialize_device(at::Device("cuda:0"));
   FILE* json = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
   const std::vector<Shape> shapes = {{"qkv", 12288, 4096}, {"o", 4096, 4096}, {"gate_up", 22016, 4096}, {"down", 4096, 11008}};
-  const std::vector<int> row_counts = {1, 2, 4, 8, 16, 32, 64, 128, 256, 641};
+  std::vector<int> row_counts = {1, 2, 4, 8, 16, 32, 64, 128, 256, 641};
+  if (argc > 2) {  // MAX_ROWS: only the row counts up to it
+    const int most = std::atoi(argv[2]);
+    row_counts.erase(std::remove_if(row_counts.begin(), row_counts.end(), [&](int m) { return m > most; }), row_counts.end());
+  }
   const auto f16 = at::TensorOptions().dtype(at::kHalf).device(at::kCUDA);
   void* stream = nullptr;  // the default stream, as events above
   std::printf("quantized GEMM on tensor cores available: %s\n", llava::cuda::quant_gemm_available() ? "yes" : "no");
