@@ -1,6 +1,7 @@
 // Runs our model on prompts prepared by check_7b.py and writes what transformers is
 // compared against: per case, prompt logits [T, V] (float32) and 8 greedy tokens (KV cache).
-// Also times loading, prefill and decode at batch 1, 8 and 32. QUANTIZE (none, int8, int4)
+// Also times loading, prefill (with the vision tower, and the language model's part alone)
+// and decode at batch 1, 8 and 32. QUANTIZE (none, int8, int4)
 // and RESIDENT (layers kept on the device, the rest streamed; -1 = all) are optional. With
 // LLAVA_PIPE_PROFILE set, ncu measures one vision forward at batch 32 (profile_range.h).
 //   llava_logits CHECKPOINT DEVICE DTYPE INPUTS.safetensors OUTPUTS.safetensors [QUANTIZE [RESIDENT]]
@@ -69,7 +70,10 @@ int main(int argc, char** argv) {
   std::map<std::string, at::Tensor> outputs;
   const int64_t max_tokens = 4096;
   llava::KvCache cache(config.text, 1, max_tokens, options);
-  double prefill_seconds = 0;
+  // Prefill as timed since round 2 (vision tower + projector + the decoder over the prompt +
+  // every row's logits), and the language model's part alone (the decoder over the prompt
+  // and the last row's token: what the language stage does for a first token).
+  double prefill_seconds = 0, language_seconds = 0;
   int64_t prefill_tokens = 0;
   for (int c = 0;; ++c) {
     const std::string key = "input_ids." + std::to_string(c);
@@ -83,11 +87,16 @@ int main(int argc, char** argv) {
       at::Tensor features = projector.forward(vision.forward(pixels));
       std::vector<at::Tensor> images;
       for (int64_t i = 0; i < features.size(0); ++i) images.push_back(features[i]);
+      llava::synchronize(device);
+      const auto t1 = std::chrono::steady_clock::now();
       at::Tensor hidden = decoder.forward(decoder.embed_prompt(ids, images), cache, {slot});
+      (void)decoder.logits(hidden[0][-1]).argmax().item<int64_t>();
+      const double language = seconds_since(t1);
       at::Tensor logits = decoder.logits(hidden)[0];
       int64_t next = logits[-1].argmax().item<int64_t>();
       if (repeat == 1) {
         prefill_seconds += seconds_since(t0);
+        language_seconds += language;
         prefill_tokens += static_cast<int64_t>(ids.size());
         std::vector<int64_t> greedy = {next};
         while (greedy.size() < 8) {
@@ -156,10 +165,11 @@ int main(int argc, char** argv) {
   }
   llava::save_safetensors(argv[5], outputs);
   std::printf("{\"quantize\": \"%s\", \"fused_kernels\": %s, \"resident_layers\": %d, \"device_weight_bytes\": %lld, "
-              "\"host_weight_bytes\": %lld, \"load_seconds\": %.2f, \"prefill_tokens_per_s\": %.1f%s}\n",
+              "\"host_weight_bytes\": %lld, \"load_seconds\": %.2f, \"prefill_tokens_per_s\": %.1f, "
+              "\"language_prefill_tokens_per_s\": %.1f%s}\n",
               quantize.c_str(), fused ? "true" : "false", placement.resident_layers,
               static_cast<long long>(decoder.device_weight_bytes()),
               static_cast<long long>(decoder.host_weight_bytes()), load_seconds,
-              prefill_tokens / prefill_seconds, decode_json.c_str());
+              prefill_tokens / prefill_seconds, prefill_tokens / language_seconds, decode_json.c_str());
   return 0;
 }
