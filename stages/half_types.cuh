@@ -54,6 +54,10 @@ __device__ inline float block_reduce(float v, float* scratch) {
   return v;
 }
 
+// silu(g) rounded to T (as LibTorch's composition stores it), times u.
+template <typename T>
+__device__ inline float silu_times(float g, float u) { return rounded<T>(g / (1.0f + expf(-g))) * u; }
+
 // 8 elements of T (16 bytes) as floats.
 template <typename T>
 __device__ inline void unpack8(const uint4& raw, float* out) {

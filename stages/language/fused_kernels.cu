@@ -136,10 +136,6 @@ __global__ void rope_kernel(T* __restrict__ qkv, const T* __restrict__ cos_table
   }
 }
 
-// silu(g) rounded to T (as LibTorch's composition stores it), times u.
-template <typename T>
-__device__ inline float silu_times(float g, float u) { return rounded<T>(g / (1.0f + expf(-g))) * u; }
-
 // Block (columns, row); kVector: 8 columns a thread with 16-byte accesses (n % 8 == 0,
 // aligned), else one.
 template <typename T, bool kVector>

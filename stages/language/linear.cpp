@@ -2,6 +2,7 @@
 // matrix product over it.
 #include "stages/language/linear.h"
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -161,6 +162,45 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 }  // namespace
 #endif
 
+bool Linear::takes_quant_gemm(const at::Tensor& x, int64_t rows) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  return quantize_ != Quantize::kNone && x.is_cuda() &&
+         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16) && rows <= kQuantGemmMaxRows &&
+         cuda::quant_gemm_supports(quantize_ == Quantize::kInt4, in_) && aligned16(x) && aligned16(weight_) &&
+         cuda::quant_gemm_available();
+#else
+  (void)x, (void)rows;
+  return false;
+#endif
+}
+
+at::Tensor Linear::quant_product(const at::Tensor& x, int64_t rows, bool gated) const {
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  const c10::cuda::CUDAGuard guard(x.device());  // our launches go to the current device
+  const int64_t out = weight_.size(0);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = gated ? out / 2 : out;
+  at::Tensor y = at::empty(shape, x.options());
+  const bool int4 = quantize_ == Quantize::kInt4;
+  cuda::quant_gemm(x.data_ptr(),
+                   cuda::QuantMatrix{weight_.data_ptr(), scales_.data_ptr(), static_cast<int>(out),
+                                     static_cast<int>(in_), int4},
+                   y.data_ptr(), static_cast<int>(rows), x.scalar_type() == at::kBFloat16,
+                   at::cuda::getCurrentCUDAStream().stream(), quant_tiling(rows, int4), gated);
+  return bias_.defined() ? y.add_(bias_) : y;
+#else
+  (void)x, (void)rows, (void)gated;
+  throw std::logic_error("quantized GEMM: built without CUDA kernels");
+#endif
+}
+
+at::Tensor Linear::gated(const at::Tensor& x) const {
+  const at::Tensor xc = x.contiguous();
+  const int64_t rows = x.numel() / in_;
+  if (bias_.defined() || weight_.size(0) % 2 != 0 || x.size(-1) != in_ || !takes_quant_gemm(xc, rows)) return {};
+  return quant_product(xc, rows, /*gated=*/true);
+}
+
 at::Tensor Linear::operator()(const at::Tensor& x) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
@@ -175,13 +215,7 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     shape.back() = out;
     const int m = static_cast<int>(rows), n = static_cast<int>(out), k = static_cast<int>(in_);
     auto with_bias = [&](at::Tensor y) { return bias_.defined() ? y.add_(bias_) : y; };
-    if (quantized && rows <= kQuantGemmMaxRows && cuda::quant_gemm_supports(int4, in_) && aligned16(xc) &&
-        aligned16(weight_) && cuda::quant_gemm_available()) {
-      at::Tensor y = at::empty(shape, x.options());
-      cuda::quant_gemm(xc.data_ptr(), cuda::QuantMatrix{weight_.data_ptr(), scales_.data_ptr(), n, k, int4}, y.data_ptr(),
-                       m, bf16, stream, quant_tiling(rows, int4));
-      return with_bias(y);
-    }
+    if (takes_quant_gemm(xc, rows)) return quant_product(xc, rows, /*gated=*/false);
     // A few rows (decoding): our GEMV, which reads the weights once at close to the
     // memory's speed (cuBLAS picks split-k kernels plus a reduction for these shapes).
     const int64_t gemv_rows = quantized ? cuda::kGemvMaxRows : kFloatGemvMaxRows;

@@ -35,6 +35,10 @@ class Linear {
          Quantize quantize);
 
   at::Tensor operator()(const at::Tensor& x) const;  // [..., in] -> [..., out]
+  // For a layer that stacks a gate matrix on an up matrix (no bias): silu(gate x) * up x
+  // [..., out / 2], in one kernel where our quantized GEMM takes x (decoding; quant_gemm.h);
+  // else an undefined tensor (the caller composes).
+  at::Tensor gated(const at::Tensor& x) const;
 
   Quantize quantize() const { return quantize_; }
   int64_t in_features() const { return in_; }
@@ -60,6 +64,11 @@ class Linear {
   }
 
  private:
+  // Whether `rows` rows of x go through our quantized GEMM (CUDA, float16/bfloat16 inputs).
+  bool takes_quant_gemm(const at::Tensor& x, int64_t rows) const;
+  // That GEMM on x (contiguous), plus the bias, or gated.
+  at::Tensor quant_product(const at::Tensor& x, int64_t rows, bool gated) const;
+
   Quantize quantize_ = Quantize::kNone;
   int64_t in_ = 0;
   at::Tensor weight_;  // [out, in] in the compute dtype, or QuantizedWeight::values

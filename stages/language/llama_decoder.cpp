@@ -378,12 +378,18 @@ at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const Attend& attend_l
     std::tie(x, h) = add_rms_norm(x, delta, weight);
     return h;
   };
+  // down(silu(gate) * up) of the post-norm rows h, the gating inside the gate/up product
+  // where our quantized GEMM takes it (decoding: Linear::gated).
+  auto mlp = [&](const LlamaLayer& l, const at::Tensor& h) {
+    at::Tensor gated = kernels() ? l.gate_up.gated(h) : at::Tensor();
+    return l.down(gated.defined() ? gated : gate(l.gate_up(h)));
+  };
   const size_t resident = layers_.size(), total = resident + (streamed_ ? streamed_->size() : 0);
   if (streamed_) streamed_->begin();
   for (size_t layer = 0; layer < total; ++layer) {
     const LlamaLayer& l = layer < resident ? layers_[layer] : streamed_->acquire(layer - resident);
     delta = l.o(attend_layer(static_cast<int>(layer), l.qkv(add_norm(l.input_norm))));
-    delta = l.down(gate(l.gate_up(add_norm(l.post_norm))));
+    delta = mlp(l, add_norm(l.post_norm));
     if (layer >= resident) streamed_->release(layer - resident);
   }
   return add_norm(final_norm_);

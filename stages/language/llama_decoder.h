@@ -60,8 +60,9 @@ class LlamaDecoder {
   at::Tensor decode(const at::Tensor& embeds, const at::Tensor& positions, KvCache& cache,
                     int64_t keys) const;
   bool streams_layers() const { return streamed_ != nullptr; }
-  // Our CUDA kernels (residual add + RMSNorm, RoPE, gating, decode attention) where
-  // built (default on); off, LibTorch's kernels compose the same math.
+  // Our CUDA kernels (residual add + RMSNorm, RoPE, gating, decode attention; the gating
+  // inside the quantized GEMM where that takes the rows) where built (default on); off,
+  // LibTorch's kernels compose the same math.
   void use_fused_kernels(bool on) { fused_ = on; }
 
   // hidden [..., H] -> float32 logits [..., V]

@@ -20,6 +20,14 @@
 // (0x64XX is 1024 + XX), then 1152 is subtracted; bfloat16 widens int8 through float32.
 // int4: q - 8 from each nibble (widen_int4). The scales multiply float32 sums: int8's
 // per-row scale at the end, int4's group scale per chunk (a chunk is one group).
+//
+// Gated (kGated): a block's tile of 16 rows is 8 gate rows and the 8 up rows of the same
+// outputs (an MMA thread's rows g and g + 8), so the block ends with both halves of its
+// outputs and writes silu(gate) * up instead of them: a launch less per layer than the
+// product then silu_mul. (Doing the gating, or the residual add + RMSNorm, as the next
+// GEMM loads its inputs was slower: every block redid the whole row, 8 lanes of a warp
+// alike, 46 us against 13 for the down projection at one row: tests/perf/README.md, "Speed,
+// round 6".)
 #include "stages/language/quant_gemm.h"
 
 #include <string>
@@ -115,7 +123,20 @@ __device__ inline uint32_t highs(uint32_t a, uint32_t b) { return __byte_perm(a,
 // kTiles weight tiles of 16 rows per block (rows = 16 kTiles) x kTokenTiles token tiles of
 // 8, split over kWarps warps. Grid: x over token slabs of 8 kTokenTiles (fastest, so blocks
 // sharing weight rows run together and the rereads hit L2), y over row blocks.
-template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps>
+// The weight row of a block's local row r (16 t + 8 h + g: tile t, half h) in row block b:
+// 16 kTiles b + r, or gated, output 8 (kTiles b + t) + g of the gate (h = 0) or up half.
+// A row past the end reads the last one (never stored).
+template <int kTiles, bool kGated>
+__device__ inline int weight_row(int b, int t, int h, int g, int n) {
+  if constexpr (kGated) {
+    const int half = n / 2;
+    return h * half + min(8 * (kTiles * b + t) + g, half - 1);
+  } else {
+    return min(16 * (kTiles * b + t) + 8 * h + g, n - 1);
+  }
+}
+
+template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps, bool kGated>
 __global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
                                                                const T* __restrict__ scales, T* __restrict__ y, int m,
                                                                int n, int k) {
@@ -126,14 +147,14 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __rest
   const int row_bytes = kInt4 ? k / 2 : k, chunks = row_bytes / kChunkBytes, groups = k / kGroup;
   constexpr int kInputsPerLane = kInt4 ? 32 : 16;  // this lane's inputs of a chunk
 
-  // Rows g and g + 8 of each tile; a row past n reads the last row (never stored).
+  // Rows g and g + 8 of each tile.
   const uint8_t* wrow[kTiles][2];
   const T* srow[kTiles][2];  // int4: the row's group scales
 #pragma unroll
   for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int row = min(row0 + 16 * t + 8 * h + g, n - 1);
+      const int row = weight_row<kTiles, kGated>(blockIdx.y, t, h, g, n);
       wrow[t][h] = w + static_cast<size_t>(row) * row_bytes + 16 * q;
       srow[t][h] = scales + static_cast<size_t>(row) * groups;
     }
@@ -272,24 +293,42 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __rest
     }
   }
   __syncthreads();
-  for (int v = threadIdx.x; v < kRows * kTokens; v += kWarps * 32) {
-    const int row = v % kRows, token = v / kRows;
-    if (row0 + row >= n || token0 + token >= m) continue;
+  // The output of local row r (or, gated, of the gate and up rows r, r + 8 of a tile) for a token.
+  auto output = [&](int r, int token) {
     float sum = 0.0f;
 #pragma unroll
-    for (int p = 0; p < kWarps; ++p) sum += partial[p][token][row];
-    if (!kInt4) sum *= to_float(scales[row0 + row]);
-    y[static_cast<size_t>(token0 + token) * n + row0 + row] = from_float<T>(sum);
+    for (int p = 0; p < kWarps; ++p) sum += partial[p][token][r];
+    if (!kInt4) sum *= to_float(scales[weight_row<kTiles, kGated>(blockIdx.y, r / 16, r % 16 / 8, r % 8, n)]);
+    return sum;
+  };
+  if constexpr (kGated) {
+    constexpr int kOutputs = kRows / 2;
+    const int half = n / 2, column0 = blockIdx.y * kOutputs;
+    for (int v = threadIdx.x; v < kOutputs * kTokens; v += kWarps * 32) {
+      const int c = v % kOutputs, token = v / kOutputs, r = 16 * (c / 8) + c % 8;
+      if (column0 + c >= half || token0 + token >= m) continue;
+      const float gate = rounded<T>(output(r, token)), up = rounded<T>(output(r + 8, token));
+      y[static_cast<size_t>(token0 + token) * half + column0 + c] = from_float<T>(silu_times<T>(gate, up));
+    }
+  } else {
+    for (int v = threadIdx.x; v < kRows * kTokens; v += kWarps * 32) {
+      const int row = v % kRows, token = v / kRows;
+      if (row0 + row >= n || token0 + token >= m) continue;
+      y[static_cast<size_t>(token0 + token) * n + row0 + row] = from_float<T>(output(row, token));
+    }
   }
 }
 
 template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps = 8>
-void launch(const void* x, const QuantMatrix& w, void* y, int m, cudaStream_t stream) {
+void launch(const void* x, const QuantMatrix& w, void* y, int m, bool gated, cudaStream_t stream) {
   constexpr int kTokens = 8 * kTokenTiles;
-  const dim3 grid((m + kTokens - 1) / kTokens, (w.n + 16 * kTiles - 1) / (16 * kTiles));
-  launch_early(quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps>, grid, kWarps * 32, 0, stream,
-      static_cast<const T*>(x), static_cast<const uint8_t*>(w.values), static_cast<const T*>(w.scales),
-      static_cast<T*>(y), m, w.n, w.k);
+  // Gated: 8 kTiles outputs of n / 2 a block.
+  const int blocks = gated ? (w.n / 2 + 8 * kTiles - 1) / (8 * kTiles) : (w.n + 16 * kTiles - 1) / (16 * kTiles);
+  const dim3 grid((m + kTokens - 1) / kTokens, blocks);
+  auto* kernel = gated ? quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, true>
+                       : quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, false>;
+  launch_early(kernel, grid, kWarps * 32, 0, stream, static_cast<const T*>(x), static_cast<const uint8_t*>(w.values),
+               static_cast<const T*>(w.scales), static_cast<T*>(y), m, w.n, w.k);
 }
 
 // The current device's multiprocessors, asked once per device.
@@ -302,26 +341,27 @@ int multiprocessors() {
 }
 
 template <typename T, bool kInt4, int kTiles>
-void launch_tokens(const void* x, const QuantMatrix& w, void* y, int m, int warps, cudaStream_t stream) {
+void launch_tokens(const void* x, const QuantMatrix& w, void* y, int m, int warps, bool gated, cudaStream_t stream) {
   if (m <= 8) {
     if (warps == 16) {
-      launch<T, kInt4, kTiles, 1, 16>(x, w, y, m, stream);
+      launch<T, kInt4, kTiles, 1, 16>(x, w, y, m, gated, stream);
     } else {
-      launch<T, kInt4, kTiles, 1>(x, w, y, m, stream);
+      launch<T, kInt4, kTiles, 1>(x, w, y, m, gated, stream);
     }
   } else if (m <= 16) {
-    launch<T, kInt4, kTiles, 2>(x, w, y, m, stream);
+    launch<T, kInt4, kTiles, 2>(x, w, y, m, gated, stream);
   } else {
-    launch<T, kInt4, kTiles, kMaxTileTokens / 8>(x, w, y, m, stream);
+    launch<T, kInt4, kTiles, kMaxTileTokens / 8>(x, w, y, m, gated, stream);
   }
 }
 
 template <typename T, bool kInt4>
-void launch_tiles(const void* x, const QuantMatrix& w, void* y, int m, QuantGemmTiling tiling, cudaStream_t stream) {
+void launch_tiles(const void* x, const QuantMatrix& w, void* y, int m, QuantGemmTiling tiling, bool gated,
+                  cudaStream_t stream) {
   if (tiling.rows == 16) {
-    launch_tokens<T, kInt4, 1>(x, w, y, m, tiling.warps, stream);
+    launch_tokens<T, kInt4, 1>(x, w, y, m, tiling.warps, gated, stream);
   } else {
-    launch_tokens<T, kInt4, 2>(x, w, y, m, tiling.warps, stream);
+    launch_tokens<T, kInt4, 2>(x, w, y, m, tiling.warps, gated, stream);
   }
 }
 
@@ -331,14 +371,15 @@ bool quant_gemm_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGr
 
 bool quant_gemm_available() {
   static int known[64] = {};
-  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1, 8>, 80, known);
+  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1, 8, false>, 80, known);
 }
 
-void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, QuantGemmTiling tiling) {
-  if (m < 1 || w.n < 1 || !quant_gemm_supports(w.int4, w.k)) {
+void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, QuantGemmTiling tiling,
+                bool gated) {
+  if (m < 1 || w.n < 1 || !quant_gemm_supports(w.int4, w.k) || (gated && w.n % 2 != 0)) {
     throw std::invalid_argument("quantized GEMM: m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " +
                                 std::to_string(w.k) + " (k a multiple of " + std::to_string(w.int4 ? kGroup : kChunkBytes) +
-                                ")");
+                                (gated ? ", n even for the gated product" : "") + ")");
   }
   if (tiling.rows != 16) tiling.rows = 32;
   if (tiling.warps == 0) {
@@ -352,9 +393,9 @@ void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, 
   with_type(bf16, [&](auto type) {
     using T = decltype(type);
     if (w.int4) {
-      launch_tiles<T, true>(x, w, y, m, tiling, s);
+      launch_tiles<T, true>(x, w, y, m, tiling, gated, s);
     } else {
-      launch_tiles<T, false>(x, w, y, m, tiling, s);
+      launch_tiles<T, false>(x, w, y, m, tiling, gated, s);
     }
   });
   check_launch(w.int4 ? "int4 GEMM" : "int8 GEMM");

@@ -37,8 +37,12 @@ struct QuantGemmTiling {
 
 // y [m, n] = x [m, k] . dequantized(w)^T for m >= 1; x, y float16 (or bfloat16), x and the
 // values aligned to 16 bytes.
+// `gated` (w stacks a gate matrix on an up matrix of n / 2 rows each, n even): y [m, n / 2] =
+// silu(x . gate^T) * (x . up^T), both products rounded to the dtype first, as the plain
+// product followed by fused_kernels.h's silu_mul computes it (bit for bit): each block
+// takes matching rows of the two, so the gating needs no kernel of its own.
 void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream,
-                QuantGemmTiling tiling = {});
+                QuantGemmTiling tiling = {}, bool gated = false);
 
 }  // namespace cuda
 }  // namespace llava

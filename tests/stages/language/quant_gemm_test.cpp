@@ -9,6 +9,7 @@
 #include "stages/language/linear.h"
 
 #ifdef LLAVA_PIPE_CUDA_KERNELS
+#include "stages/language/fused_kernels.h"
 #include "stages/language/quant_gemm.h"
 #include "stages/language/quant_kernels.h"
 #endif
@@ -63,6 +64,49 @@ TEST(QuantGemm, MatchesFloat64ProductsOfTheDequantizedWeights) {
     }
   }
   EXPECT_EQ(checked, 2 * 2 * 4 * 11 * 5);
+}
+
+// The gated product (a gate matrix stacked on an up matrix) equals the plain product
+// followed by silu_mul bit for bit, for every tiling, row count and a ragged last block.
+TEST(QuantGemm, GatedProductEqualsTheProductThenSiluMul) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  if (!llava::cuda::quant_gemm_available()) GTEST_SKIP() << "no tensor-core code for this device in this build";
+  int checked = 0;
+  for (auto dtype : {at::kHalf, at::kBFloat16}) {
+    const bool bf16 = dtype == at::kBFloat16;
+    const auto on_gpu = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+    for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+      // 2 x 11008 x 4096: the 7B's gate/up; 2 x 100: outputs that fill no tile; 2 x 4: fewer than a tile.
+      for (auto [half, k] : {std::pair<int, int>{11008, 4096}, {100, 256}, {4, 128}}) {
+        at::manual_seed(half + k + static_cast<int>(kind));
+        const at::Tensor w = (at::randn({2 * half, k}) * 0.05).to(dtype);
+        const llava::QuantizedWeight q = quantize(w.cuda(), kind);
+        const llava::cuda::QuantMatrix matrix{q.values.data_ptr(), q.scales.data_ptr(), 2 * half, k,
+                                              kind == Quantize::kInt4};
+        for (int m : {1, 3, 8, 9, 17, 40}) {
+          const at::Tensor x = (at::randn({m, k}) * 2.0).to(on_gpu);
+          const llava::cuda::QuantGemmTiling tilings[] = {{16, 8}, {32, 8}, {16, 16}, {32, 16}, {16, 0}};
+          for (const llava::cuda::QuantGemmTiling& tiling : tilings) {
+            at::Tensor both = at::full({m, 2 * half}, NAN, on_gpu), expected = at::full({m, half}, NAN, on_gpu);
+            at::Tensor got = at::full({m, half}, NAN, on_gpu);
+            llava::cuda::quant_gemm(x.data_ptr(), matrix, both.data_ptr(), m, bf16, nullptr, tiling);
+            llava::cuda::silu_mul(both.data_ptr(), expected.data_ptr(), m, half, bf16, nullptr);
+            llava::cuda::quant_gemm(x.data_ptr(), matrix, got.data_ptr(), m, bf16, nullptr, tiling, /*gated=*/true);
+            EXPECT_TRUE(at::isfinite(expected).all().item<bool>());
+            EXPECT_TRUE(at::equal(got.cpu(), expected.cpu()))
+                << (bf16 ? "bfloat16 " : "float16 ") << llava::to_string(kind) << " " << half << "x2x" << k
+                << " rows " << m << " tile " << tiling.rows << " warps " << tiling.warps << ": max difference "
+                << (got.to(at::kFloat) - expected.to(at::kFloat)).abs().max().item<float>();
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 2 * 2 * 3 * 6 * 5);
+  EXPECT_THROW(llava::cuda::quant_gemm(nullptr, {nullptr, nullptr, 9, 128, false}, nullptr, 1, false, nullptr, {},
+                                       /*gated=*/true),
+               std::invalid_argument);
 }
 
 TEST(QuantGemm, RefusesAWidthThatIsNotWholeChunks) {
