@@ -111,6 +111,44 @@ TEST(FusedKernels, OnCudaMatchLibTorchsComposition) {
   }
 }
 
+// Quantized layers at decoding's row counts, where the gate/up product also does the
+// gating (tiny model: int8; int4 needs 128 inputs, so its gate/up takes the GEMV and the
+// separate kernel), all resident and with the last two layers streamed: against LibTorch's
+// composition, over a 6-token prompt and 3 single tokens.
+TEST(FusedKernels, QuantizedGatedProductsMatchTheComposition) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string folder = data_path("tiny-llava");
+  const auto config = llava::load_llava_config(folder);
+  llava::Checkpoint checkpoint(folder);
+  const auto options = at::TensorOptions().dtype(at::kHalf).device(at::kCUDA);
+  int checked = 0;
+  for (auto kind : {llava::Quantize::kInt8, llava::Quantize::kInt4}) {
+    for (int resident : {-1, 1}) {
+      llava::LlamaDecoder decoder(config, checkpoint, options, WeightPlacement{kind, true, resident});
+      auto steps = [&](bool fused) {
+        decoder.use_fused_kernels(fused);
+        llava::KvCache cache(config.text, 1, 16, options);
+        const std::vector<int> slot{cache.acquire()};
+        std::vector<at::Tensor> out{decoder.logits(decoder.forward(decoder.embed_prompt({1, 319, 724, 38, 29, 5}, {}),
+                                                                  cache, slot))[0].cpu()};
+        for (int32_t id : {11, 200, 77}) {
+          out.push_back(decoder.logits(decoder.forward(decoder.embed_prompt({id}, {}), cache, slot))[0].cpu());
+        }
+        return at::cat(out);
+      };
+      const at::Tensor fused = steps(true), composed = steps(false);
+      EXPECT_EQ(fused.size(0), 9);
+      EXPECT_FALSE(at::equal(fused, at::zeros_like(fused)));
+      const double error = ((fused - composed).abs().max() / composed.abs().max()).item<double>();
+      EXPECT_LT(error, 5e-3) << llava::to_string(kind) << " resident " << resident;
+      EXPECT_GE((fused.argmax(-1) == composed.argmax(-1)).to(at::kFloat).mean().item<double>(), 0.85)
+          << llava::to_string(kind) << " resident " << resident;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 4);
+}
+
 // Prompts with our RoPE kernel writing their keys and values into the cache as it rotates
 // them: one prompt alone, two together into slots out of order, then a continuation of
 // both (not a fresh prompt: masked attention over what the kernel wrote). Every layer's
