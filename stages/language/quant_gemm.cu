@@ -26,8 +26,9 @@
 // outputs and writes silu(gate) * up instead of them: a launch less per layer than the
 // product then silu_mul. (Doing the gating, or the residual add + RMSNorm, as the next
 // GEMM loads its inputs was slower: every block redid the whole row, 8 lanes of a warp
-// alike, 46 us against 13 for the down projection at one row: tests/perf/README.md, "Speed,
-// round 6".)
+// alike, 46 us against 13 for the down projection at one row. The add + RMSNorm done by the
+// last block of the o and down products to finish was even at one row and 12% slower at
+// eight: its tail costs what the kernel did. tests/perf/README.md, "Speed, round 6".)
 #include "stages/language/quant_gemm.h"
 
 #include <string>
