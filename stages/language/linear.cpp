@@ -195,9 +195,11 @@ at::Tensor Linear::quant_product(const at::Tensor& x, int64_t rows, bool gated) 
 }
 
 at::Tensor Linear::gated(const at::Tensor& x) const {
+  // The checks that need no contiguous copy first: the caller composes (and copies) otherwise.
+  if (quantize_ == Quantize::kNone || bias_.defined() || weight_.size(0) % 2 != 0 || x.size(-1) != in_) return {};
   const at::Tensor xc = x.contiguous();
   const int64_t rows = x.numel() / in_;
-  if (bias_.defined() || weight_.size(0) % 2 != 0 || x.size(-1) != in_ || !takes_quant_gemm(xc, rows)) return {};
+  if (!takes_quant_gemm(xc, rows)) return {};
   return quant_product(xc, rows, /*gated=*/true);
 }
 
