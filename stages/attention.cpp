@@ -5,6 +5,9 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
 
 namespace llava {
 
@@ -39,6 +42,72 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     scores = scores.masked_fill(at::ones({n, n}, q.options().dtype(at::kBool)).triu(1), -INFINITY);
   }
   return at::matmul(at::softmax(scores, -1).to(q.scalar_type()), v);
+#endif
+}
+
+int64_t causal_bucket(int64_t n, int64_t limit) {
+  const int64_t bucket = (n + kCausalBucket - 1) / kCausalBucket * kCausalBucket;
+  return bucket <= limit ? bucket : n;
+}
+
+// LibTorch 2.5 and newer: at::_fused_sdp_choice says which kernel SDPA would take.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+#define LLAVA_PIPE_CUDNN_PREFILL 1
+#endif
+
+int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOptions& options, int64_t head_size) {
+#ifdef LLAVA_PIPE_CUDNN_PREFILL
+  static const bool allowed = [] {
+    const char* setting = std::getenv("LLAVA_PIPE_PREFILL_CUDNN");
+    return setting != nullptr && std::strcmp(setting, "1") == 0;
+  }();
+  const bool half = options.dtype() == at::kHalf || options.dtype() == at::kBFloat16;
+  if (allowed && options.device().is_cuda() && half && head_size <= 128 && n >= kCausalBucket) {
+    return causal_bucket(n, limit);
+  }
+#else
+  (void)limit, (void)options, (void)head_size;
+#endif
+  return n;
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  const int64_t n = q.size(2), length = k.size(2);
+  if (length == n) return attention(q, k, v, at::Tensor(), scale, /*causal=*/true);
+  const at::Tensor padded = at::constant_pad_nd(q, {0, 0, 0, length - n});
+#ifdef LLAVA_PIPE_CUDNN_PREFILL
+  // cuDNN's kernel only: with the flash and memory-efficient kernels off for this call, SDPA
+  // takes cuDNN where it can (at::SDPBackend::cudnn_attention, 3) and else the math one, so
+  // the choice is asked first; a padded call cuDNN does not take runs unpadded instead.
+  auto& context = at::globalContext();
+  const bool flash = context.userEnabledFlashSDP(), efficient = context.userEnabledMemEfficientSDP();
+  struct Restore {
+    at::Context& context;
+    bool flash, efficient;
+    ~Restore() {
+      context.setSDPUseFlash(flash);
+      context.setSDPUseMemEfficient(efficient);
+      context.setSDPUseCuDNN(false);
+    }
+  } restore{context, flash, efficient};
+  context.setSDPUseFlash(false);
+  context.setSDPUseMemEfficient(false);
+  context.setSDPUseCuDNN(true);
+  constexpr int64_t kCudnnBackend = 3;
+  if (at::_fused_sdp_choice(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale) == kCudnnBackend) {
+    try {
+      return at::scaled_dot_product_attention(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale)
+          .narrow(2, 0, n);
+    } catch (const c10::Error&) {
+      // A plan cuDNN failed to build: the unpadded call below.
+    }
+  }
+  context.setSDPUseFlash(flash);
+  context.setSDPUseMemEfficient(efficient);
+  context.setSDPUseCuDNN(false);
+  return attention(q, k.narrow(2, 0, n), v.narrow(2, 0, n), at::Tensor(), scale, /*causal=*/true);
+#else
+  return attention(padded, k, v, at::Tensor(), scale, /*causal=*/true).narrow(2, 0, n);
 #endif
 }
 

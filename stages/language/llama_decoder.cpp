@@ -247,10 +247,13 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   if (b > 1 && kernels()) {
     slot_table = at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong).to(options_.device());
   }
+  // A fresh prompt's keys are read to a few lengths past it (cuDNN's attention, a plan per
+  // length: attention.h); the rows past the prompt are never attended.
+  const int64_t read = fresh ? causal_attention_length(n, cache.max_tokens(), options_, t.head_dim) : keys;
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
     const CacheRows rows{&cache, layer, &slots, slot_table};
     auto [q, k, v] = rotated_heads(projected, positions, &rows);
-    auto [all_k, all_v] = cache.read(layer, slots, keys);  // [B, kv, L, D]
+    auto [all_k, all_v] = cache.read(layer, slots, read);  // [B, kv, L, D]
     return attend(q, all_k, all_v, mask, fresh);
   });
   for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);
@@ -339,7 +342,8 @@ at::Tensor LlamaDecoder::attend(const at::Tensor& q, at::Tensor k, at::Tensor v,
     k = k.repeat_interleave(heads / k.size(1), 1);
     v = v.repeat_interleave(heads / v.size(1), 1);
   }
-  at::Tensor a = attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(d)), causal);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor a = causal ? causal_attention(q, k, v, scale) : attention(q, k, v, mask, scale);
   return a.transpose(1, 2).reshape({b, n, heads * d});
 }
 

@@ -98,6 +98,7 @@ class LlamaDecoder {
   std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
                                           const CacheRows* store = nullptr) const;
   // Attention of q over k/v (kv heads repeated for grouped-query), as [B, T, heads * D].
+  // `causal` (a fresh prompt): k/v may run past the prompt's T rows (causal_attention).
   at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal) const;
   // The decode step's attention with our kernels: RoPE + the cache write, then attention
   // of each row over its own keys in the cache. [R, 1, heads * D]. `counters`: the
