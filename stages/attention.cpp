@@ -55,7 +55,8 @@ int64_t causal_bucket(int64_t n, int64_t limit) {
 #define LLAVA_PIPE_CUDNN_PREFILL 1
 #endif
 
-int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOptions& options, int64_t head_size) {
+int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOptions& options,
+                                int64_t head_size) {
 #ifdef LLAVA_PIPE_CUDNN_PREFILL
   static const bool allowed = [] {
     const char* setting = std::getenv("LLAVA_PIPE_PREFILL_CUDNN");
@@ -71,7 +72,8 @@ int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOption
   return n;
 }
 
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            double scale) {
   const int64_t n = q.size(2), length = k.size(2);
   if (length == n) return attention(q, k, v, at::Tensor(), scale, /*causal=*/true);
   const at::Tensor padded = at::constant_pad_nd(q, {0, 0, 0, length - n});
@@ -80,7 +82,8 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   // takes cuDNN where it can (at::SDPBackend::cudnn_attention, 3) and else the math one, so
   // the choice is asked first; a padded call cuDNN does not take runs unpadded instead.
   auto& context = at::globalContext();
-  const bool flash = context.userEnabledFlashSDP(), efficient = context.userEnabledMemEfficientSDP();
+  const bool flash = context.userEnabledFlashSDP(),
+             efficient = context.userEnabledMemEfficientSDP();
   struct Restore {
     at::Context& context;
     bool flash, efficient;
@@ -94,9 +97,11 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   context.setSDPUseMemEfficient(false);
   context.setSDPUseCuDNN(true);
   constexpr int64_t kCudnnBackend = 3;
-  if (at::_fused_sdp_choice(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale) == kCudnnBackend) {
+  if (at::_fused_sdp_choice(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale) ==
+      kCudnnBackend) {
     try {
-      return at::scaled_dot_product_attention(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale)
+      return at::scaled_dot_product_attention(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true,
+                                              scale)
           .narrow(2, 0, n);
     } catch (const c10::Error&) {
       // A plan cuDNN failed to build: the unpadded call below.

@@ -33,13 +33,15 @@ int64_t causal_bucket(int64_t n, int64_t limit);
 // LLAVA_PIPE_PREFILL_CUDNN=1 and cuDNN's attention may take it (LibTorch 2.5 or newer, a
 // CUDA device, float16 / bfloat16, head size up to 128, at least kCausalBucket tokens),
 // else n.
-int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOptions& options, int64_t head_size);
+int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOptions& options,
+                                int64_t head_size);
 
 // Causal attention of q [B, heads, n, D] over k, v [B, heads, L, D] with L >= n: query i
 // sees keys 0..i, so the keys past n (any finite values, such as a cache's older rows) are
 // never read into a result. Where L > n, q is padded with zeros to L for cuDNN's kernel
 // (where cuDNN does not take the call, unpadded as attention() runs it). Returns
 // [B, heads, n, D].
-at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            double scale);
 
 }  // namespace llava

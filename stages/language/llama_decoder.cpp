@@ -249,7 +249,8 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   }
   // A fresh prompt's keys are read to a few lengths past it (cuDNN's attention, a plan per
   // length: attention.h); the rows past the prompt are never attended.
-  const int64_t read = fresh ? causal_attention_length(n, cache.max_tokens(), options_, t.head_dim) : keys;
+  const int64_t read =
+      fresh ? causal_attention_length(n, cache.max_tokens(), options_, t.head_dim) : keys;
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
     const CacheRows rows{&cache, layer, &slots, slot_table};
     auto [q, k, v] = rotated_heads(projected, positions, &rows);

@@ -1,13 +1,13 @@
 // A fresh prompt's causal attention with its keys read past the prompt (attention.h): the
 // rows past it never reach a result, on the CPU (the math formula) and, where there is a
 // CUDA device, through the padded call that cuDNN may take.
+#include "stages/attention.h"
+
 #include <gtest/gtest.h>
 #include <torch/version.h>
 
 #include <cstdlib>
 #include <string>
-
-#include "stages/attention.h"
 
 namespace {
 
@@ -27,7 +27,8 @@ TEST(CausalAttention, RoundsAPromptUpToItsBucketWhereTheRowsAreThere) {
     // Padded where asked for and LibTorch has cuDNN's attention (2.5 or newer) only.
     const char* setting = std::getenv("LLAVA_PIPE_PREFILL_CUDNN");
     const bool asked = setting != nullptr && std::string(setting) == "1";
-    const bool cudnn = TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5);
+    const bool cudnn =
+        TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5);
     EXPECT_EQ(llava::causal_attention_length(641, 4096, gpu, 128), asked && cudnn ? 768 : 641);
     EXPECT_EQ(llava::causal_attention_length(100, 4096, gpu, 128), 100);
     EXPECT_EQ(llava::causal_attention_length(641, 4096, gpu.dtype(at::kFloat), 128), 641);
@@ -42,16 +43,18 @@ void expect_padding_changes_nothing(const at::TensorOptions& options, double tol
   for (int64_t n : {130, 200, 256}) {
     const int64_t length = llava::causal_bucket(n, 512);
     const at::Tensor q = at::randn({2, 4, n, 64}, options);
-    at::Tensor k = at::randn({2, 4, length, 64}, options), v = at::randn({2, 4, length, 64}, options);
+    at::Tensor k = at::randn({2, 4, length, 64}, options),
+               v = at::randn({2, 4, length, 64}, options);
     k.narrow(2, n, length - n).fill_(300.0);
     v.narrow(2, n, length - n).fill_(-300.0);
     const double scale = 1.0 / 8.0;
     const at::Tensor padded = llava::causal_attention(q, k, v, scale);
-    const at::Tensor plain =
-        llava::attention(q, k.narrow(2, 0, n), v.narrow(2, 0, n), at::Tensor(), scale, /*causal=*/true);
+    const at::Tensor plain = llava::attention(q, k.narrow(2, 0, n), v.narrow(2, 0, n), at::Tensor(),
+                                              scale, /*causal=*/true);
     ASSERT_EQ(padded.sizes(), plain.sizes());
     EXPECT_TRUE(at::isfinite(padded).all().item<bool>()) << n;
-    EXPECT_LT((padded.to(at::kFloat) - plain.to(at::kFloat)).abs().max().item<double>(), tolerance) << n;
+    EXPECT_LT((padded.to(at::kFloat) - plain.to(at::kFloat)).abs().max().item<double>(), tolerance)
+        << n;
   }
 }
 
