@@ -81,35 +81,32 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   // cuDNN's kernel only: with the flash and memory-efficient kernels off for this call, SDPA
   // takes cuDNN where it can (at::SDPBackend::cudnn_attention, 3) and else the math one, so
   // the choice is asked first; a padded call cuDNN does not take runs unpadded instead.
-  auto& context = at::globalContext();
-  const bool flash = context.userEnabledFlashSDP(),
-             efficient = context.userEnabledMemEfficientSDP();
-  struct Restore {
-    at::Context& context;
-    bool flash, efficient;
-    ~Restore() {
-      context.setSDPUseFlash(flash);
-      context.setSDPUseMemEfficient(efficient);
-      context.setSDPUseCuDNN(false);
-    }
-  } restore{context, flash, efficient};
-  context.setSDPUseFlash(false);
-  context.setSDPUseMemEfficient(false);
-  context.setSDPUseCuDNN(true);
-  constexpr int64_t kCudnnBackend = 3;
-  if (at::_fused_sdp_choice(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale) ==
-      kCudnnBackend) {
-    try {
-      return at::scaled_dot_product_attention(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true,
-                                              scale)
-          .narrow(2, 0, n);
-    } catch (const c10::Error&) {
-      // A plan cuDNN failed to build: the unpadded call below.
+  {
+    auto& context = at::globalContext();
+    struct Restore {  // the caller's switches again, however this block ends
+      at::Context& context;
+      bool flash, efficient;
+      ~Restore() {
+        context.setSDPUseFlash(flash);
+        context.setSDPUseMemEfficient(efficient);
+        context.setSDPUseCuDNN(false);
+      }
+    } restore{context, context.userEnabledFlashSDP(), context.userEnabledMemEfficientSDP()};
+    context.setSDPUseFlash(false);
+    context.setSDPUseMemEfficient(false);
+    context.setSDPUseCuDNN(true);
+    constexpr int64_t kCudnnBackend = 3;
+    if (at::_fused_sdp_choice(padded, k, v, std::nullopt, 0.0, /*is_causal=*/true, scale) ==
+        kCudnnBackend) {
+      try {
+        return at::scaled_dot_product_attention(padded, k, v, std::nullopt, 0.0,
+                                                /*is_causal=*/true, scale)
+            .narrow(2, 0, n);
+      } catch (const c10::Error&) {
+        // A plan cuDNN failed to build: the unpadded call below.
+      }
     }
   }
-  context.setSDPUseFlash(flash);
-  context.setSDPUseMemEfficient(efficient);
-  context.setSDPUseCuDNN(false);
   return attention(q, k.narrow(2, 0, n), v.narrow(2, 0, n), at::Tensor(), scale, /*causal=*/true);
 #else
   return attention(padded, k, v, at::Tensor(), scale, /*causal=*/true).narrow(2, 0, n);
