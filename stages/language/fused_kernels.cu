@@ -127,13 +127,14 @@ __global__ void rope_kernel(T* __restrict__ qkv, const T* __restrict__ cos_table
     first[e] = rounded<T>(rounded<T>(x1[e] * c1[e]) + rounded<T>(-x2[e] * s1[e]));
     second[e] = rounded<T>(rounded<T>(x2[e] * c2[e]) + rounded<T>(x1[e] * s2[e]));
   }
-  store(x + j, first);
-  store(x + j + half, second);
-  if (k_cache != nullptr && head >= heads) {
+  if (k_cache != nullptr && head >= heads) {  // a k head: the cache's copy is the one read
     T* to = k_cache + cache_at(head - heads);
     store(to + j, first);
     store(to + j + half, second);
+    return;
   }
+  store(x + j, first);
+  store(x + j + half, second);
 }
 
 // Block (columns, row); kVector: 8 columns a thread with 16-byte accesses (n % 8 == 0,

@@ -31,8 +31,9 @@ struct KvLayer {
 };
 // In place on the q and k heads of each row of qkv ([rows, row_stride]: heads q, then
 // kv_heads k, then kv_heads v): x * cos + rotate_half(x) * sin, with the rows of the
-// tables [P, d] at positions[row] (int64, on the device). With `store`, also writes each
-// row's rotated k and its v into the cache at that position.
+// tables [P, d] at positions[row] (int64, on the device). With `store`, each row's rotated
+// k goes into the cache at that position instead (qkv's k heads stay unrotated: attention
+// reads the cache), and so does its v.
 void rope(void* qkv, const void* cos_table, const void* sin_table, const int64_t* positions, int rows,
           int row_stride, int heads, int kv_heads, int d, const KvLayer* store, bool bf16, void* stream);
 

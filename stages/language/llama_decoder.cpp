@@ -253,8 +253,8 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
       fresh ? causal_attention_length(n, cache.max_tokens(), options_, t.head_dim) : keys;
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
     const CacheRows rows{&cache, layer, &slots, slot_table};
-    auto [q, k, v] = rotated_heads(projected, positions, &rows);
-    auto [all_k, all_v] = cache.read(layer, slots, read);  // [B, kv, L, D]
+    const at::Tensor q = rotated_heads(projected, positions, &rows)[0];  // k and v: in the cache
+    auto [all_k, all_v] = cache.read(layer, slots, read);                // [B, kv, L, D]
     return attend(q, all_k, all_v, mask, fresh);
   });
   for (size_t row = 0; row < slots.size(); ++row) cache.set_length(slots[row], starts[row] + n);

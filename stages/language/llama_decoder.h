@@ -93,8 +93,9 @@ class LlamaDecoder {
   };
   // q [B, heads, T, D], k and v [B, kv_heads, T, D] of the rows of qkv [B, T, (heads +
   // 2 kv_heads) D], q and k rotated to positions [B, T] (in place where fused). With
-  // `store`, the rotated k and the v also go into the cache (by the fused kernel as it
-  // rotates them, else by the cache's copies).
+  // `store`, the rotated k and the v go into the cache (by the fused kernel as it rotates
+  // them, which leaves the returned k unrotated; else by the cache's copies): the caller
+  // reads keys from the cache.
   std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
                                           const CacheRows* store = nullptr) const;
   // Attention of q over k/v (kv heads repeated for grouped-query), as [B, T, heads * D].
