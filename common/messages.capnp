@@ -82,6 +82,7 @@ struct Embeddings {
   encodeSeconds @1 :Float64;
   batchImages @2 :UInt32;  # images in the batch these were encoded in
   preprocessSeconds @3 :Float64;  # decoding and preprocessing that batch (within encodeSeconds)
+  waitSeconds @4 :Float64;  # from the task's arrival at the worker to its batch's start
 }
 
 struct Sampling {

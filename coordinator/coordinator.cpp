@@ -410,6 +410,7 @@ void Coordinator::on_embeddings(WorkerSlot& slot, wire::Incoming& message) {
   const auto done = message.header().getBody().getEmbeddings();
   request->encode_ms = 1e3 * done.getEncodeSeconds();
   request->preprocess_ms = 1e3 * done.getPreprocessSeconds();
+  request->vision_wait_ms = 1e3 * done.getWaitSeconds();
   request->vision_batch_images = static_cast<int>(done.getBatchImages());
   request->vision_worker = slot.name;
   try {
@@ -444,7 +445,9 @@ void Coordinator::on_tokens(wire::Incoming& message) {
 void Coordinator::on_done(wire::Incoming& message) {
   Request* request = requests_->find(message.request_id(), message.attempt());
   if (!request || request->progress != Progress::kInLanguage) return;
-  scheduler_->finish(*request, "", reason_name(message.header().getBody().getDone().getReason()));
+  const auto done = message.header().getBody().getDone();
+  request->prefill_ms = 1e3 * done.getPrefillSeconds();
+  scheduler_->finish(*request, "", reason_name(done.getReason()));
 }
 
 void Coordinator::on_failure(WorkerSlot& slot, wire::Incoming& message) {

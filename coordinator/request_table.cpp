@@ -80,6 +80,8 @@ void RequestTable::finish(Request& request, const std::string& error, const std:
   result.first_token_ms = ms_between(request.submitted, request.first_token);
   result.queue_ms = ms_between(request.submitted, request.dispatched);
   result.preprocess_ms = request.preprocess_ms;
+  result.vision_wait_ms = request.vision_wait_ms;
+  result.prefill_ms = request.prefill_ms;
   result.vision_worker = request.vision_worker;
   if (!request.images.empty()) result.handoff_ms = ms_between(request.embedded, request.handed_off);
   result.embedding_bytes = request.embedding_bytes;

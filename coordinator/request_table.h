@@ -58,6 +58,10 @@ struct RequestResult {
   int cached_images = 0;  // images whose embeddings came from the cache (the vision stage skipped)
   double queue_ms = 0;    // from submission until a worker (of either stage) was sent it
   double preprocess_ms = 0;   // decoding + preprocessing in the vision batch (within encode_ms)
+  // The workers' own times: its task's wait in the vision worker before its batch started
+  // (within vision_ms, outside encode_ms), and the language worker's from taking it up to
+  // its first token (within first_token_ms; the last attempt's).
+  double vision_wait_ms = 0, prefill_ms = 0;
   std::string vision_worker;  // the process that encoded its images ("vision-0"), or ""
   double handoff_ms = 0;  // from its embeddings being ready until the language stage was sent them
   uint64_t embedding_bytes = 0;  // the embeddings handed to the language stage
@@ -107,7 +111,7 @@ struct Request {
   Clock::time_point submitted;
   std::optional<Clock::time_point> embedded, first_token;
   std::optional<Clock::time_point> dispatched, handed_off;  // first sent to a worker / to language
-  double preprocess_ms = 0;
+  double preprocess_ms = 0, vision_wait_ms = 0, prefill_ms = 0;
   std::string vision_worker;
   uint64_t embedding_bytes = 0;
   double encode_ms = 0;

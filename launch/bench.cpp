@@ -202,6 +202,12 @@ int bench(const BenchOptions& o) {
   const std::vector<std::string> part_names = {"queue",          "preprocess", "vision_tower",
                                                "to_coordinator", "handoff",    "language"};
   std::vector<std::vector<double>> ttft_parts(part_names.size());
+  // Within two of those, the workers' own times: the task's wait in the vision worker
+  // before its batch started (within to_coordinator, which is otherwise the two trips), and
+  // the language worker's prefill up to its first token (within language, which is
+  // otherwise the embeddings' trip to it, its wait and the token's trip back).
+  const std::vector<std::string> within_names = {"vision_worker_wait", "language_worker_prefill"};
+  std::vector<std::vector<double>> ttft_within(within_names.size());
   int prompt_tokens = 0;
   for (int i = 0; i < ttft_runs; ++i) {
     for (const auto& r : phase(1, 1)) {
@@ -217,6 +223,8 @@ int bench(const BenchOptions& o) {
                               r.handoff_ms,
                               r.first_token_ms - r.vision_ms - r.handoff_ms};
       for (size_t p = 0; p < part_names.size(); ++p) ttft_parts[p].push_back(parts[p]);
+      ttft_within[0].push_back(r.vision_wait_ms);
+      ttft_within[1].push_back(r.prefill_ms);
     }
   }
   // End to end (submission to embeddings at the coordinator) and the vision stage's own
@@ -271,6 +279,9 @@ int bench(const BenchOptions& o) {
   out["ttft_ms"] = {{"median", median(ttft)}, {"runs", ttft.size()}};
   out["ttft_parts_ms"] = nlohmann::json::object();  // medians
   for (size_t p = 0; p < part_names.size(); ++p) out["ttft_parts_ms"][part_names[p]] = median(ttft_parts[p]);
+  out["ttft_within_ms"] = nlohmann::json::object();  // medians
+  for (size_t p = 0; p < within_names.size(); ++p)
+    out["ttft_within_ms"][within_names[p]] = median(ttft_within[p]);
   const std::string vb = "batch" + std::to_string(vision_batch);
   auto per_s = [](double images, double ms) { return ms > 0 ? images * 1e3 / ms : 0.0; };
   out["images_per_s"] = {{"batch1", per_s(1, median(vision_one))}, {vb, per_s(vision_batch, vision_batch_ms)}};
@@ -294,6 +305,9 @@ int bench(const BenchOptions& o) {
               prompt_tokens, median(ttft), ttft.size());
   std::printf("    medians:");
   for (size_t p = 0; p < part_names.size(); ++p) std::printf(" %s %.2f", part_names[p].c_str(), median(ttft_parts[p]));
+  std::printf(" ms\n    within them:");
+  for (size_t p = 0; p < within_names.size(); ++p)
+    std::printf(" %s %.2f", within_names[p].c_str(), median(ttft_within[p]));
   std::printf(" ms\n");
   std::printf("  images/s end to end, batch 1 / batch %d          %9.1f / %.1f\n", vision_batch,
               out["images_per_s"]["batch1"].get<double>(), out["images_per_s"][vb].get<double>());

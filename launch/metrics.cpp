@@ -215,6 +215,10 @@ PipelineMetrics::PipelineMetrics(int64_t image_tokens_per_image)
               "From a request's embeddings being ready until they were sent to the language stage.",
               latency_buckets());
   r.counter("llava_embedding_handoff_bytes_total", "Bytes of image embeddings sent to the language stage.");
+  r.histogram("llava_prefill_seconds",
+              "The language worker's time from taking a request up to its first token (prefill), "
+              "last attempt.",
+              latency_buckets());
   r.histogram("llava_lease_wait_seconds",
               "At each device grant: how long the oldest request needing that stage had waited.",
               latency_buckets());
@@ -274,6 +278,7 @@ void PipelineMetrics::on_result(const RequestResult& r) {
   registry_.add("llava_embedding_cache_queries_total", {}, images);
   registry_.add("llava_embedding_cache_hits_total", {}, r.cached_images);
   registry_.observe("llava_request_queue_seconds", {}, r.queue_ms / 1000);
+  if (r.prefill_ms > 0) registry_.observe("llava_prefill_seconds", {}, r.prefill_ms / 1000);
   if (!r.vision_worker.empty()) {
     const MetricLabels labels = worker_labels(r.vision_worker);
     registry_.observe("llava_image_preprocess_seconds", labels, r.preprocess_ms / 1000);

@@ -78,12 +78,12 @@ void VisionStage::take(wire::Incoming task) {
   }
   burst_following_ = task.header().getBody().getVisionTask().getFollowedBy();
   burst_deadline_ = Clock::now() + kBurstGap;
-  queue_.push_back(std::move(task));
+  queue_.push_back({std::move(task), Clock::now()});
 }
 
 void VisionStage::cancel(uint64_t request) {
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-    if (it->request_id() == request) {
+    if (it->task.request_id() == request) {
       queue_.erase(it);
       return;
     }
@@ -92,8 +92,8 @@ void VisionStage::cancel(uint64_t request) {
 
 void VisionStage::drop_all(const std::optional<std::string>& reason) {
   if (reason) {
-    for (auto& task : queue_) {
-      sink_.fail(task.request_id(), task.attempt(), *reason, FailureKind::kRetryable);
+    for (auto& queued : queue_) {
+      sink_.fail(queued.task.request_id(), queued.task.attempt(), *reason, FailureKind::kRetryable);
     }
   }
   queue_.clear();
@@ -102,7 +102,7 @@ void VisionStage::drop_all(const std::optional<std::string>& reason) {
 std::chrono::milliseconds VisionStage::wait_for_more() const {
   if (burst_following_ == 0) return std::chrono::milliseconds(0);
   size_t images = 0;
-  for (const auto& task : queue_) images += task.frames().size();
+  for (const auto& queued : queue_) images += queued.task.frames().size();
   if (images >= static_cast<size_t>(context_.section.batch_size)) {
     return std::chrono::milliseconds(0);
   }
@@ -117,11 +117,13 @@ void VisionStage::work_step() {
   const auto batch_size = static_cast<size_t>(context_.section.batch_size);
   // Whole tasks, up to batch_size images (at least one task).
   std::vector<wire::Incoming> tasks;
+  std::vector<double> waited;  // seconds each task was queued here
   size_t images = 0;
   while (!queue_.empty() &&
-         (tasks.empty() || images + queue_.front().frames().size() <= batch_size)) {
-    images += queue_.front().frames().size();
-    tasks.push_back(std::move(queue_.front()));
+         (tasks.empty() || images + queue_.front().task.frames().size() <= batch_size)) {
+    images += queue_.front().task.frames().size();
+    waited.push_back(seconds(start - queue_.front().arrived));
+    tasks.push_back(std::move(queue_.front().task));
     queue_.pop_front();
   }
   // Decode and preprocess every image of the batch in parallel, on threads of our own
@@ -201,6 +203,7 @@ void VisionStage::work_step() {
     body.setEncodeSeconds(elapsed);
     body.setPreprocessSeconds(seconds(prepared - start));
     body.setBatchImages(static_cast<uint32_t>(rows.size()));
+    body.setWaitSeconds(waited[t]);
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
       at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
       out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));

@@ -38,7 +38,11 @@ class VisionStage final : public Stage {
   std::unique_ptr<VisionEncoder> encoder_;
   std::unique_ptr<WeightOffload> offload_;  // release: offload's host copy, from the first offload
   WeightOffload::Visit weights();
-  std::deque<wire::Incoming> queue_;  // tasks not started yet
+  struct Queued {
+    wire::Incoming task;
+    Clock::time_point arrived;
+  };
+  std::deque<Queued> queue_;          // tasks not started yet
   uint32_t burst_following_ = 0;      // tasks announced by the last one received
   Clock::time_point burst_deadline_;  // last one received + kBurstGap
 };

@@ -295,6 +295,7 @@ test('/health says ok, and /metrics passes promtool check metrics', async () => 
   assert.match(body, /^llava_image_preprocess_seconds_count\{stage="vision",replica="0"\} [1-9]/m);
   assert.match(body, /^llava_embedding_handoff_bytes_total [1-9]/m);
   assert.match(body, /^llava_request_queue_seconds_count [1-9]/m);
+  assert.match(body, /^llava_prefill_seconds_count [1-9]/m);  // the language worker's own time, from its Done
   assert.match(body, /^llava_stage_queue_depth\{stage="vision"\} 0$/m);
   assert.match(body, /^llava_kv_cache_usage_ratio\{stage="language",replica="0"\} (0|1|0\.\d+)$/m);  // as last beaten
   assert.match(body, /^llava_worker_device_memory_bytes\{stage="language",replica="0",device="cpu"\} [1-9]/m);

@@ -162,6 +162,15 @@ TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   EXPECT_GT(out["ttft_parts_ms"]["vision_tower"].get<double>(), 0);
   EXPECT_GT(out["ttft_parts_ms"]["language"].get<double>(), 0);
   EXPECT_GE(parts, out["ttft_ms"]["median"].get<double>() * 0.999);
+  // The workers' own times lie within two of the parts (each request's within its part, so
+  // the medians keep the order); both stages did work.
+  const auto& within = out["ttft_within_ms"];
+  EXPECT_GT(within["vision_worker_wait"].get<double>(), 0);
+  EXPECT_LE(within["vision_worker_wait"].get<double>(),
+            out["ttft_parts_ms"]["to_coordinator"].get<double>());
+  EXPECT_GT(within["language_worker_prefill"].get<double>(), 0);
+  EXPECT_LE(within["language_worker_prefill"].get<double>(),
+            out["ttft_parts_ms"]["language"].get<double>());
   EXPECT_GT(out["images_per_s"]["batch1"].get<double>(), 0);
   EXPECT_GT(out["images_per_s"]["batch3"].get<double>(), 0);
   EXPECT_GT(out["vision_stage_images_per_s"]["batch3"].get<double>(), out["images_per_s"]["batch3"].get<double>());

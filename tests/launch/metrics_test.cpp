@@ -100,6 +100,7 @@ TEST(Metrics, PipelineMetricsFromResultsPassPromtool) {
   ok.encode_ms = 30;
   ok.embedding_bytes = 2 * 576 * 4096 * 2;
   ok.handoff_ms = 0.5;
+  ok.prefill_ms = 20;
   m.on_result(ok);
   LeaseEvent granted;
   granted.process = "language-0";
@@ -132,6 +133,8 @@ TEST(Metrics, PipelineMetricsFromResultsPassPromtool) {
   EXPECT_TRUE(contains(text, "llava_images_encoded_total{stage=\"vision\",replica=\"1\"} 1\n")) << text;
   EXPECT_TRUE(contains(text, "llava_embedding_handoff_bytes_total 9437184\n")) << text;
   EXPECT_TRUE(contains(text, "llava_embedding_handoff_seconds_sum 0.0005\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_prefill_seconds_sum 0.02\n")) << text;
+  EXPECT_TRUE(contains(text, "llava_prefill_seconds_count 1\n")) << text;
   EXPECT_TRUE(contains(text, "llava_lease_wait_seconds_count{stage=\"language\"} 1\n")) << text;
   EXPECT_TRUE(contains(text, "llava_lease_wait_seconds_sum{stage=\"language\"} 0.25\n")) << text;
   const auto [status, out] = promtool_check(text);
