@@ -223,8 +223,8 @@ int bench(const BenchOptions& o) {
                               r.handoff_ms,
                               r.first_token_ms - r.vision_ms - r.handoff_ms};
       for (size_t p = 0; p < part_names.size(); ++p) ttft_parts[p].push_back(parts[p]);
-      ttft_within[0].push_back(r.vision_wait_ms);
-      ttft_within[1].push_back(r.prefill_ms);
+      const double within[] = {r.vision_wait_ms, r.prefill_ms};  // within_names' order
+      for (size_t p = 0; p < within_names.size(); ++p) ttft_within[p].push_back(within[p]);
     }
   }
   // End to end (submission to embeddings at the coordinator) and the vision stage's own

@@ -77,8 +77,9 @@ void VisionStage::take(wire::Incoming task) {
     throw WireError(std::string("a ") + wire::kind_name(task.kind()) + " for a vision worker");
   }
   burst_following_ = task.header().getBody().getVisionTask().getFollowedBy();
-  burst_deadline_ = Clock::now() + kBurstGap;
-  queue_.push_back({std::move(task), Clock::now()});
+  const auto now = Clock::now();
+  burst_deadline_ = now + kBurstGap;
+  queue_.push_back({std::move(task), now});
 }
 
 void VisionStage::cancel(uint64_t request) {
