@@ -262,6 +262,7 @@ PipelineConfig parse_config(const std::string& yaml_text, const std::string& fil
   c.embedding_memory = coord.bytes("embedding_memory", c.embedding_memory);
   c.embedding_cache = coord.bytes("embedding_cache", c.embedding_cache);
   c.spill_dir = coord.str("spill_dir", c.spill_dir);
+  c.shared_memory = coord.bytes("shared_memory", c.shared_memory);
   c.max_message_size = coord.bytes("max_message_size", c.max_message_size);
   if (c.max_message_size < (1u << 20)) {
     coord.fail(coord.find("max_message_size"),

@@ -66,6 +66,9 @@ struct CoordinatorSection {
   uint64_t embedding_memory = 1ull << 30;   // host bytes for waiting embeddings, then spill
   uint64_t embedding_cache = 512ull << 20;  // host bytes of embeddings kept by image; 0 = off
   std::string spill_dir = "/tmp";
+  // Per vision worker that sees this host's /dev/shm: a file its embeddings cross in
+  // instead of the socket (coordinator/shared_embeddings.h); 0 = off.
+  uint64_t shared_memory = 32ull << 20;  // 7 images of LLaVA-1.5-7B; Docker's /dev/shm is 64 MB
   uint64_t max_message_size = 256ull << 20;
   int max_restarts_per_minute = 5;          // within restart_window; past it the stage fails
   uint64_t restart_window_ms = 60000;       // sliding: the budget recovers as deaths age out

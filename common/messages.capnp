@@ -13,6 +13,10 @@ struct TensorInfo {
   dtype @0 :DType;
   shape @1 :List(Int64);
   byteLength @2 :UInt64;
+  # The payload is not in the message: it lies in the shared-memory file the header names
+  # (Header.sharedMemory), at this offset; the message's frame is empty (common/shared_memory.h).
+  inSharedMemory @3 :Bool;
+  sharedOffset @4 :UInt64;
 }
 
 enum Stage { vision @0; language @1; coordinator @2; }
@@ -33,6 +37,9 @@ struct Hello {
   # Random, fixed for the worker process's life: a hello from another incarnation for a
   # replica whose worker is alive is refused (two live workers never share a replica).
   incarnation @5 :UInt64;
+  # Which shared memory this worker sees (the host's boot id and /dev/shm's device and
+  # inode; empty: none): a worker that sees the coordinator's takes embeddings through it.
+  sharedMemoryId @6 :Text;
 }
 
 # both ways, every heartbeat interval.
@@ -74,6 +81,10 @@ struct VisionTask {
   # Tasks the coordinator sends this worker right after this one, in the same scheduling
   # pass: the worker waits for them before encoding, so that a burst is one batch.
   followedBy @1 :UInt32;
+  # Where the worker may write this task's embeddings instead of sending them: a range of
+  # the shared-memory file Header.sharedMemory names (sharedBytes 0: none offered).
+  sharedOffset @2 :UInt64;
+  sharedBytes @3 :UInt64;
 }
 
 # vision worker -> coordinator; frames: one [image_tokens, hidden] frame per image.
@@ -125,6 +136,7 @@ struct Failure {
   message @1 :Text;
   retryable @2 :Bool;           # true: the worker failed, not the request
   badRequest @3 :Bool;          # true: the request itself is at fault (an undecodable image)
+  sharedMemory @4 :Bool;        # true: the worker cannot read the shared memory it was sent
 }
 
 struct Shutdown {
@@ -148,6 +160,7 @@ struct Header {
   requestId @1 :UInt64;
   attempt @2 :UInt32;            # stale replies of an earlier attempt are dropped
   tensors @3 :List(TensorInfo);
+  sharedMemory @19 :Text;        # the file of this message's frames inSharedMemory
   body :union {
     hello @4 :Hello;
     heartbeat @5 :Heartbeat;

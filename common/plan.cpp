@@ -213,7 +213,10 @@ PipelineConfig resolve_release(const PipelineConfig& config, const LlavaConfig& 
     return out;
   }
   // Explicit offloads take their share of the host first.
-  const uint64_t kept = config.coordinator.embedding_memory + config.coordinator.embedding_cache + kHostReserveBytes;
+  const uint64_t kept =
+      config.coordinator.embedding_memory + config.coordinator.embedding_cache +
+      config.coordinator.shared_memory * static_cast<uint64_t>(config.vision.replicas) +
+      kHostReserveBytes;
   uint64_t room = host_available > kept ? host_available - kept : 0;
   for (const StageSection* stage : {&config.vision, &config.language}) {
     if (stage->release != Release::kOffload) continue;
@@ -395,6 +398,9 @@ std::string describe(const Plan& plan, const PipelineConfig& config, const Llava
                     std::to_string(c.embedding_cache / std::max<uint64_t>(image_bytes, 1)) +
                     " images of " + format_bytes(image_bytes) + ")"
               : std::string("off"))
+      << ", shared memory "
+      << (c.shared_memory ? format_bytes(c.shared_memory) + " per vision worker"
+                          : std::string("off"))
       << "\n";
   if (plan.mode == Mode::kSequential) {
     uint64_t pinned = 0;

@@ -33,6 +33,16 @@ int64_t Frame::numel() const {
   return n;
 }
 
+Frame Frame::share() {
+  Frame copy;
+  copy.dtype = dtype;
+  copy.shape = shape;
+  copy.bytes.copy(bytes);  // shares the payload, reference-counted
+  copy.shared = shared;
+  copy.shared_offset = shared_offset;
+  return copy;
+}
+
 const char* kind_name(schema::Header::Body::Which kind) {
   using W = schema::Header::Body::Which;
   switch (kind) {
@@ -81,6 +91,16 @@ void Outgoing::add_frame(Frame frame) {
 
 std::vector<zmq::message_t> Outgoing::parts() {
   auto infos = header_.initTensors(static_cast<unsigned>(frames_.size()));
+  const SharedMemory* ranges_of = nullptr;  // the one file whose frames go as ranges
+  if (shared_as_ranges_) {
+    for (const auto& frame : frames_) {
+      if (frame.shared) {
+        ranges_of = frame.shared.get();
+        header_.setSharedMemory(ranges_of->path());
+        break;
+      }
+    }
+  }
   for (size_t i = 0; i < frames_.size(); ++i) {
     auto info = infos[static_cast<unsigned>(i)];
     info.setDtype(static_cast<schema::DType>(frames_[i].dtype));
@@ -89,19 +109,29 @@ std::vector<zmq::message_t> Outgoing::parts() {
       shape.set(static_cast<unsigned>(d), frames_[i].shape[d]);
     }
     info.setByteLength(frames_[i].bytes.size());
+    if (ranges_of && frames_[i].shared.get() == ranges_of) {
+      info.setInSharedMemory(true);
+      info.setSharedOffset(frames_[i].shared_offset);
+    }
   }
   kj::Array<capnp::word> words = capnp::messageToFlatArray(builder_);
   auto bytes = words.asBytes();
   std::vector<zmq::message_t> parts;
   parts.reserve(frames_.size() + 1);
   parts.emplace_back(bytes.begin(), bytes.size());
-  for (auto& frame : frames_) parts.push_back(std::move(frame.bytes));
+  for (auto& frame : frames_) {
+    if (ranges_of && frame.shared.get() == ranges_of) {
+      parts.emplace_back();  // the payload stays where it is; this copy of it goes now
+    } else {
+      parts.push_back(std::move(frame.bytes));
+    }
+  }
   frames_.clear();
   return parts;
 }
 
 Incoming Incoming::parse(std::vector<zmq::message_t>&& parts, bool with_routing_id,
-                         const Limits& limits) {
+                         const Limits& limits, const SharedResolver& shared) {
   Incoming in;
   size_t next = 0;
   if (with_routing_id) {
@@ -180,16 +210,35 @@ Incoming Incoming::parse(std::vector<zmq::message_t>&& parts, bool with_routing_
         throw WireError(where + "byteLength " + std::to_string(info.getByteLength()) +
                         " but shape and dtype make " + std::to_string(bytes));
       }
-      if (parts[next + i].size() != bytes) {
-        throw WireError(where + "carries " + std::to_string(parts[next + i].size()) +
-                        " bytes, header says " + std::to_string(bytes));
+      const bool in_shared = info.getInSharedMemory();
+      const size_t carried = in_shared ? bytes : parts[next + i].size();
+      if (in_shared && parts[next + i].size() != 0) {
+        throw WireError(where + "is in shared memory but carries " +
+                        std::to_string(parts[next + i].size()) + " bytes too");
+      }
+      if (carried != bytes) {
+        throw WireError(where + "carries " + std::to_string(carried) + " bytes, header says " +
+                        std::to_string(bytes));
       }
       total += bytes;
       if (total > limits.max_message_bytes) {
         throw WireError("frames total more than the limit of " +
                         std::to_string(limits.max_message_bytes) + " bytes");
       }
-      frame.bytes = std::move(parts[next + i]);
+      if (in_shared) {
+        if (!shared)
+          throw WireError(where + "is in shared memory, which this receiver does not read");
+        if (!in.header_.hasSharedMemory())
+          throw WireError(where + "is in shared memory, but none is named");
+        SharedView view = shared(in.header_, info.getSharedOffset(), bytes);
+        if (view.bytes.size() != bytes)
+          throw WireError(where + "shared memory gave the wrong size");
+        frame.bytes = std::move(view.bytes);
+        frame.shared = std::move(view.memory);
+        frame.shared_offset = info.getSharedOffset();
+      } else {
+        frame.bytes = std::move(parts[next + i]);
+      }
       in.frames_.push_back(std::move(frame));
     }
   } catch (const kj::Exception& e) {

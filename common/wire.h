@@ -7,6 +7,7 @@
 #include <capnp/serialize.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +15,7 @@
 #include <zmq.hpp>
 
 #include "common/messages.capnp.h"
+#include "common/shared_memory.h"
 
 namespace llava::wire {
 
@@ -32,8 +34,25 @@ struct Frame {
   DType dtype = DType::kU8;
   std::vector<int64_t> shape;
   zmq::message_t bytes;
+  // Set only while `bytes` is a view of this shared memory at `shared_offset`: a message to
+  // a process that sees the same memory may then carry the range instead of the bytes.
+  std::shared_ptr<SharedMemory> shared;
+  uint64_t shared_offset = 0;
   int64_t numel() const;
+  // A copy whose payload is this one's (zmq_msg_copy: counted, not copied).
+  Frame share();
 };
+
+// The payload of a frame that arrived as a range of shared memory (inSharedMemory), and
+// the memory it lies in; what a receiver's SharedResolver returns.
+struct SharedView {
+  zmq::message_t bytes;
+  std::shared_ptr<SharedMemory> memory;
+};
+// Given the message's header, a frame's offset and byte length: its payload. Throws
+// (SharedMemoryError) when the receiver cannot or will not read it.
+using SharedResolver =
+    std::function<SharedView(const schema::Header::Reader&, uint64_t offset, uint64_t bytes)>;
 
 // Builds one message. Set the body through header(), add frames, then take parts().
 class Outgoing {
@@ -43,6 +62,9 @@ class Outgoing {
   // Moves the payload in: no copy.
   void add_frame(DType dtype, std::vector<int64_t> shape, zmq::message_t bytes);
   void add_frame(Frame frame);
+  // The receiver sees the frames' shared memory: frames that lie in one (the first such
+  // frame's) go as their range, not their bytes.
+  void send_shared_as_ranges() { shared_as_ranges_ = true; }
   // [header, frame 0, ...]; the Outgoing is spent afterwards.
   std::vector<zmq::message_t> parts();
 
@@ -50,14 +72,17 @@ class Outgoing {
   capnp::MallocMessageBuilder builder_;
   schema::Header::Builder header_;
   std::vector<Frame> frames_;
+  bool shared_as_ranges_ = false;
 };
 
 // A received message whose header has been checked against its frames.
 class Incoming {
  public:
-  // parts: [routing id]? header frames...; throws WireError naming the violation.
+  // parts: [routing id]? header frames...; throws WireError naming the violation. Frames
+  // sent as ranges of shared memory are read through `shared` (without one they are a
+  // violation), so every frame of a parsed message has its payload.
   static Incoming parse(std::vector<zmq::message_t>&& parts, bool with_routing_id,
-                        const Limits& limits);
+                        const Limits& limits, const SharedResolver& shared = {});
   schema::Header::Reader header() const { return header_; }
   schema::Header::Body::Which kind() const { return header_.getBody().which(); }
   uint64_t request_id() const { return header_.getRequestId(); }

@@ -96,6 +96,7 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
       endpoint_(expand_endpoint(config.coordinator.endpoint, &private_dir_)),
       embeddings_(config.coordinator.embedding_memory, config.coordinator.spill_dir),
       cache_(config.coordinator.embedding_cache),
+      shared_(config.coordinator.shared_memory),
       beat_interval_(config.coordinator.heartbeat_interval_ms) {
   g_stop = 0;
   limits_.max_message_bytes = config.coordinator.max_message_size;
@@ -126,7 +127,7 @@ Coordinator::Coordinator(const PipelineConfig& config, CoordinatorEvents events,
   workers_ = std::make_unique<WorkerPool>(config_, make_plan(config_, model_).processes,
                                           *transport_, steady_clock_fn(), events_.on_lease_event);
   scheduler_ = std::make_unique<Scheduler>(config_, model_.text.eos_token_ids, *requests_,
-                                           *workers_, cache_, steady_clock_fn());
+                                           *workers_, cache_, steady_clock_fn(), &shared_);
 }
 
 Coordinator::~Coordinator() {
@@ -267,11 +268,22 @@ void Coordinator::receive(std::chrono::milliseconds wait) {
     for (zmq::message_t wake; wake_in_.recv(wake, zmq::recv_flags::dontwait);) {
     }
   }
+  // Embeddings that came as a range of shared memory: read only where their task was told.
+  const wire::SharedResolver resolve = [this](const schema::Header::Reader& header, uint64_t offset,
+                                              uint64_t bytes) {
+    return shared_.resolve(header, offset, bytes);
+  };
   for (auto parts = receive_parts(router_, std::chrono::milliseconds(0)); parts;
        parts = receive_parts(router_, std::chrono::milliseconds(0))) {
+    const std::string routing =
+        parts->empty()
+            ? ""
+            : std::string(static_cast<const char*>(parts->front().data()), parts->front().size());
     try {
-      wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_);
+      wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_, resolve);
       handle(message);
+    } catch (const SharedMemoryError& e) {
+      on_bad_shared_memory(routing, e);
     } catch (const WireError& e) {
       dropped_.write(std::string("a malformed message: ") + e.what());
     }
@@ -319,6 +331,7 @@ void Coordinator::handle(wire::Incoming& message) {
     }
     case W::EMBEDDINGS:
       on_embeddings(*slot, message);
+      shared_.answered(message.request_id(), message.attempt());
       break;
     case W::TOKEN_CHUNK:
       on_tokens(message);
@@ -381,6 +394,7 @@ void Coordinator::on_hello(const std::string& routing, const schema::Hello::Read
       scheduler_->requeue(workers_->take_back(slot, "registered again"));
   }
   workers_->registered(slot, routing, hello.getIncarnation());
+  shared_.registered(workers_->index_of(slot), hello.getSharedMemoryId());
 }
 
 void Coordinator::refuse(const std::string& routing, const std::string& why) {
@@ -406,6 +420,7 @@ void Coordinator::on_embeddings(WorkerSlot& slot, wire::Incoming& message) {
       return;
     }
   }
+  if (!message.frames().empty()) shared_.learn(message.frames().front().bytes.size());
   cache_.put(request->images, request->image_hashes, message.frames());
   const auto done = message.header().getBody().getEmbeddings();
   request->encode_ms = 1e3 * done.getEncodeSeconds();
@@ -442,6 +457,17 @@ void Coordinator::on_tokens(wire::Incoming& message) {
   }
 }
 
+void Coordinator::on_bad_shared_memory(const std::string& routing, const SharedMemoryError& error) {
+  dropped_.write(std::string("an answer: ") + error.what());
+  WorkerSlot* slot = workers_->by_routing(routing);
+  Request* request = requests_->find(error.request, error.attempt);
+  if (!slot || !request || request->progress != Progress::kInVision) return;
+  shared_.answered(error.request, error.attempt);
+  // The worker gets bytes from now on; the task runs again (and says, if it fails again).
+  shared_.refused(workers_->index_of(*slot));
+  scheduler_->requeue(*request, slot->name + ": " + error.what(), /*counted=*/false);
+}
+
 void Coordinator::on_done(wire::Incoming& message) {
   Request* request = requests_->find(message.request_id(), message.attempt());
   if (!request || request->progress != Progress::kInLanguage) return;
@@ -458,9 +484,14 @@ void Coordinator::on_failure(WorkerSlot& slot, wire::Incoming& message) {
     return;
   }
   workers_->forget(slot, message.request_id());
+  shared_.answered(message.request_id(), message.attempt());
   Request* request = requests_->find(message.request_id(), message.attempt());
-  if (!request) return;
-  if (failure.getRetryable()) {
+  if (!request)
+    return;  // a stale failure (a language worker's late one among them) changes nothing
+  if (failure.getSharedMemory()) {  // not the request's fault, nor the worker's: bytes now
+    shared_.refused(workers_->index_of(slot));
+    scheduler_->requeue(*request, slot.name + ": " + text, /*counted=*/false);
+  } else if (failure.getRetryable()) {
     scheduler_->requeue(*request, slot.name + ": " + text);
   } else {
     scheduler_->finish(*request, std::string(stage_name(slot.stage)) + " stage: " + text, "",

@@ -23,6 +23,7 @@
 #include "coordinator/embedding_store.h"
 #include "coordinator/request_table.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/shared_embeddings.h"
 #include "coordinator/tokenizer.h"
 #include "coordinator/worker_pool.h"
 #include "coordinator/worker_transport.h"
@@ -84,6 +85,8 @@ class Coordinator {
   // starts its workers by turns, so there a stage is down only when it is broken.
   std::string unavailable_reason();
   uint64_t embedding_cache_bytes() const { return cache_.bytes(); }
+  // Embeddings through shared memory (coordinator.shared_memory): what went that way.
+  const SharedEmbeddings& shared_embeddings() const { return shared_; }
   pid_t pid_of(const std::string& process) const { return workers_->pid_of(process); }
   const std::string& endpoint() const { return endpoint_; }
   // The secret the workers it starts present in their hello (LLAVA_PIPE_WORKER_SECRET).
@@ -101,6 +104,8 @@ class Coordinator {
   void on_tokens(wire::Incoming& message);
   void on_done(wire::Incoming& message);
   void on_failure(WorkerSlot& slot, wire::Incoming& message);
+  // An answer whose embeddings were not where its task was told to write them.
+  void on_bad_shared_memory(const std::string& routing, const SharedMemoryError& error);
   void begin_drain();
   void fail_all(const std::string& error);
   // The request's images, prompt and progress, from its spec; throws RequestError (or a
@@ -124,6 +129,7 @@ class Coordinator {
   zmq::socket_t wake_out_;  // PUSH, inproc, to wake_in_
   EmbeddingStore embeddings_;
   EmbeddingCache cache_;
+  SharedEmbeddings shared_;
   // The layers below the loop, made once the endpoint is bound: the workers' transport,
   // the request table and the worker pool, and the scheduler over both.
   std::unique_ptr<RouterTransport> transport_;  // holds the secret given to the workers

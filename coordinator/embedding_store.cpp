@@ -11,17 +11,6 @@
 #include "common/errors.h"
 
 namespace llava {
-namespace {
-
-wire::Frame share_frame(wire::Frame& frame) {
-  wire::Frame copy;
-  copy.dtype = frame.dtype;
-  copy.shape = frame.shape;
-  copy.bytes.copy(frame.bytes);  // shares the payload, reference-counted
-  return copy;
-}
-
-}  // namespace
 
 EmbeddingStore::EmbeddingStore(uint64_t memory_limit, std::string spill_dir)
     : limit_(memory_limit), dir_(std::move(spill_dir)) {}
@@ -61,6 +50,7 @@ void EmbeddingStore::put(uint64_t request, std::vector<wire::Frame> frames) {
         p += n, left -= static_cast<size_t>(n);
       }
       f.bytes = zmq::message_t();  // the payload now lives in the file
+      f.shared.reset();            // (and its shared memory goes back)
     }
     ::close(fd);
     entry.file = path;
@@ -78,7 +68,7 @@ std::vector<wire::Frame> EmbeddingStore::share(uint64_t request) {
   if (!entry.file.empty() && !file) throw std::runtime_error("cannot read back " + entry.file);
   for (auto& f : entry.frames) {
     if (!file) {
-      out.push_back(share_frame(f));
+      out.push_back(f.share());
       continue;
     }
     wire::Frame copy;
@@ -131,7 +121,7 @@ std::optional<std::vector<wire::Frame>> EmbeddingCache::find(const std::vector<s
   std::vector<wire::Frame> frames;
   for (Entry* entry : found) {
     recent_.splice(recent_.begin(), recent_, entry->recent);
-    frames.push_back(share_frame(entry->frame));
+    frames.push_back(entry->frame.share());
   }
   return frames;
 }
@@ -143,9 +133,18 @@ void EmbeddingCache::put(const std::vector<std::string>& images, const std::vect
     if (bytes > limit_ || lookup(images[i], hashes[i])) continue;
     evict_to(limit_ - bytes);
     auto it =
-        entries_.emplace(hashes[i], Entry{hashes[i], images[i], share_frame(frames[i]), bytes, {}});
+        entries_.emplace(hashes[i], Entry{hashes[i], images[i], frames[i].share(), bytes, {}});
     it->second.recent = recent_.insert(recent_.begin(), &it->second);
     bytes_ += bytes;
+  }
+}
+
+void EmbeddingCache::copy_out_of_shared_memory() {
+  for (auto& [hash, entry] : entries_) {
+    wire::Frame& frame = entry.frame;
+    if (!frame.shared) continue;
+    frame.bytes = zmq::message_t(frame.bytes.data(), frame.bytes.size());  // a copy
+    frame.shared.reset();
   }
 }
 

@@ -73,6 +73,10 @@ class EmbeddingCache {
     put(images, hashes(images), frames);
   }
 
+  // Entries whose payload is a view of shared memory (coordinator/shared_embeddings.h)
+  // get a copy of their own, so that the range can go back once the request is done.
+  void copy_out_of_shared_memory();
+
   bool enabled() const { return limit_ > 0; }
   uint64_t bytes() const { return bytes_; }
   size_t size() const { return entries_.size(); }

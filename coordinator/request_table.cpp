@@ -93,8 +93,8 @@ void RequestTable::finish(Request& request, const std::string& error, const std:
   if (on_result_) on_result_(result);
 }
 
-bool RequestTable::requeue(Request& request, const std::string& why) {
-  if (++request.requeues > kMaxRequeues) {
+bool RequestTable::requeue(Request& request, const std::string& why, bool counted) {
+  if (counted && ++request.requeues > kMaxRequeues) {
     finish(request, "gave up after " + std::to_string(kMaxRequeues) + " retries; last: " + why, "",
            ErrorKind::kUnavailable);
     return false;

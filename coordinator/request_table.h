@@ -150,8 +150,9 @@ class RequestTable {
               ErrorKind kind = ErrorKind::kNone);
   // Its worker lost it: it waits for its stage again with its next attempt, or, past
   // kMaxRequeues, finishes ("gave up"). True if it will run again. Its worker is the
-  // caller's to free.
-  bool requeue(Request& request, const std::string& why);
+  // caller's to free. Not `counted`: a retry that is nobody's failure (its embeddings go
+  // again as bytes, not through shared memory).
+  bool requeue(Request& request, const std::string& why, bool counted = true);
   // Draining: every request no worker has touched yet ends now.
   void drain();
   // Ends every request (nothing can run any more).

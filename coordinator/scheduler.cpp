@@ -12,13 +12,14 @@ namespace llava {
 
 Scheduler::Scheduler(const PipelineConfig& config, std::vector<int64_t> eos_token_ids,
                      RequestTable& requests, WorkerPool& workers, EmbeddingCache& cache,
-                     ClockFn now)
+                     ClockFn now, SharedEmbeddings* shared)
     : config_(config),
       eos_token_ids_(std::move(eos_token_ids)),
       requests_(requests),
       workers_(workers),
       cache_(cache),
-      now_(std::move(now)) {}
+      now_(std::move(now)),
+      shared_(shared) {}
 
 // ---------------------------------------------------------------- requests -----------
 
@@ -28,9 +29,9 @@ void Scheduler::finish(Request& request, const std::string& error, const std::st
   requests_.finish(request, error, reason, kind);
 }
 
-void Scheduler::requeue(Request& request, const std::string& why) {
+void Scheduler::requeue(Request& request, const std::string& why, bool counted) {
   workers_.forget(request.worker, request.id);
-  requests_.requeue(request, why);
+  requests_.requeue(request, why, counted);
 }
 
 void Scheduler::requeue(const LostTasks& lost) {
@@ -99,7 +100,13 @@ bool Scheduler::dispatch(WorkerSlot& slot, Request& request,
   } else {
     auto embeddings =
         request.images.empty() ? std::vector<wire::Frame>{} : requests_.embeddings(request.id);
-    if (!send(slot, *language_task(request, std::move(embeddings), eos_token_ids_))) return false;
+    const bool ranges = shared_ && shared_->sees_ours(worker) &&
+                        std::any_of(embeddings.begin(), embeddings.end(),
+                                    [](const wire::Frame& f) { return f.shared != nullptr; });
+    auto task = language_task(request, std::move(embeddings), eos_token_ids_);
+    if (ranges) task->send_shared_as_ranges();
+    if (!send(slot, *task)) return false;
+    if (ranges) shared_->sent_as_ranges();
   }
   request.progress = vision ? Progress::kInVision : Progress::kInLanguage;
   request.worker = static_cast<int>(worker);
@@ -119,6 +126,7 @@ void Scheduler::send_burst(std::vector<BurstTask>& burst) {
     // A worker that died while this burst went out had its requests requeued.
     if (slot.routing.empty() || !slot.outstanding.count(task.request)) continue;
     task.message->header().getBody().getVisionTask().setFollowedBy(follow);
+    if (shared_) offer_shared_memory(task.worker, *task.message);
     if (send(slot, *task.message) || slot.routing.empty()) continue;
     // Busy (its queue is full): the request waits for a later pass, as if never sent.
     workers_.forget(static_cast<int>(task.worker), task.request);
@@ -128,6 +136,18 @@ void Scheduler::send_burst(std::vector<BurstTask>& burst) {
     }
   }
   burst.clear();
+}
+
+void Scheduler::offer_shared_memory(size_t worker, wire::Outgoing& task) {
+  const Request* request = requests_.find(task.header().getRequestId());
+  if (!request) return;
+  auto waiting = [this](uint64_t id, uint32_t attempt) {
+    const Request* r = requests_.find(id, attempt);
+    return r && r->progress == Progress::kInVision;
+  };
+  // The cache's frames hold their ranges: copied out of them, they let tasks have them.
+  auto make_room = [this] { cache_.copy_out_of_shared_memory(); };
+  shared_->offer(worker, task, static_cast<uint32_t>(request->images.size()), waiting, make_room);
 }
 
 void Scheduler::grant(WorkerSlot& slot) {

@@ -17,15 +17,18 @@
 #include "coordinator/clock.h"
 #include "coordinator/embedding_store.h"
 #include "coordinator/request_table.h"
+#include "coordinator/shared_embeddings.h"
 #include "coordinator/worker_pool.h"
 
 namespace llava {
 
 class Scheduler {
  public:
-  // `eos_token_ids`: the model's, added to every language task's stop tokens.
+  // `eos_token_ids`: the model's, added to every language task's stop tokens. `shared`
+  // (optional): embeddings through shared memory with the workers that see it.
   Scheduler(const PipelineConfig& config, std::vector<int64_t> eos_token_ids,
-            RequestTable& requests, WorkerPool& workers, EmbeddingCache& cache, ClockFn now);
+            RequestTable& requests, WorkerPool& workers, EmbeddingCache& cache, ClockFn now,
+            SharedEmbeddings* shared = nullptr);
 
   // One pass: fails the requests of a stage that keeps dying, finishes those complete,
   // then (by the config's mode) starts workers, grants and releases leases, dispatches.
@@ -34,7 +37,7 @@ class Scheduler {
   // --- a request leaving its worker (the table and the pool kept in step)
   void finish(Request& request, const std::string& error, const std::string& reason = "",
               ErrorKind kind = ErrorKind::kNone);
-  void requeue(Request& request, const std::string& why);
+  void requeue(Request& request, const std::string& why, bool counted = true);
   void requeue(const LostTasks& lost);
   // Tells the worker holding it (if any) to drop it, then answers it "cancelled".
   void cancel(Request& request, const std::string& why);
@@ -81,6 +84,8 @@ class Scheduler {
   bool dispatch(WorkerSlot& slot, Request& request, std::unordered_multiset<size_t>& encoding,
                 std::vector<BurstTask>& burst);
   void send_burst(std::vector<BurstTask>& burst);
+  // A range of shared memory for this vision task's embeddings, if its worker sees ours.
+  void offer_shared_memory(size_t worker, wire::Outgoing& task);
   void grant(WorkerSlot& slot);
   void release(WorkerSlot& slot);
   // Sequential: the holder has work of its own but gives way to the other stage's.
@@ -92,6 +97,7 @@ class Scheduler {
   WorkerPool& workers_;
   EmbeddingCache& cache_;
   ClockFn now_;
+  SharedEmbeddings* shared_;
   std::optional<StageKind> holder_;  // sequential: the stage holding the device
   bool giving_way_ = false;     // sequential: the holder was released for the other stage's work
   size_t turn_dispatched_ = 0;  // sequential: tasks the holder was sent since its grant

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -25,6 +26,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/plan.h"
+#include "common/shared_memory.h"
 #include "common/transport.h"
 #include "common/units.h"
 #include "coordinator/coordinator.h"
@@ -111,9 +113,13 @@ class MemorySampler {
 };
 
 // One embedding frame, sender -> coordinator's ROUTER -> receiver, as the pipeline passes
-// it (zero-copy at the sender, forwarded without a copy at the ROUTER), one at a time:
-// the median milliseconds of `iterations`.
-double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int iterations) {
+// it, one at a time: the median milliseconds of `iterations`. Through the socket: zero-copy
+// at the sender, forwarded without a copy at the ROUTER. Through shared memory
+// (`shared`): the sender writes the frame into a range of a file in /dev/shm, as the vision
+// worker does, and the messages carry the range (the coordinator and the receiver each map
+// the file and check the range).
+double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int iterations,
+                  bool shared = false) {
   zmq::context_t context;
   TransportOptions options;
   options.max_message_size = bytes * 2;
@@ -135,20 +141,60 @@ double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int itera
   hello(sender);
   zmq::message_t to_receiver = hello(receiver);
   std::vector<char> payload(bytes, 0x3c);
+  std::shared_ptr<SharedMemory> memory = shared ? SharedMemory::create(bytes) : nullptr;
+  SharedMemoryMaps sender_maps, receiver_maps;
+  const wire::SharedResolver at_router = [&](const schema::Header::Reader&, uint64_t offset,
+                                             uint64_t n) {
+    return wire::SharedView{SharedMemory::view(memory, offset, n), memory};
+  };
+  const wire::SharedResolver at_receiver = [&](const schema::Header::Reader& header,
+                                               uint64_t offset, uint64_t n) {
+    return wire::SharedView{receiver_maps.view(header.getSharedMemory(), offset, n), nullptr};
+  };
+  const int64_t elements = static_cast<int64_t>(bytes);
   std::vector<double> times;
   for (int i = 0; i < iterations; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    // As the vision worker sends: a frame over memory it keeps (no copy at send).
-    std::vector<zmq::message_t> parts;
-    parts.emplace_back(payload.data(), payload.size(), [](void*, void*) {}, nullptr);
-    send_parts(sender, std::move(parts));
-    auto at_router = receive_parts(router, std::chrono::milliseconds(5000));
-    if (!at_router) throw std::runtime_error("bench: a handoff frame was lost");
-    std::vector<zmq::message_t> forward;
-    forward.emplace_back(std::move(at_router->back()));
-    send_parts(router, std::move(forward), &to_receiver);
-    if (!receive_parts(receiver, std::chrono::milliseconds(5000))) {
-      throw std::runtime_error("bench: a handoff frame was lost");
+    if (!shared) {
+      // As the vision worker sends: a frame over memory it keeps (no copy at send).
+      std::vector<zmq::message_t> parts;
+      parts.emplace_back(
+          payload.data(), payload.size(), [](void*, void*) {}, nullptr);
+      send_parts(sender, std::move(parts));
+      auto got = receive_parts(router, std::chrono::milliseconds(5000));
+      if (!got) throw std::runtime_error("bench: a handoff frame was lost");
+      std::vector<zmq::message_t> forward;
+      forward.emplace_back(std::move(got->back()));
+      send_parts(router, std::move(forward), &to_receiver);
+      if (!receive_parts(receiver, std::chrono::milliseconds(5000))) {
+        throw std::runtime_error("bench: a handoff frame was lost");
+      }
+    } else {
+      auto file = sender_maps.get(memory->path());
+      std::memcpy(file->data(), payload.data(), bytes);
+      wire::Frame frame;
+      frame.shape = {elements};
+      frame.bytes = SharedMemory::view(file, 0, bytes);
+      frame.shared = file;
+      wire::Outgoing answer(1);
+      answer.header().getBody().initEmbeddings();
+      answer.add_frame(std::move(frame));
+      answer.send_shared_as_ranges();
+      send_parts(sender, answer.parts());
+      auto got = receive_parts(router, std::chrono::milliseconds(5000));
+      if (!got) throw std::runtime_error("bench: a handoff frame was lost");
+      auto in = wire::Incoming::parse(std::move(*got), true, wire::Limits{}, at_router);
+      wire::Outgoing task(1);
+      task.header().getBody().initLanguageTask();
+      task.add_frame(std::move(in.frames().front()));
+      task.send_shared_as_ranges();
+      send_parts(router, task.parts(), &to_receiver);
+      auto out = receive_parts(receiver, std::chrono::milliseconds(5000));
+      if (!out) throw std::runtime_error("bench: a handoff frame was lost");
+      auto read = wire::Incoming::parse(std::move(*out), false, wire::Limits{}, at_receiver);
+      if (read.frames().front().bytes.size() != bytes) {
+        throw std::runtime_error("bench: the handoff frame arrived short");
+      }
     }
     times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
@@ -267,6 +313,9 @@ int bench(const BenchOptions& o) {
 
   const size_t frame_bytes = image_embedding_bytes(config, coordinator.model());
   const double handoff = handoff_ms(coordinator.endpoint(), frame_bytes, 50);
+  const bool shared = config.coordinator.shared_memory > 0 && !shared_memory_id().empty();
+  const double shared_handoff =
+      shared ? handoff_ms(coordinator.endpoint(), frame_bytes, 50, true) : 0;
 
   nlohmann::json out;
   out["config"] = config.path;
@@ -291,6 +340,11 @@ int bench(const BenchOptions& o) {
   out["decode"] = decode;
   if (!served.is_null()) out["throughput"] = served;
   out["handoff_ms"] = {{"median", handoff}, {"frame_bytes", frame_bytes}, {"hops", 2}};
+  if (shared) out["handoff_ms"]["shared_memory_median"] = shared_handoff;
+  // What went through shared memory (coordinator.shared_memory) in this run.
+  out["shared_memory"] = {
+      {"frames_read", coordinator.shared_embeddings().frames_read()},
+      {"language_tasks", coordinator.shared_embeddings().tasks_sent_as_ranges()}};
   out["stages"] = nlohmann::json::array();
   for (const auto& r : reports) {
     out["stages"].push_back({{"process", r.process}, {"device", r.device}, {"load_s", r.load_seconds},
@@ -324,6 +378,8 @@ int bench(const BenchOptions& o) {
                 new_tokens, served["requests_per_s"].get<double>(), served["tokens_per_s"].get<double>());
   }
   std::printf("  embedding handoff (%s, 2 hops)            %9.3f ms\n", format_bytes(frame_bytes).c_str(), handoff);
+  if (shared)
+    std::printf("    through shared memory                        %9.3f ms\n", shared_handoff);
   for (const auto& r : reports) {
     std::printf("  %-12s %-8s load %6.2f s, work %7.2f s, peak %s\n", r.process.c_str(), r.device.c_str(),
                 r.load_seconds, r.work_seconds, format_bytes(r.peak_bytes).c_str());

@@ -1,5 +1,6 @@
 // Fault injection for the multi-process tests (tests/pipeline): a slow worker, a sticky
-// device error, an out-of-memory, a message at a time, a forced token. Every hook is off
+// device error, an out-of-memory, a message at a time, a forced token, shared memory
+// unreadable or misdeclared. Every hook is off
 // unless its environment variable is set; they are read once, when first asked for.
 #pragma once
 
@@ -22,6 +23,11 @@ struct FaultHooks {
   // image token, to test what a resumed request does with it.
   int forced_token = pair("LLAVA_PIPE_FAULT_FORCE_TOKEN", 0);
   int forced_index = pair("LLAVA_PIPE_FAULT_FORCE_TOKEN", 1);
+  // A language worker cannot read the coordinator's shared memory (as if its /dev/shm were
+  // another); a vision worker declares its embeddings this many bytes past where it wrote
+  // them (a peer that lies about its range).
+  int shared_unreadable = number("LLAVA_PIPE_FAULT_SHARED_UNREADABLE");
+  int shared_offset_lie = number("LLAVA_PIPE_FAULT_SHARED_OFFSET_LIE");
 
   static int pair(const char* name, int part) {
     const char* value = std::getenv(name);

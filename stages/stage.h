@@ -23,9 +23,10 @@ namespace llava {
 
 // How the coordinator should take a failed request.
 enum class FailureKind {
-  kRetryable,   // the worker's circumstances (a lease released, a broken batch): run it again
-  kFinal,       // this worker cannot do it (out of memory): running it again would not help
-  kBadRequest,  // the request's own fault (its image, its prompt)
+  kRetryable,       // the worker's circumstances (a lease released, a broken batch): run it again
+  kFinal,           // this worker cannot do it (out of memory): running it again would not help
+  kBadRequest,      // the request's own fault (its image, its prompt)
+  kNoSharedMemory,  // its frames are in shared memory this worker cannot read: send bytes
 };
 
 // What a stage may say, all of it through the worker: the socket is shared with the

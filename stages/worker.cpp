@@ -171,8 +171,9 @@ void Worker::fail(uint64_t request, uint32_t attempt, const std::string& message
   auto failure = out.header().getBody().initFailure();
   failure.setStage(wire_stage(options_.stage));
   failure.setMessage(message);
-  failure.setRetryable(kind == FailureKind::kRetryable);
+  failure.setRetryable(kind == FailureKind::kRetryable || kind == FailureKind::kNoSharedMemory);
   failure.setBadRequest(kind == FailureKind::kBadRequest);
+  failure.setSharedMemory(kind == FailureKind::kNoSharedMemory);
   send(out);
 }
 
@@ -186,6 +187,7 @@ void Worker::hello() {
   body.setSecret(
       capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(secret_.data()), secret_.size()));
   body.setIncarnation(incarnation_);
+  body.setSharedMemoryId(shared_memory_id());
   send(hello);
   registered_ = false;  // until the coordinator says anything else
 }
@@ -204,6 +206,16 @@ int Worker::run() {
   hello();
   last_heard_ = last_beat_sent_ = Clock::now();
   const auto silence_limit = beat_interval_ * config_.coordinator.liveness;
+  const wire::SharedResolver shared = [this](const schema::Header::Reader& header, uint64_t offset,
+                                             uint64_t bytes) {
+    if (faults().shared_unreadable > 0) {
+      throw SharedMemoryError("shared memory: cannot read (LLAVA_PIPE_FAULT_SHARED_UNREADABLE)",
+                              header.getRequestId(), header.getAttempt());
+    }
+    return wire::SharedView{shared_maps_.view(header.getSharedMemory(), offset, bytes,
+                                              header.getRequestId(), header.getAttempt()),
+                            nullptr};
+  };
   while (exit_code_ < 0) {
     const bool busy = state_ == State::kLeased && stage_->has_work();
     auto wait = busy ? stage_->wait_for_more() : beat_interval_ / kIdleWakesPerBeat;
@@ -218,8 +230,10 @@ int Worker::run() {
       if (!parts) break;
       last_heard_ = Clock::now();
       try {
-        wire::Incoming message = wire::Incoming::parse(std::move(*parts), false, limits_);
+        wire::Incoming message = wire::Incoming::parse(std::move(*parts), false, limits_, shared);
         handle(message);
+      } catch (const SharedMemoryError& e) {  // the coordinator sends it again, as bytes
+        fail(e.request, e.attempt, e.what(), FailureKind::kNoSharedMemory);
       } catch (const WireError& e) {
         dropped_.write(std::string("a malformed message: ") + e.what());
       }

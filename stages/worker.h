@@ -84,6 +84,8 @@ class Worker final : private StageSink {
   at::Device device_;
   const StageContext stage_context_;
   wire::Limits limits_;
+  // Embedding frames a language task carries as ranges of the coordinator's shared memory.
+  SharedMemoryMaps shared_maps_;
   zmq::context_t context_;
   zmq::socket_t socket_;
   HandshakeWatch handshake_;  // a refused CURVE handshake is said at once

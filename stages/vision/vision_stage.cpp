@@ -7,10 +7,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <iostream>
 #include <string>
 #include <vector>
 
 #include "common/errors.h"
+#include "stages/fault_hooks.h"
 #include "stages/parallel.h"
 
 namespace llava {
@@ -205,12 +208,54 @@ void VisionStage::work_step() {
     body.setPreprocessSeconds(seconds(prepared - start));
     body.setBatchImages(static_cast<uint32_t>(rows.size()));
     body.setWaitSeconds(waited[t]);
+    std::vector<at::Tensor> images;
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
-      at::Tensor image = embeddings[static_cast<int64_t>(first_row[t] + i)];
-      out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));
+      images.push_back(embeddings[static_cast<int64_t>(first_row[t] + i)].contiguous());
+    }
+    if (!write_shared(tasks[t], images, out)) {
+      for (const auto& image : images) {
+        out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));
+      }
     }
     sink_.send(out);
   }
+}
+
+bool VisionStage::write_shared(const wire::Incoming& task, const std::vector<at::Tensor>& images,
+                               wire::Outgoing& out) {
+  const auto offered = task.header().getBody().getVisionTask();
+  uint64_t bytes = 0;
+  for (const auto& image : images) bytes += static_cast<uint64_t>(image.nbytes());
+  if (offered.getSharedBytes() == 0 || bytes == 0 || bytes > offered.getSharedBytes()) return false;
+  std::shared_ptr<SharedMemory> memory;
+  try {
+    memory = shared_maps_.get(task.header().getSharedMemory());
+    if (offered.getSharedOffset() > memory->size() ||
+        offered.getSharedBytes() > memory->size() - offered.getSharedOffset()) {
+      throw std::runtime_error("the range offered is outside " + memory->path());
+    }
+  } catch (const std::exception& e) {
+    if (!said_shared_failed_) {
+      std::cerr << "llava-stage: embeddings go through the socket: " << e.what() << "\n";
+      said_shared_failed_ = true;
+    }
+    return false;
+  }
+  uint64_t offset = offered.getSharedOffset();
+  for (const auto& image : images) {
+    const auto n = static_cast<uint64_t>(image.nbytes());
+    std::memcpy(memory->data() + offset, image.data_ptr(), n);
+    wire::Frame frame;
+    frame.dtype = wire_dtype(image.scalar_type());
+    frame.shape = image.sizes().vec();
+    frame.bytes = SharedMemory::view(memory, offset, n);
+    frame.shared = memory;
+    frame.shared_offset = offset + static_cast<uint64_t>(faults().shared_offset_lie);
+    out.add_frame(std::move(frame));
+    offset += n;
+  }
+  out.send_shared_as_ranges();
+  return true;
 }
 
 }  // namespace llava

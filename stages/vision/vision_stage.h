@@ -42,6 +42,12 @@ class VisionStage final : public Stage {
     wire::Incoming task;
     Clock::time_point arrived;
   };
+  // Into the range of shared memory the task was offered, if it has one and they fit:
+  // the frames then go as ranges. False: nothing written (the caller sends the bytes).
+  bool write_shared(const wire::Incoming& task, const std::vector<at::Tensor>& images,
+                    wire::Outgoing& out);
+  SharedMemoryMaps shared_maps_;
+  bool said_shared_failed_ = false;
   std::deque<Queued> queue_;          // tasks not started yet
   uint32_t burst_following_ = 0;      // tasks announced by the last one received
   Clock::time_point burst_deadline_;  // last one received + kBurstGap

@@ -1,13 +1,17 @@
 // Throughput of embedding-sized frames (576 x 4096 fp16 = 4.5 MiB) through our wire format,
-// DEALER -> ROUTER, over ipc:// and tcp://127.0.0.1. Prints a table and one JSON line.
+// DEALER -> ROUTER, over ipc:// and tcp://127.0.0.1, and over ipc:// with the frames in
+// shared memory (the sender writes each into a range of a file in /dev/shm, as a vision
+// worker does, and sends the range). Prints a table and one JSON line.
 //   bench_transport [--iterations N]
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
-#include <unistd.h>
 
+#include "common/shared_memory.h"
 #include "common/transport.h"
 #include "common/wire.h"
 
@@ -19,13 +23,19 @@ struct Result {
   double ms_per_message;
 };
 
-Result measure(const std::string& endpoint_pattern, int iterations) {
+Result measure(const std::string& endpoint_pattern, int iterations, bool shared = false) {
   constexpr int64_t kTokens = 576, kHidden = 4096;
   const size_t bytes = kTokens * kHidden * 2;
   zmq::context_t context;
   llava::TransportOptions options;
   auto router = llava::bind_router(context, endpoint_pattern, options);
   const std::string endpoint = llava::last_endpoint(router);
+  auto memory = shared ? llava::SharedMemory::create(2 * bytes) : nullptr;
+  llava::SharedMemoryMaps maps;  // the receiver's
+  const llava::wire::SharedResolver resolve = [&](const llava::schema::Header::Reader& header,
+                                                  uint64_t offset, uint64_t n) {
+    return llava::wire::SharedView{maps.view(header.getSharedMemory(), offset, n), nullptr};
+  };
   std::thread sender([&] {
     auto dealer = llava::connect_dealer(context, endpoint, options);
     zmq::message_t payload(bytes);
@@ -33,8 +43,21 @@ Result measure(const std::string& endpoint_pattern, int iterations) {
     for (int i = 0; i < iterations + 1; ++i) {
       llava::wire::Outgoing out(static_cast<uint64_t>(i));
       out.header().getBody().initEmbeddings().setImageCount(1);
-      zmq::message_t frame(payload.data(), payload.size());  // a fresh frame each time
-      out.add_frame(llava::wire::DType::kF16, {kTokens, kHidden}, std::move(frame));
+      if (shared) {  // written into one of two ranges in turn, sent as the range
+        const uint64_t offset = (i % 2) * bytes;
+        std::memcpy(memory->data() + offset, payload.data(), bytes);
+        llava::wire::Frame frame;
+        frame.dtype = llava::wire::DType::kF16;
+        frame.shape = {kTokens, kHidden};
+        frame.bytes = llava::SharedMemory::view(memory, offset, bytes);
+        frame.shared = memory;
+        frame.shared_offset = offset;
+        out.add_frame(std::move(frame));
+        out.send_shared_as_ranges();
+      } else {
+        zmq::message_t frame(payload.data(), payload.size());  // a fresh frame each time
+        out.add_frame(llava::wire::DType::kF16, {kTokens, kHidden}, std::move(frame));
+      }
       auto parts = out.parts();
       for (size_t p = 0; p < parts.size(); ++p) {
         dealer.send(parts[p], p + 1 < parts.size() ? zmq::send_flags::sndmore
@@ -49,7 +72,7 @@ Result measure(const std::string& endpoint_pattern, int iterations) {
   auto receive_one = [&] {
     auto parts = llava::receive_parts(router, std::chrono::milliseconds(30000));
     if (!parts) throw std::runtime_error("bench: no message within 30 s");
-    return llava::wire::Incoming::parse(std::move(*parts), true, limits);
+    return llava::wire::Incoming::parse(std::move(*parts), true, limits, resolve);
   };
   auto first = receive_one();  // connection set-up stays out of the timing
   auto start = std::chrono::steady_clock::now();
@@ -60,8 +83,8 @@ Result measure(const std::string& endpoint_pattern, int iterations) {
   router.send(routing, zmq::send_flags::sndmore);
   router.send(zmq::str_buffer("done"));
   sender.join();
-  return {endpoint_pattern.substr(0, 3), bytes * double(iterations) / seconds / 1e9,
-          seconds * 1e3 / iterations};
+  return {shared ? "ipc_shared_memory" : endpoint_pattern.substr(0, 3),
+          bytes * double(iterations) / seconds / 1e9, seconds * 1e3 / iterations};
 }
 
 }  // namespace
@@ -72,10 +95,11 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--iterations") iterations = std::stoi(argv[i + 1]);
   }
   const std::string ipc = "ipc://@llava-bench-" + std::to_string(getpid());
-  Result results[] = {measure(ipc, iterations), measure("tcp://127.0.0.1:*", iterations)};
-  std::printf("%-10s %10s %14s\n", "transport", "GB/s", "ms/embedding");
+  Result results[] = {measure(ipc, iterations), measure("tcp://127.0.0.1:*", iterations),
+                      measure(ipc + "-shared", iterations, true)};
+  std::printf("%-18s %10s %14s\n", "transport", "GB/s", "ms/embedding");
   for (const auto& r : results) {
-    std::printf("%-10s %10.2f %14.3f\n", r.transport.c_str(), r.gb_per_s, r.ms_per_message);
+    std::printf("%-18s %10.2f %14.3f\n", r.transport.c_str(), r.gb_per_s, r.ms_per_message);
   }
   std::printf("{\"bench\": \"transport\", \"frame_bytes\": %d, \"iterations\": %d",
               576 * 4096 * 2, iterations);

@@ -262,7 +262,7 @@ TEST(ReleaseAuto, ExplicitChoicesStayAndAnExplicitOffloadTakesItsShareFirst) {
   config.vision.release = llava::Release::kAuto;
   const uint64_t language = llava::offload_bytes(config, model, "language");
   const uint64_t kept = config.coordinator.embedding_memory + config.coordinator.embedding_cache +
-                        llava::kHostReserveBytes;
+                        config.coordinator.shared_memory + llava::kHostReserveBytes;
   const auto tight = llava::resolve_release(config, model, language + kept + (64ull << 20), &decision);
   EXPECT_EQ(tight.vision.release, llava::Release::kExit);
 }

@@ -78,6 +78,18 @@ TEST_F(RequestTable, ARequestIsGivenUpAfterMaxRequeues) {
   EXPECT_TRUE(table.empty());
 }
 
+// Retries that are nobody's failure (embeddings sent again as bytes, not through shared
+// memory) take a new attempt but do not count toward giving up.
+TEST_F(RequestTable, RetriesThatAreNobodysFailureDoNotCountTowardGivingUp) {
+  Request& r = add();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(table.requeue(r, "language-0: shared memory", false));
+  EXPECT_EQ(r.attempt, 10u);
+  for (int i = 0; i < kMaxRequeues; ++i) ASSERT_TRUE(table.requeue(r, "language-0 died"));
+  EXPECT_FALSE(table.requeue(r, "language-0 died"));
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].error, "gave up after 3 retries; last: language-0 died");
+}
+
 TEST_F(RequestTable, AnErrorWithoutAKindIsInternalAndASuccessHasNone) {
   table.finish(add(), "language stage: boom");
   table.finish(add(), "bad image", "", ErrorKind::kBadRequest);

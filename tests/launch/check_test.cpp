@@ -55,7 +55,8 @@ TEST(Check, PrintsThePlanOfAFittingConfig) {
   EXPECT_NE(r.output.find("cuda:0: predicted peak"), std::string::npos);
   // 576 x 4096 float16 = 4.5 MiB an image: 113 of them in the default 512 MiB.
   EXPECT_NE(r.output.find("coordinator (host memory): waiting embeddings up to 1.00 GiB (then "
-                          "files in /tmp), embedding cache 512.0 MiB (113 images of 4.5 MiB)"),
+                          "files in /tmp), embedding cache 512.0 MiB (113 images of 4.5 MiB), "
+                          "shared memory 32.0 MiB per vision worker"),
             std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("ok: the plan fits"), std::string::npos);

@@ -64,6 +64,9 @@ Outcome run_pipeline(const std::string& config_path, const std::vector<Case>& ca
   coordinator.shutdown_workers();
   outcome.timeline = coordinator.timeline();
   outcome.reports = coordinator.reports();
+  outcome.shared_frames_read = coordinator.shared_embeddings().frames_read();
+  outcome.shared_tasks_as_ranges = coordinator.shared_embeddings().tasks_sent_as_ranges();
+  outcome.shared_workers = coordinator.shared_embeddings().workers_seeing_ours();
   return outcome;
 }
 

@@ -52,6 +52,10 @@ struct Outcome {
   std::vector<llava::StageReport> reports;
   std::vector<std::vector<int32_t>> expected;
   std::vector<uint64_t> ids;
+  // Embeddings through shared memory (coordinator.shared_memory): answers' frames read
+  // from it, language tasks sent with ranges.
+  uint64_t shared_frames_read = 0, shared_tasks_as_ranges = 0;
+  size_t shared_workers = 0;  // that see the coordinator's, and were not refused since
 };
 
 // Hooks get the coordinator, to find worker pids at the moment they act.
