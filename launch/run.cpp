@@ -40,6 +40,12 @@ void print_reports(const Coordinator& coordinator) {
   getrusage(RUSAGE_SELF, &self);  // ru_maxrss: KiB
   std::fprintf(stderr, "coordinator peak host memory: %s\n",
                format_bytes(static_cast<uint64_t>(self.ru_maxrss) * 1024).c_str());
+  const SharedEmbeddings& shared = coordinator.shared_embeddings();
+  std::fprintf(stderr,
+               "embeddings through shared memory: %llu images from the vision stage, %llu "
+               "language tasks\n",
+               static_cast<unsigned long long>(shared.frames_read()),
+               static_cast<unsigned long long>(shared.tasks_sent_as_ranges()));
 }
 
 void print_lease_event(const LeaseEvent& e) {

@@ -81,20 +81,33 @@ void expect_complete_batch(const std::string& output_path, int count) {
 
 // Five thousand lines: five times the workers' queues, past coordinator.queue_capacity; fed
 // as room frees up, every one answered, in bounded coordinator memory.
-void run_five_thousand(const std::string& mode_body, const std::string& name) {
-  const std::string config = write_config(name, mode_body, "queue_capacity: 256");
+// Returns the big run's output.
+std::string run_five_thousand(const std::string& mode_body, const std::string& name,
+                              const std::string& coordinator = "") {
+  const std::string config = write_config(
+      name, mode_body, "queue_capacity: 256" + (coordinator.empty() ? "" : ", " + coordinator));
   const std::string small_out = temp_path(name + "-500.out.jsonl");
   Command small = run_llava_pipe("run " + config + " --requests " + write_batch(name + "-500", 500) +
                                  " --output " + small_out);
-  ASSERT_EQ(small.exit_code, 0) << small.output;
+  EXPECT_EQ(small.exit_code, 0) << small.output;
   const std::string out = temp_path(name + ".out.jsonl");
   Command big = run_llava_pipe("run " + config + " --requests " + write_batch(name, 5000) + " --output " + out);
-  ASSERT_EQ(big.exit_code, 0) << big.output;
+  EXPECT_EQ(big.exit_code, 0) << big.output;
   expect_complete_batch(out, 5000);
   // Bounded: ten times the lines, about the same coordinator memory.
   const double small_mib = coordinator_peak_mib(small.output), big_mib = coordinator_peak_mib(big.output);
-  ASSERT_GT(small_mib, 0) << small.output;
+  EXPECT_GT(small_mib, 0) << small.output;
   EXPECT_LT(big_mib, small_mib + 16) << "500 lines: " << small_mib << " MiB, 5000 lines: " << big_mib << " MiB";
+  return big.output;
+}
+
+// "embeddings through shared memory: N images ..." of a run's output; -1 if absent.
+long shared_images(const std::string& output) {
+  std::smatch m;
+  if (!std::regex_search(output, m,
+                         std::regex("embeddings through shared memory: ([0-9]+) images")))
+    return -1;
+  return std::stol(m[1]);
 }
 
 TEST(Reliability, FiveThousandLineBatchIsAnsweredWholeInSequentialMode) {
@@ -103,6 +116,17 @@ TEST(Reliability, FiveThousandLineBatchIsAnsweredWholeInSequentialMode) {
 
 TEST(Reliability, FiveThousandLineBatchIsAnsweredWholeInConcurrentMode) {
   run_five_thousand(kConcurrent, "batch-concurrent");
+}
+
+// The embeddings of 3,334 images through a shared memory of four ranges (one image's each,
+// no cache): most tasks find it full and send bytes, the rest take the ranges finished
+// requests give back; every line answered alike.
+TEST(Reliability, FiveThousandLinesThroughFourRangesOfSharedMemoryAreAnsweredWhole) {
+  const std::string output =
+      run_five_thousand(kConcurrent, "batch-shared", "embedding_cache: 0, shared_memory: 16KiB");
+  const long shared = shared_images(output);
+  EXPECT_GT(shared, 0) << output;     // some through the ranges
+  EXPECT_LT(shared, 3334) << output;  // and some as bytes, the ranges all taken
 }
 
 TEST(Reliability, ABatchWithFailedLinesExitsThreeAndNamesEachLine) {
