@@ -133,6 +133,7 @@ std::shared_ptr<SharedMemory> SharedMemory::open(const std::string& path) {
 }
 
 SharedMemory::~SharedMemory() {
+  if (before_unmap_) before_unmap_(*this);
   if (data_) ::munmap(data_, size_);
   if (owner_) ::unlink(path_.c_str());
 }
@@ -171,6 +172,7 @@ std::shared_ptr<SharedMemory> SharedMemoryMaps::get(const std::string& path) {
     return recent_.front();
   }
   recent_.push_front(SharedMemory::open(path));
+  if (on_map_) on_map_(*recent_.front());
   if (recent_.size() > kKept) recent_.pop_back();
   return recent_.front();
 }

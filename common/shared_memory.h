@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -47,6 +48,8 @@ class SharedMemory {
   char* data() const { return data_; }
   uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Called once, just before the mapping ends (a worker undoes its CUDA registration).
+  void before_unmap(std::function<void(SharedMemory&)> undo) { before_unmap_ = std::move(undo); }
 
   // A ZeroMQ message over [offset, offset + bytes) (no copy) that keeps this mapping, and
   // `hold` with it, until the message and every copy of it (zmq_msg_copy) are gone.
@@ -59,6 +62,7 @@ class SharedMemory {
   char* data_ = nullptr;
   uint64_t size_ = 0;
   bool owner_ = false;
+  std::function<void(SharedMemory&)> before_unmap_;
 };
 
 // Files of coordinators that are gone (killed before they removed them): removed. Only
@@ -69,6 +73,9 @@ void remove_stale_shared_memory();
 // outlives its eviction while frames still use it).
 class SharedMemoryMaps {
  public:
+  // `on_map`: called once for each file this maps (a worker registers it with CUDA).
+  explicit SharedMemoryMaps(std::function<void(SharedMemory&)> on_map = {})
+      : on_map_(std::move(on_map)) {}
   // [offset, offset + bytes) of `path` as a message (no copy); throws SharedMemoryError.
   zmq::message_t view(const std::string& path, uint64_t offset, uint64_t bytes,
                       uint64_t request = 0, uint32_t attempt = 0);
@@ -76,6 +83,7 @@ class SharedMemoryMaps {
 
  private:
   static constexpr size_t kKept = 4;
+  std::function<void(SharedMemory&)> on_map_;
   std::list<std::shared_ptr<SharedMemory>> recent_;  // most recent first
 };
 

@@ -1,11 +1,11 @@
 // Device memory statistics and controls; CUDA parts only where LibTorch has CUDA.
 #include "stages/device.h"
 
+#include <ATen/Parallel.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <ATen/Parallel.h>
-
+#include <cstdio>
 #include <fstream>
 #include <string>
 
@@ -19,6 +19,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace llava {
@@ -105,6 +106,24 @@ void limit_device_memory(const at::Device& device, uint64_t bytes) {
 void synchronize(const at::Device& device) {
 #ifdef LLAVA_PIPE_CUDA
   if (device.is_cuda()) at::cuda::getCurrentCUDAStream(device.index()).synchronize();
+#endif
+}
+
+void pin_for_copies(SharedMemory& memory, const at::Device& device) {
+#ifdef LLAVA_PIPE_CUDA
+  if (!device.is_cuda()) return;
+  if (cudaHostRegister(memory.data(), memory.size(), cudaHostRegisterPortable) != cudaSuccess) {
+    const char* why = cudaGetErrorString(cudaGetLastError());  // and clears it
+    std::fprintf(stderr, "llava-stage: %s stays pageable (cudaHostRegister: %s)\n",
+                 memory.path().c_str(), why);
+    return;
+  }
+  memory.before_unmap([](SharedMemory& m) {
+    if (cudaHostUnregister(m.data()) != cudaSuccess) (void)cudaGetLastError();
+  });
+#else
+  (void)memory;
+  (void)device;
 #endif
 }
 

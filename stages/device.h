@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/config.h"
+#include "common/shared_memory.h"
 
 namespace llava {
 
@@ -30,6 +31,11 @@ void reset_peak_memory(const at::Device& device);
 void release_cached_memory(const at::Device& device);
 // Caps the allocator at `bytes` (0: no cap). No effect on the CPU.
 void limit_device_memory(const at::Device& device, uint64_t bytes);
+// A file of shared memory (embeddings, common/shared_memory.h) registered with CUDA on a
+// GPU, so that copies between it and the device go straight, at the pinned rate, with the
+// registration undone before the file is unmapped. Refused (or on the CPU): it stays
+// pageable, and copies still work, through CUDA's staging.
+void pin_for_copies(SharedMemory& memory, const at::Device& device);
 // Waits for the device's queued work (a no-op on the CPU).
 void synchronize(const at::Device& device);
 

@@ -101,6 +101,8 @@ Worker::Worker(WorkerOptions options)
       stage_(make_stage(stage_context_, *this)),
       beat_interval_(config_.coordinator.heartbeat_interval_ms) {
   limits_.max_message_bytes = config_.coordinator.max_message_size;
+  shared_maps_ =
+      SharedMemoryMaps([device = device_](SharedMemory& m) { pin_for_copies(m, device); });
   const TransportOptions transport =
       transport_options(config_.coordinator, config_.coordinator.curve_worker_key,
                         config_.coordinator.curve_server_key);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "stages/device.h"
 #include "stages/fault_hooks.h"
 #include "stages/parallel.h"
 
@@ -42,7 +43,11 @@ zmq::message_t host_message(const at::Tensor& tensor) {
 }  // namespace
 
 VisionStage::VisionStage(const StageContext& context, StageSink& sink)
-    : context_(context), sink_(sink) {}
+    : context_(context),
+      sink_(sink),
+      shared_maps_([device = context.tensor_options.device()](SharedMemory& m) {
+        pin_for_copies(m, device);
+      }) {}
 
 WeightOffload::Visit VisionStage::weights() {
   return [this](const std::function<void(at::Tensor&)>& f) { encoder_->visit_tensors(f); };
@@ -172,16 +177,38 @@ void VisionStage::work_step() {
   if (rows.empty()) return;
   if (rows.size() < items.size()) batch = batch.index_select(0, at::tensor(rows));
   const auto prepared = Clock::now();
-  at::Tensor embeddings;
+  // One answer per task that goes on; its frames are added as its rows reach the host.
+  std::vector<std::unique_ptr<wire::Outgoing>> answers(tasks.size());
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    if (!failed[t])
+      answers[t] = std::make_unique<wire::Outgoing>(tasks[t].request_id(), tasks[t].attempt());
+  }
+  auto rows_of = [&](const at::Tensor& embeddings, size_t t) {
+    std::vector<at::Tensor> images;
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
+      images.push_back(embeddings[static_cast<int64_t>(first_row[t] + i)].contiguous());
+    }
+    return images;
+  };
   try {
-    // [N, tokens, H], copied to the host at once: into pinned memory on CUDA (the fast
-    // copy), which the frames then send without another copy.
-    embeddings = encoder_->encode(batch);
+    // [N, tokens, H]. A task offered a range of shared memory gets its rows copied straight
+    // into it; the others' are copied to the host at once: into pinned memory on CUDA (the
+    // fast copy), which their frames then send without another copy.
+    const at::Tensor embeddings = encoder_->encode(batch);
     const auto encoded = Clock::now();
-    at::Tensor host =
-        at::empty(embeddings.sizes(),
-                  embeddings.options().device(at::kCPU).pinned_memory(embeddings.is_cuda()));
-    embeddings = host.copy_(embeddings);
+    at::Tensor host;
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      if (failed[t] || write_shared(tasks[t], rows_of(embeddings, t), *answers[t])) continue;
+      if (!host.defined()) {
+        host = at::empty(embeddings.sizes(),
+                         embeddings.options().device(at::kCPU).pinned_memory(embeddings.is_cuda()));
+        host.copy_(embeddings);
+      }
+      for (const auto& image : rows_of(host, t)) {
+        answers[t]->add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(),
+                              host_message(image));
+      }
+    }
     if (std::getenv("LLAVA_PIPE_TRACE_VISION") != nullptr) {  // where a batch's time goes
       std::fprintf(stderr, "vision batch of %zu: host %.1f ms, encode %.1f ms, to host %.1f ms\n",
                    rows.size(), kMillisPerSecond * seconds(prepared - start),
@@ -201,22 +228,13 @@ void VisionStage::work_step() {
   const double elapsed = seconds(Clock::now() - start);
   for (size_t t = 0; t < tasks.size(); ++t) {
     if (failed[t]) continue;
-    wire::Outgoing out(tasks[t].request_id(), tasks[t].attempt());
+    wire::Outgoing& out = *answers[t];
     auto body = out.header().getBody().initEmbeddings();
     body.setImageCount(static_cast<uint32_t>(tasks[t].frames().size()));
     body.setEncodeSeconds(elapsed);
     body.setPreprocessSeconds(seconds(prepared - start));
     body.setBatchImages(static_cast<uint32_t>(rows.size()));
     body.setWaitSeconds(waited[t]);
-    std::vector<at::Tensor> images;
-    for (size_t i = 0; i < tasks[t].frames().size(); ++i) {
-      images.push_back(embeddings[static_cast<int64_t>(first_row[t] + i)].contiguous());
-    }
-    if (!write_shared(tasks[t], images, out)) {
-      for (const auto& image : images) {
-        out.add_frame(wire_dtype(image.scalar_type()), image.sizes().vec(), host_message(image));
-      }
-    }
     sink_.send(out);
   }
 }
@@ -244,7 +262,10 @@ bool VisionStage::write_shared(const wire::Incoming& task, const std::vector<at:
   uint64_t offset = offered.getSharedOffset();
   for (const auto& image : images) {
     const auto n = static_cast<uint64_t>(image.nbytes());
-    std::memcpy(memory->data() + offset, image.data_ptr(), n);
+    // From the device straight into the file (registered with CUDA when it was mapped:
+    // pin_for_copies), or a copy on the host.
+    at::from_blob(memory->data() + offset, image.sizes(), image.options().device(at::kCPU))
+        .copy_(image);
     wire::Frame frame;
     frame.dtype = wire_dtype(image.scalar_type());
     frame.shape = image.sizes().vec();

@@ -106,6 +106,28 @@ TEST(SharedMemory, MapsKeepTheRecentFilesAndCheckBounds) {
   EXPECT_THROW(maps.view(files[5]->path(), 4000, 97), SharedMemoryError);
 }
 
+// What a worker does to each file it maps (registering it with CUDA), once, and undoes
+// just before the file is unmapped, while it can still read it.
+TEST(SharedMemory, AMapsHookRunsOnceAFileAndItsUndoBeforeTheUnmap) {
+  std::vector<std::string> mapped;
+  std::vector<char> read_at_unmap;
+  SharedMemoryMaps maps([&](SharedMemory& m) {
+    mapped.push_back(m.path());
+    m.before_unmap([&](SharedMemory& gone) { read_at_unmap.push_back(gone.data()[0]); });
+  });
+  auto a = SharedMemory::create(4096), b = SharedMemory::create(4096);
+  a->data()[0] = 'a';
+  zmq::message_t view = maps.view(a->path(), 0, 1);
+  maps.view(a->path(), 1, 1);
+  maps.view(b->path(), 0, 1);
+  EXPECT_EQ(mapped, (std::vector<std::string>{a->path(), b->path()}));
+  for (int i = 0; i < 4; ++i) maps.get(SharedMemory::create(4096)->path());  // a and b evicted
+  EXPECT_EQ(read_at_unmap.size(), 1u) << "b unmapped; a still has a view";
+  view = zmq::message_t();
+  ASSERT_EQ(read_at_unmap.size(), 2u);
+  EXPECT_EQ(read_at_unmap.back(), 'a');
+}
+
 TEST(SharedMemory, FilesOfCoordinatorsThatAreGoneAreRemoved) {
   // A child makes a file and dies without removing it (killed); a live process's stays.
   int pipe_fds[2];
