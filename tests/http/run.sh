@@ -37,12 +37,15 @@ if "$build/llava-pipe" check "$work/probe.yaml" >/dev/null 2>&1; then
   max_body=65536
 fi
 
-# Starts a server on a free port; prints its URL once it listens (its log says the port).
+# Starts a server on a free port, in this shell (so that cleanup knows its pid: a command
+# substitution would run it in a subshell, and the server would outlive the tests).
 start() {
-  local config="$1" log="$2"
-  LLAVA_PIPE_API_KEY="${3:-}" "$build/llava-pipe" serve "$config" --http 127.0.0.1:0 >"$log" 2>&1 &
+  LLAVA_PIPE_API_KEY="${3:-}" "$build/llava-pipe" serve "$1" --http 127.0.0.1:0 >"$2" 2>&1 &
   pids+=($!)
-  local pid=$!
+}
+# Prints the URL of the server `pid` once it listens (its log says the port).
+url_of() {
+  local config="$1" log="$2" pid="$3"
   for _ in $(seq 600); do
     if url="$(grep -o 'http://127.0.0.1:[0-9]*' "$log")"; then echo "$url"; return 0; fi
     kill -0 "$pid" 2>/dev/null || break
@@ -52,8 +55,10 @@ start() {
   cat "$log" >&2
   return 1
 }
-url="$(start configs/tiny-random.yaml "$work/demo.log")"
-limits_url="$(start "$work/limits.yaml" "$work/limits.log" "$key")"
+start configs/tiny-random.yaml "$work/demo.log"
+url="$(url_of configs/tiny-random.yaml "$work/demo.log" "${pids[0]}")"
+start "$work/limits.yaml" "$work/limits.log" "$key"
+limits_url="$(url_of "$work/limits.yaml" "$work/limits.log" "${pids[1]}")"
 echo "servers: $url (demo), $limits_url (limits)"
 
 status=0
