@@ -43,6 +43,26 @@ Frame Frame::share() {
   return copy;
 }
 
+Frame shared_frame(const std::shared_ptr<SharedMemory>& memory, uint64_t offset, DType dtype,
+                   std::vector<int64_t> shape) {
+  Frame frame;
+  frame.dtype = dtype;
+  frame.shape = std::move(shape);
+  frame.bytes =
+      SharedMemory::view(memory, offset, static_cast<uint64_t>(frame.numel()) * dtype_size(dtype));
+  frame.shared = memory;
+  frame.shared_offset = offset;
+  return frame;
+}
+
+SharedResolver resolve_through(SharedMemoryMaps& maps) {
+  return [&maps](const schema::Header::Reader& header, uint64_t offset, uint64_t bytes) {
+    return SharedView{maps.view(header.getSharedMemory(), offset, bytes, header.getRequestId(),
+                                header.getAttempt()),
+                      nullptr};
+  };
+}
+
 const char* kind_name(schema::Header::Body::Which kind) {
   using W = schema::Header::Body::Which;
   switch (kind) {

@@ -54,6 +54,14 @@ struct SharedView {
 using SharedResolver =
     std::function<SharedView(const schema::Header::Reader&, uint64_t offset, uint64_t bytes)>;
 
+// A frame whose payload is `memory`'s bytes at `offset` (a view, no copy), so that it may
+// go as its range (Outgoing::send_shared_as_ranges).
+Frame shared_frame(const std::shared_ptr<SharedMemory>& memory, uint64_t offset, DType dtype,
+                   std::vector<int64_t> shape);
+// A worker's resolver: the file the header names, mapped through `maps` (kept by the
+// caller), the range checked against it; SharedMemoryError names the request.
+SharedResolver resolve_through(SharedMemoryMaps& maps);
+
 // Builds one message. Set the body through header(), add frames, then take parts().
 class Outgoing {
  public:

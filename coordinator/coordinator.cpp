@@ -275,15 +275,11 @@ void Coordinator::receive(std::chrono::milliseconds wait) {
   };
   for (auto parts = receive_parts(router_, std::chrono::milliseconds(0)); parts;
        parts = receive_parts(router_, std::chrono::milliseconds(0))) {
-    const std::string routing =
-        parts->empty()
-            ? ""
-            : std::string(static_cast<const char*>(parts->front().data()), parts->front().size());
     try {
       wire::Incoming message = wire::Incoming::parse(std::move(*parts), true, limits_, resolve);
       handle(message);
     } catch (const SharedMemoryError& e) {
-      on_bad_shared_memory(routing, e);
+      on_bad_shared_memory(e);
     } catch (const WireError& e) {
       dropped_.write(std::string("a malformed message: ") + e.what());
     }
@@ -457,15 +453,17 @@ void Coordinator::on_tokens(wire::Incoming& message) {
   }
 }
 
-void Coordinator::on_bad_shared_memory(const std::string& routing, const SharedMemoryError& error) {
+void Coordinator::on_bad_shared_memory(const SharedMemoryError& error) {
   dropped_.write(std::string("an answer: ") + error.what());
-  WorkerSlot* slot = workers_->by_routing(routing);
   Request* request = requests_->find(error.request, error.attempt);
-  if (!slot || !request || request->progress != Progress::kInVision) return;
+  if (!request || request->progress != Progress::kInVision || request->worker < 0) return;
   shared_.answered(error.request, error.attempt);
-  // The worker gets bytes from now on; the task runs again (and says, if it fails again).
-  shared_.refused(workers_->index_of(*slot));
-  scheduler_->requeue(*request, slot->name + ": " + error.what(), /*counted=*/false);
+  // The worker its task went to gets bytes from now on; the task runs again (and says, if
+  // it fails again).
+  const auto worker = static_cast<size_t>(request->worker);
+  shared_.refused(worker);
+  scheduler_->requeue(*request, workers_->at(worker).name + ": " + error.what(),
+                      /*counted=*/false);
 }
 
 void Coordinator::on_done(wire::Incoming& message) {

@@ -105,7 +105,7 @@ class Coordinator {
   void on_done(wire::Incoming& message);
   void on_failure(WorkerSlot& slot, wire::Incoming& message);
   // An answer whose embeddings were not where its task was told to write them.
-  void on_bad_shared_memory(const std::string& routing, const SharedMemoryError& error);
+  void on_bad_shared_memory(const SharedMemoryError& error);
   void begin_drain();
   void fail_all(const std::string& error);
   // The request's images, prompt and progress, from its spec; throws RequestError (or a

@@ -147,11 +147,7 @@ double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int itera
                                              uint64_t n) {
     return wire::SharedView{SharedMemory::view(memory, offset, n), memory};
   };
-  const wire::SharedResolver at_receiver = [&](const schema::Header::Reader& header,
-                                               uint64_t offset, uint64_t n) {
-    return wire::SharedView{receiver_maps.view(header.getSharedMemory(), offset, n), nullptr};
-  };
-  const int64_t elements = static_cast<int64_t>(bytes);
+  const wire::SharedResolver at_receiver = wire::resolve_through(receiver_maps);
   std::vector<double> times;
   for (int i = 0; i < iterations; ++i) {
     const auto start = std::chrono::steady_clock::now();
@@ -172,13 +168,10 @@ double handoff_ms(const std::string& endpoint_of_config, size_t bytes, int itera
     } else {
       auto file = sender_maps.get(memory->path());
       std::memcpy(file->data(), payload.data(), bytes);
-      wire::Frame frame;
-      frame.shape = {elements};
-      frame.bytes = SharedMemory::view(file, 0, bytes);
-      frame.shared = file;
       wire::Outgoing answer(1);
       answer.header().getBody().initEmbeddings();
-      answer.add_frame(std::move(frame));
+      answer.add_frame(
+          wire::shared_frame(file, 0, wire::DType::kU8, {static_cast<int64_t>(bytes)}));
       answer.send_shared_as_ranges();
       send_parts(sender, answer.parts());
       auto got = receive_parts(router, std::chrono::milliseconds(5000));
@@ -313,7 +306,7 @@ int bench(const BenchOptions& o) {
 
   const size_t frame_bytes = image_embedding_bytes(config, coordinator.model());
   const double handoff = handoff_ms(coordinator.endpoint(), frame_bytes, 50);
-  const bool shared = config.coordinator.shared_memory > 0 && !shared_memory_id().empty();
+  const bool shared = !coordinator.shared_embeddings().id().empty();  // on, and /dev/shm here
   const double shared_handoff =
       shared ? handoff_ms(coordinator.endpoint(), frame_bytes, 50, true) : 0;
 

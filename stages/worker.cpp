@@ -208,15 +208,14 @@ int Worker::run() {
   hello();
   last_heard_ = last_beat_sent_ = Clock::now();
   const auto silence_limit = beat_interval_ * config_.coordinator.liveness;
-  const wire::SharedResolver shared = [this](const schema::Header::Reader& header, uint64_t offset,
-                                             uint64_t bytes) {
+  const wire::SharedResolver maps = wire::resolve_through(shared_maps_);
+  const wire::SharedResolver shared = [&maps](const schema::Header::Reader& header, uint64_t offset,
+                                              uint64_t bytes) {
     if (faults().shared_unreadable > 0) {
       throw SharedMemoryError("shared memory: cannot read (LLAVA_PIPE_FAULT_SHARED_UNREADABLE)",
                               header.getRequestId(), header.getAttempt());
     }
-    return wire::SharedView{shared_maps_.view(header.getSharedMemory(), offset, bytes,
-                                              header.getRequestId(), header.getAttempt()),
-                            nullptr};
+    return maps(header, offset, bytes);
   };
   while (exit_code_ < 0) {
     const bool busy = state_ == State::kLeased && stage_->has_work();

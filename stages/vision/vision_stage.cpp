@@ -266,12 +266,9 @@ bool VisionStage::write_shared(const wire::Incoming& task, const std::vector<at:
     // pin_for_copies), or a copy on the host.
     at::from_blob(memory->data() + offset, image.sizes(), image.options().device(at::kCPU))
         .copy_(image);
-    wire::Frame frame;
-    frame.dtype = wire_dtype(image.scalar_type());
-    frame.shape = image.sizes().vec();
-    frame.bytes = SharedMemory::view(memory, offset, n);
-    frame.shared = memory;
-    frame.shared_offset = offset + static_cast<uint64_t>(faults().shared_offset_lie);
+    wire::Frame frame =
+        wire::shared_frame(memory, offset, wire_dtype(image.scalar_type()), image.sizes().vec());
+    frame.shared_offset += static_cast<uint64_t>(faults().shared_offset_lie);
     out.add_frame(std::move(frame));
     offset += n;
   }

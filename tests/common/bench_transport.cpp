@@ -32,10 +32,7 @@ Result measure(const std::string& endpoint_pattern, int iterations, bool shared 
   const std::string endpoint = llava::last_endpoint(router);
   auto memory = shared ? llava::SharedMemory::create(2 * bytes) : nullptr;
   llava::SharedMemoryMaps maps;  // the receiver's
-  const llava::wire::SharedResolver resolve = [&](const llava::schema::Header::Reader& header,
-                                                  uint64_t offset, uint64_t n) {
-    return llava::wire::SharedView{maps.view(header.getSharedMemory(), offset, n), nullptr};
-  };
+  const llava::wire::SharedResolver resolve = llava::wire::resolve_through(maps);
   std::thread sender([&] {
     auto dealer = llava::connect_dealer(context, endpoint, options);
     zmq::message_t payload(bytes);
@@ -46,13 +43,8 @@ Result measure(const std::string& endpoint_pattern, int iterations, bool shared 
       if (shared) {  // written into one of two ranges in turn, sent as the range
         const uint64_t offset = (i % 2) * bytes;
         std::memcpy(memory->data() + offset, payload.data(), bytes);
-        llava::wire::Frame frame;
-        frame.dtype = llava::wire::DType::kF16;
-        frame.shape = {kTokens, kHidden};
-        frame.bytes = llava::SharedMemory::view(memory, offset, bytes);
-        frame.shared = memory;
-        frame.shared_offset = offset;
-        out.add_frame(std::move(frame));
+        out.add_frame(llava::wire::shared_frame(memory, offset, llava::wire::DType::kF16,
+                                                {kTokens, kHidden}));
         out.send_shared_as_ranges();
       } else {
         zmq::message_t frame(payload.data(), payload.size());  // a fresh frame each time

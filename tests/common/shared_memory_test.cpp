@@ -225,21 +225,11 @@ using wire::Outgoing;
 
 wire::Frame frame_in(const std::shared_ptr<SharedMemory>& memory, uint64_t offset,
                      std::vector<int64_t> shape) {
-  wire::Frame frame;
-  frame.dtype = DType::kF16;
-  frame.shape = std::move(shape);
-  frame.bytes = SharedMemory::view(memory, offset, static_cast<uint64_t>(frame.numel()) * 2);
-  frame.shared = memory;
-  frame.shared_offset = offset;
-  return frame;
+  return wire::shared_frame(memory, offset, DType::kF16, std::move(shape));
 }
 
 wire::SharedResolver resolver(SharedMemoryMaps& maps) {
-  return [&maps](const schema::Header::Reader& header, uint64_t offset, uint64_t bytes) {
-    return wire::SharedView{maps.view(header.getSharedMemory(), offset, bytes,
-                                      header.getRequestId(), header.getAttempt()),
-                            nullptr};
-  };
+  return wire::resolve_through(maps);
 }
 
 TEST(SharedMemoryWire, FramesGoAsRangesOnlyWhenAskedAndArriveWithTheirBytes) {
