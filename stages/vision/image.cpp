@@ -202,22 +202,31 @@ uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, i
   jpeg_start_decompress(&info);
   const size_t w = info.output_width, channels = info.output_components;
   pixels = static_cast<uint8_t*>(std::malloc(w * info.output_height * 3));
-  row = static_cast<uint8_t*>(std::malloc(w * channels));
-  while (info.output_scanline < info.output_height) {
-    uint8_t* out = pixels + static_cast<size_t>(info.output_scanline) * w * 3;
-    JSAMPROW rows[1] = {row};
-    jpeg_read_scanlines(&info, rows, 1);
-    for (size_t x = 0; x < w; ++x) {
-      if (!cmyk) {
-        out[3 * x] = row[3 * x], out[3 * x + 1] = row[3 * x + 1], out[3 * x + 2] = row[3 * x + 2];
-        continue;
+  if (!cmyk) {  // RGB rows straight into the image, several a call
+    while (info.output_scanline < info.output_height) {
+      JSAMPROW rows[4];
+      const JDIMENSION first = info.output_scanline;
+      for (JDIMENSION r = 0; r < 4; ++r) {
+        rows[r] = pixels + static_cast<size_t>(std::min(first + r, info.output_height - 1)) * w * 3;
       }
-      // Adobe files store CMYK inverted; then (255 - C)(255 - K) / 255, as PIL converts.
-      const bool inverted = info.saw_Adobe_marker;
-      const int k = inverted ? row[4 * x + 3] : 255 - row[4 * x + 3];
-      for (int c = 0; c < 3; ++c) {
-        const int v = inverted ? row[4 * x + c] : 255 - row[4 * x + c];
-        out[3 * x + c] = static_cast<uint8_t>((v * k + 127) / 255);
+      if (jpeg_read_scanlines(&info, rows, std::min<JDIMENSION>(4, info.output_height - first)) ==
+          0)
+        break;
+    }
+  } else {
+    row = static_cast<uint8_t*>(std::malloc(w * channels));
+    // Adobe files store CMYK inverted; then (255 - C)(255 - K) / 255, as PIL converts.
+    const bool inverted = info.saw_Adobe_marker;
+    while (info.output_scanline < info.output_height) {
+      uint8_t* out = pixels + static_cast<size_t>(info.output_scanline) * w * 3;
+      JSAMPROW rows[1] = {row};
+      if (jpeg_read_scanlines(&info, rows, 1) == 0) break;
+      for (size_t x = 0; x < w; ++x) {
+        const int k = inverted ? row[4 * x + 3] : 255 - row[4 * x + 3];
+        for (int c = 0; c < 3; ++c) {
+          const int v = inverted ? row[4 * x + c] : 255 - row[4 * x + c];
+          out[3 * x + c] = static_cast<uint8_t>((v * k + 127) / 255);
+        }
       }
     }
   }

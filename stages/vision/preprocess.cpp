@@ -1,6 +1,8 @@
 // Image preprocessing. The resize reproduces Pillow's ImagingResample for 8-bit images:
 // separable passes (horizontal, then vertical), support widened by the downscale factor,
 // coefficients normalized and rounded to 22-bit fixed point, each pass rounded to uint8.
+// Only the crop's window is resized, in bands of rows that threads may share, and each
+// finished row is normalized straight into the destination.
 #include "stages/vision/preprocess.h"
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <utility>
 
 #include "common/errors.h"
+#include "stages/parallel.h"
 
 namespace llava {
 namespace {
@@ -80,10 +83,12 @@ Coefficients precompute(int in_size, int out_size, int resample, int from, int t
   return c;
 }
 
-// sums[j] += p[j] * weight: both passes' inner loop. x86-64's baseline (SSE2) has no 32-bit
-// vector multiply, so the loop also gets an AVX2 build, picked at run time where the CPU has
-// it (with the transposed horizontal pass: resize + crop + normalize of a 320x240 image to
-// 336 x 336, 2.28 -> 0.91 ms on the H200 machine's host).
+// sums[j] += p[j] * weight: both passes' inner loop. The pixel loops here are written for
+// the vectorizer, and this file is compiled with -O3 whatever the build type
+// (stages/CMakeLists.txt): GCC's -O2 left them scalar, 2.3 ms against 0.9 for resize + crop
+// + normalize of a 320x240 image to 336 x 336. x86-64's baseline (SSE2) has no 32-bit
+// vector multiply, so this loop also gets an AVX2 build, picked at run time where the CPU
+// has it.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -91,9 +96,10 @@ void accumulate(int32_t* __restrict__ sums, const uint8_t* __restrict__ p, int32
   for (size_t j = 0; j < n; ++j) sums[j] += p[j] * weight;
 }
 
-uint8_t clip8(int32_t sum) {
-  int32_t v = sum >> kPrecisionBits;
-  return static_cast<uint8_t>(std::clamp(v, 0, 255));
+// out[j] = the fixed-point sum's byte, clamped to [0, 255].
+void clip_bytes(const int32_t* __restrict__ sums, uint8_t* __restrict__ out, size_t n) {
+  for (size_t j = 0; j < n; ++j)
+    out[j] = static_cast<uint8_t>(std::clamp(sums[j] >> kPrecisionBits, 0, 255));
 }
 
 // sums = the rounding half plus c's entry `at` over its taps: line(first + i) (sums.size()
@@ -110,91 +116,145 @@ struct Window {
   int x0, x1, y0, y1;
 };
 
-// Horizontal pass: input rows [r0, r1) into `out` (x1 - x0 columns, r1 - r0 rows); column j
-// of out is output column x0 + j, whose coefficients are c's entry j. Done as the vertical
-// pass is: the rows' pixels transposed (an input column's pixels contiguous), so that each
-// tap adds a whole column times one weight, which the compiler vectorizes; then each
-// output column is written back in place. The same integer sums, in the same order.
-void horizontal_pass(const RgbImage& in, RgbImage& out, const Coefficients& c, int r0, int r1) {
-  const size_t rows = static_cast<size_t>(std::max(0, r1 - r0)), span = rows * 3;
-  if (rows == 0 || c.first.empty()) return;
+// One resize of `image` to width x height, of which only `window` is computed: each output
+// pixel depends only on its own coefficients, so these are the whole resize's values, and
+// memory and time follow the window, not the resize. Either pass is skipped where its side
+// keeps its size (then the window's columns or rows are the image's own).
+struct ResizePlan {
+  Window window{};
+  bool across = false, down = false;  // whether the horizontal / vertical pass runs
+  Coefficients columns, rows;         // entry j: window column x0 + j / row y0 + j
+};
+
+ResizePlan plan_resize(const RgbImage& image, int width, int height, int resample,
+                       const Window& window) {
+  ResizePlan plan;
+  plan.window = window;
+  plan.across = width != image.width;
+  plan.down = height != image.height;
+  if ((plan.across || plan.down) && resample != 2 && resample != 3) {
+    throw RequestError("resize: only bilinear (2) and bicubic (3) resampling are supported");
+  }
+  if (plan.across) plan.columns = precompute(image.width, width, resample, window.x0, window.x1);
+  if (plan.down) plan.rows = precompute(image.height, height, resample, window.y0, window.y1);
+  return plan;
+}
+
+// Buffers a thread reuses from one image to the next (no fresh pages per image).
+struct ResizeScratch {
+  std::vector<uint8_t> transposed, wide, row;
+  std::vector<int32_t> sums;
+
+  // A huge image's buffers are let go rather than kept for the next one.
+  void trim() {
+    constexpr size_t kKeep = size_t{8} << 20;
+    if (transposed.capacity() > kKeep) std::vector<uint8_t>().swap(transposed);
+    if (wide.capacity() > kKeep) std::vector<uint8_t>().swap(wide);
+  }
+};
+
+// Horizontal pass of input rows [r0, r1) into `wide`: each row planar, [channel][window
+// column], which the vertical pass and normalizing read in order. Done as the vertical pass
+// is: the rows' pixels transposed (an input column's pixels contiguous), so that each tap
+// adds a whole column times one weight; then each output column is written back in place.
+// The same integer sums, in the same order.
+void horizontal_pass(const RgbImage& in, const Coefficients& c, int r0, int r1, ResizeScratch& s) {
+  const size_t rows = static_cast<size_t>(r1 - r0), span = rows * 3, columns = c.first.size();
   int c0 = in.width, c1 = 0;  // the input columns the coefficients read
-  for (size_t x = 0; x < c.first.size(); ++x) {
+  for (size_t x = 0; x < columns; ++x) {
     c0 = std::min(c0, c.first[x]);
     c1 = std::max(c1, c.first[x] + c.count[x]);
   }
-  std::vector<uint8_t> columns(static_cast<size_t>(std::max(0, c1 - c0)) * span);  // [x - c0][y - r0][channel]
-  for (size_t y = 0; y < rows; ++y) {
+  s.transposed.resize(static_cast<size_t>(c1 - c0) * span);  // [x - c0][y - r0][channel]
+  uint8_t* const transposed = s.transposed.data();           // (raw pointers: the byte stores
+  for (size_t y = 0; y < rows; ++y) {                        // would otherwise reload them)
     const uint8_t* row = &in.pixels[(static_cast<size_t>(r0) + y) * in.width * 3];
     for (int x = c0; x < c1; ++x) {
-      uint8_t* to = &columns[static_cast<size_t>(x - c0) * span + y * 3];
+      uint8_t* to = transposed + static_cast<size_t>(x - c0) * span + y * 3;
       const uint8_t* from = row + static_cast<size_t>(x) * 3;
       to[0] = from[0], to[1] = from[1], to[2] = from[2];
     }
   }
-  std::vector<int32_t> sums(span);
-  for (int x = 0; x < out.width; ++x) {
-    tap_sums(sums, c, static_cast<size_t>(x),
-             [&](int column) { return &columns[static_cast<size_t>(column - c0) * span]; });
-    uint8_t* q = &out.pixels[static_cast<size_t>(x) * 3];
-    const size_t stride = static_cast<size_t>(out.width) * 3;
-    for (size_t y = 0; y < rows; ++y, q += stride) {
-      q[0] = clip8(sums[y * 3]), q[1] = clip8(sums[y * 3 + 1]), q[2] = clip8(sums[y * 3 + 2]);
+  s.sums.resize(span);
+  s.row.resize(span);
+  s.wide.resize(rows * columns * 3);
+  const uint8_t* const column = s.row.data();  // an output column's bytes, [y][channel]
+  uint8_t* const wide = s.wide.data();
+  for (size_t x = 0; x < columns; ++x) {
+    tap_sums(s.sums, c, x,
+             [&](int column) { return transposed + static_cast<size_t>(column - c0) * span; });
+    clip_bytes(s.sums.data(), s.row.data(), span);
+    uint8_t* q = wide + x;
+    for (size_t y = 0; y < rows; ++y, q += columns * 3) {
+      q[0] = column[y * 3], q[columns] = column[y * 3 + 1], q[2 * columns] = column[y * 3 + 2];
     }
   }
 }
 
-// Vertical pass: `in` holds input rows from r0 on; row j of `out` is output row y0 + j, with
-// c's entry j; a whole row per tap (contiguous, so the compiler vectorizes it).
-void vertical_pass(const RgbImage& in, int r0, RgbImage& out, const Coefficients& c) {
-  const size_t span = static_cast<size_t>(out.width) * 3;
-  std::vector<int32_t> sums(span);
-  for (int y = 0; y < out.height; ++y) {
-    tap_sums(sums, c, static_cast<size_t>(y),
-             [&](int row) { return &in.pixels[static_cast<size_t>(row - r0) * in.width * 3]; });
-    uint8_t* q = &out.pixels[static_cast<size_t>(y) * span];
-    for (size_t j = 0; j < span; ++j) q[j] = clip8(sums[j]);
-  }
-}
-
-// `window` of PIL's resize to width x height (horizontal pass, then vertical), as an image of
-// the window's size: each output pixel depends only on its own coefficients, so these are
-// the whole resize's values, and memory and time follow the window, not the resize.
-RgbImage resize_window(const RgbImage& image, int width, int height, int resample, const Window& window) {
-  if (resample != 2 && resample != 3) {
-    throw RequestError("resize: only bilinear (2) and bicubic (3) resampling are supported");
-  }
-  const int columns = window.x1 - window.x0, rows = window.y1 - window.y0;
-  // The input rows the window's output rows read.
-  int r0 = window.y0, r1 = window.y1;
-  Coefficients vertical;
-  if (height != image.height) {
-    vertical = precompute(image.height, height, resample, window.y0, window.y1);
-    r0 = rows > 0 ? vertical.first.front() : 0;
-    r1 = rows > 0 ? vertical.first.back() + vertical.count.back() : 0;
-    for (size_t j = 0; j < vertical.first.size(); ++j) {
-      r0 = std::min(r0, vertical.first[j]);
-      r1 = std::max(r1, vertical.first[j] + vertical.count[j]);
+// Window rows [j0, j1) (row j is output row y0 + j), each handed to emit(j, bytes) planar:
+// [channel][window column]. Bands of rows give the same bytes however they are cut: the
+// rows a band reads through the horizontal pass are computed as for any other band.
+template <typename Emit>
+void resize_rows(const RgbImage& image, const ResizePlan& plan, int j0, int j1, ResizeScratch& s,
+                 Emit&& emit) {
+  const Window& w = plan.window;
+  const size_t columns = static_cast<size_t>(w.x1 - w.x0), span = columns * 3;
+  if (j0 >= j1 || columns == 0) return;
+  // The input rows the band reads.
+  int r0 = w.y0 + j0, r1 = w.y0 + j1;
+  if (plan.down) {
+    r0 = plan.rows.first[j0], r1 = 0;
+    for (int j = j0; j < j1; ++j) {
+      r0 = std::min(r0, plan.rows.first[j]);
+      r1 = std::max(r1, plan.rows.first[j] + plan.rows.count[j]);
     }
   }
-  RgbImage wide;  // input rows [r0, r1), the window's columns
-  wide.width = columns;
-  wide.height = r1 - r0;
-  wide.pixels.assign(static_cast<size_t>(std::max(0, columns)) * std::max(0, r1 - r0) * 3, 0);
-  if (width != image.width) {
-    horizontal_pass(image, wide, precompute(image.width, width, resample, window.x0, window.x1), r0, r1);
+  // Input rows [r0, r1) at the window's columns, planar: through the horizontal pass, or
+  // the image's own pixels.
+  if (plan.across) {
+    horizontal_pass(image, plan.columns, r0, r1, s);
   } else {
-    for (int y = r0; y < r1; ++y) {
-      std::copy_n(&image.pixels[(static_cast<size_t>(y) * image.width + window.x0) * 3], columns * 3,
-                  &wide.pixels[static_cast<size_t>(y - r0) * columns * 3]);
+    s.wide.resize(static_cast<size_t>(r1 - r0) * span);
+    for (int r = r0; r < r1; ++r) {
+      const uint8_t* from = &image.pixels[(static_cast<size_t>(r) * image.width + w.x0) * 3];
+      uint8_t* to = &s.wide[static_cast<size_t>(r - r0) * span];
+      for (size_t x = 0; x < columns; ++x) {
+        to[x] = from[3 * x], to[columns + x] = from[3 * x + 1],
+        to[2 * columns + x] = from[3 * x + 2];
+      }
     }
   }
-  if (height == image.height) return wide;
+  auto line = [&](int r) { return &s.wide[static_cast<size_t>(r - r0) * span]; };
+  if (!plan.down) {
+    for (int j = j0; j < j1; ++j) emit(j, line(w.y0 + j));
+    return;
+  }
+  s.sums.resize(span);
+  s.row.resize(span);
+  for (int j = j0; j < j1; ++j) {
+    tap_sums(s.sums, plan.rows, static_cast<size_t>(j), line);
+    clip_bytes(s.sums.data(), s.row.data(), span);
+    emit(j, s.row.data());
+  }
+}
+
+// The window as an image of its own size.
+RgbImage resize_window(const RgbImage& image, int width, int height, int resample,
+                       const Window& window) {
+  const ResizePlan plan = plan_resize(image, width, height, resample, window);
   RgbImage out;
-  out.width = columns;
-  out.height = rows;
-  out.pixels.assign(static_cast<size_t>(std::max(0, columns)) * std::max(0, rows) * 3, 0);
-  vertical_pass(wide, r0, out, vertical);
+  out.width = std::max(0, window.x1 - window.x0);
+  out.height = std::max(0, window.y1 - window.y0);
+  out.pixels.resize(static_cast<size_t>(out.width) * out.height * 3);
+  const size_t columns = static_cast<size_t>(out.width);
+  ResizeScratch scratch;
+  resize_rows(image, plan, 0, out.height, scratch, [&](int j, const uint8_t* planar) {
+    uint8_t* to = &out.pixels[static_cast<size_t>(j) * columns * 3];
+    for (size_t x = 0; x < columns; ++x) {
+      to[3 * x] = planar[x], to[3 * x + 1] = planar[columns + x],
+             to[3 * x + 2] = planar[2 * columns + x];
+    }
+  });
   return out;
 }
 
@@ -202,6 +262,21 @@ RgbImage resize_window(const RgbImage& image, int width, int height, int resampl
 std::pair<int, int> crop_offsets(int image_height, int image_width, int height, int width) {
   auto floor_half = [](int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); };
   return {floor_half(image_height - height), floor_half(image_width - width)};
+}
+
+// The part of a width x height image that a centre crop to crop_height x crop_width keeps,
+// and where it lands in the crop (left, top; the crop's pixels past the image are zeros).
+struct CropPlacement {
+  Window window;
+  int left, top;
+};
+
+CropPlacement place_crop(int width, int height, int crop_height, int crop_width) {
+  const auto [top, left] = crop_offsets(height, width, crop_height, crop_width);
+  return {{std::max(0, left), std::min(width, left + crop_width), std::max(0, top),
+           std::min(height, top + crop_height)},
+          left,
+          top};
 }
 
 }  // namespace
@@ -212,9 +287,8 @@ RgbImage resize(const RgbImage& image, int width, int height, int resample) {
 
 RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resample, int crop_height,
                          int crop_width) {
-  const auto [top, left] = crop_offsets(height, width, crop_height, crop_width);
-  const Window window{std::max(0, left), std::min(width, left + crop_width), std::max(0, top),
-                      std::min(height, top + crop_height)};
+  const CropPlacement crop = place_crop(width, height, crop_height, crop_width);
+  const Window& window = crop.window;
   const RgbImage part = resize_window(image, width, height, resample, window);
   // The crop: the computed window at its place, zeros where the crop passes the image.
   RgbImage out;
@@ -223,7 +297,9 @@ RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resam
   out.pixels.assign(static_cast<size_t>(crop_width) * crop_height * 3, 0);
   for (int y = 0; y < part.height; ++y) {
     std::copy_n(&part.pixels[static_cast<size_t>(y) * part.width * 3], part.width * 3,
-                &out.pixels[(static_cast<size_t>(window.y0 - top + y) * crop_width + (window.x0 - left)) * 3]);
+                &out.pixels[(static_cast<size_t>(window.y0 - crop.top + y) * crop_width +
+                             (window.x0 - crop.left)) *
+                            3]);
   }
   return out;
 }
@@ -267,8 +343,6 @@ RgbImage pad_to_square(const RgbImage& image, const float mean[3]) {
 
 namespace {
 
-// The image the steps before normalization leave: `input` itself where none runs (never
-// copied), else `padded` / `sized`, which hold the steps' images.
 // An image whose steps would make a picture over the pixel limit (a 1 x 100,000 strip
 // resized to a 336 short side is 336 x 33,600,000): refused before any of it is made.
 void check_step_size(const RgbImage& image, int64_t width, int64_t height, const char* step) {
@@ -281,71 +355,117 @@ void check_step_size(const RgbImage& image, int64_t width, int64_t height, const
                      ", over the limit of " + std::to_string(limit) + " pixels; crop or pad it nearer to square");
 }
 
-const RgbImage& resized_image(const RgbImage& input, const PreprocessorConfig& c, RgbImage& padded,
-                              RgbImage& sized) {
-  const RgbImage* image = &input;
+// The steps before normalizing, as one resize (a resize without passes where the size is
+// kept) of the image they start from, of which the window the crop keeps is computed.
+struct Steps {
+  const RgbImage* source = nullptr;  // the input, or it padded to a square
+  ResizePlan plan;
+  int width = 0, height = 0;  // of the result
+  int left = 0, top = 0;      // where the window lands in it (zeros around it)
+};
+
+Steps plan_steps(const RgbImage& input, const PreprocessorConfig& c, RgbImage& padded) {
+  Steps steps;
+  steps.source = &input;
   if (c.pad_to_square) {
     const int64_t side = std::max(input.width, input.height);
     check_step_size(input, side, side, "pads to a square of");
-    image = &(padded = pad_to_square(input, c.mean));
+    steps.source = &(padded = pad_to_square(input, c.mean));
   }
+  const RgbImage& image = *steps.source;
+  int64_t width = image.width, height = image.height;
   if (c.do_resize) {
-    int64_t width = c.resize_width, height = c.resize_height;
+    width = c.resize_width, height = c.resize_height;
     if (c.shortest_edge > 0) {
       // transformers' get_resize_output_image_size(default_to_square=False)
-      const int64_t short_side = std::min(image->width, image->height);
-      const int64_t long_side = std::max(image->width, image->height);
+      const int64_t short_side = std::min(image.width, image.height);
+      const int64_t long_side = std::max(image.width, image.height);
       const auto new_long = static_cast<int64_t>(static_cast<double>(c.shortest_edge * long_side) /
                                                  static_cast<double>(short_side));
-      width = image->width <= image->height ? c.shortest_edge : new_long;
-      height = image->width <= image->height ? new_long : c.shortest_edge;
+      width = image.width <= image.height ? c.shortest_edge : new_long;
+      height = image.width <= image.height ? new_long : c.shortest_edge;
     }
-    check_step_size(*image, width, height, "resizes to");
-    const int w = static_cast<int>(width), h = static_cast<int>(height);  // within the limit
-    return sized = c.do_center_crop ? resize_and_crop(*image, w, h, c.resample, c.crop_height, c.crop_width)
-                                    : resize(*image, w, h, c.resample);
+    check_step_size(image, width, height, "resizes to");
   }
-  if (c.do_center_crop) return sized = center_crop(*image, c.crop_height, c.crop_width);
-  return *image;
+  const int w = static_cast<int>(width), h = static_cast<int>(height);  // within the limit
+  Window window{0, w, 0, h};
+  steps.width = w, steps.height = h;
+  if (c.do_center_crop) {
+    const CropPlacement crop = place_crop(w, h, c.crop_height, c.crop_width);
+    window = crop.window;
+    steps.width = c.crop_width, steps.height = c.crop_height;
+    steps.left = window.x0 - crop.left, steps.top = window.y0 - crop.top;
+  }
+  steps.plan = plan_resize(image, w, h, c.resample, window);
+  return steps;
 }
 
-// image's [3, height, width] float32 values into out.
-void normalize_into(const RgbImage& image, const PreprocessorConfig& c, float* out) {
-  // Each channel's 256 possible values: float64 rescale, then float32 normalize, as
-  // transformers does.
-  float table[3][256];
+// Output rows a thread takes at least: below this a band's own cost (a thread, the
+// horizontal pass's rows shared with its neighbours) outweighs its share. And at most this
+// many bands: a 336-row crop in 8 bands is 42 rows each.
+constexpr int kMinBandRows = 32;
+constexpr int kMaxBands = 8;
+
+// The steps' result, rescaled and normalized, as [3, height, width] float32 into out.
+void write_normalized(const Steps& steps, const PreprocessorConfig& c, float* out, int threads) {
+  // Each value as transformers computes it: float64 rescale, then float32 normalize (a step
+  // left out is a factor of 1, a mean of 0 and a deviation of 1: exact).
+  double factor[3];
+  float mean[3], deviation[3];
   for (int ch = 0; ch < 3; ++ch) {
-    for (int v = 0; v < 256; ++v) {
-      float x = c.do_rescale ? static_cast<float>(v * c.rescale_factor) : static_cast<float>(v);
-      if (c.do_normalize) x = (x - c.mean[ch]) / c.std[ch];
-      table[ch][v] = x;
+    factor[ch] = c.do_rescale ? c.rescale_factor : 1.0;
+    mean[ch] = c.do_normalize ? c.mean[ch] : 0.0f;
+    deviation[ch] = c.do_normalize ? c.std[ch] : 1.0f;
+  }
+  auto normalized = [&](int ch, uint8_t v) {
+    return (static_cast<float>(v * factor[ch]) - mean[ch]) / deviation[ch];
+  };
+  const Window& w = steps.plan.window;
+  const int columns = std::max(0, w.x1 - w.x0), rows = std::max(0, w.y1 - w.y0);
+  const size_t plane = static_cast<size_t>(steps.width) * steps.height;
+  if (columns < steps.width || rows < steps.height) {  // the crop passes the image: zeros there
+    for (int ch = 0; ch < 3; ++ch) std::fill_n(out + ch * plane, plane, normalized(ch, 0));
+  }
+  auto emit = [&](int j, const uint8_t* planar) {
+    const size_t at = static_cast<size_t>(steps.top + j) * steps.width + steps.left;
+    for (int ch = 0; ch < 3; ++ch) {
+      float* to = out + ch * plane + at;
+      const uint8_t* from = planar + static_cast<size_t>(ch) * columns;
+      for (int x = 0; x < columns; ++x) to[x] = normalized(ch, from[x]);
     }
-  }
-  const size_t plane = static_cast<size_t>(image.width) * image.height;
-  for (size_t i = 0; i < plane; ++i) {
-    for (int ch = 0; ch < 3; ++ch) out[static_cast<size_t>(ch) * plane + i] = table[ch][image.pixels[i * 3 + ch]];
-  }
+  };
+  // Bands of rows on threads of our own (the calling thread keeps its buffers for the next
+  // image; the helpers are new each time).
+  const int bands = std::max(1, std::min({threads, kMaxBands, rows / kMinBandRows}));
+  run_parallel(static_cast<size_t>(bands), [&](size_t b) {
+    thread_local ResizeScratch scratch;
+    const int j0 = static_cast<int>(rows * static_cast<int64_t>(b) / bands);
+    const int j1 = static_cast<int>(rows * static_cast<int64_t>(b + 1) / bands);
+    resize_rows(*steps.source, steps.plan, j0, j1, scratch, emit);
+    scratch.trim();
+  });
 }
 
 }  // namespace
 
-std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c) {
-  RgbImage padded, sized;
-  const RgbImage& image = resized_image(input, c, padded, sized);
-  std::vector<float> out(static_cast<size_t>(image.width) * image.height * 3);
-  normalize_into(image, c, out.data());
+std::vector<float> preprocess(const RgbImage& input, const PreprocessorConfig& c, int threads) {
+  RgbImage padded;
+  const Steps steps = plan_steps(input, c, padded);
+  std::vector<float> out(static_cast<size_t>(steps.width) * steps.height * 3);
+  write_normalized(steps, c, out.data(), threads);
   return out;
 }
 
-void preprocess_into(const RgbImage& input, const PreprocessorConfig& c, float* out, size_t count) {
-  RgbImage padded, sized;
-  const RgbImage& image = resized_image(input, c, padded, sized);
-  const size_t values = static_cast<size_t>(image.width) * image.height * 3;
+void preprocess_into(const RgbImage& input, const PreprocessorConfig& c, float* out, size_t count,
+                     int threads) {
+  RgbImage padded;
+  const Steps steps = plan_steps(input, c, padded);
+  const size_t values = static_cast<size_t>(steps.width) * steps.height * 3;
   if (count != values) {
     throw std::invalid_argument("preprocess: the image gives " + std::to_string(values) +
                                 " values, the destination holds " + std::to_string(count));
   }
-  normalize_into(image, c, out);
+  write_normalized(steps, c, out, threads);
 }
 
 PreprocessorConfig load_preprocessor_config(const std::string& folder) {

@@ -39,11 +39,13 @@ RgbImage center_crop(const RgbImage& image, int height, int width);
 RgbImage resize_and_crop(const RgbImage& image, int width, int height, int resample, int crop_height,
                          int crop_width);
 RgbImage pad_to_square(const RgbImage& image, const float mean[3]);
-// [3, height, width] float32, channel-major, as pixel_values.
-std::vector<float> preprocess(const RgbImage& image, const PreprocessorConfig& config);
+// [3, height, width] float32, channel-major, as pixel_values. With threads > 1, bands of the
+// result's rows are computed on that many threads (the same values, bit for bit).
+std::vector<float> preprocess(const RgbImage& image, const PreprocessorConfig& config,
+                              int threads = 1);
 // The same values written to out, which holds `count` floats; std::invalid_argument
 // (nothing written) when count is not the result's size.
 void preprocess_into(const RgbImage& image, const PreprocessorConfig& config, float* out,
-                     size_t count);
+                     size_t count, int threads = 1);
 
 }  // namespace llava

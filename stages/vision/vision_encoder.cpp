@@ -30,14 +30,15 @@ at::Tensor VisionEncoder::pixels(const uint8_t* data, size_t size) const {
   return out;
 }
 
-void VisionEncoder::pixels_into(const uint8_t* data, size_t size, at::Tensor out) const {
+void VisionEncoder::pixels_into(const uint8_t* data, size_t size, at::Tensor out,
+                                int threads) const {
   if (!out.is_contiguous() || out.scalar_type() != at::kFloat || out.dim() != 3 ||
       out.size(0) != 3) {
     throw std::invalid_argument(
         "pixels_into: the destination is not a contiguous float32 [3, S, S] tensor");
   }
   preprocess_into(decode_image(data, size), preprocess_, out.data_ptr<float>(),
-                  static_cast<size_t>(out.numel()));
+                  static_cast<size_t>(out.numel()), threads);
 }
 
 at::Tensor VisionEncoder::pixel_batch(int64_t images) const {

@@ -30,8 +30,8 @@ class VisionEncoder {
   // Decoded and preprocessed, on the host: [3, S, S] float32. Throws RequestError.
   at::Tensor pixels(const uint8_t* data, size_t size) const;
   // The same into `out`, a [3, S, S] float32 row of pixel_batch (threads may fill rows of
-  // one batch at once).
-  void pixels_into(const uint8_t* data, size_t size, at::Tensor out) const;
+  // one batch at once); `threads` > 1 preprocesses bands of the image's rows on that many.
+  void pixels_into(const uint8_t* data, size_t size, at::Tensor out, int threads = 1) const;
   // Room for n images' pixels [n, 3, S, S] float32 on the host, pinned where the model
   // runs on CUDA: encode's copy of it to the device is then one DMA at full speed (32
   // images, 43 MB, took milliseconds from pageable memory).

@@ -5,11 +5,13 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/errors.h"
@@ -137,7 +139,8 @@ void VisionStage::work_step() {
   }
   // Decode and preprocess every image of the batch in parallel, on threads of our own
   // (one per core, up to one per image): on the host this is most of the vision stage's
-  // time.
+  // time. Fewer images than cores: each image's preprocessing is split over the cores left
+  // (a single image's part of the first token).
   struct Item {
     size_t task, frame;
     std::string error;
@@ -147,12 +150,15 @@ void VisionStage::work_step() {
     for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}});
   }
   at::Tensor batch = encoder_->pixel_batch(static_cast<int64_t>(items.size()));  // row j: item j
+  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const int threads_per_image =
+      static_cast<int>(std::max<size_t>(1, cores / std::max<size_t>(1, items.size())));
   run_parallel(items.size(), [&](size_t j) {
     Item& item = items[j];
     const auto& frame = tasks[item.task].frames()[item.frame].bytes;
     try {
       encoder_->pixels_into(static_cast<const uint8_t*>(frame.data()), frame.size(),
-                            batch[static_cast<int64_t>(j)]);
+                            batch[static_cast<int64_t>(j)], threads_per_image);
     } catch (const RequestError& e) {
       item.error = "image " + std::to_string(item.frame + 1) + " of " +
                    std::to_string(tasks[item.task].frames().size()) + ": " + e.what();

@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
   std::printf("image %dx%d -> 3x%dx%d\n", image.width, image.height, config.crop_height, config.crop_width);
   time_ms("host: decode", 20, [&] { llava::decode_image(bytes.data(), bytes.size()); });
   time_ms("host: preprocess (resize, crop, normalize)", 20, [&] { llava::preprocess(image, config); });
+  // As the vision worker takes a single image: its rows in bands over the cores.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  time_ms("host: preprocess on " + std::to_string(cores) + " threads", 20,
+          [&] { llava::preprocess(image, config, cores); });
   if (argc < 4) return 0;
 
   const at::Device device(argv[3]);

@@ -1,6 +1,11 @@
 #include "stages/vision/image.h"
 
 #include <gtest/gtest.h>
+#include <jpeglib.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
 
 #include "common/errors.h"
 #include "tests/stages/reference.h"
@@ -205,6 +210,59 @@ TEST(Image, ALyingExifBlockIsIgnored) {
   const llava::RgbImage turned = decode_image(file.data(), file.size());
   EXPECT_EQ(turned.width, plain.height);
   EXPECT_EQ(turned.pixels, llava::apply_orientation(plain, 6).pixels);
+}
+
+// A flat CMYK JPEG (libjpeg writes the Adobe marker and stores CMYK inverted, as Photoshop
+// does) in 8x8 blocks of one colour each, at quality 100 (flat blocks decode exactly).
+std::vector<uint8_t> cmyk_jpeg(const std::vector<std::array<uint8_t, 4>>& colours) {
+  jpeg_compress_struct info;
+  jpeg_error_mgr errors;
+  info.err = jpeg_std_error(&errors);
+  jpeg_create_compress(&info);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&info, &buffer, &size);
+  info.image_width = static_cast<JDIMENSION>(8 * colours.size());
+  info.image_height = 8;
+  info.input_components = 4;
+  info.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&info);
+  jpeg_set_colorspace(&info, JCS_CMYK);
+  jpeg_set_quality(&info, 100, TRUE);
+  jpeg_start_compress(&info, TRUE);
+  std::vector<uint8_t> row(info.image_width * 4);
+  for (size_t x = 0; x < row.size() / 4; ++x) std::copy_n(colours[x / 8].begin(), 4, &row[x * 4]);
+  while (info.next_scanline < info.image_height) {
+    JSAMPROW rows[1] = {row.data()};
+    jpeg_write_scanlines(&info, rows, 1);
+  }
+  jpeg_finish_compress(&info);
+  jpeg_destroy_compress(&info);
+  std::vector<uint8_t> bytes(buffer, buffer + size);
+  std::free(buffer);
+  return bytes;
+}
+
+// CMYK with the Adobe marker: the stored (inverted) values times K over 255, rounded, which is
+// what Pillow's cmyk2rgb gives (nk - MULDIV255(c, nk) with nk = 255 - K: equal for all
+// 65,536 pairs).
+TEST(Image, AdobeCmykJpegIsConvertedToRgbAsPilConvertsIt) {
+  const std::vector<std::array<uint8_t, 4>> colours = {
+      {200, 100, 50, 100}, {255, 255, 255, 255}, {0, 30, 255, 128}};
+  const std::vector<uint8_t> bytes = cmyk_jpeg(colours);
+  const llava::RgbImage image = decode_image(bytes.data(), bytes.size());
+  ASSERT_EQ(image.width, 24);
+  ASSERT_EQ(image.height, 8);
+  for (size_t i = 0; i < colours.size(); ++i) {
+    const auto& c = colours[i];
+    for (int ch = 0; ch < 3; ++ch) {
+      const int expected = (c[ch] * c[3] + 127) / 255;
+      for (int y : {0, 7}) {
+        EXPECT_EQ(image.at(y, static_cast<int>(8 * i + 3), ch), expected)
+            << "colour " << i << ", channel " << ch;
+      }
+    }
+  }
 }
 
 }  // namespace

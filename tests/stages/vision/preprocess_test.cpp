@@ -111,6 +111,88 @@ TEST(Preprocess, IntoADestinationGivesTheSameValuesAndChecksItsSize) {
   }
 }
 
+llava::PreprocessorConfig clip_336() {
+  llava::PreprocessorConfig c;
+  c.shortest_edge = 336;
+  c.crop_height = c.crop_width = 336;
+  return c;
+}
+
+llava::RgbImage striped(int width, int height) {
+  llava::RgbImage image;
+  image.width = width;
+  image.height = height;
+  image.pixels.resize(static_cast<size_t>(width) * height * 3);
+  for (size_t i = 0; i < image.pixels.size(); ++i)
+    image.pixels[i] = static_cast<uint8_t>((i * 37) % 251);
+  return image;
+}
+
+// pixel_values from an 8-bit image as transformers makes them: float64 rescale, float32
+// normalize, channel-major.
+std::vector<float> normalized(const llava::RgbImage& image, const llava::PreprocessorConfig& c) {
+  const size_t plane = static_cast<size_t>(image.width) * image.height;
+  std::vector<float> out(plane * 3);
+  for (size_t i = 0; i < plane; ++i) {
+    for (int ch = 0; ch < 3; ++ch) {
+      const float x = static_cast<float>(image.pixels[i * 3 + ch] * c.rescale_factor);
+      out[ch * plane + i] = (x - c.mean[ch]) / c.std[ch];
+    }
+  }
+  return out;
+}
+
+// What the vision worker computes for LLaVA-1.5 (resize, crop and normalize in one pass over
+// bands of rows), on one thread and on several: PIL's resized pixels, normalized, bit for bit.
+TEST(Preprocess, At336OnAnyNumberOfThreadsIsPilsPixelsNormalizedBitForBit) {
+  auto info = llava::test::load_json("images/preprocess.json");
+  ASSERT_GE(info["images"].size(), 20u);
+  const llava::PreprocessorConfig c = clip_336();
+  for (size_t i = 0; i < info["images"].size(); ++i) {
+    const std::string file = info["images"][i]["file"];
+    auto pil_bytes = read_file(data_path("images/resized336/" + key("", i).substr(1) + ".png"));
+    const std::vector<float> expected =
+        normalized(llava::decode_image(pil_bytes.data(), pil_bytes.size()), c);
+    const llava::RgbImage image = load(file);
+    for (int threads : {1, 2, 3, 8, 64}) {
+      EXPECT_EQ(llava::preprocess(image, c, threads), expected)
+          << file << ", " << threads << " threads";
+    }
+  }
+}
+
+// Every combination of steps (padding, a resize up or down, a crop inside the image or past
+// it) gives the same values on several threads as on one, and those of the steps done one
+// after the other on whole images.
+TEST(Preprocess, BandsOnThreadsGiveTheValuesOfTheStepsOneAfterTheOther) {
+  const llava::RgbImage wide = striped(1000, 300), narrow = striped(40, 900),
+                        small = striped(30, 20);
+  for (const llava::RgbImage* image : {&wide, &narrow, &small}) {
+    for (int variant = 0; variant < 6; ++variant) {
+      llava::PreprocessorConfig c = clip_336();
+      c.pad_to_square = variant == 1 || variant == 4;
+      c.do_resize = variant <= 2;  // 3-5: the image's own size
+      c.do_center_crop = variant != 2 && variant != 5;
+      c.resample = variant == 0 ? 2 : 3;
+      llava::RgbImage steps = c.pad_to_square ? llava::pad_to_square(*image, c.mean) : *image;
+      if (c.do_resize) {
+        const int w = steps.width, h = steps.height, s = c.shortest_edge;
+        const int nw = w <= h ? s : static_cast<int>(static_cast<double>(s * int64_t{w}) / h);
+        const int nh = w <= h ? static_cast<int>(static_cast<double>(s * int64_t{h}) / w) : s;
+        steps = llava::resize(steps, nw, nh, c.resample);
+      }
+      if (c.do_center_crop) steps = llava::center_crop(steps, c.crop_height, c.crop_width);
+      const std::vector<float> expected = normalized(steps, c);
+      const std::string what = std::to_string(image->width) + "x" + std::to_string(image->height) +
+                               ", variant " + std::to_string(variant);
+      for (int threads : {1, 4, 7}) {
+        EXPECT_EQ(llava::preprocess(*image, c, threads), expected)
+            << what << ", " << threads << " threads";
+      }
+    }
+  }
+}
+
 // LLaVA-1.5's real size: PIL's bicubic resize + centre crop to 336, compared pixel by pixel.
 TEST(Preprocess, ResizeAt336IsBitExactWithPil) {
   auto info = llava::test::load_json("images/preprocess.json");
@@ -135,22 +217,6 @@ TEST(Preprocess, ResizeAt336IsBitExactWithPil) {
     }
     EXPECT_EQ(worst, 0) << file << ": mean difference " << total / ours.pixels.size();
   }
-}
-
-llava::PreprocessorConfig clip_336() {
-  llava::PreprocessorConfig c;
-  c.shortest_edge = 336;
-  c.crop_height = c.crop_width = 336;
-  return c;
-}
-
-llava::RgbImage striped(int width, int height) {
-  llava::RgbImage image;
-  image.width = width;
-  image.height = height;
-  image.pixels.resize(static_cast<size_t>(width) * height * 3);
-  for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = static_cast<uint8_t>((i * 37) % 251);
-  return image;
 }
 
 // A 1 x 100,000 strip resized to a 336 short side would be 336 x 33,600,000 pixels (11 GB of
