@@ -5,6 +5,12 @@
 #include <curl/curl.h>
 #endif
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -66,7 +72,64 @@ struct Download {
   bool over = false;
 };
 
+bool is_private_ipv4(const uint8_t (&a)[4]) {
+  return a[0] == 0 || a[0] == 10 || a[0] == 127 ||
+         a[0] >= 224 ||  // this network, private, loopback, multicast + reserved
+         (a[0] == 100 && (a[1] & 0xC0) == 64) ||     // 100.64/10, shared (carrier NAT)
+         (a[0] == 169 && a[1] == 254) ||             // link-local, cloud metadata
+         (a[0] == 172 && (a[1] & 0xF0) == 16) ||     // 172.16/12
+         (a[0] == 192 && a[1] == 168) ||             // 192.168/16
+         (a[0] == 192 && a[1] == 0 && a[2] == 0) ||  // 192.0.0/24, protocol assignments
+         (a[0] == 198 && (a[1] & 0xFE) == 18);       // 198.18/15, benchmarking
+}
+
+bool is_private_ipv6(const uint8_t (&a)[16]) {
+  const uint8_t zeros[10] = {};
+  const bool first_ten_zero = std::equal(zeros, zeros + 10, a);
+  if (first_ten_zero && a[10] == 0xFF && a[11] == 0xFF) {  // ::ffff:a.b.c.d, IPv4-mapped
+    const uint8_t v4[4] = {a[12], a[13], a[14], a[15]};
+    return is_private_ipv4(v4);
+  }
+  static const uint8_t kNat64[12] = {0x00, 0x64, 0xFF, 0x9B};  // 64:ff9b::/96
+  if (std::equal(kNat64, kNat64 + 12, a)) {
+    const uint8_t v4[4] = {a[12], a[13], a[14], a[15]};
+    return is_private_ipv4(v4);
+  }
+  return (first_ten_zero && a[10] == 0 && a[11] == 0) ||  // ::/96: ::, ::1, IPv4-compatible
+         (a[0] & 0xFE) == 0xFC ||                         // fc00::/7, unique local
+         (a[0] == 0xFE && (a[1] & 0xC0) == 0x80) ||       // fe80::/10, link-local
+         (a[0] == 0xFE && (a[1] & 0xC0) == 0xC0) ||       // fec0::/10, old site-local
+         a[0] == 0xFF;                                    // multicast
+}
+
 #if LLAVA_PIPE_CURL
+// Every connection libcurl opens for an image (redirects included) goes through here with
+// the address it resolved: a non-public one is refused before connecting, so neither a
+// redirect nor a DNS answer that changes between lookups reaches the server's own network.
+struct AddressGuard {
+  bool allow_private = false;
+  std::string refused;  // the first address refused
+};
+
+curl_socket_t open_socket(void* data, curlsocktype purpose, curl_sockaddr* address) {
+  auto* guard = static_cast<AddressGuard*>(data);
+  if (purpose == CURLSOCKTYPE_IPCXN && !guard->allow_private) {
+    char text[INET6_ADDRSTRLEN] = "";
+    if (address->family == AF_INET) {
+      const auto* in = reinterpret_cast<const sockaddr_in*>(&address->addr);
+      inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+    } else if (address->family == AF_INET6) {
+      const auto* in = reinterpret_cast<const sockaddr_in6*>(&address->addr);
+      inet_ntop(AF_INET6, &in->sin6_addr, text, sizeof text);
+    }
+    if (is_private_address(text)) {  // "" (another family) too
+      if (guard->refused.empty()) guard->refused = text[0] ? text : "an address of another family";
+      return CURL_SOCKET_BAD;
+    }
+  }
+  return socket(address->family, address->socktype, address->protocol);
+}
+
 size_t on_body(char* data, size_t size, size_t count, void* user) {
   auto* d = static_cast<Download*>(user);
   if (d->bytes.size() + size * count > d->cap) {
@@ -106,7 +169,17 @@ std::string from_http(const std::string& url, const std::string& param,
   curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &download);
   curl_easy_setopt(curl.get(), CURLOPT_ERRORBUFFER, error);
+  AddressGuard guard;
+  guard.allow_private = server.allow_private_image_addresses;
+  curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETDATA, &guard);
   const CURLcode code = curl_easy_perform(curl.get());
+  if (code != CURLE_OK && !guard.refused.empty()) {
+    throw ApiError(400,
+                   param + ": " + shortened(url) + " leads to " + guard.refused +
+                       ", not a public address (server.allow_private_image_addresses allows it)",
+                   param);
+  }
   if (download.over || code == CURLE_FILESIZE_EXCEEDED) {
     throw ApiError(
         400, param + ": the image at " + shortened(url) + " is over server.max_image_bytes", param);
@@ -122,6 +195,14 @@ std::string from_http(const std::string& url, const std::string& param,
 }
 
 }  // namespace
+
+bool is_private_address(const std::string& address) {
+  uint8_t v4[4];
+  uint8_t v6[16];
+  if (inet_pton(AF_INET, address.c_str(), v4) == 1) return is_private_ipv4(v4);
+  if (inet_pton(AF_INET6, address.c_str(), v6) == 1) return is_private_ipv6(v6);
+  return true;
+}
 
 std::string decode_base64(const std::string& text, const std::string& param) {
   static const auto table = [] {

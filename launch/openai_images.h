@@ -15,6 +15,13 @@ namespace llava {
 std::string fetch_image(const std::string& url, const std::string& param,
                         const ServerSection& server);
 
+// Whether a numeric IPv4 or IPv6 address is one a remote image may not come from unless
+// server.allow_private_image_addresses: loopback, private (RFC 1918, IPv6 unique local),
+// shared (100.64/10), link-local (169.254/16: cloud metadata; fe80::/10), multicast,
+// unspecified, reserved and benchmarking ranges, and IPv4 inside IPv6 (mapped, NAT64) of
+// those. Text that is no address counts as private.
+bool is_private_address(const std::string& address);
+
 // Strict base64 (RFC 4648, padding optional); throws ApiError 400 naming `param`.
 std::string decode_base64(const std::string& text, const std::string& param);
 

@@ -138,6 +138,8 @@ ServerSection parse_server_section(const std::string& yaml_text, const std::stri
     s.api_key = r.scalar("api_key");
     s.allow_remote_images = r.boolean("allow_remote_images", s.allow_remote_images);
     s.remote_image_timeout_ms = r.millis("remote_image_timeout", s.remote_image_timeout_ms);
+    s.allow_private_image_addresses =
+        r.boolean("allow_private_image_addresses", s.allow_private_image_addresses);
     s.image_root = r.scalar("image_root");
     r.finish();
     if (!s.image_root.empty()) {
@@ -179,7 +181,9 @@ std::string describe(const ServerSection& s) {
       << "  api_key             " << (s.api_key.empty() ? "none (anyone may call)" : "set") << "\n"
       << "  remote images       "
       << (s.allow_remote_images
-              ? "http(s) allowed, " + format_millis(s.remote_image_timeout_ms) + " timeout"
+              ? "http(s) allowed, " + format_millis(s.remote_image_timeout_ms) + " timeout, " +
+                    (s.allow_private_image_addresses ? "private addresses too"
+                                                     : "public addresses only")
               : std::string("off"))
       << "\n"
       << "  file:// images      "

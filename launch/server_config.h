@@ -20,6 +20,11 @@ struct ServerSection {
   // http(s):// image URLs: fetched with a timeout and the image byte cap, off by default.
   bool allow_remote_images = false;
   uint64_t remote_image_timeout_ms = 10000;
+  // Whether they may reach loopback, private, link-local (cloud metadata) and other
+  // non-public addresses (is_private_address): off, so that a client cannot make the
+  // server fetch from its own network. Through an http proxy (libcurl's http_proxy
+  // variables) the address checked is the proxy's.
+  bool allow_private_image_addresses = false;
   // file:// image URLs: only under this folder (resolved against the config's folder);
   // "" = refused.
   std::string image_root;

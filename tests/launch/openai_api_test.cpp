@@ -296,9 +296,10 @@ TEST(OpenAiImages, FileAndHttpUrlsAreOffUnlessTheConfigAllowsThem) {
 }
 
 #if LLAVA_PIPE_HTTP && LLAVA_PIPE_CURL
-// http(s) image URLs against a real server on 127.0.0.1: the bytes arrive whole, a redirect
-// is followed, and a file over the cap, a 404, a server slower than the timeout and a body
-// that is no image are each refused with a message that names what went wrong.
+// http(s) image URLs against a real server on 127.0.0.1: refused while private addresses are
+// off; then the bytes arrive whole, a redirect is followed, and a file over the cap, a 404, a
+// server slower than the timeout and a body that is no image are each refused with a
+// message that names what went wrong.
 TEST(OpenAiImages, HttpUrlsAreFetchedFromALocalServerWithinTheirLimits) {
   std::ifstream in(LLAVA_PIPE_SOURCE_DIR "/tests/data/images/img01_320x240_RGB.jpg", std::ios::binary);
   const std::string jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -336,6 +337,26 @@ TEST(OpenAiImages, HttpUrlsAreFetchedFromALocalServerWithinTheirLimits) {
   config.allow_remote_images = true;
   config.remote_image_timeout_ms = 300;
   config.max_image_bytes = jpeg.size() + 100;
+  // 127.0.0.1 is the server's own machine: refused until private addresses are allowed,
+  // before a connection is made.
+  try {
+    fetch_image(base + "/cat.jpg", "messages[0].content[1]", config);
+    ADD_FAILURE() << "an image was fetched from 127.0.0.1 with private addresses off";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(std::string(e.what()), "messages[0].content[1]: " + base +
+                                         "/cat.jpg leads to 127.0.0.1, not a public address "
+                                         "(server.allow_private_image_addresses allows it)");
+  }
+  // The address checked is the one resolved, not the URL's text.
+  try {
+    fetch_image("http://localhost:" + std::to_string(port) + "/cat.jpg", "p", config);
+    ADD_FAILURE() << "an image was fetched from localhost with private addresses off";
+  } catch (const ApiError& e) {
+    EXPECT_NE(std::string(e.what()).find("/cat.jpg leads to "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(", not a public address"), std::string::npos) << e.what();
+  }
+  config.allow_private_image_addresses = true;
   EXPECT_EQ(fetch_image(base + "/cat.jpg", "p", config), jpeg);
   EXPECT_EQ(fetch_image(base + "/moved", "p", config), jpeg);
   auto refusal = [&](const std::string& path) {
@@ -364,6 +385,53 @@ TEST(OpenAiImages, HttpUrlsAreFetchedFromALocalServerWithinTheirLimits) {
   thread.join();
 }
 #endif
+
+// The addresses a remote image may not come from by default, and some it may.
+TEST(OpenAiImages, PrivateLoopbackLinkLocalAndMappedAddressesAreNotPublic) {
+  for (const char* address : {"127.0.0.1",
+                              "127.255.0.9",
+                              "10.1.2.3",
+                              "172.16.0.1",
+                              "172.31.255.255",
+                              "192.168.1.1",
+                              "169.254.169.254",
+                              "100.64.0.1",
+                              "100.127.255.255",
+                              "0.0.0.0",
+                              "0.1.2.3",
+                              "224.0.0.1",
+                              "239.255.255.250",
+                              "240.0.0.1",
+                              "255.255.255.255",
+                              "192.0.0.170",
+                              "198.18.0.1",
+                              "198.19.255.255",
+                              "::",
+                              "::1",
+                              "::127.0.0.1",
+                              "::ffff:127.0.0.1",
+                              "::ffff:10.0.0.1",
+                              "::ffff:169.254.169.254",
+                              "64:ff9b::10.0.0.1",
+                              "fe80::1",
+                              "febf::1",
+                              "fec0::1",
+                              "fc00::1",
+                              "fd12:3456::1",
+                              "ff02::1",
+                              "not an address",
+                              "",
+                              "localhost"}) {
+    EXPECT_TRUE(is_private_address(address)) << address;
+  }
+  for (const char* address :
+       {"8.8.8.8", "1.1.1.1", "172.15.255.255", "172.32.0.1", "100.63.255.255", "100.128.0.1",
+        "169.253.0.1", "192.169.0.1", "198.17.0.1", "198.20.0.1", "223.255.255.255",
+        "2001:4860:4860::8888", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::8.8.8.8", "fbff::1",
+        "fe7f::1"}) {
+    EXPECT_FALSE(is_private_address(address)) << address;
+  }
+}
 
 TEST(OpenAiImages, FileUrlsOutsideTheImageRootAreRefused) {
   ServerSection server;
