@@ -1,6 +1,6 @@
 // Fault injection for the multi-process tests (tests/pipeline): a slow worker, a sticky
 // device error, an out-of-memory, a message at a time, a forced token, shared memory
-// unreadable or misdeclared. Every hook is off
+// unreadable or misdeclared, preprocessing that throws. Every hook is off
 // unless its environment variable is set; they are read once, when first asked for.
 #pragma once
 
@@ -28,6 +28,9 @@ struct FaultHooks {
   // them (a peer that lies about its range).
   int shared_unreadable = number("LLAVA_PIPE_FAULT_SHARED_UNREADABLE");
   int shared_offset_lie = number("LLAVA_PIPE_FAULT_SHARED_OFFSET_LIE");
+  // A vision worker's decoding + preprocessing of an image throws what is not the image's
+  // fault (as out of host memory would).
+  int preprocess_throws = number("LLAVA_PIPE_FAULT_PREPROCESS_THROWS");
 
   static int pair(const char* name, int part) {
     const char* value = std::getenv(name);

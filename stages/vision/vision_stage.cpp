@@ -144,10 +144,11 @@ void VisionStage::work_step() {
   struct Item {
     size_t task, frame;
     std::string error;
+    bool bad_request = true;  // the error is the image's own (else the host's)
   };
   std::vector<Item> items;
   for (size_t t = 0; t < tasks.size(); ++t) {
-    for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}});
+    for (size_t i = 0; i < tasks[t].frames().size(); ++i) items.push_back({t, i, {}, true});
   }
   at::Tensor batch = encoder_->pixel_batch(static_cast<int64_t>(items.size()));  // row j: item j
   const size_t cores = std::max(1u, std::thread::hardware_concurrency());
@@ -156,12 +157,21 @@ void VisionStage::work_step() {
   run_parallel(items.size(), [&](size_t j) {
     Item& item = items[j];
     const auto& frame = tasks[item.task].frames()[item.frame].bytes;
+    const std::string which = "image " + std::to_string(item.frame + 1) + " of " +
+                              std::to_string(tasks[item.task].frames().size());
     try {
+      if (faults().preprocess_throws && FaultHooks::armed()) {
+        throw std::runtime_error(
+            "out of host memory (injected by LLAVA_PIPE_FAULT_PREPROCESS_THROWS)");
+      }
       encoder_->pixels_into(static_cast<const uint8_t*>(frame.data()), frame.size(),
                             batch[static_cast<int64_t>(j)], threads_per_image);
     } catch (const RequestError& e) {
-      item.error = "image " + std::to_string(item.frame + 1) + " of " +
-                   std::to_string(tasks[item.task].frames().size()) + ": " + e.what();
+      item.error = which + ": " + e.what();
+    } catch (const std::exception&
+                 e) {  // out of memory, no thread: this image's task fails, not the worker
+      item.error = which + ": decoding and preprocessing it failed: " + e.what();
+      item.bad_request = false;
     }
   });
   // A task with a bad image fails alone; the others go on.
@@ -170,7 +180,7 @@ void VisionStage::work_step() {
     if (!item.error.empty() && !failed[item.task]) {
       failed[item.task] = true;
       sink_.fail(tasks[item.task].request_id(), tasks[item.task].attempt(), item.error,
-                 FailureKind::kBadRequest);
+                 item.bad_request ? FailureKind::kBadRequest : FailureKind::kFinal);
     }
   }
   std::vector<int64_t> rows;  // of the tasks that go on, in task order, then frame order

@@ -68,16 +68,24 @@ TEST(Pipeline, StalledWorkerIsDetectedWithinLiveness) {
   expect_all_match(outcome);
 }
 
-TEST(Pipeline, StickyDeviceErrorEndsTheWorkerWhichIsRestartedAndResumes) {
-  const std::string once = testing::TempDir() + "sticky-once";
+// kCases with the fault hook `variable` set to `value`, firing once (LLAVA_PIPE_FAULT_ONCE);
+// a failure if it never fired.
+Outcome run_with_fault_once(const std::string& name, const char* variable,
+                            const std::string& value) {
+  const std::string once = testing::TempDir() + name + "-once";
   std::ofstream(once) << "armed";
   Outcome outcome;
   {
-    ScopedEnv sticky("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS", "3");
+    ScopedEnv fault(variable, value);
     ScopedEnv fire_once("LLAVA_PIPE_FAULT_ONCE", once);
-    outcome = run_pipeline(write_config("sticky", kSequential), kCases);
+    outcome = run_pipeline(write_config(name, kSequential), kCases);
   }
-  EXPECT_FALSE(std::filesystem::exists(once));  // the fault fired
+  EXPECT_FALSE(std::filesystem::exists(once)) << name << ": the fault did not fire";
+  return outcome;
+}
+
+TEST(Pipeline, StickyDeviceErrorEndsTheWorkerWhichIsRestartedAndResumes) {
+  const Outcome outcome = run_with_fault_once("sticky", "LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS", "3");
   expect_all_match(outcome);
   EXPECT_EQ(outcome.reports[1].restarts, 1);
   EXPECT_GT(first_event(outcome.timeline, "language-0", "died"), 0);
@@ -109,6 +117,32 @@ TEST(Pipeline, OutOfMemoryFailsThatRequestAloneAndTheWorkerLivesOn) {
       "or "
       "max_context, or set quantize: int8 (or int4) or offload: layers, or raise memory_limit");
   EXPECT_EQ(r.error_kind, llava::ErrorKind::kInternal);
+  expect_no_deaths(outcome);
+}
+
+// Decoding + preprocessing an image throwing what is not the image's fault (out of host
+// memory, injected once): that image's request fails with the reason; the vision worker
+// lives on and every other request is answered exactly.
+TEST(Pipeline, PreprocessingThatThrowsFailsThatRequestAloneAndTheWorkerLivesOn) {
+  const Outcome outcome =
+      run_with_fault_once("preprocess-throws", "LLAVA_PIPE_FAULT_PREPROCESS_THROWS", "1");
+  int failed = 0;
+  for (size_t i = 0; i < kCases.size(); ++i) {
+    const auto& r = outcome.results.at(outcome.ids[i]);
+    if (r.ok) {
+      EXPECT_EQ(r.tokens, outcome.expected[i]) << i;
+      continue;
+    }
+    ++failed;
+    EXPECT_FALSE(kCases[i].images.empty()) << i;
+    EXPECT_NE(
+        r.error.find(": decoding and preprocessing it failed: out of host memory (injected by "
+                     "LLAVA_PIPE_FAULT_PREPROCESS_THROWS)"),
+        std::string::npos)
+        << r.error;
+    EXPECT_EQ(r.error.rfind("vision stage: image ", 0), 0u) << r.error;
+  }
+  EXPECT_EQ(failed, 1);
   expect_no_deaths(outcome);
 }
 
