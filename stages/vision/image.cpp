@@ -209,9 +209,8 @@ uint8_t* decode_jpeg_raw(const uint8_t* data, size_t size, int64_t max_pixels, i
       for (JDIMENSION r = 0; r < 4; ++r) {
         rows[r] = pixels + static_cast<size_t>(std::min(first + r, info.output_height - 1)) * w * 3;
       }
-      if (jpeg_read_scanlines(&info, rows, std::min<JDIMENSION>(4, info.output_height - first)) ==
-          0)
-        break;
+      const JDIMENSION lines = std::min<JDIMENSION>(4, info.output_height - first);
+      if (jpeg_read_scanlines(&info, rows, lines) == 0) break;
     }
   } else {
     row = static_cast<uint8_t*>(std::malloc(w * channels));

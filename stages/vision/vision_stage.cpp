@@ -168,8 +168,8 @@ void VisionStage::work_step() {
                             batch[static_cast<int64_t>(j)], threads_per_image);
     } catch (const RequestError& e) {
       item.error = which + ": " + e.what();
-    } catch (const std::exception&
-                 e) {  // out of memory, no thread: this image's task fails, not the worker
+    } catch (const std::exception& e) {
+      // Out of host memory, no thread to start: this image's task fails, not the worker.
       item.error = which + ": decoding and preprocessing it failed: " + e.what();
       item.bad_request = false;
     }
