@@ -408,30 +408,31 @@ constexpr int kMaxBands = 8;
 
 // The steps' result, rescaled and normalized, as [3, height, width] float32 into out.
 void write_normalized(const Steps& steps, const PreprocessorConfig& c, float* out, int threads) {
-  // Each value as transformers computes it: float64 rescale, then float32 normalize (a step
-  // left out is a factor of 1, a mean of 0 and a deviation of 1: exact).
-  double factor[3];
-  float mean[3], deviation[3];
+  // Each channel's 256 possible values: float64 rescale, then float32 normalize, as
+  // transformers does. A lookup rather than that arithmetic in the loop: with the
+  // arithmetic, one image's preprocess on one thread took 1.3-1.7 ms on the H200 machine's
+  // host (GCC 13), against 0.82 with the lookup (GCC 12 here made both alike).
+  float table[3][256];
   for (int ch = 0; ch < 3; ++ch) {
-    factor[ch] = c.do_rescale ? c.rescale_factor : 1.0;
-    mean[ch] = c.do_normalize ? c.mean[ch] : 0.0f;
-    deviation[ch] = c.do_normalize ? c.std[ch] : 1.0f;
+    for (int v = 0; v < 256; ++v) {
+      float x = c.do_rescale ? static_cast<float>(v * c.rescale_factor) : static_cast<float>(v);
+      if (c.do_normalize) x = (x - c.mean[ch]) / c.std[ch];
+      table[ch][v] = x;
+    }
   }
-  auto normalized = [&](int ch, uint8_t v) {
-    return (static_cast<float>(v * factor[ch]) - mean[ch]) / deviation[ch];
-  };
   const Window& w = steps.plan.window;
   const int columns = std::max(0, w.x1 - w.x0), rows = std::max(0, w.y1 - w.y0);
   const size_t plane = static_cast<size_t>(steps.width) * steps.height;
   if (columns < steps.width || rows < steps.height) {  // the crop passes the image: zeros there
-    for (int ch = 0; ch < 3; ++ch) std::fill_n(out + ch * plane, plane, normalized(ch, 0));
+    for (int ch = 0; ch < 3; ++ch) std::fill_n(out + ch * plane, plane, table[ch][0]);
   }
   auto emit = [&](int j, const uint8_t* planar) {
     const size_t at = static_cast<size_t>(steps.top + j) * steps.width + steps.left;
     for (int ch = 0; ch < 3; ++ch) {
       float* to = out + ch * plane + at;
       const uint8_t* from = planar + static_cast<size_t>(ch) * columns;
-      for (int x = 0; x < columns; ++x) to[x] = normalized(ch, from[x]);
+      const float* values = table[ch];
+      for (int x = 0; x < columns; ++x) to[x] = values[from[x]];
     }
   };
   // Bands of rows on threads of our own (the calling thread keeps its buffers for the next
