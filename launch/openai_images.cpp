@@ -86,12 +86,9 @@ bool is_private_ipv4(const uint8_t (&a)[4]) {
 bool is_private_ipv6(const uint8_t (&a)[16]) {
   const uint8_t zeros[10] = {};
   const bool first_ten_zero = std::equal(zeros, zeros + 10, a);
-  if (first_ten_zero && a[10] == 0xFF && a[11] == 0xFF) {  // ::ffff:a.b.c.d, IPv4-mapped
-    const uint8_t v4[4] = {a[12], a[13], a[14], a[15]};
-    return is_private_ipv4(v4);
-  }
   static const uint8_t kNat64[12] = {0x00, 0x64, 0xFF, 0x9B};  // 64:ff9b::/96
-  if (std::equal(kNat64, kNat64 + 12, a)) {
+  // ::ffff:a.b.c.d (IPv4-mapped) and NAT64: the IPv4 address inside decides.
+  if ((first_ten_zero && a[10] == 0xFF && a[11] == 0xFF) || std::equal(kNat64, kNat64 + 12, a)) {
     const uint8_t v4[4] = {a[12], a[13], a[14], a[15]};
     return is_private_ipv4(v4);
   }
@@ -114,16 +111,20 @@ struct AddressGuard {
 curl_socket_t open_socket(void* data, curlsocktype purpose, curl_sockaddr* address) {
   auto* guard = static_cast<AddressGuard*>(data);
   if (purpose == CURLSOCKTYPE_IPCXN && !guard->allow_private) {
-    char text[INET6_ADDRSTRLEN] = "";
+    // The address's bytes are classified; its text is only for the message.
+    char text[INET6_ADDRSTRLEN] = "an address of another family";
+    bool refused = true;
     if (address->family == AF_INET) {
-      const auto* in = reinterpret_cast<const sockaddr_in*>(&address->addr);
-      inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+      const auto& in = reinterpret_cast<const sockaddr_in*>(&address->addr)->sin_addr;
+      refused = is_private_ipv4(reinterpret_cast<const uint8_t(&)[4]>(in));
+      inet_ntop(AF_INET, &in, text, sizeof text);
     } else if (address->family == AF_INET6) {
-      const auto* in = reinterpret_cast<const sockaddr_in6*>(&address->addr);
-      inet_ntop(AF_INET6, &in->sin6_addr, text, sizeof text);
+      const auto& in = reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_addr;
+      refused = is_private_ipv6(reinterpret_cast<const uint8_t(&)[16]>(in));
+      inet_ntop(AF_INET6, &in, text, sizeof text);
     }
-    if (is_private_address(text)) {  // "" (another family) too
-      if (guard->refused.empty()) guard->refused = text[0] ? text : "an address of another family";
+    if (refused) {
+      if (guard->refused.empty()) guard->refused = text;
       return CURL_SOCKET_BAD;
     }
   }

@@ -409,9 +409,10 @@ constexpr int kMaxBands = 8;
 // The steps' result, rescaled and normalized, as [3, height, width] float32 into out.
 void write_normalized(const Steps& steps, const PreprocessorConfig& c, float* out, int threads) {
   // Each channel's 256 possible values: float64 rescale, then float32 normalize, as
-  // transformers does. A lookup rather than that arithmetic in the loop: with the
-  // arithmetic, one image's preprocess on one thread took 1.3-1.7 ms on the H200 machine's
-  // host (GCC 13), against 0.82 with the lookup (GCC 12 here made both alike).
+  // transformers does. A lookup rather than that arithmetic in the loop: built by the H200
+  // machine's GCC 13, one 336 x 336 image on one thread took 0.95-1.28 ms with the
+  // arithmetic, 0.98-1.00 with the lookup (tests/perf/README.md, "Speed, round 10"; GCC 12
+  // here made both alike).
   float table[3][256];
   for (int ch = 0; ch < 3; ++ch) {
     for (int v = 0; v < 256; ++v) {

@@ -228,10 +228,6 @@ wire::Frame frame_in(const std::shared_ptr<SharedMemory>& memory, uint64_t offse
   return wire::shared_frame(memory, offset, DType::kF16, std::move(shape));
 }
 
-wire::SharedResolver resolver(SharedMemoryMaps& maps) {
-  return wire::resolve_through(maps);
-}
-
 TEST(SharedMemoryWire, FramesGoAsRangesOnlyWhenAskedAndArriveWithTheirBytes) {
   auto memory = SharedMemory::create(1 << 20);
   for (uint64_t i = 0; i < memory->size(); ++i) memory->data()[i] = static_cast<char>(i * 13);
@@ -252,7 +248,8 @@ TEST(SharedMemoryWire, FramesGoAsRangesOnlyWhenAskedAndArriveWithTheirBytes) {
   EXPECT_EQ(parts[2].size(), 8u);
   EXPECT_EQ(parts[3].size(), 0u);
   SharedMemoryMaps maps;
-  Incoming in = Incoming::parse(std::move(parts), false, wire::Limits{}, resolver(maps));
+  Incoming in =
+      Incoming::parse(std::move(parts), false, wire::Limits{}, wire::resolve_through(maps));
   EXPECT_EQ(std::string(in.header().getSharedMemory().cStr()), memory->path());
   ASSERT_EQ(in.frames().size(), 3u);
   EXPECT_EQ(in.frames()[0].bytes.size(), 64u);
@@ -274,7 +271,7 @@ TEST(SharedMemoryWire, ALyingRangeIsRefusedWithTheRequestItCameWith) {
     lie.add_frame(std::move(frame));
     lie.send_shared_as_ranges();
     try {
-      Incoming::parse(lie.parts(), false, wire::Limits{}, resolver(maps));
+      Incoming::parse(lie.parts(), false, wire::Limits{}, wire::resolve_through(maps));
       FAIL() << "a range past the end was read";
     } catch (const SharedMemoryError& e) {
       EXPECT_EQ(e.request, 77u);
@@ -288,8 +285,9 @@ TEST(SharedMemoryWire, ALyingRangeIsRefusedWithTheRequestItCameWith) {
     out.send_shared_as_ranges();
     auto parts = out.parts();
     parts[1] = zmq::message_t(8);
-    EXPECT_THROW(Incoming::parse(std::move(parts), false, wire::Limits{}, resolver(maps)),
-                 WireError);
+    EXPECT_THROW(
+        Incoming::parse(std::move(parts), false, wire::Limits{}, wire::resolve_through(maps)),
+        WireError);
   }
   {  // a range over the message size limit is refused before any mapping
     Outgoing out(5);
@@ -301,7 +299,7 @@ TEST(SharedMemoryWire, ALyingRangeIsRefusedWithTheRequestItCameWith) {
     bool resolved = false;
     wire::SharedResolver counting = [&](const schema::Header::Reader& h, uint64_t o, uint64_t b) {
       resolved = true;
-      return resolver(maps)(h, o, b);
+      return wire::resolve_through(maps)(h, o, b);
     };
     EXPECT_THROW(Incoming::parse(out.parts(), false, small, counting), WireError);
     EXPECT_FALSE(resolved);
