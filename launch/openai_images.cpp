@@ -6,14 +6,19 @@
 #endif
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
+#include <vector>
 
 #include "launch/openai_api.h"
 
@@ -100,31 +105,98 @@ bool is_private_ipv6(const uint8_t (&a)[16]) {
 }
 
 #if LLAVA_PIPE_CURL
-// Every connection libcurl opens for an image (redirects included) goes through here with
-// the address it resolved: a non-public one is refused before connecting, so neither a
-// redirect nor a DNS answer that changes between lookups reaches the server's own network.
+// An address as its bytes (4 or 16), classified, with its text for messages.
+struct Address {
+  std::string bytes;
+  std::string text;
+  bool is_private = true;
+};
+
+// An IPv4 or IPv6 socket address; any other family counts as private.
+Address classify(const sockaddr* address) {
+  char text[INET6_ADDRSTRLEN] = "an address of another family";
+  Address a;
+  if (address->sa_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in*>(address)->sin_addr;
+    a.bytes.assign(reinterpret_cast<const char*>(&in), 4);
+    a.is_private = is_private_ipv4(reinterpret_cast<const uint8_t(&)[4]>(in));
+    inet_ntop(AF_INET, &in, text, sizeof text);
+  } else if (address->sa_family == AF_INET6) {
+    const auto& in = reinterpret_cast<const sockaddr_in6*>(address)->sin6_addr;
+    a.bytes.assign(reinterpret_cast<const char*>(&in), 16);
+    a.is_private = is_private_ipv6(reinterpret_cast<const uint8_t(&)[16]>(in));
+    inet_ntop(AF_INET6, &in, text, sizeof text);
+  }
+  a.text = text;
+  return a;
+}
+
+// The addresses `host` (a name or a numeric address) resolves to; none where it does not.
+std::vector<Address> resolve(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (host.empty() || getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return {};
+  std::vector<Address> out;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    if (a->ai_family == AF_INET || a->ai_family == AF_INET6) out.push_back(classify(a->ai_addr));
+  }
+  freeaddrinfo(found);
+  return out;
+}
+
+// A part of a URL (CURLUPART_HOST, without an IPv6 address's brackets; CURLUPART_SCHEME),
+// "" where it has none. A URL without a scheme is taken as http:// (a proxy's may lack one).
+std::string url_part(const std::string& url, CURLUPart part) {
+  std::unique_ptr<CURLU, void (*)(CURLU*)> u(curl_url(), curl_url_cleanup);
+  char* text = nullptr;
+  if (!u ||
+      curl_url_set(u.get(), CURLUPART_URL, url.c_str(),
+                   CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+      curl_url_get(u.get(), part, &text, 0) != CURLUE_OK) {
+    return "";
+  }
+  std::string out = text;
+  curl_free(text);
+  if (out.size() > 2 && out.front() == '[' && out.back() == ']')
+    out = out.substr(1, out.size() - 2);
+  return out;
+}
+
+// The proxy libcurl takes from the environment for a URL of `scheme`, "" for none: for
+// http only the lower-case http_proxy (libcurl ignores HTTP_PROXY, which a CGI client can
+// set), for https https_proxy or HTTPS_PROXY; then all_proxy or ALL_PROXY.
+std::string environment_proxy(const std::string& scheme) {
+  std::vector<const char*> names;
+  if (scheme == "http") names = {"http_proxy"};
+  if (scheme == "https") names = {"https_proxy", "HTTPS_PROXY"};
+  names.insert(names.end(), {"all_proxy", "ALL_PROXY"});
+  for (const char* name : names) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && value[0] != '\0') return value;
+  }
+  return "";
+}
+
+// Every connection libcurl opens for an image goes through here with the address it
+// resolved: a non-public one is refused before connecting, so no DNS answer that changes
+// between lookups reaches the server's own network. The proxy's addresses are allowed:
+// the environment that names it is the operator's.
 struct AddressGuard {
   bool allow_private = false;
+  std::vector<Address> proxy;
   std::string refused;  // the first address refused
 };
 
 curl_socket_t open_socket(void* data, curlsocktype purpose, curl_sockaddr* address) {
   auto* guard = static_cast<AddressGuard*>(data);
   if (purpose == CURLSOCKTYPE_IPCXN && !guard->allow_private) {
-    // The address's bytes are classified; its text is only for the message.
-    char text[INET6_ADDRSTRLEN] = "an address of another family";
-    bool refused = true;
-    if (address->family == AF_INET) {
-      const auto& in = reinterpret_cast<const sockaddr_in*>(&address->addr)->sin_addr;
-      refused = is_private_ipv4(reinterpret_cast<const uint8_t(&)[4]>(in));
-      inet_ntop(AF_INET, &in, text, sizeof text);
-    } else if (address->family == AF_INET6) {
-      const auto& in = reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_addr;
-      refused = is_private_ipv6(reinterpret_cast<const uint8_t(&)[16]>(in));
-      inet_ntop(AF_INET6, &in, text, sizeof text);
-    }
-    if (refused) {
-      if (guard->refused.empty()) guard->refused = text;
+    const Address a = classify(&address->addr);
+    const bool proxy = std::any_of(guard->proxy.begin(), guard->proxy.end(),
+                                   [&](const Address& p) { return p.bytes == a.bytes; });
+    if (a.is_private && !proxy) {
+      if (guard->refused.empty()) guard->refused = a.text;
       return CURL_SOCKET_BAD;
     }
   }
@@ -140,8 +212,16 @@ size_t on_body(char* data, size_t size, size_t count, void* user) {
   d->bytes.append(data, size * count);
   return size * count;
 }
+
+constexpr int kMaxRedirects = 5;
 #endif
 
+// Redirects are followed here, not by libcurl, so that each URL is checked before it is
+// asked for. Without a proxy the check is the connection's address (open_socket). Through
+// a proxy, which resolves names itself, the URL's host is resolved here and every address
+// it has must be public (a name that changes its answer between our lookup and the
+// proxy's is the one case this cannot see; allow_private_image_addresses off and no proxy
+// sees it).
 std::string from_http(const std::string& url, const std::string& param,
                       const ServerSection& server) {
   if (!server.allow_remote_images) {
@@ -156,13 +236,7 @@ std::string from_http(const std::string& url, const std::string& param,
   Download download;
   download.cap = server.max_image_bytes;
   char error[CURL_ERROR_SIZE] = "";
-  curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(curl.get(), CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, 5L);
-  curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(server.remote_image_timeout_ms));
   curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_FAILONERROR, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_MAXFILESIZE_LARGE,
@@ -174,24 +248,61 @@ std::string from_http(const std::string& url, const std::string& param,
   guard.allow_private = server.allow_private_image_addresses;
   curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETFUNCTION, open_socket);
   curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETDATA, &guard);
-  const CURLcode code = curl_easy_perform(curl.get());
-  if (code != CURLE_OK && !guard.refused.empty()) {
-    throw ApiError(400,
-                   param + ": " + shortened(url) + " leads to " + guard.refused +
-                       ", not a public address (server.allow_private_image_addresses allows it)",
-                   param);
+  auto not_public = [&](const std::string& address) {
+    return ApiError(400,
+                    param + ": " + shortened(url) + " leads to " + address +
+                        ", not a public address (server.allow_private_image_addresses allows it)",
+                    param);
+  };
+  auto cannot_fetch = [&](const std::string& why) {
+    return ApiError(400, param + ": cannot fetch " + shortened(url) + " (" + why + ")", param);
+  };
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(server.remote_image_timeout_ms);
+  std::string current = url;
+  for (int redirects = 0;; ++redirects) {
+    const std::string proxy = environment_proxy(url_part(current, CURLUPART_SCHEME));
+    guard.proxy.clear();
+    if (!proxy.empty() && !guard.allow_private) {
+      guard.proxy = resolve(url_part(proxy, CURLUPART_HOST));
+      const std::string host = url_part(current, CURLUPART_HOST);
+      const std::vector<Address> addresses = resolve(host);
+      if (addresses.empty()) {
+        throw cannot_fetch("its host '" + shortened(host) +
+                           "' does not resolve here, so its address cannot be checked");
+      }
+      for (const Address& a : addresses) {
+        if (a.is_private) throw not_public(a.text);
+      }
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) throw cannot_fetch("timed out after redirects");
+    curl_easy_setopt(curl.get(), CURLOPT_URL, current.c_str());
+    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, static_cast<long>(left.count()));
+    download.bytes.clear();
+    error[0] = '\0';
+    const CURLcode code = curl_easy_perform(curl.get());
+    if (code != CURLE_OK && !guard.refused.empty()) throw not_public(guard.refused);
+    if (download.over || code == CURLE_FILESIZE_EXCEEDED) {
+      throw ApiError(400,
+                     param + ": the image at " + shortened(url) + " is over server.max_image_bytes",
+                     param);
+    }
+    if (code != CURLE_OK) throw cannot_fetch(error[0] ? error : curl_easy_strerror(code));
+    long status = 0;
+    char* next = nullptr;
+    curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
+    if (status / 100 != 3) return download.bytes;
+    curl_easy_getinfo(curl.get(), CURLINFO_REDIRECT_URL, &next);
+    if (next == nullptr) {
+      throw cannot_fetch("HTTP " + std::to_string(status) + " without a Location to follow");
+    }
+    if (redirects == kMaxRedirects) {
+      throw cannot_fetch("more than " + std::to_string(kMaxRedirects) + " redirects");
+    }
+    current = next;
   }
-  if (download.over || code == CURLE_FILESIZE_EXCEEDED) {
-    throw ApiError(
-        400, param + ": the image at " + shortened(url) + " is over server.max_image_bytes", param);
-  }
-  if (code != CURLE_OK) {
-    throw ApiError(400,
-                   param + ": cannot fetch " + shortened(url) + " (" +
-                       (error[0] ? error : curl_easy_strerror(code)) + ")",
-                   param);
-  }
-  return download.bytes;
 #endif
 }
 

@@ -22,8 +22,9 @@ struct ServerSection {
   uint64_t remote_image_timeout_ms = 10000;
   // Whether they may reach loopback, private, link-local (cloud metadata) and other
   // non-public addresses (is_private_address): off, so that a client cannot make the
-  // server fetch from its own network. Through an http proxy (libcurl's http_proxy
-  // variables) the address checked is the proxy's.
+  // server fetch from its own network. Through a proxy (the environment's http_proxy,
+  // https_proxy, all_proxy), the proxy's address is allowed and each URL's host (redirects
+  // included) is resolved and checked before the proxy is asked (openai_images.cpp).
   bool allow_private_image_addresses = false;
   // file:// image URLs: only under this folder (resolved against the config's folder);
   // "" = refused.

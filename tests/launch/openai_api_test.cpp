@@ -4,12 +4,15 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <iterator>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
+#include <iterator>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #if LLAVA_PIPE_HTTP && LLAVA_PIPE_CURL
 #include <httplib.h>
@@ -382,6 +385,145 @@ TEST(OpenAiImages, HttpUrlsAreFetchedFromALocalServerWithinTheirLimits) {
   }
   released.notify_all();
   server.stop();
+  thread.join();
+}
+
+// The environment's proxy variables for one test: all unset but `name`, then put back.
+class ProxyEnvironment {
+ public:
+  ProxyEnvironment(const char* name, const std::string& value) {
+    for (const char* name : {"http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                             "no_proxy", "NO_PROXY"}) {
+      const char* old = std::getenv(name);
+      saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+      unsetenv(name);
+    }
+    setenv(name, value.c_str(), 1);
+  }
+  ~ProxyEnvironment() {
+    for (const auto& [name, value] : saved_) {
+      if (value) {
+        setenv(name.c_str(), value->c_str(), 1);
+      } else {
+        unsetenv(name.c_str());
+      }
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+// Through a forward proxy (the environment's http_proxy; here a server on 127.0.0.1 that
+// answers for any URL and records what it is asked): the proxy's own private address is
+// allowed, as the operator's, and each URL's host, the client's and every redirect's, is
+// resolved and checked before the proxy is asked for it. 93.184.216.34 stands for a public
+// host: only the proxy is ever connected to, so no network is needed.
+TEST(OpenAiImages, ThroughAProxyEveryUrlIsCheckedBeforeTheProxyIsAskedForIt) {
+  std::ifstream in(LLAVA_PIPE_SOURCE_DIR "/tests/data/images/img01_320x240_RGB.jpg",
+                   std::ios::binary);
+  const std::string jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(jpeg.size(), 1000u);
+  const std::string site = "http://93.184.216.34";
+  httplib::Server proxy;
+  std::mutex mutex;
+  std::vector<std::string> asked;
+  proxy.Get(R"(.*)", [&](const httplib::Request& req, httplib::Response& res) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      asked.push_back(req.target);
+    }
+    if (req.target == site + "/cat.jpg") {
+      res.set_content(jpeg, "image/jpeg");
+    } else if (req.target == site + "/to-public") {
+      res.set_redirect(site + "/cat.jpg");
+    } else if (req.target == site + "/to-private") {
+      res.set_redirect("http://10.0.0.1/secret.jpg");
+    } else if (req.target == site + "/to-metadata-by-name") {
+      res.set_redirect("http://localhost/latest/meta-data/");
+    } else if (req.target == site + "/loop") {
+      res.set_redirect(site + "/loop");
+    } else {
+      res.status = 404;
+    }
+  });
+  const int port = proxy.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread thread([&] { proxy.listen_after_bind(); });
+  const ProxyEnvironment environment("http_proxy", "127.0.0.1:" + std::to_string(port));
+
+  ServerSection config;
+  config.allow_remote_images = true;
+  config.max_image_bytes = jpeg.size() + 100;
+  auto fetched = [&](const std::string& url) {
+    try {
+      return fetch_image(url, "p", config);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << url << ": " << e.what();
+      return std::string();
+    }
+  };
+  EXPECT_EQ(fetched(site + "/cat.jpg"), jpeg);
+  EXPECT_EQ(fetched(site + "/to-public"), jpeg);
+  auto refusal = [&](const std::string& url) {
+    try {
+      fetch_image(url, "messages[0].content[1]", config);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << url;
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << url << " was accepted";
+    return std::string();
+  };
+  const std::string not_public =
+      ", not a public address (server.allow_private_image_addresses allows it)";
+  EXPECT_EQ(refusal(site + "/to-private"),
+            "messages[0].content[1]: " + site + "/to-private leads to 10.0.0.1" + not_public);
+  EXPECT_EQ(refusal("http://169.254.169.254/latest/meta-data/"),
+            "messages[0].content[1]: http://169.254.169.254/latest/meta-data/ leads to "
+            "169.254.169.254" +
+                not_public);
+  EXPECT_EQ(refusal("http://[::1]:8080/x.jpg"),
+            "messages[0].content[1]: http://[::1]:8080/x.jpg leads to ::1" + not_public);
+  // A name is resolved here: localhost is the server's own machine.
+  const std::string by_name = refusal(site + "/to-metadata-by-name");
+  EXPECT_NE(by_name.find("/to-metadata-by-name leads to "), std::string::npos) << by_name;
+  EXPECT_NE(by_name.find(not_public), std::string::npos) << by_name;
+  // The proxy's port is not a way to the proxy's machine either.
+  const std::string direct = "http://127.0.0.1:" + std::to_string(port) + "/cat.jpg";
+  EXPECT_EQ(refusal(direct),
+            "messages[0].content[1]: " + direct + " leads to 127.0.0.1" + not_public);
+  const std::string invalid = refusal("http://no-such-host.invalid/x.jpg");
+  EXPECT_NE(invalid.find("cannot fetch http://no-such-host.invalid/x.jpg (its host "
+                         "'no-such-host.invalid' does not resolve here"),
+            std::string::npos)
+      << invalid;
+  EXPECT_NE(refusal(site + "/loop").find("(more than 5 redirects)"), std::string::npos);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    // No private URL reached the proxy: it was asked for the public ones only.
+    const std::vector<std::string> expected = {site + "/cat.jpg",
+                                               site + "/to-public",
+                                               site + "/cat.jpg",
+                                               site + "/to-private",
+                                               site + "/to-metadata-by-name",
+                                               site + "/loop",
+                                               site + "/loop",
+                                               site + "/loop",
+                                               site + "/loop",
+                                               site + "/loop",
+                                               site + "/loop"};
+    EXPECT_EQ(asked, expected);
+    asked.clear();
+  }
+  // With private addresses allowed the proxy is asked for anything (its answer here: 404).
+  config.allow_private_image_addresses = true;
+  EXPECT_NE(refusal("http://10.0.0.1/secret.jpg").find("404"), std::string::npos);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    EXPECT_EQ(asked, std::vector<std::string>{"http://10.0.0.1/secret.jpg"});
+  }
+  proxy.stop();
   thread.join();
 }
 #endif
