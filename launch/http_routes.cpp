@@ -91,26 +91,31 @@ void HttpServer::routes() {
                                {"created", started_},
                                {"owned_by", "llava-pipe"}}}}});
              }));
-  http_->Get("/health", guarded([on_coordinator](const httplib::Request&, httplib::Response& res) {
-               const nlohmann::json health = on_coordinator([](Coordinator* c) -> nlohmann::json {
-                 if (!c) return {{"status", 503}, {"reason", "shutting down"}};
-                 const std::string why = c->unavailable_reason();
-                 if (!why.empty()) return {{"status", 503}, {"reason", why}};
-                 return {{"status", 200}, {"reason", "ok"}};
-               });
-               const int status = health["status"];
-               answer_json(res, status,
-                           {{"status", status == 200 ? "ok" : "unavailable"},
-                            {"reason", health["reason"]}});
-             }));
-  http_->Get(
-      "/metrics", guarded([this, on_coordinator](const httplib::Request&, httplib::Response& res) {
+  const httplib::Server::Handler health = guarded([on_coordinator](const httplib::Request&,
+                                                                   httplib::Response& res) {
+    const nlohmann::json health = on_coordinator([](Coordinator* c) -> nlohmann::json {
+      if (!c) return {{"status", 503}, {"reason", "shutting down"}};
+      const std::string why = c->unavailable_reason();
+      if (!why.empty()) return {{"status", 503}, {"reason", why}};
+      return {{"status", 200}, {"reason", "ok"}};
+    });
+    const int status = health["status"];
+    answer_json(res, status,
+                {{"status", status == 200 ? "ok" : "unavailable"}, {"reason", health["reason"]}});
+  });
+  const httplib::Server::Handler metrics =
+      guarded([this, on_coordinator](const httplib::Request&, httplib::Response& res) {
         on_coordinator([this](Coordinator* c) {
           if (c) metrics_.refresh(*c);
           return nlohmann::json();
         });
         res.set_content(metrics_.registry().render(), "text/plain; version=0.0.4; charset=utf-8");
-      }));
+      });
+  // Both on the API's port, and alone on the probes' (start_probes).
+  for (httplib::Server* server : {http_.get(), probes_.get()}) {
+    server->Get("/health", health);
+    server->Get("/metrics", metrics);
+  }
 
   // vLLM's /tokenize and /detokenize: the coordinator's tokenizer, on its thread.
   http_->Post("/tokenize",
@@ -173,9 +178,11 @@ void HttpServer::routes() {
       answer_error(res, res.status, "HTTP error " + std::to_string(res.status));
     }
   });
-  http_->set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+  const auto count = [this](const httplib::Request& req, const httplib::Response& res) {
     metrics_.on_http_response(kEndpoints.count(req.path) ? req.path : "other", res.status);
-  });
+  };
+  http_->set_logger(count);
+  probes_->set_logger(count);
 }
 
 }  // namespace llava

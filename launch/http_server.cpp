@@ -4,10 +4,14 @@
 #include "launch/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <iostream>
+#include <memory>
+#include <thread>
 
 #include "common/errors.h"
 #include "coordinator/coordinator.h"
@@ -42,6 +46,7 @@ HttpServer::HttpServer(const PipelineConfig& config, const ServerSection& server
       model_id_(std::move(model_id)),
       metrics_(metrics),
       http_(std::make_unique<httplib::Server>()),
+      probes_(std::make_unique<httplib::Server>()),
       started_(unix_now()) {
   routes();
 }
@@ -49,6 +54,42 @@ HttpServer::HttpServer(const PipelineConfig& config, const ServerSection& server
 HttpServer::~HttpServer() {
   stop();
 }
+
+namespace {
+
+// Binds `server` to HOST:PORT and answers on `listener`; `flag` names the option in errors.
+// SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, with which a second server binds a
+// port another one of the same user is listening on, and the kernel splits the connections
+// between them, instead of the second one failing with "address in use".
+int listen_on(httplib::Server& server, std::thread& listener, const std::string& host, int port,
+              const std::string& flag) {
+  server.set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  int bound = port;
+  if (port == 0) {
+    bound = server.bind_to_any_port(host);
+  } else if (!server.bind_to_port(host, port)) {
+    bound = -1;
+  }
+  if (bound <= 0) {
+    throw ConfigError(flag + " " + host + ":" + std::to_string(port) + ": cannot listen there (" +
+                      std::strerror(errno) +
+                      "; address in use, or not an address of this machine?)");
+  }
+  // Returns once the server is running: httplib's stop() does nothing before that, so a
+  // stop() right after start() would leave the listener running and its join waiting.
+  auto ended = std::make_shared<std::atomic<bool>>(false);
+  listener = std::thread([&server, ended] {
+    server.listen_after_bind();
+    *ended = true;
+  });
+  while (!server.is_running() && !*ended) std::this_thread::yield();
+  return bound;
+}
+
+}  // namespace
 
 int HttpServer::start(const std::string& host, int port) {
   const int threads = server_.max_connections;
@@ -60,24 +101,23 @@ int HttpServer::start(const std::string& host, int port) {
   http_->set_keep_alive_max_count(1000);
   http_->set_read_timeout(30);
   http_->set_write_timeout(30);
-  int bound = port;
-  if (port == 0) {
-    bound = http_->bind_to_any_port(host);
-  } else if (!http_->bind_to_port(host, port)) {
-    bound = -1;
-  }
-  if (bound <= 0) {
-    throw ConfigError("--http " + host + ":" + std::to_string(port) + ": cannot listen there (" +
-                      std::strerror(errno) +
-                      "; address in use, or not an address of this machine?)");
-  }
-  listener_ = std::thread([this] { http_->listen_after_bind(); });
-  return bound;
+  return listen_on(*http_, listener_, host, port, "--http");
+}
+
+int HttpServer::start_probes(const std::string& host, int port) {
+  probes_->new_task_queue = [] { return new httplib::ThreadPool(kProbeThreads); };
+  probes_->set_payload_max_length(4096);  // GETs only
+  probes_->set_read_timeout(5);
+  probes_->set_write_timeout(5);
+  return listen_on(*probes_, probes_listener_, host, port, "--probes");
 }
 
 void HttpServer::stop() {
-  if (http_) http_->stop();
+  for (auto* server : {http_.get(), probes_.get()}) {
+    if (server) server->stop();
+  }
   if (listener_.joinable()) listener_.join();
+  if (probes_listener_.joinable()) probes_listener_.join();
 }
 
 void HttpServer::post(Command command) {

@@ -44,6 +44,11 @@ class HttpServer {
   // Binds HOST:PORT (throws ConfigError naming the address when it cannot) and starts
   // answering on a listener thread. Returns the port (useful with port 0).
   int start(const std::string& host, int port);
+  // The same for /health and /metrics alone (`serve --probes`), on kProbeThreads threads
+  // of their own: a probe is answered while the API's max_connections threads are all
+  // taken (streams, slow uploads), so a busy server is not taken for a dead one.
+  int start_probes(const std::string& host, int port);
+  static constexpr int kProbeThreads = 4;
   void stop();
 
   // ---- the coordinator's thread
@@ -75,8 +80,8 @@ class HttpServer {
   const ChatTemplate& chat_template_;
   std::string model_id_;
   PipelineMetrics& metrics_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread listener_;
+  std::unique_ptr<httplib::Server> http_, probes_;
+  std::thread listener_, probes_listener_;
   int64_t started_ = 0;  // unix seconds, the models' "created"
 
   mutable std::mutex commands_mutex_;

@@ -47,7 +47,7 @@ bool send_json(zmq::socket_t& socket, const std::string& routing, const nlohmann
 }
 
 struct ServeOptions {
-  std::string config_path, listen, curve_key, http_address;
+  std::string config_path, listen, curve_key, http_address, probes_address;
   std::set<std::string> allowed;  // clients' public keys
   bool force = false;             // start a plan check says does not fit
 };
@@ -60,8 +60,9 @@ int serve(const ServeOptions& o) {
     throw ConfigError("serve: give --http HOST:PORT, --listen ENDPOINT or both (llava-pipe serve --help)");
   }
 #if !LLAVA_PIPE_HTTP
-  if (!http_address.empty()) {
-    throw ConfigError("--http: this llava-pipe was built without cpp-httplib; install libcpp-httplib-dev "
+  if (!http_address.empty() || !o.probes_address.empty()) {
+    throw ConfigError(std::string(http_address.empty() ? "--probes" : "--http") +
+                      ": this llava-pipe was built without cpp-httplib; install libcpp-httplib-dev "
                       "(and libcurl4-openssl-dev for http(s) image URLs) and build again");
   }
 #endif
@@ -70,6 +71,10 @@ int serve(const ServeOptions& o) {
   std::string http_host;
   int http_port = 0;
   if (!http_address.empty()) parse_host_port(http_address, http_host, http_port);
+  std::string probes_host;
+  int probes_port = 0;
+  if (!o.probes_address.empty())
+    parse_host_port(o.probes_address, probes_host, probes_port, "--probes");
   std::string yaml_text;
   {
     std::ifstream in(o.config_path);
@@ -152,12 +157,19 @@ int serve(const ServeOptions& o) {
   Coordinator coordinator(config, events);
   metrics = std::make_unique<PipelineMetrics>(coordinator.model().image_tokens());
 #if LLAVA_PIPE_HTTP
-  if (!http_address.empty()) {
+  if (!http_address.empty() || !o.probes_address.empty()) {
     http = std::make_unique<HttpServer>(config, server, *chat_template, config.model.name, *metrics);
     http->on_command = [&coordinator] { coordinator.wake(); };  // a request starts at once
+  }
+  if (!http_address.empty()) {
     const int port = http->start(http_host, http_port);
     std::cerr << "llava-pipe: serving " << config.path << " over HTTP on http://" << http_host
               << ":" << port << " (chat template: " << chat_template->origin() << ")\n";
+  }
+  if (!o.probes_address.empty()) {
+    const int port = http->start_probes(probes_host, probes_port);
+    std::cerr << "llava-pipe: /health and /metrics also on http://" << probes_host << ":" << port
+              << "\n";
   }
 #endif
   if (clients) {
@@ -320,6 +332,11 @@ Command add_serve(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   command->add_option("CONFIG", o->config_path, "the pipeline's YAML config")->required();
   command->add_option("--http", o->http_address, "serve the OpenAI API over HTTP here")
+      ->type_name("HOST:PORT");
+  command
+      ->add_option("--probes", o->probes_address,
+                   "also answer /health and /metrics here, on threads of their own: a probe is "
+                   "answered while every --http connection is taken (Kubernetes, Prometheus)")
       ->type_name("HOST:PORT");
   command->add_option("--listen", o->listen, "serve ZeroMQ clients here, e.g. tcp://0.0.0.0:5600")
       ->type_name("ENDPOINT");

@@ -191,9 +191,10 @@ std::string describe(const ServerSection& s) {
   return out.str();
 }
 
-void parse_host_port(const std::string& text, std::string& host, int& port) {
+void parse_host_port(const std::string& text, std::string& host, int& port,
+                     const std::string& flag) {
   const size_t colon = text.rfind(':');
-  const std::string usage = "--http " + text + ": expected HOST:PORT (e.g. 127.0.0.1:8000)";
+  const std::string usage = flag + " " + text + ": expected HOST:PORT (e.g. 127.0.0.1:8000)";
   if (colon == std::string::npos || colon == 0) throw ConfigError(usage);
   host = text.substr(0, colon);
   if (host.size() > 2 && host.front() == '[' && host.back() == ']')

@@ -41,6 +41,7 @@ ServerSection parse_server_section(const std::string& yaml_text,
 std::string describe(const ServerSection& server);
 
 // "host:port" -> host and port; throws ConfigError naming the value.
-void parse_host_port(const std::string& text, std::string& host, int& port);
+void parse_host_port(const std::string& text, std::string& host, int& port,
+                     const std::string& flag = "--http");
 
 }  // namespace llava

@@ -81,11 +81,16 @@ config_map=$tmp/ConfigMap-llava-pipe-config
 
 has() { grep -q -- "$2" "$1" 2>/dev/null; }
 lacks() { ! grep -q -- "$2" "$1" 2>/dev/null; }
+# Each probe asks /health on the port named probes, which is 8001, where serve --probes
+# listens (its own threads: not behind the API's connections).
 probes_on_health() {
-  [ "$(grep -A3 -E '^ +(readiness|liveness)Probe:' "$coordinator" | grep -c 'path: /health')" -eq 2 ]
+  [ "$(grep -A4 -E '^ +(readiness|liveness)Probe:' "$coordinator" | grep -c 'path: /health')" -eq 2 ] &&
+    [ "$(grep -A4 -E '^ +(readiness|liveness)Probe:' "$coordinator" | grep -c 'port: probes')" -eq 2 ] &&
+    grep -B1 -E '^ +name: probes$' "$coordinator" | grep -q 'containerPort: 8001' &&
+    grep -A1 -e '- --probes' "$coordinator" | grep -q '0.0.0.0:8001'
 }
 check "the coordinator serves HTTP on 8000 (serve --http)" has "$coordinator" "--http"
-check "its readiness and liveness probes ask /health" probes_on_health
+check "its readiness and liveness probes ask /health on serve --probes' port 8001" probes_on_health
 check "its Service has the HTTP port 8000 and the workers' port 5555" \
   sh -c "grep -q 'port: 8000' '$service' && grep -q 'port: 5555' '$service'"
 check "it mounts the coordinator's key Secret" has "$coordinator" "secretName: llava-pipe-coordinator-keys"

@@ -3,12 +3,20 @@
 // (Answers that need the pipeline: tests/http/run.sh, with the openai client.)
 #include "launch/http_server.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "common/config.h"
+#include "common/errors.h"
 
 namespace llava {
 namespace {
@@ -122,6 +130,99 @@ TEST_F(HttpServerTest, ARequestAfterTheLoopEndedIs503NotAHang) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 503);
   EXPECT_NE(error_of(r)["message"].get<std::string>().find("shutting down"), std::string::npos);
+}
+
+// A raw connection that starts a POST and stalls in its body: it holds one of the API's
+// handler threads until it closes (a slow upload, or a client that means harm).
+class StalledUpload {
+ public:
+  explicit StalledUpload(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ =
+        fd_ >= 0 && connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+    const std::string head =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100000\r\n\r\n{\"messages\":";
+    connected_ =
+        connected_ && send(fd_, head.data(), head.size(), 0) == static_cast<ssize_t>(head.size());
+  }
+  ~StalledUpload() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool connected() const { return connected_; }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+// With every API thread held by stalled uploads, the API's own /health waits behind them,
+// while the probes' port answers /health and /metrics at once, and serves nothing else.
+TEST_F(HttpServerTest, ProbesAreAnsweredWhileEveryApiConnectionIsTaken) {
+  ServerSection server;
+  server.max_connections = 2;
+  start(server);
+  const int probes = http_->start_probes("127.0.0.1", 0);
+  ASSERT_GT(probes, 0);
+  ASSERT_NE(probes, port_);
+  http_->close("the server is shutting down");  // /health answers without a coordinator
+  std::vector<std::unique_ptr<StalledUpload>> stalled;
+  for (int i = 0; i < server.max_connections; ++i) {
+    stalled.push_back(std::make_unique<StalledUpload>(port_));
+    ASSERT_TRUE(stalled.back()->connected());
+  }
+  // The API's port: queued behind the two uploads, which hold its threads for the 30 s
+  // read timeout; this client gives up after 1 s.
+  httplib::Client api("127.0.0.1", port_);
+  api.set_read_timeout(1, 0);
+  api.set_write_timeout(1, 0);
+  EXPECT_FALSE(api.Get("/health"));
+  httplib::Client prober("127.0.0.1", probes);
+  auto health = prober.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(nlohmann::json::parse(health->body)["reason"], "shutting down");
+  auto metrics = prober.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_NE(metrics->body.find("llava_"), std::string::npos);
+  // Only the probes there: not the API.
+  auto models = prober.Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 404);
+  auto chat = prober.Post("/v1/chat/completions", "{}", "application/json");
+  ASSERT_TRUE(chat);
+  EXPECT_EQ(chat->status, 404);
+  stalled.clear();  // their handlers see the close and end
+}
+
+// A port another server listens on is refused, naming the flag: without this, httplib's
+// SO_REUSEPORT let a second server share the port, each getting some of the connections.
+TEST_F(HttpServerTest, APortAnotherServerListensOnIsRefusedNamingTheFlag) {
+  start();
+  HttpServer second(config_, ServerSection{}, *template_, "tiny-llava", metrics_);
+  try {
+    second.start("127.0.0.1", port_);
+    ADD_FAILURE() << "a second server listens on the first one's port";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(
+                  "--http 127.0.0.1:" + std::to_string(port_) + ": cannot listen there", 0),
+              0u)
+        << e.what();
+  }
+  try {
+    http_->start_probes("127.0.0.1", port_);
+    FAIL() << "the API's own port was taken again";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(
+                  "--probes 127.0.0.1:" + std::to_string(port_) + ": cannot listen there", 0),
+              0u)
+        << e.what();
+  }
 }
 
 }  // namespace
