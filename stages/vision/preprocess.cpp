@@ -436,8 +436,8 @@ void write_normalized(const Steps& steps, const PreprocessorConfig& c, float* ou
       for (int x = 0; x < columns; ++x) to[x] = values[from[x]];
     }
   };
-  // Bands of rows on threads of our own (the calling thread keeps its buffers for the next
-  // image; the helpers are new each time).
+  // Bands of rows on the caller's thread and kept helpers (run_parallel), each keeping its
+  // buffers for the next image.
   const int bands = std::max(1, std::min({threads, kMaxBands, rows / kMinBandRows}));
   run_parallel(static_cast<size_t>(bands), [&](size_t b) {
     thread_local ResizeScratch scratch;
