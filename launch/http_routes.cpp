@@ -31,6 +31,11 @@ bool same_key(const std::string& a, const std::string& b) {
 
 }  // namespace
 
+std::string HttpServer::body_over_cap_message() const {
+  return "the request body is over server.max_body_bytes (" +
+         std::to_string(server_.max_body_bytes) + " bytes)";
+}
+
 void HttpServer::routes() {
   auto guarded = [this](auto handler) {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
@@ -74,14 +79,41 @@ void HttpServer::routes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
+  // A POST's body, read here up to server.max_body_bytes: httplib's own cap holds for a
+  // Content-Length, but it reads a chunked body whole, however long. Past the cap the body
+  // is read and dropped up to as much again, so that a client still sending gets the 413
+  // (as httplib skips an oversized Content-Length); a longer one has its connection cut.
+  auto with_body = [this](httplib::Server::Handler handler) {
+    return [this, handler](const httplib::Request& req, httplib::Response& res,
+                           const httplib::ContentReader& content) {
+      httplib::Request whole = req;
+      const uint64_t cap = server_.max_body_bytes;
+      uint64_t seen = 0;
+      bool over = false;
+      const bool read = content([&](const char* data, size_t size) {
+        seen += size;
+        over = seen > cap;
+        if (!over) whole.body.append(data, size);
+        return seen <= 2 * cap;
+      });
+      if (over || res.status == 413) {
+        res.set_header("Connection", "close");  // the rest of the body is not read
+        answer_error(res, 413, body_over_cap_message());
+      } else if (!read) {
+        answer_error(res, 400, "the request body could not be read whole");
+      } else {
+        handler(whole, res);
+      }
+    };
+  };
   http_->Post("/v1/chat/completions",
-              guarded([this](const httplib::Request& req, httplib::Response& res) {
+              with_body(guarded([this](const httplib::Request& req, httplib::Response& res) {
                 complete(req, res, true);
-              }));
+              })));
   http_->Post("/v1/completions",
-              guarded([this](const httplib::Request& req, httplib::Response& res) {
+              with_body(guarded([this](const httplib::Request& req, httplib::Response& res) {
                 complete(req, res, false);
-              }));
+              })));
   http_->Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
                answer_json(res, 200,
                            {{"object", "list"},
@@ -118,8 +150,8 @@ void HttpServer::routes() {
   }
 
   // vLLM's /tokenize and /detokenize: the coordinator's tokenizer, on its thread.
-  http_->Post("/tokenize",
-              guarded([on_coordinator](const httplib::Request& req, httplib::Response& res) {
+  http_->Post("/tokenize", with_body(guarded([on_coordinator](const httplib::Request& req,
+                                                              httplib::Response& res) {
                 const auto body = nlohmann::json::parse(req.body, nullptr, false);
                 if (!body.is_object() || !body.contains("prompt") || !body["prompt"].is_string()) {
                   throw ApiError(400, "prompt: expected a string", "prompt");
@@ -132,9 +164,10 @@ void HttpServer::routes() {
                 });
                 if (tokens.is_null()) throw ApiError(503, "the server is shutting down");
                 answer_json(res, 200, {{"tokens", tokens}, {"count", tokens.size()}});
-              }));
+              })));
   http_->Post(
-      "/detokenize", guarded([on_coordinator](const httplib::Request& req, httplib::Response& res) {
+      "/detokenize",
+      with_body(guarded([on_coordinator](const httplib::Request& req, httplib::Response& res) {
         const auto body = nlohmann::json::parse(req.body, nullptr, false);
         if (!body.is_object() || !body.contains("tokens") || !body["tokens"].is_array()) {
           throw ApiError(400, "tokens: expected a list of token ids", "tokens");
@@ -159,7 +192,7 @@ void HttpServer::routes() {
                          "tokens");
         }
         answer_json(res, 200, {{"prompt", text}});
-      }));
+      })));
 
   // 404 for unknown paths, 405 for a known path with the wrong method; 413 from httplib's
   // body cap; every one in the OpenAI envelope.
@@ -171,9 +204,7 @@ void HttpServer::routes() {
     else if (res.status == 405)
       answer_error(res, 405, req.method + " is not allowed on " + req.path);
     else if (res.status == 413) {
-      answer_error(res, 413,
-                   "the request body is over server.max_body_bytes (" +
-                       std::to_string(server_.max_body_bytes) + " bytes)");
+      answer_error(res, 413, body_over_cap_message());
     } else {
       answer_error(res, res.status, "HTTP error " + std::to_string(res.status));
     }

@@ -74,6 +74,7 @@ class HttpServer {
   // /v1/chat/completions (chat) and /v1/completions: answered whole or streamed.
   void complete(const httplib::Request& req, httplib::Response& res, bool chat);
   void cancel(const std::shared_ptr<RequestChannel>& channel);
+  std::string body_over_cap_message() const;  // a 413's
 
   PipelineConfig config_;
   ServerSection server_;
