@@ -98,7 +98,12 @@ int HttpServer::start(const std::string& host, int port) {
   };
   http_->set_payload_max_length(server_.max_body_bytes);
   http_->set_tcp_nodelay(true);  // SSE events go out as they are written
-  http_->set_keep_alive_max_count(1000);
+  if (server_.keep_alive_ms == 0) {
+    http_->set_keep_alive_max_count(1);  // "Connection: close" on every response
+  } else {
+    http_->set_keep_alive_max_count(1000);
+    http_->set_keep_alive_timeout(static_cast<time_t>(server_.keep_alive_ms / 1000));
+  }
   http_->set_read_timeout(30);
   http_->set_write_timeout(30);
   return listen_on(*http_, listener_, host, port, "--http");
@@ -107,6 +112,7 @@ int HttpServer::start(const std::string& host, int port) {
 int HttpServer::start_probes(const std::string& host, int port) {
   probes_->new_task_queue = [] { return new httplib::ThreadPool(kProbeThreads); };
   probes_->set_payload_max_length(4096);  // GETs only
+  probes_->set_keep_alive_max_count(1);
   probes_->set_read_timeout(5);
   probes_->set_write_timeout(5);
   return listen_on(*probes_, probes_listener_, host, port, "--probes");

@@ -51,11 +51,15 @@ class ServerReader {
     return *value;
   }
 
-  uint64_t millis(const std::string& key, uint64_t fallback) {
+  // A duration above 0; with `whole_seconds`, a whole number of seconds, 0 included.
+  uint64_t millis(const std::string& key, uint64_t fallback, bool whole_seconds = false) {
     const std::string text = scalar(key);
     if (text.empty()) return fallback;
     auto value = parse_millis(text);
-    if (!value || *value == 0)
+    if (whole_seconds && (!value || *value % 1000 != 0)) {
+      fail(node_[key], key + ": '" + text + "' is not a whole number of seconds (e.g. 0s, 2s)");
+    }
+    if (!value || (*value == 0 && !whole_seconds))
       fail(node_[key], key + ": '" + text + "' is not a duration (e.g. 10s)");
     return *value;
   }
@@ -135,6 +139,7 @@ ServerSection parse_server_section(const std::string& yaml_text, const std::stri
     s.max_image_pixels = r.count("max_image_pixels", s.max_image_pixels);
     s.request_timeout_ms = r.millis("request_timeout", s.request_timeout_ms);
     s.max_connections = r.integer("max_connections", s.max_connections, 1, 4096);
+    s.keep_alive_ms = r.millis("keep_alive", s.keep_alive_ms, /*whole_seconds=*/true);
     s.api_key = r.scalar("api_key");
     s.allow_remote_images = r.boolean("allow_remote_images", s.allow_remote_images);
     s.remote_image_timeout_ms = r.millis("remote_image_timeout", s.remote_image_timeout_ms);
@@ -178,6 +183,10 @@ std::string describe(const ServerSection& s) {
       << "  max_image_pixels    " << s.max_image_pixels << "\n"
       << "  request_timeout     " << format_millis(s.request_timeout_ms) << "\n"
       << "  max_connections     " << s.max_connections << "\n"
+      << "  keep_alive          "
+      << (s.keep_alive_ms == 0 ? std::string("off (one request a connection)")
+                               : format_millis(s.keep_alive_ms))
+      << "\n"
       << "  api_key             " << (s.api_key.empty() ? "none (anyone may call)" : "set") << "\n"
       << "  remote images       "
       << (s.allow_remote_images

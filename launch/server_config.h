@@ -14,6 +14,10 @@ struct ServerSection {
   uint64_t max_image_pixels = 64ull << 20;  // width x height, read from the file's header
   uint64_t request_timeout_ms = 600000;     // a request not answered by then is cancelled
   int max_connections = 64;                 // connections handled at once; more wait
+  // How long a connection may wait for its next request (whole seconds; 0 = one request a
+  // connection). A waiting connection holds one of max_connections' threads: 64 clients'
+  // idle pooled connections made a new client wait the whole 5 s of httplib's default.
+  uint64_t keep_alive_ms = 0;
   // Bearer key for every endpoint but /health and /metrics; "" = none. The environment's
   // LLAVA_PIPE_API_KEY is used when the file sets none.
   std::string api_key;

@@ -252,6 +252,29 @@ TEST_F(HttpServerTest, ProbesAreAnsweredWhileEveryApiConnectionIsTaken) {
   stalled.clear();  // their handlers see the close and end
 }
 
+// Clients that keep their connections after an answer (the openai SDKs pool them) do not
+// hold the API's threads: with keep_alive off (the default) every answer closes its
+// connection, and a new client is answered while both earlier clients still hold theirs.
+// With httplib's default (5 s) it waited behind them; this client gives up after 2 s.
+TEST_F(HttpServerTest, IdleClientConnectionsDoNotHoldTheApisThreads) {
+  ServerSection server;
+  server.max_connections = 2;
+  start(server);
+  std::vector<std::unique_ptr<httplib::Client>> idle;
+  for (int i = 0; i < server.max_connections; ++i) {
+    idle.push_back(std::make_unique<httplib::Client>("127.0.0.1", port_));
+    idle.back()->set_keep_alive(true);
+    auto r = idle.back()->Get("/v1/models");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->get_header_value("Connection"), "close");
+  }
+  httplib::Client late("127.0.0.1", port_);
+  late.set_read_timeout(2, 0);
+  auto r = late.Get("/v1/models");
+  ASSERT_TRUE(r) << "a third client waited behind two idle connections";
+  EXPECT_EQ(r->status, 200);
+}
+
 // A port another server listens on is refused, naming the flag: without this, httplib's
 // SO_REUSEPORT let a second server share the port, each getting some of the connections.
 TEST_F(HttpServerTest, APortAnotherServerListensOnIsRefusedNamingTheFlag) {
