@@ -222,6 +222,15 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
       have_messages = true;
     } else if (key == "logprobs") {
       if (boolean(key, value)) throw ApiError(400, "logprobs: not supported", key);
+    } else if (key == "response_format") {
+      // {"type": "text"} is OpenAI's default: accepted; JSON modes are not supported.
+      const bool text = value.is_null() || (value.is_object() && value.size() == 1 &&
+                                            value.contains("type") && value["type"] == "text");
+      if (!text) {
+        throw ApiError(
+            400, "response_format: only {\"type\": \"text\"} is supported, got " + shown(value),
+            key);
+      }
     } else if (key == "top_logprobs") {
       if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 0)) {
         throw ApiError(400, "top_logprobs: not supported", key);

@@ -140,9 +140,14 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[]})").param,
             "tools");
-  // Zero penalties are what OpenAI's clients send by default: accepted.
+  const ApiError json_mode = chat_error(
+      R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})");
+  EXPECT_EQ(json_mode.param, "response_format");
+  EXPECT_NE(std::string(json_mode.what()).find("json_object"), std::string::npos)
+      << json_mode.what();
+  // Zero penalties and a text response format are OpenAI's defaults: accepted.
   EXPECT_NO_THROW(parse_chat_request(
-      R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0,"frequency_penalty":0,"logprobs":false})",
+      R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0,"frequency_penalty":0,"logprobs":false,"response_format":{"type":"text"}})",
       defaults(), 8));
 }
 
