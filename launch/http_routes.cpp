@@ -9,6 +9,7 @@
 #include <set>
 
 #include "coordinator/coordinator.h"
+#include "launch/header_budget.h"
 #include "launch/http_replies.h"
 #include "launch/http_server.h"
 #include "launch/openai_api.h"
@@ -63,7 +64,13 @@ void HttpServer::routes() {
     return answer.get();
   };
 
+  // The request's headers are in: its body has a cap of its own (with_body).
+  probes_->set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+    header_budget::disarm();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    header_budget::disarm();
     if (server_.api_key.empty() || req.path == "/health" || req.path == "/metrics") {
       return httplib::Server::HandlerResponse::Unhandled;
     }
@@ -209,8 +216,10 @@ void HttpServer::routes() {
       answer_error(res, res.status, "HTTP error " + std::to_string(res.status));
     }
   });
+  // After each answer; a kept-alive connection's next request starts its own header budget.
   const auto count = [this](const httplib::Request& req, const httplib::Response& res) {
     metrics_.on_http_response(kEndpoints.count(req.path) ? req.path : "other", res.status);
+    header_budget::arm();
   };
   http_->set_logger(count);
   probes_->set_logger(count);

@@ -9,12 +9,14 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <thread>
 
 #include "common/errors.h"
 #include "coordinator/coordinator.h"
+#include "launch/header_budget.h"
 #include "launch/http_replies.h"
 #include "launch/request_channel.h"
 
@@ -57,6 +59,19 @@ HttpServer::~HttpServer() {
 
 namespace {
 
+// httplib's pool, each connection's handling inside header_budget's arm / disarm.
+class BudgetedPool : public httplib::ThreadPool {
+ public:
+  using httplib::ThreadPool::ThreadPool;
+  void enqueue(std::function<void()> handle_connection) override {
+    httplib::ThreadPool::enqueue([handle = std::move(handle_connection)] {
+      header_budget::arm();
+      handle();
+      header_budget::disarm();
+    });
+  }
+};
+
 // Binds `server` to HOST:PORT and answers on `listener`; `flag` names the option in errors.
 // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, with which a second server binds a
 // port another one of the same user is listening on, and the kernel splits the connections
@@ -93,9 +108,7 @@ int listen_on(httplib::Server& server, std::thread& listener, const std::string&
 
 int HttpServer::start(const std::string& host, int port) {
   const int threads = server_.max_connections;
-  http_->new_task_queue = [threads] {
-    return new httplib::ThreadPool(static_cast<size_t>(threads));
-  };
+  http_->new_task_queue = [threads] { return new BudgetedPool(static_cast<size_t>(threads)); };
   http_->set_payload_max_length(server_.max_body_bytes);
   http_->set_tcp_nodelay(true);  // SSE events go out as they are written
   if (server_.keep_alive_ms == 0) {
@@ -110,7 +123,7 @@ int HttpServer::start(const std::string& host, int port) {
 }
 
 int HttpServer::start_probes(const std::string& host, int port) {
-  probes_->new_task_queue = [] { return new httplib::ThreadPool(kProbeThreads); };
+  probes_->new_task_queue = [] { return new BudgetedPool(kProbeThreads); };
   probes_->set_payload_max_length(4096);  // GETs only
   probes_->set_keep_alive_max_count(1);
   probes_->set_read_timeout(5);

@@ -275,6 +275,51 @@ TEST_F(HttpServerTest, IdleClientConnectionsDoNotHoldTheApisThreads) {
   EXPECT_EQ(r->status, 200);
 }
 
+// 40 KB of headers: 400 lines of 100 bytes, under header_budget's 64 KiB.
+httplib::Headers many_headers() {
+  httplib::Headers headers;
+  for (int i = 0; i < 400; ++i) headers.emplace("X-Pad-" + std::to_string(i), std::string(88, 'a'));
+  return headers;
+}
+
+// An endless header block: its connection is dropped once it passes 64 KiB, before its 32
+// MiB are sent (httplib kept every line: memory grew with them), and the server answers
+// the next client. 40 KB of headers are served, twice on one kept-alive connection: each
+// request has a budget of its own.
+TEST_F(HttpServerTest, AnEndlessHeaderBlockIsCutAndLargeHeadersAreServed) {
+  ServerSection server;
+  server.keep_alive_ms = 5000;
+  start(server);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port_));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  std::string flood = "GET /v1/models HTTP/1.1\r\nHost: x\r\n";
+  const std::string line = "X-Pad: " + std::string(91, 'a') + "\r\n";
+  while (flood.size() < (1u << 20)) flood += line;  // 1 MiB of lines
+  size_t sent = 0;
+  bool cut = false;
+  while (sent < (32u << 20) && !cut) {
+    const ssize_t n = send(fd, flood.data(), flood.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      cut = true;
+    } else {
+      sent += static_cast<size_t>(n);
+    }
+  }
+  close(fd);
+  EXPECT_TRUE(cut) << sent << " bytes of headers were taken";
+  httplib::Client kept("127.0.0.1", port_);
+  kept.set_keep_alive(true);
+  for (int i = 0; i < 2; ++i) {
+    auto r = kept.Get("/v1/models", many_headers());
+    ASSERT_TRUE(r) << "request " << i;
+    EXPECT_EQ(r->status, 200) << "request " << i;
+  }
+}
+
 // A port another server listens on is refused, naming the flag: without this, httplib's
 // SO_REUSEPORT let a second server share the port, each getting some of the connections.
 TEST_F(HttpServerTest, APortAnotherServerListensOnIsRefusedNamingTheFlag) {
