@@ -1,10 +1,9 @@
 // header_budget.h: recv() for this process, counted on the threads that armed the budget.
 // cpp-httplib is a shared library that calls recv(); the executable's definition below is
 // the one it binds to (as libzmq's and libcurl's calls do: on their threads, and on a
-// handler thread once disarmed, it only forwards to the C library's).
+// handler thread once disarmed, it only forwards to the C library's recvfrom()).
 #include "launch/header_budget.h"
 
-#include <dlfcn.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -28,14 +27,15 @@ void disarm() {
 }  // namespace header_budget
 }  // namespace llava
 
+// recv(2) is recvfrom(2) without the sender's address: that is what it forwards to.
 extern "C" ssize_t recv(int socket, void* buffer, size_t size, int flags) {
-  using Recv = ssize_t (*)(int, void*, size_t, int);
-  static const Recv next = reinterpret_cast<Recv>(dlsym(RTLD_NEXT, "recv"));
   int64_t& left = llava::header_budget::left;
-  if (left < 0 || (flags & MSG_PEEK) != 0) return next(socket, buffer, size, flags);
+  if (left < 0 || (flags & MSG_PEEK) != 0) {
+    return recvfrom(socket, buffer, size, flags, nullptr, nullptr);
+  }
   if (left == 0) return 0;  // as if the client had closed
-  const ssize_t got =
-      next(socket, buffer, std::min<size_t>(size, static_cast<size_t>(left)), flags);
+  const ssize_t got = recvfrom(socket, buffer, std::min<size_t>(size, static_cast<size_t>(left)),
+                               flags, nullptr, nullptr);
   if (got > 0) left -= got;
   return got;
 }
