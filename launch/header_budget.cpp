@@ -2,6 +2,9 @@
 // cpp-httplib is a shared library that calls recv(); the executable's definition below is
 // the one it binds to (as libzmq's and libcurl's calls do: on their threads, and on a
 // handler thread once disarmed, it only forwards to the C library's recvfrom()).
+// Before any header: with _FORTIFY_SOURCE (Ubuntu's GCC turns it on when optimizing) glibc
+// declares recv() as an inline wrapper, which this file must not meet beside its own.
+#undef _FORTIFY_SOURCE
 #include "launch/header_budget.h"
 
 #include <sys/socket.h>
