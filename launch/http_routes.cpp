@@ -96,14 +96,13 @@ void HttpServer::routes() {
       httplib::Request whole = req;
       const uint64_t cap = server_.max_body_bytes;
       uint64_t seen = 0;
-      bool over = false;
       const bool read = content([&](const char* data, size_t size) {
         seen += size;
-        over = seen > cap;
-        if (!over) whole.body.append(data, size);
+        if (seen <= cap) whole.body.append(data, size);
         return seen <= 2 * cap;
       });
-      if (over || res.status == 413) {
+      // Over the cap: counted here, or (status 413) by httplib from the Content-Length.
+      if (seen > cap || res.status == 413) {
         res.set_header("Connection", "close");  // the rest of the body is not read
         answer_error(res, 413, body_over_cap_message());
       } else if (!read) {

@@ -9,8 +9,8 @@
 // one per core), and the caller takes items too. A helper that is busy
 // (another call, or an item of this one that runs run_parallel itself) does not take the
 // offer; the caller then does more itself. The caller waits only for helpers inside its
-// own job, so calls nest without deadlock, and a process without helper threads (none
-// could be started, or a forked child) still does all the work on the caller's thread.
+// own job, so calls nest without deadlock, and where no helper could be started the caller
+// does all the work itself.
 #pragma once
 
 #include <algorithm>
@@ -127,20 +127,17 @@ inline void run_parallel(size_t count, const std::function<void(size_t)>& work) 
       }
     }
   };
-  if (count > 1) {
-    detail::HelperPool& pool = detail::HelperPool::get();
-    const size_t copies = std::min(count - 1, pool.helpers());
-    if (copies > 0) {
-      auto job = std::make_shared<detail::ParallelJob>();
-      job->drain = drain;
-      pool.offer(job, copies);
-      drain();
-      pool.finish(job);
-    } else {
-      drain();
-    }
-  } else {
+  // One item never starts the pool.
+  const size_t copies = count > 1 ? std::min(count - 1, detail::HelperPool::get().helpers()) : 0;
+  if (copies == 0) {
     drain();
+  } else {
+    detail::HelperPool& pool = detail::HelperPool::get();
+    auto job = std::make_shared<detail::ParallelJob>();
+    job->drain = drain;
+    pool.offer(job, copies);
+    drain();
+    pool.finish(job);
   }
   if (first_error) std::rethrow_exception(first_error);
 }
