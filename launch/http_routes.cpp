@@ -8,11 +8,12 @@
 #include <iostream>
 #include <set>
 
+#include "common/units.h"
 #include "coordinator/coordinator.h"
-#include "launch/header_budget.h"
 #include "launch/http_replies.h"
 #include "launch/http_server.h"
 #include "launch/openai_api.h"
+#include "launch/receive_budget.h"
 #include "launch/request_json.h"
 
 namespace llava {
@@ -66,11 +67,11 @@ void HttpServer::routes() {
 
   // The request's headers are in: its body has a cap of its own (with_body).
   probes_->set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
-    header_budget::disarm();
+    receive_budget::headers_read();
     return httplib::Server::HandlerResponse::Unhandled;
   });
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    header_budget::disarm();
+    receive_budget::headers_read();
     if (server_.api_key.empty() || req.path == "/health" || req.path == "/metrics") {
       return httplib::Server::HandlerResponse::Unhandled;
     }
@@ -86,13 +87,42 @@ void HttpServer::routes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
+  // Ends the connection after this answer: httplib reads no more of it (it would take the
+  // rest of a body as the next request) and says "Connection: close" itself (on every
+  // answer when keep-alive is off).
+  auto close_after = [this](httplib::Response& res) {
+    receive_budget::refuse_the_rest();
+    if (server_.keep_alive_ms != 0) res.set_header("Connection", "close");
+  };
+  // A request that receive_budget cut (httplib saw its connection closed): why, and the
+  // connection ends.
+  auto answer_cut = [this, close_after](httplib::Response& res) {
+    switch (receive_budget::cut()) {
+      case receive_budget::Cut::kNone:
+        return false;
+      case receive_budget::Cut::kHeaderBytes:
+        answer_error(
+            res, 431,
+            "the request line and headers are over " + format_bytes(receive_budget::kHeaderBytes));
+        break;
+      case receive_budget::Cut::kTimeout:
+        answer_error(res, 408,
+                     "the request was not received within server.receive_timeout (" +
+                         format_millis(server_.receive_timeout_ms) + ") of its first byte");
+        break;
+    }
+    close_after(res);
+    return true;
+  };
+
   // A POST's body, read here up to server.max_body_bytes: httplib's own cap holds for a
   // Content-Length, but it reads a chunked body whole, however long. Past the cap the body
   // is read and dropped up to as much again, so that a client still sending gets the 413
   // (as httplib skips an oversized Content-Length); a longer one has its connection cut.
-  auto with_body = [this](httplib::Server::Handler handler) {
-    return [this, handler](const httplib::Request& req, httplib::Response& res,
-                           const httplib::ContentReader& content) {
+  auto with_body = [this, answer_cut, close_after](httplib::Server::Handler handler) {
+    return [this, handler, answer_cut, close_after](const httplib::Request& req,
+                                                    httplib::Response& res,
+                                                    const httplib::ContentReader& content) {
       httplib::Request whole = req;
       const uint64_t cap = server_.max_body_bytes;
       uint64_t seen = 0;
@@ -101,14 +131,16 @@ void HttpServer::routes() {
         if (seen <= cap) whole.body.append(data, size);
         return seen <= 2 * cap;
       });
+      receive_budget::request_read();  // the answer is not timed
       // Over the cap: counted here, or (status 413) by httplib from the Content-Length.
       if (seen > cap || res.status == 413) {
-        res.set_header("Connection", "close");  // the rest of the body is not read
+        close_after(res);  // the rest of the body is not read
         answer_error(res, 413, body_over_cap_message());
-      } else if (!read) {
-        answer_error(res, 400, "the request body could not be read whole");
-      } else {
+      } else if (read) {
         handler(whole, res);
+      } else if (!answer_cut(res)) {
+        close_after(res);
+        answer_error(res, 400, "the request body could not be read whole");
       }
     };
   };
@@ -202,9 +234,9 @@ void HttpServer::routes() {
 
   // 404 for unknown paths, 405 for a known path with the wrong method; 413 from httplib's
   // body cap; every one in the OpenAI envelope.
-  http_->set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+  http_->set_error_handler([this, answer_cut](const httplib::Request& req, httplib::Response& res) {
     if (res.status == 404 && kEndpoints.count(req.path)) res.status = 405;
-    if (!res.body.empty()) return;
+    if (!res.body.empty() || answer_cut(res)) return;
     if (res.status == 404)
       answer_error(res, 404, "no such endpoint: " + req.path);
     else if (res.status == 405)
@@ -215,10 +247,11 @@ void HttpServer::routes() {
       answer_error(res, res.status, "HTTP error " + std::to_string(res.status));
     }
   });
-  // After each answer; a kept-alive connection's next request starts its own header budget.
+  // After each answer is written; a kept-alive connection's next request starts its own
+  // budget.
   const auto count = [this](const httplib::Request& req, const httplib::Response& res) {
     metrics_.on_http_response(kEndpoints.count(req.path) ? req.path : "other", res.status);
-    header_budget::arm();
+    receive_budget::answer_written();
   };
   http_->set_logger(count);
   probes_->set_logger(count);

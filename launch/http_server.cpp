@@ -16,8 +16,8 @@
 
 #include "common/errors.h"
 #include "coordinator/coordinator.h"
-#include "launch/header_budget.h"
 #include "launch/http_replies.h"
+#include "launch/receive_budget.h"
 #include "launch/request_channel.h"
 
 namespace llava {
@@ -59,15 +59,16 @@ HttpServer::~HttpServer() {
 
 namespace {
 
-// httplib's pool, each connection's handling inside header_budget's arm / disarm.
+// httplib's pool, each connection inside receive_budget's (the logger starts each next
+// request's).
 class BudgetedPool : public httplib::ThreadPool {
  public:
   using httplib::ThreadPool::ThreadPool;
   void enqueue(std::function<void()> handle_connection) override {
     httplib::ThreadPool::enqueue([handle = std::move(handle_connection)] {
-      header_budget::arm();
+      receive_budget::connection_begins();
       handle();
-      header_budget::disarm();
+      receive_budget::connection_ends();
     });
   }
 };
@@ -119,6 +120,7 @@ int HttpServer::start(const std::string& host, int port) {
   }
   http_->set_read_timeout(30);
   http_->set_write_timeout(30);
+  receive_budget::set_timeout_ms(server_.receive_timeout_ms);
   return listen_on(*http_, listener_, host, port, "--http");
 }
 

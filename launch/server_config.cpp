@@ -140,6 +140,7 @@ ServerSection parse_server_section(const std::string& yaml_text, const std::stri
     s.request_timeout_ms = r.millis("request_timeout", s.request_timeout_ms);
     s.max_connections = r.integer("max_connections", s.max_connections, 1, 4096);
     s.keep_alive_ms = r.millis("keep_alive", s.keep_alive_ms, /*whole_seconds=*/true);
+    s.receive_timeout_ms = r.millis("receive_timeout", s.receive_timeout_ms);
     s.api_key = r.scalar("api_key");
     s.allow_remote_images = r.boolean("allow_remote_images", s.allow_remote_images);
     s.remote_image_timeout_ms = r.millis("remote_image_timeout", s.remote_image_timeout_ms);
@@ -187,6 +188,7 @@ std::string describe(const ServerSection& s) {
       << (s.keep_alive_ms == 0 ? std::string("off (one request a connection)")
                                : format_millis(s.keep_alive_ms))
       << "\n"
+      << "  receive_timeout     " << format_millis(s.receive_timeout_ms) << " a request\n"
       << "  api_key             " << (s.api_key.empty() ? "none (anyone may call)" : "set") << "\n"
       << "  remote images       "
       << (s.allow_remote_images

@@ -18,6 +18,11 @@ struct ServerSection {
   // connection). A waiting connection holds one of max_connections' threads: 64 clients'
   // idle pooled connections made a new client wait the whole 5 s of httplib's default.
   uint64_t keep_alive_ms = 0;
+  // A request's line, headers and body must arrive within this of its first byte; a
+  // slower client gets 408 and its connection is closed.
+  // httplib times each read (30 s) but not a request: clients sending a byte every few
+  // seconds held max_connections' threads for as long as they liked.
+  uint64_t receive_timeout_ms = 60000;
   // Bearer key for every endpoint but /health and /metrics; "" = none. The environment's
   // LLAVA_PIPE_API_KEY is used when the file sets none.
   std::string api_key;

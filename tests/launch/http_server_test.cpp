@@ -7,18 +7,22 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "launch/receive_budget.h"
 
 namespace llava {
 namespace {
@@ -275,7 +279,52 @@ TEST_F(HttpServerTest, IdleClientConnectionsDoNotHoldTheApisThreads) {
   EXPECT_EQ(r->status, 200);
 }
 
-// 40 KB of headers: 400 lines of 100 bytes, under header_budget's 64 KiB.
+// A socket connected to 127.0.0.1:port, or -1.
+int connect_to(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// What a client that sends `head` at once and then `trickle` a byte every 100 ms got: the
+// bytes of `trickle` it sent before the server answered or closed, and the answer.
+struct Trickled {
+  size_t sent = 0;
+  std::string answer;
+  bool closed = false;  // by the server, within 2 s of its answer
+};
+Trickled trickle(int port, const std::string& head, const std::string& trickle) {
+  Trickled result;
+  const int fd = connect_to(port);
+  if (fd < 0) return result;
+  pollfd ready{fd, POLLIN, 0};
+  if (head.empty() || send(fd, head.data(), head.size(), MSG_NOSIGNAL) == ssize_t(head.size())) {
+    for (; result.sent < trickle.size(); ++result.sent) {
+      if (send(fd, &trickle[result.sent], 1, MSG_NOSIGNAL) != 1) break;
+      if (poll(&ready, 1, 100) != 0) break;  // an answer, or the connection closed
+    }
+  }
+  char buffer[4096];
+  while (poll(&ready, 1, 2000) > 0) {
+    const ssize_t n = recv(fd, buffer, sizeof buffer, 0);
+    if (n <= 0) {
+      result.closed = true;
+      break;
+    }
+    result.answer.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  return result;
+}
+
+// 40 KB of headers: 400 lines of 100 bytes, under receive_budget's 64 KiB.
 httplib::Headers many_headers() {
   httplib::Headers headers;
   for (int i = 0; i < 400; ++i) headers.emplace("X-Pad-" + std::to_string(i), std::string(88, 'a'));
@@ -290,12 +339,8 @@ TEST_F(HttpServerTest, AnEndlessHeaderBlockIsCutAndLargeHeadersAreServed) {
   ServerSection server;
   server.keep_alive_ms = 5000;
   start(server);
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port_));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  const int fd = connect_to(port_);
+  ASSERT_GE(fd, 0);
   std::string flood = "GET /v1/models HTTP/1.1\r\nHost: x\r\n";
   const std::string line = "X-Pad: " + std::string(91, 'a') + "\r\n";
   while (flood.size() < (1u << 20)) flood += line;  // 1 MiB of lines
@@ -311,12 +356,86 @@ TEST_F(HttpServerTest, AnEndlessHeaderBlockIsCutAndLargeHeadersAreServed) {
   }
   close(fd);
   EXPECT_TRUE(cut) << sent << " bytes of headers were taken";
+  // Headers that end 2 bytes past the budget are answered 431 (the answer is read before
+  // the reset that the 2 unread bytes make of the server's close).
+  std::string exact = flood.substr(0, flood.find("X-Pad"));
+  while (receive_budget::kHeaderBytes - exact.size() >= line.size() + 6) exact += line;
+  exact += "X: " + std::string(receive_budget::kHeaderBytes - exact.size() - 5, 'b') + "\r\n";
+  ASSERT_EQ(exact.size(), size_t(receive_budget::kHeaderBytes));
+  const Trickled at_the_cap = trickle(port_, exact + "\r\n", "");
+  EXPECT_EQ(at_the_cap.answer.rfind("HTTP/1.1 431", 0), 0u) << at_the_cap.answer;
   httplib::Client kept("127.0.0.1", port_);
   kept.set_keep_alive(true);
   for (int i = 0; i < 2; ++i) {
     auto r = kept.Get("/v1/models", many_headers());
     ASSERT_TRUE(r) << "request " << i;
     EXPECT_EQ(r->status, 200) << "request " << i;
+  }
+}
+
+// A request sent a byte every 100 ms is cut server.receive_timeout (1 s here) after its
+// first byte: httplib times each read (30 s) but not a request, so a client that sent a
+// byte every few seconds held a handler thread as long as it liked (all of them, with
+// max_connections such clients). It gets 408, and its connection is closed at once (not
+// kept alive: the rest of a body would be read as the next request). The timeout counts from a
+// request's first byte, so a kept-alive connection that waited longer than it for its next request
+// is served.
+TEST_F(HttpServerTest, ARequestSentSlowerThanTheReceiveTimeoutIsCut) {
+  ServerSection server;
+  server.receive_timeout_ms = 1000;
+  server.keep_alive_ms = 5000;
+  server.max_connections = 2;
+  start(server);
+  // 300 bytes of headers: 30 s at this pace.
+  const std::string headers =
+      "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Pad: " + std::string(250, 'a') + "\r\n\r\n";
+  const Trickled in_headers = trickle(port_, "", headers);
+  EXPECT_LT(in_headers.sent, 40u) << "the headers were taken for " << in_headers.sent / 10.0
+                                  << " s";
+  EXPECT_EQ(in_headers.answer.rfind("HTTP/1.1 408", 0), 0u) << in_headers.answer;
+  EXPECT_TRUE(in_headers.closed);  // not kept alive, whatever keep_alive says
+  const std::string body =
+      R"({"model":"m","messages":[{"role":"user","content":")" + std::string(250, 'a') + R"("}]})";
+  const Trickled in_body = trickle(port_,
+                                   "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                   "Content-Type: application/json\r\nContent-Length: " +
+                                       std::to_string(body.size()) + "\r\n\r\n",
+                                   body);
+  EXPECT_LT(in_body.sent, 40u) << "the body was taken for " << in_body.sent / 10.0 << " s";
+  EXPECT_EQ(in_body.answer.rfind("HTTP/1.1 408", 0), 0u) << in_body.answer;
+  EXPECT_NE(in_body.answer.find("server.receive_timeout (1 s)"), std::string::npos)
+      << in_body.answer;
+  EXPECT_TRUE(in_body.closed);
+
+  httplib::Client kept("127.0.0.1", port_);
+  kept.set_keep_alive(true);
+  auto first = kept.Get("/v1/models");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 200);
+  EXPECT_NE(first->get_header_value("Connection"), "close");     // the next request reuses it
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // idle, longer than the timeout
+  auto second = kept.Get("/v1/models");
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->status, 200);
+}
+
+// A 413 ends its connection at once with keep-alive on, too: the server reads no more of
+// it (the rest of a chunked body would be read as the next request) and its wait for the
+// next request ends (it waited keep_alive, 5 s here, for a client told to close).
+TEST_F(HttpServerTest, AnAnswerThatEndsTheConnectionClosesItWithKeepAliveOn) {
+  ServerSection server;
+  server.keep_alive_ms = 5000;
+  server.max_body_bytes = 1024;
+  start(server);
+  const std::string head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n";
+  const std::string body(1500, 'x');
+  for (const std::string& request :
+       {head + "Content-Length: 1500\r\n\r\n" + body,
+        head + "Transfer-Encoding: chunked\r\n\r\n5dc\r\n" + body + "\r\n0\r\n\r\n"}) {
+    const Trickled answered = trickle(port_, request, "");
+    EXPECT_EQ(answered.answer.rfind("HTTP/1.1 413", 0), 0u) << answered.answer;
+    EXPECT_NE(answered.answer.find("Connection: close"), std::string::npos) << answered.answer;
+    EXPECT_TRUE(answered.closed) << request.substr(0, 80);
   }
 }
 

@@ -29,6 +29,7 @@ TEST(ServerConfig, EveryKeyIsReadAndCheckPrintsIt) {
       "  request_timeout: 90s\n"
       "  max_connections: 12\n"
       "  keep_alive: 2s\n"
+      "  receive_timeout: 90s\n"
       "  api_key: secret\n"
       "  allow_remote_images: true\n"
       "  remote_image_timeout: 2s\n"
@@ -42,6 +43,9 @@ TEST(ServerConfig, EveryKeyIsReadAndCheckPrintsIt) {
   EXPECT_EQ(s.max_connections, 12);
   EXPECT_EQ(s.keep_alive_ms, 2000u);
   EXPECT_NE(describe(s).find("keep_alive          2 s"), std::string::npos) << describe(s);
+  EXPECT_EQ(s.receive_timeout_ms, 90000u);
+  EXPECT_NE(describe(s).find("receive_timeout     90 s a request"), std::string::npos)
+      << describe(s);
   EXPECT_EQ(s.api_key, "secret");
   EXPECT_TRUE(s.allow_remote_images);
   EXPECT_EQ(s.remote_image_timeout_ms, 2000u);
@@ -58,6 +62,7 @@ TEST(ServerConfig, RemoteImagesAreOffAndThenPublicOnlyByDefault) {
   EXPECT_FALSE(off.allow_private_image_addresses);
   EXPECT_NE(describe(off).find("remote images       off"), std::string::npos) << describe(off);
   EXPECT_EQ(off.keep_alive_ms, 0u);  // one request a connection: none waits, idle, on a thread
+  EXPECT_EQ(off.receive_timeout_ms, 60000u);
   EXPECT_NE(describe(off).find("keep_alive          off (one request a connection)"),
             std::string::npos)
       << describe(off);
@@ -79,6 +84,8 @@ TEST(ServerConfig, ABadValueOrAnUnknownKeyNamesFileLineAndKey) {
             "0s, 2s)");
   EXPECT_EQ(error_of("server:\n  request_timeout: 0s\n"),
             "pipe.yaml:2:20: server.request_timeout: '0s' is not a duration (e.g. 10s)");
+  EXPECT_EQ(error_of("server:\n  receive_timeout: 0s\n"),
+            "pipe.yaml:2:20: server.receive_timeout: '0s' is not a duration (e.g. 10s)");
   const std::string unknown = error_of("server:\n  max_imagez: 3\n");
   EXPECT_EQ(unknown.rfind("pipe.yaml:2:3: server.max_imagez: unknown key (known here: ", 0), 0u)
       << unknown;
