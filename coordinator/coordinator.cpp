@@ -28,6 +28,9 @@ namespace {
 std::atomic<int> g_stop{0};  // signals received
 
 constexpr int kMaxImagesPerRequest = 16;
+// A prompt's text past this many bytes for each token of the context cannot fit: text
+// averages about 4 bytes a token (a vocabulary's longest pieces are about 16).
+constexpr int64_t kMaxPromptBytesPerToken = 64;
 constexpr auto kReleaseWait = std::chrono::seconds(2);  // at shutdown, for the leases' return
 constexpr auto kShutdownPoll = std::chrono::milliseconds(50);
 
@@ -182,6 +185,15 @@ void Coordinator::prepare(Request& request) {
   for (const auto& bytes : spec.image_bytes) request.images.push_back(bytes);
   const std::string text =
       apply_chat_template(spec.generation.chat_template, spec.prompt, static_cast<int>(images));
+  // Tokenizing runs on this thread, which every request and worker waits on: a text far
+  // longer than the context could hold is refused before it (a 300,000-message chat, 11 MB,
+  // held the loop for 1.5 s).
+  const int64_t context = context_tokens(config_, model_);
+  if (static_cast<int64_t>(text.size()) > context * kMaxPromptBytesPerToken) {
+    throw RequestError("the prompt's text is " + std::to_string(text.size()) + " bytes, over " +
+                       std::to_string(kMaxPromptBytesPerToken) + " for each of the context's " +
+                       std::to_string(context) + " tokens (refused before tokenizing)");
+  }
   const auto image_token = static_cast<int32_t>(model_.image_token_index);
   request.prompt = expand_image_tokens(tokenizer_.encode(text), image_token, model_.image_tokens());
   // Every image token has its embedding, or the language stage would refuse the request
@@ -192,7 +204,6 @@ void Coordinator::prepare(Request& request) {
                        " image placeholders after the chat template, for " +
                        std::to_string(images) + " images");
   }
-  const int64_t context = context_tokens(config_, model_);
   if (static_cast<int64_t>(request.prompt.size()) >= context) {
     throw RequestError("the prompt is " + std::to_string(request.prompt.size()) + " tokens (with " +
                        std::to_string(model_.image_tokens()) + " per image); the context holds " +

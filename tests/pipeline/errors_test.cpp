@@ -86,8 +86,11 @@ TEST(Pipeline, FullQueueRefusesNewRequestsExplicitly) {
   }
 }
 
+// A prompt over the context fails alone; one whose text could not fit whatever its tokens
+// (20 MiB for 256 tokens) is refused before the coordinator's thread tokenizes it.
 TEST(Pipeline, PromptLongerThanTheContextFailsAlone) {
-  std::vector<Case> cases = {kCases[0], {std::string(3000, 'x') + " why?", {}}};
+  std::vector<Case> cases = {
+      kCases[0], {std::string(3000, 'x') + " why?", {}}, {std::string(20 << 20, 'x'), {}}};
   Outcome outcome = run_pipeline(write_config("long-prompt", kSequential), cases, {}, 1);
   EXPECT_TRUE(outcome.results.at(outcome.ids[0]).ok);
   EXPECT_EQ(outcome.results.at(outcome.ids[0]).tokens, outcome.expected[0]);
@@ -95,6 +98,13 @@ TEST(Pipeline, PromptLongerThanTheContextFailsAlone) {
   EXPECT_FALSE(r.ok);
   EXPECT_NE(r.error.find("the context holds 256"), std::string::npos) << r.error;
   EXPECT_EQ(r.error_kind, llava::ErrorKind::kBadRequest);
+  const auto& huge = outcome.results.at(outcome.ids[2]);
+  EXPECT_FALSE(huge.ok);
+  EXPECT_NE(huge.error.find("over 64 for each of the context's 256 tokens (refused before "
+                            "tokenizing)"),
+            std::string::npos)
+      << huge.error;
+  EXPECT_EQ(huge.error_kind, llava::ErrorKind::kBadRequest);
 }
 
 TEST(Pipeline, CorruptAndMissingImagesFailAloneWithTheirReason) {
