@@ -25,6 +25,35 @@ Value lookup(const Scope& scope, const std::string& name) {
   return Value::none();
 }
 
+Value eval(const Expr& e, Scope& scope);
+
+// Where a variable, or a member or item of one (messages[i]['role'], message.content), lies
+// in the scope: nullptr when it is undefined. `made` when it is computed instead (another
+// expression, a string's character): eval then makes it. Taking a member from a copy of the
+// variable made a loop over messages that reads messages[...] quadratic.
+const json* in_scope(const Expr& e, Scope& scope, bool& made) {
+  if (e.kind == Expr::kVar) {
+    for (auto it = scope.rbegin(); it != scope.rend(); ++it) {
+      auto found = it->find(e.name);
+      if (found != it->end()) return found->second.undefined ? nullptr : &found->second.j;
+    }
+    return nullptr;
+  }
+  if (e.kind != Expr::kAttr && e.kind != Expr::kIndex) {
+    made = true;
+    return nullptr;
+  }
+  const json* object = in_scope(*e.args[0], scope, made);
+  if (made || object == nullptr) return nullptr;
+  if (object->is_string()) {
+    made = true;
+    return nullptr;
+  }
+  if (e.kind == Expr::kAttr) return member_in(*object, json(e.name));
+  const Value index = eval(*e.args[1], scope);
+  return index.undefined ? nullptr : member_in(*object, index.j);
+}
+
 Value eval(const Expr& e, Scope& scope) {
   switch (e.kind) {
     case Expr::kLiteral:
@@ -32,8 +61,12 @@ Value eval(const Expr& e, Scope& scope) {
     case Expr::kVar:
       return lookup(scope, e.name);
     case Expr::kAttr:
-      return member(eval(*e.args[0], scope), json(e.name));
     case Expr::kIndex: {
+      bool made = false;
+      if (const json* found = in_scope(e, scope, made); !made) {
+        return found ? of(*found) : Value::none();
+      }
+      if (e.kind == Expr::kAttr) return member(eval(*e.args[0], scope), json(e.name));
       const Value index = eval(*e.args[1], scope);
       return index.undefined ? Value::none() : member(eval(*e.args[0], scope), index.j);
     }

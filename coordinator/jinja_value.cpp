@@ -92,23 +92,37 @@ std::vector<json> items_of(const Value& v) {
   runtime_error("cannot loop over " + str(v));
 }
 
+namespace {
+
+// A list's or string's index from Python's (negative from the end); -1 outside.
+int64_t position(int64_t i, int64_t size) {
+  if (i < 0) i += size;
+  return i < 0 || i >= size ? -1 : i;
+}
+
+}  // namespace
+
+const json* member_in(const json& object, const json& key) {
+  if (object.is_object() && key.is_string()) {
+    auto it = object.find(key.get<std::string>());
+    return it == object.end() ? nullptr : &*it;
+  }
+  if (object.is_array() && key.is_number_integer()) {
+    const int64_t i = position(key.get<int64_t>(), static_cast<int64_t>(object.size()));
+    return i < 0 ? nullptr : &object[static_cast<size_t>(i)];
+  }
+  return nullptr;
+}
+
 Value member(const Value& object, const json& key) {
   if (object.undefined) return Value::none();
-  if (object.j.is_object() && key.is_string()) {
-    auto it = object.j.find(key.get<std::string>());
-    return it == object.j.end() ? Value::none() : of(*it);
+  if (object.j.is_string() && key.is_number_integer()) {
+    const std::string& s = object.j.get_ref<const std::string&>();
+    const int64_t i = position(key.get<int64_t>(), static_cast<int64_t>(s.size()));
+    return i < 0 ? Value::none() : of(json(s.substr(static_cast<size_t>(i), 1)));
   }
-  if ((object.j.is_array() || object.j.is_string()) && key.is_number_integer()) {
-    const int64_t size = object.j.is_array()
-                             ? static_cast<int64_t>(object.j.size())
-                             : static_cast<int64_t>(object.j.get<std::string>().size());
-    int64_t i = key.get<int64_t>();
-    if (i < 0) i += size;
-    if (i < 0 || i >= size) return Value::none();
-    if (object.j.is_array()) return of(object.j[static_cast<size_t>(i)]);
-    return of(json(object.j.get<std::string>().substr(static_cast<size_t>(i), 1)));
-  }
-  return Value::none();
+  const json* found = member_in(object.j, key);
+  return found ? of(*found) : Value::none();
 }
 
 std::string trimmed(const std::string& s, bool left, bool right) {

@@ -32,6 +32,9 @@ bool equal(const Value& a, const Value& b);
 std::vector<json> items_of(const Value& v);
 // object[key] or object.key: undefined when there is none.
 Value member(const Value& object, const json& key);
+// The same for a dict's value or a list's item, where it lies in `object` (no copy); nullptr
+// when there is none. (A string's character is made: member.)
+const json* member_in(const json& object, const json& key);
 // `a op b` for every binary operator but `and` / `or` (those short-circuit in the evaluator).
 Value binary(const std::string& op, const Value& a, const Value& b);
 
