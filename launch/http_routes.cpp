@@ -87,9 +87,9 @@ void HttpServer::routes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
-  // Ends the connection after this answer: httplib reads no more of it (it would take the
-  // rest of a body as the next request) and says "Connection: close" itself (on every
-  // answer when keep-alive is off).
+  // Ends the connection after this answer: httplib reads no more of it (with keep-alive on
+  // it went on waiting there for a next request, whatever was left unread of this one) and
+  // says "Connection: close" itself (on every answer when keep-alive is off).
   auto close_after = [this](httplib::Response& res) {
     receive_budget::refuse_the_rest();
     if (server_.keep_alive_ms != 0) res.set_header("Connection", "close");

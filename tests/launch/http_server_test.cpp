@@ -377,9 +377,8 @@ TEST_F(HttpServerTest, AnEndlessHeaderBlockIsCutAndLargeHeadersAreServed) {
 // first byte: httplib times each read (30 s) but not a request, so a client that sent a
 // byte every few seconds held a handler thread as long as it liked (all of them, with
 // max_connections such clients). It gets 408, and its connection is closed at once (not
-// kept alive: the rest of a body would be read as the next request). The timeout counts from a
-// request's first byte, so a kept-alive connection that waited longer than it for its next request
-// is served.
+// kept alive). The timeout counts from a request's first byte, so a kept-alive connection
+// that waited longer than it for its next request is served.
 TEST_F(HttpServerTest, ARequestSentSlowerThanTheReceiveTimeoutIsCut) {
   ServerSection server;
   server.receive_timeout_ms = 1000;
@@ -420,8 +419,8 @@ TEST_F(HttpServerTest, ARequestSentSlowerThanTheReceiveTimeoutIsCut) {
 }
 
 // A 413 ends its connection at once with keep-alive on, too: the server reads no more of
-// it (the rest of a chunked body would be read as the next request) and its wait for the
-// next request ends (it waited keep_alive, 5 s here, for a client told to close).
+// it, and does not wait there for a next request (it waited keep_alive, 5 s here, for a
+// client told to close).
 TEST_F(HttpServerTest, AnAnswerThatEndsTheConnectionClosesItWithKeepAliveOn) {
   ServerSection server;
   server.keep_alive_ms = 5000;
