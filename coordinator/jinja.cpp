@@ -17,12 +17,18 @@ namespace {
 
 using Scope = std::vector<std::map<std::string, Value>>;
 
-Value lookup(const Scope& scope, const std::string& name) {
+// A variable, innermost frame first; nullptr when no frame has it.
+const Value* find_variable(const Scope& scope, const std::string& name) {
   for (auto it = scope.rbegin(); it != scope.rend(); ++it) {
     auto found = it->find(name);
-    if (found != it->end()) return found->second;
+    if (found != it->end()) return &found->second;
   }
-  return Value::none();
+  return nullptr;
+}
+
+Value lookup(const Scope& scope, const std::string& name) {
+  const Value* found = find_variable(scope, name);
+  return found ? *found : Value::none();
 }
 
 Value eval(const Expr& e, Scope& scope);
@@ -33,11 +39,8 @@ Value eval(const Expr& e, Scope& scope);
 // variable made a loop over messages that reads messages[...] quadratic.
 const json* in_scope(const Expr& e, Scope& scope, bool& made) {
   if (e.kind == Expr::kVar) {
-    for (auto it = scope.rbegin(); it != scope.rend(); ++it) {
-      auto found = it->find(e.name);
-      if (found != it->end()) return found->second.undefined ? nullptr : &found->second.j;
-    }
-    return nullptr;
+    const Value* found = find_variable(scope, e.name);
+    return found == nullptr || found->undefined ? nullptr : &found->j;
   }
   if (e.kind != Expr::kAttr && e.kind != Expr::kIndex) {
     made = true;

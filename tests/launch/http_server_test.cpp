@@ -188,23 +188,30 @@ TEST_F(HttpServerTest, ARequestAfterTheLoopEndedIs503NotAHang) {
   EXPECT_NE(error_of(r)["message"].get<std::string>().find("shutting down"), std::string::npos);
 }
 
+// A socket connected to 127.0.0.1:port, or -1.
+int connect_to(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // A raw connection that starts a POST and stalls in its body: it holds one of the API's
 // handler threads until it closes (a slow upload, or a client that means harm).
 class StalledUpload {
  public:
-  explicit StalledUpload(int port) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ =
-        fd_ >= 0 && connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  explicit StalledUpload(int port) : fd_(connect_to(port)) {
     const std::string head =
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Content-Length: 100000\r\n\r\n{\"messages\":";
     connected_ =
-        connected_ && send(fd_, head.data(), head.size(), 0) == static_cast<ssize_t>(head.size());
+        fd_ >= 0 && send(fd_, head.data(), head.size(), 0) == static_cast<ssize_t>(head.size());
   }
   ~StalledUpload() {
     if (fd_ >= 0) close(fd_);
@@ -277,20 +284,6 @@ TEST_F(HttpServerTest, IdleClientConnectionsDoNotHoldTheApisThreads) {
   auto r = late.Get("/v1/models");
   ASSERT_TRUE(r) << "a third client waited behind two idle connections";
   EXPECT_EQ(r->status, 200);
-}
-
-// A socket connected to 127.0.0.1:port, or -1.
-int connect_to(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // What a client that sends `head` at once and then `trickle` a byte every 100 ms got: the
