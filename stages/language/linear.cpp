@@ -2,11 +2,13 @@
 // matrix product over it.
 #include "stages/language/linear.h"
 
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/plan.h"
+#include "stages/language/quant_layout.h"
 
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 #include <ATen/cuda/CUDAContext.h>
@@ -83,17 +85,53 @@ QuantizedWeight in_row_blocks(const at::Tensor& w, Rows rows) {
   return {at::cat(values), at::cat(scales)};
 }
 
+// Values [n, row_bytes] between rows and tiles: as [n / 8, 8, row_bytes / 64, 64], tiles
+// are rows with the middle axes swapped (quant_layout.h).
+at::Tensor swap_tile_axes(const at::Tensor& values, bool into_tiles) {
+  const int64_t n = values.size(0), row_bytes = values.size(1);
+  const int64_t groups = n / kTileRows, tiles = row_bytes / kTileBytes;
+  const at::Tensor v =
+      values.contiguous().view(into_tiles ? at::IntArrayRef{groups, kTileRows, tiles, kTileBytes}
+                                          : at::IntArrayRef{groups, tiles, kTileRows, kTileBytes});
+  return v.permute({0, 2, 1, 3}).contiguous().view({n, row_bytes});
+}
+
+// The environment's LLAVA_PIPE_QUANT_LAYOUT: false for "rows", true if unset or "tiles".
+bool tiles_allowed() {
+  const char* value = std::getenv("LLAVA_PIPE_QUANT_LAYOUT");
+  if (value == nullptr || std::string(value) == "tiles") return true;
+  if (std::string(value) == "rows") return false;
+  throw std::invalid_argument("LLAVA_PIPE_QUANT_LAYOUT is '" + std::string(value) +
+                              "' (rows or tiles)");
+}
+
 }  // namespace
 
 QuantizedWeight quantize_int8(const at::Tensor& w) { return in_row_blocks(w, quantize_int8_rows); }
 QuantizedWeight quantize_int4(const at::Tensor& w) { return in_row_blocks(w, quantize_int4_rows); }
 
-at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in) {
-  const int64_t out = q.values.size(0);
-  if (kind == Quantize::kInt8) {
-    return (q.values.to(at::kFloat) * q.scales.to(at::kFloat).unsqueeze(1)).to(q.scales.scalar_type());
+QuantizedWeight to_tiles(const QuantizedWeight& q) {
+  if (q.tiled) return q;
+  if (q.values.dim() != 2 || !tileable(q.values.size(0), q.values.size(1))) {
+    throw std::invalid_argument("quantized values " + std::to_string(q.values.size(0)) + " x " +
+                                std::to_string(q.values.dim() == 2 ? q.values.size(1) : 0) +
+                                " bytes are not whole tiles of 8 rows x 64 bytes");
   }
-  at::Tensor bytes = q.values.to(at::kInt);
+  return {swap_tile_axes(q.values, /*into_tiles=*/true), q.scales, true};
+}
+
+QuantizedWeight to_rows(const QuantizedWeight& q) {
+  if (!q.tiled) return q;
+  return {swap_tile_axes(q.values, /*into_tiles=*/false), q.scales, false};
+}
+
+at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in) {
+  const at::Tensor rows = to_rows(q).values;
+  const int64_t out = rows.size(0);
+  if (kind == Quantize::kInt8) {
+    return (rows.to(at::kFloat) * q.scales.to(at::kFloat).unsqueeze(1)).to(q.scales.scalar_type());
+  }
+  at::Tensor bytes = rows.to(at::kInt);
   at::Tensor values = at::stack({at::remainder(bytes, 16), at::div(bytes, 16, "floor")}, 2)
                           .view({out, -1})
                           .narrow(1, 0, in)
@@ -103,7 +141,7 @@ at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in) {
 }
 
 Linear::Linear(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
-               Quantize quantize)
+               Quantize quantize, QuantLayout layout)
     : quantize_(quantize), in_(weights.front().size(1)) {
   std::vector<at::Tensor> values, scales;
   for (const auto& w : weights) {
@@ -117,6 +155,12 @@ Linear::Linear(const std::vector<at::Tensor>& weights, const std::vector<at::Ten
   }
   weight_ = values.size() == 1 ? values.front() : at::cat(values);
   if (!scales.empty()) scales_ = scales.size() == 1 ? scales.front() : at::cat(scales);
+  if (quantize != Quantize::kNone &&
+      (layout == QuantLayout::kTiles ||
+       (layout == QuantLayout::kForDevice && kernels_read_tiles()))) {
+    weight_ = to_tiles({weight_, scales_}).values;
+    tiled_ = true;
+  }
   if (!biases.empty() && biases.front().defined()) {
     bias_ = biases.size() == 1 ? biases.front() : at::cat(biases);
   }
@@ -162,6 +206,19 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 }  // namespace
 #endif
 
+bool Linear::kernels_read_tiles() const {
+  if (!tileable(weight_.size(0), weight_.size(1)) || !tiles_allowed()) return false;
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  if (!weight_.is_cuda()) return false;
+  const c10::cuda::CUDAGuard guard(
+      weight_.device());  // quant_gemm_available() asks the current device
+  return cuda::quant_gemm_supports(quantize_ == Quantize::kInt4, in_) &&
+         cuda::quant_gemm_available();
+#else
+  return false;
+#endif
+}
+
 bool Linear::takes_quant_gemm(const at::Tensor& x, int64_t rows) const {
 #ifdef LLAVA_PIPE_CUDA_KERNELS
   return quantize_ != Quantize::kNone && x.is_cuda() &&
@@ -184,7 +241,7 @@ at::Tensor Linear::quant_product(const at::Tensor& x, int64_t rows, bool gated) 
   const bool int4 = quantize_ == Quantize::kInt4;
   cuda::quant_gemm(x.data_ptr(),
                    cuda::QuantMatrix{weight_.data_ptr(), scales_.data_ptr(), static_cast<int>(out),
-                                     static_cast<int>(in_), int4},
+                                     static_cast<int>(in_), int4, tiled_},
                    y.data_ptr(), static_cast<int>(rows), x.scalar_type() == at::kBFloat16,
                    at::cuda::getCurrentCUDAStream().stream(), quant_tiling(rows, int4), gated);
   return bias_.defined() ? y.add_(bias_) : y;
@@ -219,9 +276,10 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     auto with_bias = [&](at::Tensor y) { return bias_.defined() ? y.add_(bias_) : y; };
     if (takes_quant_gemm(xc, rows)) return quant_product(xc, rows, /*gated=*/false);
     // A few rows (decoding): our GEMV, which reads the weights once at close to the
-    // memory's speed (cuBLAS picks split-k kernels plus a reduction for these shapes).
+    // memory's speed (cuBLAS picks split-k kernels plus a reduction for these shapes). It
+    // reads rows, not tiles.
     const int64_t gemv_rows = quantized ? cuda::kGemvMaxRows : kFloatGemvMaxRows;
-    if (rows <= gemv_rows && cuda::gemv_supports(int4, in_) && aligned16(xc) &&
+    if (rows <= gemv_rows && !tiled_ && cuda::gemv_supports(int4, in_) && aligned16(xc) &&
         (quantized || weight_.scalar_type() == x.scalar_type())) {
       at::Tensor y = at::empty(shape, x.options());
       if (!quantized) {
@@ -238,16 +296,20 @@ at::Tensor Linear::operator()(const at::Tensor& x) const {
     if (quantized) {
       at::Tensor w = at::empty({out, in_}, x.options());
       if (int4) {
-        cuda::int4_dequantize(weight_.data_ptr<uint8_t>(), scales_.data_ptr(), w.data_ptr(), n, k, bf16, stream);
+        cuda::int4_dequantize(weight_.data_ptr<uint8_t>(), scales_.data_ptr(), w.data_ptr(), n, k,
+                              tiled_, bf16, stream);
       } else {
-        cuda::int8_dequantize(weight_.data_ptr<int8_t>(), scales_.data_ptr(), w.data_ptr(), n, k, bf16, stream);
+        cuda::int8_dequantize(weight_.data_ptr<int8_t>(), scales_.data_ptr(), w.data_ptr(), n, k,
+                              tiled_, bf16, stream);
       }
       return at::linear(x, w, bias_);
     }
   }
 #endif
   if (quantize_ == Quantize::kNone) return at::linear(x, weight_, bias_);
-  return at::linear(x, dequantize(QuantizedWeight{weight_, scales_}, quantize_, in_).to(x.scalar_type()), bias_);
+  return at::linear(
+      x, dequantize(QuantizedWeight{weight_, scales_, tiled_}, quantize_, in_).to(x.scalar_type()),
+      bias_);
 }
 
 }  // namespace llava

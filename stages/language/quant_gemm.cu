@@ -14,7 +14,9 @@
 // chosen by its lane % 4, so lane % 4 = q may map its slots to any 4 inputs, as long as A
 // and B use the same map. We give it 16 consecutive weight bytes (int8: inputs 16q..16q+15
 // of the chunk; int4: 32q..32q+31): one 16-byte load per row, coalesced across the 4 lanes
-// of a row, and the inputs it needs are consecutive too.
+// of a row, and the inputs it needs are consecutive too. With the weights in tiles
+// (quant_layout.h, what Linear stores where this kernel runs), a warp's load of rows
+// g = 0..7 is 512 consecutive bytes; in rows, 8 pieces of 64 bytes a row apart.
 //
 // Widening is exact. int8 (float16): each byte + 128 is put under the exponent of 1024
 // (0x64XX is 1024 + XX), then 1152 is subtracted; bfloat16 widens int8 through float32.
@@ -29,18 +31,19 @@
 // alike, 46 us against 13 for the down projection at one row. The add + RMSNorm done by the
 // last block of the o and down products to finish was even at one row and 12% slower at
 // eight: its tail costs what the kernel did. tests/perf/README.md, "Speed, round 6".)
-#include "stages/language/quant_gemm.h"
-
 #include <string>
 #include <type_traits>
 
 #include "stages/half_types.cuh"
+#include "stages/language/quant_gemm.h"
+#include "stages/language/quant_layout.h"
 
 namespace llava {
 namespace cuda {
 namespace {
 
 constexpr int kChunkBytes = 64;  // per weight row and chunk
+static_assert(kChunkBytes == kTileBytes, "a chunk of a tile's rows is one tile (quant_layout.h)");
 constexpr int kGroup = 128;      // int4 group size (plan.h: kInt4Group)
 constexpr int kMaxTileTokens = 32;
 
@@ -137,10 +140,13 @@ __device__ inline int weight_row(int b, int t, int h, int g, int n) {
   }
 }
 
-template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps, bool kGated>
-__global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
-                                                               const T* __restrict__ scales, T* __restrict__ y, int m,
-                                                               int n, int k) {
+// kTiled: the values in tiles (quant_layout.h), else in rows. A template argument: taken at
+// run time it cost the int8 kernel of one token tile 18 registers (50 -> 68), a block a
+// multiprocessor.
+template <typename T, bool kInt4, int kTiles, int kTokenTiles, int kWarps, bool kGated, bool kTiled>
+__global__ void __launch_bounds__(kWarps * 32)
+    quant_gemm_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w,
+                      const T* __restrict__ scales, T* __restrict__ y, int m, int n, int k) {
   let_next_start();
   constexpr int kRows = 16 * kTiles, kTokens = 8 * kTokenTiles;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
@@ -148,7 +154,9 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __rest
   const int row_bytes = kInt4 ? k / 2 : k, chunks = row_bytes / kChunkBytes, groups = k / kGroup;
   constexpr int kInputsPerLane = kInt4 ? 32 : 16;  // this lane's inputs of a chunk
 
-  // Rows g and g + 8 of each tile.
+  // Rows g and g + 8 of each tile: this lane's 16 bytes of their first chunk, and how far
+  // the next chunk is (quant_layout.h).
+  constexpr int kChunkStride = kTiled ? kTileRows * kTileBytes : kChunkBytes;
   const uint8_t* wrow[kTiles][2];
   const T* srow[kTiles][2];  // int4: the row's group scales
 #pragma unroll
@@ -156,7 +164,12 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __rest
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = weight_row<kTiles, kGated>(blockIdx.y, t, h, g, n);
-      wrow[t][h] = w + static_cast<size_t>(row) * row_bytes + 16 * q;
+      // Tiles: row group row / 8 starts 8 row_bytes in (tiled_offset, as one multiply).
+      wrow[t][h] = w +
+                   (kTiled ? static_cast<size_t>(row / kTileRows) * (kTileRows * row_bytes) +
+                                 row % kTileRows * kTileBytes
+                           : static_cast<size_t>(row) * row_bytes) +
+                   16 * q;
       srow[t][h] = scales + static_cast<size_t>(row) * groups;
     }
   }
@@ -178,7 +191,7 @@ __global__ void __launch_bounds__(kWarps * 32) quant_gemm_kernel(const T* __rest
     for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        o.weights[t][h] = __ldg(reinterpret_cast<const uint4*>(wrow[t][h] + c * kChunkBytes));
+        o.weights[t][h] = __ldg(reinterpret_cast<const uint4*>(wrow[t][h] + c * kChunkStride));
         if constexpr (kInt4) o.scale[t][h] = srow[t][h][c];
       }
     }
@@ -326,8 +339,11 @@ void launch(const void* x, const QuantMatrix& w, void* y, int m, bool gated, cud
   // Gated: 8 kTiles outputs of n / 2 a block.
   const int blocks = gated ? (w.n / 2 + 8 * kTiles - 1) / (8 * kTiles) : (w.n + 16 * kTiles - 1) / (16 * kTiles);
   const dim3 grid((m + kTokens - 1) / kTokens, blocks);
-  auto* kernel = gated ? quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, true>
-                       : quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, false>;
+  auto* kernel =
+      w.tiled ? (gated ? quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, true, true>
+                       : quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, false, true>)
+              : (gated ? quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, true, false>
+                       : quant_gemm_kernel<T, kInt4, kTiles, kTokenTiles, kWarps, false, false>);
   launch_early(kernel, grid, kWarps * 32, 0, stream, static_cast<const T*>(x), static_cast<const uint8_t*>(w.values),
                static_cast<const T*>(w.scales), static_cast<T*>(y), m, w.n, w.k);
 }
@@ -372,15 +388,18 @@ bool quant_gemm_supports(bool int4, int64_t k) { return k > 0 && k % (int4 ? kGr
 
 bool quant_gemm_available() {
   static int known[64] = {};
-  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1, 8, false>, 80, known);
+  return runs_code_of(quant_gemm_kernel<__half, false, 2, 1, 8, false, false>, 80, known);
 }
 
 void quant_gemm(const void* x, const QuantMatrix& w, void* y, int m, bool bf16, void* stream, QuantGemmTiling tiling,
                 bool gated) {
-  if (m < 1 || w.n < 1 || !quant_gemm_supports(w.int4, w.k) || (gated && w.n % 2 != 0)) {
-    throw std::invalid_argument("quantized GEMM: m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " +
-                                std::to_string(w.k) + " (k a multiple of " + std::to_string(w.int4 ? kGroup : kChunkBytes) +
-                                (gated ? ", n even for the gated product" : "") + ")");
+  if (m < 1 || w.n < 1 || !quant_gemm_supports(w.int4, w.k) || (gated && w.n % 2 != 0) ||
+      (w.tiled && !tileable(w.n, w.int4 ? w.k / 2 : w.k))) {
+    throw std::invalid_argument(
+        "quantized GEMM: m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " +
+        std::to_string(w.k) + " (k a multiple of " + std::to_string(w.int4 ? kGroup : kChunkBytes) +
+        (gated ? ", n even for the gated product" : "") +
+        (w.tiled ? ", n a multiple of 8 for tiles" : "") + ")");
   }
   if (tiling.rows != 16) tiling.rows = 32;
   if (tiling.warps == 0) {

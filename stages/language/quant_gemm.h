@@ -13,12 +13,14 @@ namespace llava {
 namespace cuda {
 
 // A quantized weight [n, k]: int8 values [n, k] with scales [n], or int4 values
-// [n, k / 2] with scales [n, k / 128] (quant_kernels.h).
+// [n, k / 2] with scales [n, k / 128] (quant_kernels.h); the values in rows or, `tiled`, in
+// quant_layout.h's tiles (n a multiple of 8), which this kernel reads fastest.
 struct QuantMatrix {
   const void* values = nullptr;
   const void* scales = nullptr;
   int n = 0, k = 0;
   bool int4 = false;
+  bool tiled = false;
 };
 
 // Whether the kernel takes this input width: k a multiple of 64 (int8) or 128 (int4).

@@ -6,9 +6,9 @@
 // each reading 16 bytes of every row per step (8 float16 weights, 16 int8 ones; 8 bytes
 // of int4) and the matching inputs of every x row, accumulating in float32. Warps reduce
 // by shuffles, then the block through shared memory.
-#include "stages/language/quant_kernels.h"
-
 #include "stages/half_types.cuh"
+#include "stages/language/quant_kernels.h"
+#include "stages/language/quant_layout.h"
 
 namespace llava {
 namespace cuda {
@@ -197,16 +197,19 @@ __global__ void int4_gemv_kernel(const T* __restrict__ x, const uint8_t* __restr
 
 // Dequantization for cuBLAS (prefill): each thread widens 16 bytes of one row (16 int8
 // or 32 int4 weights) and writes them as two or four 16-byte stores. Rows whose width
-// does not split so (k % 16 for int8, k % 32 for int4) go one weight per thread.
+// does not split so (k % 16 for int8, k % 32 for int4) go one weight per thread. The
+// values are in rows or in tiles (quant_layout.h), where 16 aligned bytes of a row stay
+// together.
 template <typename T>
 __global__ void int8_dequantize_kernel(const int8_t* __restrict__ w, const T* __restrict__ scales,
-                                       T* __restrict__ out, int n, int k) {
+                                       T* __restrict__ out, int n, int k, bool tiled) {
   const size_t vectors = static_cast<size_t>(n) * (k / 16);
   const size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (v >= vectors) return;
   const size_t row = v / (k / 16), first = v * 16;
   const float scale = to_float(scales[row]);
-  const int4 raw = __ldg(reinterpret_cast<const int4*>(w + first));
+  const int4 raw =
+      __ldg(reinterpret_cast<const int4*>(w + quant_offset(tiled, row, first - row * k, k)));
   const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
   float values[16];
 #pragma unroll
@@ -217,14 +220,15 @@ __global__ void int8_dequantize_kernel(const int8_t* __restrict__ w, const T* __
 
 template <typename T>
 __global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* __restrict__ scales,
-                                       T* __restrict__ out, int n, int k) {
+                                       T* __restrict__ out, int n, int k, bool tiled) {
   const size_t vectors = static_cast<size_t>(n) * (k / 32);
   const size_t v = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (v >= vectors) return;
   const size_t row = v / (k / 32), first = v * 32, col = first - row * k;
   const int groups = (k + kGroup - 1) / kGroup;
   const float scale = to_float(scales[row * groups + col / kGroup]);  // 32 inputs never cross a group
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w + first / 2));
+  const uint4 raw =
+      __ldg(reinterpret_cast<const uint4*>(w + quant_offset(tiled, row, col / 2, k / 2)));
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
   float values[32];
 #pragma unroll
@@ -237,21 +241,25 @@ __global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* _
 }
 
 template <typename T>
-__global__ void int8_dequantize_each_kernel(const int8_t* __restrict__ w, const T* __restrict__ scales,
-                                            T* __restrict__ out, int n, int k) {
+__global__ void int8_dequantize_each_kernel(const int8_t* __restrict__ w,
+                                            const T* __restrict__ scales, T* __restrict__ out,
+                                            int n, int k, bool tiled) {
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<size_t>(n) * k) return;
-  out[i] = from_float<T>(static_cast<float>(w[i]) * to_float(scales[i / k]));
+  const size_t row = i / k;
+  out[i] = from_float<T>(static_cast<float>(w[quant_offset(tiled, row, i % k, k)]) *
+                         to_float(scales[row]));
 }
 
 template <typename T>
-__global__ void int4_dequantize_each_kernel(const uint8_t* __restrict__ w, const T* __restrict__ scales,
-                                            T* __restrict__ out, int n, int k) {
+__global__ void int4_dequantize_each_kernel(const uint8_t* __restrict__ w,
+                                            const T* __restrict__ scales, T* __restrict__ out,
+                                            int n, int k, bool tiled) {
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<size_t>(n) * k) return;
   const size_t row = i / k, col = i % k;
   const int groups = (k + kGroup - 1) / kGroup, row_bytes = (k + 1) / 2;
-  const uint8_t byte = w[row * row_bytes + col / 2];
+  const uint8_t byte = w[quant_offset(tiled, row, col / 2, row_bytes)];
   const int q = static_cast<int>(col % 2 ? byte >> 4 : byte & 0xF) - 8;
   out[i] = from_float<T>(static_cast<float>(q) * to_float(scales[row * groups + col / kGroup]));
 }
@@ -305,7 +313,7 @@ unsigned blocks_for(size_t items) { return static_cast<unsigned>((items + kThrea
 
 template <typename T>
 void launch_dequantize(bool int4, const void* w, const void* scales, void* out, int n, int k,
-                       cudaStream_t stream) {
+                       bool tiled, cudaStream_t stream) {
   const auto* s = static_cast<const T*>(scales);
   auto* o = static_cast<T*>(out);
   const size_t all = static_cast<size_t>(n) * k;
@@ -313,27 +321,32 @@ void launch_dequantize(bool int4, const void* w, const void* scales, void* out, 
   if (int4) {
     const auto* q = static_cast<const uint8_t*>(w);
     if (vectors) {
-      int4_dequantize_kernel<<<blocks_for(all / 32), kThreads, 0, stream>>>(q, s, o, n, k);
+      int4_dequantize_kernel<<<blocks_for(all / 32), kThreads, 0, stream>>>(q, s, o, n, k, tiled);
     } else {
-      int4_dequantize_each_kernel<<<blocks_for(all), kThreads, 0, stream>>>(q, s, o, n, k);
+      int4_dequantize_each_kernel<<<blocks_for(all), kThreads, 0, stream>>>(q, s, o, n, k, tiled);
     }
   } else {
     const auto* q = static_cast<const int8_t*>(w);
     if (vectors) {
-      int8_dequantize_kernel<<<blocks_for(all / 16), kThreads, 0, stream>>>(q, s, o, n, k);
+      int8_dequantize_kernel<<<blocks_for(all / 16), kThreads, 0, stream>>>(q, s, o, n, k, tiled);
     } else {
-      int8_dequantize_each_kernel<<<blocks_for(all), kThreads, 0, stream>>>(q, s, o, n, k);
+      int8_dequantize_each_kernel<<<blocks_for(all), kThreads, 0, stream>>>(q, s, o, n, k, tiled);
     }
   }
 }
 
-void dequantize_any(bool int4, const void* w, const void* scales, void* out, int n, int k, bool bf16,
-                    void* stream) {
+void dequantize_any(bool int4, const void* w, const void* scales, void* out, int n, int k,
+                    bool tiled, bool bf16, void* stream) {
+  if (tiled && !tileable(n, int4 ? (k + 1) / 2 : k)) {
+    throw std::invalid_argument(std::string(int4 ? "int4" : "int8") +
+                                " dequantize: " + std::to_string(n) + " x " + std::to_string(k) +
+                                " is not whole tiles of 8 rows x 64 bytes");
+  }
   auto st = static_cast<cudaStream_t>(stream);
   if (bf16) {
-    launch_dequantize<__nv_bfloat16>(int4, w, scales, out, n, k, st);
+    launch_dequantize<__nv_bfloat16>(int4, w, scales, out, n, k, tiled, st);
   } else {
-    launch_dequantize<__half>(int4, w, scales, out, n, k, st);
+    launch_dequantize<__half>(int4, w, scales, out, n, k, tiled, st);
   }
   check_launch(int4 ? "int4 dequantize" : "int8 dequantize");
 }
@@ -356,14 +369,14 @@ void int4_gemv(const void* x, const uint8_t* w, const void* scales, void* y, int
   gemv_any(Weights::kInt4, x, w, scales, y, m, n, k, bf16, stream);
 }
 
-void int8_dequantize(const int8_t* w, const void* scales, void* out, int n, int k, bool bf16,
-                     void* stream) {
-  dequantize_any(false, w, scales, out, n, k, bf16, stream);
+void int8_dequantize(const int8_t* w, const void* scales, void* out, int n, int k, bool tiled,
+                     bool bf16, void* stream) {
+  dequantize_any(false, w, scales, out, n, k, tiled, bf16, stream);
 }
 
-void int4_dequantize(const uint8_t* w, const void* scales, void* out, int n, int k, bool bf16,
-                     void* stream) {
-  dequantize_any(true, w, scales, out, n, k, bf16, stream);
+void int4_dequantize(const uint8_t* w, const void* scales, void* out, int n, int k, bool tiled,
+                     bool bf16, void* stream) {
+  dequantize_any(true, w, scales, out, n, k, tiled, bf16, stream);
 }
 
 }  // namespace cuda

@@ -1,8 +1,9 @@
 // Times each path of a linear layer at LLaVA-1.5-7B's shapes on a CUDA device, for input
 // rows from 1 (decoding at batch 1) to a 641-token prompt, so that Linear's choice of path
 // per row count rests on numbers: float16 (our GEMV, cuBLAS) and int8 / int4 (our GEMV,
-// the tensor-core GEMM with 16- or 32-row tiles, dequantize + cuBLAS). Each path's output
-// is checked against float32 products of the dequantized weight first.
+// the tensor-core GEMM with 16- or 32-row tiles, dequantize + cuBLAS; the GEMM and the
+// dequantization also on values in tiles, quant_layout.h, as paths named ...t). Each path's
+// output is checked against float32 products of the dequantized weight first.
 //   linear_bench [JSON_OUT [MAX_ROWS]]
 // Prints a table (µs per call, weight GB/s, TFLOP/s, error) and, per row count, the sum
 // over the decoder layer's four shapes for each path; JSON lines go to JSON_OUT.
@@ -35,7 +36,7 @@ struct Shape {
 // One weight, quantized or not, in several copies so that timed calls rotate through more
 // bytes than L2 holds (each call reads its weights from memory, as in a decode step).
 struct Weights {
-  std::vector<at::Tensor> values, scales;
+  std::vector<at::Tensor> values, scales, tiles;  // tiles: the values in tiles (quantized)
   int64_t bytes = 0;  // of one copy
 };
 
@@ -53,6 +54,8 @@ Weights make_weights(const Shape& s, Quantize kind) {
   for (int c = 0; c < copies; ++c) {
     w.values.push_back(c == 0 ? values : values.clone());
     w.scales.push_back(scales.defined() ? (c == 0 ? scales : scales.clone()) : scales);
+    if (kind != Quantize::kNone)
+      w.tiles.push_back(llava::to_tiles({w.values.back(), scales}).values);
   }
   return w;
 }
@@ -114,6 +117,7 @@ int main(int argc, char** argv) {
         const double scale = expected.abs().max().item<double>();
         std::map<std::string, std::function<void(int)>> paths;
         auto values = [&](int i) { return w.values[i % copies].data_ptr(); };
+        auto tiles = [&](int i) { return w.tiles[i % copies].data_ptr(); };
         auto scales = [&](int i) { return w.scales[i % copies].defined() ? w.scales[i % copies].data_ptr() : nullptr; };
         if (kind == Quantize::kNone) {
           if (m <= llava::cuda::kGemvMaxRows) {
@@ -134,23 +138,34 @@ int main(int argc, char** argv) {
             // mma<rows>: the warps quant_gemm chooses; up to 8 rows also mma<rows>w8 / w16.
             for (int tile : {16, 32}) {
               for (int warps : {0, 8, 16}) {
-                if (warps != 0 && m > 8) continue;
-                const std::string name = "mma" + std::to_string(tile) + (warps != 0 ? "w" + std::to_string(warps) : "");
-                paths[name] = [&, tile, warps](int i) {
-                  llava::cuda::QuantMatrix q{values(i), scales(i), s.n, s.k, int4};
-                  llava::cuda::quant_gemm(x.data_ptr(), q, y.data_ptr(), m, false, stream, {tile, warps});
-                };
+                for (bool tiled : {false, true}) {
+                  if (warps != 0 && m > 8) continue;
+                  const std::string name = "mma" + std::to_string(tile) +
+                                           (warps != 0 ? "w" + std::to_string(warps) : "") +
+                                           (tiled ? "t" : "");
+                  paths[name] = [&, tile, warps, tiled](int i) {
+                    llava::cuda::QuantMatrix q{
+                        tiled ? tiles(i) : values(i), scales(i), s.n, s.k, int4, tiled};
+                    llava::cuda::quant_gemm(x.data_ptr(), q, y.data_ptr(), m, false, stream,
+                                            {tile, warps});
+                  };
+                }
               }
             }
           }
-          paths["dequant+cublas"] = [&](int i) {
-            if (int4) {
-              llava::cuda::int4_dequantize(static_cast<const uint8_t*>(values(i)), scales(i), scratch.data_ptr(), s.n, s.k, false, stream);
-            } else {
-              llava::cuda::int8_dequantize(static_cast<const int8_t*>(values(i)), scales(i), scratch.data_ptr(), s.n, s.k, false, stream);
-            }
-            at::mm_out(y, x, scratch.t());
-          };
+          for (bool tiled : {false, true}) {
+            paths[tiled ? "dequant+cublas-t" : "dequant+cublas"] = [&, tiled](int i) {
+              const void* v = tiled ? tiles(i) : values(i);
+              if (int4) {
+                llava::cuda::int4_dequantize(static_cast<const uint8_t*>(v), scales(i),
+                                             scratch.data_ptr(), s.n, s.k, tiled, false, stream);
+              } else {
+                llava::cuda::int8_dequantize(static_cast<const int8_t*>(v), scales(i),
+                                             scratch.data_ptr(), s.n, s.k, tiled, false, stream);
+              }
+              at::mm_out(y, x, scratch.t());
+            };
+          }
         }
         for (auto& [path, call] : paths) {
           y.fill_(NAN);  // every element must be written

@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "common/plan.h"
+#include "stages/language/quant_layout.h"
 
 namespace {
 
@@ -141,6 +144,76 @@ TEST(QuantizedLinear, StoredBytesAreThePlansBytes) {
           << llava::to_string(kind) << " in=" << in;
     }
   }
+}
+
+// Tiles (quant_layout.h): every byte of a row lies at tiled_offset, and back in rows is
+// the matrix unchanged; shapes that are not whole tiles are refused.
+TEST(QuantLayout, EveryByteLiesAtItsTiledOffsetAndComesBack) {
+  for (auto [n, row_bytes] : {std::pair<int64_t, int64_t>{8, 64}, {16, 192}, {40, 128}}) {
+    at::manual_seed(n + row_bytes);
+    const at::Tensor values = at::randint(0, 256, {n, row_bytes}, at::kByte);
+    const QuantizedWeight tiles = llava::to_tiles({values, at::ones({n}), false});
+    ASSERT_TRUE(tiles.tiled);
+    ASSERT_EQ(tiles.values.sizes(), values.sizes());
+    const auto rows = values.accessor<uint8_t, 2>();
+    const uint8_t* tiled = tiles.values.data_ptr<uint8_t>();
+    int64_t misplaced = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t b = 0; b < row_bytes; ++b)
+        misplaced += tiled[llava::tiled_offset(r, b, row_bytes)] != rows[r][b];
+    }
+    EXPECT_EQ(misplaced, 0) << n << " x " << row_bytes;
+    // A warp's 32 lanes x 16 bytes of rows 0-7 (lane 4g + q: row g, bytes 16q..16q+15) are
+    // the first 512 bytes.
+    for (int lane = 0; lane < 32; ++lane)
+      EXPECT_EQ(llava::tiled_offset(lane / 4, 16 * (lane % 4), row_bytes), 16 * lane);
+    const QuantizedWeight back = llava::to_rows(tiles);
+    EXPECT_FALSE(back.tiled);
+    EXPECT_TRUE(at::equal(back.values, values));
+    EXPECT_EQ(at::equal(tiles.values, values), row_bytes == 64)
+        << "bytes move unless there is one tile a row";
+  }
+  EXPECT_THROW(llava::to_tiles({at::zeros({12, 64}, at::kByte), at::ones({12}), false}),
+               std::invalid_argument);
+  EXPECT_THROW(llava::to_tiles({at::zeros({8, 96}, at::kByte), at::ones({8}), false}),
+               std::invalid_argument);
+  EXPECT_TRUE(
+      llava::tileable(4096, 5504));  // the 7B's down projection in int4: 11008 / 2 bytes a row
+  EXPECT_FALSE(llava::tileable(32004, 4096));
+}
+
+// A Linear whose values are in tiles computes what the one in rows does, bit for bit, on
+// the CPU (which dequantizes the tiles back); on the CPU kForDevice keeps rows.
+TEST(QuantLayout, LinearInTilesEqualsLinearInRows) {
+  const at::Tensor w = random_weight(48, 256, 11), b = at::randn({48}), x = at::randn({3, 256});
+  for (auto kind : {Quantize::kInt8, Quantize::kInt4}) {
+    const Linear rows({w}, {b}, kind, llava::QuantLayout::kRows),
+        tiles({w}, {b}, kind, llava::QuantLayout::kTiles);
+    EXPECT_FALSE(rows.tiled());
+    EXPECT_TRUE(tiles.tiled());
+    EXPECT_FALSE(Linear({w}, {b}, kind).tiled());
+    EXPECT_TRUE(at::equal(rows(x), tiles(x))) << llava::to_string(kind);
+    EXPECT_EQ(rows.bytes(), tiles.bytes());
+    EXPECT_THROW(Linear({random_weight(12, 256, 1)}, {}, kind, llava::QuantLayout::kTiles),
+                 std::invalid_argument);
+  }
+  // Float weights have no layout to choose.
+  EXPECT_FALSE(Linear({w}, {b}, Quantize::kNone, llava::QuantLayout::kTiles).tiled());
+}
+
+TEST(QuantLayout, AnUnknownLayoutInTheEnvironmentIsAnError) {
+  ASSERT_EQ(setenv("LLAVA_PIPE_QUANT_LAYOUT", "diagonal", 1), 0);
+  try {
+    Linear({random_weight(16, 128, 2)}, {}, Quantize::kInt8);
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("LLAVA_PIPE_QUANT_LAYOUT is 'diagonal'"),
+              std::string::npos)
+        << e.what();
+  }
+  ASSERT_EQ(setenv("LLAVA_PIPE_QUANT_LAYOUT", "rows", 1), 0);
+  EXPECT_FALSE(Linear({random_weight(16, 128, 2)}, {}, Quantize::kInt8).tiled());
+  unsetenv("LLAVA_PIPE_QUANT_LAYOUT");
 }
 
 // Our CUDA kernels (GEMV, the tensor-core GEMM, dequantize + cuBLAS: each row count goes

@@ -1,0 +1,44 @@
+// Where a quantized weight's bytes lie in memory: rows (row-major, as quantize_int8 /
+// quantize_int4 return them) or tiles, the layout our tensor-core product reads.
+//
+// Tiles: the matrix [n, row_bytes] (int8: row_bytes = k; int4: k / 2) is cut into tiles of
+// 8 rows x 64 bytes (64 int8 inputs, 128 int4 ones: one int4 group), stored one after the
+// other, the tiles of row group 0 along k first, then those of row group 1, and so on; a
+// tile holds its 8 rows' 64 bytes in row order. One warp of quant_gemm.cu loads 16 bytes
+// of each of 8 rows x 4 lanes (the MMA fragment's rows g and its k slots): in tiles, that
+// is 512 consecutive bytes, as the float16 GEMV reads, instead of 8 pieces of 64 bytes one
+// row apart. A byte keeps its place within 16 (and 64) bytes of its row, so any reader of
+// 16 aligned bytes of a row finds them together at tiled_offset.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define LLAVA_HOST_DEVICE __host__ __device__
+#else
+#define LLAVA_HOST_DEVICE
+#endif
+
+namespace llava {
+
+constexpr int64_t kTileRows = 8;
+constexpr int64_t kTileBytes = 64;  // of each row
+
+// Whether a matrix of n rows of row_bytes bytes can be stored in tiles (whole tiles only).
+constexpr bool tileable(int64_t n, int64_t row_bytes) {
+  return n > 0 && row_bytes > 0 && n % kTileRows == 0 && row_bytes % kTileBytes == 0;
+}
+
+// The offset in the tiled layout of byte `byte` of row `row`.
+LLAVA_HOST_DEVICE inline int64_t tiled_offset(int64_t row, int64_t byte, int64_t row_bytes) {
+  const int64_t tile = (row / kTileRows) * (row_bytes / kTileBytes) + byte / kTileBytes;
+  return tile * (kTileRows * kTileBytes) + (row % kTileRows) * kTileBytes + byte % kTileBytes;
+}
+
+// The offset of byte `byte` of row `row` in either layout.
+LLAVA_HOST_DEVICE inline int64_t quant_offset(bool tiled, int64_t row, int64_t byte,
+                                              int64_t row_bytes) {
+  return tiled ? tiled_offset(row, byte, row_bytes) : row * row_bytes + byte;
+}
+
+}  // namespace llava
