@@ -96,6 +96,29 @@ at::Tensor swap_tile_axes(const at::Tensor& values, bool into_tiles) {
   return v.permute({0, 2, 1, 3}).contiguous().view({n, row_bytes});
 }
 
+// int4 values [n, row_bytes]: each 32-bit word's nibbles from input order into tiles' order
+// (into_tiles) or back (quant_layout.h: nibble int4_tile_nibble(i) holds input i).
+at::Tensor reorder_int4_nibbles(const at::Tensor& values, bool into_tiles) {
+  const int64_t n = values.size(0), row_bytes = values.size(1);
+  const at::Tensor bytes = values.contiguous().view({n, row_bytes / 4, 4}).to(at::kShort);
+  // [n, words, 8]: nibble j of each word, low nibble of its byte first.
+  const at::Tensor nibbles = at::stack({at::remainder(bytes, 16), at::div(bytes, 16, "floor")}, 3)
+                                 .view({n, row_bytes / 4, 8});
+  std::vector<int64_t> order(8);  // the nibble of the result taken from each source nibble
+  for (int i = 0; i < 8; ++i) {
+    if (into_tiles) {
+      order[int4_tile_nibble(i)] = i;  // nibble int4_tile_nibble(i) holds input i
+    } else {
+      order[i] = int4_tile_nibble(i);  // input i comes from nibble int4_tile_nibble(i)
+    }
+  }
+  const at::Tensor moved = nibbles.index_select(
+      2, at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(values.device()));
+  return (moved.slice(2, 0, 8, 2) + moved.slice(2, 1, 8, 2) * 16)
+      .to(at::kByte)
+      .view({n, row_bytes});
+}
+
 // The environment's LLAVA_PIPE_QUANT_LAYOUT: false for "rows", true if unset or "tiles".
 bool tiles_allowed() {
   const char* value = std::getenv("LLAVA_PIPE_QUANT_LAYOUT");
@@ -117,12 +140,16 @@ QuantizedWeight to_tiles(const QuantizedWeight& q) {
                                 std::to_string(q.values.dim() == 2 ? q.values.size(1) : 0) +
                                 " bytes are not whole tiles of 8 rows x 64 bytes");
   }
-  return {swap_tile_axes(q.values, /*into_tiles=*/true), q.scales, true};
+  const bool int4 = q.values.scalar_type() == at::kByte;
+  const at::Tensor values = int4 ? reorder_int4_nibbles(q.values, /*into_tiles=*/true) : q.values;
+  return {swap_tile_axes(values, /*into_tiles=*/true), q.scales, true};
 }
 
 QuantizedWeight to_rows(const QuantizedWeight& q) {
   if (!q.tiled) return q;
-  return {swap_tile_axes(q.values, /*into_tiles=*/false), q.scales, false};
+  const at::Tensor values = swap_tile_axes(q.values, /*into_tiles=*/false);
+  const bool int4 = q.values.scalar_type() == at::kByte;
+  return {int4 ? reorder_int4_nibbles(values, /*into_tiles=*/false) : values, q.scales, false};
 }
 
 at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in) {

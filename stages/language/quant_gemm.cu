@@ -231,7 +231,9 @@ __global__ void __launch_bounds__(kWarps * 32)
           for (int t = 0; t < kTiles; ++t) mma(sums[t][j], a[t], b, T{});
         }
       } else {
-        // Word i: inputs 8i..8i+7 of the lane, two MMA steps: pairs (0,4),(1,5) then (2,6),(3,7).
+        // Word i: inputs 8i..8i+7 of the lane, two MMA steps. In rows, pairs (0,4),(1,5) then
+        // (2,6),(3,7), the inputs permuted to match; in tiles (nibbles ordered,
+        // quant_layout.h) pairs (0,1),(2,3) then (4,5),(6,7), the inputs as loaded.
         uint32_t p0[kTiles][4], p8[kTiles][4];
 #pragma unroll
         for (int t = 0; t < kTiles; ++t) {
@@ -242,8 +244,15 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int step = 0; step < 2; ++step) {
 #pragma unroll
           for (int j = 0; j < kTokenTiles; ++j) {
-            const uint32_t lo = in[j][4 * i + step], hi = in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
-            const uint32_t b[2] = {lows(lo, hi), highs(lo, hi)};
+            uint32_t b[2];
+            if constexpr (kTiled) {
+              b[0] = in[j][4 * i + 2 * step],
+              b[1] = in[j][4 * i + 2 * step + 1];  // inputs (4s, 4s+1), (4s+2, 4s+3)
+            } else {
+              const uint32_t lo = in[j][4 * i + step],
+                             hi = in[j][4 * i + step + 2];  // inputs (2s, 2s+1), (2s+4, 2s+5)
+              b[0] = lows(lo, hi), b[1] = highs(lo, hi);
+            }
 #pragma unroll
             for (int t = 0; t < kTiles; ++t) {
               const uint32_t a[4] = {p0[t][2 * step], p8[t][2 * step], p0[t][2 * step + 1], p8[t][2 * step + 1]};

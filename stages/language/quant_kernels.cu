@@ -229,12 +229,24 @@ __global__ void int4_dequantize_kernel(const uint8_t* __restrict__ w, const T* _
   const float scale = to_float(scales[row * groups + col / kGroup]);  // 32 inputs never cross a group
   const uint4 raw =
       __ldg(reinterpret_cast<const uint4*>(w + quant_offset(tiled, row, col / 2, k / 2)));
-  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&raw);
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(&raw);
   float values[32];
+  // Input i of word v is its nibble i in rows, int4_tile_nibble(i) in tiles.
+  auto widen = [&](auto nibble_of) {
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    values[2 * i] = static_cast<float>(static_cast<int>(bytes[i] & 0xF) - 8) * scale;
-    values[2 * i + 1] = static_cast<float>(static_cast<int>(bytes[i] >> 4) - 8) * scale;
+    for (int v = 0; v < 4; ++v) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        values[8 * v + i] =
+            static_cast<float>(static_cast<int>((words[v] >> (4 * nibble_of(i))) & 0xF) - 8) *
+            scale;
+      }
+    }
+  };
+  if (tiled) {
+    widen([](int i) { return int4_tile_nibble(i); });
+  } else {
+    widen([](int i) { return i; });
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) *reinterpret_cast<uint4*>(out + first + 8 * i) = pack8<T>(values + 8 * i);
@@ -259,8 +271,10 @@ __global__ void int4_dequantize_each_kernel(const uint8_t* __restrict__ w,
   if (i >= static_cast<size_t>(n) * k) return;
   const size_t row = i / k, col = i % k;
   const int groups = (k + kGroup - 1) / kGroup, row_bytes = (k + 1) / 2;
-  const uint8_t byte = w[quant_offset(tiled, row, col / 2, row_bytes)];
-  const int q = static_cast<int>(col % 2 ? byte >> 4 : byte & 0xF) - 8;
+  // The input's nibble in its row: col in rows; in tiles, ordered within its word.
+  const size_t nibble = tiled ? col / 8 * 8 + int4_tile_nibble(static_cast<int>(col % 8)) : col;
+  const uint8_t byte = w[quant_offset(tiled, row, nibble / 2, row_bytes)];
+  const int q = static_cast<int>(nibble % 2 ? byte >> 4 : byte & 0xF) - 8;
   out[i] = from_float<T>(static_cast<float>(q) * to_float(scales[row * groups + col / kGroup]));
 }
 

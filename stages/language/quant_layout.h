@@ -9,6 +9,13 @@
 // is 512 consecutive bytes, as the float16 GEMV reads, instead of 8 pieces of 64 bytes one
 // row apart. A byte keeps its place within 16 (and 64) bytes of its row, so any reader of
 // 16 aligned bytes of a row finds them together at tiled_offset.
+//
+// int4 in tiles also orders the nibbles of each 32-bit word (inputs j..j+7; in rows, input
+// j + i is nibble i, low nibble first): the even inputs take nibbles 0-3, the odd ones 4-7
+// (int4_tile_nibble). The kernel widens nibbles i and i + 4 of a word into one register
+// pair, so in tiles a pair is inputs (j + 2i, j + 2i + 1), as the MMA's fragment takes
+// them and as the inputs lie in memory; in rows it is (j + i, j + i + 4), and the inputs
+// must be permuted to match (two byte permutes per MMA and input tile).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +40,12 @@ constexpr bool tileable(int64_t n, int64_t row_bytes) {
 LLAVA_HOST_DEVICE inline int64_t tiled_offset(int64_t row, int64_t byte, int64_t row_bytes) {
   const int64_t tile = (row / kTileRows) * (row_bytes / kTileBytes) + byte / kTileBytes;
   return tile * (kTileRows * kTileBytes) + (row % kTileRows) * kTileBytes + byte % kTileBytes;
+}
+
+// int4 in tiles: the nibble (0-7, low nibble of the word's first byte first) that holds
+// input i (0-7) of its 32-bit word.
+LLAVA_HOST_DEVICE constexpr int int4_tile_nibble(int i) {
+  return i % 2 == 0 ? i / 2 : 4 + i / 2;
 }
 
 // The offset of byte `byte` of row `row` in either layout.

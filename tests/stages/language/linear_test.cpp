@@ -146,33 +146,52 @@ TEST(QuantizedLinear, StoredBytesAreThePlansBytes) {
   }
 }
 
-// Tiles (quant_layout.h): every byte of a row lies at tiled_offset, and back in rows is
-// the matrix unchanged; shapes that are not whole tiles are refused.
-TEST(QuantLayout, EveryByteLiesAtItsTiledOffsetAndComesBack) {
+// Tiles (quant_layout.h): every int8 value of a row lies at tiled_offset, every int4 value
+// in the nibble int4_tile_nibble names there, and back in rows is the matrix unchanged;
+// shapes that are not whole tiles are refused.
+TEST(QuantLayout, EveryValueLiesAtItsTiledOffsetAndComesBack) {
   for (auto [n, row_bytes] : {std::pair<int64_t, int64_t>{8, 64}, {16, 192}, {40, 128}}) {
-    at::manual_seed(n + row_bytes);
-    const at::Tensor values = at::randint(0, 256, {n, row_bytes}, at::kByte);
-    const QuantizedWeight tiles = llava::to_tiles({values, at::ones({n}), false});
-    ASSERT_TRUE(tiles.tiled);
-    ASSERT_EQ(tiles.values.sizes(), values.sizes());
-    const auto rows = values.accessor<uint8_t, 2>();
-    const uint8_t* tiled = tiles.values.data_ptr<uint8_t>();
-    int64_t misplaced = 0;
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t b = 0; b < row_bytes; ++b)
-        misplaced += tiled[llava::tiled_offset(r, b, row_bytes)] != rows[r][b];
+    for (bool int4 : {false, true}) {
+      at::manual_seed(n + row_bytes);
+      const at::Tensor bytes = at::randint(0, 256, {n, row_bytes}, at::kByte);
+      const at::Tensor values = int4 ? bytes : bytes.view(at::kChar);  // int4 is stored as uint8
+      const QuantizedWeight tiles = llava::to_tiles({values, at::ones({n}), false});
+      ASSERT_TRUE(tiles.tiled);
+      ASSERT_EQ(tiles.values.sizes(), values.sizes());
+      ASSERT_EQ(tiles.values.scalar_type(), values.scalar_type());
+      const at::Tensor tiled_bytes = tiles.values.view(at::kByte);
+      const auto rows = bytes.accessor<uint8_t, 2>();
+      const uint8_t* tiled = tiled_bytes.data_ptr<uint8_t>();
+      int64_t misplaced = 0;
+      for (int64_t r = 0; r < n; ++r) {
+        if (!int4) {
+          for (int64_t b = 0; b < row_bytes; ++b)
+            misplaced += tiled[llava::tiled_offset(r, b, row_bytes)] != rows[r][b];
+          continue;
+        }
+        for (int64_t input = 0; input < 2 * row_bytes; ++input) {
+          const int in_rows = (rows[r][input / 2] >> (4 * (input % 2))) & 0xF;
+          const int64_t nibble =
+              input / 8 * 8 + llava::int4_tile_nibble(static_cast<int>(input % 8));
+          const int in_tiles =
+              (tiled[llava::tiled_offset(r, nibble / 2, row_bytes)] >> (4 * (nibble % 2))) & 0xF;
+          misplaced += in_rows != in_tiles;
+        }
+      }
+      EXPECT_EQ(misplaced, 0) << n << " x " << row_bytes << (int4 ? " int4" : " int8");
+      const QuantizedWeight back = llava::to_rows(tiles);
+      EXPECT_FALSE(back.tiled);
+      EXPECT_TRUE(at::equal(back.values, values));
+      // Bytes move unless there is one tile a row; int4's nibbles move within every word.
+      EXPECT_EQ(at::equal(tiles.values, values), row_bytes == 64 && !int4);
     }
-    EXPECT_EQ(misplaced, 0) << n << " x " << row_bytes;
-    // A warp's 32 lanes x 16 bytes of rows 0-7 (lane 4g + q: row g, bytes 16q..16q+15) are
-    // the first 512 bytes.
-    for (int lane = 0; lane < 32; ++lane)
-      EXPECT_EQ(llava::tiled_offset(lane / 4, 16 * (lane % 4), row_bytes), 16 * lane);
-    const QuantizedWeight back = llava::to_rows(tiles);
-    EXPECT_FALSE(back.tiled);
-    EXPECT_TRUE(at::equal(back.values, values));
-    EXPECT_EQ(at::equal(tiles.values, values), row_bytes == 64)
-        << "bytes move unless there is one tile a row";
   }
+  // A warp's 32 lanes x 16 bytes of rows 0-7 (lane 4g + q: row g, bytes 16q..16q+15) are
+  // the first 512 bytes.
+  for (int lane = 0; lane < 32; ++lane)
+    EXPECT_EQ(llava::tiled_offset(lane / 4, 16 * (lane % 4), 128), 16 * lane);
+  // The nibble order is a permutation of a word's 8 nibbles: the even inputs first.
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(llava::int4_tile_nibble(i), (i % 2) * 4 + i / 2);
   EXPECT_THROW(llava::to_tiles({at::zeros({12, 64}, at::kByte), at::ones({12}), false}),
                std::invalid_argument);
   EXPECT_THROW(llava::to_tiles({at::zeros({8, 96}, at::kByte), at::ones({8}), false}),

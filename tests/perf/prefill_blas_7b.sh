@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Float16 prefill of the random 7B against LibTorch's BLAS settings, on the GPU machine
+# (issue 21's 45,000 tokens/s; tests/perf/README.md, "Speed, round 11"): ncu has the
+# prompt's down projection (641 x 4096 x 11008) at ~583 TFLOP/s in process against the
+# ~668 that cuBLASLt's best algorithm reached in gemm_algos (32 MiB of workspace).
+#   bash tests/perf/prefill_blas_7b.sh WORK_DIR [ROUNDS]
+# Needs build-gpu's llava_logits and decode_profile (tests/perf/layout_ab_7b.sh builds
+# them). Times every cuBLASLt algorithm at the decoder's prompt shapes (gemm_algos
+# --decoder 641), then ROUNDS (default 2) rounds of llava_logits' language prefill with
+# LibTorch's default, with cuBLASLt preferred (TORCH_BLAS_PREFER_CUBLASLT=1), and with
+# larger cuBLAS / cuBLASLt workspaces; then ncu's per-kernel sums of one prompt forward for
+# the default and for cuBLASLt.
+set -uo pipefail
+work="$(mkdir -p "$1" && realpath "$1")"; rounds="${2:-2}"
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+start=$(date +%s)
+say() { echo "[$(( $(date +%s) - start ))s] $*"; }
+checkpoint="$work/llava-7b-random"
+[ -f "$checkpoint/config.json" ] || python3 tests/gpu/make_7b.py "$checkpoint" > "$work/make_7b.txt" 2>&1
+[ -f "$work/quant-inputs.safetensors" ] ||
+  python3 tests/gpu/quantized_7b.py "$work" build-gpu/tests/llava_logits 7b none > "$work/q-inputs.txt" 2>&1
+nvcc -O2 -std=c++17 -arch=sm_90 tests/perf/gemm_algos.cu -lcublasLt -o "$work/gemm_algos" &&
+  "$work/gemm_algos" --decoder 641 > "$work/gemm_algos.txt" 2>&1
+say "gemm_algos rc=$?"; tail -30 "$work/gemm_algos.txt"
+prefill() {  # label env...
+  local label=$1; shift
+  env "$@" build-gpu/tests/llava_logits "$checkpoint" cuda:0 float16 "$work/quant-inputs.safetensors" \
+    "$work/prefill-out.safetensors" none > "$work/prefill-$label.txt" 2>&1
+  echo "$label rc=$? $(tail -1 "$work/prefill-$label.txt" | python3 -c 'import json, sys
+d = json.loads(sys.stdin.read())
+print("language prefill", d.get("language_prefill_tokens_per_s"), "with vision", d.get("prefill_tokens_per_s"),
+      "decode b1", d.get("decode_tokens_per_s_batch1"))' 2>&1)"
+}
+for round in $(seq 1 "$rounds"); do
+  prefill default LLAVA_PIPE_UNUSED=1
+  prefill cublaslt TORCH_BLAS_PREFER_CUBLASLT=1
+  prefill cublas-ws32MiB CUBLAS_WORKSPACE_CONFIG=:32768:2
+  prefill cublaslt-ws32MiB TORCH_BLAS_PREFER_CUBLASLT=1 CUBLASLT_WORKSPACE_SIZE=32768
+done
+say prefill
+for variant in default cublaslt; do
+  env $([ $variant = cublaslt ] && echo TORCH_BLAS_PREFER_CUBLASLT=1 || echo LLAVA_PIPE_UNUSED=1) LLAVA_PIPE_PROFILE=prefill \
+    ncu --profile-from-start off --metrics gpu__time_duration.sum --csv build-gpu/tests/decode_profile cuda:0 641 \
+    "$checkpoint" none > "$work/ncu-prefill-$variant.csv" 2> "$work/ncu-prefill-$variant.err"
+  echo "== $variant: the language model's forward over 641 tokens"
+  python3 tests/perf/ncu_summary.py "$work/ncu-prefill-$variant.csv" | head -12
+done
+say done
