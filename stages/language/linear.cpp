@@ -21,6 +21,18 @@
 namespace llava {
 namespace {
 
+// int4 storage: each byte's two nibbles, low first ([..., b] bytes -> [..., 2b] ints 0-15),
+// and back (pairs of values 0-15 -> bytes).
+at::Tensor nibbles_of(const at::Tensor& bytes) {
+  const at::Tensor b = bytes.to(at::kInt);
+  return at::stack({at::remainder(b, 16), at::div(b, 16, "floor")}, -1).flatten(-2);
+}
+at::Tensor bytes_of(const at::Tensor& nibbles) {
+  const int64_t pairs = nibbles.size(-1) / 2;
+  return (nibbles.slice(-1, 0, 2 * pairs, 2) + nibbles.slice(-1, 1, 2 * pairs, 2) * 16)
+      .to(at::kByte);
+}
+
 // Scales are rounded to the stored dtype first, so that values are computed against the
 // scale that dequantization will use. A zero row gets scale 1 (its values are all 0).
 at::Tensor stored_scale(const at::Tensor& absmax, double levels, at::ScalarType dtype) {
@@ -65,9 +77,8 @@ QuantizedWeight quantize_int4_rows(const at::Tensor& w) {
   }
   // -8..7 stored as 0..15; padding inputs are 0 (stored 8).
   at::Tensor q = ((w32 / scale).round_().clamp_(-8, 7) + 8).to(at::kInt).view({out, groups * kInt4Group});
-  const int64_t even = (in + 1) / 2 * 2;
-  at::Tensor low = q.slice(1, 0, even, 2), high = q.slice(1, 1, even, 2);
-  return {(low + high * 16).to(at::kByte), scale.view({out, groups}).to(w.scalar_type())};
+  return {bytes_of(q.narrow(1, 0, (in + 1) / 2 * 2)),
+          scale.view({out, groups}).to(w.scalar_type())};
 }
 
 // Rows are quantized independently: 1024 at a time keeps the float32 working copy at
@@ -100,10 +111,8 @@ at::Tensor swap_tile_axes(const at::Tensor& values, bool into_tiles) {
 // (into_tiles) or back (quant_layout.h: nibble int4_tile_nibble(i) holds input i).
 at::Tensor reorder_int4_nibbles(const at::Tensor& values, bool into_tiles) {
   const int64_t n = values.size(0), row_bytes = values.size(1);
-  const at::Tensor bytes = values.contiguous().view({n, row_bytes / 4, 4}).to(at::kShort);
   // [n, words, 8]: nibble j of each word, low nibble of its byte first.
-  const at::Tensor nibbles = at::stack({at::remainder(bytes, 16), at::div(bytes, 16, "floor")}, 3)
-                                 .view({n, row_bytes / 4, 8});
+  const at::Tensor nibbles = nibbles_of(values.contiguous().view({n, row_bytes / 4, 4}));
   std::vector<int64_t> order(8);  // the nibble of the result taken from each source nibble
   for (int i = 0; i < 8; ++i) {
     if (into_tiles) {
@@ -114,9 +123,7 @@ at::Tensor reorder_int4_nibbles(const at::Tensor& values, bool into_tiles) {
   }
   const at::Tensor moved = nibbles.index_select(
       2, at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(values.device()));
-  return (moved.slice(2, 0, 8, 2) + moved.slice(2, 1, 8, 2) * 16)
-      .to(at::kByte)
-      .view({n, row_bytes});
+  return bytes_of(moved).view({n, row_bytes});
 }
 
 // The environment's LLAVA_PIPE_QUANT_LAYOUT: false for "rows", true if unset or "tiles".
@@ -154,15 +161,10 @@ QuantizedWeight to_rows(const QuantizedWeight& q) {
 
 at::Tensor dequantize(const QuantizedWeight& q, Quantize kind, int64_t in) {
   const at::Tensor rows = to_rows(q).values;
-  const int64_t out = rows.size(0);
   if (kind == Quantize::kInt8) {
     return (rows.to(at::kFloat) * q.scales.to(at::kFloat).unsqueeze(1)).to(q.scales.scalar_type());
   }
-  at::Tensor bytes = rows.to(at::kInt);
-  at::Tensor values = at::stack({at::remainder(bytes, 16), at::div(bytes, 16, "floor")}, 2)
-                          .view({out, -1})
-                          .narrow(1, 0, in)
-                          .to(at::kFloat) - 8;
+  at::Tensor values = nibbles_of(rows).narrow(1, 0, in).to(at::kFloat) - 8;
   at::Tensor scales = q.scales.to(at::kFloat).repeat_interleave(kInt4Group, 1).narrow(1, 0, in);
   return (values * scales).to(q.scales.scalar_type());
 }

@@ -164,12 +164,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = weight_row<kTiles, kGated>(blockIdx.y, t, h, g, n);
-      // Tiles: row group row / 8 starts 8 row_bytes in (tiled_offset, as one multiply).
-      wrow[t][h] = w +
-                   (kTiled ? static_cast<size_t>(row / kTileRows) * (kTileRows * row_bytes) +
-                                 row % kTileRows * kTileBytes
-                           : static_cast<size_t>(row) * row_bytes) +
-                   16 * q;
+      wrow[t][h] = w + quant_offset(kTiled, row, 16 * q, row_bytes);
       srow[t][h] = scales + static_cast<size_t>(row) * groups;
     }
   }
