@@ -190,7 +190,11 @@ TEST(QuantGemm, DequantizationForCublasEqualsTheCpuBitForBit) {
 
 // Linear on a device our GEMM runs on keeps its quantized values in tiles (whole tiles
 // only), and every path (the GEMM, its gated form, dequantize + cuBLAS past 128 rows)
-// gives what the same Linear in rows gives, bit for bit: only the addresses differ.
+// gives what the same Linear in rows gives. Bit for bit, except int4 in the GEMM: there
+// the tiles' nibble order (quant_layout.h) gives the MMA a word's inputs in other pairs
+// ((0,1),(2,3) then (4,5),(6,7), not (0,4),(1,5) then (2,6),(3,7)), so its float32 sums
+// round differently; those agree within one rounding of the output (measured on an H100:
+// at::equal fails there, and only there).
 TEST(QuantGemm, LinearInTilesEqualsLinearInRowsOnTheDevice) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   if (!llava::cuda::quant_gemm_available())
@@ -209,12 +213,18 @@ TEST(QuantGemm, LinearInTilesEqualsLinearInRowsOnTheDevice) {
         EXPECT_FALSE(rows.tiled());
         for (int m : {1, 3, 8, 17, 128, 300}) {
           const at::Tensor x = (at::randn({m, k}) * 2.0).to(on_gpu);
-          EXPECT_TRUE(at::equal(automatic(x).cpu(), rows(x).cpu()))
+          const bool bitwise = kind == Quantize::kInt8 || m > 128;
+          auto same = [&](const at::Tensor& tiles, const at::Tensor& in_rows) {
+            if (bitwise) return at::equal(tiles.cpu(), in_rows.cpu());
+            return relative_error(tiles, in_rows.cpu().to(at::kDouble)) <
+                   (dtype == at::kHalf ? 1e-3 : 8e-3);
+          };
+          EXPECT_TRUE(same(automatic(x), rows(x)))
               << llava::to_string(kind) << " " << n << "x" << k << " rows " << m;
           const at::Tensor gated = automatic.gated(x);
           if (m <= 128) {
             EXPECT_TRUE(gated.defined());
-            EXPECT_TRUE(at::equal(gated.cpu(), rows.gated(x).cpu()))
+            EXPECT_TRUE(same(gated, rows.gated(x)))
                 << "gated " << llava::to_string(kind) << " " << n << "x" << k << " rows " << m;
           }
           ++checked;
