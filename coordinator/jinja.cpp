@@ -57,6 +57,22 @@ const json* in_scope(const Expr& e, Scope& scope, bool& made) {
   return index.undefined ? nullptr : member_in(*object, index.j);
 }
 
+// An operand of a filter, test, method, operator or condition: where it lies when it is a
+// variable or a member of one (no copy), else made into `made`.
+ValueRef operand(const Expr& e, Scope& scope, Value& made) {
+  bool computed = false;
+  const json* found = in_scope(e, scope, computed);
+  if (!computed) return ValueRef(found);
+  made = eval(e, scope);
+  return made;
+}
+
+// A condition's truth, without copying what it reads.
+bool holds(const Expr& e, Scope& scope) {
+  Value made;
+  return truthy(operand(e, scope, made));
+}
+
 Value eval(const Expr& e, Scope& scope) {
   switch (e.kind) {
     case Expr::kLiteral:
@@ -74,14 +90,14 @@ Value eval(const Expr& e, Scope& scope) {
       return index.undefined ? Value::none() : member(eval(*e.args[0], scope), index.j);
     }
     case Expr::kNot:
-      return of(json(!truthy(eval(*e.args[0], scope))));
+      return of(json(!holds(*e.args[0], scope)));
     case Expr::kNeg: {
       const Value v = eval(*e.args[0], scope);
       if (v.undefined || !v.j.is_number()) runtime_error("'-' on a value that is not a number");
       return v.j.is_number_integer() ? of(json(-v.j.get<int64_t>())) : of(json(-v.j.get<double>()));
     }
     case Expr::kCond:
-      return truthy(eval(*e.args[1], scope)) ? eval(*e.args[0], scope) : eval(*e.args[2], scope);
+      return holds(*e.args[1], scope) ? eval(*e.args[0], scope) : eval(*e.args[2], scope);
     case Expr::kBinary: {
       if (e.name == "and") {
         Value a = eval(*e.args[0], scope);
@@ -91,7 +107,9 @@ Value eval(const Expr& e, Scope& scope) {
         Value a = eval(*e.args[0], scope);
         return truthy(a) ? a : eval(*e.args[1], scope);
       }
-      Value r = binary(e.name, eval(*e.args[0], scope), eval(*e.args[1], scope));
+      Value made_a, made_b;
+      const ValueRef a = operand(*e.args[0], scope, made_a);
+      Value r = binary(e.name, a, operand(*e.args[1], scope, made_b));
       if (e.negated) r = of(json(!truthy(r)));
       return r;
     }
@@ -113,7 +131,8 @@ Value eval(const Expr& e, Scope& scope) {
       std::vector<Value> args;
       for (size_t i = 1; i < e.args.size(); ++i) args.push_back(eval(*e.args[i], scope));
       if (e.kind == Expr::kCall && !e.args[0]) return call_function(e.name, args);
-      const Value object = eval(*e.args[0], scope);
+      Value made;
+      const ValueRef object = operand(*e.args[0], scope, made);
       if (e.kind == Expr::kCall) return method(e.name, object, args);
       if (e.kind == Expr::kFilter) return filter(e.name, object, args);
       return of(json(test(e.name, object, args) != e.negated));
@@ -140,7 +159,7 @@ void render_node(const Node& n, Scope& scope, std::string& out) {
       return;
     case Node::kIf:
       for (const auto& [cond, body] : n.branches) {
-        if (!cond || truthy(eval(*cond, scope))) {
+        if (!cond || holds(*cond, scope)) {
           render(body, scope, out);
           return;
         }
@@ -148,10 +167,11 @@ void render_node(const Node& n, Scope& scope, std::string& out) {
       return;
     case Node::kFor: {
       std::vector<json> items;
-      for (auto& item : items_of(eval(*n.iterable, scope))) {
+      Value made;
+      for (auto& item : items_of(operand(*n.iterable, scope, made))) {
         if (n.filter) {
           scope.push_back({{n.var, of(item)}});
-          const bool keep = truthy(eval(*n.filter, scope));
+          const bool keep = holds(*n.filter, scope);
           scope.pop_back();
           if (!keep) continue;
         }

@@ -46,11 +46,11 @@ bool is_function(const std::string& name) {
   return kFunctions.count(name) > 0;
 }
 
-bool test(const std::string& name, const Value& v, const std::vector<Value>& args) {
-  if (name == "defined") return !v.undefined;
-  if (name == "undefined") return v.undefined;
-  if (v.undefined) return false;
-  const json& j = v.j;
+bool test(const std::string& name, ValueRef v, const std::vector<Value>& args) {
+  if (name == "defined") return v.j != nullptr;
+  if (name == "undefined") return v.j == nullptr;
+  if (!v.j) return false;
+  const json& j = *v.j;
   if (name == "none") return j.is_null();
   if (name == "string") return j.is_string();
   if (name == "number") return j.is_number();
@@ -79,9 +79,9 @@ bool test(const std::string& name, const Value& v, const std::vector<Value>& arg
   runtime_error("unknown test " + name);
 }
 
-Value filter(const std::string& name, const Value& v, const std::vector<Value>& args) {
+Value filter(const std::string& name, ValueRef v, const std::vector<Value>& args) {
   if (name == "default" || name == "d") {
-    return v.undefined ? (args.empty() ? of(json("")) : args[0]) : v;
+    return !v.j ? (args.empty() ? of(json("")) : args[0]) : of(*v.j);
   }
   if (name == "selectattr" || name == "rejectattr") {
     const std::string attr = string_arg(args, 0, name);
@@ -90,17 +90,18 @@ Value filter(const std::string& name, const Value& v, const std::vector<Value>& 
     const std::vector<Value> rest(args.begin() + std::min<size_t>(2, args.size()), args.end());
     json out = json::array();
     for (const auto& item : items_of(v)) {
-      const Value field = member(of(item), json(attr));
+      const Value field = member(ValueRef(&item), json(attr));
       const bool pass = t.empty() ? truthy(field) : test(t, field, rest);
       if (pass == (name == "selectattr")) out.push_back(item);
     }
     return of(out);
   }
-  if (name == "length" || name == "count") {
-    if (!v.undefined && v.j.is_string()) return of(json(items_of(v).size()));
-    return of(json(items_of(v).size()));
-  }
+  if (name == "length" || name == "count") return of(json(length(v)));
   if (name == "first" || name == "last") {
+    if (v.j && v.j->is_array()) {
+      if (v.j->empty()) return Value::none();
+      return of(name == "first" ? v.j->front() : v.j->back());
+    }
     const auto items = items_of(v);
     if (items.empty()) return Value::none();
     return of(name == "first" ? items.front() : items.back());
@@ -116,9 +117,9 @@ Value filter(const std::string& name, const Value& v, const std::vector<Value>& 
     }
     return of(json(out));
   }
-  if (name == "tojson") return of(json(v.undefined ? "null" : v.j.dump()));
+  if (name == "tojson") return of(json(!v.j ? "null" : v.j->dump()));
   if (name == "int") {
-    if (!v.undefined && v.j.is_number()) return of(json(static_cast<int64_t>(v.j.get<double>())));
+    if (v.j && v.j->is_number()) return of(json(static_cast<int64_t>(v.j->get<double>())));
     try {
       return of(json(std::stoll(str(v))));
     } catch (const std::exception&) {
@@ -156,25 +157,25 @@ Value filter(const std::string& name, const Value& v, const std::vector<Value>& 
   runtime_error("unknown filter " + name);
 }
 
-Value method(const std::string& name, const Value& object, const std::vector<Value>& args) {
-  if (!object.undefined && object.j.is_object()) {
+Value method(const std::string& name, ValueRef object, const std::vector<Value>& args) {
+  if (object.j && object.j->is_object()) {
     if (name == "get") {
       const Value found = member(object, args.empty() ? json() : args[0].j);
       return found.undefined ? (args.size() > 1 ? args[1] : of(json())) : found;
     }
     json out = json::array();
-    for (const auto& [k, v] : object.j.items()) {
+    for (const auto& [k, v] : object.j->items()) {
       if (name == "items") out.push_back(json::array({k, v}));
       if (name == "keys") out.push_back(k);
       if (name == "values") out.push_back(v);
     }
     if (name == "items" || name == "keys" || name == "values") return of(out);
   }
-  if (object.undefined || !object.j.is_string()) {
+  if (!object.j || !object.j->is_string()) {
     runtime_error("." + name + "() on " +
-                  (object.undefined ? std::string("an undefined value") : repr(object.j)));
+                  (!object.j ? std::string("an undefined value") : repr(*object.j)));
   }
-  std::string s = object.j.get<std::string>();
+  std::string s = object.j->get<std::string>();
   if (name == "upper" || name == "lower" || name == "title" || name == "capitalize")
     return filter(name, object, {});
   if (name == "strip") return of(json(trimmed(s)));

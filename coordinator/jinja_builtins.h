@@ -15,10 +15,11 @@ bool is_test(const std::string& name);
 bool is_method(const std::string& name);
 bool is_function(const std::string& name);
 
-// Each takes its arguments evaluated; a bad argument throws RequestError (runtime_error).
-bool test(const std::string& name, const Value& v, const std::vector<Value>& args);
-Value filter(const std::string& name, const Value& v, const std::vector<Value>& args);
-Value method(const std::string& name, const Value& object, const std::vector<Value>& args);
+// Each takes its arguments evaluated (the object where it lies); a bad argument throws
+// RequestError (runtime_error).
+bool test(const std::string& name, ValueRef v, const std::vector<Value>& args);
+Value filter(const std::string& name, ValueRef v, const std::vector<Value>& args);
+Value method(const std::string& name, ValueRef object, const std::vector<Value>& args);
 // raise_exception(message) throws RequestError with the template's message; range(...).
 Value call_function(const std::string& name, const std::vector<Value>& args);
 

@@ -12,9 +12,9 @@ namespace llava::jinja {
   throw RequestError("chat template: " + what);
 }
 
-bool truthy(const Value& v) {
-  if (v.undefined) return false;
-  const json& j = v.j;
+bool truthy(ValueRef v) {
+  if (!v.j) return false;
+  const json& j = *v.j;
   if (j.is_null()) return false;
   if (j.is_boolean()) return j.get<bool>();
   if (j.is_number_integer()) return j.get<int64_t>() != 0;
@@ -23,9 +23,9 @@ bool truthy(const Value& v) {
   return true;
 }
 
-std::string str(const Value& v) {
-  if (v.undefined) return "";
-  const json& j = v.j;
+std::string str(ValueRef v) {
+  if (!v.j) return "";
+  const json& j = *v.j;
   if (j.is_string()) return j.get<std::string>();
   if (j.is_null()) return "None";
   if (j.is_boolean()) return j.get<bool>() ? "True" : "False";
@@ -55,39 +55,53 @@ std::string repr(const json& j) {
     }
     return out + "}";
   }
-  return str(of(j));
+  return str(ValueRef(&j));
 }
 
-bool equal(const Value& a, const Value& b) {
-  if (a.undefined || b.undefined) return a.undefined && b.undefined;
-  if (a.j.is_number() && b.j.is_number()) return a.j.get<double>() == b.j.get<double>();
-  return a.j == b.j;
+bool equal(ValueRef a, ValueRef b) {
+  if (!a.j || !b.j) return !a.j && !b.j;
+  if (a.j->is_number() && b.j->is_number()) return a.j->get<double>() == b.j->get<double>();
+  return *a.j == *b.j;
 }
 
-std::vector<json> items_of(const Value& v) {
-  if (v.undefined || v.j.is_null()) return {};
-  if (v.j.is_array()) return std::vector<json>(v.j.begin(), v.j.end());
-  if (v.j.is_object()) {
+namespace {
+
+// The bytes of the UTF-8 character that starts with byte c (a stray continuation byte: 1).
+size_t utf8_bytes(unsigned char c) {
+  return c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+}
+
+}  // namespace
+
+std::vector<json> items_of(ValueRef v) {
+  if (!v.j || v.j->is_null()) return {};
+  if (v.j->is_array()) return std::vector<json>(v.j->begin(), v.j->end());
+  if (v.j->is_object()) {
     std::vector<json> keys;
-    for (const auto& [k, _] : v.j.items()) keys.emplace_back(k);
+    for (const auto& [k, _] : v.j->items()) keys.emplace_back(k);
     return keys;
   }
-  if (v.j.is_string()) {
+  if (v.j->is_string()) {
     std::vector<json> chars;
-    const std::string s = v.j.get<std::string>();
+    const std::string& s = v.j->get_ref<const std::string&>();
     for (size_t i = 0; i < s.size();) {  // whole UTF-8 characters
-      size_t n = 1;
-      const auto c = static_cast<unsigned char>(s[i]);
-      if (c >= 0xF0)
-        n = 4;
-      else if (c >= 0xE0)
-        n = 3;
-      else if (c >= 0xC0)
-        n = 2;
+      const size_t n = utf8_bytes(static_cast<unsigned char>(s[i]));
       chars.emplace_back(s.substr(i, n));
       i += n;
     }
     return chars;
+  }
+  runtime_error("cannot loop over " + str(v));
+}
+
+size_t length(ValueRef v) {
+  if (!v.j || v.j->is_null()) return 0;
+  if (v.j->is_array() || v.j->is_object()) return v.j->size();
+  if (v.j->is_string()) {
+    const std::string& s = v.j->get_ref<const std::string&>();
+    size_t count = 0;
+    for (size_t i = 0; i < s.size(); i += utf8_bytes(static_cast<unsigned char>(s[i]))) ++count;
+    return count;
   }
   runtime_error("cannot loop over " + str(v));
 }
@@ -114,14 +128,14 @@ const json* member_in(const json& object, const json& key) {
   return nullptr;
 }
 
-Value member(const Value& object, const json& key) {
-  if (object.undefined) return Value::none();
-  if (object.j.is_string() && key.is_number_integer()) {
-    const std::string& s = object.j.get_ref<const std::string&>();
+Value member(ValueRef object, const json& key) {
+  if (!object.j) return Value::none();
+  if (object.j->is_string() && key.is_number_integer()) {
+    const std::string& s = object.j->get_ref<const std::string&>();
     const int64_t i = position(key.get<int64_t>(), static_cast<int64_t>(s.size()));
     return i < 0 ? Value::none() : of(json(s.substr(static_cast<size_t>(i), 1)));
   }
-  const json* found = member_in(object.j, key);
+  const json* found = member_in(*object.j, key);
   return found ? of(*found) : Value::none();
 }
 
@@ -133,23 +147,31 @@ std::string trimmed(const std::string& s, bool left, bool right) {
   return s.substr(b, e - b + 1);
 }
 
-Value binary(const std::string& op, const Value& a, const Value& b) {
+Value binary(const std::string& op, ValueRef a, ValueRef b) {
   if (op == "~") return of(json(str(a) + str(b)));
   if (op == "==") return of(json(equal(a, b)));
   if (op == "!=") return of(json(!equal(a, b)));
   if (op == "in") {
-    if (b.j.is_string() && a.j.is_string()) {
-      return of(json(b.j.get<std::string>().find(a.j.get<std::string>()) != std::string::npos));
+    if (b.j && a.j && b.j->is_string() && a.j->is_string()) {
+      return of(json(b.j->get_ref<const std::string&>().find(a.j->get_ref<const std::string&>()) !=
+                     std::string::npos));
     }
-    if (b.j.is_object() && a.j.is_string()) return of(json(b.j.contains(a.j.get<std::string>())));
+    if (b.j && a.j && b.j->is_object() && a.j->is_string())
+      return of(json(b.j->contains(a.j->get_ref<const std::string&>())));
+    if (b.j && b.j->is_array()) {
+      for (const json& item : *b.j) {
+        if (equal(a, ValueRef(&item))) return of(json(true));
+      }
+      return of(json(false));
+    }
     for (const auto& item : items_of(b)) {
       if (equal(a, of(item))) return of(json(true));
     }
     return of(json(false));
   }
-  if (a.undefined || b.undefined) runtime_error("'" + op + "' with an undefined value");
-  const json& x = a.j;
-  const json& y = b.j;
+  if (!a.j || !b.j) runtime_error("'" + op + "' with an undefined value");
+  const json& x = *a.j;
+  const json& y = *b.j;
   if (op == "+") {
     if (x.is_string() && y.is_string())
       return of(json(x.get<std::string>() + y.get<std::string>()));

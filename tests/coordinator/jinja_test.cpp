@@ -81,6 +81,35 @@ TEST(Jinja, ReadsMembersOfVariablesInALoopWithoutCopyingThem) {
             expected);
 }
 
+// A filter, test or method reads a variable (or a member of one) where it lies: a template
+// that asks `messages | length` in its loop, as Qwen3's does, copied all messages at each
+// turn, twice (the variable, then its items): 20,000 messages had not rendered after 300 s;
+// 40,000 now render in under a second.
+TEST(Jinja, FiltersTestsAndMethodsReadVariablesWithoutCopyingThem) {
+  const json ctx = {{"messages", {{{"role", "user"}, {"content", " Hi "}}, {{"role", "tool"}}}},
+                    {"name", "\u00e9t\u00e9"}};
+  EXPECT_EQ(
+      render("{{ messages | length }}{{ messages | count }}{{ name | length }}"
+             "{{ messages[0] | length }}{{ missing | length }}{{ messages[0].content | trim }}"
+             "{{ messages[0].content.strip() }}{{ messages[1] is mapping }}"
+             "{{ messages[1].content is defined }}{{ messages | first | length }}"
+             "{{ messages[0].get('role') }}{{ messages[1].nothing | default('d') }}"
+             "{{ messages[0].items() | list | length }}",
+             ctx),
+      "22320HiHiTrueFalse2userd2");
+  json many = json::array();
+  std::string expected;
+  for (int i = 0; i < 40000; ++i) {
+    many.push_back({{"role", "user"}, {"content", std::to_string(i)}});
+    expected += std::to_string(39999 - i) + (i == 39999 ? "L" : "");
+  }
+  EXPECT_EQ(render("{% for m in messages %}{{ messages | length - 1 - loop.index0 }}"
+                   "{% if loop.index0 == messages | length - 1 and messages is sequence %}L"
+                   "{% endif %}{% endfor %}",
+                   {{"messages", many}}),
+            expected);
+}
+
 TEST(Jinja, SelectattrPicksContentPartsByType) {
   const json ctx = {
       {"content",
