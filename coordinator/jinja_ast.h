@@ -38,6 +38,7 @@ struct Expr {
   std::vector<ExprPtr> args;  // operands / call or filter arguments (object first)
   bool negated = false;       // `is not`, `not in`
   int line = 0;
+  int depth = 1;  // of the tree below: at most kMaxNesting (jinja_parser.cpp)
 };
 
 }  // namespace llava::jinja

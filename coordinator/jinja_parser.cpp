@@ -3,6 +3,7 @@
 // blocks.
 #include "coordinator/jinja_parser.h"
 
+#include <algorithm>
 #include <set>
 
 #include "coordinator/jinja_builtins.h"
@@ -10,6 +11,12 @@
 
 namespace llava::jinja {
 namespace {
+
+// How deep expressions (parentheses, operators, filter chains) and blocks may nest. The parser,
+// the evaluator and the tree's destructor each recurse a frame or more per level: a template
+// of 5,000 nested parentheses overflowed the stack and ended the process that loaded it.
+// Chat templates nest a dozen levels.
+constexpr int kMaxNesting = 256;
 
 class Parser {
  public:
@@ -42,13 +49,29 @@ class Parser {
   ExprPtr make(Expr::Kind kind, std::vector<ExprPtr> args = {}, std::string name = "") {
     auto e = std::make_shared<Expr>();
     e->kind = kind;
+    for (const ExprPtr& arg : args) {
+      if (arg) e->depth = std::max(e->depth, arg->depth + 1);
+    }
+    if (e->depth > kMaxNesting) too_deep();
     e->args = std::move(args);
     e->name = std::move(name);
     e->line = peek().line;
     return e;
   }
+  [[noreturn]] void too_deep() const {
+    fail("the expression nests deeper than " + std::to_string(kMaxNesting) + " levels");
+  }
+  // One level of the parser's own recursion (a parenthesis, a list, `not`, a sign).
+  struct Nest {
+    explicit Nest(Parser& p) : p_(p) {
+      if (++p_.nesting_ > kMaxNesting) p_.too_deep();
+    }
+    ~Nest() { --p_.nesting_; }
+    Parser& p_;
+  };
 
   ExprPtr conditional() {
+    const Nest nest(*this);
     ExprPtr then = or_expr();
     if (accept("if")) {
       ExprPtr cond = or_expr();
@@ -69,7 +92,10 @@ class Parser {
     return left;
   }
   ExprPtr not_expr() {
-    if (accept("not")) return make(Expr::kNot, {not_expr()});
+    if (accept("not")) {
+      const Nest nest(*this);
+      return make(Expr::kNot, {not_expr()});
+    }
     return compare();
   }
   ExprPtr compare() {
@@ -118,8 +144,14 @@ class Parser {
     return left;
   }
   ExprPtr unary() {
-    if (accept("-")) return make(Expr::kNeg, {unary()});
-    if (accept("+")) return unary();
+    if (accept("-")) {
+      const Nest nest(*this);
+      return make(Expr::kNeg, {unary()});
+    }
+    if (accept("+")) {
+      const Nest nest(*this);
+      return unary();
+    }
     return filtered(postfix(primary()));
   }
   std::vector<ExprPtr> call_args() {  // after '(' ; keyword arguments are not in the subset
@@ -249,6 +281,7 @@ class Parser {
 
   std::vector<Token> t_;
   size_t i_ = 0;
+  int nesting_ = 0;
 };
 
 // Statements into nested nodes.
@@ -258,6 +291,16 @@ class Builder {
 
   std::vector<Node> block(const std::set<std::string>& ends, std::string* ended_by,
                           Parser** end_parser) {
+    struct Nest {  // one block inside another (the template itself is the first)
+      explicit Nest(Builder& b) : b_(b) {
+        if (++b_.nesting_ > kMaxNesting) {
+          throw JinjaError("line " + std::to_string(b_.s_[b_.i_ - 1].line) +
+                           ": blocks nest deeper than " + std::to_string(kMaxNesting) + " levels");
+        }
+      }
+      ~Nest() { --b_.nesting_; }
+      Builder& b_;
+    } nest(*this);
     std::vector<Node> nodes;
     while (i_ < s_.size()) {
       const Segment& seg = s_[i_++];
@@ -381,6 +424,7 @@ class Builder {
 
   std::vector<Segment> s_;
   size_t i_ = 0;
+  int nesting_ = 0;
   std::vector<std::unique_ptr<Parser>> parsers_;
 };
 

@@ -110,6 +110,40 @@ TEST(Jinja, FiltersTestsAndMethodsReadVariablesWithoutCopyingThem) {
             expected);
 }
 
+// A template nested past 256 levels (parentheses, operators, filter chains, blocks) is
+// refused with its line when it is loaded: 5,000 parentheses overflowed the stack and ended
+// the process, and a chain of 100,000 filters did when it was rendered or freed.
+TEST(Jinja, NestingPast256LevelsIsRefusedWhenTheTemplateIsLoaded) {
+  auto repeat = [](const std::string& s, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += s;
+    return out;
+  };
+  const int n = 100000;
+  const std::string too_deep[] = {
+      "{{ " + std::string(n, '(') + "1" + std::string(n, ')') + " }}",
+      "{{ " + std::string(n, '[') + std::string(n, ']') + " }}",
+      "{{ " + repeat("not ", n) + "1 }}",
+      "{{ " + std::string(n, '-') + "1 }}",
+      "{{ " + std::string(n, '+') + "1 }}",
+      "{{ 'a'" + repeat(" | upper", n) + " }}",
+      "{{ 1" + repeat(" + 1", n) + " }}",
+      "\n{{ x" + repeat(".a", n) + " }}",
+  };
+  for (const std::string& source : too_deep) {
+    const std::string error = parse_error(source);
+    EXPECT_NE(error.find("nests deeper than 256 levels"), std::string::npos)
+        << error << " for " << source.substr(0, 20);
+  }
+  EXPECT_EQ(parse_error("\n\n" + repeat("{% if true %}", n) + "x" + repeat("{% endif %}", n)),
+            "line 3: blocks nest deeper than 256 levels");
+  // 200 levels of each are read and rendered.
+  EXPECT_EQ(render("{{ " + std::string(200, '(') + "7" + std::string(200, ')') + " }}"), "7");
+  EXPECT_EQ(render("{{ 1" + repeat(" + 1", 200) + " }}"), "201");
+  EXPECT_EQ(render("{{ " + repeat("not ", 200) + "1 }}"), "True");
+  EXPECT_EQ(render(repeat("{% if true %}", 200) + "x" + repeat("{% endif %}", 200)), "x");
+}
+
 TEST(Jinja, SelectattrPicksContentPartsByType) {
   const json ctx = {
       {"content",
