@@ -3,11 +3,12 @@
 
 #include <cstdint>
 #include <fstream>
-#include <type_traits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 #include "common/errors.h"
+#include "common/json_depth.h"
 
 namespace llava {
 namespace {
@@ -211,7 +212,7 @@ int64_t LlavaConfig::kv_bytes_per_token(int64_t element_bytes) const {
 LlavaConfig parse_llava_config(const std::string& json_text, const std::string& where) {
   json root;
   try {
-    root = json::parse(json_text);
+    root = parse_json(json_text);
   } catch (const json::parse_error& e) {
     throw CheckpointError(where + ": not valid JSON (" + e.what() + ")");
   }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/json_depth.h"
 #include "coordinator/jinja.h"
 
 namespace llava {
@@ -101,7 +102,7 @@ std::string checkpoint_chat_template(const std::string& folder, std::string* ori
   const fs::path dir(folder);
   auto json_file = [](const fs::path& path) {
     try {
-      return nlohmann::json::parse(read_text(path));
+      return parse_json(read_text(path));
     } catch (const nlohmann::json::exception& e) {
       throw ConfigError(path.string() + ": not valid JSON (" + e.what() + ")");
     }
@@ -134,7 +135,11 @@ ChatTemplate::ChatTemplate(const std::string& checkpoint_folder, const std::stri
   // The checkpoint's own bos / eos strings, as transformers passes them to the template.
   const auto tokenizer_config = std::filesystem::path(checkpoint_folder) / "tokenizer_config.json";
   if (std::filesystem::exists(tokenizer_config)) {
-    const auto j = nlohmann::json::parse(read_text(tokenizer_config), nullptr, false);
+    nlohmann::json j;  // not an object when it is not JSON: the defaults stay
+    try {
+      j = parse_json(read_text(tokenizer_config));
+    } catch (const nlohmann::json::exception&) {
+    }
     auto token = [&](const char* key, std::string& out) {
       if (!j.is_object() || !j.contains(key)) return;
       const auto& v = j[key];

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "common/errors.h"
+#include "common/json_depth.h"
 #include "coordinator/hf_added_tokens.h"
 #include "coordinator/hf_bpe.h"
 #include "coordinator/hf_decoder.h"
@@ -121,7 +122,7 @@ HfTokenizer HfTokenizer::from_json_text(const std::string& text, const std::stri
   const JsonReader r{origin};
   Json json;
   try {
-    json = Json::parse(text);
+    json = parse_json(text);
   } catch (const Json::exception& e) {
     throw CheckpointError(origin + ": not JSON: " + e.what());
   }

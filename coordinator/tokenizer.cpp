@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/json_depth.h"
 #include "coordinator/hf_tokenizer.h"
 
 namespace llava {
@@ -58,7 +59,7 @@ Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int3
     const std::string config_path = folder + "/tokenizer_config.json";
     if (std::filesystem::exists(config_path)) {
       try {
-        config = nlohmann::json::parse(read_all(config_path));
+        config = parse_json(read_all(config_path));
       } catch (const nlohmann::json::exception& e) {
         throw CheckpointError(config_path + ": " + e.what());
       }
@@ -97,7 +98,7 @@ Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int3
   const std::string added_path = folder + "/added_tokens.json";  // {"<image>": 32000, ...}
   if (std::filesystem::exists(added_path)) {
     try {
-      const auto added = nlohmann::json::parse(read_all(added_path));
+      const auto added = parse_json(read_all(added_path));
       for (const auto& [content, id] : added.items()) added_[content] = id.get<int32_t>();
     } catch (const nlohmann::json::exception& e) {
       throw CheckpointError(added_path + ": " + e.what());

@@ -3,6 +3,7 @@
 #include "launch/openai_api.h"
 
 #include "common/errors.h"
+#include "common/json_depth.h"
 #include "launch/request_json.h"
 
 namespace llava {
@@ -37,7 +38,7 @@ std::string string_field(const std::string& field, const nlohmann::json& value) 
 nlohmann::json parse_object(const std::string& body) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(body);
+    j = parse_json(body);
   } catch (const nlohmann::json::exception& e) {
     throw ApiError(400, std::string("the body is not valid JSON (") + e.what() + ")");
   }

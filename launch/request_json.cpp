@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/json_depth.h"
 #include "common/sampling.h"
 
 namespace llava {
@@ -133,7 +134,7 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
         [key, stop, &flags](const std::string& text) {
           nlohmann::json value;
           try {
-            value = nlohmann::json::parse(text);
+            value = parse_json(text);
           } catch (const nlohmann::json::exception&) {
             // A bare word is a string ("--stop END"); anything else that is not JSON is an error.
             if (!stop) throw RequestError("expected a number (or JSON), got '" + text + "'");
@@ -149,7 +150,7 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
 void parse_json_request(const std::string& text, bool batch_line, JsonRequest& out) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    j = parse_json(text);
   } catch (const nlohmann::json::exception& e) {
     throw RequestError(std::string("not a valid request (") + e.what() + ")");
   }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
+#include "common/json_depth.h"
 
 namespace llava {
 namespace {
@@ -57,7 +58,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t file_s
 
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_size);
+    header = parse_json(std::string_view(reinterpret_cast<const char*>(bytes) + 8, header_size));
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(path + ": header is not valid JSON (" + e.what() + ")");
   }

@@ -93,6 +93,13 @@ TEST(ModelConfig, RejectsUnusableConfigsByName) {
             "config.json: vision_feature_layer -40 is outside the 24 vision layers");
   EXPECT_EQ(message("{not json"), message("{not json"));
   EXPECT_NE(message("{not json").find("not valid JSON"), std::string::npos);
+  // Nested past 128 levels (common/json_depth.h): refused before anything copies it.
+  const std::string deep =
+      R"({"text_config": {"x": )" + std::string(200000, '[') + std::string(200000, ']') + "}}";
+  EXPECT_NE(message(deep).find("config.json: not valid JSON ([json.exception.parse_error.101] "
+                               "parse error at byte 149: nested deeper than 128 levels)"),
+            std::string::npos)
+      << message(deep);
   EXPECT_NE(message(R"({"text_config": {"rope_scaling": {"type": "yarn"}}})").find("yarn"),
             std::string::npos);
 }

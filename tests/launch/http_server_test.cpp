@@ -85,6 +85,23 @@ TEST_F(HttpServerTest, InvalidJsonAndBadImagesAre400BeforeThePipeline) {
   ASSERT_TRUE(bad_image);
   EXPECT_EQ(bad_image->status, 400);
   EXPECT_EQ(error_of(bad_image)["param"], "messages[0].content[0]");
+  // A body nested a million levels deep (2 MB) is invalid JSON here: showing it in the
+  // error recursed a frame per level and ended the server.
+  const std::string deep(1000000, '[');
+  for (const char* path : {"/v1/chat/completions", "/v1/completions", "/tokenize"}) {
+    auto refused = client_->Post(path, "{\"prompt\": " + deep + std::string(deep.size(), ']') + "}",
+                                 "application/json");
+    ASSERT_TRUE(refused) << path;
+    EXPECT_EQ(refused->status, 400) << path;
+  }
+  auto chat = client_->Post("/v1/chat/completions", "{\"messages\": " + deep, "application/json");
+  ASSERT_TRUE(chat);
+  EXPECT_EQ(chat->status, 400);
+  EXPECT_NE(error_of(chat)["message"].get<std::string>().find("nested deeper than 128 levels"),
+            std::string::npos);
+  auto models = client_->Get("/v1/models");  // still serving
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
 }
 
 TEST_F(HttpServerTest, ABodyOverTheCapIs413) {

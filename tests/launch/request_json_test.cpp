@@ -154,4 +154,29 @@ TEST(JsonRequest, ErrorsNameWhatIsWrongAndKeepTheId) {
   EXPECT_EQ(refusal("", false).first.rfind("not a valid request (", 0), 0u);
 }
 
+// A request nested past 128 levels is refused as JSON that is not valid, naming the byte:
+// copying or showing such a value recursed a frame per level, and a million levels (2 MB)
+// ended the process. Its id is not read, so it is not copied either.
+TEST(JsonRequest, ARequestNestedPast128LevelsIsRefusedNamingTheByte) {
+  const int n = 1000000;
+  for (const std::string key : {"id", "prompt", "stop"}) {
+    const auto [error, id] =
+        refusal("{\"" + key + "\": " + std::string(n, '[') + std::string(n, ']') + "}", true);
+    // `{"key": ` then 128 brackets: the last opens level 129.
+    EXPECT_NE(error.find("parse error at byte " + std::to_string(5 + key.size() + 128) +
+                         ": nested deeper than 128 levels"),
+              std::string::npos)
+        << error;
+    EXPECT_TRUE(id.is_null());
+  }
+  // 128 levels are read (and shown in the error: no recursion to fear at that depth).
+  const std::string deep = std::string(127, '[') + std::string(127, ']');
+  EXPECT_EQ(refusal("{\"prompt\": \"a\", \"images\": " + deep + "}", true).first,
+            "images: expected a string, got " + std::string(37, '[') + "...");
+  // Brackets inside strings are not levels.
+  llava::JsonRequest request;
+  llava::parse_json_request("{\"prompt\": \"" + std::string(1000, '[') + "\\\"{\"}", true, request);
+  EXPECT_EQ(request.prompt, std::string(1000, '[') + "\"{");
+}
+
 }  // namespace
