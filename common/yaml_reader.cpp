@@ -2,6 +2,8 @@
 // duplicate keys, and YamlSection's typed getters with a did-you-mean for unknown keys.
 #include "common/yaml_reader.h"
 
+#include <yaml-cpp/depthguard.h>
+
 #include <algorithm>
 #include <map>
 #include <sstream>
@@ -61,6 +63,11 @@ YAML::Node load_yaml(const std::string& text, const std::string& file) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard ("bad file" otherwise)
+    std::ostringstream out;
+    out << file << ":" << e.mark.line + 1 << ":" << e.mark.column + 1
+        << ": nested too deep (yaml-cpp stops at " << e.depth() << " levels)";
+    throw ConfigError(out.str());
   } catch (const YAML::Exception& e) {
     std::ostringstream out;
     out << file << ":" << e.mark.line + 1 << ":" << e.mark.column + 1 << ": " << e.msg;

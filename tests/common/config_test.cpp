@@ -157,6 +157,16 @@ TEST(Config, YamlSyntaxErrorHasLine) {
   EXPECT_NE(message.find(":3:"), std::string::npos) << message;
 }
 
+// yaml-cpp stops a parse some hundreds of levels deep (no crash); the error says so with
+// its place, not yaml-cpp's "bad file".
+TEST(Config, NestingPastYamlCppsLimitIsNamedWithItsPlace) {
+  const std::string deep =
+      kGood + "x: " + std::string(100000, '[') + std::string(100000, ']') + "\n";
+  const std::string message = error_of(deep);
+  EXPECT_EQ(message.rfind("test.yaml:", 0), 0u) << message;
+  EXPECT_NE(message.find(": nested too deep (yaml-cpp stops at "), std::string::npos) << message;
+}
+
 TEST(Config, MissingSectionIsNamed) {
   EXPECT_NE(error_of("model: {checkpoint: x}\n").find("stages: section is missing"),
             std::string::npos);
