@@ -8,6 +8,7 @@
 #include <iostream>
 #include <set>
 
+#include "common/json_depth.h"
 #include "common/units.h"
 #include "coordinator/coordinator.h"
 #include "launch/http_replies.h"
@@ -22,6 +23,15 @@ namespace {
 const std::set<std::string> kEndpoints = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize",
     "/detokenize"};
+
+// A body as JSON, or null when it is not JSON (or nests past kMaxJsonDepth).
+nlohmann::json json_or_null(const std::string& body) {
+  try {
+    return parse_json(body);
+  } catch (const nlohmann::json::exception&) {
+    return nullptr;
+  }
+}
 
 // Compares without stopping at the first difference (no timing hint about the key).
 bool same_key(const std::string& a, const std::string& b) {
@@ -190,7 +200,7 @@ void HttpServer::routes() {
   // vLLM's /tokenize and /detokenize: the coordinator's tokenizer, on its thread.
   http_->Post("/tokenize", with_body(guarded([on_coordinator](const httplib::Request& req,
                                                               httplib::Response& res) {
-                const auto body = nlohmann::json::parse(req.body, nullptr, false);
+                const auto body = json_or_null(req.body);
                 if (!body.is_object() || !body.contains("prompt") || !body["prompt"].is_string()) {
                   throw ApiError(400, "prompt: expected a string", "prompt");
                 }
@@ -206,7 +216,7 @@ void HttpServer::routes() {
   http_->Post(
       "/detokenize",
       with_body(guarded([on_coordinator](const httplib::Request& req, httplib::Response& res) {
-        const auto body = nlohmann::json::parse(req.body, nullptr, false);
+        const auto body = json_or_null(req.body);
         if (!body.is_object() || !body.contains("tokens") || !body["tokens"].is_array()) {
           throw ApiError(400, "tokens: expected a list of token ids", "tokens");
         }
