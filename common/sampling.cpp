@@ -1,6 +1,8 @@
 // The sampling keys with their ranges, and their wire form.
 #include "common/sampling.h"
 
+#include <algorithm>
+
 namespace llava {
 
 void read_sampling_keys(SamplingKeyReader& reader, SamplingParams& params) {
@@ -9,7 +11,9 @@ void read_sampling_keys(SamplingKeyReader& reader, SamplingParams& params) {
     params.max_new_tokens = static_cast<int>(*v);
   }
   if (auto v = reader.real("temperature", 0.0, L::kTemperature, false)) params.temperature = *v;
-  if (auto v = reader.whole("top_k", 0, L::kTopK)) params.top_k = static_cast<int>(*v);
+  // -1 is off too, as vLLM takes it (clients written for vLLM send it).
+  if (auto v = reader.whole("top_k", -1, L::kTopK))
+    params.top_k = std::max(0, static_cast<int>(*v));
   if (auto v = reader.real("top_p", 0.0, 1.0, /*lo_open=*/true)) params.top_p = *v;
   if (auto v = reader.real("min_p", 0.0, 1.0, false)) params.min_p = *v;
   if (auto v = reader.real("repetition_penalty", 0.0, L::kRepetitionPenalty, /*lo_open=*/true)) {

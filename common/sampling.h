@@ -16,7 +16,7 @@ namespace llava {
 struct SamplingParams {
   int max_new_tokens = 64;
   double temperature = 0.0;  // 0 = greedy
-  int top_k = 0;             // 0 = off
+  int top_k = 0;             // 0 = off (-1 as given is read as 0)
   double top_p = 1.0;        // 1 = off
   double min_p = 0.0;        // 0 = off; else tokens below min_p x the top token's probability go
   double repetition_penalty = 1.0;
@@ -29,7 +29,7 @@ struct SamplingParams {
 // Ranges of the keys, the same in the YAML file and in a request.
 struct SamplingLimits {
   static constexpr long long kMaxNewTokens = 1 << 20;  // max_new_tokens: [1, this]
-  static constexpr long long kTopK = 1 << 24;          // top_k: [0, this]
+  static constexpr long long kTopK = 1 << 24;          // top_k: [-1, this]
   static constexpr double kTemperature = 100.0;        // temperature: [0, this]
   static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
 };

@@ -35,6 +35,8 @@ TEST(Sampling, ValuesInRangeApply) {
   EXPECT_EQ(g.max_new_tokens, 1 << 20);
   EXPECT_DOUBLE_EQ(g.temperature, 0.7);
   EXPECT_EQ(g.top_k, 40);
+  apply_sampling("top_k", json::parse("-1"), g);  // off, as vLLM takes it
+  EXPECT_EQ(g.top_k, 0);
   EXPECT_DOUBLE_EQ(g.top_p, 1.0);
   EXPECT_DOUBLE_EQ(g.repetition_penalty, 1.1);
   EXPECT_EQ(g.seed, UINT64_MAX);
@@ -52,9 +54,9 @@ TEST(Sampling, WholeNumbersAreCheckedNotCast) {
             "max_new_tokens: expected a whole number, got 1e+30");
   EXPECT_EQ(error_of("max_new_tokens", "\"64\""),
             "max_new_tokens: expected a whole number, got \"64\"");
-  EXPECT_EQ(error_of("top_k", "-1"), "top_k: -1 is out of range [0, 16777216]");
+  EXPECT_EQ(error_of("top_k", "-2"), "top_k: -2 is out of range [-1, 16777216]");
   EXPECT_EQ(error_of("top_k", "18446744073709551615"),
-            "top_k: 18446744073709551615 is out of range [0, 16777216]");
+            "top_k: 18446744073709551615 is out of range [-1, 16777216]");
   EXPECT_EQ(error_of("seed", "-1"), "seed: expected a whole number from 0 to 2^64 - 1, got -1");
   EXPECT_EQ(error_of("seed", "1.5"), "seed: expected a whole number from 0 to 2^64 - 1, got 1.5");
 }
