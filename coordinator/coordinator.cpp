@@ -183,8 +183,29 @@ void Coordinator::prepare(Request& request) {
   }
   for (const auto& path : spec.image_paths) request.images.push_back(read_image(path));
   for (const auto& bytes : spec.image_bytes) request.images.push_back(bytes);
-  const std::string text =
-      apply_chat_template(spec.generation.chat_template, spec.prompt, static_cast<int>(images));
+  request.prompt = spec.prompt_ids ? checked_prompt_ids(*spec.prompt_ids, static_cast<int>(images))
+                                   : tokenized_prompt(spec, static_cast<int>(images));
+  const auto image_token = static_cast<int32_t>(model_.image_token_index);
+  // Every image token has its embedding, or the language stage would refuse the request
+  // after the vision stage's work (a template that carries the image token, say).
+  const auto image_ids = std::count(request.prompt.begin(), request.prompt.end(), image_token);
+  if (image_ids != static_cast<int64_t>(images) * model_.image_tokens()) {
+    throw RequestError("the prompt has " + std::to_string(image_ids / model_.image_tokens()) +
+                       " image placeholders after the chat template, for " +
+                       std::to_string(images) + " images");
+  }
+  const int64_t context = context_tokens(config_, model_);
+  if (static_cast<int64_t>(request.prompt.size()) >= context) {
+    throw RequestError("the prompt is " + std::to_string(request.prompt.size()) + " tokens (with " +
+                       std::to_string(model_.image_tokens()) + " per image); the context holds " +
+                       std::to_string(context));
+  }
+  request.progress = request.images.empty() ? Progress::kNeedLanguage : Progress::kNeedVision;
+  request.image_hashes = EmbeddingCache::hashes(request.images);
+}
+
+std::vector<int32_t> Coordinator::tokenized_prompt(const RequestSpec& spec, int images) {
+  const std::string text = apply_chat_template(spec.generation.chat_template, spec.prompt, images);
   // Tokenizing runs on this thread, which every request and worker waits on: a text far
   // longer than the context could hold is refused before it (a 300,000-message chat, 11 MB,
   // held the loop for 1.5 s).
@@ -194,23 +215,26 @@ void Coordinator::prepare(Request& request) {
                        std::to_string(kMaxPromptBytesPerToken) + " for each of the context's " +
                        std::to_string(context) + " tokens (refused before tokenizing)");
   }
-  const auto image_token = static_cast<int32_t>(model_.image_token_index);
-  request.prompt = expand_image_tokens(tokenizer_.encode(text), image_token, model_.image_tokens());
-  // Every image token has its embedding, or the language stage would refuse the request
-  // after the vision stage's work (a template that carries the image token, say).
-  const auto image_ids = std::count(request.prompt.begin(), request.prompt.end(), image_token);
-  if (image_ids != static_cast<int64_t>(images) * model_.image_tokens()) {
-    throw RequestError("the prompt has " + std::to_string(image_ids / model_.image_tokens()) +
-                       " image placeholders after the chat template, for " +
-                       std::to_string(images) + " images");
+  return expand_image_tokens(tokenizer_.encode(text),
+                             static_cast<int32_t>(model_.image_token_index), model_.image_tokens());
+}
+
+std::vector<int32_t> Coordinator::checked_prompt_ids(const std::vector<int32_t>& ids,
+                                                     int images) const {
+  if (images > 0) throw RequestError("a prompt of token ids takes no images");
+  if (ids.empty()) throw RequestError("the prompt's token ids are empty");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string which =
+        "the prompt's token id " + std::to_string(ids[i]) + " (at " + std::to_string(i) + ")";
+    if (ids[i] < 0 || ids[i] >= model_.text.vocab_size) {
+      throw RequestError(which + " is outside the model's " +
+                         std::to_string(model_.text.vocab_size) + "-token vocabulary");
+    }
+    if (ids[i] == model_.image_token_index) {
+      throw RequestError(which + " is the image placeholder; images come with a chat request");
+    }
   }
-  if (static_cast<int64_t>(request.prompt.size()) >= context) {
-    throw RequestError("the prompt is " + std::to_string(request.prompt.size()) + " tokens (with " +
-                       std::to_string(model_.image_tokens()) + " per image); the context holds " +
-                       std::to_string(context));
-  }
-  request.progress = request.images.empty() ? Progress::kNeedLanguage : Progress::kNeedVision;
-  request.image_hashes = EmbeddingCache::hashes(request.images);
+  return ids;
 }
 
 bool Coordinator::cancel(uint64_t id, const std::string& why) {

@@ -111,6 +111,10 @@ class Coordinator {
   // The request's images, prompt and progress, from its spec; throws RequestError (or a
   // refusal) when it cannot run.
   void prepare(Request& request);
+  // The prompt's ids: the template applied to the text, tokenized, image tokens expanded;
+  // or the client's ids, each checked against the vocabulary.
+  std::vector<int32_t> tokenized_prompt(const RequestSpec& spec, int images);
+  std::vector<int32_t> checked_prompt_ids(const std::vector<int32_t>& ids, int images) const;
 
   LlavaConfig model_;
   PipelineConfig config_;  // its mode and release resolved

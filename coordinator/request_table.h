@@ -27,6 +27,8 @@ struct RequestSpec {
   std::vector<std::string> image_paths;
   std::vector<std::string> image_bytes;  // images sent by a client (serve), after image_paths
   std::string prompt;
+  // Instead of the prompt: token ids as given (/v1/completions), no template, no images.
+  std::optional<std::vector<int32_t>> prompt_ids;
   GenerationSection generation;  // the config's defaults, overridden per request
 };
 

@@ -47,6 +47,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     }
   } else {
     spec.prompt = request.prompt;
+    spec.prompt_ids = request.prompt_ids;
   }
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_response_number());
   spec.client_id = id;

@@ -256,6 +256,43 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
   return out;
 }
 
+namespace {
+
+// A /v1/completions prompt: a string or a list of token ids, alone or as the one item of a
+// list (OpenAI takes a list of prompts; a request here answers one).
+void read_prompt(const nlohmann::json& value, CompletionRequest& out) {
+  const nlohmann::json* one = &value;
+  if (value.is_array() && !value.empty() && (value[0].is_string() || value[0].is_array())) {
+    if (value.size() != 1) {
+      throw ApiError(400,
+                     "prompt: " + std::to_string(value.size()) + " prompts; a request takes one",
+                     "prompt");
+    }
+    one = &value[0];
+  }
+  if (one->is_string()) {
+    out.prompt = one->get<std::string>();
+    return;
+  }
+  if (!one->is_array() || one->empty()) {
+    throw ApiError(400, "prompt: expected a string or a list of token ids, got " + shown(value),
+                   "prompt");
+  }
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < one->size(); ++i) {
+    const nlohmann::json& id = (*one)[i];
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
+      throw ApiError(400,
+                     "prompt[" + std::to_string(i) + "]: expected a token id, got " + shown(id),
+                     "prompt");
+    }
+    ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
+  }
+  out.prompt_ids = std::move(ids);
+}
+
+}  // namespace
+
 CompletionRequest parse_completion_request(const std::string& body,
                                            const GenerationSection& defaults) {
   const nlohmann::json j = parse_object(body);
@@ -266,11 +303,7 @@ CompletionRequest parse_completion_request(const std::string& body,
   for (const auto& [key, value] : j.items()) {
     if (common_key(key, value, out)) continue;
     if (key == "prompt") {
-      if (value.is_array() && value.size() == 1 && value[0].is_string()) {
-        out.prompt = value[0].get<std::string>();
-      } else {
-        out.prompt = string_field(key, value);
-      }
+      read_prompt(value, out);
       have_prompt = true;
     } else if (key == "logprobs") {
       if (!value.is_null()) throw ApiError(400, "logprobs: not supported", key);

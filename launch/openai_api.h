@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,6 +48,7 @@ struct CompletionRequest {
   bool chat = true;
   std::vector<ChatMessage> messages;  // chat
   std::string prompt;                 // text completion
+  std::optional<std::vector<int32_t>> prompt_ids;  // or its token ids, as given
   GenerationSection generation;       // the config's defaults, overridden by the request
   bool stream = false;
   bool include_usage = false;

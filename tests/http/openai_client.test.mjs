@@ -272,6 +272,22 @@ test('/v1/completions answers a text prompt, whole and streamed alike', async ()
   assert.equal(streamed, whole.choices[0].text);
 });
 
+test('/v1/completions answers a prompt of token ids (from /tokenize) as the text they encode', async () => {
+  const prompt = 'USER: Hello ASSISTANT:';
+  const { tokens } = await (await fetch(`${baseURL}/tokenize`, { method: 'POST', body: JSON.stringify({ prompt }) })).json();
+  const asText = await client.completions.create({ ...greedy, prompt });
+  for (const ids of [tokens, [tokens]]) {
+    const asIds = await client.completions.create({ ...greedy, prompt: ids });
+    assert.equal(asIds.choices[0].text, asText.choices[0].text);
+    assert.equal(asIds.usage.prompt_tokens, tokens.length);
+    assert.equal(asIds.usage.prompt_tokens, asText.usage.prompt_tokens);
+  }
+  await assert.rejects(client.completions.create({ ...greedy, prompt: [tokens[0], 1 << 30] }),
+    (e) => e.status === 400 && /outside the model's/.test(e.message));
+  await assert.rejects(client.completions.create({ ...greedy, prompt: ['a', 'b'] }),
+    (e) => e.status === 400 && e.param === 'prompt' && /2 prompts/.test(e.message));
+});
+
 test('/tokenize and /detokenize round-trip a prompt with the server\'s tokenizer', async () => {
   const post = async (path, body) =>
     (await fetch(`${baseURL}${path}`, { method: 'POST', body: JSON.stringify(body) })).json();

@@ -174,6 +174,43 @@ TEST(OpenAiCompletionRequest, ReadsAPromptAndRefusesEcho) {
   EXPECT_THROW(parse_completion_request(R"({"max_tokens":3})", defaults()), ApiError);
 }
 
+// OpenAI's prompt forms: a string or token ids, alone or as a list's one item; several
+// prompts, or ids that are not whole numbers from 0, are refused naming the place.
+TEST(OpenAiCompletionRequest, APromptIsAStringOrTokenIdsAloneOrAsAListsOneItem) {
+  EXPECT_EQ(parse_completion_request(R"({"prompt":["Once"]})", defaults()).prompt, "Once");
+  for (const char* body :
+       {R"({"prompt":[1, 15043, 32063]})", R"({"prompt":[[1, 15043, 32063]]})"}) {
+    const auto r = parse_completion_request(body, defaults());
+    ASSERT_TRUE(r.prompt_ids.has_value()) << body;
+    EXPECT_EQ(*r.prompt_ids, (std::vector<int32_t>{1, 15043, 32063})) << body;
+  }
+  EXPECT_FALSE(parse_completion_request(R"({"prompt":"Once"})", defaults()).prompt_ids);
+  auto refusal = [](const std::string& body) {
+    try {
+      parse_completion_request(body, defaults());
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_EQ(e.param, "prompt");
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refusal(R"({"prompt":["a", "b"]})"), "prompt: 2 prompts; a request takes one");
+  EXPECT_EQ(refusal(R"({"prompt":[[1], [2]]})"), "prompt: 2 prompts; a request takes one");
+  EXPECT_EQ(refusal(R"({"prompt":[1, -2]})"), "prompt[1]: expected a token id, got -2");
+  EXPECT_EQ(refusal(R"({"prompt":[1, 2.5]})"), "prompt[1]: expected a token id, got 2.5");
+  EXPECT_EQ(refusal(R"({"prompt":[18446744073709551615]})"),
+            "prompt[0]: expected a token id, got 18446744073709551615");
+  EXPECT_EQ(refusal(R"({"prompt":[2147483648]})"),
+            "prompt[0]: expected a token id, got 2147483648");
+  EXPECT_EQ(refusal(R"({"prompt":[]})"),
+            "prompt: expected a string or a list of token ids, got []");
+  EXPECT_EQ(refusal(R"({"prompt":[[]]})"),
+            "prompt: expected a string or a list of token ids, got [[]]");
+  EXPECT_EQ(refusal(R"({"prompt":{"a":1}})"),
+            "prompt: expected a string or a list of token ids, got {\"a\":1}");
+}
+
 TEST(OpenAiResponses, AWholeChatAnswerHasTheFieldsClientsRead) {
   const auto body =
       completion_body(true, "chatcmpl-1", 1700000000, "tiny", "Hi", "eos", Usage{30, 2});

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "common/config.h"
 #include "coordinator/coordinator.h"
@@ -164,6 +165,56 @@ TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
   EXPECT_EQ(streamed[stopped], expected);
   EXPECT_LE(r.tokens.size(), results.at(plain).tokens.size());
   EXPECT_EQ(results.at(next).tokens, expected_tokens(coordinator, kCases[3]));
+}
+
+// A prompt given as token ids (/v1/completions) is answered as the text they encode: the
+// same tokens, the same prompt length. Ids outside the vocabulary, or the image placeholder,
+// fail that request alone, naming the id and its place.
+TEST(Pipeline, APromptOfTokenIdsIsAnsweredAsTheTextTheyEncode) {
+  const std::string path = write_config("ids", concurrent_cpu(8, 2));
+  std::map<uint64_t, llava::RequestResult> results;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  const std::string text = "USER: Describe a red circle. ASSISTANT:";
+  auto submit = [&](std::optional<std::vector<int32_t>> ids) {
+    llava::RequestSpec spec;
+    spec.generation = llava::load_config(path).generation;
+    spec.generation.chat_template = "{prompt}";  // as /v1/completions sends its prompt
+    spec.prompt = ids ? "" : text;
+    spec.prompt_ids = std::move(ids);
+    return coordinator.submit(spec);
+  };
+  const std::vector<int32_t> ids = coordinator.tokenizer().encode(text);
+  const int32_t vocab = static_cast<int32_t>(coordinator.model().text.vocab_size);
+  const int32_t image = static_cast<int32_t>(coordinator.model().image_token_index);
+  const uint64_t as_text = submit(std::nullopt), as_ids = submit(ids);
+  const uint64_t outside = submit(std::vector<int32_t>{ids[0], ids[1], vocab});
+  const uint64_t placeholder = submit(std::vector<int32_t>{ids[0], image, ids[1]});
+  const uint64_t empty = submit(std::vector<int32_t>{});
+  coordinator.run();
+  coordinator.shutdown_workers();
+  const auto& a = results.at(as_text);
+  const auto& b = results.at(as_ids);
+  ASSERT_TRUE(a.ok && b.ok) << a.error << b.error;
+  EXPECT_FALSE(a.tokens.empty());
+  EXPECT_EQ(b.tokens, a.tokens);
+  EXPECT_EQ(b.text, a.text);
+  EXPECT_EQ(b.prompt_tokens, static_cast<int>(ids.size()));
+  EXPECT_EQ(a.prompt_tokens, b.prompt_tokens);
+  const std::pair<uint64_t, std::string> refused[] = {
+      {outside, "the prompt's token id " + std::to_string(vocab) +
+                    " (at 2) is outside the model's " + std::to_string(vocab) +
+                    "-token vocabulary"},
+      {placeholder, "the prompt's token id " + std::to_string(image) +
+                        " (at 1) is the image placeholder; images come with a chat request"},
+      {empty, "the prompt's token ids are empty"}};
+  for (const auto& [id, why] : refused) {
+    const auto& r = results.at(id);
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.error_kind, llava::ErrorKind::kBadRequest);
+    EXPECT_NE(r.error.find(why), std::string::npos) << r.error;
+  }
 }
 
 }  // namespace
