@@ -143,8 +143,8 @@ Coordinator::~Coordinator() {
 
 // ---------------------------------------------------------------- requests -----------
 
-uint64_t Coordinator::submit(const RequestSpec& spec) {
-  Request& request = requests_->add(spec);
+uint64_t Coordinator::submit(RequestSpec spec) {
+  Request& request = requests_->add(std::move(spec));
   const uint64_t id = request.id;
   request.detokenizer = std::make_unique<Detokenizer>(tokenizer_);
   try {
@@ -182,7 +182,9 @@ void Coordinator::prepare(Request& request) {
                        std::to_string(kMaxImagesPerRequest) + " per request");
   }
   for (const auto& path : spec.image_paths) request.images.push_back(read_image(path));
-  for (const auto& bytes : spec.image_bytes) request.images.push_back(bytes);
+  // The client's image bytes move to the request's images: kept once, not twice.
+  for (auto& bytes : request.spec.image_bytes) request.images.push_back(std::move(bytes));
+  request.spec.image_bytes.clear();
   request.prompt = spec.prompt_ids ? checked_prompt_ids(*spec.prompt_ids, static_cast<int>(images))
                                    : tokenized_prompt(spec, static_cast<int>(images));
   const auto image_token = static_cast<int32_t>(model_.image_token_index);

@@ -49,8 +49,9 @@ class Coordinator {
   Coordinator& operator=(const Coordinator&) = delete;
 
   // Queues a request; one that cannot run (unreadable image, prompt too long) gets its
-  // failed result at once. Returns its id.
-  uint64_t submit(const RequestSpec& spec);
+  // failed result at once. Returns its id. A caller done with the spec moves it in: its
+  // image bytes are then kept once, not copied.
+  uint64_t submit(RequestSpec spec);
   // The client gave up: the request gets its final answer ("cancelled") now, and its worker
   // frees what it held for it. False if it already has its answer.
   bool cancel(uint64_t request, const std::string& why = "cancelled by the client");

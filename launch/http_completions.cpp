@@ -30,12 +30,15 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   spec.generation.chat_template = "{prompt}";  // the prompt is rendered here, whole
   if (chat) {
     std::vector<ChatTurn> turns;
-    for (const auto& message : request.messages) {
+    for (auto& message : request.messages) {
       ChatTurn turn;
       turn.role = message.role;
       turn.content_is_string = message.content_is_string;
-      for (const auto& part : message.parts) {
-        if (part.image) spec.image_bytes.push_back(fetch_image(part.url, part.param, server_));
+      for (auto& part : message.parts) {
+        if (part.image) {
+          spec.image_bytes.push_back(fetch_image(part.url, part.param, server_));
+          std::string().swap(part.url);  // a data: URI is the image again, in base64
+        }
         turn.parts.push_back({part.image, part.text});
       }
       turns.push_back(std::move(turn));
@@ -53,7 +56,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   spec.client_id = id;
   const int images = static_cast<int>(spec.image_bytes.size());
   auto channel = std::make_shared<RequestChannel>();
-  post([this, spec = std::move(spec), channel, images](Coordinator* coordinator) {
+  post([this, spec = std::move(spec), channel, images](Coordinator* coordinator) mutable {
     if (!coordinator) {
       RequestResult refused;
       refused.error = "refused: the pipeline is shutting down";
@@ -62,7 +65,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       return;
     }
     submitting_ = channel;
-    const uint64_t request_id = coordinator->submit(spec);
+    const uint64_t request_id = coordinator->submit(std::move(spec));
     submitting_.reset();
     if (!channel->finished()) {
       open_[request_id] = channel;

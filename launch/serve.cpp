@@ -203,13 +203,14 @@ int serve(const ServeOptions& o) {
         for (size_t i = 2; i < parts->size(); ++i)
           spec.image_bytes.push_back((*parts)[i].to_string());
         spec.client_id = json_text(request.id);
-        const uint64_t id = coordinator.submit(spec);
+        const int images = static_cast<int>(spec.image_bytes.size());
+        const uint64_t id = coordinator.submit(std::move(spec));
         owners[id] = {routing, request.id};
         if (auto it = early.find(id); it != early.end()) {  // refused at once: answer now
           deliver(it->second);
           early.erase(it);
         } else {
-          metrics->on_submitted(id, static_cast<int>(spec.image_bytes.size()));
+          metrics->on_submitted(id, images);
         }
       } catch (const std::exception& e) {  // bad JSON, bad key: this request alone
         send_json(*clients, routing,
