@@ -87,7 +87,8 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
   return true;
 }
 
-ChatPart content_part(const std::string& where, const nlohmann::json& part) {
+// Reads `part` (its strings move out: an image's data URI is not held twice).
+ChatPart content_part(const std::string& where, nlohmann::json& part) {
   if (!part.is_object())
     throw ApiError(400, where + ": expected an object, got " + shown(part), where);
   auto type = part.find("type");
@@ -111,9 +112,11 @@ ChatPart content_part(const std::string& where, const nlohmann::json& part) {
       throw ApiError(400, where + ".image_url: missing", where + ".image_url");
     out.image = true;
     if (image->is_string()) {
-      out.url = image->get<std::string>();
+      out.url = std::move(image->get_ref<std::string&>());
     } else if (image->is_object() && image->contains("url")) {
-      out.url = string_field(where + ".image_url.url", (*image)["url"]);
+      nlohmann::json& url = (*image)["url"];
+      if (!url.is_string()) string_field(where + ".image_url.url", url);  // the error naming it
+      out.url = std::move(url.get_ref<std::string&>());
       for (const auto& [k, v] : image->items()) {
         if (k != "url" && k != "detail") {
           throw ApiError(400, where + ".image_url." + k + ": unsupported field",
@@ -133,7 +136,7 @@ ChatPart content_part(const std::string& where, const nlohmann::json& part) {
   return out;
 }
 
-ChatMessage chat_message(const std::string& where, const nlohmann::json& m) {
+ChatMessage chat_message(const std::string& where, nlohmann::json& m) {
   if (!m.is_object()) throw ApiError(400, where + ": expected an object, got " + shown(m), where);
   ChatMessage out;
   auto role = m.find("role");
@@ -205,12 +208,12 @@ nlohmann::json error_body(int status, const std::string& message, const std::str
 
 CompletionRequest parse_chat_request(const std::string& body, const GenerationSection& defaults,
                                      int max_images) {
-  const nlohmann::json j = parse_object(body);
+  nlohmann::json j = parse_object(body);  // not const: the images' URIs move out
   CompletionRequest out;
   out.chat = true;
   out.generation = defaults;
   bool have_messages = false;
-  for (const auto& [key, value] : j.items()) {
+  for (auto& [key, value] : j.items()) {
     if (common_key(key, value, out)) continue;
     if (key == "messages") {
       if (!value.is_array() || value.empty()) {
