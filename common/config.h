@@ -99,6 +99,9 @@ struct GenerationSection : SamplingParams {
   std::string chat_template = "USER: {images}{prompt} ASSISTANT:";
   // Generation ends where one of these first appears; the text ends before it.
   std::vector<std::string> stop;
+  // Past the model's end-of-sequence tokens, up to max_new_tokens (vLLM's ignore_eos, as its
+  // benchmarks send it; a request key only).
+  bool ignore_eos = false;
 };
 
 // The one range check of the YAML file's numbers and a request's: lo <= value <= hi (lo <

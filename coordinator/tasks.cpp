@@ -29,7 +29,9 @@ std::unique_ptr<wire::Outgoing> language_task(const Request& request,
   task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
   SamplingParams sampling = request.spec.generation;  // the request's keys
   sampling.max_new_tokens -= static_cast<int>(request.tokens.size());
-  for (int64_t eos : eos_token_ids) sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
+  if (!request.spec.generation.ignore_eos) {
+    for (int64_t eos : eos_token_ids) sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
+  }
   to_wire(sampling, task.initSampling());
   for (auto& frame : embeddings) message->add_frame(std::move(frame));
   return message;

@@ -59,6 +59,8 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
     // ignored, as the issue allows
   } else if (key == "stream") {
     out.stream = boolean(key, value);
+  } else if (key == "ignore_eos") {  // vLLM's: its benchmarks send it, false by default
+    out.generation.ignore_eos = boolean(key, value);
   } else if (key == "stream_options") {
     if (value.is_null()) return true;
     if (!value.is_object())

@@ -44,6 +44,7 @@ struct Sent {
   size_t frames = 0;
   std::vector<int32_t> token_ids;  // language tasks
   uint32_t resume_from = 0;
+  std::vector<int32_t> stop_token_ids;  // language tasks: the sampling's
 };
 
 class FakeTransport : public WorkerTransport {
@@ -74,6 +75,8 @@ class FakeTransport : public WorkerTransport {
     if (s.kind == Kind::LANGUAGE_TASK) {
       for (int32_t id : body.getLanguageTask().getTokenIds()) s.token_ids.push_back(id);
       s.resume_from = body.getLanguageTask().getResumeFrom();
+      for (int32_t id : body.getLanguageTask().getSampling().getStopTokenIds())
+        s.stop_token_ids.push_back(id);
     }
     auto answer = answers.find(routing);
     const SendResult result = answer == answers.end() ? SendResult::kSent : answer->second;
@@ -189,9 +192,11 @@ struct Bench {
     }
   }
   // A request of these image files (none: text only), as submit leaves it.
-  uint64_t submit(std::vector<std::string> images = {"image-a"}, int max_new_tokens = 8) {
+  uint64_t submit(std::vector<std::string> images = {"image-a"}, int max_new_tokens = 8,
+                  bool ignore_eos = false) {
     RequestSpec spec;
     spec.generation.max_new_tokens = max_new_tokens;
+    spec.generation.ignore_eos = ignore_eos;
     Request& r = requests->add(spec);
     r.images = std::move(images);
     r.image_hashes = EmbeddingCache::hashes(r.images);

@@ -80,6 +80,23 @@ TEST(Scheduler, SequentialHandsTheDeviceToTheLanguageStageWhenVisionHasNothingLe
   EXPECT_EQ(b.request(id).progress, Progress::kInLanguage);
 }
 
+// The model's end-of-sequence ids (2 here) go to the worker as stop tokens, but for a
+// request that asks to ignore them (vLLM's ignore_eos).
+TEST(Scheduler, TheLanguageTaskStopsAtEosUnlessTheRequestIgnoresIt) {
+  Bench b(Mode::kSequential);
+  const uint64_t plain = b.submit({}, 8), ignoring = b.submit({}, 8, true);
+  b.scheduler->schedule();
+  b.hello("language-0");
+  b.scheduler->schedule();
+  const auto tasks = b.transport.of(Kind::LANGUAGE_TASK, "language-0");
+  ASSERT_EQ(tasks.size(), 2u);
+  for (const auto& task : tasks) {
+    EXPECT_EQ(task.stop_token_ids,
+              task.request == ignoring ? std::vector<int32_t>{} : std::vector<int32_t>{2})
+        << (task.request == plain ? "plain" : "ignoring eos");
+  }
+}
+
 TEST(Scheduler, CachedImageRequestsGoToTheResidentLanguageWorker) {
   Bench b(Mode::kSequential);
   const uint64_t first = b.submit({"image-a"});

@@ -288,6 +288,14 @@ test('/v1/completions answers a prompt of token ids (from /tokenize) as the text
     (e) => e.status === 400 && e.param === 'prompt' && /2 prompts/.test(e.message));
 });
 
+test('ignore_eos (as vLLM\'s benchmarks send it) generates max_tokens tokens', async () => {
+  const answer = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', ignore_eos: true });
+  assert.equal(answer.usage.completion_tokens, greedy.max_tokens);
+  assert.equal(answer.choices[0].finish_reason, 'length');
+  const plain = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', ignore_eos: false });
+  assert.ok(plain.usage.completion_tokens <= greedy.max_tokens);
+});
+
 test('/tokenize and /detokenize round-trip a prompt with the server\'s tokenizer', async () => {
   const post = async (path, body) =>
     (await fetch(`${baseURL}${path}`, { method: 'POST', body: JSON.stringify(body) })).json();

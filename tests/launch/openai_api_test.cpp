@@ -211,6 +211,21 @@ TEST(OpenAiCompletionRequest, APromptIsAStringOrTokenIdsAloneOrAsAListsOneItem) 
             "prompt: expected a string or a list of token ids, got {\"a\":1}");
 }
 
+// vLLM's ignore_eos, which its benchmark clients always send (false unless asked).
+TEST(OpenAiCompletionRequest, IgnoreEosIsReadAsVllmTakesIt) {
+  EXPECT_FALSE(parse_completion_request(R"({"prompt":"x"})", defaults()).generation.ignore_eos);
+  EXPECT_FALSE(parse_completion_request(R"({"prompt":"x","ignore_eos":false})", defaults())
+                   .generation.ignore_eos);
+  EXPECT_TRUE(parse_completion_request(R"({"prompt":"x","ignore_eos":true})", defaults())
+                  .generation.ignore_eos);
+  EXPECT_TRUE(
+      parse_chat_request(R"({"messages":[{"role":"user","content":"x"}],"ignore_eos":true})",
+                         defaults(), 8)
+          .generation.ignore_eos);
+  EXPECT_THROW(parse_completion_request(R"({"prompt":"x","ignore_eos":"yes"})", defaults()),
+               ApiError);
+}
+
 TEST(OpenAiResponses, AWholeChatAnswerHasTheFieldsClientsRead) {
   const auto body =
       completion_body(true, "chatcmpl-1", 1700000000, "tiny", "Hi", "eos", Usage{30, 2});
