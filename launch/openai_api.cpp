@@ -2,6 +2,8 @@
 // with the ranges the YAML file has; every error names the request's own field.
 #include "launch/openai_api.h"
 
+#include <set>
+
 #include "common/errors.h"
 #include "common/json_depth.h"
 #include "launch/request_json.h"
@@ -46,8 +48,33 @@ nlohmann::json parse_object(const std::string& body) {
   return j;
 }
 
+// OpenAI's keys for what this server does not do, whose default value (or null, which some
+// languages' SDKs send for every unset key) asks for nothing: accepted in that form only.
+bool default_only_key(const std::string& key, const nlohmann::json& value) {
+  static const std::set<std::string> kKeys = {"logit_bias",          "metadata",    "tools",
+                                              "functions",           "tool_choice", "function_call",
+                                              "parallel_tool_calls", "store",       "service_tier",
+                                              "modalities"};
+  if (!kKeys.count(key)) return false;
+  const bool is_default =
+      value.is_null() ||
+      ((key == "logit_bias" || key == "metadata") && value.is_object() && value.empty()) ||
+      ((key == "tools" || key == "functions") && value.is_array() && value.empty()) ||
+      ((key == "tool_choice" || key == "function_call") && value == "none") ||
+      (key == "parallel_tool_calls" && value.is_boolean()) ||  // moot without tools
+      (key == "store" && value == false) ||
+      (key == "service_tier" && (value == "auto" || value == "default")) ||
+      (key == "modalities" && value == nlohmann::json::array({"text"}));
+  if (!is_default) {
+    throw ApiError(400, "'" + key + "': not supported (only its default), got " + shown(value),
+                   key);
+  }
+  return true;
+}
+
 // Keys shared by both endpoints; false if `key` is not one of them.
 bool common_key(const std::string& key, const nlohmann::json& value, CompletionRequest& out) {
+  if (default_only_key(key, value)) return true;
   // OpenAI's names for max_new_tokens; the other sampling keys keep their own (vLLM's).
   if (key == "max_tokens" || key == "max_completion_tokens") {
     sampling(key, "max_new_tokens", value, out.generation);

@@ -138,8 +138,21 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})").param,
             "logprobs");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
-  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[]})").param,
-            "tools");
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})")
+          .param,
+      "tools");
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"})").param,
+      "tool_choice");
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"logit_bias":{"5":1}})").param,
+      "logit_bias");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"store":true})").param,
+            "store");
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"service_tier":"flex"})").param,
+      "service_tier");
   const ApiError json_mode = chat_error(
       R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})");
   EXPECT_EQ(json_mode.param, "response_format");
@@ -149,6 +162,16 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_NO_THROW(parse_chat_request(
       R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0,"frequency_penalty":0,"logprobs":false,"response_format":{"type":"text"}})",
       defaults(), 8));
+  // So are the defaults (and nulls, as some SDKs send every unset key) of what is not done.
+  EXPECT_NO_THROW(parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"logit_bias":{},"metadata":null,"tools":[],"functions":null,"tool_choice":"none","function_call":null,"parallel_tool_calls":false,"store":false,"service_tier":"auto","modalities":["text"]})",
+      defaults(), 8));
+  for (const char* key :
+       {"logit_bias", "tools", "tool_choice", "store", "service_tier", "modalities"}) {
+    EXPECT_NO_THROW(parse_completion_request(std::string(R"({"prompt":"x",")") + key + R"(":null})",
+                                             defaults()))
+        << key;
+  }
 }
 
 TEST(OpenAiChatRequest, ImagesOutsideUserMessagesAreRefused) {
