@@ -196,13 +196,12 @@ std::string ChatTemplate::render(const std::vector<ChatTurn>& turns,
         }
         m["content"] = content;
       }
-      messages.push_back(m);
+      messages.push_back(std::move(m));
     }
-    const nlohmann::json context = {{"messages", messages},
-                                    {"add_generation_prompt", add_generation_prompt},
-                                    {"bos_token", bos_},
-                                    {"eos_token", eos_}};
-    std::string text = jinja_->render(context);
+    nlohmann::json context = {
+        {"add_generation_prompt", add_generation_prompt}, {"bos_token", bos_}, {"eos_token", eos_}};
+    context["messages"] = std::move(messages);  // (an initializer list would copy them)
+    std::string text = jinja_->render(std::move(context));
     if (!bos_.empty() && text.rfind(bos_, 0) == 0) text.erase(0, bos_.size());
     return text;
   }

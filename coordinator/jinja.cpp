@@ -33,11 +33,12 @@ Value lookup(const Scope& scope, const std::string& name) {
 
 Value eval(const Expr& e, Scope& scope);
 
-// Where a variable, or a member or item of one (messages[i]['role'], message.content), lies
-// in the scope: nullptr when it is undefined. `made` when it is computed instead (another
+// Where a variable, or a member or item of one (messages[i]['role'], message.content), or a
+// literal lies: nullptr when it is undefined. `made` when it is computed instead (another
 // expression, a string's character): eval then makes it. Taking a member from a copy of the
 // variable made a loop over messages that reads messages[...] quadratic.
 const json* in_scope(const Expr& e, Scope& scope, bool& made) {
+  if (e.kind == Expr::kLiteral) return &e.literal;  // where the tree keeps it
   if (e.kind == Expr::kVar) {
     const Value* found = find_variable(scope, e.name);
     return found == nullptr || found->undefined ? nullptr : &found->j;
@@ -182,28 +183,43 @@ void render_node(const Node& n, Scope& scope, std::string& out) {
         return;
       }
       const auto length = static_cast<int64_t>(items.size());
+      // One frame for the whole loop, its item and `loop` rewritten each turn (a fresh frame
+      // and loop object a turn cost more than the turn at 300,000 messages); what the body
+      // sets ends with its turn, as in Jinja.
+      scope.emplace_back();
       for (int64_t i = 0; i < length; ++i) {
-        std::map<std::string, Value> frame;
+        auto& frame = scope.back();  // taken again each turn: inner loops may move the frames
         json& item = items[static_cast<size_t>(i)];
         if (n.var2.empty()) {
-          frame[n.var] = of(item);
+          frame[n.var] = of(std::move(item));
         } else {  // for k, v in pairs
           if (!item.is_array() || item.size() != 2)
             runtime_error("cannot unpack " + repr(item) + " into two names");
-          frame[n.var] = of(item[0]);
-          frame[n.var2] = of(item[1]);
+          frame[n.var] = of(std::move(item[0]));
+          frame[n.var2] = of(std::move(item[1]));
         }
-        frame["loop"] = of(json{{"index", i + 1},
-                                {"index0", i},
-                                {"first", i == 0},
-                                {"last", i == length - 1},
-                                {"length", length},
-                                {"revindex", length - i},
-                                {"revindex0", length - i - 1}});
-        scope.push_back(std::move(frame));
+        Value& loop = frame["loop"];
+        if (i == 0 || loop.undefined || !loop.j.is_object() || loop.j.size() != 7) {
+          loop = of(json{{"index", i + 1},
+                         {"index0", i},
+                         {"first", i == 0},
+                         {"last", i == length - 1},
+                         {"length", length},
+                         {"revindex", length - i},
+                         {"revindex0", length - i - 1}});
+        } else {
+          json& l = loop.j;
+          l["index"] = i + 1, l["index0"] = i, l["first"] = false, l["last"] = i == length - 1;
+          l["revindex"] = length - i, l["revindex0"] = length - i - 1;
+        }
         render(n.body, scope, out);
-        scope.pop_back();
+        auto& after = scope.back();
+        for (auto it = after.begin(); it != after.end();) {
+          const bool own = it->first == n.var || it->first == n.var2 || it->first == "loop";
+          it = own ? std::next(it) : after.erase(it);
+        }
       }
+      scope.pop_back();
       return;
     }
   }
@@ -225,10 +241,10 @@ JinjaTemplate::JinjaTemplate(const std::string& source) {
 
 JinjaTemplate::~JinjaTemplate() = default;
 
-std::string JinjaTemplate::render(const nlohmann::json& context) const {
+std::string JinjaTemplate::render(nlohmann::json context) const {
   jinja::Scope scope(1);
   if (context.is_object()) {
-    for (const auto& [k, v] : context.items()) scope[0][k] = jinja::of(v);
+    for (auto& [k, v] : context.items()) scope[0][k] = jinja::of(std::move(v));
   }
   std::string out;
   jinja::render(root_->body, scope, out);

@@ -28,7 +28,7 @@ class JinjaTemplate {
   ~JinjaTemplate();
   // Renders with `context`'s keys as variables. raise_exception(msg) and type errors throw
   // RequestError (the message as the template wrote it).
-  std::string render(const nlohmann::json& context) const;
+  std::string render(nlohmann::json context) const;  // moved into the scope
 
   struct Node;
 

@@ -144,6 +144,28 @@ TEST(Jinja, NestingPast256LevelsIsRefusedWhenTheTemplateIsLoaded) {
   EXPECT_EQ(render(repeat("{% if true %}", 200) + "x" + repeat("{% endif %}", 200)), "x");
 }
 
+// A loop keeps one frame for its turns: what a turn sets ends with the turn, nested loops
+// keep their own `loop`, and a body that sets `loop` or the item gets them back next turn.
+TEST(Jinja, WhatALoopTurnSetsEndsWithTheTurn) {
+  const json ctx = {{"xs", {1, 2, 3}}, {"ys", {"a", "b"}}};
+  EXPECT_EQ(
+      render("{% for x in xs %}[{{ seen is defined }}{% set seen = x %}{{ seen }}]{% endfor %}"
+             "{{ seen is defined }}",
+             ctx),
+      "[False1][False2][False3]False");
+  EXPECT_EQ(render("{% for x in xs %}{% for y in ys %}{{ loop.index }}{{ y }}{% endfor %}"
+                   "{{ loop.index }}/{{ loop.length }}{{ loop.last }},{% endfor %}",
+                   ctx),
+            "1a2b1/3False,1a2b2/3False,1a2b3/3True,");
+  EXPECT_EQ(render("{% for x in xs %}{{ x }}{{ loop.revindex0 }}{% set loop = 7 %}{% set x = 0 %}"
+                   "{% endfor %}",
+                   ctx),
+            "122130");
+  EXPECT_EQ(render("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}",
+                   {{"d", {{"a", 1}, {"b", 2}}}}),
+            "a=1;b=2;");
+}
+
 TEST(Jinja, SelectattrPicksContentPartsByType) {
   const json ctx = {
       {"content",
