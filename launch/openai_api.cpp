@@ -341,6 +341,10 @@ CompletionRequest parse_completion_request(const std::string& body,
       if (!value.is_null()) throw ApiError(400, "logprobs: not supported", key);
     } else if (key == "echo") {
       if (boolean(key, value)) throw ApiError(400, "echo: not supported", key);
+    } else if (key == "suffix") {  // insertion: not done; null or "" asks for none
+      if (!value.is_null() && value != "") {
+        throw ApiError(400, "suffix: not supported, got " + shown(value), key);
+      }
     } else if (key == "best_of") {
       if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 1)) {
         throw ApiError(400, "best_of: only 1 is supported", key);

@@ -194,6 +194,10 @@ TEST(OpenAiCompletionRequest, ReadsAPromptAndRefusesEcho) {
   EXPECT_EQ(r.prompt, "Once");
   EXPECT_EQ(r.generation.max_new_tokens, 3);
   EXPECT_THROW(parse_completion_request(R"({"prompt":"x","echo":true})", defaults()), ApiError);
+  EXPECT_THROW(parse_completion_request(R"({"prompt":"x","suffix":"end"})", defaults()), ApiError);
+  EXPECT_NO_THROW(
+      parse_completion_request(R"({"prompt":"x","suffix":null,"echo":false})", defaults()));
+  EXPECT_NO_THROW(parse_completion_request(R"({"prompt":"x","suffix":""})", defaults()));
   EXPECT_THROW(parse_completion_request(R"({"max_tokens":3})", defaults()), ApiError);
 }
 
