@@ -7,6 +7,13 @@
 #include "coordinator/hf_text.h"
 
 namespace llava::hf {
+
+bool is_byte_token(const std::string& token) {
+  return token.size() == 6 && starts_with(token, "<0x") && token[5] == '>' &&
+         std::isxdigit(static_cast<unsigned char>(token[3])) &&
+         std::isxdigit(static_cast<unsigned char>(token[4]));
+}
+
 namespace {
 
 // decoders/byte_fallback.rs: runs of <0xXX> tokens become their bytes when those are valid
@@ -24,9 +31,7 @@ std::vector<std::string> byte_fallback(const std::vector<std::string>& tokens) {
     bytes.clear();
   };
   for (const auto& token : tokens) {
-    if (token.size() == 6 && starts_with(token, "<0x") && token[5] == '>' &&
-        std::isxdigit(static_cast<unsigned char>(token[3])) &&
-        std::isxdigit(static_cast<unsigned char>(token[4]))) {
+    if (is_byte_token(token)) {
       bytes += static_cast<char>(std::stoi(token.substr(3, 2), nullptr, 16));
       continue;
     }

@@ -246,6 +246,13 @@ bool HfTokenizer::is_special(int32_t id) const {
   return added != impl_->added_by_id.end() && impl_->added[added->second].special;
 }
 
+bool HfTokenizer::is_plain(int32_t id) const {
+  auto added = impl_->added_by_id.find(id);
+  if (added != impl_->added_by_id.end()) return !impl_->added[added->second].special;
+  auto piece = impl_->model.vocab_r.find(id);
+  return piece != impl_->model.vocab_r.end() && !hf::is_byte_token(piece->second);
+}
+
 int32_t HfTokenizer::vocab_size() const {
   int32_t size = 0;
   for (const auto& [id, piece] : impl_->model.vocab_r) size = std::max(size, id + 1);

@@ -32,6 +32,9 @@ class HfTokenizer {
 
   int32_t token_to_id(const std::string& token) const;  // added tokens, then the model; -1
   bool is_special(int32_t id) const;                    // an added token marked special
+  // A piece of the model's vocabulary or a non-special added token, not a byte-fallback
+  // byte (<0x0A>).
+  bool is_plain(int32_t id) const;
   int32_t vocab_size() const;                           // model and added, ids below this
   // The first special token of the post-processor's single template, -1 without one.
   int32_t template_first_special() const;

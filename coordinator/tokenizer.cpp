@@ -174,9 +174,15 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return text;
 }
 
+bool Tokenizer::is_plain(int32_t id) const {
+  if (is_special(id)) return false;
+  if (json_) return json_->is_plain(id);
+  return !decoder_->IsByte(id) && !decoder_->IsUnused(id);
+}
+
 std::string Detokenizer::push(int32_t token) {
-  tokens_.push_back(token);
-  std::string text = tokenizer_.decode(tokens_);
+  window_.push_back(token);
+  const std::string text = tokenizer_.decode(window_);
   // U+FFFD at the end: byte-fallback tokens that do not yet form a whole character.
   static const std::string kReplacement = "\xef\xbf\xbd";
   if (text.size() >= kReplacement.size() &&
@@ -186,11 +192,21 @@ std::string Detokenizer::push(int32_t token) {
   if (text.size() < emitted_) return "";
   std::string fresh = text.substr(emitted_);
   emitted_ = text.size();
+  if (window_.size() >= kWindow) {
+    // Everything is out: start again at the last plain token, the new window's text being
+    // what the old one showed of it and after it.
+    for (size_t i = window_.size(); i-- > 1;) {
+      if (!tokenizer_.is_plain(window_[i])) continue;
+      window_.erase(window_.begin(), window_.begin() + static_cast<long>(i));
+      emitted_ = tokenizer_.decode(window_).size();
+      break;
+    }
+  }
   return fresh;
 }
 
 std::string Detokenizer::finish() {
-  std::string text = tokenizer_.decode(tokens_);
+  std::string text = tokenizer_.decode(window_);
   std::string rest = text.size() > emitted_ ? text.substr(emitted_) : "";
   emitted_ = text.size();
   return rest;

@@ -42,6 +42,9 @@ class Tokenizer {
   int32_t eos_id() const { return eos_id_; }
   int32_t token_id(const std::string& added_token) const;  // -1 if unknown
   bool is_special(int32_t id) const;
+  // An ordinary piece: in the vocabulary, not special, not a byte-fallback byte (<0x0A>).
+  // Decoding that starts at one renders the tokens after it as the whole text does.
+  bool is_plain(int32_t id) const;
 
  private:
   void encode_piece(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
@@ -55,17 +58,24 @@ class Tokenizer {
 };
 
 // Streams text as tokens arrive, never splitting a UTF-8 character: bytes of a character
-// that byte-fallback tokens have only partly produced are held back.
+// that byte-fallback tokens have only partly produced are held back. Each token costs a
+// decode of a short window, not of the whole answer: the window starts at a plain token
+// the text has passed (the decoders' start-of-text rules, stripping a leading space, act
+// on that token alone, and no byte run crosses it), so what it adds is what the whole
+// decode adds.
 class Detokenizer {
  public:
   explicit Detokenizer(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
   std::string push(int32_t token);  // the new text (possibly empty)
   std::string finish();             // whatever was held back
 
+  // The window moves on once it holds this many tokens.
+  static constexpr size_t kWindow = 16;
+
  private:
   const Tokenizer& tokenizer_;
-  std::vector<int32_t> tokens_;
-  size_t emitted_ = 0;  // bytes of decode(tokens_) already returned
+  std::vector<int32_t> window_;  // the tokens since the window's start
+  size_t emitted_ = 0;           // bytes of decode(window_) already returned
 };
 
 }  // namespace llava

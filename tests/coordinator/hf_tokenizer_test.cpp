@@ -487,6 +487,36 @@ TEST_P(RealVocabulary, StreamingGivesTheFullDecodeNeverSplittingACharacter) {
   EXPECT_EQ(wrong, 0u) << "streams that differ from the full decode, of " << cases().size();
 }
 
+// One long answer made of every case in turn (thousands of tokens, special tokens and
+// byte-fallback runs among them): the stream's window moves on many times, and what it
+// gives is still the full decode, token for token of the growing text.
+TEST_P(RealVocabulary, ALongStreamGivesTheFullDecodeAtEveryToken) {
+  Ids ids;
+  for (const auto& c : cases()) {
+    const Ids more = c.at("ids").get<Ids>();
+    ids.insert(ids.end(), more.begin(), more.end());
+  }
+  ASSERT_GT(ids.size(), 20 * llava::Detokenizer::kWindow);
+  llava::Detokenizer stream(*tokenizer_);
+  std::string joined;
+  size_t ahead = 0;  // tokens whose text the stream still holds back
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string chunk = stream.push(ids[i]);
+    ASSERT_TRUE(valid_utf8(chunk)) << "token " << i;
+    joined += chunk;
+    if (i % 97 == 0 || i + 1 == ids.size()) {  // the whole decode so far starts with the stream
+      const std::string whole = tokenizer_->decode(Ids(ids.begin(), ids.begin() + i + 1));
+      // (unless a byte run is cut: the decode turns the whole run, "\n" and all, to U+FFFD)
+      if (whole.size() >= 3 && whole.compare(whole.size() - 3, 3, "\xef\xbf\xbd") == 0) continue;
+      ASSERT_EQ(whole.compare(0, joined.size(), joined), 0) << "token " << i;
+      ahead = std::max(ahead, whole.size() - joined.size());
+    }
+  }
+  joined += stream.finish();
+  EXPECT_EQ(joined, tokenizer_->decode(ids));
+  EXPECT_LE(ahead, 4u) << "held back more than one character's bytes";
+}
+
 INSTANTIATE_TEST_SUITE_P(BothVariants, RealVocabulary, testing::Values("legacy", "legacy-false"),
                          [](const testing::TestParamInfo<std::string>& info) {
                            return info.param == "legacy" ? std::string("Legacy")

@@ -71,6 +71,35 @@ TEST(SentencePieceTokenizer, MatchesTransformersOnFiftyStringsWithoutTokenizerJs
   std::filesystem::remove_all(folder);
 }
 
+// The stream's window on the SentencePiece path: every reference case in turn, with BOS,
+// EOS and image tokens between them, as one answer of hundreds of tokens.
+TEST(SentencePieceTokenizer, ALongStreamGivesTheFullDecode) {
+  const auto folder = std::filesystem::path(testing::TempDir()) / "tiny-llava-sentencepiece-stream";
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
+  llava::Tokenizer tokenizer(folder.string(), {{"<image>", 800}, {"<pad>", 801}});
+  const auto reference = load_json("reference/tokenizer.json");
+  std::vector<int32_t> ids;
+  for (int round = 0; round < 4; ++round) {
+    for (const auto& c : reference["cases"]) {
+      for (int32_t id : c["ids"]) ids.push_back(id);
+      ids.push_back(round % 2 ? 2 : 800);
+    }
+  }
+  ASSERT_GT(ids.size(), 20 * llava::Detokenizer::kWindow);
+  llava::Detokenizer stream(tokenizer);
+  std::string joined;
+  for (int32_t id : ids) {
+    const std::string chunk = stream.push(id);
+    ASSERT_TRUE(valid_utf8(chunk));
+    joined += chunk;
+  }
+  joined += stream.finish();
+  EXPECT_EQ(joined, tokenizer.decode(ids));
+  std::filesystem::remove_all(folder);
+}
+
 TEST_F(TokenizerTest, KnowsTheAddedTokens) {
   EXPECT_EQ(tokenizer.token_id("<image>"), 800);
   EXPECT_EQ(tokenizer.token_id("<pad>"), 801);
