@@ -5,8 +5,16 @@
 #include <limits>
 
 #include "common/errors.h"
+#include "stages/parallel.h"
 
 namespace llava {
+namespace {
+
+int32_t argmax(const float* scores, int64_t count) {
+  return static_cast<int32_t>(std::max_element(scores, scores + count) - scores);
+}
+
+}  // namespace
 
 Generator::Generator(const LlamaDecoder& decoder, int64_t slots, int64_t max_tokens,
                      int64_t prefill_chunk, bool cuda_graphs)
@@ -32,10 +40,13 @@ at::Tensor Generator::without_banned(at::Tensor logits) const {
   return logits;
 }
 
-TokenEvent Generator::choose(uint64_t id, Sequence& s, const float* logits, int64_t vocab,
-                             int32_t greedy_token) {
-  TokenEvent event{id, greedy_token, Finish::kNone};
-  if (logits) event.token = s.sampler.next(std::vector<float>(logits, logits + vocab), s.history);
+int32_t Generator::draw(Sequence& s, const float* logits, int64_t vocab) {
+  return plain_greedy(s.params) ? argmax(logits, vocab)
+                                : s.sampler.next(logits, static_cast<size_t>(vocab), s.history);
+}
+
+TokenEvent Generator::choose(uint64_t id, Sequence& s, int32_t token) {
+  TokenEvent event{id, token, Finish::kNone};
   s.history.push_back(event.token);
   ++s.generated;
   if (s.sampler.is_stop(event.token)) {
@@ -82,10 +93,10 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
   at::Tensor logits = without_banned(decoder_.logits(hidden[0][-1]));  // [V]
   TokenEvent event;
   if (plain_greedy(params)) {
-    event = choose(id, s, nullptr, 0, static_cast<int32_t>(logits.argmax().item<int64_t>()));
+    event = choose(id, s, static_cast<int32_t>(logits.argmax().item<int64_t>()));
   } else {
     at::Tensor host = logits.to(at::kCPU).contiguous();
-    event = choose(id, s, host.data_ptr<float>(), host.numel(), -1);
+    event = choose(id, s, draw(s, host.data_ptr<float>(), host.numel()));
   }
   if (event.finish == Finish::kNone) {
     sequences_.emplace(id, std::move(s));
@@ -115,18 +126,29 @@ std::vector<TokenEvent> Generator::step() {
                                   [](const auto& e) { return plain_greedy(e.second.params); });
   at::Tensor host = greedy ? logits.argmax(-1).to(at::kCPU) : logits.to(at::kCPU).contiguous();
   const int64_t vocab = logits.size(-1);
-  for (auto it = sequences_.begin(); it != sequences_.end();) {
-    const uint64_t id = it->first;
-    Sequence& s = it->second;
-    const int64_t row = s.slot;
+  // The rows' draws are independent (each sequence its own sampler): on helper threads,
+  // a row each, so that a batch of sampled rows costs about one row's host time.
+  std::vector<std::pair<uint64_t, Sequence*>> rows;
+  for (auto& [id, s] : sequences_) rows.emplace_back(id, &s);
+  std::vector<int32_t> chosen(rows.size(), -1);
+  if (greedy) {
+    const int64_t* best = host.data_ptr<int64_t>();
+    for (size_t i = 0; i < rows.size(); ++i)
+      chosen[i] = static_cast<int32_t>(best[rows[i].second->slot]);
+  } else {
+    const float* scores = host.data_ptr<float>();
+    run_parallel(rows.size(), [&](size_t i) {
+      Sequence& s = *rows[i].second;
+      chosen[i] = draw(s, scores + s.slot * vocab, vocab);
+    });
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    Sequence& s = *rows[i].second;
     cache_.set_length(s.slot, cache_.length(s.slot) + 1);
-    TokenEvent event = greedy ? choose(id, s, nullptr, 0, static_cast<int32_t>(host[row].item<int64_t>()))
-                              : choose(id, s, host.data_ptr<float>() + row * vocab, vocab, -1);
+    const TokenEvent event = choose(rows[i].first, s, chosen[i]);
     if (event.finish != Finish::kNone) {
       cache_.release(s.slot);
-      it = sequences_.erase(it);
-    } else {
-      ++it;
+      sequences_.erase(rows[i].first);
     }
     events.push_back(event);
   }

@@ -60,10 +60,12 @@ class Generator {
   };
   // logits [..., V] with the banned ids at -inf.
   at::Tensor without_banned(at::Tensor logits) const;
-  // `logits`: the row's scores on the host; `greedy_token`: the device's argmax, when the
-  // whole batch is greedy (then the scores are not copied at all).
-  TokenEvent choose(uint64_t id, Sequence& sequence, const float* logits, int64_t vocab,
-                    int32_t greedy_token);
+  // The next token of `sequence` from its row's scores on the host (its sampler; the
+  // largest when it is plain greedy). Touches only the sequence's sampler: rows draw on
+  // threads of their own.
+  static int32_t draw(Sequence& sequence, const float* logits, int64_t vocab);
+  // Takes `token` as the sequence's next: its history, and whether it ends there.
+  TokenEvent choose(uint64_t id, Sequence& sequence, int32_t token);
   static bool plain_greedy(const SamplingParams& params) {
     return params.temperature <= 0.0 && params.repetition_penalty == 1.0;
   }

@@ -1,12 +1,76 @@
-// Token selection on the host: the logits of one row are a few hundred KB at most.
+// Token selection on the host: the logits of one row are a few hundred KB at most, and a
+// draw reads them a few times (scale, best, sum of weights) and ranks only the few best.
 #include "stages/language/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <unordered_set>
 
 namespace llava {
+
+// The vocabulary best first (larger score first, ties by smaller id: what a stable sort by
+// score gives), sorted only as far as read: the next part is partially sorted from the
+// unsorted rest when a read reaches it, in parts that double.
+class Sampler::Ranking {
+ public:
+  // `order`: scratch space, kept by the caller between draws (no fresh pages each time).
+  Ranking(const std::vector<float>& scores, std::vector<int32_t>& order)
+      : scores_(scores), order_(order) {
+    order_.resize(scores.size());
+    std::iota(order_.begin(), order_.end(), 0);
+  }
+  int32_t at(size_t i) {
+    if (i >= sorted_) {
+      size_t to = std::min(order_.size(), std::max(i + 1, 2 * sorted_ + kFirstPart));
+      auto before = [this](int32_t a, int32_t b) {
+        const float sa = score(a), sb = score(b);
+        return sa > sb || (sa == sb && a < b);
+      };
+      const auto from = order_.begin() + static_cast<long>(sorted_);
+      if (to > order_.size() / 8) {  // a heap's partial sort of much is slower than a sort
+        std::sort(from, order_.end(), before);
+        to = order_.size();
+      } else {
+        std::partial_sort(from, order_.begin() + static_cast<long>(to), order_.end(), before);
+      }
+      sorted_ = to;
+    }
+    return order_[i];
+  }
+  float score(int32_t id) const { return scores_[static_cast<size_t>(id)]; }
+  size_t size() const { return order_.size(); }
+
+ private:
+  static constexpr size_t kFirstPart = 64;
+  const std::vector<float>& scores_;
+  std::vector<int32_t>& order_;
+  size_t sorted_ = 0;
+};
+
+namespace {
+
+// A token's weight relative to the best one (exp of the score's difference): in float, which
+// costs a third of the double's, as the one function every sum and draw uses. Summed in
+// double.
+inline double weight_of(float score, float top) {
+  return std::exp(score - top);
+}
+
+}  // namespace
+
+struct Sampler::Candidates {
+  Ranking ranking;
+  size_t keep = 0;   // the first `keep` of the ranking
+  float top = 0;     // the best score
+  double total = 0;  // the kept weights' sum
+  double weight(size_t i) { return weight_of(ranking.score(ranking.at(i)), top); }
+  double sum_of_kept() {
+    double sum = 0;
+    for (size_t i = 0; i < keep; ++i) sum += weight(i);
+    return sum;
+  }
+};
+
 namespace {
 
 int32_t argmax(const std::vector<float>& logits) {
@@ -22,79 +86,117 @@ bool Sampler::is_stop(int32_t token) const {
          params_.stop_token_ids.end();
 }
 
-void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& history) const {
-  if (params_.repetition_penalty == 1.0) return;
-  const int32_t vocab = static_cast<int32_t>(logits.size());
-  std::unordered_set<int32_t> seen(history.begin(), history.end());
-  for (int32_t id : seen) {
-    if (id < 0 || id >= vocab) continue;
+void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& unique_ids,
+                       double penalty) {
+  for (int32_t id : unique_ids) {
     float& s = logits[static_cast<size_t>(id)];
-    s = s < 0 ? s * params_.repetition_penalty : s / params_.repetition_penalty;
+    s = s < 0 ? s * penalty : s / penalty;
   }
 }
 
-Sampler::Candidates Sampler::candidates(std::vector<float>& logits) const {
-  for (float& s : logits) s /= params_.temperature;
-  std::vector<int32_t> order(logits.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-    return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)];
-  });
-  size_t keep = order.size();
-  if (params_.top_k > 0) keep = std::min(keep, static_cast<size_t>(params_.top_k));
-  // Softmax over the kept candidates, in double for a stable cumulative sum.
-  const double top = logits[static_cast<size_t>(order[0])];
-  Candidates c;
-  c.weights.resize(keep);
-  for (size_t i = 0; i < keep; ++i) {
-    c.weights[i] = std::exp(static_cast<double>(logits[static_cast<size_t>(order[i])]) - top);
-    c.total += c.weights[i];
+void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& history) {
+  if (params_.repetition_penalty == 1.0) return;
+  // A sequence's history only grows: take in its new ids (anything else starts again).
+  const bool grew = history.size() >= seen_from_ && seen_mask_.size() == logits.size() &&
+                    std::equal(seen_history_.begin(), seen_history_.end(), history.begin());
+  if (!grew) {
+    seen_.clear();
+    seen_history_.clear();
+    seen_mask_.assign(logits.size(), false);
+    seen_from_ = 0;
+  }
+  for (size_t i = seen_from_; i < history.size(); ++i) {
+    const int32_t id = history[i];
+    if (id < 0 || static_cast<size_t>(id) >= logits.size() || seen_mask_[static_cast<size_t>(id)])
+      continue;
+    seen_mask_[static_cast<size_t>(id)] = true;
+    seen_.push_back(id);
+  }
+  seen_history_.insert(seen_history_.end(), history.begin() + static_cast<long>(seen_from_),
+                       history.end());
+  seen_from_ = history.size();
+  penalize(logits, seen_, params_.repetition_penalty);
+}
+
+Sampler::Candidates Sampler::candidates(std::vector<float>& logits,
+                                        std::vector<int32_t>& order) const {
+  const double temperature = params_.temperature;
+  for (float& s : logits) s = static_cast<float>(s / temperature);
+  Candidates c{Ranking(logits, order)};
+  const size_t vocab = logits.size();
+  c.keep = params_.top_k > 0 ? std::min(vocab, static_cast<size_t>(params_.top_k)) : vocab;
+  c.top = logits[static_cast<size_t>(c.ranking.at(0))];
+  // Softmax over the kept candidates, summed in double for a stable cumulative sum.
+  if (c.keep == vocab) {
+    double part[4] = {0, 0, 0, 0};  // four sums: one add's latency no longer sets the pace
+    size_t i = 0;
+    for (; i + 4 <= vocab; i += 4) {
+      for (size_t k = 0; k < 4; ++k) part[k] += weight_of(logits[i + k], c.top);
+    }
+    for (; i < vocab; ++i) part[0] += weight_of(logits[i], c.top);
+    c.total = (part[0] + part[1]) + (part[2] + part[3]);
+  } else {
+    c.total = c.sum_of_kept();
   }
   if (params_.top_p < 1.0) {
     // Keep the smallest prefix whose probability reaches top_p (at least one token).
     double cumulative = 0;
-    size_t cut = keep;
-    for (size_t i = 0; i < keep; ++i) {
-      cumulative += c.weights[i] / c.total;
+    for (size_t i = 0; i < c.keep; ++i) {
+      cumulative += c.weight(i) / c.total;
       if (cumulative >= params_.top_p) {
-        cut = i + 1;
+        c.keep = i + 1;
         break;
       }
     }
-    keep = cut;
-    c.total = std::accumulate(c.weights.begin(), c.weights.begin() + static_cast<long>(keep), 0.0);
+    c.total = c.sum_of_kept();
   }
   if (params_.min_p > 0.0) {
-    // A weight is the token's probability over the top token's: keep those >= min_p.
-    size_t cut = 1;
-    while (cut < keep && c.weights[cut] >= params_.min_p) ++cut;
-    keep = cut;
-    c.total = std::accumulate(c.weights.begin(), c.weights.begin() + static_cast<long>(keep), 0.0);
+    // A weight is the token's probability over the top token's: keep those >= min_p. They
+    // are a prefix of the ranking (at least its first): count them without ranking them.
+    size_t above = 0;
+    for (float s : logits) above += weight_of(s, c.top) >= params_.min_p;
+    c.keep = std::max<size_t>(1, std::min(c.keep, above));
+    c.total = c.sum_of_kept();
   }
-  c.weights.resize(keep);
-  c.tokens.assign(order.begin(), order.begin() + static_cast<long>(keep));
   return c;
 }
 
-int32_t Sampler::next(std::vector<float> logits, const std::vector<int32_t>& history) {
-  penalize(logits, history);
-  if (params_.temperature <= 0.0) return argmax(logits);
-  const Candidates c = candidates(logits);
+int32_t Sampler::next(const float* logits, size_t vocab, const std::vector<int32_t>& history) {
+  scores_.assign(logits, logits + vocab);
+  penalize(scores_, history);
+  if (params_.temperature <= 0.0) return argmax(scores_);
+  Candidates c = candidates(scores_, order_);
   double u = std::uniform_real_distribution<double>(0.0, c.total)(rng_);
-  for (size_t i = 0; i < c.tokens.size(); ++i) {
-    if (u < c.weights[i]) return c.tokens[i];
-    u -= c.weights[i];
+  for (size_t i = 0; i < c.keep; ++i) {
+    const double w = c.weight(i);
+    if (u < w) return c.ranking.at(i);
+    u -= w;
   }
-  return c.tokens.back();
+  return c.ranking.at(c.keep - 1);
+}
+
+int32_t Sampler::next(const std::vector<float>& logits, const std::vector<int32_t>& history) {
+  return next(logits.data(), logits.size(), history);
 }
 
 std::vector<std::pair<int32_t, double>> Sampler::distribution(
     std::vector<float> logits, const std::vector<int32_t>& history) const {
-  penalize(logits, history);
+  if (params_.repetition_penalty != 1.0) {
+    std::vector<int32_t> unique;
+    std::vector<bool> seen(logits.size(), false);
+    for (int32_t id : history) {
+      if (id < 0 || static_cast<size_t>(id) >= logits.size() || seen[static_cast<size_t>(id)])
+        continue;
+      seen[static_cast<size_t>(id)] = true;
+      unique.push_back(id);
+    }
+    penalize(logits, unique, params_.repetition_penalty);
+  }
   if (params_.temperature <= 0.0) return {{argmax(logits), 1.0}};
-  const Candidates c = candidates(logits);
+  std::vector<int32_t> order;
+  Candidates c = candidates(logits, order);
   std::vector<std::pair<int32_t, double>> out;
-  for (size_t i = 0; i < c.tokens.size(); ++i) out.emplace_back(c.tokens[i], c.weights[i] / c.total);
+  for (size_t i = 0; i < c.keep; ++i) out.emplace_back(c.ranking.at(i), c.weight(i) / c.total);
   return out;
 }
 

@@ -1,6 +1,8 @@
 // Choosing the next token: repetition penalty, then temperature, top-k, top-p, min-p, in
 // the order transformers' generate() applies them; greedy when temperature is 0. Seeded:
-// the same seed and inputs give the same tokens.
+// the same seed and inputs give the same tokens. The tokens are ranked (best first, ties
+// by id) only as far as a filter or the draw reads: a draw costs a few passes over the
+// vocabulary, not a sort of it.
 #pragma once
 
 #include <cstdint>
@@ -15,8 +17,9 @@ namespace llava {
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // logits: vocabulary scores (float32, host memory); history: prompt + generated ids.
-  int32_t next(std::vector<float> logits, const std::vector<int32_t>& history);
+  // logits: `vocab` scores (float32, host memory); history: prompt + generated ids.
+  int32_t next(const float* logits, size_t vocab, const std::vector<int32_t>& history);
+  int32_t next(const std::vector<float>& logits, const std::vector<int32_t>& history);
   // The tokens next() draws from, most likely first, with their probabilities (summing to
   // 1); greedy: the one token.
   std::vector<std::pair<int32_t, double>> distribution(std::vector<float> logits,
@@ -24,18 +27,28 @@ class Sampler {
   bool is_stop(int32_t token) const;
 
  private:
-  // The tokens left after the filters, most likely first, with weights relative to the
-  // first (whose weight is 1), and the weights' sum.
-  struct Candidates {
-    std::vector<int32_t> tokens;
-    std::vector<double> weights;
-    double total = 0;
-  };
-  void penalize(std::vector<float>& logits, const std::vector<int32_t>& history) const;
-  Candidates candidates(std::vector<float>& logits) const;
+  class Ranking;
+  // The tokens left after the filters, best first: the first `keep` of `ranking` (sorted as
+  // far as read), with weights relative to the best (whose weight is 1) and their sum.
+  struct Candidates;
+  // `order`: scratch space for the ranking.
+  Candidates candidates(std::vector<float>& logits, std::vector<int32_t>& order) const;
+  // Penalizes the distinct ids of `history`, taking in only what it adds to the history of
+  // the last call when it grew from that one (as a sequence's does).
+  void penalize(std::vector<float>& logits, const std::vector<int32_t>& history);
+  static void penalize(std::vector<float>& logits, const std::vector<int32_t>& unique_ids,
+                       double penalty);
 
   SamplingParams params_;
   std::mt19937_64 rng_;
+  // The history penalize() saw last, and its distinct ids (as a list and as a mask).
+  std::vector<int32_t> seen_history_, seen_;
+  std::vector<bool> seen_mask_;
+  size_t seen_from_ = 0;  // = seen_history_.size()
+  // Scratch space of next(), kept between draws: a fresh 128 KiB vector is fresh pages
+  // (above malloc's mmap threshold), faulted in at every draw.
+  std::vector<float> scores_;
+  std::vector<int32_t> order_;
 };
 
 }  // namespace llava

@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
+#include <random>
 
 namespace {
 
@@ -141,6 +144,124 @@ TEST(Sampler, TemperatureFollowsTheSoftmax) {
   int ones = 0;
   for (int i = 0; i < 4000; ++i) ones += s.next(logits, {}) == 1;
   EXPECT_NEAR(ones / 4000.0, 0.75, 0.03);
+}
+
+// What the filters keep, computed the plain way: the whole vocabulary stably sorted, the
+// softmax in double, top-k, top-p and min-p cut in turn.
+std::vector<std::pair<int32_t, double>> reference_distribution(std::vector<float> logits,
+                                                               const SamplingParams& p) {
+  for (float& s : logits) s = static_cast<float>(s / p.temperature);
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  size_t keep = p.top_k > 0 ? std::min(order.size(), static_cast<size_t>(p.top_k)) : order.size();
+  std::vector<double> w(keep);
+  for (size_t i = 0; i < keep; ++i) w[i] = std::exp(double(logits[order[i]]) - logits[order[0]]);
+  auto sum = [&] { return std::accumulate(w.begin(), w.begin() + static_cast<long>(keep), 0.0); };
+  if (p.top_p < 1.0) {
+    double total = sum(), cumulative = 0;
+    for (size_t i = 0; i < keep; ++i) {
+      if ((cumulative += w[i] / total) >= p.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  if (p.min_p > 0) {
+    size_t cut = 1;
+    while (cut < keep && w[cut] >= p.min_p) ++cut;
+    keep = cut;
+  }
+  std::vector<std::pair<int32_t, double>> out;
+  const double total = sum();
+  for (size_t i = 0; i < keep; ++i) out.emplace_back(order[i], w[i] / total);
+  return out;
+}
+
+// A model's row: 32,064 scores, a few far ahead, many tied (rounded to 1/8).
+std::vector<float> vocabulary_row(uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> n(0.0f, 2.5f);
+  std::vector<float> row(32064);
+  for (float& s : row) s = std::round(n(g) * 8) / 8;
+  for (int i = 0; i < 5; ++i) row[g() % row.size()] = 12.0f + 2.0f * i;
+  return row;
+}
+
+TEST(Sampler, RanksOnlyAsFarAsItReadsYetKeepsWhatTheWholeSortKeeps) {
+  struct Case {
+    double temperature, top_p, min_p;
+    int top_k;
+  };
+  const Case cases[] = {{1.0, 1.0, 0.0, 0},    {0.7, 0.9, 0.0, 0},   {1.3, 0.95, 0.0, 40},
+                        {2.0, 1.0, 0.0, 5000}, {1.0, 1.0, 0.05, 0},  {5.0, 0.5, 0.0, 0},
+                        {1.0, 0.99, 1e-3, 0},  {100.0, 0.3, 0.0, 0}, {0.5, 1.0, 0.0, 1}};
+  for (uint32_t seed = 1; seed <= 3; ++seed) {
+    const std::vector<float> row = vocabulary_row(seed);
+    for (const Case& k : cases) {
+      SamplingParams p;
+      p.temperature = k.temperature;
+      p.top_p = k.top_p;
+      p.min_p = k.min_p;
+      p.top_k = k.top_k;
+      const auto got = Sampler(p).distribution(row, {});
+      const auto want = reference_distribution(row, p);
+      ASSERT_EQ(got.size(), want.size()) << "temperature " << k.temperature << " top_p " << k.top_p
+                                         << " min_p " << k.min_p << " top_k " << k.top_k;
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(got[i].first, want[i].first) << "rank " << i;
+        ASSERT_NEAR(got[i].second, want[i].second, 1e-6 * want[i].second + 1e-12) << "rank " << i;
+      }
+    }
+  }
+}
+
+TEST(Sampler, DrawsFollowTheDistributionDeepIntoTheRanking) {
+  // Temperature 50 over the row: the best tokens hold little, so most draws land past the
+  // first parts the ranking sorts.
+  const std::vector<float> row = vocabulary_row(9);
+  SamplingParams p;
+  p.temperature = 50.0;
+  p.seed = 11;
+  Sampler s(p);
+  const auto d = Sampler(p).distribution(row, {});
+  std::map<int32_t, double> probability(d.begin(), d.end());
+  const int draws = 500;
+  double expected_rank_sum = 0, rank_sum = 0;
+  std::map<int32_t, size_t> rank;
+  for (size_t i = 0; i < d.size(); ++i) {
+    rank[d[i].first] = i;
+    expected_rank_sum += static_cast<double>(i) * d[i].second;
+  }
+  for (int i = 0; i < draws; ++i) rank_sum += static_cast<double>(rank.at(s.next(row, {})));
+  // The mean rank of the draws is the distribution's (about 16,000; its spread over 500
+  // draws is about 420). A draw this deep sorts the whole row: a few ms.
+  EXPECT_NEAR(rank_sum / draws, expected_rank_sum, 2000.0);
+  EXPECT_GT(expected_rank_sum, 10000.0);
+}
+
+TEST(Sampler, ARepetitionPenaltyOverAGrowingHistoryIsTheFreshOnes) {
+  // Greedy with a penalty: each token is the largest after its history's ids are penalized.
+  // One sampler along a growing history, a fresh one at each step, and one given histories
+  // that do not grow from the last must all choose alike.
+  std::vector<float> row = vocabulary_row(4);
+  SamplingParams p;
+  p.repetition_penalty = 1.8;
+  Sampler along(p);
+  std::vector<int32_t> history = {7, 7, 12};
+  for (int step = 0; step < 300; ++step) {
+    const int32_t token = along.next(row, history);
+    ASSERT_EQ(token, Sampler(p).next(row, history)) << "step " << step;
+    history.push_back(token);
+  }
+  Sampler jumping(p);
+  std::mt19937 g(5);
+  for (int step = 0; step < 50; ++step) {
+    std::vector<int32_t> other(g() % 400);
+    for (auto& id : other) id = static_cast<int32_t>(g() % row.size());
+    ASSERT_EQ(jumping.next(row, other), Sampler(p).next(row, other)) << "step " << step;
+  }
 }
 
 TEST(Sampler, StopTokens) {

@@ -1,0 +1,66 @@
+// The language worker's host time for one sampled token: one row of 32,064 scores (a
+// LLaVA-1.5 vocabulary; a few tokens far ahead, as a trained model's row has) through
+// Sampler::next under common settings. Prints a table and one JSON line.
+//   sampler_bench [--draws N]
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "stages/language/sampler.h"
+
+int main(int argc, char** argv) {
+  int draws = 2000;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--draws") == 0) draws = std::max(1, std::atoi(argv[i + 1]));
+  }
+  std::mt19937 g(1);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> row(32064);
+  for (float& s : row) s = normal(g);
+  for (int i = 0; i < 4; ++i) row[g() % row.size()] = 16.0f + 3.0f * static_cast<float>(i);
+  std::vector<int32_t> history(4096);
+  for (int32_t& id : history) id = static_cast<int32_t>(g() % row.size());
+
+  struct Case {
+    const char* name;
+    double temperature, top_p, repetition_penalty;
+    int top_k;
+  };
+  const Case cases[] = {{"temperature 0.7", 0.7, 1.0, 1.0, 0},
+                        {"temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0},
+                        {"temperature 1, top_k 50", 1.0, 1.0, 1.0, 50},
+                        {"top_p 0.9, repetition_penalty 1.1, 4,096 ids", 0.7, 0.9, 1.1, 0}};
+  std::string json =
+      "{\"vocabulary\":32064,\"draws\":" + std::to_string(draws) + ",\"us_per_draw\":{";
+  std::printf("%-46s %12s\n", "settings", "us / draw");
+  bool first = true;
+  for (const Case& c : cases) {
+    llava::SamplingParams p;
+    p.temperature = c.temperature;
+    p.top_p = c.top_p;
+    p.top_k = c.top_k;
+    p.repetition_penalty = c.repetition_penalty;
+    p.seed = 3;
+    llava::Sampler sampler(p);
+    std::vector<int32_t> grown = history;
+    const auto start = std::chrono::steady_clock::now();
+    long checksum = 0;
+    for (int i = 0; i < draws; ++i) {
+      const int32_t token =
+          sampler.next(row, c.repetition_penalty != 1.0 ? grown : std::vector<int32_t>{});
+      if (c.repetition_penalty != 1.0) grown.push_back(token);
+      checksum += token;
+    }
+    const double us =
+        1e6 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
+        draws;
+    std::printf("%-46s %12.1f   (checksum %ld)\n", c.name, us, checksum);
+    json += std::string(first ? "" : ",") + "\"" + c.name + "\":" + std::to_string(us);
+    first = false;
+  }
+  std::printf("%s}}\n", json.c_str());
+  return 0;
+}
