@@ -105,6 +105,9 @@ struct Sampling {
   seed @5 :UInt64;
   stopTokenIds @6 :List(Int32);
   minP @7 :Float32;             # 0 = off
+  # -1: none; else each token comes with its log-probability under the model and the
+  # `logprobs` most likely tokens at its place with theirs (TokenChunk.logprobs).
+  logprobs @8 :Int32 = -1;
 }
 
 # coordinator -> language worker; frames: one [image_tokens, hidden] embedding frame per
@@ -117,10 +120,20 @@ struct LanguageTask {
   resumeFrom @2 :UInt32;
 }
 
+# A generated token's log-probability: the log-softmax of the model's scores at its place
+# (before the repetition penalty, temperature and the top-k/top-p/min-p cuts), and those of
+# the most likely tokens there, best first.
+struct TokenLogprobs {
+  logprob @0 :Float32;
+  topIds @1 :List(Int32);
+  topLogprobs @2 :List(Float32);
+}
+
 # language worker -> coordinator, as tokens are generated.
 struct TokenChunk {
   tokenIds @0 :List(Int32);
   firstIndex @1 :UInt32;        # index of tokenIds[0] in the answer
+  logprobs @2 :List(TokenLogprobs);  # one per token when the task asked (Sampling.logprobs)
 }
 
 struct Done {

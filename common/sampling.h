@@ -24,6 +24,10 @@ struct SamplingParams {
   // Not a key: the coordinator sends the model's end-of-sequence ids; generation ends
   // after one of these.
   std::vector<int32_t> stop_token_ids;
+  // Not a key of the YAML file: a request's (the API's logprobs). -1: none; else each token
+  // comes with its log-probability and those of the `logprobs` most likely tokens at its
+  // place, 0 to SamplingLimits::kLogprobs.
+  int logprobs = -1;
 };
 
 // Ranges of the keys, the same in the YAML file and in a request.
@@ -32,6 +36,7 @@ struct SamplingLimits {
   static constexpr long long kTopK = 1 << 24;          // top_k: [-1, this]
   static constexpr double kTemperature = 100.0;        // temperature: [0, this]
   static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
+  static constexpr int kLogprobs = 20;                 // logprobs: [-1, this] (OpenAI's top)
 };
 
 // Where sampling keys are read from: the YAML file's generation section, or one key of a

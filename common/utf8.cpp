@@ -38,4 +38,18 @@ size_t utf8_error_offset(const std::string& text) {
   return std::string::npos;
 }
 
+std::string utf8_lossy(const std::string& text) {
+  std::string out;
+  size_t from = 0;
+  while (from < text.size()) {
+    const std::string rest = text.substr(from);
+    const size_t bad = utf8_error_offset(rest);
+    if (bad == std::string::npos) return out + rest;
+    out += rest.substr(0, bad);
+    out += "\xef\xbf\xbd";
+    from += bad + 1;
+  }
+  return out;
+}
+
 }  // namespace llava

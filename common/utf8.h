@@ -10,4 +10,8 @@ namespace llava {
 // past U+10FFFF, truncated or stray continuation bytes), or npos when `text` is well-formed.
 size_t utf8_error_offset(const std::string& text);
 
+// `text` with each ill-formed byte replaced by U+FFFD (a token's bytes that are part of a
+// character, shown as JSON can carry them).
+std::string utf8_lossy(const std::string& text);
+
 }  // namespace llava

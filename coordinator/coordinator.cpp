@@ -472,13 +472,25 @@ void Coordinator::on_tokens(wire::Incoming& message) {
   Request* request = requests_->find(message.request_id(), message.attempt());
   if (!request || request->progress != Progress::kInLanguage) return;
   auto chunk = message.header().getBody().getTokenChunk();
+  const auto ids = chunk.getTokenIds();
+  const auto logprobs = chunk.getLogprobs();
+  const bool with_logprobs = request->spec.generation.logprobs >= 0;
+  if (with_logprobs && logprobs.size() != ids.size()) {
+    scheduler_->cancel_at_worker(*request);
+    scheduler_->finish(*request,
+                       "language worker: " + std::to_string(ids.size()) + " tokens came with " +
+                           std::to_string(logprobs.size()) + " logprobs (asked for one each)",
+                       "", ErrorKind::kInternal);
+    return;
+  }
   size_t index = chunk.getFirstIndex();
   std::string fresh;
-  for (int32_t token : chunk.getTokenIds()) {
+  for (unsigned i = 0; i < ids.size(); ++i) {
     // Tokens this request already has (a resumed attempt repeats none, but be exact).
     if (index++ < request->tokens.size()) continue;
-    request->tokens.push_back(token);
-    fresh += request->detokenizer->push(token);
+    request->tokens.push_back(ids[i]);
+    if (with_logprobs) request->logprobs.push_back(token_logprob(ids[i], logprobs[i]));
+    fresh += request->detokenizer->push(ids[i]);
   }
   if (!request->first_token) request->first_token = Clock::now();
   const std::string streamable = request->answer.push(fresh);
@@ -486,8 +498,28 @@ void Coordinator::on_tokens(wire::Incoming& message) {
     scheduler_->cancel_at_worker(*request);
     scheduler_->finish(*request, "", "stop");  // streams what is left, then answers
   } else if (!streamable.empty() && events_.on_text) {
+    if (request->logprobs.size() > request->logprobs_streamed && events_.on_logprobs) {
+      const std::vector<TokenLogprob> now(
+          request->logprobs.begin() + static_cast<long>(request->logprobs_streamed),
+          request->logprobs.end());
+      request->logprobs_streamed = request->logprobs.size();
+      events_.on_logprobs(request->id, now);
+    }
     events_.on_text(request->id, streamable);  // last: it may cancel the request
   }
+}
+
+TokenLogprob Coordinator::token_logprob(int32_t token, schema::TokenLogprobs::Reader in) const {
+  TokenLogprob out;
+  out.id = token;
+  out.text = tokenizer_.token_text(token);
+  out.logprob = in.getLogprob();
+  const auto ids = in.getTopIds();
+  const auto logprobs = in.getTopLogprobs();
+  for (unsigned j = 0; j < std::min(ids.size(), logprobs.size()); ++j) {
+    out.top.push_back({ids[j], tokenizer_.token_text(ids[j]), logprobs[j]});
+  }
+  return out;
 }
 
 void Coordinator::on_bad_shared_memory(const SharedMemoryError& error) {

@@ -35,6 +35,9 @@ namespace llava {
 
 struct CoordinatorEvents {
   std::function<void(uint64_t request, const std::string& text)> on_text;
+  // A request that asked for logprobs: those of the tokens whose text the next on_text
+  // brings (the rest come with its result).
+  std::function<void(uint64_t request, const std::vector<TokenLogprob>& logprobs)> on_logprobs;
   std::function<void(const RequestResult&)> on_result;
   std::function<void(const LeaseEvent&)> on_lease_event;
 };
@@ -103,6 +106,8 @@ class Coordinator {
   void refuse(const std::string& routing, const std::string& why);
   void on_embeddings(WorkerSlot& slot, wire::Incoming& message);
   void on_tokens(wire::Incoming& message);
+  // A token's logprobs as the worker sent them, with the tokens' texts.
+  TokenLogprob token_logprob(int32_t token, schema::TokenLogprobs::Reader in) const;
   void on_done(wire::Incoming& message);
   void on_failure(WorkerSlot& slot, wire::Incoming& message);
   // An answer whose embeddings were not where its task was told to write them.

@@ -253,6 +253,13 @@ bool HfTokenizer::is_plain(int32_t id) const {
   return piece != impl_->model.vocab_r.end() && !hf::is_byte_token(piece->second);
 }
 
+std::string HfTokenizer::piece(int32_t id) const {
+  auto added = impl_->added_by_id.find(id);
+  if (added != impl_->added_by_id.end()) return impl_->added[added->second].content;
+  auto piece = impl_->model.vocab_r.find(id);
+  return piece == impl_->model.vocab_r.end() ? std::string() : piece->second;
+}
+
 int32_t HfTokenizer::vocab_size() const {
   int32_t size = 0;
   for (const auto& [id, piece] : impl_->model.vocab_r) size = std::max(size, id + 1);

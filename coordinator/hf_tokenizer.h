@@ -35,6 +35,9 @@ class HfTokenizer {
   // A piece of the model's vocabulary or a non-special added token, not a byte-fallback
   // byte (<0x0A>).
   bool is_plain(int32_t id) const;
+  // The token's string: an added token's content or the model's piece ("▁Hello", "<0x0A>");
+  // "" for an unknown id.
+  std::string piece(int32_t id) const;
   int32_t vocab_size() const;                           // model and added, ids below this
   // The first special token of the post-processor's single template, -1 without one.
   int32_t template_first_special() const;

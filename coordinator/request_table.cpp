@@ -70,6 +70,7 @@ void RequestTable::finish(Request& request, const std::string& error, const std:
   }
   result.text = request.answer.text();
   result.tokens = request.tokens;
+  result.logprobs = std::move(request.logprobs);
   result.finish = reason;
   result.prompt_tokens = static_cast<int>(request.prompt.size());
   result.attempts = static_cast<int>(request.attempt) + 1;

@@ -18,6 +18,7 @@
 #include "coordinator/clock.h"
 #include "coordinator/embedding_store.h"
 #include "coordinator/stop_strings.h"
+#include "coordinator/token_logprob.h"
 #include "coordinator/tokenizer.h"
 
 namespace llava {
@@ -51,6 +52,7 @@ struct RequestResult {
   ErrorKind error_kind = ErrorKind::kNone;
   std::string text;
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> logprobs;  // one per token when it asked (generation.logprobs)
   std::string finish;  // "eos", "length"
   int prompt_tokens = 0;
   int attempts = 0;
@@ -108,6 +110,8 @@ struct Request {
   int requeues = 0;
   int worker = -1;  // the worker slot (WorkerPool's index) holding it now, or -1
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> logprobs;        // one per token when it asked
+  size_t logprobs_streamed = 0;              // of them, given to on_logprobs
   std::unique_ptr<Detokenizer> detokenizer;  // none in tests that stream no tokens
   StopStrings answer;                        // the text so far, cut at a stop string
   Clock::time_point submitted;

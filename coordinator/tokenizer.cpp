@@ -11,6 +11,7 @@
 
 #include "common/errors.h"
 #include "common/json_depth.h"
+#include "coordinator/hf_decoder.h"
 #include "coordinator/hf_tokenizer.h"
 
 namespace llava {
@@ -68,6 +69,7 @@ Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int3
     if (bos_id_ < 0) bos_id_ = json_->template_first_special();
     eos_id_ = json_->token_to_id(config_token(config, "eos_token", "</s>"));
     pieces_ = json_->vocab_size();
+    find_anchor();
     return;
   }
 
@@ -104,6 +106,37 @@ Tokenizer::Tokenizer(const std::string& folder, const std::map<std::string, int3
       throw CheckpointError(added_path + ": " + e.what());
     }
   }
+  find_anchor();
+}
+
+void Tokenizer::find_anchor() {
+  for (const char* text : {"a", ".", "0"}) {
+    const std::vector<int32_t> ids = encode(text, /*add_bos=*/false);
+    if (ids.size() == 1 && is_plain(ids[0])) {
+      anchor_ = ids[0];
+      anchor_text_ = decode(ids);
+      return;
+    }
+  }
+}
+
+std::string Tokenizer::token_text(int32_t id) const {
+  if (id < 0) return "";
+  if (is_special(id)) {
+    if (json_) return json_->piece(id);
+    for (const auto& [content, added] : added_) {
+      if (added == id) return content;
+    }
+    return id < decoder_->GetPieceSize() ? decoder_->IdToPiece(id) : "";
+  }
+  if (id >= pieces_) return "";
+  const std::string piece = json_ ? json_->piece(id) : decoder_->IdToPiece(id);
+  if (hf::is_byte_token(piece) && (json_ || decoder_->IsByte(id))) {
+    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+  }
+  if (anchor_ < 0) return decode({id});
+  const std::string both = decode({anchor_, id});
+  return both.substr(std::min(anchor_text_.size(), both.size()));
 }
 
 Tokenizer::~Tokenizer() = default;

@@ -45,6 +45,12 @@ class Tokenizer {
   // An ordinary piece: in the vocabulary, not special, not a byte-fallback byte (<0x0A>).
   // Decoding that starts at one renders the tokens after it as the whole text does.
   bool is_plain(int32_t id) const;
+  // The bytes one token adds to a text, as the API's logprobs show a token: what follows a
+  // plain token's text when it comes after it (" Hello", with its space), a byte-fallback
+  // token's byte (possibly part of a character), a special token's name ("</s>", which
+  // decode() drops); "" for an id outside the vocabulary.
+  std::string token_text(int32_t id) const;
+  int32_t vocab_size() const { return pieces_; }
 
  private:
   void encode_piece(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
@@ -53,8 +59,13 @@ class Tokenizer {
   std::unique_ptr<sentencepiece::SentencePieceProcessor> encoder_;  // no dummy prefix
   std::unique_ptr<sentencepiece::SentencePieceProcessor> decoder_;  // as trained
   std::map<std::string, int32_t> added_;  // content -> id
+  void find_anchor();
+
   int32_t bos_id_ = 1, eos_id_ = 2;
   int32_t pieces_ = 0;
+  // A plain token token_text() decodes others after (its start-of-text rules act on it).
+  int32_t anchor_ = -1;
+  std::string anchor_text_;
 };
 
 // Streams text as tokens arrive, never splitting a UTF-8 character: bytes of a character

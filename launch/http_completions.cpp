@@ -90,6 +90,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
   }
   const int64_t created = unix_now();
+  const bool with_logprobs = request.generation.logprobs >= 0;
   if (!request.stream) {
     wake = channel->wait(client, deadline, [&] { return channel->finished(); });
     if (wake != RequestChannel::Wake::kReady) {
@@ -99,8 +100,11 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     channel->take(text, result);
     if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
     const Usage usage{result->prompt_tokens, static_cast<int>(result->tokens.size())};
+    size_t text_offset = 0;
     answer_json(res, 200,
-                completion_body(chat, id, created, model_id_, result->text, result->finish, usage));
+                completion_body(chat, id, created, model_id_, result->text, result->finish, usage,
+                                with_logprobs ? logprobs_json(chat, result->logprobs, text_offset)
+                                              : nlohmann::json()));
     return;
   }
 
@@ -112,9 +116,12 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     std::string id;
     int64_t created;
     Clock::time_point deadline;
+    bool with_logprobs;
+    size_t logprobs_sent = 0;  // tokens whose logprobs went out
+    size_t text_offset = 0;    // the answer's characters before the next token (completions)
   };
-  auto stream = std::make_shared<Stream>(
-      Stream{channel, client, chat, request.include_usage, false, false, id, created, deadline});
+  auto stream = std::make_shared<Stream>(Stream{channel, client, chat, request.include_usage, false,
+                                                false, id, created, deadline, with_logprobs});
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -148,9 +155,18 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
         }
         std::string text;
         std::optional<RequestResult> result;
-        stream->channel->take(text, result);
-        if (!text.empty() && !send(sse_event(chunk_body(stream->chat, stream->id, stream->created,
-                                                        model_id_, text, false, "")))) {
+        std::vector<TokenLogprob> logprobs;
+        stream->channel->take(text, result, &logprobs);
+        // The tokens' logprobs go with their text; those whose text never streamed (held
+        // back, then cut by a stop string or the end) go with the finish.
+        auto logprobs_of = [&](const std::vector<TokenLogprob>& tokens) -> nlohmann::json {
+          if (!stream->with_logprobs) return nullptr;
+          stream->logprobs_sent += tokens.size();
+          return logprobs_json(stream->chat, tokens, stream->text_offset);
+        };
+        if ((!text.empty() || !logprobs.empty()) &&
+            !send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, text,
+                                       false, "", logprobs_of(logprobs))))) {
           return false;
         }
         if (!result) return true;
@@ -158,8 +174,14 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
           send(sse_event(error_body(status_for(result->error_kind), result->error)));
           return end();
         }
+        std::vector<TokenLogprob> rest;
+        if (result->logprobs.size() > stream->logprobs_sent) {
+          rest.assign(result->logprobs.begin() + static_cast<long>(stream->logprobs_sent),
+                      result->logprobs.end());
+        }
         if (!send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, "",
-                                       false, result->finish.empty() ? "stop" : result->finish)))) {
+                                       false, result->finish.empty() ? "stop" : result->finish,
+                                       rest.empty() ? nlohmann::json() : logprobs_of(rest))))) {
           return false;
         }
         if (stream->include_usage) {

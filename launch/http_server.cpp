@@ -175,6 +175,11 @@ bool HttpServer::on_text(uint64_t request, const std::string& text) {
   return true;
 }
 
+void HttpServer::on_logprobs(uint64_t request, const std::vector<TokenLogprob>& logprobs) {
+  auto it = open_.find(request);
+  if (it != open_.end()) it->second->logprobs(logprobs);
+}
+
 bool HttpServer::on_result(const RequestResult& result) {
   auto it = open_.find(result.id);
   if (it == open_.end()) {

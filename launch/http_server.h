@@ -14,9 +14,11 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/config.h"
 #include "coordinator/chat_template.h"
+#include "coordinator/token_logprob.h"
 #include "launch/metrics.h"
 #include "launch/server_config.h"
 
@@ -57,6 +59,7 @@ class HttpServer {
   bool has_commands() const;
   // The coordinator's events for requests this server submitted: false if not one of them.
   bool on_text(uint64_t request, const std::string& text);
+  void on_logprobs(uint64_t request, const std::vector<TokenLogprob>& logprobs);
   bool on_result(const RequestResult& result);
   // The loop has ended: every open request gets `why`, later commands find no coordinator.
   void close(const std::string& why);

@@ -2,10 +2,13 @@
 // with the ranges the YAML file has; every error names the request's own field.
 #include "launch/openai_api.h"
 
+#include <algorithm>
+#include <optional>
 #include <set>
 
 #include "common/errors.h"
 #include "common/json_depth.h"
+#include "common/utf8.h"
 #include "launch/request_json.h"
 
 namespace llava {
@@ -35,6 +38,19 @@ std::string string_field(const std::string& field, const nlohmann::json& value) 
   if (!value.is_string())
     throw ApiError(400, field + ": expected a string, got " + shown(value), field);
   return value.get<std::string>();
+}
+
+// top_logprobs (chat) and logprobs (completions): how many of the most likely tokens come
+// with each token's own.
+int logprobs_count(const std::string& field, const nlohmann::json& value) {
+  const int most = SamplingLimits::kLogprobs;
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > most) {
+    throw ApiError(400,
+                   field + ": expected a whole number in [0, " + std::to_string(most) + "], got " +
+                       shown(value),
+                   field);
+  }
+  return static_cast<int>(value.get<int64_t>());
 }
 
 nlohmann::json parse_object(const std::string& body) {
@@ -242,6 +258,8 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
   out.chat = true;
   out.generation = defaults;
   bool have_messages = false;
+  bool chat_logprobs = false;
+  std::optional<int> top_logprobs;
   for (auto& [key, value] : j.items()) {
     if (common_key(key, value, out)) continue;
     if (key == "messages") {
@@ -254,7 +272,7 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
       }
       have_messages = true;
     } else if (key == "logprobs") {
-      if (boolean(key, value)) throw ApiError(400, "logprobs: not supported", key);
+      chat_logprobs = boolean(key, value);
     } else if (key == "response_format") {
       // {"type": "text"} is OpenAI's default: accepted; JSON modes are not supported.
       const bool text = value.is_null() || (value.is_object() && value.size() == 1 &&
@@ -265,14 +283,16 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
             key);
       }
     } else if (key == "top_logprobs") {
-      if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 0)) {
-        throw ApiError(400, "top_logprobs: not supported", key);
-      }
+      if (!value.is_null()) top_logprobs = logprobs_count(key, value);
     } else {
       throw ApiError(400, "'" + key + "': unsupported parameter", key);
     }
   }
   if (!have_messages) throw ApiError(400, "messages: missing", "messages");
+  if (top_logprobs && !chat_logprobs) {
+    throw ApiError(400, "top_logprobs: only with \"logprobs\": true", "top_logprobs");
+  }
+  out.generation.logprobs = chat_logprobs ? top_logprobs.value_or(0) : -1;
   for (const auto& m : out.messages) {
     for (const auto& p : m.parts) out.images += p.image;
   }
@@ -337,8 +357,8 @@ CompletionRequest parse_completion_request(const std::string& body,
     if (key == "prompt") {
       read_prompt(value, out);
       have_prompt = true;
-    } else if (key == "logprobs") {
-      if (!value.is_null()) throw ApiError(400, "logprobs: not supported", key);
+    } else if (key == "logprobs") {  // how many alternatives with each token's own
+      if (!value.is_null()) out.generation.logprobs = logprobs_count(key, value);
     } else if (key == "echo") {
       if (boolean(key, value)) throw ApiError(400, "echo: not supported", key);
     } else if (key == "suffix") {  // insertion: not done; null or "" asks for none
@@ -370,11 +390,72 @@ nlohmann::json usage_json(const Usage& u) {
           {"total_tokens", u.prompt_tokens + u.completion_tokens}};
 }
 
+namespace {
+
+// OpenAI's floor for a log-probability JSON cannot carry (-inf: a banned token).
+double finite_logprob(float logprob) {
+  return std::max(static_cast<double>(logprob), -9999.0);
+}
+
+nlohmann::json utf8_bytes(const std::string& text) {
+  nlohmann::json out = nlohmann::json::array();
+  for (char c : text) out.push_back(static_cast<unsigned char>(c));
+  return out;
+}
+
+// Characters (code points) a token's bytes add: its bytes that start one.
+size_t characters(const std::string& bytes) {
+  size_t n = 0;
+  for (char c : bytes) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
+                             size_t& text_offset) {
+  if (chat) {
+    nlohmann::json content = nlohmann::json::array();
+    for (const auto& token : logprobs) {
+      nlohmann::json top = nlohmann::json::array();
+      for (const auto& other : token.top) {
+        top.push_back({{"token", utf8_lossy(other.text)},
+                       {"logprob", finite_logprob(other.logprob)},
+                       {"bytes", utf8_bytes(other.text)}});
+      }
+      content.push_back({{"token", utf8_lossy(token.text)},
+                         {"logprob", finite_logprob(token.logprob)},
+                         {"bytes", utf8_bytes(token.text)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}, {"refusal", nullptr}};
+  }
+  // The legacy form: parallel lists; each token's alternatives with the token itself.
+  nlohmann::json tokens = nlohmann::json::array(), token_logprobs = nlohmann::json::array(),
+                 top_logprobs = nlohmann::json::array(), offsets = nlohmann::json::array();
+  for (const auto& token : logprobs) {
+    const std::string text = utf8_lossy(token.text);
+    tokens.push_back(text);
+    token_logprobs.push_back(finite_logprob(token.logprob));
+    nlohmann::json top = nlohmann::json::object();
+    for (const auto& other : token.top) top[utf8_lossy(other.text)] = finite_logprob(other.logprob);
+    if (!top.contains(text)) top[text] = finite_logprob(token.logprob);
+    top_logprobs.push_back(std::move(top));
+    offsets.push_back(text_offset);
+    text_offset += characters(token.text);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(offsets)}};
+}
+
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
                                const std::string& model, const std::string& text,
-                               const std::string& finish, const Usage& usage) {
+                               const std::string& finish, const Usage& usage,
+                               nlohmann::json logprobs) {
   nlohmann::json choice = {
-      {"index", 0}, {"finish_reason", finish_reason(finish)}, {"logprobs", nullptr}};
+      {"index", 0}, {"finish_reason", finish_reason(finish)}, {"logprobs", std::move(logprobs)}};
   if (chat) {
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   } else {
@@ -390,10 +471,10 @@ nlohmann::json completion_body(bool chat, const std::string& id, int64_t created
 
 nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
                           const std::string& model, const std::string& text, bool role,
-                          const std::string& finish) {
+                          const std::string& finish, nlohmann::json logprobs) {
   nlohmann::json choice = {
       {"index", 0},
-      {"logprobs", nullptr},
+      {"logprobs", std::move(logprobs)},
       {"finish_reason", finish.empty() ? nlohmann::json() : nlohmann::json(finish_reason(finish))}};
   if (chat) {
     nlohmann::json delta = nlohmann::json::object();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "coordinator/token_logprob.h"
 
 namespace llava {
 
@@ -73,16 +74,25 @@ struct Usage {
 };
 nlohmann::json usage_json(const Usage& usage);
 
-// A whole answer: "chat.completion" or "text_completion".
+// Tokens' logprobs as a choice's "logprobs": chat's {"content": [{token, logprob, bytes,
+// top_logprobs}], "refusal": null}, or the completions' {tokens, token_logprobs,
+// top_logprobs (each with the token itself), text_offset}. `text_offset`: the answer's
+// characters before the first token (completions), advanced past these tokens.
+nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
+                             size_t& text_offset);
+
+// A whole answer: "chat.completion" or "text_completion"; `logprobs` null unless asked.
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
                                const std::string& model, const std::string& text,
-                               const std::string& finish, const Usage& usage);
+                               const std::string& finish, const Usage& usage,
+                               nlohmann::json logprobs = nullptr);
 // One stream chunk: "chat.completion.chunk" (delta) or "text_completion" (text). `role`
-// goes in the first chat delta; `finish` is "" until the last. With `usage` (and no
-// choices) it is the final usage chunk.
+// goes in the first chat delta; `finish` is "" until the last; `logprobs` those of the
+// tokens since the last chunk, when asked. With `usage` (and no choices) it is the final
+// usage chunk.
 nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
                           const std::string& model, const std::string& text, bool role,
-                          const std::string& finish);
+                          const std::string& finish, nlohmann::json logprobs = nullptr);
 nlohmann::json usage_chunk_body(bool chat, const std::string& id, int64_t created,
                                 const std::string& model, const Usage& usage);
 

@@ -54,10 +54,20 @@ bool RequestChannel::finished() const {
   return result_.has_value();
 }
 
-bool RequestChannel::take(std::string& text, std::optional<RequestResult>& result) {
+void RequestChannel::logprobs(const std::vector<TokenLogprob>& logprobs) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  logprobs_.insert(logprobs_.end(), logprobs.begin(), logprobs.end());  // on_text wakes
+}
+
+bool RequestChannel::take(std::string& text, std::optional<RequestResult>& result,
+                          std::vector<TokenLogprob>* logprobs) {
   std::lock_guard<std::mutex> lock(mutex_);
   text.swap(text_);
   text_.clear();
+  if (logprobs) {
+    logprobs->swap(logprobs_);
+    logprobs_.clear();
+  }
   result = result_;
   return !text.empty() || result.has_value();
 }

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "coordinator/coordinator.h"
 
@@ -27,14 +28,19 @@ class RequestChannel {
   // ---- the coordinator's thread
   void accept(uint64_t id);
   void text(const std::string& text);
+  // Those of the tokens whose text the next text() brings (it wakes the handler).
+  void logprobs(const std::vector<TokenLogprob>& logprobs);
   void finish(const RequestResult& result);  // the first result stays
 
   // ---- the handler's thread
   std::optional<uint64_t> id() const;
   bool accepted() const;
   bool finished() const;
-  // The text not taken yet, and the result once there is one (all its text is taken with it).
-  bool take(std::string& text, std::optional<RequestResult>& result);
+  // The text not taken yet (with its tokens' logprobs, when asked), and the result once
+  // there is one (all its text is taken with it; the logprobs not taken yet are the end
+  // of its own).
+  bool take(std::string& text, std::optional<RequestResult>& result,
+            std::vector<TokenLogprob>* logprobs = nullptr);
   bool has_news() const;
 
   // Until `ready()` holds, the client's socket (when known, -1 if not) hangs up, or `deadline`.
@@ -47,6 +53,7 @@ class RequestChannel {
   int event_;
   std::optional<uint64_t> id_;
   std::string text_;
+  std::vector<TokenLogprob> logprobs_;
   std::optional<RequestResult> result_;
 };
 

@@ -117,6 +117,11 @@ int serve(const ServeOptions& o) {
   std::map<uint64_t, std::pair<std::string, nlohmann::json>> owners;  // request -> client, its id
   std::set<uint64_t> gone;  // requests whose client could not be reached
   CoordinatorEvents events;
+#if LLAVA_PIPE_HTTP
+  events.on_logprobs = [&](uint64_t id, const std::vector<TokenLogprob>& logprobs) {
+    if (http) http->on_logprobs(id, logprobs);
+  };
+#endif
   events.on_text = [&](uint64_t id, const std::string& text) {
     if (metrics) metrics->on_text(id);
 #if LLAVA_PIPE_HTTP

@@ -45,8 +45,34 @@ int32_t Generator::draw(Sequence& s, const float* logits, int64_t vocab) {
                                 : s.sampler.next(logits, static_cast<size_t>(vocab), s.history);
 }
 
+std::optional<Generator::RowLogprobs> Generator::row_logprobs(const at::Tensor& logits, int most) {
+  if (most < 0) return std::nullopt;
+  const int64_t best = std::min<int64_t>(std::max(most, 1), logits.size(-1));
+  auto [scores, ids] = logits.topk(best, -1);
+  return RowLogprobs{logits.logsumexp(-1).to(at::kCPU), scores.to(at::kCPU).contiguous(),
+                     ids.to(at::kCPU).contiguous()};
+}
+
+float Generator::RowLogprobs::best(int64_t row) const {
+  return best_scores.data_ptr<float>()[row * best_scores.size(1)];
+}
+
+TokenLogprobs Generator::RowLogprobs::of(int64_t row, float token_score, int top) const {
+  const float total = log_sum.data_ptr<float>()[row];
+  TokenLogprobs out;
+  out.logprob = token_score - total;
+  const int64_t n = std::min<int64_t>(top, best_scores.size(1));
+  const float* scores = best_scores.data_ptr<float>() + row * best_scores.size(1);
+  const int64_t* ids = best_ids.data_ptr<int64_t>() + row * best_ids.size(1);
+  for (int64_t j = 0; j < n; ++j) {
+    out.top_ids.push_back(static_cast<int32_t>(ids[j]));
+    out.top_logprobs.push_back(scores[j] - total);
+  }
+  return out;
+}
+
 TokenEvent Generator::choose(uint64_t id, Sequence& s, int32_t token) {
-  TokenEvent event{id, token, Finish::kNone};
+  TokenEvent event{id, token, Finish::kNone, std::nullopt};
   s.history.push_back(event.token);
   ++s.generated;
   if (s.sampler.is_stop(event.token)) {
@@ -91,13 +117,18 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
     throw;
   }
   at::Tensor logits = without_banned(decoder_.logits(hidden[0][-1]));  // [V]
+  const auto logprobs = row_logprobs(logits.unsqueeze(0), params.logprobs);
   TokenEvent event;
+  float score = 0;  // the token's, for its logprob
   if (plain_greedy(params)) {
     event = choose(id, s, static_cast<int32_t>(logits.argmax().item<int64_t>()));
+    if (logprobs) score = logprobs->best(0);  // ties: the same score
   } else {
     at::Tensor host = logits.to(at::kCPU).contiguous();
     event = choose(id, s, draw(s, host.data_ptr<float>(), host.numel()));
+    score = host.data_ptr<float>()[event.token];
   }
+  if (logprobs) event.logprobs = logprobs->of(0, score, params.logprobs);
   if (event.finish == Finish::kNone) {
     sequences_.emplace(id, std::move(s));
   } else {
@@ -126,6 +157,9 @@ std::vector<TokenEvent> Generator::step() {
                                   [](const auto& e) { return plain_greedy(e.second.params); });
   at::Tensor host = greedy ? logits.argmax(-1).to(at::kCPU) : logits.to(at::kCPU).contiguous();
   const int64_t vocab = logits.size(-1);
+  int most = -1;  // logprobs: the most alternatives a row asks for
+  for (const auto& [id, s] : sequences_) most = std::max(most, s.params.logprobs);
+  const auto logprobs = row_logprobs(logits, most);
   // The rows' draws are independent (each sequence its own sampler): on helper threads,
   // a row each, so that a batch of sampled rows costs about one row's host time.
   std::vector<std::pair<uint64_t, Sequence*>> rows;
@@ -145,7 +179,12 @@ std::vector<TokenEvent> Generator::step() {
   for (size_t i = 0; i < rows.size(); ++i) {
     Sequence& s = *rows[i].second;
     cache_.set_length(s.slot, cache_.length(s.slot) + 1);
-    const TokenEvent event = choose(rows[i].first, s, chosen[i]);
+    TokenEvent event = choose(rows[i].first, s, chosen[i]);
+    if (logprobs && s.params.logprobs >= 0) {
+      const float score = greedy ? logprobs->best(s.slot)  // the argmax's (ties: the same score)
+                                 : host.data_ptr<float>()[s.slot * vocab + event.token];
+      event.logprobs = logprobs->of(s.slot, score, s.params.logprobs);
+    }
     if (event.finish != Finish::kNone) {
       cache_.release(s.slot);
       sequences_.erase(rows[i].first);

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "stages/language/decode_step.h"
@@ -19,10 +20,20 @@ namespace llava {
 
 enum class Finish { kNone, kStop, kLength, kContext, kCancelled };
 
+// A token's log-probability under the model (the log-softmax of its scores, banned ids
+// excluded, before the repetition penalty, temperature and the top-k/top-p/min-p cuts), and
+// the most likely tokens at its place with theirs, best first.
+struct TokenLogprobs {
+  float logprob = 0;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+
 struct TokenEvent {
   uint64_t id = 0;
   int32_t token = -1;  // -1 for a cancellation
   Finish finish = Finish::kNone;
+  std::optional<TokenLogprobs> logprobs;  // when its request asked (SamplingParams::logprobs)
 };
 
 class Generator {
@@ -60,6 +71,17 @@ class Generator {
   };
   // logits [..., V] with the banned ids at -inf.
   at::Tensor without_banned(at::Tensor logits) const;
+  // The parts of rows' log-softmax that logprobs need, on the host: each row's log-sum-exp
+  // and its `best` largest scores with their ids (computed where the scores are).
+  struct RowLogprobs {
+    at::Tensor log_sum, best_scores, best_ids;  // [rows], [rows, best], [rows, best]
+    float best(int64_t row) const;              // the row's largest score
+    // A token of score `token_score` in `row`, with the row's `top` best tokens.
+    TokenLogprobs of(int64_t row, float token_score, int top) const;
+  };
+  // logits [rows, V]; for the sequences' largest SamplingParams::logprobs (nothing when
+  // none asks, the usual case: no work at all then).
+  static std::optional<RowLogprobs> row_logprobs(const at::Tensor& logits, int most);
   // The next token of `sequence` from its row's scores on the host (its sampler; the
   // largest when it is plain greedy). Touches only the sequence's sampler: rows draw on
   // threads of their own.

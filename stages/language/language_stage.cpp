@@ -164,6 +164,17 @@ void LanguageStage::emit(const TokenEvent& event) {
   }
   body.initTokenIds(1).set(0, token);
   body.setFirstIndex(run.first_index + run.generated);
+  if (event.logprobs) {
+    auto entry = body.initLogprobs(1)[0];
+    entry.setLogprob(event.logprobs->logprob);
+    const auto& ids = event.logprobs->top_ids;
+    auto top_ids = entry.initTopIds(static_cast<unsigned>(ids.size()));
+    auto top_logprobs = entry.initTopLogprobs(static_cast<unsigned>(ids.size()));
+    for (unsigned j = 0; j < ids.size(); ++j) {
+      top_ids.set(j, ids[j]);
+      top_logprobs.set(j, event.logprobs->top_logprobs[j]);
+    }
+  }
   ++run.generated;
   sink_.send(chunk);
   if (event.finish == Finish::kNone) return;

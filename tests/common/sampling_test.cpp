@@ -27,6 +27,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   sent.repetition_penalty = 1.25;
   sent.seed = UINT64_MAX;
   sent.stop_token_ids = {2, 32000};
+  sent.logprobs = 7;
 
   Outgoing out(9, 1);
   llava::to_wire(sent, out.header().getBody().initLanguageTask().initSampling());
@@ -41,6 +42,22 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   EXPECT_EQ(got.repetition_penalty, 1.25);
   EXPECT_EQ(got.seed, UINT64_MAX);
   EXPECT_EQ(got.stop_token_ids, (std::vector<int32_t>{2, 32000}));
+  EXPECT_EQ(got.logprobs, 7);
+}
+
+TEST(Sampling, ATaskWithoutLogprobsAsksForNoneAndAPeerCannotAskForMoreThanTwenty) {
+  Outgoing plain;
+  plain.header().getBody().initLanguageTask().initSampling().setTopK(3);
+  Incoming in = Incoming::parse(plain.parts(), false, llava::wire::Limits{});
+  EXPECT_EQ(llava::from_wire(in.header().getBody().getLanguageTask().getSampling()).logprobs, -1);
+  for (int32_t asked : {100000, -5}) {
+    Outgoing lying;
+    lying.header().getBody().initLanguageTask().initSampling().setLogprobs(asked);
+    Incoming read = Incoming::parse(lying.parts(), false, llava::wire::Limits{});
+    const int got =
+        llava::from_wire(read.header().getBody().getLanguageTask().getSampling()).logprobs;
+    EXPECT_EQ(got, asked > 0 ? 20 : -1);
+  }
 }
 
 TEST(Sampling, ATaskWithoutMinPLeavesItOff) {

@@ -517,6 +517,31 @@ TEST_P(RealVocabulary, ALongStreamGivesTheFullDecodeAtEveryToken) {
   EXPECT_LE(ahead, 4u) << "held back more than one character's bytes";
 }
 
+// A token's text (as logprobs show it): what it adds after other text, its byte for a byte
+// token, its name for a special one. The texts of a case's tokens make its decoded text,
+// but for the decoder's first space.
+TEST_P(RealVocabulary, TokenTextsMakeTheDecodedText) {
+  EXPECT_EQ(tokenizer_->token_text(tokenizer_->encode("Hello", false).at(0)), " Hello");
+  EXPECT_EQ(tokenizer_->token_text(13), "\n");  // <0x0A>
+  EXPECT_EQ(tokenizer_->token_text(tokenizer_->eos_id()), "</s>");
+  EXPECT_EQ(tokenizer_->token_text(32000), "<image>");
+  EXPECT_EQ(tokenizer_->token_text(-1), "");
+  EXPECT_EQ(tokenizer_->token_text(1 << 30), "");
+  size_t wrong = 0;
+  for (const auto& c : cases()) {
+    std::string joined;
+    for (int32_t id : c.at("ids").get<Ids>()) {
+      if (!tokenizer_->is_special(id)) joined += tokenizer_->token_text(id);
+    }
+    const std::string decoded = c.at("decoded").get<std::string>();
+    if (joined != decoded && joined != " " + decoded && ++wrong <= 10) {
+      ADD_FAILURE() << "text: " << Json(c.at("text")).dump()
+                    << "\n  joined: " << Json(joined).dump();
+    }
+  }
+  EXPECT_EQ(wrong, 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(BothVariants, RealVocabulary, testing::Values("legacy", "legacy-false"),
                          [](const testing::TestParamInfo<std::string>& info) {
                            return info.param == "legacy" ? std::string("Legacy")

@@ -100,6 +100,27 @@ TEST(SentencePieceTokenizer, ALongStreamGivesTheFullDecode) {
   std::filesystem::remove_all(folder);
 }
 
+TEST(SentencePieceTokenizer, TokenTextsMakeTheDecodedText) {
+  const auto folder = std::filesystem::path(testing::TempDir()) / "tiny-llava-sentencepiece-texts";
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
+  llava::Tokenizer tokenizer(folder.string(), {{"<image>", 800}, {"<pad>", 801}});
+  EXPECT_EQ(tokenizer.token_text(tokenizer.eos_id()), "</s>");
+  EXPECT_EQ(tokenizer.token_text(800), "<image>");
+  EXPECT_EQ(tokenizer.token_text(5000), "");
+  const auto reference = load_json("reference/tokenizer.json");
+  for (const auto& c : reference["cases"]) {
+    std::string joined;
+    for (int32_t id : c["ids"]) {
+      if (!tokenizer.is_special(id)) joined += tokenizer.token_text(id);
+    }
+    const std::string decoded = c["decoded"];
+    EXPECT_TRUE(joined == decoded || joined == " " + decoded) << decoded << " | " << joined;
+  }
+  std::filesystem::remove_all(folder);
+}
+
 TEST_F(TokenizerTest, KnowsTheAddedTokens) {
   EXPECT_EQ(tokenizer.token_id("<image>"), 800);
   EXPECT_EQ(tokenizer.token_id("<pad>"), 801);

@@ -296,6 +296,52 @@ test('ignore_eos (as vLLM\'s benchmarks send it) generates max_tokens tokens', a
   assert.ok(plain.usage.completion_tokens <= greedy.max_tokens);
 });
 
+test('logprobs: a chat\'s tokens, whole and streamed alike, each with its bytes and alternatives', async () => {
+  const messages = userWith(img(png), text('Describe it.'));
+  const ask = { ...greedy, messages, logprobs: true, top_logprobs: 3 };
+  const whole = await client.chat.completions.create(ask);
+  const content = whole.choices[0].logprobs.content;
+  assert.equal(content.length, whole.usage.completion_tokens);
+  for (const t of content) {
+    assert.ok(t.logprob <= 0 && Number.isFinite(t.logprob));
+    assert.equal(t.top_logprobs.length, 3);
+    assert.equal(t.top_logprobs[0].token, t.token);  // greedy: the most likely
+    assert.equal(t.top_logprobs[0].logprob, t.logprob);
+    assert.ok(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob);
+    assert.ok(Array.isArray(t.bytes));
+  }
+  // The tokens' bytes make the answer (the first one's space aside; </s> is not text).
+  const bytes = Buffer.from(content.filter((t) => t.token !== '</s>').flatMap((t) => t.bytes));
+  assert.equal(bytes.toString('utf8').replace(/^ /, ''), whole.choices[0].message.content.replace(/^ /, ''));
+  const stream = await client.chat.completions.create({ ...ask, stream: true });
+  const streamed = [];
+  for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+  assert.deepEqual(streamed, content);
+  const none = await client.chat.completions.create({ ...greedy, messages });
+  assert.equal(none.choices[0].logprobs, null);
+  await assert.rejects(client.chat.completions.create({ ...greedy, messages, top_logprobs: 2 }),
+    (e) => e.status === 400 && e.param === 'top_logprobs');
+});
+
+test('logprobs: /v1/completions gives the legacy lists, the chosen token among its alternatives', async () => {
+  const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', logprobs: 2, temperature: 0.9, seed: 5 };
+  const whole = await client.completions.create(ask);
+  const lp = whole.choices[0].logprobs;
+  const n = whole.usage.completion_tokens;
+  for (const list of [lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset]) assert.equal(list.length, n);
+  lp.tokens.forEach((t, i) => {
+    assert.equal(lp.top_logprobs[i][t], lp.token_logprobs[i]);
+    assert.ok(Object.keys(lp.top_logprobs[i]).length <= 3);
+    if (i > 0) assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1]);
+  });
+  const stream = await client.completions.create({ ...ask, stream: true });
+  const tokens = [];
+  for await (const chunk of stream) tokens.push(...(chunk.choices[0]?.logprobs?.tokens ?? []));
+  assert.deepEqual(tokens, lp.tokens);  // seeded: the same draws
+  await assert.rejects(client.completions.create({ ...ask, logprobs: 21 }),
+    (e) => e.status === 400 && e.param === 'logprobs');
+});
+
 test('/tokenize and /detokenize round-trip a prompt with the server\'s tokenizer', async () => {
   const post = async (path, body) =>
     (await fetch(`${baseURL}${path}`, { method: 'POST', body: JSON.stringify(body) })).json();

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "coordinator/coordinator.h"
 #include "launch/http_server.h"
 #include "launch/openai_images.h"
+#include "launch/request_json.h"
 
 namespace llava {
 namespace {
@@ -135,8 +137,6 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0.3})").param,
       "presence_penalty");
-  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})").param,
-            "logprobs");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})")
@@ -171,6 +171,51 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
     EXPECT_NO_THROW(parse_completion_request(std::string(R"({"prompt":"x",")") + key + R"(":null})",
                                              defaults()))
         << key;
+  }
+}
+
+// Chat: logprobs true asks for each token's; top_logprobs (0-20) for the most likely
+// alternatives too, and only with it. Completions: logprobs is that number (0-20).
+TEST(OpenAiChatRequest, LogprobsAndTopLogprobsAreReadAsOpenAiTakesThem) {
+  const std::string chat = R"({"messages":[{"role":"user","content":"x"}])";
+  EXPECT_EQ(parse_chat_request(chat + "}", defaults(), 8).generation.logprobs, -1);
+  EXPECT_EQ(parse_chat_request(chat + R"(,"logprobs":false})", defaults(), 8).generation.logprobs,
+            -1);
+  EXPECT_EQ(parse_chat_request(chat + R"(,"logprobs":true})", defaults(), 8).generation.logprobs,
+            0);
+  EXPECT_EQ(parse_chat_request(chat + R"(,"logprobs":true,"top_logprobs":20})", defaults(), 8)
+                .generation.logprobs,
+            20);
+  EXPECT_EQ(parse_chat_request(chat + R"(,"logprobs":true,"top_logprobs":null})", defaults(), 8)
+                .generation.logprobs,
+            0);
+  const ApiError alone = chat_error(chat + R"(,"top_logprobs":3})");
+  EXPECT_EQ(alone.param, "top_logprobs");
+  EXPECT_STREQ(alone.what(), "top_logprobs: only with \"logprobs\": true");
+  EXPECT_STREQ(chat_error(chat + R"(,"logprobs":true,"top_logprobs":21})").what(),
+               "top_logprobs: expected a whole number in [0, 20], got 21");
+  EXPECT_EQ(chat_error(chat + R"(,"logprobs":true,"top_logprobs":-1})").param, "top_logprobs");
+  EXPECT_EQ(chat_error(chat + R"(,"logprobs":true,"top_logprobs":1.5})").param, "top_logprobs");
+  EXPECT_EQ(chat_error(chat + R"(,"logprobs":3})").param, "logprobs");
+
+  EXPECT_EQ(parse_completion_request(R"({"prompt":"x"})", defaults()).generation.logprobs, -1);
+  EXPECT_EQ(
+      parse_completion_request(R"({"prompt":"x","logprobs":null})", defaults()).generation.logprobs,
+      -1);
+  EXPECT_EQ(
+      parse_completion_request(R"({"prompt":"x","logprobs":0})", defaults()).generation.logprobs,
+      0);
+  EXPECT_EQ(
+      parse_completion_request(R"({"prompt":"x","logprobs":5})", defaults()).generation.logprobs,
+      5);
+  for (const char* bad : {"21", "-1", "true", "\"5\""}) {
+    try {
+      parse_completion_request(std::string(R"({"prompt":"x","logprobs":)") + bad + "}", defaults());
+      ADD_FAILURE() << "accepted logprobs " << bad;
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.param, "logprobs") << bad;
+      EXPECT_EQ(e.status, 400);
+    }
   }
 }
 
@@ -279,6 +324,59 @@ TEST(OpenAiResponses, StreamChunksCarryTheRoleFirstThenDeltasThenTheFinish) {
   const auto usage = usage_chunk_body(true, "id", 1, "m", Usage{5, 6});
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["total_tokens"], 11);
+}
+
+// Three tokens: " Hi", the first byte of "é" (a byte-fallback token: not a character
+// alone) and "</s>"; the second's alternative was banned (-inf).
+std::vector<TokenLogprob> three_tokens() {
+  const float inf = std::numeric_limits<float>::infinity();
+  return {{15043, " Hi", -0.25f, {{15043, " Hi", -0.25f}, {6324, " Hello", -1.5f}}},
+          {234, "\xc3", -0.5f, {{234, "\xc3", -0.5f}, {32000, "<image>", -inf}}},
+          {2, "</s>", -0.125f, {{29889, ".", -2.0f}, {13, "\n", -3.0f}}}};
+}
+
+TEST(OpenAiResponses, ChatLogprobsGiveEachTokenItsBytesAndItsAlternatives) {
+  size_t offset = 0;
+  const auto json = logprobs_json(true, three_tokens(), offset);
+  EXPECT_TRUE(json["refusal"].is_null());
+  const auto& content = json["content"];
+  ASSERT_EQ(content.size(), 3u);
+  EXPECT_EQ(content[0]["token"], " Hi");
+  EXPECT_EQ(content[0]["logprob"], -0.25);
+  EXPECT_EQ(content[0]["bytes"], nlohmann::json({32, 72, 105}));
+  ASSERT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(content[0]["top_logprobs"][1]["token"], " Hello");
+  EXPECT_EQ(content[0]["top_logprobs"][1]["logprob"], -1.5);
+  // A part of a character: U+FFFD as text, its byte exact.
+  EXPECT_EQ(content[1]["token"], "\xef\xbf\xbd");
+  EXPECT_EQ(content[1]["bytes"], nlohmann::json({0xc3}));
+  EXPECT_EQ(content[1]["top_logprobs"][1]["logprob"], -9999.0);  // OpenAI's floor for -inf
+  // The chosen token need not be among the alternatives (they are the most likely).
+  EXPECT_EQ(content[2]["token"], "</s>");
+  EXPECT_EQ(content[2]["top_logprobs"][0]["token"], ".");
+  EXPECT_NO_THROW(json_text(json));  // valid UTF-8 throughout
+}
+
+TEST(OpenAiResponses, CompletionLogprobsAreParallelListsWithTheTokenAmongItsAlternatives) {
+  size_t offset = 7;  // characters already streamed
+  const auto json = logprobs_json(false, three_tokens(), offset);
+  EXPECT_EQ(json["tokens"], nlohmann::json({" Hi", "\xef\xbf\xbd", "</s>"}));
+  EXPECT_EQ(json["token_logprobs"], nlohmann::json({-0.25, -0.5, -0.125}));
+  EXPECT_EQ(json["text_offset"], nlohmann::json({7, 10, 11}));  // the lone byte starts a character
+  EXPECT_EQ(offset, 15u);
+  ASSERT_EQ(json["top_logprobs"].size(), 3u);
+  EXPECT_EQ(json["top_logprobs"][0], nlohmann::json({{" Hi", -0.25}, {" Hello", -1.5}}));
+  // The chosen token is always there, even when it is not among the most likely.
+  EXPECT_EQ(json["top_logprobs"][2], nlohmann::json({{".", -2.0}, {"\n", -3.0}, {"</s>", -0.125}}));
+  const auto body = completion_body(false, "c", 0, "m", " Hi\xc3\xa9", "eos", Usage{1, 3}, json);
+  EXPECT_EQ(body["choices"][0]["logprobs"]["tokens"].size(), 3u);
+  EXPECT_TRUE(
+      completion_body(false, "c", 0, "m", "x", "eos", Usage{})["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(
+      chunk_body(true, "id", 1, "m", "x", false, "",
+                 logprobs_json(true, three_tokens(), offset))["choices"][0]["logprobs"]["content"]
+          .size(),
+      3u);
 }
 
 TEST(OpenAiResponses, SseFramesOneJsonEventPerDataLineAndEndsWithDone) {

@@ -3,12 +3,14 @@
 // spill past their memory bound, prompts place their images, stop strings end answers.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <optional>
 
 #include "common/config.h"
+#include "common/utf8.h"
 #include "coordinator/coordinator.h"
 #include "pipeline_harness.h"
 
@@ -165,6 +167,93 @@ TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
   EXPECT_EQ(streamed[stopped], expected);
   EXPECT_LE(r.tokens.size(), results.at(plain).tokens.size());
   EXPECT_EQ(results.at(next).tokens, expected_tokens(coordinator, kCases[3]));
+}
+
+// A request that asks for logprobs gets one per token, streamed with the text they make
+// and all in its answer: the tokens' ids, their texts, the most likely alternatives. The
+// answer itself is the same as without them, and a request beside it that asks for none
+// gets none. A language worker killed mid-answer loses none: the resumed attempt's logprobs
+// continue the streamed ones, as an uninterrupted run gives them.
+TEST(Pipeline, LogprobsComeWithEachTokenStreamedAndInTheAnswerAcrossAWorkerDeath) {
+  FaultDelay delay(20);
+  const std::string path = write_config("logprobs", concurrent_cpu(8, 2));
+  std::map<uint64_t, llava::RequestResult> results;
+  std::map<uint64_t, std::string> streamed;
+  std::map<uint64_t, std::vector<llava::TokenLogprob>> streamed_logprobs;
+  bool kill_next = false, killed = false;
+  llava::CoordinatorEvents events;
+  llava::Coordinator* self = nullptr;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  events.on_logprobs = [&](uint64_t id, const std::vector<llava::TokenLogprob>& logprobs) {
+    auto& all = streamed_logprobs[id];
+    all.insert(all.end(), logprobs.begin(), logprobs.end());
+  };
+  events.on_text = [&](uint64_t id, const std::string& text) {
+    streamed[id] += text;
+    if (kill_next && !killed && streamed_logprobs[id].size() >= 3) {
+      killed = true;
+      kill(self->pid_of("language-0"), SIGKILL);
+    }
+  };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  self = &coordinator;
+  auto submit = [&](const Case& item, int logprobs) {
+    llava::RequestSpec spec;
+    spec.prompt = item.prompt;
+    spec.image_paths = item.images;
+    spec.generation = llava::load_config(path).generation;
+    spec.generation.logprobs = logprobs;
+    return coordinator.submit(spec);
+  };
+  const uint64_t asked = submit(kCases[1], 3);
+  const uint64_t plain = submit(kCases[0], -1);
+  coordinator.run();
+  kill_next = true;
+  const uint64_t again = submit(kCases[1], 3);
+  coordinator.run();
+  coordinator.shutdown_workers();
+  ASSERT_TRUE(killed);
+
+  const auto& r = results.at(asked);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.tokens, expected_tokens(coordinator, kCases[1]));
+  EXPECT_TRUE(results.at(plain).logprobs.empty());
+  EXPECT_TRUE(streamed_logprobs[plain].empty());
+  ASSERT_EQ(r.logprobs.size(), r.tokens.size());
+  std::string joined;
+  for (size_t i = 0; i < r.tokens.size(); ++i) {
+    const auto& t = r.logprobs[i];
+    EXPECT_EQ(t.id, r.tokens[i]) << i;
+    EXPECT_EQ(t.text, coordinator.tokenizer().token_text(t.id)) << i;
+    ASSERT_EQ(t.top.size(), 3u) << i;
+    EXPECT_EQ(t.top[0].id, t.id) << i;  // greedy: the token is the most likely
+    EXPECT_EQ(t.top[0].logprob, t.logprob) << i;
+    EXPECT_LE(t.logprob, 0.0f) << i;
+    EXPECT_GE(t.top[0].logprob, t.top[1].logprob) << i;
+    if (!coordinator.tokenizer().is_special(t.id)) joined += t.text;
+  }
+  // The tokens' texts make the answer (whose first space the decoder strips; a lone byte
+  // of no character, which this random model makes, is U+FFFD there).
+  joined = llava::utf8_lossy(joined);
+  EXPECT_TRUE(joined == r.text || joined == " " + r.text) << joined << " | " << r.text;
+  // Streamed: a prefix of the answer's, each with the text it made.
+  ASSERT_LE(streamed_logprobs[asked].size(), r.logprobs.size());
+  for (size_t i = 0; i < streamed_logprobs[asked].size(); ++i) {
+    EXPECT_EQ(streamed_logprobs[asked][i].id, r.logprobs[i].id) << i;
+  }
+
+  const auto& resumed = results.at(again);
+  ASSERT_TRUE(resumed.ok) << resumed.error;
+  EXPECT_GE(resumed.attempts, 2);
+  EXPECT_EQ(resumed.tokens, r.tokens);
+  ASSERT_EQ(resumed.logprobs.size(), r.logprobs.size());
+  for (size_t i = 0; i < r.logprobs.size(); ++i) {
+    EXPECT_NEAR(resumed.logprobs[i].logprob, r.logprobs[i].logprob, 1e-4) << i;
+    for (size_t j = 0; j < 3; ++j) {
+      EXPECT_EQ(resumed.logprobs[i].top[j].id, r.logprobs[i].top[j].id) << i;
+      EXPECT_NEAR(resumed.logprobs[i].top[j].logprob, r.logprobs[i].top[j].logprob, 1e-4) << i;
+    }
+  }
 }
 
 // A prompt given as token ids (/v1/completions) is answered as the text they encode: the

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <limits>
 #include <map>
 
 #include "common/errors.h"
@@ -58,6 +60,86 @@ TEST(Generator, GreedyMatchesTransformersAndStopsAtMaxNewTokens) {
   EXPECT_EQ(events.back().finish, Finish::kLength);
   EXPECT_EQ(g.active(), 0u);
   EXPECT_TRUE(g.has_capacity());
+}
+
+// Logprobs are the log-softmax of the model's scores at each token's place (banned ids
+// out), before any sampling setting: the first token's against transformers' scores after
+// the prompt; each later one, greedy or sampled, in a batch with a row that asks for none,
+// against a prefill of the prompt and the tokens before it.
+TEST(Generator, LogprobsAreTheLogSoftmaxOfTheModelsScoresAtEachTokensPlace) {
+  TinyModel model(data_path("tiny-llava"));
+  auto ref = load_tensors("reference/a_case0.safetensors");
+  auto p = prompt(model, 0);
+  Generator g(model.decoder, 4, 256);
+  at::Tensor last = ref["logits"][-1].to(at::kDouble).clone();
+  for (int64_t id : g.banned_tokens()) last[id] = -std::numeric_limits<double>::infinity();
+  const at::Tensor want = last.log_softmax(-1);
+  const auto want_top = want.topk(5);
+
+  SamplingParams greedy;
+  greedy.max_new_tokens = 12;
+  greedy.logprobs = 5;
+  const auto events = run_alone(g, 1, p, greedy);
+  ASSERT_TRUE(events[0].logprobs);
+  const auto& first = *events[0].logprobs;
+  EXPECT_NEAR(first.logprob, want[events[0].token].item<double>(), 1e-4);
+  ASSERT_EQ(first.top_ids.size(), 5u);
+  for (int64_t j = 0; j < 5; ++j) {
+    EXPECT_EQ(first.top_ids[j], std::get<1>(want_top)[j].item<int64_t>()) << j;
+    EXPECT_NEAR(first.top_logprobs[j], std::get<0>(want_top)[j].item<double>(), 1e-4) << j;
+  }
+  for (const auto& e : events) {  // greedy: the token is the best, its logprob the best's
+    ASSERT_TRUE(e.logprobs);
+    EXPECT_EQ(e.logprobs->top_ids[0], e.token);
+    EXPECT_EQ(e.logprobs->logprob, e.logprobs->top_logprobs[0]);
+    EXPECT_LE(e.logprobs->logprob, 0.0f);
+    EXPECT_TRUE(std::is_sorted(e.logprobs->top_logprobs.rbegin(), e.logprobs->top_logprobs.rend()));
+  }
+
+  SamplingParams sampled = greedy;
+  sampled.temperature = 1.5;
+  sampled.top_k = 20;  // draws among the 20 most likely, whose logprobs the reference has
+  sampled.seed = 7;
+  sampled.logprobs = 20;
+  SamplingParams plain;
+  plain.max_new_tokens = 12;
+  std::vector<int32_t> tokens;
+  std::vector<llava::TokenLogprobs> got;
+  auto take = [&](const TokenEvent& e) {
+    if (e.id == 3) {
+      EXPECT_FALSE(e.logprobs);  // asked for none
+      return;
+    }
+    ASSERT_TRUE(e.logprobs);
+    tokens.push_back(e.token);
+    got.push_back(*e.logprobs);
+  };
+  take(g.start(2, p.ids, p.images, sampled));
+  take(g.start(3, p.ids, p.images, plain));
+  while (g.active() > 0) {
+    for (const auto& e : g.step()) take(e);
+  }
+  ASSERT_EQ(tokens.size(), 12u);
+  int compared = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    std::vector<int32_t> prefix = p.ids;
+    prefix.insert(prefix.end(), tokens.begin(), tokens.begin() + static_cast<long>(i));
+    Generator fresh(model.decoder, 1, 256);
+    SamplingParams one;
+    one.max_new_tokens = 1;
+    one.logprobs = 20;
+    const TokenEvent e = fresh.start(9, prefix, p.images, one, p.ids.size());
+    EXPECT_EQ(got[i].top_ids, e.logprobs->top_ids) << "token " << i;
+    for (size_t j = 0; j < got[i].top_ids.size(); ++j) {
+      EXPECT_NEAR(got[i].top_logprobs[j], e.logprobs->top_logprobs[j], 1e-4) << i << ", " << j;
+      if (got[i].top_ids[j] == tokens[i]) {
+        EXPECT_NEAR(got[i].logprob, e.logprobs->top_logprobs[j], 1e-4) << "token " << i;
+        ++compared;
+      }
+    }
+  }
+  EXPECT_EQ(compared, 12);
+  EXPECT_NE(tokens, std::vector<int32_t>(p.greedy.begin(), p.greedy.begin() + 12));  // sampled
 }
 
 TEST(Generator, StopsOnAStopToken) {
