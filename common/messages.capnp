@@ -108,6 +108,8 @@ struct Sampling {
   # -1: none; else each token comes with its log-probability under the model and the
   # `logprobs` most likely tokens at its place with theirs (TokenChunk.logprobs).
   logprobs @8 :Int32 = -1;
+  # With logprobs: each prompt token's too, from the second on (TokenChunk.promptLogprobs).
+  promptLogprobs @9 :Bool;
 }
 
 # coordinator -> language worker; frames: one [image_tokens, hidden] embedding frame per
@@ -134,6 +136,9 @@ struct TokenChunk {
   tokenIds @0 :List(Int32);
   firstIndex @1 :UInt32;        # index of tokenIds[0] in the answer
   logprobs @2 :List(TokenLogprobs);  # one per token when the task asked (Sampling.logprobs)
+  # In the task's first chunk, when it asked (Sampling.promptLogprobs): one per prompt token
+  # from the second on, each under the scores after the tokens before it.
+  promptLogprobs @3 :List(TokenLogprobs);
 }
 
 struct Done {

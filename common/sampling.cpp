@@ -55,6 +55,7 @@ void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
   out.setRepetitionPenalty(static_cast<float>(params.repetition_penalty));
   out.setSeed(params.seed);
   out.setLogprobs(params.logprobs);
+  out.setPromptLogprobs(params.prompt_logprobs);
   auto stops = out.initStopTokenIds(static_cast<unsigned>(params.stop_token_ids.size()));
   for (size_t i = 0; i < params.stop_token_ids.size(); ++i) {
     stops.set(static_cast<unsigned>(i), params.stop_token_ids[i]);
@@ -71,6 +72,7 @@ SamplingParams from_wire(schema::Sampling::Reader in) {
   params.repetition_penalty = in.getRepetitionPenalty();
   params.seed = in.getSeed();
   params.logprobs = std::clamp<int>(in.getLogprobs(), -1, SamplingLimits::kLogprobs);
+  params.prompt_logprobs = in.getPromptLogprobs() && params.logprobs >= 0;
   for (int32_t id : in.getStopTokenIds()) params.stop_token_ids.push_back(id);
   return params;
 }

@@ -28,6 +28,8 @@ struct SamplingParams {
   // comes with its log-probability and those of the `logprobs` most likely tokens at its
   // place, 0 to SamplingLimits::kLogprobs.
   int logprobs = -1;
+  // Not a key of the YAML file: with logprobs, each prompt token's too (the API's echo).
+  bool prompt_logprobs = false;
 };
 
 // Ranges of the keys, the same in the YAML file and in a request.

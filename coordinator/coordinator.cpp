@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -146,7 +147,7 @@ Coordinator::~Coordinator() {
 uint64_t Coordinator::submit(RequestSpec spec) {
   Request& request = requests_->add(std::move(spec));
   const uint64_t id = request.id;
-  request.detokenizer = std::make_unique<Detokenizer>(tokenizer_);
+  request.detokenizer = std::make_unique<Detokenizer>(tokenizer_, request.spec.continues_prompt);
   try {
     if (draining_ || g_stop > 0)
       throw Refusal(ErrorKind::kUnavailable, "refused: the pipeline is shutting down");
@@ -483,6 +484,32 @@ void Coordinator::on_tokens(wire::Incoming& message) {
                        "", ErrorKind::kInternal);
     return;
   }
+  if (request->owes_prompt_logprobs()) {
+    const auto prompt = chunk.getPromptLogprobs();
+    if (prompt.size() + 1 != request->prompt.size()) {
+      scheduler_->cancel_at_worker(*request);
+      scheduler_->finish(*request,
+                         "language worker: " + std::to_string(prompt.size()) +
+                             " prompt logprobs for a prompt of " +
+                             std::to_string(request->prompt.size()) + " tokens",
+                         "", ErrorKind::kInternal);
+      return;
+    }
+    TokenLogprob first;
+    first.id = request->prompt[0];
+    first.text = tokenizer_.token_text(first.id);
+    first.logprob = std::numeric_limits<float>::quiet_NaN();
+    first.in_text = !tokenizer_.is_special(first.id);
+    request->prompt_logprobs.push_back(std::move(first));
+    for (unsigned i = 0; i < prompt.size(); ++i) {
+      request->prompt_logprobs.push_back(token_logprob(request->prompt[i + 1], prompt[i]));
+    }
+  }
+  if (request->spec.generation.max_new_tokens == 0) {  // sent for the prompt's logprobs alone
+    scheduler_->cancel_at_worker(*request);
+    scheduler_->finish(*request, "", "length");
+    return;
+  }
   size_t index = chunk.getFirstIndex();
   std::string fresh;
   for (unsigned i = 0; i < ids.size(); ++i) {
@@ -498,6 +525,11 @@ void Coordinator::on_tokens(wire::Incoming& message) {
     scheduler_->cancel_at_worker(*request);
     scheduler_->finish(*request, "", "stop");  // streams what is left, then answers
   } else if (!streamable.empty() && events_.on_text) {
+    if (!request->prompt_logprobs_streamed && !request->prompt_logprobs.empty() &&
+        events_.on_logprobs) {
+      request->prompt_logprobs_streamed = true;
+      events_.on_logprobs(request->id, request->prompt_logprobs);
+    }
     if (request->logprobs.size() > request->logprobs_streamed && events_.on_logprobs) {
       const std::vector<TokenLogprob> now(
           request->logprobs.begin() + static_cast<long>(request->logprobs_streamed),
@@ -514,6 +546,7 @@ TokenLogprob Coordinator::token_logprob(int32_t token, schema::TokenLogprobs::Re
   out.id = token;
   out.text = tokenizer_.token_text(token);
   out.logprob = in.getLogprob();
+  out.in_text = !tokenizer_.is_special(token);
   const auto ids = in.getTopIds();
   const auto logprobs = in.getTopLogprobs();
   for (unsigned j = 0; j < std::min(ids.size(), logprobs.size()); ++j) {

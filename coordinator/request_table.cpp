@@ -71,6 +71,7 @@ void RequestTable::finish(Request& request, const std::string& error, const std:
   result.text = request.answer.text();
   result.tokens = request.tokens;
   result.logprobs = std::move(request.logprobs);
+  result.prompt_logprobs = std::move(request.prompt_logprobs);
   result.finish = reason;
   result.prompt_tokens = static_cast<int>(request.prompt.size());
   result.attempts = static_cast<int>(request.attempt) + 1;

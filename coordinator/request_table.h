@@ -31,6 +31,9 @@ struct RequestSpec {
   // Instead of the prompt: token ids as given (/v1/completions), no template, no images.
   std::optional<std::vector<int32_t>> prompt_ids;
   GenerationSection generation;  // the config's defaults, overridden per request
+  // The answer's text continues the prompt's (the API's echo): its first token keeps the
+  // leading space a text's start drops.
+  bool continues_prompt = false;
 };
 
 // Why a request failed, for a client's status code (HTTP 400, 429, 503, 500).
@@ -53,6 +56,8 @@ struct RequestResult {
   std::string text;
   std::vector<int32_t> tokens;
   std::vector<TokenLogprob> logprobs;  // one per token when it asked (generation.logprobs)
+  // One per prompt token when it asked (generation.prompt_logprobs), the first without one.
+  std::vector<TokenLogprob> prompt_logprobs;
   std::string finish;  // "eos", "length"
   int prompt_tokens = 0;
   int attempts = 0;
@@ -112,6 +117,14 @@ struct Request {
   std::vector<int32_t> tokens;
   std::vector<TokenLogprob> logprobs;        // one per token when it asked
   size_t logprobs_streamed = 0;              // of them, given to on_logprobs
+  std::vector<TokenLogprob> prompt_logprobs;  // one per prompt token when it asked
+  bool prompt_logprobs_streamed = false;
+  // It asked for its prompt's logprobs and has not had them yet: the language stage owes it
+  // work even with all its tokens (max_tokens 0).
+  bool owes_prompt_logprobs() const {
+    return spec.generation.prompt_logprobs && spec.generation.logprobs >= 0 &&
+           prompt_logprobs.empty();
+  }
   std::unique_ptr<Detokenizer> detokenizer;  // none in tests that stream no tokens
   StopStrings answer;                        // the text so far, cut at a stop string
   Clock::time_point submitted;

@@ -205,7 +205,7 @@ void Scheduler::finish_complete() {
   // A request that produced all its tokens before its worker died is complete.
   std::vector<uint64_t> complete;
   for (const auto& [id, r] : requests_.all()) {
-    if (r.progress == Progress::kNeedLanguage &&
+    if (r.progress == Progress::kNeedLanguage && !r.owes_prompt_logprobs() &&
         static_cast<int>(r.tokens.size()) >= r.spec.generation.max_new_tokens) {
       complete.push_back(id);
     }

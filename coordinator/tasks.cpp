@@ -1,6 +1,8 @@
 // Builders of the coordinator's messages to its workers.
 #include "coordinator/tasks.h"
 
+#include <algorithm>
+
 #include "common/sampling.h"
 #include "coordinator/request_table.h"
 
@@ -28,7 +30,10 @@ std::unique_ptr<wire::Outgoing> language_task(const Request& request,
   for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
   task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
   SamplingParams sampling = request.spec.generation;  // the request's keys
-  sampling.max_new_tokens -= static_cast<int>(request.tokens.size());
+  // (at least 1: a request of none is sent for its prompt's logprobs, its token dropped)
+  sampling.max_new_tokens =
+      std::max(1, sampling.max_new_tokens - static_cast<int>(request.tokens.size()));
+  sampling.prompt_logprobs = request.owes_prompt_logprobs();
   if (!request.spec.generation.ignore_eos) {
     for (int64_t eos : eos_token_ids) sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
   }

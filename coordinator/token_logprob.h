@@ -20,8 +20,9 @@ struct TokenLogprob {
   };
   int32_t id = -1;
   std::string text;
-  float logprob = 0;
+  float logprob = 0;  // NaN: none (a prompt's first token: nothing comes before it)
   std::vector<Alternative> top;
+  bool in_text = true;  // false: a special token ("</s>"), which the text never shows
 };
 
 }  // namespace llava

@@ -213,6 +213,13 @@ bool Tokenizer::is_plain(int32_t id) const {
   return !decoder_->IsByte(id) && !decoder_->IsUnused(id);
 }
 
+Detokenizer::Detokenizer(const Tokenizer& tokenizer, bool continues_text) : tokenizer_(tokenizer) {
+  if (continues_text && tokenizer.anchor() >= 0) {  // start after a plain token's text
+    window_.push_back(tokenizer.anchor());
+    emitted_ = tokenizer.decode(window_).size();
+  }
+}
+
 std::string Detokenizer::push(int32_t token) {
   window_.push_back(token);
   const std::string text = tokenizer_.decode(window_);

@@ -51,6 +51,8 @@ class Tokenizer {
   // decode() drops); "" for an id outside the vocabulary.
   std::string token_text(int32_t id) const;
   int32_t vocab_size() const { return pieces_; }
+  // A plain token (it decodes alone to a character or more), -1 if none was found.
+  int32_t anchor() const { return anchor_; }
 
  private:
   void encode_piece(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
@@ -76,7 +78,9 @@ class Tokenizer {
 // decode adds.
 class Detokenizer {
  public:
-  explicit Detokenizer(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  // `continues_text`: the answer's text goes on from other text (an echoed prompt's), so
+  // its first token keeps what a text's start drops (LLaMA's leading space).
+  explicit Detokenizer(const Tokenizer& tokenizer, bool continues_text = false);
   std::string push(int32_t token);  // the new text (possibly empty)
   std::string finish();             // whatever was held back
 

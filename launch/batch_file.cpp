@@ -174,6 +174,7 @@ nlohmann::json result_json(const BatchLine& line, const RequestResult& r) {
     out["attempts"] = r.attempts;
     out["cached_images"] = r.cached_images;
     out["timings_ms"] = {{"vision", r.vision_ms}, {"first_token", r.first_token_ms}, {"total", r.total_ms}};
+    if (!r.logprobs.empty()) out["logprobs"] = logprobs_array(r.logprobs);  // asked for
   } else {
     out["error"] = r.error;
   }

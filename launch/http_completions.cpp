@@ -4,6 +4,7 @@
 // client gone (cancel), or the timeout. Answered whole, or streamed as server-sent events.
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -20,6 +21,18 @@
 namespace llava {
 
 using Clock = RequestChannel::Clock;
+
+namespace {
+
+// An answer's logprobs in the order a client reads them: an echoed prompt's, then the
+// generated tokens'.
+std::vector<TokenLogprob> all_logprobs(const RequestResult& result) {
+  std::vector<TokenLogprob> all = result.prompt_logprobs;
+  all.insert(all.end(), result.logprobs.begin(), result.logprobs.end());
+  return all;
+}
+
+}  // namespace
 
 void HttpServer::complete(const httplib::Request& req, httplib::Response& res, bool chat) {
   CompletionRequest request =
@@ -51,12 +64,17 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   } else {
     spec.prompt = request.prompt;
     spec.prompt_ids = request.prompt_ids;
+    spec.continues_prompt = request.echo;
   }
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_response_number());
   spec.client_id = id;
   const int images = static_cast<int>(spec.image_bytes.size());
   auto channel = std::make_shared<RequestChannel>();
-  post([this, spec = std::move(spec), channel, images](Coordinator* coordinator) mutable {
+  // echo: the answer starts with the prompt's text (a prompt of ids: decoded on the
+  // coordinator's thread, read here once the request is accepted).
+  auto echoed = std::make_shared<std::string>(request.echo ? request.prompt : "");
+  post([this, spec = std::move(spec), channel, images, echoed,
+        decode_ids = request.echo && request.prompt_ids](Coordinator* coordinator) mutable {
     if (!coordinator) {
       RequestResult refused;
       refused.error = "refused: the pipeline is shutting down";
@@ -64,6 +82,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       channel->finish(refused);
       return;
     }
+    if (decode_ids) *echoed = coordinator->tokenizer().decode(*spec.prompt_ids);
     submitting_ = channel;
     const uint64_t request_id = coordinator->submit(std::move(spec));
     submitting_.reset();
@@ -100,28 +119,40 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     channel->take(text, result);
     if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
     const Usage usage{result->prompt_tokens, static_cast<int>(result->tokens.size())};
-    size_t text_offset = 0;
-    answer_json(res, 200,
-                completion_body(chat, id, created, model_id_, result->text, result->finish, usage,
-                                with_logprobs ? logprobs_json(chat, result->logprobs, text_offset)
-                                              : nlohmann::json()));
+    const std::string answer = *echoed + result->text;
+    TextCursor cursor;
+    answer_json(
+        res, 200,
+        completion_body(chat, id, created, model_id_, answer, result->finish, usage,
+                        with_logprobs ? logprobs_json(chat, all_logprobs(*result), answer, cursor)
+                                      : nlohmann::json()));
     return;
   }
 
   // Streaming: the role first, then text as it comes; the end, the usage, [DONE].
   struct Stream {
     std::shared_ptr<RequestChannel> channel;
-    int client;
-    bool chat, include_usage, started = false, ended = false;
+    int client = -1;
+    bool chat = false, include_usage = false, started = false, ended = false;
     std::string id;
-    int64_t created;
+    int64_t created = 0;
     Clock::time_point deadline;
-    bool with_logprobs;
-    size_t logprobs_sent = 0;  // tokens whose logprobs went out
-    size_t text_offset = 0;    // the answer's characters before the next token (completions)
+    bool with_logprobs = false;
+    std::shared_ptr<std::string> echoed;  // the prompt's text, until the first chunk takes it
+    size_t logprobs_sent = 0;  // tokens (the echoed prompt's first) whose logprobs went out
+    std::string text;          // what went out, for the completions' text_offset
+    TextCursor cursor;         // how far the logprobs that went out reached in it
   };
-  auto stream = std::make_shared<Stream>(Stream{channel, client, chat, request.include_usage, false,
-                                                false, id, created, deadline, with_logprobs});
+  auto stream = std::make_shared<Stream>();
+  stream->channel = channel;
+  stream->client = client;
+  stream->chat = chat;
+  stream->include_usage = request.include_usage;
+  stream->id = id;
+  stream->created = created;
+  stream->deadline = deadline;
+  stream->with_logprobs = with_logprobs;
+  stream->echoed = echoed;
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -162,8 +193,13 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
         auto logprobs_of = [&](const std::vector<TokenLogprob>& tokens) -> nlohmann::json {
           if (!stream->with_logprobs) return nullptr;
           stream->logprobs_sent += tokens.size();
-          return logprobs_json(stream->chat, tokens, stream->text_offset);
+          return logprobs_json(stream->chat, tokens, stream->text, stream->cursor);
         };
+        if (!stream->echoed->empty() && (!text.empty() || !logprobs.empty())) {
+          text = *stream->echoed + text;
+          stream->echoed->clear();
+        }
+        if (stream->with_logprobs && !stream->chat) stream->text += text;
         if ((!text.empty() || !logprobs.empty()) &&
             !send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, text,
                                        false, "", logprobs_of(logprobs))))) {
@@ -174,12 +210,13 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
           send(sse_event(error_body(status_for(result->error_kind), result->error)));
           return end();
         }
-        std::vector<TokenLogprob> rest;
-        if (result->logprobs.size() > stream->logprobs_sent) {
-          rest.assign(result->logprobs.begin() + static_cast<long>(stream->logprobs_sent),
-                      result->logprobs.end());
-        }
-        if (!send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, "",
+        std::vector<TokenLogprob> rest = all_logprobs(*result);
+        rest.erase(rest.begin(),
+                   rest.begin() + static_cast<long>(std::min(stream->logprobs_sent, rest.size())));
+        std::string last;  // an echoed prompt nothing has streamed (max_tokens 0)
+        last.swap(*stream->echoed);
+        if (stream->with_logprobs && !stream->chat) stream->text += last;
+        if (!send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, last,
                                        false, result->finish.empty() ? "stop" : result->finish,
                                        rest.empty() ? nlohmann::json() : logprobs_of(rest))))) {
           return false;

@@ -3,6 +3,7 @@
 #include "launch/openai_api.h"
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <set>
 
@@ -351,8 +352,13 @@ CompletionRequest parse_completion_request(const std::string& body,
   CompletionRequest out;
   out.chat = false;
   out.generation = defaults;
-  bool have_prompt = false;
+  bool have_prompt = false, no_tokens = false;
   for (const auto& [key, value] : j.items()) {
+    if ((key == "max_tokens" || key == "max_completion_tokens") && value.is_number_integer() &&
+        value.get<int64_t>() == 0) {
+      no_tokens = true;  // only with echo: the prompt's logprobs alone
+      continue;
+    }
     if (common_key(key, value, out)) continue;
     if (key == "prompt") {
       read_prompt(value, out);
@@ -360,7 +366,7 @@ CompletionRequest parse_completion_request(const std::string& body,
     } else if (key == "logprobs") {  // how many alternatives with each token's own
       if (!value.is_null()) out.generation.logprobs = logprobs_count(key, value);
     } else if (key == "echo") {
-      if (boolean(key, value)) throw ApiError(400, "echo: not supported", key);
+      out.echo = boolean(key, value);
     } else if (key == "suffix") {  // insertion: not done; null or "" asks for none
       if (!value.is_null() && value != "") {
         throw ApiError(400, "suffix: not supported, got " + shown(value), key);
@@ -377,6 +383,14 @@ CompletionRequest parse_completion_request(const std::string& body,
   if (!out.stream && out.include_usage) {
     throw ApiError(400, "stream_options: only with \"stream\": true", "stream_options");
   }
+  if (no_tokens) {
+    if (!out.echo) {
+      throw ApiError(400, "max_tokens: 0 only with \"echo\": true (else nothing is answered)",
+                     "max_tokens");
+    }
+    out.generation.max_new_tokens = 0;
+  }
+  out.generation.prompt_logprobs = out.echo && out.generation.logprobs >= 0;
   return out;
 }
 
@@ -412,8 +426,31 @@ size_t characters(const std::string& bytes) {
 
 }  // namespace
 
+namespace {
+
+// Where `token` lies in `text` at `cursor` (characters), moving the cursor past it.
+size_t place(const std::string& text, TextCursor& cursor, const TokenLogprob& token) {
+  const size_t at = cursor.characters;
+  if (!token.in_text) return at;
+  const std::string& t = token.text;
+  size_t take = 0;
+  if (text.compare(cursor.byte, t.size(), t) == 0) {
+    take = t.size();
+  } else if (!t.empty() && t[0] == ' ' &&
+             text.compare(cursor.byte, t.size() - 1, t, 1, std::string::npos) == 0) {
+    take = t.size() - 1;  // the text's start dropped its space
+  } else {  // not as the text shows it (a byte of no character, U+FFFD there): as many bytes
+    take = std::min(t.size(), text.size() - cursor.byte);
+  }
+  cursor.characters += characters(text.substr(cursor.byte, take));
+  cursor.byte += take;
+  return at;
+}
+
+}  // namespace
+
 nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
-                             size_t& text_offset) {
+                             const std::string& text, TextCursor& cursor) {
   if (chat) {
     nlohmann::json content = nlohmann::json::array();
     for (const auto& token : logprobs) {
@@ -434,15 +471,19 @@ nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprob
   nlohmann::json tokens = nlohmann::json::array(), token_logprobs = nlohmann::json::array(),
                  top_logprobs = nlohmann::json::array(), offsets = nlohmann::json::array();
   for (const auto& token : logprobs) {
-    const std::string text = utf8_lossy(token.text);
-    tokens.push_back(text);
+    const std::string shown = utf8_lossy(token.text);
+    tokens.push_back(shown);
+    offsets.push_back(place(text, cursor, token));
+    if (std::isnan(token.logprob)) {  // a prompt's first token: nothing came before it
+      token_logprobs.push_back(nullptr);
+      top_logprobs.push_back(nullptr);
+      continue;
+    }
     token_logprobs.push_back(finite_logprob(token.logprob));
     nlohmann::json top = nlohmann::json::object();
     for (const auto& other : token.top) top[utf8_lossy(other.text)] = finite_logprob(other.logprob);
-    if (!top.contains(text)) top[text] = finite_logprob(token.logprob);
+    if (!top.contains(shown)) top[shown] = finite_logprob(token.logprob);
     top_logprobs.push_back(std::move(top));
-    offsets.push_back(text_offset);
-    text_offset += characters(token.text);
   }
   return {{"tokens", std::move(tokens)},
           {"token_logprobs", std::move(token_logprobs)},

@@ -53,6 +53,7 @@ struct CompletionRequest {
   GenerationSection generation;       // the config's defaults, overridden by the request
   bool stream = false;
   bool include_usage = false;
+  bool echo = false;  // completions: the answer's text (and logprobs) start with the prompt's
   int images = 0;
 };
 
@@ -74,12 +75,22 @@ struct Usage {
 };
 nlohmann::json usage_json(const Usage& usage);
 
+// How far the completions form's text_offset has come through an answer's text.
+struct TextCursor {
+  size_t byte = 0;        // in the text
+  size_t characters = 0;  // code points before `byte`: the offset clients read
+};
+
 // Tokens' logprobs as a choice's "logprobs": chat's {"content": [{token, logprob, bytes,
 // top_logprobs}], "refusal": null}, or the completions' {tokens, token_logprobs,
-// top_logprobs (each with the token itself), text_offset}. `text_offset`: the answer's
-// characters before the first token (completions), advanced past these tokens.
+// top_logprobs (each with the token itself), text_offset}. text_offset is where each token
+// lies in `text` (the answer's, echoed prompt and all, as far as known), in characters,
+// from `cursor` on, which moves past them: a token is found where its text is, or is, but
+// for the space a text's start drops; a special token ("</s>") takes no room, as the text
+// does not show it. A token without a logprob (an echoed prompt's first) has null for it
+// and for its alternatives.
 nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
-                             size_t& text_offset);
+                             const std::string& text, TextCursor& cursor);
 
 // A whole answer: "chat.completion" or "text_completion"; `logprobs` null unless asked.
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,

@@ -9,6 +9,7 @@
 #include "common/errors.h"
 #include "common/json_depth.h"
 #include "common/sampling.h"
+#include "common/utf8.h"
 
 namespace llava {
 
@@ -160,6 +161,13 @@ void parse_json_request(const std::string& text, bool batch_line, JsonRequest& o
     if (key == "id") continue;
     if (key == "prompt") {
       out.prompt = string_value(key, value);
+    } else if (key == "logprobs") {
+      const int most = SamplingLimits::kLogprobs;
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > most) {
+        throw RequestError("logprobs: expected a whole number in [0, " + std::to_string(most) +
+                           "], got " + shown(value));
+      }
+      out.generation.logprobs = static_cast<int>(value.get<int64_t>());
     } else if (batch_line && (key == "image" || key == "images")) {
       if (value.is_array()) {
         for (const auto& path : value) out.image_paths.push_back(string_value(key, path));
@@ -171,6 +179,22 @@ void parse_json_request(const std::string& text, bool batch_line, JsonRequest& o
     }
   }
   if (batch_line && !j.contains("prompt")) throw RequestError("no \"prompt\"");
+}
+
+nlohmann::json logprobs_array(const std::vector<TokenLogprob>& logprobs) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& token : logprobs) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const auto& other : token.top) {
+      top.push_back(
+          {{"id", other.id}, {"text", utf8_lossy(other.text)}, {"logprob", other.logprob}});
+    }
+    out.push_back({{"id", token.id},
+                   {"text", utf8_lossy(token.text)},
+                   {"logprob", token.logprob},
+                   {"top", std::move(top)}});
+  }
+  return out;
 }
 
 }  // namespace llava

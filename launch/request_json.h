@@ -9,6 +9,7 @@
 
 #include "common/command_line.h"
 #include "common/config.h"
+#include "coordinator/token_logprob.h"
 
 namespace llava {
 
@@ -43,10 +44,15 @@ struct JsonRequest {
   GenerationSection generation;          // set by the caller to the defaults
 };
 
-// Fills `out` from one request's JSON text: a client's ("id", "prompt", sampling keys) or,
-// with `batch_line`, a batch file's line (also "image" / "images" paths; "prompt" required).
+// Fills `out` from one request's JSON text: a client's ("id", "prompt", sampling keys,
+// "logprobs": how many alternatives come with each token's logprob, 0-20) or, with
+// `batch_line`, a batch file's line (also "image" / "images" paths; "prompt" required).
 // Throws RequestError saying what is wrong; `out.id` is read first, so the error reply can
 // carry it.
 void parse_json_request(const std::string& text, bool batch_line, JsonRequest& out);
+
+// An answer's logprobs in a reply or result line: [{"id", "text", "logprob", "top": [{"id",
+// "text", "logprob"}]}] per token (a text that is part of a character: U+FFFD).
+nlohmann::json logprobs_array(const std::vector<TokenLogprob>& logprobs);
 
 }  // namespace llava

@@ -142,6 +142,9 @@ int serve(const ServeOptions& o) {
     }
     nlohmann::json done = {{"id", it->second.second}, {"done", true},       {"ok", r.ok},
                            {"text", r.text},          {"finish", r.finish}, {"tokens", r.tokens}};
+    if (r.ok && r.logprobs.size() == r.tokens.size() && !r.logprobs.empty()) {
+      done["logprobs"] = logprobs_array(r.logprobs);
+    }
     if (!r.ok) {
       done["error"] = r.error;
       done["error_kind"] = error_kind_name(r.error_kind);  // bad_request, overloaded, unavailable, ...

@@ -53,6 +53,17 @@ std::optional<Generator::RowLogprobs> Generator::row_logprobs(const at::Tensor& 
                      ids.to(at::kCPU).contiguous()};
 }
 
+void Generator::score_prompt(const at::Tensor& hidden, const int32_t* next, int64_t count, int top,
+                             std::vector<TokenLogprobs>& out) const {
+  const at::Tensor logits = without_banned(decoder_.logits(hidden));  // [count, V]
+  const at::Tensor ids = at::from_blob(const_cast<int32_t*>(next), {count, 1}, at::kInt)
+                             .to(at::kLong)
+                             .to(logits.device());
+  const at::Tensor scores = logits.gather(1, ids).squeeze(1).to(at::kCPU).contiguous();
+  const auto rows = row_logprobs(logits, top);
+  for (int64_t i = 0; i < count; ++i) out.push_back(rows->of(i, scores.data_ptr<float>()[i], top));
+}
+
 float Generator::RowLogprobs::best(int64_t row) const {
   return best_scores.data_ptr<float>()[row * best_scores.size(1)];
 }
@@ -72,7 +83,7 @@ TokenLogprobs Generator::RowLogprobs::of(int64_t row, float token_score, int top
 }
 
 TokenEvent Generator::choose(uint64_t id, Sequence& s, int32_t token) {
-  TokenEvent event{id, token, Finish::kNone, std::nullopt};
+  TokenEvent event{id, token, Finish::kNone, std::nullopt, {}};
   s.history.push_back(event.token);
   ++s.generated;
   if (s.sampler.is_stop(event.token)) {
@@ -106,11 +117,20 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
   if (slot < 0) throw RequestError("request " + std::to_string(id) + ": no free sequence slot");
   Sequence s{slot, prompt, 0, params, Sampler(params)};
   at::Tensor hidden;
+  std::vector<TokenLogprobs> prompt_logprobs;
   try {
     // In chunks: activations (and the attention's scores) stay bounded by the chunk.
     const int64_t length = embeds.size(1);
     for (int64_t from = 0; from < length; from += prefill_chunk_) {
-      hidden = decoder_.forward(embeds.narrow(1, from, std::min(prefill_chunk_, length - from)), cache_, {slot});
+      const int64_t count = std::min(prefill_chunk_, length - from);
+      hidden = decoder_.forward(embeds.narrow(1, from, count), cache_, {slot});
+      if (params.prompt_logprobs && params.logprobs >= 0) {  // positions with a next token
+        const int64_t scored = std::min(count, length - 1 - from);
+        if (scored > 0) {
+          score_prompt(hidden[0].narrow(0, 0, scored), prompt.data() + from + 1, scored,
+                       params.logprobs, prompt_logprobs);
+        }
+      }
     }
   } catch (...) {
     cache_.release(slot);
@@ -129,6 +149,7 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
     score = host.data_ptr<float>()[event.token];
   }
   if (logprobs) event.logprobs = logprobs->of(0, score, params.logprobs);
+  event.prompt_logprobs = std::move(prompt_logprobs);
   if (event.finish == Finish::kNone) {
     sequences_.emplace(id, std::move(s));
   } else {

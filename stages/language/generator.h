@@ -34,6 +34,9 @@ struct TokenEvent {
   int32_t token = -1;  // -1 for a cancellation
   Finish finish = Finish::kNone;
   std::optional<TokenLogprobs> logprobs;  // when its request asked (SamplingParams::logprobs)
+  // A request's first token, when it asked (prompt_logprobs): those of its prompt's tokens
+  // from the second on.
+  std::vector<TokenLogprobs> prompt_logprobs;
 };
 
 class Generator {
@@ -82,6 +85,10 @@ class Generator {
   // logits [rows, V]; for the sequences' largest SamplingParams::logprobs (nothing when
   // none asks, the usual case: no work at all then).
   static std::optional<RowLogprobs> row_logprobs(const at::Tensor& logits, int most);
+  // The logprobs of `next` (the tokens after a prompt chunk's positions), with `top`
+  // alternatives, from the chunk's hidden states [positions, H]: appended to `out`.
+  void score_prompt(const at::Tensor& hidden, const int32_t* next, int64_t count, int top,
+                    std::vector<TokenLogprobs>& out) const;
   // The next token of `sequence` from its row's scores on the host (its sampler; the
   // largest when it is plain greedy). Touches only the sequence's sampler: rows draw on
   // threads of their own.

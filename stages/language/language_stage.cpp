@@ -36,6 +36,17 @@ schema::FinishReason finish_reason(Finish finish) {
   }
 }
 
+void to_wire(const TokenLogprobs& logprobs, schema::TokenLogprobs::Builder out) {
+  out.setLogprob(logprobs.logprob);
+  const auto& ids = logprobs.top_ids;
+  auto top_ids = out.initTopIds(static_cast<unsigned>(ids.size()));
+  auto top_logprobs = out.initTopLogprobs(static_cast<unsigned>(ids.size()));
+  for (unsigned j = 0; j < ids.size(); ++j) {
+    top_ids.set(j, ids[j]);
+    top_logprobs.set(j, logprobs.top_logprobs[j]);
+  }
+}
+
 }  // namespace
 
 LanguageStage::LanguageStage(const StageContext& context, StageSink& sink)
@@ -164,16 +175,10 @@ void LanguageStage::emit(const TokenEvent& event) {
   }
   body.initTokenIds(1).set(0, token);
   body.setFirstIndex(run.first_index + run.generated);
-  if (event.logprobs) {
-    auto entry = body.initLogprobs(1)[0];
-    entry.setLogprob(event.logprobs->logprob);
-    const auto& ids = event.logprobs->top_ids;
-    auto top_ids = entry.initTopIds(static_cast<unsigned>(ids.size()));
-    auto top_logprobs = entry.initTopLogprobs(static_cast<unsigned>(ids.size()));
-    for (unsigned j = 0; j < ids.size(); ++j) {
-      top_ids.set(j, ids[j]);
-      top_logprobs.set(j, event.logprobs->top_logprobs[j]);
-    }
+  if (event.logprobs) to_wire(*event.logprobs, body.initLogprobs(1)[0]);
+  if (!event.prompt_logprobs.empty()) {
+    auto list = body.initPromptLogprobs(static_cast<unsigned>(event.prompt_logprobs.size()));
+    for (unsigned i = 0; i < list.size(); ++i) to_wire(event.prompt_logprobs[i], list[i]);
   }
   ++run.generated;
   sink_.send(chunk);

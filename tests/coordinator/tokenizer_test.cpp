@@ -55,12 +55,27 @@ TEST_F(TokenizerTest, DecodesAsTransformersDoesSkippingSpecialTokens) {
 }
 
 // tiny-llava has both files, and tokenizer.json wins: the SentencePiece path, on its own.
-TEST(SentencePieceTokenizer, MatchesTransformersOnFiftyStringsWithoutTokenizerJson) {
-  const auto folder = std::filesystem::path(testing::TempDir()) / "tiny-llava-sentencepiece";
-  std::filesystem::remove_all(folder);
-  std::filesystem::create_directories(folder);
-  std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
-  llava::Tokenizer tokenizer(folder.string(), {{"<image>", 800}, {"<pad>", 801}});
+// tiny-llava's tokenizer.model alone in a folder (the test's own).
+class SentencePieceTokenizer : public testing::Test {
+ protected:
+  SentencePieceTokenizer()
+      : folder_(make_folder()), tokenizer(folder_.string(), {{"<image>", 800}, {"<pad>", 801}}) {}
+  ~SentencePieceTokenizer() override { std::filesystem::remove_all(folder_); }
+  static std::filesystem::path make_folder() {
+    const auto folder =
+        std::filesystem::path(testing::TempDir()) /
+        ("sentencepiece-" +
+         std::string(testing::UnitTest::GetInstance()->current_test_info()->name()));
+    std::filesystem::remove_all(folder);
+    std::filesystem::create_directories(folder);
+    std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
+    return folder;
+  }
+  std::filesystem::path folder_;
+  llava::Tokenizer tokenizer;
+};
+
+TEST_F(SentencePieceTokenizer, MatchesTransformersOnFiftyStringsWithoutTokenizerJson) {
   auto reference = load_json("reference/tokenizer.json");
   for (const auto& c : reference["cases"]) {
     const std::string text = c["text"];
@@ -68,17 +83,11 @@ TEST(SentencePieceTokenizer, MatchesTransformersOnFiftyStringsWithoutTokenizerJs
     EXPECT_EQ(tokenizer.encode(text), ids) << "text: " << text;
     EXPECT_EQ(tokenizer.decode(ids), c["decoded"].get<std::string>()) << "text: " << text;
   }
-  std::filesystem::remove_all(folder);
 }
 
 // The stream's window on the SentencePiece path: every reference case in turn, with BOS,
 // EOS and image tokens between them, as one answer of hundreds of tokens.
-TEST(SentencePieceTokenizer, ALongStreamGivesTheFullDecode) {
-  const auto folder = std::filesystem::path(testing::TempDir()) / "tiny-llava-sentencepiece-stream";
-  std::filesystem::remove_all(folder);
-  std::filesystem::create_directories(folder);
-  std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
-  llava::Tokenizer tokenizer(folder.string(), {{"<image>", 800}, {"<pad>", 801}});
+TEST_F(SentencePieceTokenizer, ALongStreamGivesTheFullDecode) {
   const auto reference = load_json("reference/tokenizer.json");
   std::vector<int32_t> ids;
   for (int round = 0; round < 4; ++round) {
@@ -97,15 +106,9 @@ TEST(SentencePieceTokenizer, ALongStreamGivesTheFullDecode) {
   }
   joined += stream.finish();
   EXPECT_EQ(joined, tokenizer.decode(ids));
-  std::filesystem::remove_all(folder);
 }
 
-TEST(SentencePieceTokenizer, TokenTextsMakeTheDecodedText) {
-  const auto folder = std::filesystem::path(testing::TempDir()) / "tiny-llava-sentencepiece-texts";
-  std::filesystem::remove_all(folder);
-  std::filesystem::create_directories(folder);
-  std::filesystem::copy_file(kData + "tiny-llava/tokenizer.model", folder / "tokenizer.model");
-  llava::Tokenizer tokenizer(folder.string(), {{"<image>", 800}, {"<pad>", 801}});
+TEST_F(SentencePieceTokenizer, TokenTextsMakeTheDecodedText) {
   EXPECT_EQ(tokenizer.token_text(tokenizer.eos_id()), "</s>");
   EXPECT_EQ(tokenizer.token_text(800), "<image>");
   EXPECT_EQ(tokenizer.token_text(5000), "");
@@ -118,7 +121,6 @@ TEST(SentencePieceTokenizer, TokenTextsMakeTheDecodedText) {
     const std::string decoded = c["decoded"];
     EXPECT_TRUE(joined == decoded || joined == " " + decoded) << decoded << " | " << joined;
   }
-  std::filesystem::remove_all(folder);
 }
 
 TEST_F(TokenizerTest, KnowsTheAddedTokens) {

@@ -342,6 +342,48 @@ test('logprobs: /v1/completions gives the legacy lists, the chosen token among i
     (e) => e.status === 400 && e.param === 'logprobs');
 });
 
+test('echo: the prompt\'s text and logprobs first, with max_tokens 0 its logprobs alone, as evaluation harnesses ask', async () => {
+  const prompt = 'USER: What is in the picture? ASSISTANT: A red circle.';
+  const scored = await client.completions.create({ ...greedy, prompt, echo: true, logprobs: 1, max_tokens: 0 });
+  const lp = scored.choices[0].logprobs;
+  assert.equal(scored.choices[0].text, prompt);
+  assert.equal(scored.usage.completion_tokens, 0);
+  assert.equal(lp.tokens.length, scored.usage.prompt_tokens);
+  assert.equal(lp.token_logprobs[0], null);  // nothing comes before the first
+  assert.equal(lp.top_logprobs[0], null);
+  assert.ok(lp.token_logprobs.slice(1).every((x) => x <= 0));
+  // Each token lies at its text_offset (the first text token's space is the text's start's).
+  lp.tokens.forEach((t, i) => {
+    if (t === '<s>') return;
+    const at = prompt.slice(lp.text_offset[i]);
+    assert.ok(at.startsWith(t) || (i <= 1 && at.startsWith(t.replace(/^ /, ''))), `${t} at ${lp.text_offset[i]}`);
+  });
+  // The same prompt's tokens as ids: the same logprobs.
+  const { tokens } = await (await fetch(`${baseURL}/tokenize`, { method: 'POST', body: JSON.stringify({ prompt }) })).json();
+  const asIds = await client.completions.create({ ...greedy, prompt: tokens, echo: true, logprobs: 1, max_tokens: 0 });
+  assert.equal(asIds.choices[0].text, prompt);
+  assert.deepEqual(asIds.choices[0].logprobs.token_logprobs, lp.token_logprobs);
+  // With an answer: the prompt's logprobs, then the answer's; streamed alike.
+  const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', echo: true, logprobs: 2 };
+  const whole = await client.completions.create(ask);
+  const all = whole.choices[0].logprobs;
+  assert.equal(all.tokens.length, whole.usage.prompt_tokens + whole.usage.completion_tokens);
+  // The answer follows the prompt as it would in a text (LLaMA keeps its first space then).
+  const plain = await client.completions.create({ ...greedy, prompt: ask.prompt });
+  assert.ok([ask.prompt + plain.choices[0].text, `${ask.prompt} ${plain.choices[0].text}`].includes(whole.choices[0].text));
+  const stream = await client.completions.create({ ...ask, stream: true });
+  let text = '';
+  const offsets = [];
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.text ?? '';
+    offsets.push(...(chunk.choices[0]?.logprobs?.text_offset ?? []));
+  }
+  assert.equal(text, whole.choices[0].text);
+  assert.deepEqual(offsets, all.text_offset);
+  await assert.rejects(client.completions.create({ ...greedy, prompt, max_tokens: 0 }),
+    (e) => e.status === 400 && e.param === 'max_tokens');
+});
+
 test('/tokenize and /detokenize round-trip a prompt with the server\'s tokenizer', async () => {
   const post = async (path, body) =>
     (await fetch(`${baseURL}${path}`, { method: 'POST', body: JSON.stringify(body) })).json();

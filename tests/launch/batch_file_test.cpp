@@ -69,6 +69,23 @@ TEST(BatchFile, ResultsAppearUnderTheirNameOnlyWhenComplete) {
   EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
 }
 
+// A line that asked for logprobs gets them in its result, a token each; others get none.
+TEST(BatchFile, AResultCarriesLogprobsOnlyWhenItsLineAskedForThem) {
+  llava::BatchLine line;
+  line.number = 3;
+  line.id = "q";
+  llava::RequestResult r;
+  r.ok = true;
+  r.text = "Hi.";
+  r.tokens = {15043, 29889};
+  EXPECT_FALSE(llava::result_json(line, r).contains("logprobs"));
+  r.logprobs = {{15043, " Hi", -0.5f, {}}, {29889, ".", -0.25f, {}}};
+  const auto json = llava::result_json(line, r);
+  ASSERT_EQ(json["logprobs"].size(), 2u);
+  EXPECT_EQ(json["logprobs"][1]["text"], ".");
+  EXPECT_EQ(json["logprobs"][1]["logprob"], -0.25);
+}
+
 TEST(BatchFile, TheRequestsFileIsNeverTheOutput) {
   const std::string path = temp("same.jsonl");
   std::ofstream(path) << "{\"prompt\": \"a\"}\n";

@@ -233,12 +233,30 @@ TEST(OpenAiChatRequest, IncludeUsageWithoutStreamIsRefused) {
       "stream_options");
 }
 
-TEST(OpenAiCompletionRequest, ReadsAPromptAndRefusesEcho) {
+TEST(OpenAiCompletionRequest, ReadsAPromptAndEcho) {
   const auto r = parse_completion_request(R"({"prompt":"Once","max_tokens":3})", defaults());
   EXPECT_FALSE(r.chat);
   EXPECT_EQ(r.prompt, "Once");
   EXPECT_EQ(r.generation.max_new_tokens, 3);
-  EXPECT_THROW(parse_completion_request(R"({"prompt":"x","echo":true})", defaults()), ApiError);
+  EXPECT_FALSE(r.echo);
+  // echo: the prompt's text first; with logprobs, its tokens' too; then max_tokens may be 0
+  // (the prompt's logprobs alone, as evaluation harnesses ask).
+  const auto echo = parse_completion_request(R"({"prompt":"x","echo":true})", defaults());
+  EXPECT_TRUE(echo.echo);
+  EXPECT_FALSE(echo.generation.prompt_logprobs);
+  const auto scored = parse_completion_request(
+      R"({"prompt":"x","echo":true,"logprobs":1,"max_tokens":0})", defaults());
+  EXPECT_TRUE(scored.generation.prompt_logprobs);
+  EXPECT_EQ(scored.generation.max_new_tokens, 0);
+  EXPECT_FALSE(parse_completion_request(R"({"prompt":"x","logprobs":1})", defaults())
+                   .generation.prompt_logprobs);
+  try {
+    parse_completion_request(R"({"prompt":"x","max_tokens":0})", defaults());
+    ADD_FAILURE() << "max_tokens 0 without echo";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param, "max_tokens");
+  }
+  EXPECT_THROW(parse_completion_request(R"({"prompt":"x","echo":1})", defaults()), ApiError);
   EXPECT_THROW(parse_completion_request(R"({"prompt":"x","suffix":"end"})", defaults()), ApiError);
   EXPECT_NO_THROW(
       parse_completion_request(R"({"prompt":"x","suffix":null,"echo":false})", defaults()));
@@ -336,8 +354,8 @@ std::vector<TokenLogprob> three_tokens() {
 }
 
 TEST(OpenAiResponses, ChatLogprobsGiveEachTokenItsBytesAndItsAlternatives) {
-  size_t offset = 0;
-  const auto json = logprobs_json(true, three_tokens(), offset);
+  TextCursor cursor;
+  const auto json = logprobs_json(true, three_tokens(), " Hi\xc3", cursor);
   EXPECT_TRUE(json["refusal"].is_null());
   const auto& content = json["content"];
   ASSERT_EQ(content.size(), 3u);
@@ -358,25 +376,43 @@ TEST(OpenAiResponses, ChatLogprobsGiveEachTokenItsBytesAndItsAlternatives) {
 }
 
 TEST(OpenAiResponses, CompletionLogprobsAreParallelListsWithTheTokenAmongItsAlternatives) {
-  size_t offset = 7;  // characters already streamed
-  const auto json = logprobs_json(false, three_tokens(), offset);
+  // The answer so far: "ab" (7 characters streamed before: the cursor), then these tokens'
+  // text: "Hi" (its space dropped at a text's start) and a lone byte (U+FFFD in the text).
+  const std::string text =
+      "ab\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+      "Hi\xef\xbf\xbd";
+  TextCursor cursor{17, 7};
+  const auto json = logprobs_json(false, three_tokens(), text, cursor);
   EXPECT_EQ(json["tokens"], nlohmann::json({" Hi", "\xef\xbf\xbd", "</s>"}));
   EXPECT_EQ(json["token_logprobs"], nlohmann::json({-0.25, -0.5, -0.125}));
-  EXPECT_EQ(json["text_offset"], nlohmann::json({7, 10, 11}));  // the lone byte starts a character
-  EXPECT_EQ(offset, 15u);
+  EXPECT_EQ(json["text_offset"], nlohmann::json({7, 9, 10}));  // </s> takes no room
+  EXPECT_EQ(cursor.characters, 10u);
   ASSERT_EQ(json["top_logprobs"].size(), 3u);
   EXPECT_EQ(json["top_logprobs"][0], nlohmann::json({{" Hi", -0.25}, {" Hello", -1.5}}));
   // The chosen token is always there, even when it is not among the most likely.
   EXPECT_EQ(json["top_logprobs"][2], nlohmann::json({{".", -2.0}, {"\n", -3.0}, {"</s>", -0.125}}));
-  const auto body = completion_body(false, "c", 0, "m", " Hi\xc3\xa9", "eos", Usage{1, 3}, json);
+  // Mid-text, a token's space is the text's: " Hi" after "x" is found with it.
+  TextCursor mid{1, 1};
+  EXPECT_EQ(
+      logprobs_json(false, {three_tokens()[0], three_tokens()[0]}, "x Hi Hi", mid)["text_offset"],
+      nlohmann::json({1, 4}));
+  // An echoed prompt's first token has no logprob: null, and null alternatives.
+  TokenLogprob first{1, "<s>", std::numeric_limits<float>::quiet_NaN(), {}, false};
+  TextCursor start;
+  const auto echoed = logprobs_json(false, {first, three_tokens()[0]}, "Hi", start);
+  EXPECT_EQ(echoed["token_logprobs"], nlohmann::json({nullptr, -0.25}));
+  EXPECT_TRUE(echoed["top_logprobs"][0].is_null());
+  EXPECT_EQ(echoed["text_offset"], nlohmann::json({0, 0}));
+  const auto body = completion_body(false, "c", 0, "m", "Hi", "eos", Usage{1, 3}, json);
   EXPECT_EQ(body["choices"][0]["logprobs"]["tokens"].size(), 3u);
   EXPECT_TRUE(
       completion_body(false, "c", 0, "m", "x", "eos", Usage{})["choices"][0]["logprobs"].is_null());
-  EXPECT_EQ(
-      chunk_body(true, "id", 1, "m", "x", false, "",
-                 logprobs_json(true, three_tokens(), offset))["choices"][0]["logprobs"]["content"]
-          .size(),
-      3u);
+  TextCursor unused;
+  EXPECT_EQ(chunk_body(true, "id", 1, "m", "x", false, "",
+                       logprobs_json(true, three_tokens(), "",
+                                     unused))["choices"][0]["logprobs"]["content"]
+                .size(),
+            3u);
 }
 
 TEST(OpenAiResponses, SseFramesOneJsonEventPerDataLineAndEndsWithDone) {

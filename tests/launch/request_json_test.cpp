@@ -127,6 +127,7 @@ TEST(JsonRequest, ClientAndBatchLineKeys) {
   llava::parse_json_request(R"({"images": ["a.png", "b.gif"], "image": "c.jpg", "prompt": ""})",
                             true, line);
   EXPECT_EQ(line.image_paths, (std::vector<std::string>{"c.jpg", "a.png", "b.gif"}));
+  EXPECT_EQ(line.generation.logprobs, -1);
 }
 
 // The error of a request, and the id it kept for the error reply.
@@ -154,6 +155,24 @@ TEST(JsonRequest, ErrorsNameWhatIsWrongAndKeepTheId) {
   EXPECT_EQ(refusal("[1, 2]", false).first, "a request must be a JSON object, got [1,2]");
   EXPECT_EQ(refusal("{not json", true).first.rfind("not a valid request ([json.exception.", 0), 0u);
   EXPECT_EQ(refusal("", false).first.rfind("not a valid request (", 0), 0u);
+}
+
+// "logprobs": the alternatives with each token's logprob (0-20); the answer's line carries
+// them, a token each, as JSON can (a lone byte of a character: U+FFFD).
+TEST(JsonRequest, LogprobsAreAskedByCountAndAnsweredATokenEach) {
+  llava::JsonRequest line;
+  llava::parse_json_request(R"({"prompt": "a", "logprobs": 2})", true, line);
+  EXPECT_EQ(line.generation.logprobs, 2);
+  EXPECT_EQ(refusal(R"({"prompt": "a", "logprobs": 21})", true).first,
+            "logprobs: expected a whole number in [0, 20], got 21");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "logprobs": true})", false).first,
+            "logprobs: expected a whole number in [0, 20], got true");
+  const auto json =
+      llava::logprobs_array({{15043, " Hi", -0.5f, {{15043, " Hi", -0.5f}, {6324, "\xc3", -2.0f}}},
+                             {2, "</s>", -0.25f, {}}});
+  EXPECT_EQ(json, json::parse(R"([{"id": 15043, "text": " Hi", "logprob": -0.5, "top": [
+      {"id": 15043, "text": " Hi", "logprob": -0.5}, {"id": 6324, "text": "\ufffd", "logprob": -2.0}]},
+      {"id": 2, "text": "</s>", "logprob": -0.25, "top": []}])"));
 }
 
 // A request nested past 128 levels is refused as JSON that is not valid, naming the byte:

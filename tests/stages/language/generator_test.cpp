@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 
@@ -140,6 +141,47 @@ TEST(Generator, LogprobsAreTheLogSoftmaxOfTheModelsScoresAtEachTokensPlace) {
   }
   EXPECT_EQ(compared, 12);
   EXPECT_NE(tokens, std::vector<int32_t>(p.greedy.begin(), p.greedy.begin() + 12));  // sampled
+}
+
+// A prompt's logprobs (echo): each token from the second on under transformers' scores at
+// the place before it, the banned image token's -inf included, across prefill chunks.
+TEST(Generator, PromptLogprobsAreTransformersScoresAtEachPlaceAcrossPrefillChunks) {
+  TinyModel model(data_path("tiny-llava"));
+  auto ref = load_tensors("reference/a_case0.safetensors");
+  auto p = prompt(model, 0);
+  Generator g(model.decoder, 1, 256, /*prefill_chunk=*/7);    // 29 tokens: 5 chunks
+  at::Tensor scores = ref["logits"].to(at::kDouble).clone();  // [29, V]
+  for (int64_t id : g.banned_tokens())
+    scores.select(1, id).fill_(-std::numeric_limits<double>::infinity());
+  const at::Tensor want = scores.log_softmax(-1);
+  SamplingParams s;
+  s.max_new_tokens = 1;
+  s.logprobs = 2;
+  s.prompt_logprobs = true;
+  const TokenEvent e = g.start(1, p.ids, p.images, s);
+  ASSERT_EQ(e.prompt_logprobs.size(), p.ids.size() - 1);
+  int banned = 0;
+  for (size_t i = 0; i + 1 < p.ids.size(); ++i) {
+    const double w = want[static_cast<int64_t>(i)][p.ids[i + 1]].item<double>();
+    const auto& got = e.prompt_logprobs[i];
+    if (std::isinf(w)) {  // the next token is an image placeholder: never generated
+      EXPECT_TRUE(std::isinf(got.logprob) && got.logprob < 0) << i;
+      ++banned;
+    } else {
+      EXPECT_NEAR(got.logprob, w, 1e-4) << i;
+    }
+    const auto best = want[static_cast<int64_t>(i)].topk(2);
+    ASSERT_EQ(got.top_ids.size(), 2u);
+    for (int64_t j = 0; j < 2; ++j) {
+      EXPECT_EQ(got.top_ids[j], std::get<1>(best)[j].item<int64_t>()) << i;
+      EXPECT_NEAR(got.top_logprobs[j], std::get<0>(best)[j].item<double>(), 1e-4) << i;
+    }
+  }
+  EXPECT_GT(banned, 0);  // the prompt has its image's tokens
+  // Not asked: none.
+  s.prompt_logprobs = false;
+  EXPECT_TRUE(
+      Generator(model.decoder, 1, 256).start(2, p.ids, p.images, s).prompt_logprobs.empty());
 }
 
 TEST(Generator, StopsOnAStopToken) {
