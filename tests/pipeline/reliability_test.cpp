@@ -217,6 +217,11 @@ TEST(Reliability, AResumedRequestWhoseAnswerHoldsTheImageTokenCompletes) {
   ScopedEnv fire_once("LLAVA_PIPE_FAULT_ONCE", once);
   ScopedEnv force("LLAVA_PIPE_FAULT_FORCE_TOKEN", "800:1");  // tiny-llava's image token
   ScopedEnv die("LLAVA_PIPE_FAULT_STICKY_AFTER_STEPS", "3");
+  // 20 ms before each step: the forced token's chunk reaches the coordinator long before
+  // the worker's exit does. Without it, the worker's _Exit a millisecond after sending
+  // could beat the chunk (the coordinator then resumed from the first token, rightly, and
+  // the forced token was never part of the answer: 1 run in 5 on a busy machine).
+  ScopedEnv slow("LLAVA_PIPE_FAULT_WORK_DELAY_MS", "20");
   const std::string config = write_config("resume", kConcurrent, "", 8);
   Outcome run = run_coordinator(config, {spec_of("Describe it", {kImages + "img01_320x240_RGB.jpg"}, 8)});
   expect_each_answered_once(run);
