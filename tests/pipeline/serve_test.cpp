@@ -71,7 +71,7 @@ TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
     EXPECT_NE(refused["error"].get<std::string>().find("ill-formed UTF-8"), std::string::npos)
         << refused.dump();
   }
-  request(b, {{"id", "b"}, {"prompt", kCases[0].prompt}}, kCases[0].images);
+  request(b, {{"id", "b"}, {"prompt", kCases[0].prompt}, {"logprobs", 2}}, kCases[0].images);
   nlohmann::json done;
   while (auto reply = llava::receive_parts(b, std::chrono::milliseconds(60000))) {
     done = nlohmann::json::parse(reply->back().to_string());
@@ -82,6 +82,15 @@ TEST(Pipeline, ServeCancelsTheRequestOfAClientThatDisconnects) {
   EXPECT_EQ(done["id"], "b");
   llava::Coordinator reference(llava::load_config(config), {}, kBinary + "/llava-stage");
   EXPECT_EQ(done["tokens"].get<std::vector<int32_t>>(), expected_tokens(reference, kCases[0]));
+  // It asked for logprobs: one per token, its id, its 2 most likely (greedy: itself first).
+  ASSERT_EQ(done["logprobs"].size(), done["tokens"].size()) << done.dump();
+  for (size_t i = 0; i < done["tokens"].size(); ++i) {
+    const auto& token = done["logprobs"][i];
+    EXPECT_EQ(token["id"], done["tokens"][i]) << i;
+    ASSERT_EQ(token["top"].size(), 2u) << i;
+    EXPECT_EQ(token["top"][0]["id"], token["id"]) << i;
+    EXPECT_LE(token["logprob"].get<double>(), 0.0) << i;
+  }
   // The command-line client: the same answer's text, exit code 0; a bad request: 1.
   const std::string ask = kBinary + "/llava-pipe ask " + listen + " --prompt '" + kCases[0].prompt +
                           "' --image " + kCases[0].images[0];
