@@ -476,30 +476,25 @@ void Coordinator::on_tokens(wire::Incoming& message) {
   const auto ids = chunk.getTokenIds();
   const auto logprobs = chunk.getLogprobs();
   const bool with_logprobs = request->spec.generation.logprobs >= 0;
-  if (with_logprobs && logprobs.size() != ids.size()) {
+  // A worker whose answer lacks what was asked of it (or says more): this request fails.
+  auto refuse = [&](const std::string& why) {
     scheduler_->cancel_at_worker(*request);
-    scheduler_->finish(*request,
-                       "language worker: " + std::to_string(ids.size()) + " tokens came with " +
-                           std::to_string(logprobs.size()) + " logprobs (asked for one each)",
-                       "", ErrorKind::kInternal);
+    scheduler_->finish(*request, "language worker: " + why, "", ErrorKind::kInternal);
+  };
+  if (with_logprobs && logprobs.size() != ids.size()) {
+    refuse(std::to_string(ids.size()) + " tokens came with " + std::to_string(logprobs.size()) +
+           " logprobs (asked for one each)");
     return;
   }
   if (request->owes_prompt_logprobs()) {
     const auto prompt = chunk.getPromptLogprobs();
     if (prompt.size() + 1 != request->prompt.size()) {
-      scheduler_->cancel_at_worker(*request);
-      scheduler_->finish(*request,
-                         "language worker: " + std::to_string(prompt.size()) +
-                             " prompt logprobs for a prompt of " +
-                             std::to_string(request->prompt.size()) + " tokens",
-                         "", ErrorKind::kInternal);
+      refuse(std::to_string(prompt.size()) + " prompt logprobs for a prompt of " +
+             std::to_string(request->prompt.size()) + " tokens");
       return;
     }
-    TokenLogprob first;
-    first.id = request->prompt[0];
-    first.text = tokenizer_.token_text(first.id);
+    TokenLogprob first = token_logprob(request->prompt[0]);  // nothing comes before it
     first.logprob = std::numeric_limits<float>::quiet_NaN();
-    first.in_text = !tokenizer_.is_special(first.id);
     request->prompt_logprobs.push_back(std::move(first));
     for (unsigned i = 0; i < prompt.size(); ++i) {
       request->prompt_logprobs.push_back(token_logprob(request->prompt[i + 1], prompt[i]));
@@ -541,12 +536,17 @@ void Coordinator::on_tokens(wire::Incoming& message) {
   }
 }
 
-TokenLogprob Coordinator::token_logprob(int32_t token, schema::TokenLogprobs::Reader in) const {
+TokenLogprob Coordinator::token_logprob(int32_t token) const {
   TokenLogprob out;
   out.id = token;
   out.text = tokenizer_.token_text(token);
-  out.logprob = in.getLogprob();
   out.in_text = !tokenizer_.is_special(token);
+  return out;
+}
+
+TokenLogprob Coordinator::token_logprob(int32_t token, schema::TokenLogprobs::Reader in) const {
+  TokenLogprob out = token_logprob(token);
+  out.logprob = in.getLogprob();
   const auto ids = in.getTopIds();
   const auto logprobs = in.getTopLogprobs();
   for (unsigned j = 0; j < std::min(ids.size(), logprobs.size()); ++j) {

@@ -106,8 +106,10 @@ class Coordinator {
   void refuse(const std::string& routing, const std::string& why);
   void on_embeddings(WorkerSlot& slot, wire::Incoming& message);
   void on_tokens(wire::Incoming& message);
-  // A token's logprobs as the worker sent them, with the tokens' texts.
+  // A token's logprobs as the worker sent them, with the tokens' texts; without them, the
+  // token and its text alone.
   TokenLogprob token_logprob(int32_t token, schema::TokenLogprobs::Reader in) const;
+  TokenLogprob token_logprob(int32_t token) const;
   void on_done(wire::Incoming& message);
   void on_failure(WorkerSlot& slot, wire::Incoming& message);
   // An answer whose embeddings were not where its task was told to write them.

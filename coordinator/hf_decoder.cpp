@@ -8,10 +8,11 @@
 
 namespace llava::hf {
 
-bool is_byte_token(const std::string& token) {
-  return token.size() == 6 && starts_with(token, "<0x") && token[5] == '>' &&
-         std::isxdigit(static_cast<unsigned char>(token[3])) &&
-         std::isxdigit(static_cast<unsigned char>(token[4]));
+int byte_token(const std::string& token) {
+  const bool byte = token.size() == 6 && starts_with(token, "<0x") && token[5] == '>' &&
+                    std::isxdigit(static_cast<unsigned char>(token[3])) &&
+                    std::isxdigit(static_cast<unsigned char>(token[4]));
+  return byte ? std::stoi(token.substr(3, 2), nullptr, 16) : -1;
 }
 
 namespace {
@@ -31,8 +32,8 @@ std::vector<std::string> byte_fallback(const std::vector<std::string>& tokens) {
     bytes.clear();
   };
   for (const auto& token : tokens) {
-    if (is_byte_token(token)) {
-      bytes += static_cast<char>(std::stoi(token.substr(3, 2), nullptr, 16));
+    if (const int byte = byte_token(token); byte >= 0) {
+      bytes += static_cast<char>(byte);
       continue;
     }
     flush();

@@ -17,8 +17,8 @@ struct DecoderStep {
   bool prepended = false;  // Metaspace: a scheme other than "never"
 };
 
-// "<0xXX>": a token ByteFallback turns into the byte XX.
-bool is_byte_token(const std::string& token);
+// "<0xXX>": a token ByteFallback turns into the byte XX. Its byte, or -1 for any other.
+int byte_token(const std::string& token);
 
 // Appends `node`'s steps; throws CheckpointError naming `path`.
 void read_decoder(const JsonReader& r, const Json& node, const std::string& path,

@@ -250,7 +250,7 @@ bool HfTokenizer::is_plain(int32_t id) const {
   auto added = impl_->added_by_id.find(id);
   if (added != impl_->added_by_id.end()) return !impl_->added[added->second].special;
   auto piece = impl_->model.vocab_r.find(id);
-  return piece != impl_->model.vocab_r.end() && !hf::is_byte_token(piece->second);
+  return piece != impl_->model.vocab_r.end() && hf::byte_token(piece->second) < 0;
 }
 
 std::string HfTokenizer::piece(int32_t id) const {

@@ -131,8 +131,8 @@ std::string Tokenizer::token_text(int32_t id) const {
   }
   if (id >= pieces_) return "";
   const std::string piece = json_ ? json_->piece(id) : decoder_->IdToPiece(id);
-  if (hf::is_byte_token(piece) && (json_ || decoder_->IsByte(id))) {
-    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+  if (const int byte = hf::byte_token(piece); byte >= 0 && (json_ || decoder_->IsByte(id))) {
+    return std::string(1, static_cast<char>(byte));
   }
   if (anchor_ < 0) return decode({id});
   const std::string both = decode({anchor_, id});

@@ -41,17 +41,14 @@ std::string string_field(const std::string& field, const nlohmann::json& value) 
   return value.get<std::string>();
 }
 
-// top_logprobs (chat) and logprobs (completions): how many of the most likely tokens come
-// with each token's own.
-int logprobs_count(const std::string& field, const nlohmann::json& value) {
-  const int most = SamplingLimits::kLogprobs;
-  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > most) {
-    throw ApiError(400,
-                   field + ": expected a whole number in [0, " + std::to_string(most) + "], got " +
-                       shown(value),
-                   field);
+// top_logprobs (chat) and logprobs (completions): request_json's check, its error a 400
+// naming the field.
+int api_logprobs_count(const std::string& field, const nlohmann::json& value) {
+  try {
+    return logprobs_count(field, value);
+  } catch (const RequestError& e) {
+    throw ApiError(400, e.what(), field);
   }
-  return static_cast<int>(value.get<int64_t>());
 }
 
 nlohmann::json parse_object(const std::string& body) {
@@ -284,7 +281,7 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
             key);
       }
     } else if (key == "top_logprobs") {
-      if (!value.is_null()) top_logprobs = logprobs_count(key, value);
+      if (!value.is_null()) top_logprobs = api_logprobs_count(key, value);
     } else {
       throw ApiError(400, "'" + key + "': unsupported parameter", key);
     }
@@ -364,7 +361,7 @@ CompletionRequest parse_completion_request(const std::string& body,
       read_prompt(value, out);
       have_prompt = true;
     } else if (key == "logprobs") {  // how many alternatives with each token's own
-      if (!value.is_null()) out.generation.logprobs = logprobs_count(key, value);
+      if (!value.is_null()) out.generation.logprobs = api_logprobs_count(key, value);
     } else if (key == "echo") {
       out.echo = boolean(key, value);
     } else if (key == "suffix") {  // insertion: not done; null or "" asks for none

@@ -162,12 +162,7 @@ void parse_json_request(const std::string& text, bool batch_line, JsonRequest& o
     if (key == "prompt") {
       out.prompt = string_value(key, value);
     } else if (key == "logprobs") {
-      const int most = SamplingLimits::kLogprobs;
-      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > most) {
-        throw RequestError("logprobs: expected a whole number in [0, " + std::to_string(most) +
-                           "], got " + shown(value));
-      }
-      out.generation.logprobs = static_cast<int>(value.get<int64_t>());
+      out.generation.logprobs = logprobs_count(key, value);
     } else if (batch_line && (key == "image" || key == "images")) {
       if (value.is_array()) {
         for (const auto& path : value) out.image_paths.push_back(string_value(key, path));
@@ -179,6 +174,15 @@ void parse_json_request(const std::string& text, bool batch_line, JsonRequest& o
     }
   }
   if (batch_line && !j.contains("prompt")) throw RequestError("no \"prompt\"");
+}
+
+int logprobs_count(const std::string& key, const nlohmann::json& value) {
+  const int most = SamplingLimits::kLogprobs;
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > most) {
+    throw RequestError(key + ": expected a whole number in [0, " + std::to_string(most) +
+                       "], got " + shown(value));
+  }
+  return static_cast<int>(value.get<int64_t>());
 }
 
 nlohmann::json logprobs_array(const std::vector<TokenLogprob>& logprobs) {

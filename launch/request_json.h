@@ -51,6 +51,10 @@ struct JsonRequest {
 // carry it.
 void parse_json_request(const std::string& text, bool batch_line, JsonRequest& out);
 
+// A logprobs count (how many alternatives come with each token's logprob): a whole number
+// in [0, SamplingLimits::kLogprobs]; else a RequestError naming `key` and the value.
+int logprobs_count(const std::string& key, const nlohmann::json& value);
+
 // An answer's logprobs in a reply or result line: [{"id", "text", "logprob", "top": [{"id",
 // "text", "logprob"}]}] per token (a text that is part of a character: U+FFFD).
 nlohmann::json logprobs_array(const std::vector<TokenLogprob>& logprobs);

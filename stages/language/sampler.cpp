@@ -94,27 +94,30 @@ void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& u
   }
 }
 
+void Sampler::add_distinct(std::vector<int32_t>::const_iterator from,
+                           std::vector<int32_t>::const_iterator to, std::vector<bool>& mask,
+                           std::vector<int32_t>& distinct) {
+  for (; from != to; ++from) {
+    const int32_t id = *from;
+    if (id < 0 || static_cast<size_t>(id) >= mask.size() || mask[static_cast<size_t>(id)]) continue;
+    mask[static_cast<size_t>(id)] = true;
+    distinct.push_back(id);
+  }
+}
+
 void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& history) {
   if (params_.repetition_penalty == 1.0) return;
   // A sequence's history only grows: take in its new ids (anything else starts again).
-  const bool grew = history.size() >= seen_from_ && seen_mask_.size() == logits.size() &&
+  const bool grew = history.size() >= seen_history_.size() && seen_mask_.size() == logits.size() &&
                     std::equal(seen_history_.begin(), seen_history_.end(), history.begin());
   if (!grew) {
     seen_.clear();
     seen_history_.clear();
     seen_mask_.assign(logits.size(), false);
-    seen_from_ = 0;
   }
-  for (size_t i = seen_from_; i < history.size(); ++i) {
-    const int32_t id = history[i];
-    if (id < 0 || static_cast<size_t>(id) >= logits.size() || seen_mask_[static_cast<size_t>(id)])
-      continue;
-    seen_mask_[static_cast<size_t>(id)] = true;
-    seen_.push_back(id);
-  }
-  seen_history_.insert(seen_history_.end(), history.begin() + static_cast<long>(seen_from_),
-                       history.end());
-  seen_from_ = history.size();
+  const auto fresh = history.begin() + static_cast<long>(seen_history_.size());
+  add_distinct(fresh, history.end(), seen_mask_, seen_);
+  seen_history_.insert(seen_history_.end(), fresh, history.end());
   penalize(logits, seen_, params_.repetition_penalty);
 }
 
@@ -182,15 +185,10 @@ int32_t Sampler::next(const std::vector<float>& logits, const std::vector<int32_
 std::vector<std::pair<int32_t, double>> Sampler::distribution(
     std::vector<float> logits, const std::vector<int32_t>& history) const {
   if (params_.repetition_penalty != 1.0) {
-    std::vector<int32_t> unique;
-    std::vector<bool> seen(logits.size(), false);
-    for (int32_t id : history) {
-      if (id < 0 || static_cast<size_t>(id) >= logits.size() || seen[static_cast<size_t>(id)])
-        continue;
-      seen[static_cast<size_t>(id)] = true;
-      unique.push_back(id);
-    }
-    penalize(logits, unique, params_.repetition_penalty);
+    std::vector<int32_t> distinct;
+    std::vector<bool> mask(logits.size(), false);
+    add_distinct(history.begin(), history.end(), mask, distinct);
+    penalize(logits, distinct, params_.repetition_penalty);
   }
   if (params_.temperature <= 0.0) return {{argmax(logits), 1.0}};
   std::vector<int32_t> order;

@@ -38,13 +38,17 @@ class Sampler {
   void penalize(std::vector<float>& logits, const std::vector<int32_t>& history);
   static void penalize(std::vector<float>& logits, const std::vector<int32_t>& unique_ids,
                        double penalty);
+  // Appends to `distinct` the ids in [from, to) within `mask`'s vocabulary not marked in it
+  // yet, marking them.
+  static void add_distinct(std::vector<int32_t>::const_iterator from,
+                           std::vector<int32_t>::const_iterator to, std::vector<bool>& mask,
+                           std::vector<int32_t>& distinct);
 
   SamplingParams params_;
   std::mt19937_64 rng_;
   // The history penalize() saw last, and its distinct ids (as a list and as a mask).
   std::vector<int32_t> seen_history_, seen_;
   std::vector<bool> seen_mask_;
-  size_t seen_from_ = 0;  // = seen_history_.size()
   // Scratch space of next(), kept between draws: a fresh 128 KiB vector is fresh pages
   // (above malloc's mmap threshold), faulted in at every draw.
   std::vector<float> scores_;
