@@ -30,6 +30,7 @@
 #include "common/transport.h"
 #include "common/units.h"
 #include "coordinator/coordinator.h"
+#include "launch/request_json.h"
 
 namespace llava {
 namespace {
@@ -62,6 +63,8 @@ struct BenchOptions {
   std::string config_path, image, json_path;
   std::vector<int> batches = {1, 8, 32};
   int new_tokens = 64, ttft_runs = 10, vision_batch = 32, throughput = 0;
+  SamplingFlags sampling;  // none: greedy, whatever the config says
+  bool ignore_eos = false;
 };
 
 // nvidia-smi sampling device memory every 100 ms, its peak per device index. Without
@@ -204,6 +207,12 @@ int bench(const BenchOptions& o) {
   // Every request sends the same image: with the cache on, all but the first would skip
   // the vision stage, and the figures would not be the uncached path's.
   config.coordinator.embedding_cache = 0;
+  // Greedy by default (the figures are comparable across configs); with sampling flags,
+  // every phase samples with the config's generation section and the flags over it.
+  GenerationSection generation = config.generation;
+  if (o.sampling.empty()) generation.temperature = 0;
+  for (const auto& [key, value] : o.sampling) apply_sampling(key, value, generation);
+  generation.ignore_eos = generation.ignore_eos || o.ignore_eos;
 
   MemorySampler memory;
   std::vector<RequestResult>* sink = nullptr;
@@ -219,9 +228,8 @@ int bench(const BenchOptions& o) {
     RequestSpec spec;
     spec.image_paths = {image};
     spec.prompt = kPrompt;
-    spec.generation = config.generation;
+    spec.generation = generation;
     spec.generation.max_new_tokens = max_new_tokens;
-    spec.generation.temperature = 0;
     for (int i = 0; i < count; ++i) coordinator.submit(spec);
     coordinator.run();
     if (coordinator.failed()) throw std::runtime_error("bench: " + coordinator.fatal_error());
@@ -318,6 +326,9 @@ int bench(const BenchOptions& o) {
   if (failed) out["first_error"] = first_error;
   out["prompt_tokens"] = prompt_tokens;
   out["new_tokens"] = new_tokens;
+  out["sampling"] = nlohmann::json::object();
+  for (const auto& [key, value] : o.sampling) out["sampling"][key] = value;
+  out["ignore_eos"] = generation.ignore_eos;
   out["ttft_ms"] = {{"median", median(ttft)}, {"runs", ttft.size()}};
   out["ttft_parts_ms"] = nlohmann::json::object();  // medians
   for (size_t p = 0; p < part_names.size(); ++p) out["ttft_parts_ms"][part_names[p]] = median(ttft_parts[p]);
@@ -394,7 +405,9 @@ Command add_bench(CLI::App& app) {
   CLI::App* command = app.add_subcommand("bench", "measure the pipeline's figures");
   command->footer(
       "Time to first token, images/s, decode tokens/s per batch size, embedding handoff, load\n"
-      "time and peak memory per stage and device: a table on stdout, and JSON.");
+      "time and peak memory per stage and device: a table on stdout, and JSON. Greedy unless\n"
+      "sampling flags are given (--temperature, --top-p, ...): then every phase samples\n"
+      "with the config's generation section and those flags over it.");
   auto o = std::make_shared<BenchOptions>();
   command->add_option("CONFIG", o->config_path, "the pipeline's YAML config")->required();
   command->add_option("--image", o->image, "the image every request sends")
@@ -411,6 +424,9 @@ Command add_bench(CLI::App& app) {
                      [o](const std::string& v) { o->vision_batch = at_least(v, 1); });
   add_checked_option(*command, "--throughput", "N", "N requests at once for requests/s (0: off)",
                      [o](const std::string& v) { o->throughput = at_least(v, 0); });
+  add_sampling_flags(*command, o->sampling);
+  command->add_flag("--ignore-eos", o->ignore_eos,
+                    "answers run to --new-tokens past the end-of-sequence token");
   return [o] { return bench(*o); };
 }
 

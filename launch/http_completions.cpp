@@ -121,11 +121,11 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     const Usage usage{result->prompt_tokens, static_cast<int>(result->tokens.size())};
     const std::string answer = *echoed + result->text;
     TextCursor cursor;
-    answer_json(
-        res, 200,
-        completion_body(chat, id, created, model_id_, answer, result->finish, usage,
-                        with_logprobs ? logprobs_json(chat, all_logprobs(*result), answer, cursor)
-                                      : nlohmann::json()));
+    answer_json(res, 200,
+                completion_body(chat, id, created, model_id_, answer, result->finish, usage,
+                                with_logprobs ? logprobs_json(chat, all_logprobs(*result), answer,
+                                                              cursor, request.tokens_as_ids)
+                                              : nlohmann::json()));
     return;
   }
 
@@ -137,7 +137,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     std::string id;
     int64_t created = 0;
     Clock::time_point deadline;
-    bool with_logprobs = false;
+    bool with_logprobs = false, tokens_as_ids = false;
     std::shared_ptr<std::string> echoed;  // the prompt's text, until the first chunk takes it
     size_t logprobs_sent = 0;  // tokens (the echoed prompt's first) whose logprobs went out
     std::string text;          // what went out, for the completions' text_offset
@@ -152,6 +152,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   stream->created = created;
   stream->deadline = deadline;
   stream->with_logprobs = with_logprobs;
+  stream->tokens_as_ids = request.tokens_as_ids;
   stream->echoed = echoed;
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
@@ -193,7 +194,8 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
         auto logprobs_of = [&](const std::vector<TokenLogprob>& tokens) -> nlohmann::json {
           if (!stream->with_logprobs) return nullptr;
           stream->logprobs_sent += tokens.size();
-          return logprobs_json(stream->chat, tokens, stream->text, stream->cursor);
+          return logprobs_json(stream->chat, tokens, stream->text, stream->cursor,
+                               stream->tokens_as_ids);
         };
         if (!stream->echoed->empty() && (!text.empty() || !logprobs.empty())) {
           text = *stream->echoed + text;

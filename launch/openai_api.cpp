@@ -102,6 +102,8 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
     out.stream = boolean(key, value);
   } else if (key == "ignore_eos") {  // vLLM's: its benchmarks send it, false by default
     out.generation.ignore_eos = boolean(key, value);
+  } else if (key == "return_tokens_as_token_ids") {  // vLLM's
+    out.tokens_as_ids = !value.is_null() && boolean(key, value);
   } else if (key == "stream_options") {
     if (value.is_null()) return true;
     if (!value.is_object())
@@ -447,19 +449,25 @@ size_t place(const std::string& text, TextCursor& cursor, const TokenLogprob& to
 }  // namespace
 
 nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
-                             const std::string& text, TextCursor& cursor) {
+                             const std::string& text, TextCursor& cursor, bool as_ids) {
+  // A token as the client sees it: its text (or its id), and chat's bytes of that.
+  auto name = [as_ids](int32_t id, const std::string& piece) {
+    return as_ids ? "token_id:" + std::to_string(id) : piece;
+  };
   if (chat) {
     nlohmann::json content = nlohmann::json::array();
     for (const auto& token : logprobs) {
       nlohmann::json top = nlohmann::json::array();
       for (const auto& other : token.top) {
-        top.push_back({{"token", utf8_lossy(other.text)},
+        const std::string named = name(other.id, other.text);
+        top.push_back({{"token", utf8_lossy(named)},
                        {"logprob", finite_logprob(other.logprob)},
-                       {"bytes", utf8_bytes(other.text)}});
+                       {"bytes", utf8_bytes(named)}});
       }
-      content.push_back({{"token", utf8_lossy(token.text)},
+      const std::string named = name(token.id, token.text);
+      content.push_back({{"token", utf8_lossy(named)},
                          {"logprob", finite_logprob(token.logprob)},
-                         {"bytes", utf8_bytes(token.text)},
+                         {"bytes", utf8_bytes(named)},
                          {"top_logprobs", std::move(top)}});
     }
     return {{"content", std::move(content)}, {"refusal", nullptr}};
@@ -468,7 +476,7 @@ nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprob
   nlohmann::json tokens = nlohmann::json::array(), token_logprobs = nlohmann::json::array(),
                  top_logprobs = nlohmann::json::array(), offsets = nlohmann::json::array();
   for (const auto& token : logprobs) {
-    const std::string shown = utf8_lossy(token.text);
+    const std::string shown = utf8_lossy(name(token.id, token.text));
     tokens.push_back(shown);
     offsets.push_back(place(text, cursor, token));
     if (std::isnan(token.logprob)) {  // a prompt's first token: nothing came before it
@@ -478,7 +486,8 @@ nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprob
     }
     token_logprobs.push_back(finite_logprob(token.logprob));
     nlohmann::json top = nlohmann::json::object();
-    for (const auto& other : token.top) top[utf8_lossy(other.text)] = finite_logprob(other.logprob);
+    for (const auto& other : token.top)
+      top[utf8_lossy(name(other.id, other.text))] = finite_logprob(other.logprob);
     if (!top.contains(shown)) top[shown] = finite_logprob(token.logprob);
     top_logprobs.push_back(std::move(top));
   }

@@ -54,6 +54,7 @@ struct CompletionRequest {
   bool stream = false;
   bool include_usage = false;
   bool echo = false;  // completions: the answer's text (and logprobs) start with the prompt's
+  bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: logprobs name "token_id:N"
   int images = 0;
 };
 
@@ -88,9 +89,11 @@ struct TextCursor {
 // from `cursor` on, which moves past them: a token is found where its text is, or is, but
 // for the space a text's start drops; a special token ("</s>") takes no room, as the text
 // does not show it. A token without a logprob (an echoed prompt's first) has null for it
-// and for its alternatives.
+// and for its alternatives. `as_ids` (vLLM's return_tokens_as_token_ids): each token and
+// alternative is named "token_id:N" (chat's bytes are that name's), for clients that need
+// the ids (a token's text may be part of a character, and texts need not be unique).
 nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
-                             const std::string& text, TextCursor& cursor);
+                             const std::string& text, TextCursor& cursor, bool as_ids = false);
 
 // A whole answer: "chat.completion" or "text_completion"; `logprobs` null unless asked.
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,

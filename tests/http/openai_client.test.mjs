@@ -363,6 +363,19 @@ test('echo: the prompt\'s text and logprobs first, with max_tokens 0 its logprob
   const asIds = await client.completions.create({ ...greedy, prompt: tokens, echo: true, logprobs: 1, max_tokens: 0 });
   assert.equal(asIds.choices[0].text, prompt);
   assert.deepEqual(asIds.choices[0].logprobs.token_logprobs, lp.token_logprobs);
+  // vLLM's return_tokens_as_token_ids: the tokens named by id are the prompt's ids, and each
+  // token is among its alternatives under that name (streamed chat too).
+  const named = await client.completions.create({ ...greedy, prompt: tokens, echo: true, logprobs: 2, max_tokens: 3,
+    return_tokens_as_token_ids: true });
+  const nlp = named.choices[0].logprobs;
+  assert.deepEqual(nlp.tokens.slice(0, tokens.length), tokens.map((id) => `token_id:${id}`));
+  assert.deepEqual(nlp.token_logprobs.slice(0, tokens.length), lp.token_logprobs);
+  nlp.tokens.forEach((t, i) => assert.ok(i === 0 || t in nlp.top_logprobs[i], `${t} at ${i}`));
+  const chat = await client.chat.completions.create({ ...greedy, messages: [{ role: 'user', content: 'Hello' }],
+    logprobs: true, top_logprobs: 1, return_tokens_as_token_ids: true, stream: true });
+  const ids = [];
+  for await (const chunk of chat) ids.push(...(chunk.choices[0]?.logprobs?.content ?? []).map((c) => c.token));
+  assert.ok(ids.length > 0 && ids.every((t) => /^token_id:\d+$/.test(t)), ids.join(' '));
   // With an answer: the prompt's logprobs, then the answer's; streamed alike.
   const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', echo: true, logprobs: 2 };
   const whole = await client.completions.create(ask);

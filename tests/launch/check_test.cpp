@@ -138,6 +138,33 @@ TEST(Check, ShippedThirteenBConfigFitsTheL4InInt8) {
   EXPECT_NE(r.output.find("40 of 40 layers on the device"), std::string::npos) << r.output;
 }
 
+// Sampling flags reach every phase's requests: with --ignore-eos each answer runs to
+// --new-tokens (the demo model's greedy answers end after 4 tokens), and the JSON names them.
+TEST(Bench, SamplesWithTheFlagsGiven) {
+  const std::string json = testing::TempDir() + "bench-sampled.json";
+  const std::string common =
+      "bench " + std::string(LLAVA_PIPE_SOURCE_DIR) + "/configs/demo.yaml --image " +
+      std::string(LLAVA_PIPE_SOURCE_DIR) + "/tests/data/images/img01_320x240_RGB.jpg" +
+      " --batches 2 --new-tokens 40 --ttft-runs 1 --vision-batch 1 --throughput 3 --json " + json;
+  auto generated = [&](const std::string& flags) {
+    Result r = run(common + flags);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::ifstream in(json);
+    auto out = nlohmann::json::parse(in);
+    EXPECT_EQ(out["failed"], 0);
+    return out;
+  };
+  auto sampled = generated(" --temperature 0.8 --top-p 0.95 --ignore-eos");
+  EXPECT_EQ(sampled["sampling"]["temperature"], 0.8);
+  EXPECT_EQ(sampled["sampling"]["top_p"], 0.95);
+  EXPECT_EQ(sampled["ignore_eos"], true);
+  EXPECT_EQ(sampled["throughput"]["generated_tokens"], 3 * 40);
+  auto greedy = generated("");
+  EXPECT_TRUE(greedy["sampling"].empty());
+  EXPECT_EQ(greedy["ignore_eos"], false);
+  EXPECT_EQ(greedy["throughput"]["generated_tokens"], 3 * 4);
+}
+
 // The benchmark on the tiny model (CPU): every phase answers and the figures are there.
 TEST(Bench, MeasuresEveryFigureThroughThePipeline) {
   const std::string json = testing::TempDir() + "bench.json";

@@ -415,6 +415,40 @@ TEST(OpenAiResponses, CompletionLogprobsAreParallelListsWithTheTokenAmongItsAlte
             3u);
 }
 
+// vLLM's return_tokens_as_token_ids: each token and alternative named by its id, in both
+// forms; the text offsets still come from the tokens' texts.
+TEST(OpenAiResponses, TokensAsIdsNameEachTokenByItsId) {
+  TextCursor chat_cursor;
+  const auto chat = logprobs_json(true, three_tokens(), " Hi\xc3", chat_cursor, true);
+  EXPECT_EQ(chat["content"][0]["token"], "token_id:15043");
+  EXPECT_EQ(chat["content"][1]["token"], "token_id:234");
+  EXPECT_EQ(chat["content"][1]["bytes"],
+            nlohmann::json({'t', 'o', 'k', 'e', 'n', '_', 'i', 'd', ':', '2', '3', '4'}));
+  EXPECT_EQ(chat["content"][1]["top_logprobs"][1]["token"], "token_id:32000");
+  TextCursor cursor;
+  const auto legacy = logprobs_json(false, three_tokens(), "Hi\xef\xbf\xbd", cursor, true);
+  EXPECT_EQ(legacy["tokens"], nlohmann::json({"token_id:15043", "token_id:234", "token_id:2"}));
+  EXPECT_EQ(
+      legacy["top_logprobs"][2],
+      nlohmann::json({{"token_id:29889", -2.0}, {"token_id:13", -3.0}, {"token_id:2", -0.125}}));
+  EXPECT_EQ(legacy["text_offset"], nlohmann::json({0, 2, 3}));
+  // Asked for as vLLM takes it, on both endpoints; null and false ask for none.
+  EXPECT_TRUE(
+      parse_completion_request(R"({"prompt":"x","return_tokens_as_token_ids":true})", defaults())
+          .tokens_as_ids);
+  EXPECT_FALSE(
+      parse_completion_request(R"({"prompt":"x","return_tokens_as_token_ids":null})", defaults())
+          .tokens_as_ids);
+  EXPECT_TRUE(
+      parse_chat_request(
+          R"({"messages":[{"role":"user","content":"x"}],"return_tokens_as_token_ids":true})",
+          defaults(), 1)
+          .tokens_as_ids);
+  EXPECT_THROW(
+      parse_completion_request(R"({"prompt":"x","return_tokens_as_token_ids":1})", defaults()),
+      ApiError);
+}
+
 TEST(OpenAiResponses, SseFramesOneJsonEventPerDataLineAndEndsWithDone) {
   EXPECT_EQ(sse_event({{"a", "line\nbreak"}}), "data: {\"a\":\"line\\nbreak\"}\n\n");
   EXPECT_EQ(sse_done(), "data: [DONE]\n\n");
