@@ -31,8 +31,9 @@ class Sampler {
   // The tokens left after the filters, best first: the first `keep` of `ranking` (sorted as
   // far as read), with weights relative to the best (whose weight is 1) and their sum.
   struct Candidates;
-  // `order`: scratch space for the ranking.
-  Candidates candidates(std::vector<float>& logits, std::vector<int32_t>& order) const;
+  // `order`, `weights`: scratch space for the ranking and the weights.
+  Candidates candidates(std::vector<float>& logits, std::vector<int32_t>& order,
+                        std::vector<float>& weights) const;
   // Penalizes the distinct ids of `history`, taking in only what it adds to the history of
   // the last call when it grew from that one (as a sequence's does).
   void penalize(std::vector<float>& logits, const std::vector<int32_t>& history);
@@ -51,7 +52,7 @@ class Sampler {
   std::vector<bool> seen_mask_;
   // Scratch space of next(), kept between draws: a fresh 128 KiB vector is fresh pages
   // (above malloc's mmap threshold), faulted in at every draw.
-  std::vector<float> scores_;
+  std::vector<float> scores_, weights_;
   std::vector<int32_t> order_;
 };
 

@@ -1,5 +1,6 @@
 // The language worker's host time for one sampled token: one row of 32,064 scores (a
-// LLaVA-1.5 vocabulary; a few tokens far ahead, as a trained model's row has) through
+// LLaVA-1.5 vocabulary; a few tokens far ahead, as a trained model's row has; and a flat
+// row, as a random model's or a high temperature gives, where draws land deep) through
 // Sampler::next under common settings. Prints a table and one JSON line.
 //   sampler_bench [--draws N]
 #include <chrono>
@@ -21,6 +22,9 @@ int main(int argc, char** argv) {
   std::vector<float> row(32064);
   for (float& s : row) s = normal(g);
   for (int i = 0; i < 4; ++i) row[g() % row.size()] = 16.0f + 3.0f * static_cast<float>(i);
+  std::vector<float> flat(row.size());  // no token far ahead: the best 64 hold ~2%
+  std::normal_distribution<float> unit(0.0f, 1.0f);
+  for (float& s : flat) s = unit(g);
   std::vector<int32_t> history(4096);
   for (int32_t& id : history) id = static_cast<int32_t>(g() % row.size());
 
@@ -28,11 +32,15 @@ int main(int argc, char** argv) {
     const char* name;
     double temperature, top_p, repetition_penalty;
     int top_k;
+    const std::vector<float>* row;
   };
-  const Case cases[] = {{"temperature 0.7", 0.7, 1.0, 1.0, 0},
-                        {"temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0},
-                        {"temperature 1, top_k 50", 1.0, 1.0, 1.0, 50},
-                        {"top_p 0.9, repetition_penalty 1.1, 4,096 ids", 0.7, 0.9, 1.1, 0}};
+  const Case cases[] = {{"temperature 0.7", 0.7, 1.0, 1.0, 0, &row},
+                        {"temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &row},
+                        {"temperature 1, top_k 50", 1.0, 1.0, 1.0, 50, &row},
+                        {"top_p 0.9, repetition_penalty 1.1, 4,096 ids", 0.7, 0.9, 1.1, 0, &row},
+                        {"flat row, temperature 0.7", 0.7, 1.0, 1.0, 0, &flat},
+                        {"flat row, temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &flat},
+                        {"flat row, temperature 1.5, top_p 0.95", 1.5, 0.95, 1.0, 0, &flat}};
   std::string json =
       "{\"vocabulary\":32064,\"draws\":" + std::to_string(draws) + ",\"us_per_draw\":{";
   std::printf("%-46s %12s\n", "settings", "us / draw");
@@ -50,7 +58,7 @@ int main(int argc, char** argv) {
     long checksum = 0;
     for (int i = 0; i < draws; ++i) {
       const int32_t token =
-          sampler.next(row, c.repetition_penalty != 1.0 ? grown : std::vector<int32_t>{});
+          sampler.next(*c.row, c.repetition_penalty != 1.0 ? grown : std::vector<int32_t>{});
       if (c.repetition_penalty != 1.0) grown.push_back(token);
       checksum += token;
     }

@@ -194,11 +194,19 @@ TEST(Sampler, RanksOnlyAsFarAsItReadsYetKeepsWhatTheWholeSortKeeps) {
     double temperature, top_p, min_p;
     int top_k;
   };
-  const Case cases[] = {{1.0, 1.0, 0.0, 0},    {0.7, 0.9, 0.0, 0},   {1.3, 0.95, 0.0, 40},
-                        {2.0, 1.0, 0.0, 5000}, {1.0, 1.0, 0.05, 0},  {5.0, 0.5, 0.0, 0},
-                        {1.0, 0.99, 1e-3, 0},  {100.0, 0.3, 0.0, 0}, {0.5, 1.0, 0.0, 1}};
-  for (uint32_t seed = 1; seed <= 3; ++seed) {
-    const std::vector<float> row = vocabulary_row(seed);
+  // Past the first few hundred, top_p's prefix is found by buckets of scores, not ranked
+  // (5.0 / 0.5, 100 / 0.3, and every case on the flat rows).
+  const Case cases[] = {{1.0, 1.0, 0.0, 0},     {0.7, 0.9, 0.0, 0},   {1.3, 0.95, 0.0, 40},
+                        {2.0, 1.0, 0.0, 5000},  {1.0, 1.0, 0.05, 0},  {5.0, 0.5, 0.0, 0},
+                        {1.0, 0.99, 1e-3, 0},   {100.0, 0.3, 0.0, 0}, {0.5, 1.0, 0.0, 1},
+                        {3.0, 0.8, 0.0, 20000}, {1.5, 0.95, 1e-2, 0}};
+  for (uint32_t seed = 1; seed <= 5; ++seed) {
+    std::vector<float> row = vocabulary_row(seed);
+    if (seed > 3) {  // flat: nothing far ahead; seed 5 without ties
+      std::mt19937 g(seed);
+      std::normal_distribution<float> n(0.0f, 1.0f);
+      for (float& s : row) s = seed == 4 ? std::round(n(g) * 16) / 16 : n(g);
+    }
     for (const Case& k : cases) {
       SamplingParams p;
       p.temperature = k.temperature;
