@@ -61,12 +61,16 @@ print(label, "failed", b["failed"], "ttft", round(b["ttft_ms"]["median"], 2),
       "decode b1/b8/b32", *(round(d[k]["tokens_per_s"], 1) for k in ("batch1", "batch8", "batch32")))
 PY
 }
-for round in 1 2; do
-  bench "before-greedy$round" "$work/old/build"
-  bench "after-greedy$round" build-gpu
-  bench "before-t07-$round" "$work/old/build" --temperature 0.7
-  bench "after-t07-$round" build-gpu --temperature 0.7
-  say "round $round"
-done
+round_of_benches() {
+  bench "before-greedy$1" "$work/old/build"
+  bench "after-greedy$1" build-gpu
+  bench "before-t07-$1" "$work/old/build" --temperature 0.7
+  bench "after-t07-$1" build-gpu --temperature 0.7
+  say "round $1"
+}
+round_of_benches 1
 timeout 300 python3 tests/gpu/logprobs_7b.py "$work" build-gpu > "$work/logprobs.txt" 2>&1
 say "logprobs_7b rc=$?"; tail -30 "$work/logprobs.txt"
+# A second round while the lease's first 7 minutes last (a device call may run 10).
+[ $(( $(date +%s) - start )) -lt "${SECOND_ROUND_BEFORE_S:-420}" ] && round_of_benches 2
+say finished
