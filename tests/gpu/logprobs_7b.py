@@ -11,7 +11,7 @@ asks /v1/completions for:
 Then stops the server and runs transformers (float16, the same checkpoint) over the prompt and
 the answer. Each token's logprob is compared with transformers' log-softmax at its place (the
 image and pad ids left out, as the server leaves them out), and each top list with transformers'
-top 5. Prints JSON; exits 1 when a figure is off (0.03 absolute: float16 logits of ~1e-2 error).
+top 5. Prints JSON; exits 1 when a figure is off (0.05 absolute: float16 logits of ~1e-2 error).
 """
 import json
 import os
@@ -130,6 +130,6 @@ report["answer"]["greedy_ids_same"] = sum(int(a == b) for a, b in zip(greedy, an
 print(json.dumps(report, indent=1))
 bad = (not report["prompt"]["first_is_null"] or report["prompt"]["tokens"] != len(prompt) - 1
        or report["answer"]["tokens"] != 16
-       or any(report[part][key] > 0.03 for part in ("prompt", "answer")
+       or any(report[part][key] > 0.05 for part in ("prompt", "answer")
               for key in ("max_abs_error", "max_abs_error_top5")))
 sys.exit(1 if bad else 0)
