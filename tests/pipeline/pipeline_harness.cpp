@@ -34,6 +34,14 @@ std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& it
                                           item.images, kModel, kMaxNewTokens);
 }
 
+llava::RequestSpec spec_of(const Case& item, const std::string& config_path) {
+  llava::RequestSpec spec;
+  spec.prompt = item.prompt;
+  spec.image_paths = item.images;
+  spec.generation = llava::load_config(config_path).generation;
+  return spec;
+}
+
 Outcome run_pipeline(const std::string& config_path, const std::vector<Case>& cases, Hooks hooks,
                      size_t expected_count) {
   Outcome outcome;
@@ -54,11 +62,7 @@ Outcome run_pipeline(const std::string& config_path, const std::vector<Case>& ca
     if (outcome.expected.size() < expected_count) {
       outcome.expected.push_back(expected_tokens(coordinator, item));
     }
-    llava::RequestSpec spec;
-    spec.prompt = item.prompt;
-    spec.image_paths = item.images;
-    spec.generation = llava::load_config(config_path).generation;
-    outcome.ids.push_back(coordinator.submit(spec));
+    outcome.ids.push_back(coordinator.submit(spec_of(item, config_path)));
   }
   coordinator.run();
   coordinator.shutdown_workers();

@@ -42,6 +42,9 @@ inline const std::string kSequential =
 // Both stages on the CPU at once (concurrent mode), batches as given (8: the default).
 std::string concurrent_cpu(int vision_batch, int language_batch);
 
+// A request for `item` with the config's generation section (the tests change a key or two).
+llava::RequestSpec spec_of(const Case& item, const std::string& config_path);
+
 // In-process generation's tokens for `item` (the reference every answer must equal).
 std::vector<int32_t> expected_tokens(const llava::Coordinator& c, const Case& item);
 

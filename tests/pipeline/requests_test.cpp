@@ -28,13 +28,7 @@ TEST(Pipeline, ImagesSeenBeforeSkipTheVisionStage) {
   llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
   auto round = [&] {
     std::vector<uint64_t> ids;
-    for (const auto& item : kCases) {
-      llava::RequestSpec spec;
-      spec.prompt = item.prompt;
-      spec.image_paths = item.images;
-      spec.generation = llava::load_config(path).generation;
-      ids.push_back(coordinator.submit(spec));
-    }
+    for (const auto& item : kCases) ids.push_back(coordinator.submit(spec_of(item, path)));
     coordinator.run();
     return ids;
   };
@@ -142,10 +136,7 @@ TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
   events.on_text = [&](uint64_t id, const std::string& text) { streamed[id] += text; };
   llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
   auto submit = [&](const Case& item, const std::vector<std::string>& stop) {
-    llava::RequestSpec spec;
-    spec.prompt = item.prompt;
-    spec.image_paths = item.images;
-    spec.generation = llava::load_config(path).generation;
+    llava::RequestSpec spec = spec_of(item, path);
     spec.generation.stop = stop;
     return coordinator.submit(spec);
   };
@@ -198,10 +189,7 @@ TEST(Pipeline, LogprobsComeWithEachTokenStreamedAndInTheAnswerAcrossAWorkerDeath
   llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
   self = &coordinator;
   auto submit = [&](const Case& item, int logprobs) {
-    llava::RequestSpec spec;
-    spec.prompt = item.prompt;
-    spec.image_paths = item.images;
-    spec.generation = llava::load_config(path).generation;
+    llava::RequestSpec spec = spec_of(item, path);
     spec.generation.logprobs = logprobs;
     return coordinator.submit(spec);
   };

@@ -52,13 +52,7 @@ TEST(Pipeline, AResidentStageGivesWayAtTheSwapThresholds) {
       if (e.process == "vision-0" && e.what == "granted") log.push_back("vision");
     };
     llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
-    auto submit = [&](const Case& item) {
-      llava::RequestSpec spec;
-      spec.prompt = item.prompt;
-      spec.image_paths = item.images;
-      spec.generation = llava::load_config(path).generation;
-      return coordinator.submit(spec);
-    };
+    auto submit = [&](const Case& item) { return coordinator.submit(spec_of(item, path)); };
     std::vector<uint64_t> text;
     for (int i = 0; i < 8; ++i) text.push_back(submit({"Question " + std::to_string(i) + "?", {}}));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
