@@ -73,16 +73,21 @@ class Sampler::Ranking {
     first(limit);
     const auto begin = order_.begin() + static_cast<long>(from),
                end = order_.begin() + static_cast<long>(limit);
-    float hi = -INFINITY, lo = INFINITY;
+    float hi = -INFINITY, lo = INFINITY;  // over the finite scores
     for (auto it = begin; it != end; ++it) {
-      hi = std::max(hi, score(*it));
-      lo = std::min(lo, score(*it));
+      const float s = score(*it);
+      if (!std::isfinite(s)) continue;
+      hi = std::max(hi, s);
+      lo = std::min(lo, s);
     }
     constexpr int kBuckets = 4096;
-    // Larger score, smaller bucket (monotone: equal scores share one).
+    // Larger score, smaller bucket (monotone: equal scores share one); a banned token's
+    // -inf (weight 0) the last.
     const float scale = hi > lo ? static_cast<float>(kBuckets) / (hi - lo) : 0.0f;
     auto bucket = [&](int32_t id) {
-      return std::min(kBuckets - 1, static_cast<int>((hi - score(id)) * scale));
+      const float s = score(id);
+      return std::isfinite(s) ? std::min(kBuckets - 1, static_cast<int>((hi - s) * scale))
+                              : kBuckets - 1;
     };
     mass_.assign(kBuckets, 0.0);
     for (auto it = begin; it != end; ++it)
