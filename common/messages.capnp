@@ -110,6 +110,10 @@ struct Sampling {
   logprobs @8 :Int32 = -1;
   # With logprobs: each prompt token's too, from the second on (TokenChunk.promptLogprobs).
   promptLogprobs @9 :Bool;
+  # OpenAI's, on the answer's tokens (a resumed task's last resumeFrom ids are the answer's):
+  # score - presencePenalty (once there) - frequencyPenalty x its count. 0 = off.
+  presencePenalty @10 :Float32;
+  frequencyPenalty @11 :Float32;
 }
 
 # coordinator -> language worker; frames: one [image_tokens, hidden] embedding frame per

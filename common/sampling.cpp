@@ -2,6 +2,7 @@
 #include "common/sampling.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace llava {
 
@@ -19,6 +20,9 @@ void read_sampling_keys(SamplingKeyReader& reader, SamplingParams& params) {
   if (auto v = reader.real("repetition_penalty", 0.0, L::kRepetitionPenalty, /*lo_open=*/true)) {
     params.repetition_penalty = *v;
   }
+  const double most = L::kPresencePenalty;
+  if (auto v = reader.real("presence_penalty", -most, most, false)) params.presence_penalty = *v;
+  if (auto v = reader.real("frequency_penalty", -most, most, false)) params.frequency_penalty = *v;
   if (auto v = reader.seed("seed")) params.seed = *v;
 }
 
@@ -53,6 +57,8 @@ void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
   out.setTopP(static_cast<float>(params.top_p));
   out.setMinP(static_cast<float>(params.min_p));
   out.setRepetitionPenalty(static_cast<float>(params.repetition_penalty));
+  out.setPresencePenalty(static_cast<float>(params.presence_penalty));
+  out.setFrequencyPenalty(static_cast<float>(params.frequency_penalty));
   out.setSeed(params.seed);
   out.setLogprobs(params.logprobs);
   out.setPromptLogprobs(params.prompt_logprobs);
@@ -70,6 +76,12 @@ SamplingParams from_wire(schema::Sampling::Reader in) {
   params.top_p = in.getTopP();
   params.min_p = in.getMinP();
   params.repetition_penalty = in.getRepetitionPenalty();
+  // A peer's out of range (or NaN) penalty is none: it would make every score NaN.
+  auto penalty = [](float v) {
+    return std::abs(v) <= SamplingLimits::kPresencePenalty ? static_cast<double>(v) : 0.0;
+  };
+  params.presence_penalty = penalty(in.getPresencePenalty());
+  params.frequency_penalty = penalty(in.getFrequencyPenalty());
   params.seed = in.getSeed();
   params.logprobs = std::clamp<int>(in.getLogprobs(), -1, SamplingLimits::kLogprobs);
   params.prompt_logprobs = in.getPromptLogprobs() && params.logprobs >= 0;

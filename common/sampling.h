@@ -20,6 +20,9 @@ struct SamplingParams {
   double top_p = 1.0;        // 1 = off
   double min_p = 0.0;        // 0 = off; else tokens below min_p x the top token's probability go
   double repetition_penalty = 1.0;
+  // OpenAI's: subtracted from a token's score once it is in the answer (presence), and for
+  // each time it is (frequency); the prompt's tokens are not counted. 0 = off.
+  double presence_penalty = 0.0, frequency_penalty = 0.0;
   uint64_t seed = 0;
   // Not a key: the coordinator sends the model's end-of-sequence ids; generation ends
   // after one of these.
@@ -38,6 +41,7 @@ struct SamplingLimits {
   static constexpr long long kTopK = 1 << 24;          // top_k: [-1, this]
   static constexpr double kTemperature = 100.0;        // temperature: [0, this]
   static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
+  static constexpr double kPresencePenalty = 2.0;      // presence, frequency: [-this, this]
   static constexpr int kLogprobs = 20;                 // logprobs: [-1, this] (OpenAI's top)
 };
 

@@ -119,13 +119,6 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
     if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 1)) {
       throw ApiError(400, "n: only 1 choice per request is supported, got " + shown(value), key);
     }
-  } else if (key == "presence_penalty" || key == "frequency_penalty") {
-    if (value.is_null()) return true;
-    if (!value.is_number())
-      throw ApiError(400, key + ": expected a number, got " + shown(value), key);
-    if (value.get<double>() != 0) {
-      throw ApiError(400, key + ": not supported (only 0); use repetition_penalty", key);
-    }
   } else {
     return false;
   }
@@ -488,7 +481,7 @@ nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprob
     nlohmann::json top = nlohmann::json::object();
     for (const auto& other : token.top)
       top[utf8_lossy(name(other.id, other.text))] = finite_logprob(other.logprob);
-    if (!top.contains(shown)) top[shown] = finite_logprob(token.logprob);
+    top[shown] = finite_logprob(token.logprob);  // its own, where an alternative reads the same
     top_logprobs.push_back(std::move(top));
   }
   return {{"tokens", std::move(tokens)},

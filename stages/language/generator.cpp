@@ -115,7 +115,7 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
   at::Tensor embeds = decoder_.embed_prompt(prompt, images, placeholders_end);
   const int slot = cache_.acquire();
   if (slot < 0) throw RequestError("request " + std::to_string(id) + ": no free sequence slot");
-  Sequence s{slot, prompt, 0, params, Sampler(params)};
+  Sequence s{slot, prompt, 0, params, Sampler(params, std::min(placeholders_end, prompt.size()))};
   at::Tensor hidden;
   std::vector<TokenLogprobs> prompt_logprobs;
   try {

@@ -96,7 +96,8 @@ class Generator {
   // Takes `token` as the sequence's next: its history, and whether it ends there.
   TokenEvent choose(uint64_t id, Sequence& sequence, int32_t token);
   static bool plain_greedy(const SamplingParams& params) {
-    return params.temperature <= 0.0 && params.repetition_penalty == 1.0;
+    return params.temperature <= 0.0 && params.repetition_penalty == 1.0 &&
+           params.presence_penalty == 0.0 && params.frequency_penalty == 0.0;
   }
 
   const LlamaDecoder& decoder_;

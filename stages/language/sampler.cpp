@@ -168,7 +168,8 @@ int32_t argmax(const std::vector<float>& logits) {
 
 }  // namespace
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+Sampler::Sampler(const SamplingParams& params, size_t answer_from)
+    : params_(params), answer_from_(answer_from), rng_(params.seed) {}
 
 bool Sampler::is_stop(int32_t token) const {
   return std::find(params_.stop_token_ids.begin(), params_.stop_token_ids.end(), token) !=
@@ -208,6 +209,43 @@ void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& h
   add_distinct(fresh, history.end(), seen_mask_, seen_);
   seen_history_.insert(seen_history_.end(), fresh, history.end());
   penalize(logits, seen_, params_.repetition_penalty);
+}
+
+void Sampler::count(std::vector<int32_t>::const_iterator from,
+                    std::vector<int32_t>::const_iterator to, std::vector<int32_t>& counts,
+                    std::vector<int32_t>& distinct) {
+  for (; from != to; ++from) {
+    const int32_t id = *from;
+    if (id < 0 || static_cast<size_t>(id) >= counts.size()) continue;
+    if (counts[static_cast<size_t>(id)]++ == 0) distinct.push_back(id);
+  }
+}
+
+void Sampler::penalize_answer(std::vector<float>& logits, const std::vector<int32_t>& counts,
+                              const std::vector<int32_t>& distinct) const {
+  for (int32_t id : distinct) {
+    const auto n = static_cast<double>(counts[static_cast<size_t>(id)]);
+    float& s = logits[static_cast<size_t>(id)];
+    s = static_cast<float>(s - params_.frequency_penalty * n - params_.presence_penalty);
+  }
+}
+
+void Sampler::penalize_answer(std::vector<float>& logits, const std::vector<int32_t>& history) {
+  if (params_.presence_penalty == 0.0 && params_.frequency_penalty == 0.0) return;
+  const auto answer = history.begin() + static_cast<long>(std::min(answer_from_, history.size()));
+  // An answer only grows: count its new ids (anything else starts again).
+  const bool grew = static_cast<size_t>(history.end() - answer) >= counted_.size() &&
+                    answer_counts_.size() == logits.size() &&
+                    std::equal(counted_.begin(), counted_.end(), answer);
+  if (!grew) {
+    counted_.clear();
+    answer_ids_.clear();
+    answer_counts_.assign(logits.size(), 0);
+  }
+  const auto fresh = answer + static_cast<long>(counted_.size());
+  count(fresh, history.end(), answer_counts_, answer_ids_);
+  counted_.insert(counted_.end(), fresh, history.end());
+  penalize_answer(logits, answer_counts_, answer_ids_);
 }
 
 Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<int32_t>& order,
@@ -266,6 +304,7 @@ Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<
 int32_t Sampler::next(const float* logits, size_t vocab, const std::vector<int32_t>& history) {
   scores_.assign(logits, logits + vocab);
   penalize(scores_, history);
+  penalize_answer(scores_, history);
   if (params_.temperature <= 0.0) return argmax(scores_);
   Candidates c = candidates(scores_, order_, weights_);
   // The kept tokens in the order's order: the ranked (the likeliest) first, so that a peaked
@@ -291,6 +330,12 @@ std::vector<std::pair<int32_t, double>> Sampler::distribution(
     std::vector<bool> mask(logits.size(), false);
     add_distinct(history.begin(), history.end(), mask, distinct);
     penalize(logits, distinct, params_.repetition_penalty);
+  }
+  if (params_.presence_penalty != 0.0 || params_.frequency_penalty != 0.0) {
+    std::vector<int32_t> counts(logits.size(), 0), distinct;
+    count(history.begin() + static_cast<long>(std::min(answer_from_, history.size())),
+          history.end(), counts, distinct);
+    penalize_answer(logits, counts, distinct);
   }
   if (params_.temperature <= 0.0) return {{argmax(logits), 1.0}};
   std::vector<int32_t> order;

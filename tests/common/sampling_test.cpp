@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/wire.h"
 
 namespace {
@@ -14,7 +16,8 @@ using llava::wire::Outgoing;
 TEST(Sampling, KeysAreListedOnceInTheOrderErrorsAreReported) {
   EXPECT_EQ(llava::sampling_keys(),
             (std::vector<std::string>{"max_new_tokens", "temperature", "top_k", "top_p", "min_p",
-                                      "repetition_penalty", "seed"}));
+                                      "repetition_penalty", "presence_penalty", "frequency_penalty",
+                                      "seed"}));
 }
 
 TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
@@ -25,6 +28,8 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   sent.top_p = 0.875;
   sent.min_p = 0.0625;
   sent.repetition_penalty = 1.25;
+  sent.presence_penalty = -0.5;
+  sent.frequency_penalty = 1.75;
   sent.seed = UINT64_MAX;
   sent.stop_token_ids = {2, 32000};
   sent.logprobs = 7;
@@ -40,6 +45,8 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   EXPECT_EQ(got.top_p, 0.875);
   EXPECT_EQ(got.min_p, 0.0625);
   EXPECT_EQ(got.repetition_penalty, 1.25);
+  EXPECT_EQ(got.presence_penalty, -0.5);
+  EXPECT_EQ(got.frequency_penalty, 1.75);
   EXPECT_EQ(got.seed, UINT64_MAX);
   EXPECT_EQ(got.stop_token_ids, (std::vector<int32_t>{2, 32000}));
   EXPECT_EQ(got.logprobs, 7);
@@ -60,6 +67,21 @@ TEST(Sampling, ATaskWithoutLogprobsAsksForNoneAndAPeerCannotAskForMoreThanTwenty
   }
 }
 
+TEST(Sampling, APeersPenaltyOutOfRangeIsNone) {
+  // Past +-2, infinite or NaN: a score minus it would be no score at all; read as off.
+  for (float sent : {3.0f, -2.5f, INFINITY, NAN}) {
+    Outgoing lying;
+    auto sampling = lying.header().getBody().initLanguageTask().initSampling();
+    sampling.setPresencePenalty(sent);
+    sampling.setFrequencyPenalty(sent);
+    Incoming read = Incoming::parse(lying.parts(), false, llava::wire::Limits{});
+    const SamplingParams got =
+        llava::from_wire(read.header().getBody().getLanguageTask().getSampling());
+    EXPECT_EQ(got.presence_penalty, 0.0) << sent;
+    EXPECT_EQ(got.frequency_penalty, 0.0) << sent;
+  }
+}
+
 TEST(Sampling, ATaskWithoutMinPLeavesItOff) {
   // A sender from before min_p: the field reads as its default, 0 (off).
   Outgoing out;
@@ -68,6 +90,8 @@ TEST(Sampling, ATaskWithoutMinPLeavesItOff) {
   const SamplingParams got = llava::from_wire(in.header().getBody().getLanguageTask().getSampling());
   EXPECT_EQ(got.min_p, 0.0);
   EXPECT_EQ(got.top_p, 0.5);
+  EXPECT_EQ(got.presence_penalty, 0.0);  // and before the penalties
+  EXPECT_EQ(got.frequency_penalty, 0.0);
 }
 
 }  // namespace

@@ -217,8 +217,35 @@ test('an unknown role is refused with 400 naming the field', async () => {
 
 test('an unsupported parameter is refused with 400 naming it', async () => {
   await assert.rejects(
-    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), presence_penalty: 0.5 }),
-    (e) => e.status === 400 && e.param === 'presence_penalty');
+    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), logit_bias: { 5: 1 } }),
+    (e) => e.status === 400 && e.param === 'logit_bias');
+  await assert.rejects(
+    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), presence_penalty: 2.5 }),
+    (e) => e.status === 400 && e.param === 'presence_penalty' && /\[-2, 2\]/.test(e.message));
+});
+
+test('presence_penalty and frequency_penalty weigh against the answer\'s own tokens, not the prompt\'s', async () => {
+  const ids = async (extra) => {
+    const r = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 64,
+      ignore_eos: true, logprobs: 0, return_tokens_as_token_ids: true, ...extra });
+    return r.choices[0].logprobs.tokens;
+  };
+  const most = (tokens) => Math.max(...Object.values(tokens.reduce((n, t) => ({ ...n, [t]: (n[t] ?? 0) + 1 }), {})));
+  const plain = await ids({});
+  const penalized = await ids({ presence_penalty: 2, frequency_penalty: 2 });
+  assert.ok(most(plain) >= 2, `the plain answer repeats a token: ${plain.join(' ')}`);
+  assert.equal(most(penalized), 1, `no token twice: ${penalized.join(' ')}`);
+  assert.equal(penalized[0], plain[0]);  // nothing of the answer yet: the prompt's tokens do not count
+  // Negative values favour repeats; a streamed answer is the same.
+  const favoured = await ids({ frequency_penalty: -2 });
+  assert.ok(most(favoured) > most(plain), favoured.join(' '));
+  const stream = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 64,
+    ignore_eos: true, presence_penalty: 2, frequency_penalty: 2, stream: true });
+  let streamed = '';
+  for await (const chunk of stream) streamed += chunk.choices[0]?.text ?? '';
+  const whole = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 64,
+    ignore_eos: true, presence_penalty: 2, frequency_penalty: 2 });
+  assert.equal(streamed, whole.choices[0].text);
 });
 
 test('a missing or wrong API key gets 401; the right one is served', async () => {

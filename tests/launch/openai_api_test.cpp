@@ -133,10 +133,24 @@ TEST(OpenAiChatRequest, TooManyImagesAre400) {
   EXPECT_NE(std::string(e.what()).find("3 images; at most 2"), std::string::npos);
 }
 
+TEST(OpenAiChatRequest, PresenceAndFrequencyPenaltiesAreTakenInOpenAisRange) {
+  const auto r = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0.5,"frequency_penalty":-1.25})",
+      defaults(), 8);
+  EXPECT_DOUBLE_EQ(r.generation.presence_penalty, 0.5);
+  EXPECT_DOUBLE_EQ(r.generation.frequency_penalty, -1.25);
+  const auto nulls = parse_completion_request(
+      R"({"prompt":"x","presence_penalty":null,"frequency_penalty":null})", defaults());
+  EXPECT_EQ(nulls.generation.presence_penalty, 0.0);
+  EXPECT_EQ(nulls.generation.frequency_penalty, 0.0);
+  const ApiError e =
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"frequency_penalty":3})");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "frequency_penalty");
+  EXPECT_EQ(std::string(e.what()), "frequency_penalty: 3 is out of range [-2, 2]");
+}
+
 TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
-  EXPECT_EQ(
-      chat_error(R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0.3})").param,
-      "presence_penalty");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})")
@@ -413,6 +427,19 @@ TEST(OpenAiResponses, CompletionLogprobsAreParallelListsWithTheTokenAmongItsAlte
                                      unused))["choices"][0]["logprobs"]["content"]
                 .size(),
             3u);
+}
+
+// Two tokens may read the same (byte tokens shown as U+FFFD, a word with and without a
+// marker): the chosen token's own logprob is the one under its text.
+TEST(OpenAiResponses, TheChosenTokensLogprobIsUnderItsTextWhereAnAlternativeReadsTheSame) {
+  TextCursor cursor;
+  const TokenLogprob chosen{10, "a", -2.0f, {{11, "a", -0.5f}, {12, "b", -1.0f}}};
+  const auto json = logprobs_json(false, {chosen}, "a", cursor);
+  EXPECT_EQ(json["top_logprobs"][0], nlohmann::json({{"a", -2.0}, {"b", -1.0}}));
+  EXPECT_EQ(json["token_logprobs"][0], -2.0);
+  TextCursor by_id;  // by id, both are there
+  EXPECT_EQ(logprobs_json(false, {chosen}, "a", by_id, true)["top_logprobs"][0],
+            nlohmann::json({{"token_id:10", -2.0}, {"token_id:11", -0.5}, {"token_id:12", -1.0}}));
 }
 
 // vLLM's return_tokens_as_token_ids: each token and alternative named by its id, in both

@@ -83,6 +83,19 @@ TEST(Sampling, MinPIsANumberFromZeroToOne) {
   EXPECT_EQ(error_of("min_p", "\"low\""), "min_p: expected a number, got \"low\"");
 }
 
+TEST(Sampling, PresenceAndFrequencyPenaltiesAreOpenAisFromMinusTwoToTwo) {
+  GenerationSection g;
+  apply_sampling("presence_penalty", json::parse("0.6"), g);
+  apply_sampling("frequency_penalty", json::parse("-2"), g);
+  EXPECT_DOUBLE_EQ(g.presence_penalty, 0.6);
+  EXPECT_DOUBLE_EQ(g.frequency_penalty, -2.0);
+  EXPECT_EQ(error_of("presence_penalty", "2.5"), "presence_penalty: 2.5 is out of range [-2, 2]");
+  EXPECT_EQ(error_of("frequency_penalty", "-2.01"),
+            "frequency_penalty: -2.01 is out of range [-2, 2]");
+  EXPECT_EQ(error_of("frequency_penalty", "\"high\""),
+            "frequency_penalty: expected a number, got \"high\"");
+}
+
 TEST(Sampling, EverySamplingKeyIsARequestKey) {
   for (const std::string& key : llava::sampling_keys()) EXPECT_TRUE(llava::is_sampling_key(key));
   EXPECT_TRUE(llava::is_sampling_key("stop"));

@@ -160,6 +160,54 @@ TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
   EXPECT_EQ(results.at(next).tokens, expected_tokens(coordinator, kCases[3]));
 }
 
+// The presence and frequency penalties count the answer's tokens only, a resumed attempt's
+// among them: with a language worker killed mid-answer, the resumed answer is the
+// uninterrupted one (greedy, so a token counted wrong shows as another token), which is
+// not the unpenalized one. (On this model the penalized answer leaves the plain one at its
+// 8th token, for its 5th: killed after 5 streamed, the resumed attempt must count those.)
+TEST(Pipeline, APenalizedAnswerResumedAfterAWorkerDeathIsTheUninterruptedOne) {
+  FaultDelay delay(20);
+  const std::string path = write_config("penalties", concurrent_cpu(8, 2));
+  std::map<uint64_t, llava::RequestResult> results;
+  std::map<uint64_t, size_t> streamed;  // tokens, counted by their logprobs
+  bool kill_next = false, killed = false;
+  llava::CoordinatorEvents events;
+  llava::Coordinator* self = nullptr;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  events.on_text = [](uint64_t, const std::string&) {};  // logprobs stream with the text
+  events.on_logprobs = [&](uint64_t id, const std::vector<llava::TokenLogprob>& logprobs) {
+    streamed[id] += logprobs.size();
+    if (kill_next && !killed && streamed[id] >= 5) {
+      killed = true;
+      kill(self->pid_of("language-0"), SIGKILL);
+    }
+  };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  self = &coordinator;
+  auto submit = [&](double presence, double frequency) {
+    llava::RequestSpec spec = spec_of(kCases[0], path);
+    spec.generation.max_new_tokens = 16;
+    spec.generation.ignore_eos = true;
+    spec.generation.presence_penalty = presence;
+    spec.generation.frequency_penalty = frequency;
+    spec.generation.logprobs = 0;
+    return coordinator.submit(spec);
+  };
+  const uint64_t plain = submit(0, 0), penalized = submit(0.5, -1.5);
+  coordinator.run();
+  kill_next = true;
+  const uint64_t again = submit(0.5, -1.5);
+  coordinator.run();
+  coordinator.shutdown_workers();
+  ASSERT_TRUE(killed);
+  for (uint64_t id : {plain, penalized, again})
+    ASSERT_TRUE(results.at(id).ok) << results.at(id).error;
+  EXPECT_NE(results.at(penalized).tokens, results.at(plain).tokens);
+  EXPECT_EQ(results.at(penalized).tokens.size(), 16u);
+  EXPECT_GE(results.at(again).attempts, 2);
+  EXPECT_EQ(results.at(again).tokens, results.at(penalized).tokens);
+}
+
 // A request that asks for logprobs gets one per token, streamed with the text they make
 // and all in its answer: the tokens' ids, their texts, the most likely alternatives. The
 // answer itself is the same as without them, and a request beside it that asks for none

@@ -251,27 +251,56 @@ TEST(Sampler, DrawsFollowTheDistributionDeepIntoTheRanking) {
   EXPECT_GT(expected_rank_sum, 10000.0);
 }
 
-TEST(Sampler, ARepetitionPenaltyOverAGrowingHistoryIsTheFreshOnes) {
+TEST(Sampler, PenaltiesOverAGrowingHistoryAreTheFreshOnes) {
   // Greedy with a penalty: each token is the largest after its history's ids are penalized.
   // One sampler along a growing history, a fresh one at each step, and one given histories
   // that do not grow from the last must all choose alike.
   std::vector<float> row = vocabulary_row(4);
+  for (int penalties = 0; penalties < 2; ++penalties) {  // then with presence and frequency too
+    SamplingParams p;
+    p.repetition_penalty = 1.8;
+    p.presence_penalty = penalties ? 0.7 : 0.0;
+    p.frequency_penalty = penalties ? 0.4 : 0.0;
+    Sampler along(p, 2);
+    std::vector<int32_t> history = {7, 7, 12};
+    for (int step = 0; step < 300; ++step) {
+      const int32_t token = along.next(row, history);
+      ASSERT_EQ(token, Sampler(p, 2).next(row, history)) << "step " << step;
+      history.push_back(token);
+    }
+    Sampler jumping(p, 2);
+    std::mt19937 g(5);
+    for (int step = 0; step < 50; ++step) {
+      std::vector<int32_t> other(g() % 400);
+      for (auto& id : other) id = static_cast<int32_t>(g() % row.size());
+      ASSERT_EQ(jumping.next(row, other), Sampler(p, 2).next(row, other)) << "step " << step;
+    }
+  }
+}
+
+TEST(Sampler, PresenceAndFrequencyPenaltiesWeighOnlyTheAnswersTokens) {
   SamplingParams p;
-  p.repetition_penalty = 1.8;
-  Sampler along(p);
-  std::vector<int32_t> history = {7, 7, 12};
-  for (int step = 0; step < 300; ++step) {
-    const int32_t token = along.next(row, history);
-    ASSERT_EQ(token, Sampler(p).next(row, history)) << "step " << step;
-    history.push_back(token);
-  }
-  Sampler jumping(p);
-  std::mt19937 g(5);
-  for (int step = 0; step < 50; ++step) {
-    std::vector<int32_t> other(g() % 400);
-    for (auto& id : other) id = static_cast<int32_t>(g() % row.size());
-    ASSERT_EQ(jumping.next(row, other), Sampler(p).next(row, other)) << "step " << step;
-  }
+  p.presence_penalty = 0.2;
+  p.frequency_penalty = 0.3;
+  // The prompt {1, 1, 1} is not counted: 3.0 stays the best; counted, 3.0 - 0.2 - 0.9 = 1.9
+  // would lose to the answer's 4 (2.9 - 0.5 = 2.4).
+  EXPECT_EQ(Sampler(p, 3).next(kLogits, {1, 1, 1, 4}), 1);
+  EXPECT_EQ(Sampler(p, 0).next(kLogits, {1, 1, 1, 4}), 4);
+  // The distribution: each answer token's score less presence + frequency x its count.
+  p.temperature = 1.0;
+  const std::vector<int32_t> history = {0, 3, 2, 2, 4, 2};  // answer from 2: 2 x3, 4 x1
+  const auto d = Sampler(p, 2).distribution(kLogits, history);
+  std::vector<double> score = {1.0, 3.0, 2.0 - 0.2 - 0.9, 0.5, 2.9 - 0.2 - 0.3};
+  double total = 0;
+  for (double s : score) total += std::exp(s);
+  ASSERT_EQ(d.size(), 5u);
+  for (const auto& [id, probability] : d)
+    EXPECT_NEAR(probability, std::exp(score[id]) / total, 1e-6) << id;
+  // Negative values favour the answer's tokens.
+  p.temperature = 0;
+  p.presence_penalty = -1.5;
+  p.frequency_penalty = 0;
+  EXPECT_EQ(Sampler(p, 1).next(kLogits, {1, 2}), 2);  // 2.0 + 1.5 against 3.0
 }
 
 TEST(Sampler, StopTokens) {
