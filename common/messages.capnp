@@ -114,6 +114,13 @@ struct Sampling {
   # score - presencePenalty (once there) - frequencyPenalty x its count. 0 = off.
   presencePenalty @10 :Float32;
   frequencyPenalty @11 :Float32;
+  # OpenAI's logit_bias: added to each id's score before anything else; -100 to 100.
+  logitBias @12 :List(LogitBias);
+}
+
+struct LogitBias {
+  id @0 :Int32;
+  bias @1 :Float32;
 }
 
 # coordinator -> language worker; frames: one [image_tokens, hidden] embedding frame per

@@ -62,6 +62,11 @@ void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
   out.setSeed(params.seed);
   out.setLogprobs(params.logprobs);
   out.setPromptLogprobs(params.prompt_logprobs);
+  auto bias = out.initLogitBias(static_cast<unsigned>(params.logit_bias.size()));
+  for (size_t i = 0; i < params.logit_bias.size(); ++i) {
+    bias[static_cast<unsigned>(i)].setId(params.logit_bias[i].first);
+    bias[static_cast<unsigned>(i)].setBias(params.logit_bias[i].second);
+  }
   auto stops = out.initStopTokenIds(static_cast<unsigned>(params.stop_token_ids.size()));
   for (size_t i = 0; i < params.stop_token_ids.size(); ++i) {
     stops.set(static_cast<unsigned>(i), params.stop_token_ids[i]);
@@ -86,6 +91,14 @@ SamplingParams from_wire(schema::Sampling::Reader in) {
   params.logprobs = std::clamp<int>(in.getLogprobs(), -1, SamplingLimits::kLogprobs);
   params.prompt_logprobs = in.getPromptLogprobs() && params.logprobs >= 0;
   for (int32_t id : in.getStopTokenIds()) params.stop_token_ids.push_back(id);
+  // A peer's: at most the API's count, each in range (else left out; the sampler leaves
+  // out ids past the vocabulary).
+  for (auto entry : in.getLogitBias()) {
+    if (params.logit_bias.size() == SamplingLimits::kLogitBiasIds) break;
+    if (std::abs(entry.getBias()) <= SamplingLimits::kLogitBias) {
+      params.logit_bias.emplace_back(entry.getId(), entry.getBias());
+    }
+  }
   return params;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/messages.capnp.h"
@@ -33,6 +34,9 @@ struct SamplingParams {
   int logprobs = -1;
   // Not a key of the YAML file: with logprobs, each prompt token's too (the API's echo).
   bool prompt_logprobs = false;
+  // Not a key of the YAML file: a request's (the API's logit_bias): each id's bias, added to
+  // its score before anything else, -100 to 100 (-100 bans it in effect).
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 // Ranges of the keys, the same in the YAML file and in a request.
@@ -43,6 +47,8 @@ struct SamplingLimits {
   static constexpr double kRepetitionPenalty = 100.0;  // repetition_penalty: (0, this]
   static constexpr double kPresencePenalty = 2.0;      // presence, frequency: [-this, this]
   static constexpr int kLogprobs = 20;                 // logprobs: [-1, this] (OpenAI's top)
+  static constexpr double kLogitBias = 100.0;          // a logit_bias value: [-this, this]
+  static constexpr size_t kLogitBiasIds = 1024;        // ids in one logit_bias, at most
 };
 
 // Where sampling keys are read from: the YAML file's generation section, or one key of a

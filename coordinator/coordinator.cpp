@@ -197,6 +197,12 @@ void Coordinator::prepare(Request& request) {
                        " image placeholders after the chat template, for " +
                        std::to_string(images) + " images");
   }
+  for (const auto& [id, bias] : spec.generation.logit_bias) {
+    if (id < 0 || id >= model_.text.vocab_size) {
+      throw RequestError("logit_bias: token id " + std::to_string(id) + " is outside the model's " +
+                         std::to_string(model_.text.vocab_size) + "-token vocabulary");
+    }
+  }
   const int64_t context = context_tokens(config_, model_);
   if (static_cast<int64_t>(request.prompt.size()) >= context) {
     throw RequestError("the prompt is " + std::to_string(request.prompt.size()) + " tokens (with " +

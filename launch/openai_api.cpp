@@ -7,6 +7,8 @@
 #include <optional>
 #include <set>
 
+#include "common/command_line.h"
+#include "common/config.h"
 #include "common/errors.h"
 #include "common/json_depth.h"
 #include "common/utf8.h"
@@ -65,14 +67,12 @@ nlohmann::json parse_object(const std::string& body) {
 // OpenAI's keys for what this server does not do, whose default value (or null, which some
 // languages' SDKs send for every unset key) asks for nothing: accepted in that form only.
 bool default_only_key(const std::string& key, const nlohmann::json& value) {
-  static const std::set<std::string> kKeys = {"logit_bias",          "metadata",    "tools",
-                                              "functions",           "tool_choice", "function_call",
-                                              "parallel_tool_calls", "store",       "service_tier",
-                                              "modalities"};
+  static const std::set<std::string> kKeys = {"metadata",    "tools",         "functions",
+                                              "tool_choice", "function_call", "parallel_tool_calls",
+                                              "store",       "service_tier",  "modalities"};
   if (!kKeys.count(key)) return false;
   const bool is_default =
-      value.is_null() ||
-      ((key == "logit_bias" || key == "metadata") && value.is_object() && value.empty()) ||
+      value.is_null() || (key == "metadata" && value.is_object() && value.empty()) ||
       ((key == "tools" || key == "functions") && value.is_array() && value.empty()) ||
       ((key == "tool_choice" || key == "function_call") && value == "none") ||
       (key == "parallel_tool_calls" && value.is_boolean()) ||  // moot without tools
@@ -84,6 +84,39 @@ bool default_only_key(const std::string& key, const nlohmann::json& value) {
                    key);
   }
   return true;
+}
+
+// OpenAI's logit_bias: {"token id": bias from -100 to 100}; null or {} is none. The ids are
+// checked against the model's vocabulary where it is known (the coordinator).
+std::vector<std::pair<int32_t, float>> logit_bias(const nlohmann::json& value) {
+  const std::string key = "logit_bias";
+  std::vector<std::pair<int32_t, float>> out;
+  if (value.is_null()) return out;
+  if (!value.is_object()) {
+    throw ApiError(400, key + ": expected an object of token ids and numbers, got " + shown(value),
+                   key);
+  }
+  if (value.size() > SamplingLimits::kLogitBiasIds) {
+    throw ApiError(400,
+                   key + ": " + std::to_string(value.size()) + " token ids; at most " +
+                       std::to_string(SamplingLimits::kLogitBiasIds),
+                   key);
+  }
+  for (const auto& [id, bias] : value.items()) {
+    long long token = 0;
+    try {
+      token = whole_number(id, 0, INT32_MAX);
+    } catch (const std::invalid_argument&) {
+      throw ApiError(400, key + ": " + shown(nlohmann::json(id)) + " is not a token id", key);
+    }
+    const double limit = SamplingLimits::kLogitBias;
+    if (!bias.is_number() || !in_range(bias.get<double>(), -limit, limit)) {
+      throw ApiError(
+          400, key + "[" + id + "]: expected a number from -100 to 100, got " + shown(bias), key);
+    }
+    out.emplace_back(static_cast<int32_t>(token), static_cast<float>(bias.get<double>()));
+  }
+  return out;
 }
 
 // Keys shared by both endpoints; false if `key` is not one of them.
@@ -102,6 +135,8 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
     out.stream = boolean(key, value);
   } else if (key == "ignore_eos") {  // vLLM's: its benchmarks send it, false by default
     out.generation.ignore_eos = boolean(key, value);
+  } else if (key == "logit_bias") {
+    out.generation.logit_bias = logit_bias(value);
   } else if (key == "return_tokens_as_token_ids") {  // vLLM's
     out.tokens_as_ids = !value.is_null() && boolean(key, value);
   } else if (key == "stream_options") {

@@ -97,7 +97,8 @@ class Generator {
   TokenEvent choose(uint64_t id, Sequence& sequence, int32_t token);
   static bool plain_greedy(const SamplingParams& params) {
     return params.temperature <= 0.0 && params.repetition_penalty == 1.0 &&
-           params.presence_penalty == 0.0 && params.frequency_penalty == 0.0;
+           params.presence_penalty == 0.0 && params.frequency_penalty == 0.0 &&
+           params.logit_bias.empty();
   }
 
   const LlamaDecoder& decoder_;

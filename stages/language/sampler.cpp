@@ -211,6 +211,13 @@ void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& h
   penalize(logits, seen_, params_.repetition_penalty);
 }
 
+void Sampler::bias(std::vector<float>& logits) const {
+  for (const auto& [id, amount] : params_.logit_bias) {
+    if (id >= 0 && static_cast<size_t>(id) < logits.size())
+      logits[static_cast<size_t>(id)] += amount;
+  }
+}
+
 void Sampler::count(std::vector<int32_t>::const_iterator from,
                     std::vector<int32_t>::const_iterator to, std::vector<int32_t>& counts,
                     std::vector<int32_t>& distinct) {
@@ -303,6 +310,7 @@ Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<
 
 int32_t Sampler::next(const float* logits, size_t vocab, const std::vector<int32_t>& history) {
   scores_.assign(logits, logits + vocab);
+  bias(scores_);
   penalize(scores_, history);
   penalize_answer(scores_, history);
   if (params_.temperature <= 0.0) return argmax(scores_);
@@ -325,6 +333,7 @@ int32_t Sampler::next(const std::vector<float>& logits, const std::vector<int32_
 
 std::vector<std::pair<int32_t, double>> Sampler::distribution(
     std::vector<float> logits, const std::vector<int32_t>& history) const {
+  bias(logits);
   if (params_.repetition_penalty != 1.0) {
     std::vector<int32_t> distinct;
     std::vector<bool> mask(logits.size(), false);

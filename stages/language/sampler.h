@@ -1,9 +1,9 @@
-// Choosing the next token: repetition penalty, then temperature, top-k, top-p, min-p, in
-// the order transformers' generate() applies them, the presence and frequency penalties
-// after the repetition penalty (vLLM's order); greedy when temperature is 0. Seeded:
-// the same seed and inputs give the same tokens. The tokens are ranked (best first, ties
-// by id) only as far as a filter or the draw reads: a draw costs a few passes over the
-// vocabulary, not a sort of it.
+// Choosing the next token: the logit bias first (OpenAI's), then the repetition penalty,
+// temperature, top-k, top-p, min-p, in the order transformers' generate() applies them,
+// the presence and frequency penalties after the repetition penalty (vLLM's order); greedy
+// when temperature is 0. Seeded: the same seed and inputs give the same tokens. The tokens
+// are ranked (best first, ties by id) only as far as a filter or the draw reads: a draw
+// costs a few passes over the vocabulary, not a sort of it.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +40,8 @@ class Sampler {
   // Penalizes the distinct ids of `history`, taking in only what it adds to the history of
   // the last call when it grew from that one (as a sequence's does).
   void penalize(std::vector<float>& logits, const std::vector<int32_t>& history);
+  // Adds each logit_bias id's bias (ids past the vocabulary left out).
+  void bias(std::vector<float>& logits) const;
   static void penalize(std::vector<float>& logits, const std::vector<int32_t>& unique_ids,
                        double penalty);
   // The presence and frequency penalties over the answer's ids in `history`, counting only

@@ -33,6 +33,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   sent.seed = UINT64_MAX;
   sent.stop_token_ids = {2, 32000};
   sent.logprobs = 7;
+  sent.logit_bias = {{5, -100.0f}, {32000, 2.5f}};
 
   Outgoing out(9, 1);
   llava::to_wire(sent, out.header().getBody().initLanguageTask().initSampling());
@@ -50,6 +51,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   EXPECT_EQ(got.seed, UINT64_MAX);
   EXPECT_EQ(got.stop_token_ids, (std::vector<int32_t>{2, 32000}));
   EXPECT_EQ(got.logprobs, 7);
+  EXPECT_EQ(got.logit_bias, sent.logit_bias);
 }
 
 TEST(Sampling, ATaskWithoutLogprobsAsksForNoneAndAPeerCannotAskForMoreThanTwenty) {
@@ -80,6 +82,20 @@ TEST(Sampling, APeersPenaltyOutOfRangeIsNone) {
     EXPECT_EQ(got.presence_penalty, 0.0) << sent;
     EXPECT_EQ(got.frequency_penalty, 0.0) << sent;
   }
+}
+
+TEST(Sampling, APeersLogitBiasKeepsOnlyValuesInRangeAndAtMostTheApisCount) {
+  Outgoing lying;
+  auto bias = lying.header().getBody().initLanguageTask().initSampling().initLogitBias(3000);
+  for (unsigned i = 0; i < 3000; ++i) {
+    bias[i].setId(static_cast<int32_t>(i));
+    bias[i].setBias(i == 0 ? 150.0f : i == 1 ? NAN : i == 2 ? -INFINITY : 1.0f);
+  }
+  Incoming read = Incoming::parse(lying.parts(), false, llava::wire::Limits{});
+  const SamplingParams got =
+      llava::from_wire(read.header().getBody().getLanguageTask().getSampling());
+  ASSERT_EQ(got.logit_bias.size(), llava::SamplingLimits::kLogitBiasIds);
+  EXPECT_EQ(got.logit_bias.front(), (std::pair<int32_t, float>{3, 1.0f}));
 }
 
 TEST(Sampling, ATaskWithoutMinPLeavesItOff) {

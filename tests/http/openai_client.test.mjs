@@ -217,11 +217,29 @@ test('an unknown role is refused with 400 naming the field', async () => {
 
 test('an unsupported parameter is refused with 400 naming it', async () => {
   await assert.rejects(
-    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), logit_bias: { 5: 1 } }),
-    (e) => e.status === 400 && e.param === 'logit_bias');
+    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), tools: [{ type: 'function', function: { name: 'f' } }] }),
+    (e) => e.status === 400 && e.param === 'tools');
   await assert.rejects(
     client.chat.completions.create({ ...greedy, messages: userWith(text('x')), presence_penalty: 2.5 }),
     (e) => e.status === 400 && e.param === 'presence_penalty' && /\[-2, 2\]/.test(e.message));
+});
+
+test('logit_bias moves the tokens it names: +100 makes one the answer, -100 bans one; an id past the vocabulary is 400', async () => {
+  const ids = async (extra) => {
+    const r = await client.completions.create({ ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 8,
+      ignore_eos: true, logprobs: 0, return_tokens_as_token_ids: true, ...extra });
+    return r.choices[0].logprobs.tokens.map((t) => Number(t.slice('token_id:'.length)));
+  };
+  const plain = await ids({});
+  const banned = await ids({ logit_bias: { [plain[0]]: -100 } });
+  assert.notEqual(banned[0], plain[0]);
+  assert.ok(!banned.includes(plain[0]), banned.join(' '));
+  const forced = await ids({ logit_bias: { [plain[1]]: 100 } });
+  assert.deepEqual(forced, Array(8).fill(plain[1]));
+  await assert.rejects(client.completions.create({ ...greedy, prompt: 'x', logit_bias: { 99999: 1 } }),
+    (e) => e.status === 400 && /outside the model's 1024-token vocabulary/.test(e.message));
+  await assert.rejects(client.completions.create({ ...greedy, prompt: 'x', logit_bias: { 5: 101 } }),
+    (e) => e.status === 400 && e.param === 'logit_bias');
 });
 
 test('presence_penalty and frequency_penalty weigh against the answer\'s own tokens, not the prompt\'s', async () => {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -150,6 +151,34 @@ TEST(OpenAiChatRequest, PresenceAndFrequencyPenaltiesAreTakenInOpenAisRange) {
   EXPECT_EQ(std::string(e.what()), "frequency_penalty: 3 is out of range [-2, 2]");
 }
 
+TEST(OpenAiChatRequest, LogitBiasIsTokenIdsToNumbersFromMinusToPlusAHundred) {
+  const auto r = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"logit_bias":{"5":1,"32000":-100}})",
+      defaults(), 8);
+  auto bias = r.generation.logit_bias;  // in the object's order, which JSON does not fix
+  std::sort(bias.begin(), bias.end());
+  EXPECT_EQ(bias, (std::vector<std::pair<int32_t, float>>{{5, 1.0f}, {32000, -100.0f}}));
+  EXPECT_TRUE(parse_completion_request(R"({"prompt":"x","logit_bias":null})", defaults())
+                  .generation.logit_bias.empty());
+  auto refused = [](const std::string& bias) {
+    return chat_error(R"({"messages":[{"role":"user","content":"x"}],"logit_bias":)" + bias + "}");
+  };
+  for (const char* bias :
+       {R"({"a":1})", R"({"-1":1})", R"({"1.5":1})", R"({"5":101})", R"({"5":"1"})", "[1]"}) {
+    const ApiError e = refused(bias);
+    EXPECT_EQ(e.status, 400) << bias;
+    EXPECT_EQ(e.param, "logit_bias") << bias;
+  }
+  EXPECT_EQ(std::string(refused(R"({"5":101})").what()),
+            "logit_bias[5]: expected a number from -100 to 100, got 101");
+  EXPECT_EQ(std::string(refused(R"({"a":1})").what()), "logit_bias: \"a\" is not a token id");
+  std::string many = "{";
+  for (int i = 0; i <= 1024; ++i)
+    many += (i ? "," : "") + std::string("\"") + std::to_string(i) + "\":1";
+  EXPECT_NE(std::string(refused(many + "}").what()).find("1025 token ids; at most 1024"),
+            std::string::npos);
+}
+
 TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
   EXPECT_EQ(
@@ -159,9 +188,6 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"})").param,
       "tool_choice");
-  EXPECT_EQ(
-      chat_error(R"({"messages":[{"role":"user","content":"x"}],"logit_bias":{"5":1}})").param,
-      "logit_bias");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"store":true})").param,
             "store");
   EXPECT_EQ(

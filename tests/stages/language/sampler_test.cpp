@@ -303,6 +303,23 @@ TEST(Sampler, PresenceAndFrequencyPenaltiesWeighOnlyTheAnswersTokens) {
   EXPECT_EQ(Sampler(p, 1).next(kLogits, {1, 2}), 2);  // 2.0 + 1.5 against 3.0
 }
 
+TEST(Sampler, LogitBiasIsAddedToTheScoresFirst) {
+  SamplingParams p;
+  p.logit_bias = {{0, 2.5f}, {1, -100.0f}, {99, 50.0f}};  // 99: past the vocabulary, left out
+  EXPECT_EQ(Sampler(p).next(kLogits, {}), 0);             // 1.0 + 2.5 against 2.9
+  p.temperature = 1.0;
+  const auto d = Sampler(p).distribution(kLogits, {});
+  const std::vector<double> score = {3.5, -97.0, 2.0, 0.5, 2.9};
+  double total = 0;
+  for (double s : score) total += std::exp(s);
+  for (const auto& [id, probability] : d)
+    EXPECT_NEAR(probability, std::exp(score[id]) / total, 1e-6) << id;
+  // Before the repetition penalty: 3.5 / 2 = 1.75 loses to 2.9.
+  p.temperature = 0;
+  p.repetition_penalty = 2.0;
+  EXPECT_EQ(Sampler(p).next(kLogits, {0}), 4);
+}
+
 TEST(Sampler, StopTokens) {
   SamplingParams p;
   p.stop_token_ids = {2, 7};
