@@ -176,39 +176,21 @@ bool Sampler::is_stop(int32_t token) const {
          params_.stop_token_ids.end();
 }
 
-void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& unique_ids,
-                       double penalty) {
-  for (int32_t id : unique_ids) {
-    float& s = logits[static_cast<size_t>(id)];
-    s = s < 0 ? s * penalty : s / penalty;
-  }
-}
-
-void Sampler::add_distinct(std::vector<int32_t>::const_iterator from,
-                           std::vector<int32_t>::const_iterator to, std::vector<bool>& mask,
-                           std::vector<int32_t>& distinct) {
-  for (; from != to; ++from) {
-    const int32_t id = *from;
-    if (id < 0 || static_cast<size_t>(id) >= mask.size() || mask[static_cast<size_t>(id)]) continue;
-    mask[static_cast<size_t>(id)] = true;
-    distinct.push_back(id);
-  }
-}
-
-void Sampler::penalize(std::vector<float>& logits, const std::vector<int32_t>& history) {
-  if (params_.repetition_penalty == 1.0) return;
-  // A sequence's history only grows: take in its new ids (anything else starts again).
-  const bool grew = history.size() >= seen_history_.size() && seen_mask_.size() == logits.size() &&
-                    std::equal(seen_history_.begin(), seen_history_.end(), history.begin());
+void Sampler::Counts::take(const std::vector<int32_t>& history, size_t from, size_t vocab) {
+  const auto begin = history.begin() + static_cast<long>(std::min(from, history.size()));
+  const bool grew = static_cast<size_t>(history.end() - begin) >= taken.size() &&
+                    count.size() == vocab && std::equal(taken.begin(), taken.end(), begin);
   if (!grew) {
-    seen_.clear();
-    seen_history_.clear();
-    seen_mask_.assign(logits.size(), false);
+    taken.clear();
+    distinct.clear();
+    count.assign(vocab, 0);
   }
-  const auto fresh = history.begin() + static_cast<long>(seen_history_.size());
-  add_distinct(fresh, history.end(), seen_mask_, seen_);
-  seen_history_.insert(seen_history_.end(), fresh, history.end());
-  penalize(logits, seen_, params_.repetition_penalty);
+  for (auto it = begin + static_cast<long>(taken.size()); it != history.end(); ++it) {
+    const int32_t id = *it;
+    taken.push_back(id);
+    if (id < 0 || static_cast<size_t>(id) >= vocab) continue;
+    if (count[static_cast<size_t>(id)]++ == 0) distinct.push_back(id);
+  }
 }
 
 void Sampler::bias(std::vector<float>& logits) const {
@@ -218,41 +200,31 @@ void Sampler::bias(std::vector<float>& logits) const {
   }
 }
 
-void Sampler::count(std::vector<int32_t>::const_iterator from,
-                    std::vector<int32_t>::const_iterator to, std::vector<int32_t>& counts,
-                    std::vector<int32_t>& distinct) {
-  for (; from != to; ++from) {
-    const int32_t id = *from;
-    if (id < 0 || static_cast<size_t>(id) >= counts.size()) continue;
-    if (counts[static_cast<size_t>(id)]++ == 0) distinct.push_back(id);
+void Sampler::penalize(std::vector<float>& logits, const Counts& seen, const Counts& answer) const {
+  if (params_.repetition_penalty != 1.0) {
+    const double penalty = params_.repetition_penalty;
+    for (int32_t id : seen.distinct) {
+      float& s = logits[static_cast<size_t>(id)];
+      s = s < 0 ? s * penalty : s / penalty;
+    }
+  }
+  if (params_.presence_penalty != 0.0 || params_.frequency_penalty != 0.0) {
+    for (int32_t id : answer.distinct) {
+      const auto n = static_cast<double>(answer.count[static_cast<size_t>(id)]);
+      float& s = logits[static_cast<size_t>(id)];
+      s = static_cast<float>(s - params_.frequency_penalty * n - params_.presence_penalty);
+    }
   }
 }
 
-void Sampler::penalize_answer(std::vector<float>& logits, const std::vector<int32_t>& counts,
-                              const std::vector<int32_t>& distinct) const {
-  for (int32_t id : distinct) {
-    const auto n = static_cast<double>(counts[static_cast<size_t>(id)]);
-    float& s = logits[static_cast<size_t>(id)];
-    s = static_cast<float>(s - params_.frequency_penalty * n - params_.presence_penalty);
+void Sampler::adjust(std::vector<float>& logits, const std::vector<int32_t>& history, Counts& seen,
+                     Counts& answer) const {
+  bias(logits);
+  if (params_.repetition_penalty != 1.0) seen.take(history, 0, logits.size());
+  if (params_.presence_penalty != 0.0 || params_.frequency_penalty != 0.0) {
+    answer.take(history, answer_from_, logits.size());
   }
-}
-
-void Sampler::penalize_answer(std::vector<float>& logits, const std::vector<int32_t>& history) {
-  if (params_.presence_penalty == 0.0 && params_.frequency_penalty == 0.0) return;
-  const auto answer = history.begin() + static_cast<long>(std::min(answer_from_, history.size()));
-  // An answer only grows: count its new ids (anything else starts again).
-  const bool grew = static_cast<size_t>(history.end() - answer) >= counted_.size() &&
-                    answer_counts_.size() == logits.size() &&
-                    std::equal(counted_.begin(), counted_.end(), answer);
-  if (!grew) {
-    counted_.clear();
-    answer_ids_.clear();
-    answer_counts_.assign(logits.size(), 0);
-  }
-  const auto fresh = answer + static_cast<long>(counted_.size());
-  count(fresh, history.end(), answer_counts_, answer_ids_);
-  counted_.insert(counted_.end(), fresh, history.end());
-  penalize_answer(logits, answer_counts_, answer_ids_);
+  penalize(logits, seen, answer);
 }
 
 Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<int32_t>& order,
@@ -310,9 +282,7 @@ Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<
 
 int32_t Sampler::next(const float* logits, size_t vocab, const std::vector<int32_t>& history) {
   scores_.assign(logits, logits + vocab);
-  bias(scores_);
-  penalize(scores_, history);
-  penalize_answer(scores_, history);
+  adjust(scores_, history, seen_, answer_);
   if (params_.temperature <= 0.0) return argmax(scores_);
   Candidates c = candidates(scores_, order_, weights_);
   // The kept tokens in the order's order: the ranked (the likeliest) first, so that a peaked
@@ -333,19 +303,8 @@ int32_t Sampler::next(const std::vector<float>& logits, const std::vector<int32_
 
 std::vector<std::pair<int32_t, double>> Sampler::distribution(
     std::vector<float> logits, const std::vector<int32_t>& history) const {
-  bias(logits);
-  if (params_.repetition_penalty != 1.0) {
-    std::vector<int32_t> distinct;
-    std::vector<bool> mask(logits.size(), false);
-    add_distinct(history.begin(), history.end(), mask, distinct);
-    penalize(logits, distinct, params_.repetition_penalty);
-  }
-  if (params_.presence_penalty != 0.0 || params_.frequency_penalty != 0.0) {
-    std::vector<int32_t> counts(logits.size(), 0), distinct;
-    count(history.begin() + static_cast<long>(std::min(answer_from_, history.size())),
-          history.end(), counts, distinct);
-    penalize_answer(logits, counts, distinct);
-  }
+  Counts seen, answer;
+  adjust(logits, history, seen, answer);
   if (params_.temperature <= 0.0) return {{argmax(logits), 1.0}};
   std::vector<int32_t> order;
   std::vector<float> weights;

@@ -37,36 +37,26 @@ class Sampler {
   // `order`, `weights`: scratch space for the ranking and the weights.
   Candidates candidates(std::vector<float>& logits, std::vector<int32_t>& order,
                         std::vector<float>& weights) const;
-  // Penalizes the distinct ids of `history`, taking in only what it adds to the history of
-  // the last call when it grew from that one (as a sequence's does).
-  void penalize(std::vector<float>& logits, const std::vector<int32_t>& history);
+  // How often each id occurs in a history from a place on, and its distinct ids in order.
+  // A sequence's history only grows: take() counts only what it adds to the one it took
+  // last (anything else is counted afresh).
+  struct Counts {
+    std::vector<int32_t> taken, count, distinct;  // count: one per vocabulary id
+    void take(const std::vector<int32_t>& history, size_t from, size_t vocab);
+  };
   // Adds each logit_bias id's bias (ids past the vocabulary left out).
   void bias(std::vector<float>& logits) const;
-  static void penalize(std::vector<float>& logits, const std::vector<int32_t>& unique_ids,
-                       double penalty);
-  // The presence and frequency penalties over the answer's ids in `history`, counting only
-  // what it adds to the last call's when it grew from that one.
-  void penalize_answer(std::vector<float>& logits, const std::vector<int32_t>& history);
-  // `counts` (a vocabulary's) of the ids in [from, to), `distinct` the ids counted first there.
-  static void count(std::vector<int32_t>::const_iterator from,
-                    std::vector<int32_t>::const_iterator to, std::vector<int32_t>& counts,
-                    std::vector<int32_t>& distinct);
-  void penalize_answer(std::vector<float>& logits, const std::vector<int32_t>& counts,
-                       const std::vector<int32_t>& distinct) const;
-  // Appends to `distinct` the ids in [from, to) within `mask`'s vocabulary not marked in it
-  // yet, marking them.
-  static void add_distinct(std::vector<int32_t>::const_iterator from,
-                           std::vector<int32_t>::const_iterator to, std::vector<bool>& mask,
-                           std::vector<int32_t>& distinct);
+  // The repetition penalty over the history's distinct ids (`seen`), then the presence and
+  // frequency penalties over the answer's (`answer`).
+  void penalize(std::vector<float>& logits, const Counts& seen, const Counts& answer) const;
+  // bias, then penalize, with `seen` and `answer` taking `history` in as asked.
+  void adjust(std::vector<float>& logits, const std::vector<int32_t>& history, Counts& seen,
+              Counts& answer) const;
 
   SamplingParams params_;
   size_t answer_from_;
   std::mt19937_64 rng_;
-  // The answer's ids penalize_answer() counted last, their counts and distinct ids.
-  std::vector<int32_t> counted_, answer_counts_, answer_ids_;
-  // The history penalize() saw last, and its distinct ids (as a list and as a mask).
-  std::vector<int32_t> seen_history_, seen_;
-  std::vector<bool> seen_mask_;
+  Counts seen_, answer_;  // next()'s, kept between draws
   // Scratch space of next(), kept between draws: a fresh 128 KiB vector is fresh pages
   // (above malloc's mmap threshold), faulted in at every draw.
   std::vector<float> scores_, weights_;
