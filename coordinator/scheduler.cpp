@@ -105,14 +105,18 @@ bool Scheduler::dispatch(WorkerSlot& slot, Request& request,
                                     [](const wire::Frame& f) { return f.shared != nullptr; });
     auto task = language_task(request, std::move(embeddings), eos_token_ids_);
     if (ranges) task->send_shared_as_ranges();
+    // Stamped before sending: the worker may take the task up, prefill and answer before
+    // send() returns to this thread (a busy 2-core machine), and its prefill must lie
+    // within the language part that starts here.
+    const auto sending = now_();
     if (!send(slot, *task)) return false;
     if (ranges) shared_->sent_as_ranges();
+    if (!request.handed_off) request.handed_off = sending;
   }
   request.progress = vision ? Progress::kInVision : Progress::kInLanguage;
   request.worker = static_cast<int>(worker);
   const auto now = now_();
   if (!request.dispatched) request.dispatched = now;
-  if (!vision && !request.handed_off) request.handed_off = now;
   workers_.assign(slot, request.id);
   return true;
 }

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -56,6 +57,9 @@ class FakeTransport : public WorkerTransport {
   std::map<std::string, SendResult> answers;  // by routing; kSent when absent
   std::map<pid_t, ExitStatus> exit_on_wait;   // what wait_exit finds
   pid_t next_pid = 1000;
+  // Called with each message sent, before send() returns (a worker that is quicker than
+  // the coordinator's thread).
+  std::function<void(const Sent&)> on_send;
 
   SendResult send(const std::string& routing, wire::Outgoing& message) override {
     wire::Incoming in = wire::Incoming::parse(message.parts(), false, wire::Limits{});
@@ -80,7 +84,10 @@ class FakeTransport : public WorkerTransport {
     }
     auto answer = answers.find(routing);
     const SendResult result = answer == answers.end() ? SendResult::kSent : answer->second;
-    if (result == SendResult::kSent) sent.push_back(std::move(s));
+    if (result == SendResult::kSent) {
+      if (on_send) on_send(s);
+      sent.push_back(std::move(s));
+    }
     return result;
   }
   pid_t start(StageKind stage, int replica) override {

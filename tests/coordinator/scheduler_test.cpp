@@ -200,6 +200,28 @@ TEST(Scheduler, ConcurrentDispatchBalancesRequestsOverReplicas) {
   EXPECT_EQ(b.transport.count(Kind::LANGUAGE_TASK, "language-1"), 2u);
 }
 
+// The handoff ends when the language task is sent, not when send() returns: a worker may
+// prefill and answer before this thread runs again, and its prefill lies within the
+// language part of the first token's time (bench asserts that order).
+TEST(Scheduler, TheHandoffIsStampedBeforeTheLanguageTaskIsSent) {
+  Bench b(Mode::kConcurrent);
+  all_granted(b);
+  const uint64_t id = b.submit({"image-a"});
+  b.scheduler->schedule();
+  b.embed(id);
+  const Clock::time_point embedded = b.clock.now;
+  b.clock.advance(std::chrono::milliseconds(2));
+  b.transport.on_send = [&](const testing_fakes::Sent& s) {
+    if (s.kind == Kind::LANGUAGE_TASK) b.clock.advance(std::chrono::milliseconds(30));
+  };
+  b.scheduler->schedule();
+  ASSERT_EQ(b.transport.count(Kind::LANGUAGE_TASK, "language-0"), 1u);
+  ASSERT_TRUE(b.request(id).handed_off.has_value());
+  using std::chrono::milliseconds;
+  EXPECT_EQ(std::chrono::duration_cast<milliseconds>(*b.request(id).handed_off - embedded).count(),
+            2);
+}
+
 TEST(Scheduler, AWorkerIsSentAtMostTwoBatchesOfTasks) {
   Bench b(Mode::kConcurrent, 1, 1, /*vision_batch=*/2);
   all_granted(b);
