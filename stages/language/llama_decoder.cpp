@@ -7,13 +7,7 @@
 
 #include "common/errors.h"
 #include "stages/attention.h"
-
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include "stages/language/fused_kernels.h"
-#endif
+#include "stages/language/llama_ops.h"
 
 namespace llava {
 
@@ -89,39 +83,12 @@ LlamaDecoder::LlamaDecoder(const LlavaConfig& config, const Checkpoint& ckpt,
 }
 
 bool LlamaDecoder::kernels() const {
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  const auto dtype = options_.dtype().toScalarType();
-  return fused_ && options_.device().is_cuda() && (dtype == at::kHalf || dtype == at::kBFloat16);
-#else
-  return false;
-#endif
+  return fused_ && ops::kernels_take(options_);
 }
 
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-namespace {
-bool bf16(const at::Tensor& x) { return x.scalar_type() == at::kBFloat16; }
-void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-}  // namespace
-#endif
-
-std::pair<at::Tensor, at::Tensor> LlamaDecoder::add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
-                                                              const at::Tensor& weight) const {
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (kernels()) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const at::Tensor in = x.contiguous(), add = delta.defined() ? delta.contiguous() : at::Tensor();
-    at::Tensor sum = add.defined() ? at::empty_like(in) : in, y = at::empty_like(in);
-    const int h = static_cast<int>(in.size(-1));
-    cuda::rms_norm(in.data_ptr(), add.defined() ? add.data_ptr() : nullptr, add.defined() ? sum.data_ptr() : nullptr,
-                   weight.data_ptr(), y.data_ptr(), static_cast<int>(in.numel() / h), h,
-                   static_cast<float>(config_.rms_norm_eps), bf16(in), stream());
-    return {sum, y};
-  }
-#endif
-  at::Tensor sum = delta.defined() ? x + delta : x;
-  at::Tensor x32 = sum.to(at::kFloat);
-  at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
-  return {sum, weight * (x32 * at::rsqrt(variance + config_.rms_norm_eps)).to(x.scalar_type())};
+ops::Heads LlamaDecoder::heads() const {
+  return {config_.num_attention_heads, config_.num_key_value_heads, config_.head_dim, rope_cos_,
+          rope_sin_};
 }
 
 at::Tensor LlamaDecoder::embed(const at::Tensor& ids) const {
@@ -252,8 +219,9 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
   const int64_t read =
       fresh ? causal_attention_length(n, cache.max_tokens(), options_, t.head_dim) : keys;
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
-    const CacheRows rows{&cache, layer, &slots, slot_table};
-    const at::Tensor q = rotated_heads(projected, positions, &rows)[0];  // k and v: in the cache
+    const ops::CacheRows rows{&cache, layer, &slots, slot_table};
+    const at::Tensor q =
+        ops::rotated_heads(projected, positions, heads(), &rows, kernels())[0];  // k, v: cached
     auto [all_k, all_v] = cache.read(layer, slots, read);                // [B, kv, L, D]
     return attend(q, all_k, all_v, mask, fresh);
   });
@@ -264,19 +232,20 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
 at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& positions,
                                 KvCache& cache, int64_t keys) const {
   const int64_t rows = embeds.size(0), kv_heads = config_.num_key_value_heads;
-#ifdef LLAVA_PIPE_CUDA_KERNELS
   // Our decode attention reads each row's keys from the cache in place (no mask, no
   // copies); the RoPE kernel writes the new k/v there.
-  if (kernels() && cuda::decode_attention_supports(static_cast<int>(config_.head_dim), keys)) {
+  if (ops::decode_attention_takes(config_.head_dim, keys, kernels())) {
     // The kernel's per-(row, head) counters: zero here, reset by each layer's launch. This
     // plain launch also ends every earlier write to the cache before the step's kernels
     // start (the attention reads older rows early: fused_kernels.h).
     at::Tensor counters = at::zeros({rows * config_.num_attention_heads}, positions.options().dtype(at::kInt));
-    return logits(layers(embeds, [&](int layer, const at::Tensor& projected) {
-                    return attend_cached(layer, projected, positions, counters, cache, keys);
-                  })).view({rows, -1});
+    return logits(layers(embeds,
+                         [&](int layer, const at::Tensor& projected) {
+                           return ops::decode_attention(layer, projected, positions, counters,
+                                                        cache, keys, heads());
+                         }))
+        .view({rows, -1});
   }
-#endif
   auto i64 = positions.options();
   // Row r sees keys j <= positions[r]; the rest of the bucket is masked.
   at::Tensor visible = at::arange(keys, i64).view({1, 1, 1, keys}) <= positions.view({rows, 1, 1, 1});
@@ -287,53 +256,13 @@ at::Tensor LlamaDecoder::decode(const at::Tensor& embeds, const at::Tensor& posi
                       positions.view({rows, 1}))
                          .flatten();
   at::Tensor x = layers(embeds, [&](int layer, const at::Tensor& projected) {
-    auto [q, k, v] = rotated_heads(projected, positions.view({rows, 1}));
+    auto [q, k, v] =
+        ops::rotated_heads(projected, positions.view({rows, 1}), heads(), nullptr, kernels());
     cache.write_rows(layer, index, k, v);
     auto [all_k, all_v] = cache.rows(layer, rows, keys);  // views [R, kv, keys, D]
     return attend(q, all_k, all_v, mask, false);
   });
   return logits(x).view({rows, -1});
-}
-
-std::array<at::Tensor, 3> LlamaDecoder::rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
-                                                      const CacheRows* store) const {
-  const int64_t b = projected.size(0), n = projected.size(1);
-  const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
-  const bool fuse = kernels() && projected.is_contiguous();
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (fuse) {  // q and k rotated in place
-    const c10::cuda::CUDAGuard guard(projected.device());
-    const at::Tensor at_positions = positions.contiguous();
-    cuda::KvLayer cache_layer{};
-    if (store != nullptr) {
-      auto [k_layer, v_layer] = store->cache->layer(store->layer);
-      cache_layer = {k_layer.data_ptr(), v_layer.data_ptr(), store->cache->max_tokens(),
-                     store->slot_table.defined() ? store->slot_table.data_ptr<int64_t>() : nullptr,
-                     store->slots->front(), static_cast<int>(n)};
-    }
-    cuda::rope(projected.data_ptr(), rope_cos_.data_ptr(), rope_sin_.data_ptr(), at_positions.data_ptr<int64_t>(),
-               static_cast<int>(b * n), static_cast<int>(projected.size(-1)), static_cast<int>(heads),
-               static_cast<int>(kv_heads), static_cast<int>(d), store != nullptr ? &cache_layer : nullptr,
-               bf16(projected), stream());
-  }
-#endif
-  auto qkv = projected.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
-  at::Tensor q = qkv[0].view({b, n, heads, d}).transpose(1, 2);     // [B, heads, T, D]
-  at::Tensor k = qkv[1].view({b, n, kv_heads, d}).transpose(1, 2);  // [B, kv_heads, T, D]
-  at::Tensor v = qkv[2].view({b, n, kv_heads, d}).transpose(1, 2);
-  if (!fuse) {
-    // RoPE rows of these positions [B, 1, T, D]: x * cos + rotate_half(x) * sin.
-    at::Tensor cos = rope_cos_.index_select(0, positions.flatten()).view({b, 1, n, d});
-    at::Tensor sin = rope_sin_.index_select(0, positions.flatten()).view({b, 1, n, d});
-    auto rope = [&](const at::Tensor& x) {
-      at::Tensor rotated = at::cat({-x.narrow(-1, d / 2, d / 2), x.narrow(-1, 0, d / 2)}, -1);
-      return x * cos + rotated * sin;
-    };
-    q = rope(q);
-    k = rope(k);
-    if (store != nullptr) store->cache->write(store->layer, *store->slots, k, v);
-  }
-  return {q, k, v};
 }
 
 at::Tensor LlamaDecoder::attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask,
@@ -348,46 +277,19 @@ at::Tensor LlamaDecoder::attend(const at::Tensor& q, at::Tensor k, at::Tensor v,
   return a.transpose(1, 2).reshape({b, n, heads * d});
 }
 
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-at::Tensor LlamaDecoder::attend_cached(int layer, const at::Tensor& projected, const at::Tensor& positions,
-                                       const at::Tensor& counters, KvCache& cache, int64_t keys) const {
-  const int64_t rows = projected.size(0);
-  const int heads = static_cast<int>(config_.num_attention_heads), kv_heads = static_cast<int>(config_.num_key_value_heads),
-            d = static_cast<int>(config_.head_dim), stride = static_cast<int>(projected.size(-1));
-  const c10::cuda::CUDAGuard guard(projected.device());
-  auto [k, v] = cache.layer(layer);
-  const cuda::KvLayer store{k.data_ptr(), v.data_ptr(), cache.max_tokens()};
-  const int64_t* at_positions = positions.data_ptr<int64_t>();
-  cuda::rope(projected.data_ptr(), rope_cos_.data_ptr(), rope_sin_.data_ptr(), at_positions, static_cast<int>(rows),
-             stride, heads, kv_heads, d, &store, bf16(projected), stream());
-  at::Tensor work = at::empty({cuda::decode_attention_work_floats(static_cast<int>(rows), heads, d, static_cast<int>(keys))},
-                              projected.options().dtype(at::kFloat));
-  at::Tensor out = at::empty({rows, 1, static_cast<int64_t>(heads) * d}, projected.options());
-  const bool taken = cuda::decode_attention(projected.data_ptr(), stride, store, at_positions, static_cast<int>(rows), heads,
-                                            kv_heads, d, static_cast<int>(keys), 1.0f / std::sqrt(static_cast<float>(d)),
-                                            work.data_ptr<float>(), counters.data_ptr<int>(), out.data_ptr(),
-                                            bf16(projected), stream());
-  if (!taken) {  // decode() checked decode_attention_supports
-    throw std::logic_error("decode attention does not take head size " + std::to_string(d) + " with " +
-                           std::to_string(keys) + " keys");
-  }
-  return out;
-}
-#endif
-
 at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const Attend& attend_layer) const {
   at::Tensor x = embeds;  // the residual stream [B, T, H]
   at::Tensor delta;       // the last sublayer's output, not yet added to x
   auto add_norm = [&](const at::Tensor& weight) {
     at::Tensor h;
-    std::tie(x, h) = add_rms_norm(x, delta, weight);
+    std::tie(x, h) = ops::add_rms_norm(x, delta, weight, config_.rms_norm_eps, kernels());
     return h;
   };
   // down(silu(gate) * up) of the post-norm rows h, the gating inside the gate/up product
   // where our quantized GEMM takes it (decoding: Linear::gated).
   auto mlp = [&](const LlamaLayer& l, const at::Tensor& h) {
     at::Tensor gated = kernels() ? l.gate_up.gated(h) : at::Tensor();
-    return l.down(gated.defined() ? gated : gate(l.gate_up(h)));
+    return l.down(gated.defined() ? gated : ops::silu_mul(l.gate_up(h), kernels()));
   };
   const size_t resident = layers_.size(), total = resident + (streamed_ ? streamed_->size() : 0);
   if (streamed_) streamed_->begin();
@@ -398,22 +300,6 @@ at::Tensor LlamaDecoder::layers(const at::Tensor& embeds, const Attend& attend_l
     if (layer >= resident) streamed_->release(layer - resident);
   }
   return add_norm(final_norm_);
-}
-
-at::Tensor LlamaDecoder::gate(const at::Tensor& gate_up) const {
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (kernels() && gate_up.is_contiguous()) {
-    const c10::cuda::CUDAGuard guard(gate_up.device());
-    std::vector<int64_t> shape = gate_up.sizes().vec();
-    shape.back() /= 2;
-    at::Tensor out = at::empty(shape, gate_up.options());
-    const int n = static_cast<int>(shape.back());
-    cuda::silu_mul(gate_up.data_ptr(), out.data_ptr(), static_cast<int>(out.numel() / n), n, bf16(gate_up), stream());
-    return out;
-  }
-#endif
-  auto parts = gate_up.chunk(2, -1);
-  return at::silu(parts[0]) * parts[1];
 }
 
 at::Tensor LlamaDecoder::logits(const at::Tensor& hidden) const {

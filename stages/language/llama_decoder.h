@@ -5,9 +5,8 @@
 
 #include <ATen/ATen.h>
 
-#include <cstdint>
-
 #include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <utility>
@@ -20,6 +19,7 @@
 #include "stages/language/layer_stream.h"
 #include "stages/language/linear.h"
 #include "stages/language/llama_layer.h"
+#include "stages/language/llama_ops.h"
 
 namespace llava {
 
@@ -79,33 +79,11 @@ class LlamaDecoder {
 
  private:
   bool kernels() const;  // our CUDA kernels take this decoder's tensors
-  // (x + delta, RMSNorm(x + delta) * weight); with delta undefined, (x, RMSNorm(x) * weight).
-  std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& delta,
-                                                 const at::Tensor& weight) const;
-  at::Tensor gate(const at::Tensor& gate_up) const;  // [..., 2I] -> silu(gate) * up [..., I]
-  // Where a prompt's rows' keys and values go: cache layer `layer`, batch row b to slot
-  // slots[b] (also on the device as `slot_table` where B > 1) from its length on.
-  struct CacheRows {
-    KvCache* cache;
-    int layer;
-    const std::vector<int>* slots;
-    at::Tensor slot_table;
-  };
-  // q [B, heads, T, D], k and v [B, kv_heads, T, D] of the rows of qkv [B, T, (heads +
-  // 2 kv_heads) D], q and k rotated to positions [B, T] (in place where fused). With
-  // `store`, the rotated k and the v go into the cache (by the fused kernel as it rotates
-  // them, which leaves the returned k unrotated; else by the cache's copies): the caller
-  // reads keys from the cache.
-  std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
-                                          const CacheRows* store = nullptr) const;
+  ops::Heads heads() const;  // the attention heads' sizes and the RoPE tables
   // Attention of q over k/v (kv heads repeated for grouped-query), as [B, T, heads * D].
   // `causal` (a fresh prompt): k/v may run past the prompt's T rows (causal_attention).
-  at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal) const;
-  // The decode step's attention with our kernels: RoPE + the cache write, then attention
-  // of each row over its own keys in the cache. [R, 1, heads * D]. `counters`: the
-  // attention kernel's, [R * heads] int32 zeros.
-  at::Tensor attend_cached(int layer, const at::Tensor& projected, const at::Tensor& positions,
-                           const at::Tensor& counters, KvCache& cache, int64_t keys) const;
+  at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask,
+                    bool causal) const;
   // One layer's attention: qkv rows [B, T, (heads + 2 kv_heads) D] -> [B, T, heads * D],
   // storing the layer's new keys and values.
   using Attend = std::function<at::Tensor(int layer, const at::Tensor& projected)>;

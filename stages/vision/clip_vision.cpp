@@ -8,13 +8,7 @@
 #include <tuple>
 
 #include "stages/attention.h"
-
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include "stages/vision/clip_kernels.h"
-#endif
+#include "stages/vision/clip_ops.h"
 
 namespace llava {
 
@@ -64,46 +58,17 @@ ClipVision::ClipVision(const LlavaConfig& config, const Checkpoint& ckpt,
 }
 
 bool ClipVision::kernels(const at::Tensor& x) const {
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  return fused_ && x.is_cuda() && x.is_contiguous() &&
-         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
-#else
-  (void)x;
-  return false;
-#endif
+  return fused_ && ops::kernels_take(x);
 }
 
 std::pair<at::Tensor, at::Tensor> ClipVision::add_norm(const at::Tensor& x, const at::Tensor& delta,
                                                        const at::Tensor& w, const at::Tensor& b) const {
-  const int64_t h = config_.hidden_size;
-  const double eps = config_.layer_norm_eps;
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (kernels(x) && (!delta.defined() || delta.is_contiguous())) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    at::Tensor sum = delta.defined() ? at::empty_like(x) : x, y = at::empty_like(x);
-    if (cuda::add_layer_norm(x.data_ptr(), delta.defined() ? delta.data_ptr() : nullptr,
-                             delta.defined() ? sum.data_ptr() : nullptr, w.data_ptr(), b.data_ptr(), y.data_ptr(),
-                             static_cast<int>(x.numel() / h), static_cast<int>(h), static_cast<float>(eps),
-                             x.scalar_type() == at::kBFloat16, at::cuda::getCurrentCUDAStream().stream())) {
-      return {sum, y};
-    }
-  }
-#endif
-  at::Tensor sum = delta.defined() ? x + delta : x;
-  return {sum, at::layer_norm(sum, {h}, w, b, eps)};
+  return ops::add_layer_norm(x, delta, w, b, config_.layer_norm_eps, kernels(x));
 }
 
 at::Tensor ClipVision::quick_gelu(at::Tensor x) const {
   if (config_.hidden_act != "quick_gelu") return at::gelu(x);
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (kernels(x) && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    cuda::quick_gelu(x.data_ptr(), x.numel(), x.scalar_type() == at::kBFloat16,
-                     at::cuda::getCurrentCUDAStream().stream());
-    return x;
-  }
-#endif
-  return x * at::sigmoid(1.702 * x);
+  return ops::quick_gelu(x, kernels(x));
 }
 
 at::Tensor ClipVision::attend(const ClipLayer& l, const at::Tensor& h, bool cudnn_attention) const {
@@ -117,8 +82,7 @@ at::Tensor ClipVision::attend(const ClipLayer& l, const at::Tensor& h, bool cudn
 }
 
 at::Tensor ClipVision::embed(const at::Tensor& pixels) const {
-  const int64_t b = pixels.size(0), h = config_.hidden_size, p = config_.patch_size,
-                c = config_.num_channels;
+  const int64_t b = pixels.size(0), p = config_.patch_size, c = config_.num_channels;
   const int64_t g = config_.image_size / p, k = c * p * p;
   // Each patch's c x p x p values as a row (the weight's order), in the weight's dtype.
   at::Tensor rows = at::empty({b * g * g, patch_matrix_.size(1)}, patch_matrix_.options());
@@ -130,26 +94,9 @@ at::Tensor ClipVision::embed(const at::Tensor& pixels) const {
                  .reshape({b, c, g, p, g, p})
                  .permute({0, 2, 4, 1, 3, 5}));
   const at::Tensor patches = at::mm(rows, patch_matrix_.t());  // [B * g * g, H]
-#ifdef LLAVA_PIPE_CUDA_KERNELS
-  if (kernels(patches)) {
-    const c10::cuda::CUDAGuard guard(patches.device());
-    const int64_t tokens = g * g + 1;
-    at::Tensor y = at::empty({b, tokens, h}, patches.options());
-    if (cuda::embed_layer_norm(
-            patches.data_ptr(), class_embedding_.data_ptr(), position_embedding_.data_ptr(),
-            pre_norm_w_.data_ptr(), pre_norm_b_.data_ptr(), y.data_ptr(), static_cast<int>(b),
-            static_cast<int>(tokens), static_cast<int>(h),
-            static_cast<float>(config_.layer_norm_eps), patches.scalar_type() == at::kBFloat16,
-            at::cuda::getCurrentCUDAStream().stream())) {
-      return y;
-    }
-  }
-#endif
-  const at::Tensor x =
-      at::cat({class_embedding_.view({1, 1, h}).expand({b, 1, h}), patches.view({b, g * g, h})},
-              1) +
-      position_embedding_.unsqueeze(0);  // [B, 1 + g*g, H]
-  return add_norm(x, {}, pre_norm_w_, pre_norm_b_).second;
+  return ops::embed_layer_norm(patches, class_embedding_, position_embedding_, pre_norm_w_,
+                               pre_norm_b_, b, config_.layer_norm_eps,
+                               kernels(patches));  // [B, 1 + g*g, H]
 }
 
 at::Tensor ClipVision::forward(const at::Tensor& pixels, bool cudnn_attention) const {
