@@ -66,11 +66,23 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     spec.prompt_ids = request.prompt_ids;
     spec.continues_prompt = request.echo;
   }
+  const int choices = request.choices;
+  // Each choice is a request with the images again: n copies may hold no more than the
+  // images one request may send.
+  uint64_t image_bytes = 0;
+  for (const auto& bytes : spec.image_bytes) image_bytes += bytes.size();
+  if (choices > 1 && image_bytes * static_cast<uint64_t>(choices) >
+                         static_cast<uint64_t>(server_.max_images) * server_.max_image_bytes) {
+    throw ApiError(400,
+                   "n: " + std::to_string(choices) + " choices of " + std::to_string(image_bytes) +
+                       " bytes of images are over server.max_images x server.max_image_bytes",
+                   "n");
+  }
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_response_number());
   spec.client_id = id;
   const int images = static_cast<int>(spec.image_bytes.size());
-  auto channel = std::make_shared<RequestChannel>();
-  // echo: the answer starts with the prompt's text (a prompt of ids: decoded on the
+  auto channel = std::make_shared<RequestChannel>(choices);
+  // echo: each answer starts with the prompt's text (a prompt of ids: decoded on the
   // coordinator's thread, read here once the request is accepted).
   auto echoed = std::make_shared<std::string>(request.echo ? request.prompt : "");
   post([this, spec = std::move(spec), channel, images, echoed,
@@ -79,69 +91,91 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       RequestResult refused;
       refused.error = "refused: the pipeline is shutting down";
       refused.error_kind = ErrorKind::kUnavailable;
-      channel->finish(refused);
+      for (int choice = 0; choice < channel->choices(); ++choice) channel->finish(choice, refused);
       return;
     }
     if (decode_ids) *echoed = coordinator->tokenizer().decode(*spec.prompt_ids);
-    submitting_ = channel;
-    const uint64_t request_id = coordinator->submit(std::move(spec));
-    submitting_.reset();
-    if (!channel->finished()) {
-      open_[request_id] = channel;
+    // Choice i samples with seed + i (vLLM's rule): seeded choices differ, and each is
+    // reproducible on its own.
+    const uint64_t seed = spec.generation.seed;
+    for (int choice = 0; choice < channel->choices(); ++choice) {
+      const bool last = choice + 1 == channel->choices();
+      RequestSpec one = last ? std::move(spec) : spec;
+      one.generation.seed = seed + static_cast<uint64_t>(choice);
+      submitting_ = {channel, choice};
+      const uint64_t request_id = coordinator->submit(std::move(one));
+      submitting_ = {};
+      channel->accept(choice, request_id);
+      if (channel->failure()) break;  // refused: the answer is that error, the rest not asked
+      if (channel->finished(choice)) continue;  // answered inside submit()
+      open_[request_id] = {channel, choice};
       metrics_.on_submitted(request_id, images);
     }
-    channel->accept(request_id);
   });
 
   const int client = client_socket(req);
   const auto deadline = Clock::now() + std::chrono::milliseconds(server_.request_timeout_ms);
   const auto timeout_text = "timed out after " + std::to_string(server_.request_timeout_ms / 1000) +
                             " s (server.request_timeout)";
-  auto wake = channel->wait(client, deadline, [&] { return channel->accepted(); });
-  if (wake != RequestChannel::Wake::kReady) {  // gone (or stuck) before the coordinator took it
-    cancel(channel);
-    throw ApiError(wake == RequestChannel::Wake::kTimedOut ? 500 : 499, timeout_text);
-  }
-  std::string text;
-  std::optional<RequestResult> result;
-  if (channel->finished()) {  // refused at once: an error status, not a stream
-    channel->take(text, result);
-    if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
-  }
+  // Waits for `ready`, or for a choice's failure; the client's going, the timeout and a
+  // failure cancel every choice still running and answer with their error.
+  auto wait_for = [&](const std::function<bool()>& ready) {
+    const auto wake =
+        channel->wait(client, deadline, [&] { return ready() || channel->failure(); });
+    if (wake != RequestChannel::Wake::kReady) {
+      cancel(channel, wake == RequestChannel::Wake::kTimedOut ? "timed out"
+                                                              : "the HTTP client disconnected");
+      throw ApiError(wake == RequestChannel::Wake::kTimedOut ? 500 : 499, timeout_text);
+    }
+    if (auto failed = channel->failure()) {
+      cancel(channel, "another choice of its HTTP request failed");
+      throw ApiError(status_for(failed->error_kind), failed->error);
+    }
+  };
+  wait_for([&] { return channel->accepted(); });  // refused at once: an error status, not a stream
   const int64_t created = unix_now();
   const bool with_logprobs = request.generation.logprobs >= 0;
   if (!request.stream) {
-    wake = channel->wait(client, deadline, [&] { return channel->finished(); });
-    if (wake != RequestChannel::Wake::kReady) {
-      cancel(channel);
-      throw ApiError(wake == RequestChannel::Wake::kTimedOut ? 500 : 499, timeout_text);
+    wait_for([&] { return channel->finished(); });
+    std::vector<ChoiceAnswer> answers;
+    Usage usage;
+    for (int choice = 0; choice < choices; ++choice) {
+      std::string text;
+      std::optional<RequestResult> result;
+      channel->take(choice, text, result);
+      usage.prompt_tokens = result->prompt_tokens;  // the same prompt, counted once
+      usage.completion_tokens += static_cast<int>(result->tokens.size());
+      const std::string answer = *echoed + result->text;
+      TextCursor cursor;
+      answers.push_back({answer, result->finish,
+                         with_logprobs ? logprobs_json(chat, all_logprobs(*result), answer, cursor,
+                                                       request.tokens_as_ids)
+                                       : nlohmann::json()});
     }
-    channel->take(text, result);
-    if (!result->ok) throw ApiError(status_for(result->error_kind), result->error);
-    const Usage usage{result->prompt_tokens, static_cast<int>(result->tokens.size())};
-    const std::string answer = *echoed + result->text;
-    TextCursor cursor;
-    answer_json(res, 200,
-                completion_body(chat, id, created, model_id_, answer, result->finish, usage,
-                                with_logprobs ? logprobs_json(chat, all_logprobs(*result), answer,
-                                                              cursor, request.tokens_as_ids)
-                                              : nlohmann::json()));
+    answer_json(res, 200, completion_body(chat, id, created, model_id_, answers, usage));
     return;
   }
 
-  // Streaming: the role first, then text as it comes; the end, the usage, [DONE].
+  // Streaming: each choice's role first, then text as it comes, each chunk naming its
+  // choice; each choice's end; when all have ended, the usage and [DONE].
+  struct ChoiceStream {
+    bool echo_pending = false;  // the prompt's text goes before its first chunk
+    bool ended = false;
+    size_t logprobs_sent = 0;  // tokens (the echoed prompt's first) whose logprobs went out
+    std::string text;          // what went out, for the completions' text_offset
+    TextCursor cursor;         // how far the logprobs that went out reached in it
+  };
   struct Stream {
     std::shared_ptr<RequestChannel> channel;
     int client = -1;
-    bool chat = false, include_usage = false, started = false, ended = false;
+    bool chat = false, include_usage = false, started = false;
     std::string id;
     int64_t created = 0;
     Clock::time_point deadline;
     bool with_logprobs = false, tokens_as_ids = false;
-    std::shared_ptr<std::string> echoed;  // the prompt's text, until the first chunk takes it
-    size_t logprobs_sent = 0;  // tokens (the echoed prompt's first) whose logprobs went out
-    std::string text;          // what went out, for the completions' text_offset
-    TextCursor cursor;         // how far the logprobs that went out reached in it
+    std::shared_ptr<std::string> echoed;  // the prompt's text (echo)
+    std::vector<ChoiceStream> choices;
+    Usage usage;
   };
   auto stream = std::make_shared<Stream>();
   stream->channel = channel;
@@ -154,6 +188,8 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   stream->with_logprobs = with_logprobs;
   stream->tokens_as_ids = request.tokens_as_ids;
   stream->echoed = echoed;
+  stream->choices.resize(static_cast<size_t>(choices));
+  for (auto& c : stream->choices) c.echo_pending = request.echo;
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -164,16 +200,17 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
           return sink.write(event.data(), event.size());
         };
         auto end = [&] {
-          stream->ended = true;
           send(sse_done());
           sink.done();
           return true;
         };
         if (!stream->started) {
           stream->started = true;
-          if (stream->chat && !send(sse_event(chunk_body(true, stream->id, stream->created,
-                                                         model_id_, "", true, "")))) {
-            return false;  // the releaser cancels
+          for (int choice = 0; stream->chat && choice < stream->channel->choices(); ++choice) {
+            if (!send(sse_event(chunk_body(true, stream->id, stream->created, model_id_, "", true,
+                                           "", nullptr, choice)))) {
+              return false;  // the releaser cancels
+            }
           }
           return true;
         }
@@ -181,57 +218,69 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
                                                 [&] { return stream->channel->has_news(); });
         if (wake == RequestChannel::Wake::kClientGone) return false;
         if (wake == RequestChannel::Wake::kTimedOut) {
-          cancel(stream->channel);
+          cancel(stream->channel, "timed out");
           send(sse_event(error_body(500, timeout_text)));
           return end();
         }
-        std::string text;
-        std::optional<RequestResult> result;
-        std::vector<TokenLogprob> logprobs;
-        stream->channel->take(text, result, &logprobs);
-        // The tokens' logprobs go with their text; those whose text never streamed (held
-        // back, then cut by a stop string or the end) go with the finish.
-        auto logprobs_of = [&](const std::vector<TokenLogprob>& tokens) -> nlohmann::json {
-          if (!stream->with_logprobs) return nullptr;
-          stream->logprobs_sent += tokens.size();
-          return logprobs_json(stream->chat, tokens, stream->text, stream->cursor,
-                               stream->tokens_as_ids);
-        };
-        if (!stream->echoed->empty() && (!text.empty() || !logprobs.empty())) {
-          text = *stream->echoed + text;
-          stream->echoed->clear();
+        for (int choice = 0; choice < stream->channel->choices(); ++choice) {
+          ChoiceStream& mine = stream->choices[static_cast<size_t>(choice)];
+          std::string text;
+          std::optional<RequestResult> result;
+          std::vector<TokenLogprob> logprobs;
+          if (mine.ended || !stream->channel->take(choice, text, result, &logprobs)) continue;
+          // The tokens' logprobs go with their text; those whose text never streamed (held
+          // back, then cut by a stop string or the end) go with the finish.
+          auto logprobs_of = [&](const std::vector<TokenLogprob>& tokens) -> nlohmann::json {
+            if (!stream->with_logprobs) return nullptr;
+            mine.logprobs_sent += tokens.size();
+            return logprobs_json(stream->chat, tokens, mine.text, mine.cursor,
+                                 stream->tokens_as_ids);
+          };
+          auto chunk = [&](const std::string& text, const std::string& finish,
+                           nlohmann::json logprobs) {
+            return send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_,
+                                             text, false, finish, std::move(logprobs), choice)));
+          };
+          if (mine.echo_pending && (!text.empty() || !logprobs.empty())) {
+            text = *stream->echoed + text;
+            mine.echo_pending = false;
+          }
+          if (stream->with_logprobs && !stream->chat) mine.text += text;
+          if ((!text.empty() || !logprobs.empty()) && !chunk(text, "", logprobs_of(logprobs)))
+            return false;
+          if (!result) continue;
+          mine.ended = true;
+          if (!result->ok) {
+            cancel(stream->channel, "another choice of its HTTP request failed");
+            send(sse_event(error_body(status_for(result->error_kind), result->error)));
+            return end();
+          }
+          std::vector<TokenLogprob> rest = all_logprobs(*result);
+          rest.erase(rest.begin(),
+                     rest.begin() + static_cast<long>(std::min(mine.logprobs_sent, rest.size())));
+          const std::string last =
+              mine.echo_pending ? *stream->echoed : "";  // nothing streamed (max_tokens 0)
+          mine.echo_pending = false;
+          if (stream->with_logprobs && !stream->chat) mine.text += last;
+          if (!chunk(last, result->finish.empty() ? "stop" : result->finish,
+                     rest.empty() ? nlohmann::json() : logprobs_of(rest))) {
+            return false;
+          }
+          stream->usage.prompt_tokens = result->prompt_tokens;  // the same prompt, counted once
+          stream->usage.completion_tokens += static_cast<int>(result->tokens.size());
         }
-        if (stream->with_logprobs && !stream->chat) stream->text += text;
-        if ((!text.empty() || !logprobs.empty()) &&
-            !send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, text,
-                                       false, "", logprobs_of(logprobs))))) {
-          return false;
-        }
-        if (!result) return true;
-        if (!result->ok) {
-          send(sse_event(error_body(status_for(result->error_kind), result->error)));
-          return end();
-        }
-        std::vector<TokenLogprob> rest = all_logprobs(*result);
-        rest.erase(rest.begin(),
-                   rest.begin() + static_cast<long>(std::min(stream->logprobs_sent, rest.size())));
-        std::string last;  // an echoed prompt nothing has streamed (max_tokens 0)
-        last.swap(*stream->echoed);
-        if (stream->with_logprobs && !stream->chat) stream->text += last;
-        if (!send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_, last,
-                                       false, result->finish.empty() ? "stop" : result->finish,
-                                       rest.empty() ? nlohmann::json() : logprobs_of(rest))))) {
-          return false;
+        if (!std::all_of(stream->choices.begin(), stream->choices.end(),
+                         [](const ChoiceStream& c) { return c.ended; })) {
+          return true;
         }
         if (stream->include_usage) {
-          const Usage usage{result->prompt_tokens, static_cast<int>(result->tokens.size())};
-          send(sse_event(
-              usage_chunk_body(stream->chat, stream->id, stream->created, model_id_, usage)));
+          send(sse_event(usage_chunk_body(stream->chat, stream->id, stream->created, model_id_,
+                                          stream->usage)));
         }
         return end();
       },
       [this, stream](bool success) {
-        // Ended without its answer (client gone, write failed): cancel, free its KV slot.
+        // Ended without its answer (client gone, write failed): cancel, free its KV slots.
         if (!stream->channel->finished()) cancel(stream->channel);
       });
 }

@@ -171,23 +171,24 @@ bool HttpServer::run_commands(Coordinator& coordinator) {
 bool HttpServer::on_text(uint64_t request, const std::string& text) {
   auto it = open_.find(request);
   if (it == open_.end()) return false;
-  it->second->text(text);
+  it->second.channel->text(it->second.choice, text);
   return true;
 }
 
 void HttpServer::on_logprobs(uint64_t request, const std::vector<TokenLogprob>& logprobs) {
   auto it = open_.find(request);
-  if (it != open_.end()) it->second->logprobs(logprobs);
+  if (it != open_.end()) it->second.channel->logprobs(it->second.choice, logprobs);
 }
 
 bool HttpServer::on_result(const RequestResult& result) {
   auto it = open_.find(result.id);
   if (it == open_.end()) {
-    if (!submitting_) return false;
-    submitting_->finish(result);  // refused inside submit(), before its id was known here
+    if (!submitting_.channel) return false;
+    // refused inside submit(), before its id was known here
+    submitting_.channel->finish(submitting_.choice, result);
     return true;
   }
-  it->second->finish(result);
+  it->second.channel->finish(it->second.choice, result);
   open_.erase(it);
   return true;
 }
@@ -200,21 +201,23 @@ void HttpServer::close(const std::string& why) {
     left.swap(commands_);
   }
   for (auto& command : left) command(nullptr);
-  for (auto& [id, channel] : open_) {
+  for (auto& [id, open] : open_) {
     RequestResult result;
     result.id = id;
     result.error = why;
     result.error_kind = ErrorKind::kUnavailable;
-    channel->finish(result);
+    open.channel->finish(open.choice, result);
   }
   open_.clear();
 }
 
-void HttpServer::cancel(const std::shared_ptr<RequestChannel>& channel) {
-  post([this, channel](Coordinator* coordinator) {
-    const auto id = channel->id();
-    if (coordinator && id && coordinator->cancel(*id, "cancelled: the client disconnected")) {
-      std::cerr << "llava-pipe: request " << *id << ": the HTTP client disconnected; cancelled\n";
+void HttpServer::cancel(const std::shared_ptr<RequestChannel>& channel, const std::string& why) {
+  post([channel, why](Coordinator* coordinator) {
+    if (!coordinator) return;
+    for (uint64_t id : channel->ids()) {
+      if (coordinator->cancel(id, "cancelled: " + why)) {
+        std::cerr << "llava-pipe: request " << id << ": " << why << "; cancelled\n";
+      }
     }
   });
 }

@@ -76,7 +76,9 @@ class HttpServer {
   void routes();
   // /v1/chat/completions (chat) and /v1/completions: answered whole or streamed.
   void complete(const httplib::Request& req, httplib::Response& res, bool chat);
-  void cancel(const std::shared_ptr<RequestChannel>& channel);
+  // Cancels every choice of the channel still running, saying why in the server's log.
+  void cancel(const std::shared_ptr<RequestChannel>& channel,
+              const std::string& why = "the HTTP client disconnected");
   std::string body_over_cap_message() const;  // a 413's
 
   PipelineConfig config_;
@@ -92,9 +94,13 @@ class HttpServer {
   std::deque<Command> commands_;
   bool closed_ = false;
 
-  // The coordinator's thread only.
-  std::map<uint64_t, std::shared_ptr<RequestChannel>> open_;
-  std::shared_ptr<RequestChannel> submitting_;  // gets a result given inside submit()
+  // The coordinator's thread only. Each open request's channel and its choice there.
+  struct Open {
+    std::shared_ptr<RequestChannel> channel;
+    int choice = 0;
+  };
+  std::map<uint64_t, Open> open_;
+  Open submitting_;  // gets a result given inside submit()
 };
 
 }  // namespace llava

@@ -150,10 +150,16 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
       }
       out.include_usage = boolean("stream_options.include_usage", v);
     }
-  } else if (key == "n") {
-    if (!value.is_null() && !(value.is_number_integer() && value.get<int64_t>() == 1)) {
-      throw ApiError(400, "n: only 1 choice per request is supported, got " + shown(value), key);
+  } else if (key == "n") {  // choices, each sampled on its own (a request each)
+    if (value.is_null()) return true;
+    if (!value.is_number_integer() || value.get<int64_t>() < 1 ||
+        value.get<int64_t>() > kMaxChoices) {
+      throw ApiError(400,
+                     "n: expected a whole number from 1 to " + std::to_string(kMaxChoices) +
+                         ", got " + shown(value),
+                     key);
     }
+    out.choices = static_cast<int>(value.get<int64_t>());
   } else {
     return false;
   }
@@ -526,29 +532,34 @@ nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprob
 }
 
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
-                               const std::string& model, const std::string& text,
-                               const std::string& finish, const Usage& usage,
-                               nlohmann::json logprobs) {
-  nlohmann::json choice = {
-      {"index", 0}, {"finish_reason", finish_reason(finish)}, {"logprobs", std::move(logprobs)}};
-  if (chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
-  } else {
-    choice["text"] = text;
+                               const std::string& model, const std::vector<ChoiceAnswer>& answers,
+                               const Usage& usage) {
+  nlohmann::json choices = nlohmann::json::array();
+  for (size_t index = 0; index < answers.size(); ++index) {
+    const ChoiceAnswer& answer = answers[index];
+    nlohmann::json choice = {{"index", index},
+                             {"finish_reason", finish_reason(answer.finish)},
+                             {"logprobs", answer.logprobs}};
+    if (chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", answer.text}};
+    } else {
+      choice["text"] = answer.text;
+    }
+    choices.push_back(std::move(choice));
   }
   return {{"id", id},
           {"object", chat ? "chat.completion" : "text_completion"},
           {"created", created},
           {"model", model},
-          {"choices", {choice}},
+          {"choices", std::move(choices)},
           {"usage", usage_json(usage)}};
 }
 
 nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
                           const std::string& model, const std::string& text, bool role,
-                          const std::string& finish, nlohmann::json logprobs) {
+                          const std::string& finish, nlohmann::json logprobs, int index) {
   nlohmann::json choice = {
-      {"index", 0},
+      {"index", index},
       {"logprobs", std::move(logprobs)},
       {"finish_reason", finish.empty() ? nlohmann::json() : nlohmann::json(finish_reason(finish))}};
   if (chat) {

@@ -56,7 +56,11 @@ struct CompletionRequest {
   bool echo = false;  // completions: the answer's text (and logprobs) start with the prompt's
   bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: logprobs name "token_id:N"
   int images = 0;
+  int choices = 1;  // n: answers to the same prompt, each a request of its own
 };
+
+// n's ceiling, OpenAI's.
+constexpr int kMaxChoices = 128;
 
 // Parses a /v1/chat/completions body; `defaults` are the config's generation keys. Throws
 // ApiError (400) naming the field: invalid JSON, a wrong type or range, an unknown role, an
@@ -95,18 +99,24 @@ struct TextCursor {
 nlohmann::json logprobs_json(bool chat, const std::vector<TokenLogprob>& logprobs,
                              const std::string& text, TextCursor& cursor, bool as_ids = false);
 
-// A whole answer: "chat.completion" or "text_completion"; `logprobs` null unless asked.
+// One choice of a whole answer; `logprobs` null unless asked.
+struct ChoiceAnswer {
+  std::string text;
+  std::string finish;  // the coordinator's
+  nlohmann::json logprobs;
+};
+// A whole answer: "chat.completion" or "text_completion", its choices indexed in order.
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
-                               const std::string& model, const std::string& text,
-                               const std::string& finish, const Usage& usage,
-                               nlohmann::json logprobs = nullptr);
-// One stream chunk: "chat.completion.chunk" (delta) or "text_completion" (text). `role`
-// goes in the first chat delta; `finish` is "" until the last; `logprobs` those of the
-// tokens since the last chunk, when asked. With `usage` (and no choices) it is the final
-// usage chunk.
+                               const std::string& model, const std::vector<ChoiceAnswer>& choices,
+                               const Usage& usage);
+// One stream chunk of choice `index`: "chat.completion.chunk" (delta) or "text_completion"
+// (text). `role` goes in the choice's first chat delta; `finish` is "" until its last;
+// `logprobs` those of the tokens since its last chunk, when asked.
 nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
                           const std::string& model, const std::string& text, bool role,
-                          const std::string& finish, nlohmann::json logprobs = nullptr);
+                          const std::string& finish, nlohmann::json logprobs = nullptr,
+                          int index = 0);
+// The final usage chunk (no choices).
 nlohmann::json usage_chunk_body(bool chat, const std::string& id, int64_t created,
                                 const std::string& model, const Usage& usage);
 

@@ -13,7 +13,9 @@
 
 namespace llava {
 
-RequestChannel::RequestChannel() : event_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+RequestChannel::RequestChannel(int choices)
+    : event_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      choices_(static_cast<size_t>(std::max(choices, 1))) {
   if (event_ < 0) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
 }
 
@@ -21,60 +23,85 @@ RequestChannel::~RequestChannel() {
   ::close(event_);
 }
 
-void RequestChannel::accept(uint64_t id) {
+void RequestChannel::accept(int choice, uint64_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  id_ = id;
+  choices_.at(static_cast<size_t>(choice)).id = id;
   notify();
 }
 
-void RequestChannel::text(const std::string& text) {
+void RequestChannel::text(int choice, const std::string& text) {
   std::lock_guard<std::mutex> lock(mutex_);
-  text_ += text;
+  choices_.at(static_cast<size_t>(choice)).text += text;
   notify();
 }
 
-void RequestChannel::finish(const RequestResult& result) {
+void RequestChannel::logprobs(int choice, const std::vector<TokenLogprob>& logprobs) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!result_) result_ = result;
+  auto& mine = choices_.at(static_cast<size_t>(choice)).logprobs;
+  mine.insert(mine.end(), logprobs.begin(), logprobs.end());  // on_text wakes
+}
+
+void RequestChannel::finish(int choice, const RequestResult& result) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& mine = choices_.at(static_cast<size_t>(choice)).result;
+  if (!mine) mine = result;
   notify();
 }
 
-std::optional<uint64_t> RequestChannel::id() const {
+std::vector<uint64_t> RequestChannel::ids() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return id_;
+  std::vector<uint64_t> out;
+  for (const auto& c : choices_) {
+    if (c.id) out.push_back(*c.id);
+  }
+  return out;
 }
 
 bool RequestChannel::accepted() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return id_.has_value() || result_.has_value();
+  return std::all_of(choices_.begin(), choices_.end(),
+                     [](const Choice& c) { return c.id.has_value() || c.result.has_value(); });
 }
 
 bool RequestChannel::finished() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return result_.has_value();
+  return std::all_of(choices_.begin(), choices_.end(),
+                     [](const Choice& c) { return c.result.has_value(); });
 }
 
-void RequestChannel::logprobs(const std::vector<TokenLogprob>& logprobs) {
+bool RequestChannel::finished(int choice) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  logprobs_.insert(logprobs_.end(), logprobs.begin(), logprobs.end());  // on_text wakes
+  return choices_.at(static_cast<size_t>(choice)).result.has_value();
 }
 
-bool RequestChannel::take(std::string& text, std::optional<RequestResult>& result,
+std::optional<RequestResult> RequestChannel::failure() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& c : choices_) {
+    if (c.result && !c.result->ok) return c.result;
+  }
+  return std::nullopt;
+}
+
+bool RequestChannel::take(int choice, std::string& text, std::optional<RequestResult>& result,
                           std::vector<TokenLogprob>* logprobs) {
   std::lock_guard<std::mutex> lock(mutex_);
-  text.swap(text_);
-  text_.clear();
+  Choice& c = choices_.at(static_cast<size_t>(choice));
+  text.swap(c.text);
+  c.text.clear();
   if (logprobs) {
-    logprobs->swap(logprobs_);
-    logprobs_.clear();
+    logprobs->swap(c.logprobs);
+    c.logprobs.clear();
   }
-  result = result_;
+  result = c.result;
+  c.result_taken = c.result.has_value();
   return !text.empty() || result.has_value();
 }
 
 bool RequestChannel::has_news() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return !text_.empty() || result_.has_value();
+  return std::any_of(choices_.begin(), choices_.end(), [](const Choice& c) {
+    return !c.text.empty() || (c.result && !c.result_taken);
+  });
 }
 
 RequestChannel::Wake RequestChannel::wait(int client, Clock::time_point deadline,

@@ -1,6 +1,7 @@
-// One HTTP request's way back from the coordinator's thread to its handler: the text so
-// far and the result, under a mutex; an eventfd says "something changed", so that the
-// handler can poll it together with its client's socket and see a client that goes away.
+// One HTTP request's way back from the coordinator's thread to its handler: for each of its
+// choices (a coordinator request each), the text so far and the result, under a mutex; an eventfd
+// says "something changed", so that the handler can poll it together with its client's socket and
+// see a client that goes away.
 #pragma once
 
 #include <chrono>
@@ -20,28 +21,35 @@ class RequestChannel {
   using Clock = std::chrono::steady_clock;
   enum class Wake { kReady, kClientGone, kTimedOut };
 
-  RequestChannel();  // throws std::runtime_error when no eventfd can be made
+  // One coordinator request per choice (the API's n), numbered from 0.
+  explicit RequestChannel(
+      int choices = 1);  // throws std::runtime_error when no eventfd can be made
   ~RequestChannel();
   RequestChannel(const RequestChannel&) = delete;
   RequestChannel& operator=(const RequestChannel&) = delete;
 
+  int choices() const { return static_cast<int>(choices_.size()); }
+
   // ---- the coordinator's thread
-  void accept(uint64_t id);
-  void text(const std::string& text);
+  void accept(int choice, uint64_t id);
+  void text(int choice, const std::string& text);
   // Those of the tokens whose text the next text() brings (it wakes the handler).
-  void logprobs(const std::vector<TokenLogprob>& logprobs);
-  void finish(const RequestResult& result);  // the first result stays
+  void logprobs(int choice, const std::vector<TokenLogprob>& logprobs);
+  void finish(int choice, const RequestResult& result);  // the first result stays
 
   // ---- the handler's thread
-  std::optional<uint64_t> id() const;
-  bool accepted() const;
-  bool finished() const;
-  // The text not taken yet (with its tokens' logprobs, when asked), and the result once
-  // there is one (all its text is taken with it; the logprobs not taken yet are the end
-  // of its own).
-  bool take(std::string& text, std::optional<RequestResult>& result,
+  std::vector<uint64_t> ids() const;  // the accepted choices' request ids
+  bool accepted() const;              // every choice accepted (or already answered)
+  bool finished() const;              // every choice answered
+  bool finished(int choice) const;
+  // The first choice's result that failed, if one did (the answer is then that error).
+  std::optional<RequestResult> failure() const;
+  // The choice's text not taken yet (with its tokens' logprobs, when asked), and its result
+  // once there is one (all its text is taken with it; the logprobs not taken yet are the
+  // end of its own).
+  bool take(int choice, std::string& text, std::optional<RequestResult>& result,
             std::vector<TokenLogprob>* logprobs = nullptr);
-  bool has_news() const;
+  bool has_news() const;  // of any choice (a result is news until take() hands it out)
 
   // Until `ready()` holds, the client's socket (when known, -1 if not) hangs up, or `deadline`.
   Wake wait(int client, Clock::time_point deadline, const std::function<bool()>& ready);
@@ -49,12 +57,16 @@ class RequestChannel {
  private:
   void notify();
 
+  struct Choice {
+    std::optional<uint64_t> id;
+    std::string text;
+    std::vector<TokenLogprob> logprobs;
+    std::optional<RequestResult> result;
+    bool result_taken = false;  // take() has handed it out: no news any more
+  };
   mutable std::mutex mutex_;
   int event_;
-  std::optional<uint64_t> id_;
-  std::string text_;
-  std::vector<TokenLogprob> logprobs_;
-  std::optional<RequestResult> result_;
+  std::vector<Choice> choices_;
 };
 
 }  // namespace llava

@@ -159,7 +159,8 @@ test('a stop string ends the answer just before it, with finish_reason stop', as
   assert.equal(cut.choices[0].finish_reason, 'stop');
 });
 
-// Aborts a streamed request once `when(chunk)` holds; the server must cancel it and free its place.
+// Aborts a streamed request once `when(chunk)` holds; the server must cancel it (each of its
+// n choices) and free its place.
 async function abortedStream(request, when) {
   const before = await metric('llava_requests_cancelled_total');
   const controller = new AbortController();
@@ -176,8 +177,9 @@ async function abortedStream(request, when) {
     if (!(e instanceof OpenAI.APIUserAbortError) && e.name !== 'AbortError') throw e;
   }
   assert.ok(aborted, 'the stream ended before the moment to abort');
-  assert.ok(await eventually(async () => (await metric('llava_requests_cancelled_total')) > before),
-            'the cancelled-requests counter did not rise');
+  const choices = request.n ?? 1;
+  assert.ok(await eventually(async () => (await metric('llava_requests_cancelled_total')) === before + choices),
+            `the cancelled-requests counter did not rise by ${choices}`);
   assert.ok(await eventually(async () => (await metric('llava_requests_running')) === 0 &&
                                          (await metric('llava_requests_waiting')) === 0),
             'the aborted request still holds its place');
@@ -194,6 +196,12 @@ test('a client that aborts mid-stream has its request cancelled, and its slot se
                       (chunk) => Boolean(chunk.choices[0]?.delta?.content));
   const after = await client.chat.completions.create({ ...greedy, messages: userWith(text('Still there?')) });
   assert.ok(after.usage.completion_tokens > 0);
+});
+
+test('a client that aborts a stream of 4 choices mid-stream has all 4 cancelled', async () => {
+  await abortedStream({ ...greedy, n: 4, temperature: 0.9, max_tokens: 230, ignore_eos: true,
+                        messages: userWith(img(png), text('Talk for a long time.')) },
+                      (chunk) => Boolean(chunk.choices[0]?.delta?.content));
 });
 
 test('a bad base64 image is refused with 400 naming the part', async () => {
@@ -292,6 +300,65 @@ test('past coordinator.queue_capacity a request gets 429', async () => {
   assert.ok(refused.length > 0, 'no request was refused');
   assert.ok(refused.every((o) => o.reason.status === 429 && /overloaded/.test(o.reason.message)));
   assert.ok(outcomes.some((o) => o.status === 'fulfilled'));
+});
+
+test('n: each choice samples with seed + its index, as that one request alone would; usage counts them together', async () => {
+  const ask = { ...greedy, temperature: 0.9, seed: 7, messages: userWith(img(png), text('Describe it.')) };
+  const three = await client.chat.completions.create({ ...ask, n: 3 });
+  assert.deepEqual(three.choices.map((c) => c.index), [0, 1, 2]);
+  const singles = [];
+  for (let i = 0; i < 3; i++) singles.push(await client.chat.completions.create({ ...ask, seed: 7 + i }));
+  three.choices.forEach((c, i) => {
+    assert.equal(c.message.content, singles[i].choices[0].message.content, `choice ${i}`);
+    assert.equal(c.finish_reason, singles[i].choices[0].finish_reason, `choice ${i}`);
+  });
+  assert.ok(new Set(three.choices.map((c) => c.message.content)).size > 1, 'three seeds gave one answer');
+  assert.equal(three.usage.prompt_tokens, singles[0].usage.prompt_tokens);  // one prompt
+  assert.equal(three.usage.completion_tokens, singles.reduce((sum, x) => sum + x.usage.completion_tokens, 0));
+  await assert.rejects(client.chat.completions.create({ ...ask, n: 129 }), (e) => e.status === 400 && e.param === 'n');
+});
+
+test('n: a stream names each chunk\'s choice; each streams its whole answer, its role first and one finish', async () => {
+  const ask = { ...greedy, temperature: 0.9, seed: 3, n: 2, messages: userWith(text('Tell me more.')) };
+  const whole = await client.chat.completions.create(ask);
+  const stream = await client.chat.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } });
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  for (const index of [0, 1]) {
+    const mine = chunks.flatMap((c) => c.choices.filter((x) => x.index === index));
+    assert.equal(mine[0].delta.role, 'assistant');
+    assert.equal(mine.map((x) => x.delta.content ?? '').join(''), whole.choices[index].message.content);
+    assert.deepEqual(mine.map((x) => x.finish_reason).filter(Boolean), [whole.choices[index].finish_reason]);
+  }
+  assert.ok(chunks.every((c) => c.choices.every((x) => x.index === 0 || x.index === 1)));
+  assert.deepEqual(chunks.at(-1).choices, []);
+  assert.deepEqual(chunks.at(-1).usage, whole.usage);
+});
+
+test('n: /v1/completions echoes the prompt in every choice, each with its own logprobs', async () => {
+  const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', echo: true, logprobs: 1, temperature: 0.9, seed: 11 };
+  const two = await client.completions.create({ ...ask, n: 2 });
+  assert.equal(two.choices.length, 2);
+  for (const [i, c] of two.choices.entries()) {
+    const alone = (await client.completions.create({ ...ask, seed: 11 + i })).choices[0];
+    assert.equal(c.index, i);
+    assert.ok(c.text.startsWith(ask.prompt));
+    assert.equal(c.text, alone.text);
+    assert.deepEqual(c.logprobs.tokens, alone.logprobs.tokens);
+    assert.deepEqual(c.logprobs.text_offset, alone.logprobs.text_offset);
+  }
+});
+
+test('n past coordinator.queue_capacity is refused whole (429) and its accepted choice is cancelled, not left running', async () => {
+  const right = new OpenAI({ baseURL: `${limitsURL}/v1`, apiKey: key, maxRetries: 0 });
+  const cancelled = await metric('llava_requests_cancelled_total', limitsURL);
+  await assert.rejects(
+    right.chat.completions.create({ ...greedy, max_tokens: 400, ignore_eos: true, n: 2, messages: userWith(text('x')) }),
+    (e) => e.status === 429 && /overloaded/.test(e.message));
+  assert.ok(await eventually(async () => (await metric('llava_requests_cancelled_total', limitsURL)) === cancelled + 1),
+            'the first choice was not cancelled');
+  const after = await right.chat.completions.create({ ...greedy, messages: userWith(text('y')) });
+  assert.equal(after.choices.length, 1);
 });
 
 test('32 concurrent streaming clients are all answered, each stream complete and ending in [DONE]', async () => {

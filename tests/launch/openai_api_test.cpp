@@ -179,8 +179,27 @@ TEST(OpenAiChatRequest, LogitBiasIsTokenIdsToNumbersFromMinusToPlusAHundred) {
             std::string::npos);
 }
 
+// n: choices from 1 to 128 (OpenAI's), each a request of its own; null keeps one.
+TEST(OpenAiChatRequest, NIsAWholeNumberOfChoicesUpTo128) {
+  auto with_n = [](const std::string& n) {
+    return R"({"messages":[{"role":"user","content":"x"}],"n":)" + n + "}";
+  };
+  EXPECT_EQ(parse_chat_request(with_n("3"), defaults(), 8).choices, 3);
+  EXPECT_EQ(parse_chat_request(with_n("128"), defaults(), 8).choices, 128);
+  EXPECT_EQ(parse_chat_request(with_n("null"), defaults(), 8).choices, 1);
+  EXPECT_EQ(
+      parse_chat_request(R"({"messages":[{"role":"user","content":"x"}]})", defaults(), 8).choices,
+      1);
+  EXPECT_EQ(parse_completion_request(R"({"prompt":"x","n":2})", defaults()).choices, 2);
+  for (const char* bad : {"0", "129", "-1", "1.5", "\"2\"", "true"}) {
+    const ApiError e = chat_error(with_n(bad));
+    EXPECT_EQ(e.status, 400) << bad;
+    EXPECT_EQ(e.param, "n") << bad;
+    EXPECT_NE(std::string(e.what()).find("from 1 to 128"), std::string::npos) << e.what();
+  }
+}
+
 TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
-  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"n":2})").param, "n");
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})")
           .param,
@@ -357,16 +376,31 @@ TEST(OpenAiCompletionRequest, IgnoreEosIsReadAsVllmTakesIt) {
 }
 
 TEST(OpenAiResponses, AWholeChatAnswerHasTheFieldsClientsRead) {
-  const auto body =
-      completion_body(true, "chatcmpl-1", 1700000000, "tiny", "Hi", "eos", Usage{30, 2});
+  const auto body = completion_body(true, "chatcmpl-1", 1700000000, "tiny",
+                                    {{"Hi", "eos", nullptr}}, Usage{30, 2});
   EXPECT_EQ(body["object"], "chat.completion");
   EXPECT_EQ(body["choices"][0]["message"]["role"], "assistant");
   EXPECT_EQ(body["choices"][0]["message"]["content"], "Hi");
   EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");  // eos and stop strings alike
   EXPECT_EQ(body["usage"]["total_tokens"], 32);
-  EXPECT_EQ(
-      completion_body(false, "c", 0, "m", "x", "length", Usage{})["choices"][0]["finish_reason"],
-      "length");
+  EXPECT_EQ(completion_body(false, "c", 0, "m", {{"x", "length", nullptr}},
+                            Usage{})["choices"][0]["finish_reason"],
+            "length");
+}
+
+TEST(OpenAiResponses, ChoicesAreIndexedInOrderWithTheirOwnTextFinishAndLogprobs) {
+  const auto body = completion_body(
+      true, "c", 0, "m", {{"a", "eos", nullptr}, {"bb", "length", {{"content", 1}}}}, Usage{4, 3});
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["choices"][0]["index"], 0);
+  EXPECT_EQ(body["choices"][1]["index"], 1);
+  EXPECT_EQ(body["choices"][1]["message"]["content"], "bb");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][1]["finish_reason"], "length");
+  EXPECT_TRUE(body["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(body["choices"][1]["logprobs"]["content"], 1);
+  EXPECT_EQ(body["usage"]["total_tokens"], 7);
+  EXPECT_EQ(chunk_body(false, "c", 0, "m", "t", false, "", nullptr, 5)["choices"][0]["index"], 5);
 }
 
 TEST(OpenAiResponses, StreamChunksCarryTheRoleFirstThenDeltasThenTheFinish) {
@@ -443,10 +477,11 @@ TEST(OpenAiResponses, CompletionLogprobsAreParallelListsWithTheTokenAmongItsAlte
   EXPECT_EQ(echoed["token_logprobs"], nlohmann::json({nullptr, -0.25}));
   EXPECT_TRUE(echoed["top_logprobs"][0].is_null());
   EXPECT_EQ(echoed["text_offset"], nlohmann::json({0, 0}));
-  const auto body = completion_body(false, "c", 0, "m", "Hi", "eos", Usage{1, 3}, json);
+  const auto body = completion_body(false, "c", 0, "m", {{"Hi", "eos", json}}, Usage{1, 3});
   EXPECT_EQ(body["choices"][0]["logprobs"]["tokens"].size(), 3u);
-  EXPECT_TRUE(
-      completion_body(false, "c", 0, "m", "x", "eos", Usage{})["choices"][0]["logprobs"].is_null());
+  EXPECT_TRUE(completion_body(false, "c", 0, "m", {{"x", "eos", nullptr}},
+                              Usage{})["choices"][0]["logprobs"]
+                  .is_null());
   TextCursor unused;
   EXPECT_EQ(chunk_body(true, "id", 1, "m", "x", false, "",
                        logprobs_json(true, three_tokens(), "",
