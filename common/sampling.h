@@ -5,12 +5,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common/messages.capnp.h"
+#include "common/token_table.h"
 
 namespace llava {
 
@@ -37,6 +39,11 @@ struct SamplingParams {
   // Not a key of the YAML file: a request's (the API's logit_bias): each id's bias, added to
   // its score before anything else, -100 to 100 (-100 bans it in effect).
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // Not a key of the YAML file: a request's (the API's response_format json_object): the
+  // answer's text is one JSON object (stages/language/json_constraint.h). The worker is
+  // given every token's bytes with it (json_tokens; the wire's LanguageTask carries them).
+  bool json_object = false;
+  std::shared_ptr<const TokenTable> json_tokens;
 };
 
 // Ranges of the keys, the same in the YAML file and in a request.

@@ -171,6 +171,16 @@ uint64_t Coordinator::submit(RequestSpec spec) {
   return id;
 }
 
+std::shared_ptr<const TokenTable> Coordinator::token_table() {
+  if (!token_table_) {
+    auto table = std::make_shared<TokenTable>();
+    for (int32_t id = 0; id < tokenizer_.vocab_size(); ++id)
+      table->push_back(tokenizer_.is_special(id) ? std::string() : tokenizer_.token_text(id));
+    token_table_ = std::move(table);
+  }
+  return token_table_;
+}
+
 void Coordinator::prepare(Request& request) {
   const RequestSpec& spec = request.spec;
   const size_t bad_byte = utf8_error_offset(spec.prompt);
@@ -202,6 +212,14 @@ void Coordinator::prepare(Request& request) {
       throw RequestError("logit_bias: token id " + std::to_string(id) + " is outside the model's " +
                          std::to_string(model_.text.vocab_size) + "-token vocabulary");
     }
+  }
+  if (spec.generation.json_object) {
+    if (spec.generation.ignore_eos) {
+      throw RequestError(
+          "response_format json_object ends the answer with the end-of-sequence "
+          "token once the object is closed: it cannot go with ignore_eos");
+    }
+    request.spec.generation.json_tokens = token_table();
   }
   const int64_t context = context_tokens(config_, model_);
   if (static_cast<int64_t>(request.prompt.size()) >= context) {

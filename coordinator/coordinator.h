@@ -123,10 +123,14 @@ class Coordinator {
   // or the client's ids, each checked against the vocabulary.
   std::vector<int32_t> tokenized_prompt(const RequestSpec& spec, int images);
   std::vector<int32_t> checked_prompt_ids(const std::vector<int32_t>& ids, int images) const;
+  // Every token's bytes (Tokenizer::token_text; none for special tokens), for JSON mode's
+  // tasks: made at the first such request.
+  std::shared_ptr<const TokenTable> token_table();
 
   LlavaConfig model_;
   PipelineConfig config_;  // its mode and release resolved
   Tokenizer tokenizer_;
+  std::shared_ptr<const TokenTable> token_table_;  // token_table()'s
   CoordinatorEvents events_;
   std::string worker_program_;
   std::string private_dir_;  // a {rundir} endpoint's 0700 folder, removed at the end (set by

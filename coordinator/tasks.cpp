@@ -38,6 +38,7 @@ std::unique_ptr<wire::Outgoing> language_task(const Request& request,
     for (int64_t eos : eos_token_ids) sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
   }
   to_wire(sampling, task.initSampling());
+  if (sampling.json_object && sampling.json_tokens) to_wire(*sampling.json_tokens, task);
   for (auto& frame : embeddings) message->add_frame(std::move(frame));
   return message;
 }

@@ -307,15 +307,6 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
       have_messages = true;
     } else if (key == "logprobs") {
       chat_logprobs = boolean(key, value);
-    } else if (key == "response_format") {
-      // {"type": "text"} is OpenAI's default: accepted; JSON modes are not supported.
-      const bool text = value.is_null() || (value.is_object() && value.size() == 1 &&
-                                            value.contains("type") && value["type"] == "text");
-      if (!text) {
-        throw ApiError(
-            400, "response_format: only {\"type\": \"text\"} is supported, got " + shown(value),
-            key);
-      }
     } else if (key == "top_logprobs") {
       if (!value.is_null()) top_logprobs = api_logprobs_count(key, value);
     } else {

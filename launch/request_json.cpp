@@ -99,10 +99,26 @@ std::string string_value(const std::string& key, const nlohmann::json& value) {
 
 bool is_sampling_key(const std::string& key) {
   static const std::vector<std::string> kKeys = sampling_keys();
-  return key == "stop" || std::find(kKeys.begin(), kKeys.end(), key) != kKeys.end();
+  return key == "stop" || key == "response_format" ||
+         std::find(kKeys.begin(), kKeys.end(), key) != kKeys.end();
 }
 
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g) {
+  if (key == "response_format") {
+    // OpenAI's: {"type": "text"}, the default, or {"type": "json_object"}: the answer is one
+    // JSON object (the worker leaves out the tokens that cannot continue one). A schema is
+    // not followed: refused rather than ignored.
+    const auto type = value.is_object() ? value.find("type") : value.end();
+    if (!value.is_object() || value.size() != 1 || type == value.end() ||
+        (*type != "text" && *type != "json_object")) {
+      throw RequestError(
+          "response_format: only {\"type\": \"text\"} and {\"type\": \"json_object\"} are "
+          "supported, got " +
+          shown(value));
+    }
+    g.json_object = *type == "json_object";
+    return;
+  }
   if (key != "stop") {
     OneSamplingKey reader(key, value);
     read_sampling_keys(reader, g);

@@ -131,6 +131,16 @@ void LanguageStage::drop_all(const std::optional<std::string>& reason) {
   running_.clear();
 }
 
+std::shared_ptr<const TokenTable> LanguageStage::json_tokens(schema::LanguageTask::Reader task) {
+  TokenTable table = token_table_from_wire(task);
+  if (table.size() == 0) throw RequestError("JSON mode: the task carries no token table");
+  // The same table each time (the coordinator's tokenizer's): kept once.
+  if (!json_tokens_ || json_tokens_->bytes != table.bytes || json_tokens_->ends != table.ends) {
+    json_tokens_ = std::make_shared<const TokenTable>(std::move(table));
+  }
+  return json_tokens_;
+}
+
 void LanguageStage::admit(wire::Incoming& task) {
   auto body = task.header().getBody().getLanguageTask();
   std::vector<int32_t> ids;
@@ -142,7 +152,8 @@ void LanguageStage::admit(wire::Incoming& task) {
     }
     images.push_back(at::from_blob(frame.bytes.data(), frame.shape, from_wire(frame.dtype)));
   }
-  const SamplingParams params = from_wire(body.getSampling());
+  SamplingParams params = from_wire(body.getSampling());
+  if (params.json_object) params.json_tokens = json_tokens(body);
   if (faults().oom_prompt_tokens > 0 &&
       static_cast<int>(ids.size()) >= faults().oom_prompt_tokens && FaultHooks::armed()) {
     TORCH_CHECK(false,

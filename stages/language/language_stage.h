@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 
+#include "common/token_table.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/language/generator.h"
 #include "stages/language/llama_decoder.h"
@@ -44,6 +45,8 @@ class LanguageStage final : public Stage {
   // Prefill and the first token; throws RequestError for the request's own faults.
   void admit(wire::Incoming& task);
   void emit(const TokenEvent& event);  // a TokenChunk, and Done when it is the last
+  // A JSON-mode task's token table (RequestError where it has none or a broken one).
+  std::shared_ptr<const TokenTable> json_tokens(schema::LanguageTask::Reader task);
 
   const StageContext context_;
   StageSink& sink_;
@@ -56,6 +59,7 @@ class LanguageStage final : public Stage {
   std::deque<wire::Incoming> queue_;  // tasks not admitted yet
   std::map<uint64_t, Running> running_;
   int decode_steps_ = 0;  // this process's, for the fault hooks
+  std::shared_ptr<const TokenTable> json_tokens_;  // the last JSON-mode task's
 };
 
 }  // namespace llava

@@ -169,7 +169,12 @@ int32_t argmax(const std::vector<float>& logits) {
 }  // namespace
 
 Sampler::Sampler(const SamplingParams& params, size_t answer_from)
-    : params_(params), answer_from_(answer_from), rng_(params.seed) {}
+    : params_(params), answer_from_(answer_from), rng_(params.seed), json_(json_constraint()) {}
+
+std::optional<JsonConstraint> Sampler::json_constraint() const {
+  if (!params_.json_object || !params_.json_tokens) return std::nullopt;
+  return JsonConstraint(params_.json_tokens, params_.stop_token_ids);
+}
 
 bool Sampler::is_stop(int32_t token) const {
   return std::find(params_.stop_token_ids.begin(), params_.stop_token_ids.end(), token) !=
@@ -218,13 +223,17 @@ void Sampler::penalize(std::vector<float>& logits, const Counts& seen, const Cou
 }
 
 void Sampler::adjust(std::vector<float>& logits, const std::vector<int32_t>& history, Counts& seen,
-                     Counts& answer) const {
+                     Counts& answer, std::optional<JsonConstraint>& json) const {
   bias(logits);
   if (params_.repetition_penalty != 1.0) seen.take(history, 0, logits.size());
   if (params_.presence_penalty != 0.0 || params_.frequency_penalty != 0.0) {
     answer.take(history, answer_from_, logits.size());
   }
   penalize(logits, seen, answer);
+  if (json) {  // last: what the text cannot take is out whatever its score
+    json->take(history, answer_from_);
+    json->mask(logits.data(), logits.size());
+  }
 }
 
 Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<int32_t>& order,
@@ -282,8 +291,14 @@ Sampler::Candidates Sampler::candidates(std::vector<float>& logits, std::vector<
 
 int32_t Sampler::next(const float* logits, size_t vocab, const std::vector<int32_t>& history) {
   scores_.assign(logits, logits + vocab);
-  adjust(scores_, history, seen_, answer_);
+  adjust(scores_, history, seen_, answer_, json_);
   if (params_.temperature <= 0.0) return argmax(scores_);
+  if (!drawn_) {
+    // A resumed answer (a worker died): each of its tokens so far took one draw of the
+    // seeded generator; skip them, so that the rest is drawn as it would have been.
+    drawn_ = true;
+    if (history.size() > answer_from_) rng_.discard(history.size() - answer_from_);
+  }
   Candidates c = candidates(scores_, order_, weights_);
   // The kept tokens in the order's order: the ranked (the likeliest) first, so that a peaked
   // row's draw ends within them; a draw deep into a flat one walks the rest unsorted.
@@ -304,7 +319,8 @@ int32_t Sampler::next(const std::vector<float>& logits, const std::vector<int32_
 std::vector<std::pair<int32_t, double>> Sampler::distribution(
     std::vector<float> logits, const std::vector<int32_t>& history) const {
   Counts seen, answer;
-  adjust(logits, history, seen, answer);
+  std::optional<JsonConstraint> json = json_constraint();
+  adjust(logits, history, seen, answer, json);
   if (params_.temperature <= 0.0) return {{argmax(logits), 1.0}};
   std::vector<int32_t> order;
   std::vector<float> weights;

@@ -1,24 +1,28 @@
 // Choosing the next token: the logit bias first (OpenAI's), then the repetition penalty,
 // temperature, top-k, top-p, min-p, in the order transformers' generate() applies them,
-// the presence and frequency penalties after the repetition penalty (vLLM's order); greedy
-// when temperature is 0. Seeded: the same seed and inputs give the same tokens. The tokens
+// the presence and frequency penalties after the repetition penalty (vLLM's order), and in
+// JSON mode the tokens the text cannot take left out (json_constraint.h); greedy when
+// temperature is 0. Seeded: the same seed and inputs give the same tokens. The tokens
 // are ranked (best first, ties by id) only as far as a filter or the draw reads: a draw
 // costs a few passes over the vocabulary, not a sort of it.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <utility>
 #include <vector>
 
 #include "common/sampling.h"
+#include "stages/language/json_constraint.h"
 
 namespace llava {
 
 class Sampler {
  public:
   // The histories next() is given hold the answer from `answer_from` on (the presence and
-  // frequency penalties count those ids only).
+  // frequency penalties count those ids only; a history that already holds some of it, a
+  // resumed answer's, continues the seeded draws where they were).
   explicit Sampler(const SamplingParams& params, size_t answer_from = 0);
   // logits: `vocab` scores (float32, host memory); history: prompt + generated ids.
   int32_t next(const float* logits, size_t vocab, const std::vector<int32_t>& history);
@@ -49,14 +53,18 @@ class Sampler {
   // The repetition penalty over the history's distinct ids (`seen`), then the presence and
   // frequency penalties over the answer's (`answer`).
   void penalize(std::vector<float>& logits, const Counts& seen, const Counts& answer) const;
-  // bias, then penalize, with `seen` and `answer` taking `history` in as asked.
+  // bias, then penalize, with `seen` and `answer` taking `history` in as asked; then JSON
+  // mode's mask, `json` taking the answer in.
   void adjust(std::vector<float>& logits, const std::vector<int32_t>& history, Counts& seen,
-              Counts& answer) const;
+              Counts& answer, std::optional<JsonConstraint>& json) const;
+  std::optional<JsonConstraint> json_constraint() const;  // JSON mode's, fresh; else none
 
   SamplingParams params_;
   size_t answer_from_;
-  std::mt19937_64 rng_;
+  std::mt19937_64 rng_;   // one value a draw (uniform_real_distribution<double>'s 53 bits)
+  bool drawn_ = false;    // next() has drawn: a resumed answer's earlier draws are skipped
   Counts seen_, answer_;  // next()'s, kept between draws
+  std::optional<JsonConstraint> json_;  // JSON mode's (next()'s), kept between draws
   // Scratch space of next(), kept between draws: a fresh 128 KiB vector is fresh pages
   // (above malloc's mmap threshold), faulted in at every draw.
   std::vector<float> scores_, weights_;

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "common/errors.h"
+#include "common/token_table.h"
 #include "common/wire.h"
 
 namespace {
@@ -34,6 +36,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   sent.stop_token_ids = {2, 32000};
   sent.logprobs = 7;
   sent.logit_bias = {{5, -100.0f}, {32000, 2.5f}};
+  sent.json_object = true;
 
   Outgoing out(9, 1);
   llava::to_wire(sent, out.header().getBody().initLanguageTask().initSampling());
@@ -52,6 +55,41 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   EXPECT_EQ(got.stop_token_ids, (std::vector<int32_t>{2, 32000}));
   EXPECT_EQ(got.logprobs, 7);
   EXPECT_EQ(got.logit_bias, sent.logit_bias);
+  EXPECT_TRUE(got.json_object);
+}
+
+// JSON mode's token table crosses with its task; a peer's that does not hold together
+// (an end past its bytes, ends going back) is refused, naming what it is.
+TEST(Sampling, TheTokenTableCrossesWithItsTaskAndABrokenOneIsRefused) {
+  llava::TokenTable table;
+  for (const char* piece : {"", "{", " \"a\"", "\xc3"}) table.push_back(piece);
+  Outgoing out(9, 1);
+  llava::to_wire(table, out.header().getBody().initLanguageTask());
+  Incoming in = Incoming::parse(out.parts(), false, llava::wire::Limits{});
+  const llava::TokenTable got =
+      llava::token_table_from_wire(in.header().getBody().getLanguageTask());
+  EXPECT_EQ(got.bytes, table.bytes);
+  EXPECT_EQ(got.ends, table.ends);
+  EXPECT_EQ(got[2], " \"a\"");
+  EXPECT_EQ(got[0], "");
+  for (const std::vector<uint32_t>& ends :
+       {std::vector<uint32_t>{0, 1, 9}, std::vector<uint32_t>{0, 3, 1}}) {
+    Outgoing lying;
+    auto task = lying.header().getBody().initLanguageTask();
+    task.setTokenBytes(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>("{ab"), 3));
+    auto list = task.initTokenEnds(static_cast<unsigned>(ends.size()));
+    for (size_t i = 0; i < ends.size(); ++i) list.set(static_cast<unsigned>(i), ends[i]);
+    Incoming read = Incoming::parse(lying.parts(), false, llava::wire::Limits{});
+    try {
+      llava::token_table_from_wire(read.header().getBody().getLanguageTask());
+      ADD_FAILURE() << "a broken table was taken";
+    } catch (const llava::RequestError& e) {
+      EXPECT_NE(
+          std::string(e.what()).find("token table does not hold together (3 tokens, 3 bytes)"),
+          std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 TEST(Sampling, ATaskWithoutLogprobsAsksForNoneAndAPeerCannotAskForMoreThanTwenty) {

@@ -361,6 +361,56 @@ test('n past coordinator.queue_capacity is refused whole (429) and its accepted 
   assert.equal(after.choices.length, 1);
 });
 
+// A token id of `piece` alone (how the vocabulary splits "a" + piece: its last token).
+async function tokenOf(piece) {
+  const response = await fetch(`${baseURL}/tokenize`, {
+    method: 'POST', body: JSON.stringify({ prompt: `a${piece}`, add_special_tokens: false }),
+  });
+  return (await response.json()).tokens.at(-1);
+}
+
+test('response_format json_object: the answer is one JSON object, then the end; streamed, sampled and on /v1/completions alike', async () => {
+  // The random model never closes a string by itself: a bias towards '"' and '}' makes
+  // it, and the object; the same bias without JSON mode gives no JSON at all.
+  const [quote, close] = [await tokenOf('"'), await tokenOf('}')];
+  const ask = { ...greedy, max_tokens: 60, response_format: { type: 'json_object' },
+                logit_bias: { [quote]: 30, [close]: 20 }, messages: userWith(img(png), text('Describe it as JSON.')) };
+  const isObject = (answer) => {
+    const parsed = JSON.parse(answer);
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed);
+  };
+  const whole = await client.chat.completions.create(ask);
+  const answer = whole.choices[0].message.content;
+  assert.equal(whole.choices[0].finish_reason, 'stop', answer);
+  assert.ok(isObject(answer), answer);
+  assert.ok(Object.keys(JSON.parse(answer)).length >= 1, answer);
+  const free = await client.chat.completions.create({ ...ask, response_format: { type: 'text' } });
+  assert.throws(() => JSON.parse(free.choices[0].message.content));
+
+  const stream = await client.chat.completions.create({ ...ask, stream: true });
+  let streamed = '';
+  for await (const chunk of stream) streamed += chunk.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, answer);
+
+  const sampled = await client.chat.completions.create({ ...ask, temperature: 0.8, seed: 2, n: 3 });
+  for (const c of sampled.choices) {
+    assert.equal(c.finish_reason, 'stop', c.message.content);
+    assert.ok(isObject(c.message.content), c.message.content);
+  }
+  const completion = await client.completions.create({
+    ...greedy, max_tokens: 60, prompt: 'USER: JSON please. ASSISTANT:', response_format: { type: 'json_object' },
+    logit_bias: { [quote]: 30, [close]: 20 },
+  });
+  assert.equal(completion.choices[0].finish_reason, 'stop');
+  assert.ok(isObject(completion.choices[0].text), completion.choices[0].text);
+
+  await assert.rejects(client.chat.completions.create({ ...ask, ignore_eos: true }),
+    (e) => e.status === 400 && /ignore_eos/.test(e.message));
+  await assert.rejects(
+    client.chat.completions.create({ ...ask, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {} } } }),
+    (e) => e.status === 400 && e.param === 'response_format');
+});
+
 test('32 concurrent streaming clients are all answered, each stream complete and ending in [DONE]', async () => {
   const streams = await Promise.all(Array.from({ length: 32 }, (_, i) =>
     rawStream({ messages: userWith(text(`Client ${i} says hello.`)), max_tokens: 8 })));

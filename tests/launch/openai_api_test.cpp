@@ -199,6 +199,23 @@ TEST(OpenAiChatRequest, NIsAWholeNumberOfChoicesUpTo128) {
   }
 }
 
+// response_format json_object: JSON mode, on both endpoints; text is the default.
+TEST(OpenAiChatRequest, ResponseFormatJsonObjectAsksForJsonMode) {
+  EXPECT_TRUE(
+      parse_chat_request(
+          R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})",
+          defaults(), 8)
+          .generation.json_object);
+  EXPECT_FALSE(
+      parse_chat_request(
+          R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"}})",
+          defaults(), 8)
+          .generation.json_object);
+  EXPECT_TRUE(parse_completion_request(R"({"prompt":"x","response_format":{"type":"json_object"}})",
+                                       defaults())
+                  .generation.json_object);
+}
+
 TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})")
@@ -212,11 +229,13 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"service_tier":"flex"})").param,
       "service_tier");
-  const ApiError json_mode = chat_error(
-      R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})");
-  EXPECT_EQ(json_mode.param, "response_format");
-  EXPECT_NE(std::string(json_mode.what()).find("json_object"), std::string::npos)
-      << json_mode.what();
+  const ApiError schema = chat_error(
+      R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}}})");
+  EXPECT_EQ(schema.param, "response_format");
+  EXPECT_NE(std::string(schema.what()).find("json_schema"), std::string::npos) << schema.what();
+  EXPECT_EQ(
+      chat_error(R"({"messages":[{"role":"user","content":"x"}],"response_format":"json"})").param,
+      "response_format");
   // Zero penalties and a text response format are OpenAI's defaults: accepted.
   EXPECT_NO_THROW(parse_chat_request(
       R"({"messages":[{"role":"user","content":"x"}],"presence_penalty":0,"frequency_penalty":0,"logprobs":false,"response_format":{"type":"text"}})",

@@ -141,6 +141,7 @@ TEST(JsonRequest, ClientAndBatchLineKeys) {
                             true, line);
   EXPECT_EQ(line.image_paths, (std::vector<std::string>{"c.jpg", "a.png", "b.gif"}));
   EXPECT_EQ(line.generation.logprobs, -1);
+  EXPECT_FALSE(line.generation.json_object);
 }
 
 // The error of a request, and the id it kept for the error reply.
@@ -152,6 +153,20 @@ std::pair<std::string, json> refusal(const std::string& text, bool batch_line) {
     return {e.what(), request.id};
   }
   return {"", request.id};
+}
+
+// JSON mode, as the API asks it, on a batch line or a socket client's request too.
+TEST(JsonRequest, ResponseFormatJsonObjectAsksForJsonMode) {
+  llava::JsonRequest line;
+  llava::parse_json_request(R"({"prompt": "a", "response_format": {"type": "json_object"}})", true,
+                            line);
+  EXPECT_TRUE(line.generation.json_object);
+  EXPECT_EQ(
+      refusal(R"({"prompt": "a", "response_format": {"type": "json_schema"}})", true).first,
+      R"(response_format: only {"type": "text"} and {"type": "json_object"} are supported, got {"type":"json_schema"})");
+  EXPECT_NE(
+      refusal(R"({"prompt": "a", "response_format": "json"})", true).first.find("got \"json\""),
+      std::string::npos);
 }
 
 TEST(JsonRequest, ErrorsNameWhatIsWrongAndKeepTheId) {

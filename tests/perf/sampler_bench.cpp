@@ -1,7 +1,9 @@
 // The language worker's host time for one sampled token: one row of 32,064 scores (a
 // LLaVA-1.5 vocabulary; a few tokens far ahead, as a trained model's row has; and a flat
 // row, as a random model's or a high temperature gives, where draws land deep) through
-// Sampler::next under common settings. Prints a table and one JSON line.
+// Sampler::next under common settings; and JSON mode's mask over a made-up vocabulary of
+// 1-7 byte tokens (letters, some punctuation) inside a string, where most tokens fit whole
+// (the most bytes it tries). Prints a table and one JSON line.
 //   sampler_bench [--draws N]
 #include <chrono>
 #include <cstdio>
@@ -28,11 +30,24 @@ int main(int argc, char** argv) {
   std::vector<int32_t> history(4096);
   for (int32_t& id : history) id = static_cast<int32_t>(g() % row.size());
 
+  // JSON mode's vocabulary: 0 "{", 1 "\"", 2 the end (no bytes), then made-up pieces.
+  auto table = std::make_shared<llava::TokenTable>();
+  for (const char* piece : {"{", "\"", ""}) table->push_back(piece);
+  const std::string letters = "etaoinshrdlucmfwypvbgkjqxz ETAOINSHRDLU0123456789";
+  const std::string marks = "{}[]\":,.\\-";
+  while (table->size() < row.size()) {
+    std::string piece;
+    const size_t length = 1 + g() % 7;
+    for (size_t i = 0; i < length; ++i)
+      piece += g() % 20 == 0 ? marks[g() % marks.size()] : letters[g() % letters.size()];
+    table->push_back(piece);
+  }
   struct Case {
     const char* name;
     double temperature, top_p, repetition_penalty;
     int top_k;
     const std::vector<float>* row;
+    bool json = false;
   };
   const Case cases[] = {{"temperature 0.7", 0.7, 1.0, 1.0, 0, &row},
                         {"temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &row},
@@ -40,7 +55,8 @@ int main(int argc, char** argv) {
                         {"top_p 0.9, repetition_penalty 1.1, 4,096 ids", 0.7, 0.9, 1.1, 0, &row},
                         {"flat row, temperature 0.7", 0.7, 1.0, 1.0, 0, &flat},
                         {"flat row, temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &flat},
-                        {"flat row, temperature 1.5, top_p 0.95", 1.5, 0.95, 1.0, 0, &flat}};
+                        {"flat row, temperature 1.5, top_p 0.95", 1.5, 0.95, 1.0, 0, &flat},
+                        {"JSON mode in a string, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true}};
   std::string json =
       "{\"vocabulary\":32064,\"draws\":" + std::to_string(draws) + ",\"us_per_draw\":{";
   std::printf("%-46s %12s\n", "settings", "us / draw");
@@ -52,13 +68,17 @@ int main(int argc, char** argv) {
     p.top_k = c.top_k;
     p.repetition_penalty = c.repetition_penalty;
     p.seed = 3;
+    p.json_object = c.json;
+    p.json_tokens = table;
+    p.stop_token_ids = {2};
     llava::Sampler sampler(p);
-    std::vector<int32_t> grown = history;
+    // JSON mode's answer so far: '{' and '"', a key's string open (each draw from there).
+    std::vector<int32_t> grown = c.json ? std::vector<int32_t>{0, 1} : history;
     const auto start = std::chrono::steady_clock::now();
     long checksum = 0;
     for (int i = 0; i < draws; ++i) {
-      const int32_t token =
-          sampler.next(*c.row, c.repetition_penalty != 1.0 ? grown : std::vector<int32_t>{});
+      const int32_t token = sampler.next(
+          *c.row, c.repetition_penalty != 1.0 || c.json ? grown : std::vector<int32_t>{});
       if (c.repetition_penalty != 1.0) grown.push_back(token);
       checksum += token;
     }

@@ -165,24 +165,35 @@ TEST(Pipeline, StopStringEndsTheAnswerJustBeforeIt) {
 // uninterrupted one (greedy, so a token counted wrong shows as another token), which is
 // not the unpenalized one. (On this model the penalized answer leaves the plain one at its
 // 8th token, for its 5th: killed after 5 streamed, the resumed attempt must count those.)
+// Coordinator events that keep each result and, once `kill_next` is set, kill the language
+// worker when a request has streamed 5 tokens (counted by their logprobs: ask for them).
+struct KillAfterFiveTokens {
+  std::map<uint64_t, llava::RequestResult> results;
+  std::map<uint64_t, size_t> streamed;
+  bool kill_next = false, killed = false;
+  llava::Coordinator* coordinator = nullptr;  // set once made
+
+  llava::CoordinatorEvents events() {
+    llava::CoordinatorEvents e;
+    e.on_result = [this](const llava::RequestResult& r) { results[r.id] = r; };
+    e.on_text = [](uint64_t, const std::string&) {};  // logprobs stream with the text
+    e.on_logprobs = [this](uint64_t id, const std::vector<llava::TokenLogprob>& logprobs) {
+      streamed[id] += logprobs.size();
+      if (kill_next && !killed && streamed[id] >= 5) {
+        killed = true;
+        kill(coordinator->pid_of("language-0"), SIGKILL);
+      }
+    };
+    return e;
+  }
+};
+
 TEST(Pipeline, APenalizedAnswerResumedAfterAWorkerDeathIsTheUninterruptedOne) {
   FaultDelay delay(20);
   const std::string path = write_config("penalties", concurrent_cpu(8, 2));
-  std::map<uint64_t, llava::RequestResult> results;
-  std::map<uint64_t, size_t> streamed;  // tokens, counted by their logprobs
-  bool kill_next = false, killed = false;
-  llava::CoordinatorEvents events;
-  llava::Coordinator* self = nullptr;
-  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
-  events.on_text = [](uint64_t, const std::string&) {};  // logprobs stream with the text
-  events.on_logprobs = [&](uint64_t id, const std::vector<llava::TokenLogprob>& logprobs) {
-    streamed[id] += logprobs.size();
-    if (kill_next && !killed && streamed[id] >= 5) {
-      killed = true;
-      kill(self->pid_of("language-0"), SIGKILL);
-    }
-  };
-  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  KillAfterFiveTokens run;
+  auto& [results, streamed, kill_next, killed, self] = run;
+  llava::Coordinator coordinator(llava::load_config(path), run.events(), kBinary + "/llava-stage");
   self = &coordinator;
   auto submit = [&](double presence, double frequency) {
     llava::RequestSpec spec = spec_of(kCases[0], path);
@@ -206,6 +217,42 @@ TEST(Pipeline, APenalizedAnswerResumedAfterAWorkerDeathIsTheUninterruptedOne) {
   EXPECT_EQ(results.at(penalized).tokens.size(), 16u);
   EXPECT_GE(results.at(again).attempts, 2);
   EXPECT_EQ(results.at(again).tokens, results.at(penalized).tokens);
+}
+
+// JSON mode across a worker's death: the resumed attempt's constraint starts from the
+// answer's tokens so far (inside the object's first key, here), so the answer is token for
+// token the uninterrupted one; a fresh constraint would have asked for '{' again.
+TEST(Pipeline, AJsonModeAnswerResumedAfterAWorkerDeathIsTheUninterruptedOne) {
+  FaultDelay delay(20);
+  const std::string path = write_config("json-mode", concurrent_cpu(8, 2));
+  KillAfterFiveTokens run;
+  auto& [results, streamed, kill_next, killed, self] = run;
+  llava::Coordinator coordinator(llava::load_config(path), run.events(), kBinary + "/llava-stage");
+  self = &coordinator;
+  auto submit = [&](bool json) {
+    llava::RequestSpec spec = spec_of(kCases[0], path);
+    spec.generation.max_new_tokens = 24;
+    spec.generation.temperature = 0.9;
+    spec.generation.seed = 4;
+    spec.generation.json_object = json;
+    spec.generation.logprobs = 0;
+    return coordinator.submit(spec);
+  };
+  const uint64_t free = submit(false), json = submit(true);
+  coordinator.run();
+  kill_next = true;
+  const uint64_t again = submit(true);
+  coordinator.run();
+  coordinator.shutdown_workers();
+  ASSERT_TRUE(killed);
+  for (uint64_t id : {free, json, again}) ASSERT_TRUE(results.at(id).ok) << results.at(id).error;
+  const std::string& text = results.at(json).text;
+  const size_t start = text.find_first_not_of(" \t\r\n");
+  ASSERT_NE(start, std::string::npos) << text;
+  EXPECT_EQ(text[start], '{') << text;
+  EXPECT_NE(results.at(json).tokens, results.at(free).tokens);
+  EXPECT_GE(results.at(again).attempts, 2);
+  EXPECT_EQ(results.at(again).tokens, results.at(json).tokens);
 }
 
 // A request that asks for logprobs gets one per token, streamed with the text they make

@@ -43,6 +43,22 @@ TEST(Sampler, SameSeedSameTokens) {
   EXPECT_NE(ta, tc);
 }
 
+// A worker died after 10 tokens: the resumed task's sampler, given the prompt and those
+// tokens, draws the rest as the uninterrupted one did (a seeded answer is the same answer).
+TEST(Sampler, AResumedAnswerDrawsTheRestAsTheUninterruptedOne) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.seed = 42;
+  const std::vector<int32_t> prompt = {1, 2, 3};
+  Sampler whole(p, prompt.size());
+  std::vector<int32_t> history = prompt;
+  for (int i = 0; i < 30; ++i) history.push_back(whole.next(kLogits, history));
+  Sampler resumed(p, prompt.size());
+  std::vector<int32_t> again(history.begin(), history.begin() + 13);  // the prompt and 10 tokens
+  for (int i = 10; i < 30; ++i) again.push_back(resumed.next(kLogits, again));
+  EXPECT_EQ(again, history);
+}
+
 TEST(Sampler, TopKOneIsGreedy) {
   SamplingParams p;
   p.temperature = 5.0f;
