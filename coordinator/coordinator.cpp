@@ -172,12 +172,8 @@ uint64_t Coordinator::submit(RequestSpec spec) {
 }
 
 std::shared_ptr<const TokenTable> Coordinator::token_table() {
-  if (!token_table_) {
-    auto table = std::make_shared<TokenTable>();
-    for (int32_t id = 0; id < tokenizer_.vocab_size(); ++id)
-      table->push_back(tokenizer_.is_special(id) ? std::string() : tokenizer_.token_text(id));
-    token_table_ = std::move(table);
-  }
+  if (!token_table_)
+    token_table_ = std::make_shared<const TokenTable>(llava::token_table(tokenizer_));
   return token_table_;
 }
 

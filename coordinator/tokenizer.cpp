@@ -252,4 +252,11 @@ std::string Detokenizer::finish() {
   return rest;
 }
 
+TokenTable token_table(const Tokenizer& tokenizer) {
+  TokenTable table;
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id)
+    table.push_back(tokenizer.is_special(id) ? std::string() : tokenizer.token_text(id));
+  return table;
+}
+
 }  // namespace llava

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "common/token_table.h"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
@@ -69,6 +71,10 @@ class Tokenizer {
   int32_t anchor_ = -1;
   std::string anchor_text_;
 };
+
+// Every token's bytes as token_text() gives them, none for a special token: what a
+// language worker constrains a JSON-mode answer with (common/token_table.h).
+TokenTable token_table(const Tokenizer& tokenizer);
 
 // Streams text as tokens arrive, never splitting a UTF-8 character: bytes of a character
 // that byte-fallback tokens have only partly produced are held back. Each token costs a

@@ -1,6 +1,7 @@
 // The coordinator's host time for one streamed token: an answer of N tokens of mixed text
 // (ASCII, accents, CJK: byte-fallback runs) pushed through the Detokenizer a token at a
-// time, with each tokenizer folder given. Prints a table and one JSON line.
+// time, with each tokenizer folder given; and the once-per-coordinator token table of JSON
+// mode (every token's bytes). Prints a table and one JSON line.
 //   detokenizer_bench [--tokens N] FOLDER...
 #include <chrono>
 #include <cstdio>
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
     }
   }
   std::string json = "{\"tokens\":" + std::to_string(tokens) + ",\"us_per_token\":{";
-  std::printf("%-60s %8s %12s\n", "tokenizer", "tokens", "us / token");
+  std::string tables;
+  std::printf("%-60s %8s %12s %14s\n", "tokenizer", "tokens", "us / token", "table ms");
   for (size_t f = 0; f < folders.size(); ++f) {
     const llava::Tokenizer tokenizer(folders[f]);
     std::string text;
@@ -43,9 +45,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: the stream differs from the whole decode\n", folders[f].c_str());
       return 1;
     }
-    std::printf("%-60s %8zu %12.2f\n", folders[f].c_str(), ids.size(), us);
+    const auto table_start = std::chrono::steady_clock::now();
+    const llava::TokenTable table = llava::token_table(tokenizer);
+    const double table_ms =
+        1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
+    std::printf("%-60s %8zu %12.2f %8.1f (%zu)\n", folders[f].c_str(), ids.size(), us, table_ms,
+                table.size());
     json += std::string(f ? "," : "") + "\"" + folders[f] + "\":" + std::to_string(us);
+    tables += std::string(f ? "," : "") + "\"" + folders[f] + "\":" + std::to_string(table_ms);
   }
-  std::printf("%s}}\n", json.c_str());
+  std::printf("%s},\"token_table_ms\":{%s}}\n", json.c_str(), tables.c_str());
   return 0;
 }
