@@ -105,7 +105,7 @@ bool JsonState::after_number(unsigned char c) {
 bool JsonState::feed(unsigned char c) {
   switch (mode_) {
     case Mode::kLeading:
-      if (space(c) && leading_ < 4) return ++leading_, true;
+      if (space(c) && leading_ < 1) return ++leading_, true;
       if (c != '{') return false;
       stack_[depth_++] = '{';
       mode_ = Mode::kKeyOrEnd;

@@ -1,6 +1,6 @@
 // JSON mode (the API's response_format {"type": "json_object"}): the answer's text is one
 // JSON object. A byte-level recognizer of compact JSON (RFC 8259, no whitespace between
-// tokens; up to 4 bytes of it before the object, as a first token's leading space) says
+// tokens; one byte of it before the object, as a first token's leading space) says
 // which tokens of the vocabulary may come next: those whose bytes it accepts from where the
 // text is; the end-of-sequence tokens only once the object is closed, and then nothing
 // else. Whitespace is left out so that a model cannot stall in it (an endless run of

@@ -150,7 +150,7 @@ TEST(JsonConstraint, TheSamplerFollowsItWhateverTheScoresPrefer) {
     std::vector<int32_t> history = {1};
     std::mt19937 scores_rng(5);
     std::string text;
-    for (int step = 0; step < 400; ++step) {
+    for (int step = 0; step < 400; ++step) {  // "\n" is taken once, at the start
       std::vector<float> scores(15);
       for (auto& s : scores) s = std::uniform_real_distribution<float>(0, 1)(scores_rng);
       scores[kEos] = scores[13] = 9;  // "</s>", "\n"

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# One GPU lease's check of work done where there is no GPU (a development session without a
+# device): builds build-gpu, runs the GPU tests of the model code (our CUDA kernels against
+# LibTorch's composition, graphs, parity on the tiny checkpoint), makes the random 7B
+# checkpoint (check_7b.py makes it), runs the 7B parity check, the served-logprobs check
+# and JSON-mode answers (4 choices) through `serve --http` on it. Each step's log and the summary go to OUT (tar it for the
+# device tool); the script goes on past a failed step and exits 1 if any failed.
+#   bash tests/gpu/session_check.sh WORK OUT [CUDA_ARCHS]   (default archs: native)
+set -uo pipefail
+work="${1:?usage: session_check.sh WORK OUT [CUDA_ARCHS]}"
+out="${2:?usage: session_check.sh WORK OUT [CUDA_ARCHS]}"
+archs="${3:-native}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+mkdir -p "$work" "$out"
+summary="$out/summary.txt"
+: > "$summary"
+failed=0
+# step NAME COMMAND...: runs it with its output in OUT/NAME.log, and notes how it ended.
+step() {
+  local name="$1"
+  shift
+  local start=$SECONDS
+  if "$@" > "$out/$name.log" 2>&1; then
+    echo "ok     $name ($((SECONDS - start)) s)" | tee -a "$summary"
+  else
+    echo "FAILED $name ($((SECONDS - start)) s): $(tail -3 "$out/$name.log" | tr '\n' ' ')" | tee -a "$summary"
+    failed=1
+  fi
+}
+
+step configure cmake -G Ninja -B build-gpu -DCMAKE_BUILD_TYPE=Release -DLLAVA_PIPE_CUDA_ARCHS="$archs"
+step build cmake --build build-gpu
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$summary" 2>&1
+step gpu_tests build-gpu/tests/stages/stages_tests \
+  --gtest_filter='FusedKernels.*:VisionGraphs.*:DecodeStep.*:LayerStreaming.*:ShapesQuantized.*:QuantizedLinear.*:QuantGemm.*:Parity.*:Consistency.*:ShapesParity.*:QuantizedDecoder.*:WeightOffload.*:Generator.*:Sampler.*:Json*:Checkpoint.*'
+step check_7b python3 tests/gpu/check_7b.py "$work" build-gpu/tests/llava_logits  # makes the checkpoint
+step logprobs_7b python3 tests/gpu/logprobs_7b.py "$work" build-gpu
+
+# JSON mode on the 7B: a bias towards '"' and '}' (the random model never closes a string
+# by itself); the answer must parse as an object and end with the end-of-sequence token.
+json_mode() {
+  cat > "$work/json.yaml" <<CONFIG
+mode: concurrent
+share_devices: true
+model: {checkpoint: $work/llava-7b-random, dtype: float16}
+stages:
+  vision: {devices: [cuda:0], memory_limit: 10GiB, batch_size: 8}
+  language: {devices: [cuda:0], memory_limit: 30GiB, batch_size: 8, max_context: 1024}
+coordinator: {endpoint: 'ipc://@llava-json-{pid}', heartbeat_interval: 500ms, liveness: 20}
+CONFIG
+  build-gpu/llava-pipe serve "$work/json.yaml" --http 127.0.0.1:18791 > "$work/json-serve.log" 2>&1 &
+  local pid=$!
+  python3 - <<'EOF'
+import json, time, urllib.request
+base = "http://127.0.0.1:18791"
+def post(path, body):
+    request = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=600).read())
+for _ in range(600):
+    try:
+        if json.loads(urllib.request.urlopen(base + "/health", timeout=5).read())["status"] == "ok":
+            break
+    except Exception:
+        pass
+    time.sleep(1)
+quote = post("/tokenize", {"prompt": 'a"', "add_special_tokens": False})["tokens"][-1]
+close = post("/tokenize", {"prompt": "a}", "add_special_tokens": False})["tokens"][-1]
+started = time.time()
+answer = post("/v1/chat/completions", {
+    "model": "m", "max_tokens": 64, "temperature": 0.8, "seed": 1, "n": 4,
+    "response_format": {"type": "json_object"}, "logit_bias": {str(quote): 30, str(close): 20},
+    "messages": [{"role": "user", "content": "Describe the picture as JSON."}]})
+for choice in answer["choices"]:
+    assert choice["finish_reason"] == "stop", choice
+    assert isinstance(json.loads(choice["message"]["content"]), dict), choice
+print(json.dumps({"choices": [c["message"]["content"] for c in answer["choices"]],
+                  "usage": answer["usage"], "seconds": round(time.time() - started, 3)}))
+EOF
+  local status=$?
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return $status
+}
+step json_mode_7b json_mode
+cat "$summary"
+exit $failed
