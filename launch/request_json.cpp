@@ -140,14 +140,16 @@ void apply_sampling(const std::string& key, const nlohmann::json& value, Generat
 void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
   std::vector<std::string> keys = sampling_keys();
   keys.push_back("stop");
+  keys.push_back("response_format");
   for (const std::string& key : keys) {
     std::string flag = "--" + key;
     std::replace(flag.begin(), flag.end(), '_', '-');
-    const bool stop = key == "stop";
+    const bool stop = key == "stop", json = stop || key == "response_format";
     add_checked_option(
-        command, flag, stop ? "JSON" : "VALUE",
-        stop ? "where the answer ends: a string or a JSON list of strings"
-             : "generation." + key + " for this command (default: the config's)",
+        command, flag, json ? "JSON" : "VALUE",
+        stop   ? "where the answer ends: a string or a JSON list of strings"
+        : json ? "'{\"type\": \"json_object\"}': the answer is one JSON object (JSON mode)"
+               : "generation." + key + " for this command (default: the config's)",
         [key, stop, &flags](const std::string& text) {
           nlohmann::json value;
           try {

@@ -48,6 +48,25 @@ TEST(CommandLine, HelpListsEveryCommandAndEachCommandsFlags) {
   EXPECT_TRUE(contains(r.output, "--curve-server SERVER.key")) << r.output;
 }
 
+// JSON mode from the command line: the answer is a JSON object's start (the random model
+// runs out of tokens inside it), and a format that is not one is refused naming the flag.
+TEST(CommandLine, ResponseFormatFlagAsksForJsonMode) {
+  Result r =
+      llava_pipe("run " + kConfig +
+                 " --prompt hi --max-new-tokens 6 --response-format '{\"type\": \"json_object\"}'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t brace = r.output.find('{');
+  ASSERT_NE(brace, std::string::npos) << r.output;
+  ASSERT_LT(brace + 1, r.output.size()) << r.output;
+  EXPECT_TRUE(r.output[brace + 1] == '"' || r.output[brace + 1] == '}')
+      << r.output;  // a key, or the end
+  r = llava_pipe("run " + kConfig + " --prompt hi --response-format '{\"type\": \"yaml\"}'");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "--response-format")) << r.output;
+  EXPECT_TRUE(contains(r.output, "only {\"type\": \"text\"} and {\"type\": \"json_object\"}"))
+      << r.output;
+}
+
 TEST(CommandLine, ABadValueNamesTheFlagAndTheValue) {
   Result r = llava_pipe("run " + kConfig + " --prompt hi --min-p 2");
   EXPECT_EQ(r.exit_code, 2) << r.output;
