@@ -138,6 +138,10 @@ struct LanguageTask {
   # tokens), one after another; token i's end at tokenEnds[i] (common/token_table.h).
   tokenBytes @3 :Data;
   tokenEnds @4 :List(UInt32);
+  # Names the images' contents (0: none): tasks with equal prompts and keys have the same
+  # prompt rows, so a worker runs a prompt once for them (another choice of the same
+  # request copies the first's keys and values).
+  imageKey @5 :UInt64;
 }
 
 # A generated token's log-probability: the log-softmax of the model's scores at its place

@@ -29,6 +29,14 @@ std::unique_ptr<wire::Outgoing> language_task(const Request& request,
   auto list = task.initTokenIds(static_cast<unsigned>(ids.size()));
   for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
   task.setResumeFrom(static_cast<uint32_t>(request.tokens.size()));
+  // The images' content hashes (the embedding cache's), folded: FNV-1a over them.
+  uint64_t image_key = 0;
+  if (!request.image_hashes.empty()) {
+    image_key = 1469598103934665603ull;
+    for (size_t hash : request.image_hashes) image_key = (image_key ^ hash) * 1099511628211ull;
+    image_key |= 1;  // never 0, which means no images
+  }
+  task.setImageKey(image_key);
   SamplingParams sampling = request.spec.generation;  // the request's keys
   // (at least 1: a request of none is sent for its prompt's logprobs, its token dropped)
   sampling.max_new_tokens =

@@ -96,9 +96,21 @@ TokenEvent Generator::choose(uint64_t id, Sequence& s, int32_t token) {
   return event;
 }
 
+const Generator::Sequence* Generator::twin(const std::vector<int32_t>& prompt, uint64_t image_key,
+                                           size_t placeholders_end) const {
+  for (const auto& [id, s] : sequences_) {
+    if (s.image_key == image_key && s.placeholders_end == placeholders_end &&
+        s.history.size() >= prompt.size() &&
+        std::equal(prompt.begin(), prompt.end(), s.history.begin())) {
+      return &s;
+    }
+  }
+  return nullptr;
+}
+
 TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
                             const std::vector<at::Tensor>& images, const SamplingParams& params,
-                            size_t placeholders_end) {
+                            size_t placeholders_end, uint64_t image_key) {
   if (prompt.empty()) throw RequestError("request " + std::to_string(id) + ": empty prompt");
   if (static_cast<int64_t>(prompt.size()) >= cache_.max_tokens()) {
     throw RequestError("request " + std::to_string(id) + ": prompt of " +
@@ -115,13 +127,23 @@ TokenEvent Generator::start(uint64_t id, const std::vector<int32_t>& prompt,
   at::Tensor embeds = decoder_.embed_prompt(prompt, images, placeholders_end);
   const int slot = cache_.acquire();
   if (slot < 0) throw RequestError("request " + std::to_string(id) + ": no free sequence slot");
-  Sequence s{slot, prompt, 0, params, Sampler(params, std::min(placeholders_end, prompt.size()))};
+  const size_t placeholders = std::min(placeholders_end, prompt.size());
+  Sequence s{slot, prompt, 0, params, Sampler(params, placeholders), image_key, placeholders};
   at::Tensor hidden;
   std::vector<TokenLogprobs> prompt_logprobs;
+  // A twin's rows are its keys and values for all but the last token; prompt logprobs need
+  // every position's hidden state: run in full.
+  const Sequence* donor = params.prompt_logprobs ? nullptr : twin(prompt, image_key, placeholders);
   try {
     // In chunks: activations (and the attention's scores) stay bounded by the chunk.
     const int64_t length = embeds.size(1);
-    for (int64_t from = 0; from < length; from += prefill_chunk_) {
+    int64_t first = 0;
+    if (donor != nullptr && length > 1) {
+      first = length - 1;
+      cache_.copy_prefix(donor->slot, slot, first);
+    }
+    prefilled_tokens_ += length - first;
+    for (int64_t from = first; from < length; from += prefill_chunk_) {
       const int64_t count = std::min(prefill_chunk_, length - from);
       hidden = decoder_.forward(embeds.narrow(1, from, count), cache_, {slot});
       if (params.prompt_logprobs && params.logprobs >= 0) {  // positions with a next token

@@ -54,9 +54,15 @@ class Generator {
   // Prefills and returns the first token. Throws RequestError (prompt longer than the
   // context, image count mismatch) without taking a slot. Image tokens are placeholders
   // only among the first `placeholders_end` ids (the rest: an earlier attempt's tokens).
+  // `image_key` names the images' contents (0: no images): a running sequence whose ids
+  // begin with this prompt, with the same key and placeholders, has its keys and values
+  // already (another choice of the same request): they are copied, and only the prompt's
+  // last token runs.
   TokenEvent start(uint64_t id, const std::vector<int32_t>& prompt,
                    const std::vector<at::Tensor>& images, const SamplingParams& params,
-                   size_t placeholders_end = SIZE_MAX);
+                   size_t placeholders_end = SIZE_MAX, uint64_t image_key = 0);
+  // Prompt tokens run through the model so far (those copied from a twin not counted).
+  int64_t prefilled_tokens() const { return prefilled_tokens_; }
   // Ids never sampled: the image token and the pad token (added tokens that mean nothing
   // as text; transformers' LLaVA never emits them in practice), unless one is a stop token.
   const std::vector<int64_t>& banned_tokens() const { return banned_; }
@@ -71,7 +77,13 @@ class Generator {
     int generated = 0;
     SamplingParams params;
     Sampler sampler;
+    uint64_t image_key = 0;  // start()'s: which images its prompt's placeholders hold
+    size_t placeholders_end = 0;
   };
+  // A running sequence whose cache holds `prompt`'s first tokens as this prompt would
+  // (start()), or null.
+  const Sequence* twin(const std::vector<int32_t>& prompt, uint64_t image_key,
+                       size_t placeholders_end) const;
   // logits [..., V] with the banned ids at -inf.
   at::Tensor without_banned(at::Tensor logits) const;
   // The parts of rows' log-softmax that logprobs need, on the host: each row's log-sum-exp
@@ -106,6 +118,7 @@ class Generator {
   KvCache cache_;
   DecodeStep decode_;
   std::map<uint64_t, Sequence> sequences_;
+  int64_t prefilled_tokens_ = 0;
   std::vector<int64_t> banned_;
   at::Tensor banned_ids_;  // banned_ on the decoder's device
 };

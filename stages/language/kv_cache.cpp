@@ -97,4 +97,14 @@ std::pair<at::Tensor, at::Tensor> KvCache::rows(int layer, int64_t rows, int64_t
           v_[static_cast<size_t>(layer)].narrow(0, 0, rows).narrow(2, 0, tokens)};
 }
 
+void KvCache::copy_prefix(int from, int to, int64_t tokens) {
+  for (size_t layer = 0; layer < k_.size(); ++layer) {
+    for (auto* side : {&k_, &v_}) {
+      at::Tensor& t = (*side)[layer];  // [slots, kv_heads, max_tokens, D]
+      t[to].narrow(1, 0, tokens).copy_(t[from].narrow(1, 0, tokens));
+    }
+  }
+  set_length(to, tokens);
+}
+
 }  // namespace llava

@@ -26,6 +26,9 @@ class KvCache {
   int64_t length(int slot) const { return lengths_[static_cast<size_t>(slot)]; }
   void set_length(int slot, int64_t length);
 
+  // Slot `to` takes slot `from`'s first `tokens` keys and values (every layer) and that
+  // length: a prompt another sequence has already run.
+  void copy_prefix(int from, int to, int64_t tokens);
   // Throws RequestError unless every slot has room for `tokens` more.
   void check_room(const std::vector<int>& slots, int64_t tokens) const;
   // Stores k/v [B, kv_heads, T, D] of rows b at positions length(slots[b]) + [0, T).

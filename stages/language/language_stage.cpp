@@ -169,7 +169,8 @@ void LanguageStage::admit(wire::Incoming& task) {
   const size_t placeholders_end = ids.size() - body.getResumeFrom();
   Running run{task.attempt(), body.getResumeFrom(), static_cast<uint32_t>(ids.size()), 0,
               Clock::now()};
-  TokenEvent first = generator_->start(task.request_id(), ids, images, params, placeholders_end);
+  TokenEvent first = generator_->start(task.request_id(), ids, images, params, placeholders_end,
+                                       body.getImageKey());
   run.prefill_seconds = seconds(Clock::now() - run.started);
   running_[task.request_id()] = run;
   emit(first);

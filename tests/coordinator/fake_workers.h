@@ -46,6 +46,7 @@ struct Sent {
   std::vector<int32_t> token_ids;  // language tasks
   uint32_t resume_from = 0;
   std::vector<int32_t> stop_token_ids;  // language tasks: the sampling's
+  uint64_t image_key = 0;               // language tasks
 };
 
 class FakeTransport : public WorkerTransport {
@@ -79,6 +80,7 @@ class FakeTransport : public WorkerTransport {
     if (s.kind == Kind::LANGUAGE_TASK) {
       for (int32_t id : body.getLanguageTask().getTokenIds()) s.token_ids.push_back(id);
       s.resume_from = body.getLanguageTask().getResumeFrom();
+      s.image_key = body.getLanguageTask().getImageKey();
       for (int32_t id : body.getLanguageTask().getSampling().getStopTokenIds())
         s.stop_token_ids.push_back(id);
     }

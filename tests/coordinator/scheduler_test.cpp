@@ -222,6 +222,27 @@ TEST(Scheduler, TheHandoffIsStampedBeforeTheLanguageTaskIsSent) {
             2);
 }
 
+// A language task names its images' contents: the same pictures give the same key (the
+// worker then runs a prompt once for both), others another, none 0.
+TEST(Scheduler, LanguageTasksNameTheirImagesContents) {
+  Bench b(Mode::kConcurrent, 1, 1, 4, 8);
+  all_granted(b);
+  const uint64_t a = b.submit({"image-a"}), twin = b.submit({"image-a"}),
+                 other = b.submit({"image-b"}), text = b.submit({});
+  b.scheduler->schedule();
+  for (uint64_t id : {a, twin, other}) {
+    if (b.request(id).progress == Progress::kInVision) b.embed(id);
+  }
+  b.scheduler->schedule();
+  std::map<uint64_t, uint64_t> key;
+  for (const auto& task : b.transport.of(Kind::LANGUAGE_TASK)) key[task.request] = task.image_key;
+  ASSERT_EQ(key.size(), 4u);
+  EXPECT_NE(key[a], 0u);
+  EXPECT_EQ(key[twin], key[a]);
+  EXPECT_NE(key[other], key[a]);
+  EXPECT_EQ(key[text], 0u);
+}
+
 TEST(Scheduler, AWorkerIsSentAtMostTwoBatchesOfTasks) {
   Bench b(Mode::kConcurrent, 1, 1, /*vision_batch=*/2);
   all_granted(b);

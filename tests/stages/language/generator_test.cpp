@@ -220,6 +220,39 @@ TEST(Generator, SequencesJoinAndLeaveBetweenSteps) {
   }
 }
 
+// Choices of one request (the API's n): the second and third find the first running with
+// the same prompt and images, copy its keys and values and run only the prompt's last
+// token; their answers are transformers' greedy ones all the same. The same ids with other
+// images (another key), or asking for the prompt's logprobs, run the whole prompt.
+TEST(Generator, ATwinPromptCopiesTheRunningOnesKeysAndRunsOnlyItsLastToken) {
+  TinyModel model(data_path("tiny-llava"));
+  SamplingParams s;
+  s.max_new_tokens = 12;
+  const Prompt p = prompt(model, 0);
+  ASSERT_FALSE(p.images.empty());
+  const int64_t length = static_cast<int64_t>(model.decoder.embed_prompt(p.ids, p.images).size(1));
+  Generator g(model.decoder, 5, 256);
+  std::map<uint64_t, std::vector<int32_t>> got;
+  auto take = [&](const TokenEvent& e) { got[e.id].push_back(e.token); };
+  take(g.start(1, p.ids, p.images, s, SIZE_MAX, 77));
+  EXPECT_EQ(g.prefilled_tokens(), length);
+  for (auto& e : g.step()) take(e);
+  take(g.start(2, p.ids, p.images, s, SIZE_MAX, 77));  // joins a step later: still a twin
+  take(g.start(3, p.ids, p.images, s, SIZE_MAX, 77));
+  EXPECT_EQ(g.prefilled_tokens(), length + 2);
+  take(g.start(4, p.ids, p.images, s, SIZE_MAX, 78));  // other images
+  EXPECT_EQ(g.prefilled_tokens(), 2 * length + 2);
+  SamplingParams scored = s;
+  scored.logprobs = 0;
+  scored.prompt_logprobs = true;
+  take(g.start(5, p.ids, p.images, scored, SIZE_MAX, 77));
+  EXPECT_EQ(g.prefilled_tokens(), 3 * length + 2);
+  while (g.active() > 0)
+    for (auto& e : g.step()) take(e);
+  const std::vector<int32_t> expected(p.greedy.begin(), p.greedy.begin() + 12);
+  for (uint64_t id = 1; id <= 5; ++id) EXPECT_EQ(got[id], expected) << "request " << id;
+}
+
 TEST(Generator, SameSeedSameSampledTokens) {
   TinyModel model(data_path("tiny-llava"));
   Generator g(model.decoder, 1, 256);
