@@ -34,10 +34,7 @@ std::vector<TokenLogprob> all_logprobs(const RequestResult& result) {
 
 }  // namespace
 
-void HttpServer::complete(const httplib::Request& req, httplib::Response& res, bool chat) {
-  CompletionRequest request =
-      chat ? parse_chat_request(req.body, config_.generation, server_.max_images)
-           : parse_completion_request(req.body, config_.generation);
+RequestSpec HttpServer::completion_spec(CompletionRequest& request, bool chat) const {
   RequestSpec spec;
   spec.generation = request.generation;
   spec.generation.chat_template = "{prompt}";  // the prompt is rendered here, whole
@@ -78,15 +75,14 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
                        " bytes of images are over server.max_images x server.max_image_bytes",
                    "n");
   }
-  const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_response_number());
-  spec.client_id = id;
+  return spec;
+}
+
+void HttpServer::submit_choices(RequestSpec spec, const std::shared_ptr<RequestChannel>& channel,
+                                const std::shared_ptr<std::string>& echoed, bool decode_echo) {
   const int images = static_cast<int>(spec.image_bytes.size());
-  auto channel = std::make_shared<RequestChannel>(choices);
-  // echo: each answer starts with the prompt's text (a prompt of ids: decoded on the
-  // coordinator's thread, read here once the request is accepted).
-  auto echoed = std::make_shared<std::string>(request.echo ? request.prompt : "");
   post([this, spec = std::move(spec), channel, images, echoed,
-        decode_ids = request.echo && request.prompt_ids](Coordinator* coordinator) mutable {
+        decode_echo](Coordinator* coordinator) mutable {
     if (!coordinator) {
       RequestResult refused;
       refused.error = "refused: the pipeline is shutting down";
@@ -94,7 +90,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       for (int choice = 0; choice < channel->choices(); ++choice) channel->finish(choice, refused);
       return;
     }
-    if (decode_ids) *echoed = coordinator->tokenizer().decode(*spec.prompt_ids);
+    if (decode_echo) *echoed = coordinator->tokenizer().decode(*spec.prompt_ids);
     // Choice i samples with seed + i (vLLM's rule): seeded choices differ, and each is
     // reproducible on its own.
     const uint64_t seed = spec.generation.seed;
@@ -112,6 +108,21 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       metrics_.on_submitted(request_id, images);
     }
   });
+}
+
+void HttpServer::complete(const httplib::Request& req, httplib::Response& res, bool chat) {
+  CompletionRequest request =
+      chat ? parse_chat_request(req.body, config_.generation, server_.max_images)
+           : parse_completion_request(req.body, config_.generation);
+  RequestSpec spec = completion_spec(request, chat);
+  const int choices = request.choices;
+  const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_response_number());
+  spec.client_id = id;
+  auto channel = std::make_shared<RequestChannel>(choices);
+  // echo: each answer starts with the prompt's text (a prompt of ids: decoded on the
+  // coordinator's thread, read here once the request is accepted).
+  auto echoed = std::make_shared<std::string>(request.echo ? request.prompt : "");
+  submit_choices(std::move(spec), channel, echoed, request.echo && request.prompt_ids.has_value());
 
   const int client = client_socket(req);
   const auto deadline = Clock::now() + std::chrono::milliseconds(server_.request_timeout_ms);

@@ -33,6 +33,8 @@ namespace llava {
 class Coordinator;
 enum class ErrorKind;
 struct RequestResult;
+struct RequestSpec;
+struct CompletionRequest;
 class RequestChannel;
 
 class HttpServer {
@@ -76,6 +78,14 @@ class HttpServer {
   void routes();
   // /v1/chat/completions (chat) and /v1/completions: answered whole or streamed.
   void complete(const httplib::Request& req, httplib::Response& res, bool chat);
+  // The coordinator's request for a parsed one: its images fetched (a chat's data: URIs
+  // dropped once decoded), its chat rendered. ApiError (400) for what cannot be done.
+  RequestSpec completion_spec(CompletionRequest& request, bool chat) const;
+  // Posts the submission of the channel's choices, choice i with seed + i; the first
+  // refused ends it (the channel then holds that failure). `decode_echo`: `echoed` is set
+  // to the prompt ids' text on the coordinator's thread.
+  void submit_choices(RequestSpec spec, const std::shared_ptr<RequestChannel>& channel,
+                      const std::shared_ptr<std::string>& echoed, bool decode_echo);
   // Cancels every choice of the channel still running, saying why in the server's log.
   void cancel(const std::shared_ptr<RequestChannel>& channel,
               const std::string& why = "the HTTP client disconnected");
