@@ -3,7 +3,8 @@
 # device): builds build-gpu, runs the GPU tests of the model code (our CUDA kernels against
 # LibTorch's composition, graphs, parity on the tiny checkpoint), makes the random 7B
 # checkpoint (check_7b.py makes it), runs the 7B parity check, the served-logprobs check
-# and JSON-mode answers (4 choices) through `serve --http` on it. Each step's log and the summary go to OUT (tar it for the
+# and JSON-mode answers (4 choices) through `serve --http` on it, and `bench` with and
+# without JSON mode's mask. Each step's log and the summary go to OUT (tar it for the
 # device tool); the script goes on past a failed step and exits 1 if any failed.
 #   bash tests/gpu/session_check.sh WORK OUT [CUDA_ARCHS]   (default archs: native)
 set -uo pipefail
@@ -83,5 +84,30 @@ EOF
   return $status
 }
 step json_mode_7b json_mode
+
+# JSON mode's cost in decoding: `bench` at temperature 0.7, without and with the mask (no
+# --ignore-eos, which JSON mode refuses; the random model seldom ends by itself).
+json_bench() {
+  cat > "$work/bench.yaml" <<CONFIG
+mode: concurrent
+share_devices: true
+model: {checkpoint: $work/llava-7b-random, dtype: float16}
+stages:
+  vision: {devices: [cuda:0], memory_limit: 10GiB, batch_size: 32}
+  language: {devices: [cuda:0], memory_limit: 40GiB, batch_size: 32, max_context: 1024}
+coordinator: {endpoint: 'ipc://@llava-json-bench-{pid}', heartbeat_interval: 500ms, liveness: 20, embedding_memory: 4GiB}
+generation: {max_new_tokens: 64}
+CONFIG
+  local label
+  for label in plain json; do
+    local flags=()
+    [ "$label" = json ] && flags=(--response-format '{"type": "json_object"}')
+    timeout 240 build-gpu/llava-pipe bench "$work/bench.yaml" --image tests/data/images/img01_320x240_RGB.jpg \
+      --batches 1,8,32 --ttft-runs 3 --vision-batch 8 --new-tokens 64 --temperature 0.7 \
+      --json "$out/bench-$label.json" "${flags[@]}" || return 1
+    python3 -c "import json,sys; b=json.load(open(sys.argv[1])); d=b['decode']; print(sys.argv[2], 'failed', b['failed'], 'decode b1/b8/b32', *(round(d[k]['tokens_per_s'], 1) for k in ('batch1','batch8','batch32')))" "$out/bench-$label.json" "$label"
+  done
+}
+step json_bench_7b json_bench
 cat "$summary"
 exit $failed
