@@ -27,7 +27,8 @@ struct SamplingParams {
   // each time it is (frequency); the prompt's tokens are not counted. 0 = off.
   double presence_penalty = 0.0, frequency_penalty = 0.0;
   uint64_t seed = 0;
-  // Not a key: the coordinator sends the model's end-of-sequence ids; generation ends
+  // Not a key of the YAML file: a request's (vLLM's stop_token_ids), to which the
+  // coordinator adds the model's end-of-sequence ids (unless ignore_eos); generation ends
   // after one of these.
   std::vector<int32_t> stop_token_ids;
   // Not a key of the YAML file: a request's (the API's logprobs). -1: none; else each token

@@ -209,6 +209,13 @@ void Coordinator::prepare(Request& request) {
                          std::to_string(model_.text.vocab_size) + "-token vocabulary");
     }
   }
+  for (int32_t id : spec.generation.stop_token_ids) {
+    if (id < 0 || id >= model_.text.vocab_size) {
+      throw RequestError("stop_token_ids: token id " + std::to_string(id) +
+                         " is outside the model's " + std::to_string(model_.text.vocab_size) +
+                         "-token vocabulary");
+    }
+  }
   if (spec.generation.json_object) {
     if (spec.generation.ignore_eos) {
       throw RequestError(

@@ -3,6 +3,7 @@
 #include "launch/request_json.h"
 
 #include <algorithm>
+#include <climits>
 #include <optional>
 
 #include "common/config.h"
@@ -99,7 +100,7 @@ std::string string_value(const std::string& key, const nlohmann::json& value) {
 
 bool is_sampling_key(const std::string& key) {
   static const std::vector<std::string> kKeys = sampling_keys();
-  return key == "stop" || key == "response_format" ||
+  return key == "stop" || key == "response_format" || key == "stop_token_ids" ||
          std::find(kKeys.begin(), kKeys.end(), key) != kKeys.end();
 }
 
@@ -117,6 +118,21 @@ void apply_sampling(const std::string& key, const nlohmann::json& value, Generat
           shown(value));
     }
     g.json_object = *type == "json_object";
+    return;
+  }
+  if (key == "stop_token_ids") {
+    // vLLM's: ids that end the answer as the end-of-sequence token does (with ignore_eos
+    // too); the coordinator checks them against the vocabulary.
+    const bool ids =
+        value.is_array() && value.size() <= kMaxStopTokenIds &&
+        std::all_of(value.begin(), value.end(), [](const nlohmann::json& id) {
+          return id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX;
+        });
+    if (!ids) {
+      throw RequestError("stop_token_ids: expected a list of at most " +
+                         std::to_string(kMaxStopTokenIds) + " token ids, got " + shown(value));
+    }
+    g.stop_token_ids = value.get<std::vector<int32_t>>();
     return;
   }
   if (key != "stop") {
@@ -141,15 +157,18 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
   std::vector<std::string> keys = sampling_keys();
   keys.push_back("stop");
   keys.push_back("response_format");
+  keys.push_back("stop_token_ids");
   for (const std::string& key : keys) {
     std::string flag = "--" + key;
     std::replace(flag.begin(), flag.end(), '_', '-');
-    const bool stop = key == "stop", json = stop || key == "response_format";
+    const bool stop = key == "stop", format = key == "response_format",
+               ids = key == "stop_token_ids";
     add_checked_option(
-        command, flag, json ? "JSON" : "VALUE",
-        stop   ? "where the answer ends: a string or a JSON list of strings"
-        : json ? "'{\"type\": \"json_object\"}': the answer is one JSON object (JSON mode)"
-               : "generation." + key + " for this command (default: the config's)",
+        command, flag, stop || format || ids ? "JSON" : "VALUE",
+        stop     ? "where the answer ends: a string or a JSON list of strings"
+        : format ? "'{\"type\": \"json_object\"}': the answer is one JSON object (JSON mode)"
+        : ids    ? "token ids that end the answer, as a JSON list: '[13]'"
+                 : "generation." + key + " for this command (default: the config's)",
         [key, stop, &flags](const std::string& text) {
           nlohmann::json value;
           try {

@@ -17,6 +17,7 @@ namespace llava {
 // ranges; an unknown key is an error too.
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g);
 bool is_sampling_key(const std::string& key);
+constexpr size_t kMaxStopTokenIds = 64;  // a request's stop_token_ids, at most
 
 // A sampling key given on a command line, as JSON, checked; applied to the defaults later.
 using SamplingFlags = std::vector<std::pair<std::string, nlohmann::json>>;

@@ -411,6 +411,19 @@ test('response_format json_object: the answer is one JSON object, then the end; 
     (e) => e.status === 400 && e.param === 'response_format');
 });
 
+test('stop_token_ids (vLLM\'s) end the answer at the first of them, counted in completion_tokens; an id past the vocabulary is a 400', async () => {
+  const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 12, logprobs: 0, return_tokens_as_token_ids: true };
+  const whole = (await client.completions.create({ ...ask, ignore_eos: true })).choices[0];
+  const ids = whole.logprobs.tokens.map((t) => Number(t.slice('token_id:'.length)));
+  const at = ids.findIndex((id, i) => i >= 2 && ids.indexOf(id) === i);  // a third-or-later token not seen before
+  assert.ok(at >= 2, `${ids}`);
+  const cut = (await client.completions.create({ ...ask, stop_token_ids: [ids[at]] })).choices[0];
+  assert.equal(cut.finish_reason, 'stop');
+  assert.deepEqual(cut.logprobs.tokens, whole.logprobs.tokens.slice(0, at + 1));
+  await assert.rejects(client.completions.create({ ...ask, stop_token_ids: [1 << 30] }),
+    (e) => e.status === 400 && /stop_token_ids: token id 1073741824 is outside/.test(e.message));
+});
+
 test('32 concurrent streaming clients are all answered, each stream complete and ending in [DONE]', async () => {
   const streams = await Promise.all(Array.from({ length: 32 }, (_, i) =>
     rawStream({ messages: userWith(text(`Client ${i} says hello.`)), max_tokens: 8 })));

@@ -169,6 +169,22 @@ TEST(JsonRequest, ResponseFormatJsonObjectAsksForJsonMode) {
       std::string::npos);
 }
 
+// vLLM's stop_token_ids: a list of ids (the coordinator checks them against the vocabulary).
+TEST(JsonRequest, StopTokenIdsAreAListOfIds) {
+  llava::JsonRequest line;
+  llava::parse_json_request(R"({"prompt": "a", "stop_token_ids": [13, 0, 29871]})", true, line);
+  EXPECT_EQ(line.generation.stop_token_ids, (std::vector<int32_t>{13, 0, 29871}));
+  std::string many = "[";
+  for (int i = 0; i <= 64; ++i) many += (i ? "," : "") + std::to_string(i);
+  for (const std::string& bad :
+       std::vector<std::string>{"13", "[-1]", "[1.5]", "[\"13\"]", "[4294967296]", many + "]"}) {
+    const std::string error =
+        refusal(R"({"prompt": "a", "stop_token_ids": )" + bad + "}", true).first;
+    EXPECT_EQ(error.rfind("stop_token_ids: expected a list of at most 64 token ids, got ", 0), 0u)
+        << bad << ": " << error;
+  }
+}
+
 TEST(JsonRequest, ErrorsNameWhatIsWrongAndKeepTheId) {
   // "colour" sorts before "id": the id is still read first, for the reply.
   EXPECT_EQ(refusal(R"({"colour": 1, "id": "q7"})", false),
