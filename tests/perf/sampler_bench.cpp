@@ -3,7 +3,8 @@
 // row, as a random model's or a high temperature gives, where draws land deep) through
 // Sampler::next under common settings; and JSON mode's mask over a made-up vocabulary of
 // 1-7 byte tokens (letters, some punctuation) inside a string, where most tokens fit whole
-// (the most bytes it tries). Prints a table and one JSON line.
+// (the most bytes it tries), and after a key, where only a colon may come. Prints a table
+// and one JSON line.
 //   sampler_bench [--draws N]
 #include <chrono>
 #include <cstdio>
@@ -56,7 +57,8 @@ int main(int argc, char** argv) {
                         {"flat row, temperature 0.7", 0.7, 1.0, 1.0, 0, &flat},
                         {"flat row, temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &flat},
                         {"flat row, temperature 1.5, top_p 0.95", 1.5, 0.95, 1.0, 0, &flat},
-                        {"JSON mode in a string, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true}};
+                        {"JSON mode in a string, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true},
+                        {"JSON mode after a key, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true}};
   std::string json =
       "{\"vocabulary\":32064,\"draws\":" + std::to_string(draws) + ",\"us_per_draw\":{";
   std::printf("%-46s %12s\n", "settings", "us / draw");
@@ -72,8 +74,12 @@ int main(int argc, char** argv) {
     p.json_tokens = table;
     p.stop_token_ids = {2};
     llava::Sampler sampler(p);
-    // JSON mode's answer so far: '{' and '"', a key's string open (each draw from there).
-    std::vector<int32_t> grown = c.json ? std::vector<int32_t>{0, 1} : history;
+    // JSON mode's answer so far (each draw from there): '{' and '"', a key's string open; or
+    // '{', '"', '"', where only a colon may come.
+    const bool after_key = std::strstr(c.name, "after a key") != nullptr;
+    std::vector<int32_t> grown = !c.json     ? history
+                                 : after_key ? std::vector<int32_t>{0, 1, 1}
+                                             : std::vector<int32_t>{0, 1};
     const auto start = std::chrono::steady_clock::now();
     long checksum = 0;
     for (int i = 0; i < draws; ++i) {
