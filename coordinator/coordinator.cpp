@@ -203,19 +203,15 @@ void Coordinator::prepare(Request& request) {
                        " image placeholders after the chat template, for " +
                        std::to_string(images) + " images");
   }
-  for (const auto& [id, bias] : spec.generation.logit_bias) {
+  auto in_vocabulary = [&](const char* key, int32_t id) {
     if (id < 0 || id >= model_.text.vocab_size) {
-      throw RequestError("logit_bias: token id " + std::to_string(id) + " is outside the model's " +
-                         std::to_string(model_.text.vocab_size) + "-token vocabulary");
-    }
-  }
-  for (int32_t id : spec.generation.stop_token_ids) {
-    if (id < 0 || id >= model_.text.vocab_size) {
-      throw RequestError("stop_token_ids: token id " + std::to_string(id) +
+      throw RequestError(std::string(key) + ": token id " + std::to_string(id) +
                          " is outside the model's " + std::to_string(model_.text.vocab_size) +
                          "-token vocabulary");
     }
-  }
+  };
+  for (const auto& [id, bias] : spec.generation.logit_bias) in_vocabulary("logit_bias", id);
+  for (int32_t id : spec.generation.stop_token_ids) in_vocabulary("stop_token_ids", id);
   if (spec.generation.json_object) {
     if (spec.generation.ignore_eos) {
       throw RequestError(

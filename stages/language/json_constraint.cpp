@@ -190,18 +190,10 @@ JsonConstraint::JsonConstraint(std::shared_ptr<const TokenTable> table, std::vec
 }
 
 void JsonConstraint::take(const std::vector<int32_t>& history, size_t from) {
-  from = std::min(from, history.size());
-  const size_t have = taken_.size();
-  const bool continues =
-      history.size() - from >= have &&
-      std::equal(taken_.begin(), taken_.end(), history.begin() + static_cast<long>(from));
-  if (!continues) {
-    taken_.clear();
-    state_ = JsonState();
-  }
-  for (size_t i = from + taken_.size(); i < history.size(); ++i) {
+  size_t begin = 0;
+  if (!taken_.take(history, from, begin)) state_ = JsonState();
+  for (size_t i = begin; i < history.size(); ++i) {
     const int32_t id = history[i];
-    taken_.push_back(id);
     // A token the mask let through always feeds; a stop token (or a peer's odd history)
     // leaves the state as it is.
     if (id >= 0 && static_cast<size_t>(id) < table_->size()) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/token_table.h"
+#include "stages/language/taken_ids.h"
 
 namespace llava {
 
@@ -89,7 +90,7 @@ class JsonConstraint {
   std::shared_ptr<const TokenTable> table_;
   std::vector<int32_t> stop_;
   JsonState state_;
-  std::vector<int32_t> taken_;  // the answer's tokens state_ has taken
+  TakenIds taken_;  // the answer's tokens state_ has taken
   // Per token: its bytes are all string bytes (in_string() takes it whole, untried): most
   // of a vocabulary, and a long answer's text is mostly strings.
   std::vector<uint8_t> string_bytes_;

@@ -182,17 +182,15 @@ bool Sampler::is_stop(int32_t token) const {
 }
 
 void Sampler::Counts::take(const std::vector<int32_t>& history, size_t from, size_t vocab) {
-  const auto begin = history.begin() + static_cast<long>(std::min(from, history.size()));
-  const bool grew = static_cast<size_t>(history.end() - begin) >= taken.size() &&
-                    count.size() == vocab && std::equal(taken.begin(), taken.end(), begin);
-  if (!grew) {
-    taken.clear();
+  const bool sized = count.size() == vocab;  // else nothing was counted for this vocabulary
+  if (!sized) taken.forget();
+  size_t begin = 0;
+  if (!taken.take(history, from, begin) || !sized) {
     distinct.clear();
     count.assign(vocab, 0);
   }
-  for (auto it = begin + static_cast<long>(taken.size()); it != history.end(); ++it) {
-    const int32_t id = *it;
-    taken.push_back(id);
+  for (size_t i = begin; i < history.size(); ++i) {
+    const int32_t id = history[i];
     if (id < 0 || static_cast<size_t>(id) >= vocab) continue;
     if (count[static_cast<size_t>(id)]++ == 0) distinct.push_back(id);
   }

@@ -15,6 +15,7 @@
 
 #include "common/sampling.h"
 #include "stages/language/json_constraint.h"
+#include "stages/language/taken_ids.h"
 
 namespace llava {
 
@@ -45,7 +46,8 @@ class Sampler {
   // A sequence's history only grows: take() counts only what it adds to the one it took
   // last (anything else is counted afresh).
   struct Counts {
-    std::vector<int32_t> taken, count, distinct;  // count: one per vocabulary id
+    TakenIds taken;
+    std::vector<int32_t> count, distinct;  // count: one per vocabulary id
     void take(const std::vector<int32_t>& history, size_t from, size_t vocab);
   };
   // Adds each logit_bias id's bias (ids past the vocabulary left out).
