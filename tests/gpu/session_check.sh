@@ -13,6 +13,7 @@ out="${2:?usage: session_check.sh WORK OUT [CUDA_ARCHS]}"
 archs="${3:-native}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
+source tests/perf/config_7b.sh
 mkdir -p "$work" "$out"
 summary="$out/summary.txt"
 : > "$summary"
@@ -41,15 +42,7 @@ step logprobs_7b python3 tests/gpu/logprobs_7b.py "$work" build-gpu
 # JSON mode on the 7B: a bias towards '"' and '}' (the random model never closes a string
 # by itself); the answer must parse as an object and end with the end-of-sequence token.
 json_mode() {
-  cat > "$work/json.yaml" <<CONFIG
-mode: concurrent
-share_devices: true
-model: {checkpoint: $work/llava-7b-random, dtype: float16}
-stages:
-  vision: {devices: [cuda:0], memory_limit: 10GiB, batch_size: 8}
-  language: {devices: [cuda:0], memory_limit: 30GiB, batch_size: 8, max_context: 1024}
-coordinator: {endpoint: 'ipc://@llava-json-{pid}', heartbeat_interval: 500ms, liveness: 20}
-CONFIG
+  bench_config_7b "$work/json.yaml" "$work/llava-7b-random" json
   build-gpu/llava-pipe serve "$work/json.yaml" --http 127.0.0.1:18791 > "$work/json-serve.log" 2>&1 &
   local pid=$!
   python3 - <<'EOF'
@@ -88,16 +81,7 @@ step json_mode_7b json_mode
 # JSON mode's cost in decoding: `bench` at temperature 0.7, without and with the mask (no
 # --ignore-eos, which JSON mode refuses; the random model seldom ends by itself).
 json_bench() {
-  cat > "$work/bench.yaml" <<CONFIG
-mode: concurrent
-share_devices: true
-model: {checkpoint: $work/llava-7b-random, dtype: float16}
-stages:
-  vision: {devices: [cuda:0], memory_limit: 10GiB, batch_size: 32}
-  language: {devices: [cuda:0], memory_limit: 40GiB, batch_size: 32, max_context: 1024}
-coordinator: {endpoint: 'ipc://@llava-json-bench-{pid}', heartbeat_interval: 500ms, liveness: 20, embedding_memory: 4GiB}
-generation: {max_new_tokens: 64}
-CONFIG
+  bench_config_7b "$work/bench.yaml" "$work/llava-7b-random" json-bench
   local label
   for label in plain json; do
     local flags=()

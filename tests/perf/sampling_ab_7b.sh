@@ -34,16 +34,8 @@ say checkpoint
 wait "$old_build" || { tail -40 "$work/build-old.txt"; exit 1; }
 say "built before"
 
-cat > "$work/bench.yaml" <<YAML
-mode: concurrent
-share_devices: true
-model: {checkpoint: $work/llava-7b-random, dtype: float16}
-stages:
-  vision: {devices: [cuda:0], memory_limit: 10GiB, batch_size: 32}
-  language: {devices: [cuda:0], memory_limit: 40GiB, batch_size: 32, max_context: 1024}
-coordinator: {endpoint: 'ipc://@llava-sampling-{pid}', heartbeat_interval: 500ms, liveness: 20, embedding_memory: 4GiB}
-generation: {max_new_tokens: 64}
-YAML
+source tests/perf/config_7b.sh
+bench_config_7b "$work/bench.yaml" "$work/llava-7b-random" sampling
 bench() {  # label build flags...
   local label=$1 build=$2; shift 2
   timeout 240 "$build/llava-pipe" bench "$work/bench.yaml" --image tests/data/images/img01_320x240_RGB.jpg \
