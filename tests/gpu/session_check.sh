@@ -7,6 +7,8 @@
 # without JSON mode's mask. Each step's log and the summary go to OUT (tar it for the
 # device tool); the script goes on past a failed step and exits 1 if any failed.
 #   bash tests/gpu/session_check.sh WORK OUT [CUDA_ARCHS]   (default archs: native)
+# STEPS="build gpu_tests ..." runs only the steps named (a lease's calls are limited in time:
+# split the check over calls on the same warm machine, WORK and build-gpu kept between them).
 set -uo pipefail
 work="${1:?usage: session_check.sh WORK OUT [CUDA_ARCHS]}"
 out="${2:?usage: session_check.sh WORK OUT [CUDA_ARCHS]}"
@@ -16,12 +18,13 @@ cd "$root"
 source tests/perf/config_7b.sh
 mkdir -p "$work" "$out"
 summary="$out/summary.txt"
-: > "$summary"
+touch "$summary"
 failed=0
 # step NAME COMMAND...: runs it with its output in OUT/NAME.log, and notes how it ended.
 step() {
   local name="$1"
   shift
+  case " ${STEPS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   local start=$SECONDS
   if "$@" > "$out/$name.log" 2>&1; then
     echo "ok     $name ($((SECONDS - start)) s)" | tee -a "$summary"
