@@ -119,6 +119,9 @@ struct Sampling {
   # The API's response_format json_object: the answer is one JSON object; the task carries
   # every token's bytes (LanguageTask.tokenBytes) for the worker to constrain it.
   jsonObject @13 :Bool;
+  # With jsonObject: the schema the object follows, compact JSON (response_format
+  # json_schema; common/json_schema.h); empty: any object.
+  jsonSchema @14 :Text;
 }
 
 struct LogitBias {

@@ -63,6 +63,7 @@ void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
   out.setLogprobs(params.logprobs);
   out.setPromptLogprobs(params.prompt_logprobs);
   out.setJsonObject(params.json_object);
+  out.setJsonSchema(params.json_schema);
   auto bias = out.initLogitBias(static_cast<unsigned>(params.logit_bias.size()));
   for (size_t i = 0; i < params.logit_bias.size(); ++i) {
     bias[static_cast<unsigned>(i)].setId(params.logit_bias[i].first);
@@ -92,6 +93,7 @@ SamplingParams from_wire(schema::Sampling::Reader in) {
   params.logprobs = std::clamp<int>(in.getLogprobs(), -1, SamplingLimits::kLogprobs);
   params.prompt_logprobs = in.getPromptLogprobs() && params.logprobs >= 0;
   params.json_object = in.getJsonObject();
+  params.json_schema = in.getJsonSchema();
   for (int32_t id : in.getStopTokenIds()) params.stop_token_ids.push_back(id);
   // A peer's: at most the API's count, each in range (else left out; the sampler leaves
   // out ids past the vocabulary).

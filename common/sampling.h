@@ -16,6 +16,8 @@
 
 namespace llava {
 
+class JsonSchema;
+
 struct SamplingParams {
   int max_new_tokens = 64;
   double temperature = 0.0;  // 0 = greedy
@@ -45,6 +47,11 @@ struct SamplingParams {
   // given every token's bytes with it (json_tokens; the wire's LanguageTask carries them).
   bool json_object = false;
   std::shared_ptr<const TokenTable> json_tokens;
+  // With json_object, a request's (response_format json_schema): the schema the object
+  // follows, as compact JSON text (common/json_schema.h; empty: any object), and in the
+  // worker, compiled.
+  std::string json_schema;
+  std::shared_ptr<const JsonSchema> json_grammar;
 };
 
 // Ranges of the keys, the same in the YAML file and in a request.

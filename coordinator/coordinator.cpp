@@ -215,7 +215,7 @@ void Coordinator::prepare(Request& request) {
   if (spec.generation.json_object) {
     if (spec.generation.ignore_eos) {
       throw RequestError(
-          "response_format json_object ends the answer with the end-of-sequence "
+          "response_format json_object (or json_schema) ends the answer with the end-of-sequence "
           "token once the object is closed: it cannot go with ignore_eos");
     }
     request.spec.generation.json_tokens = token_table();

@@ -57,6 +57,7 @@ nlohmann::json parse_object(const std::string& body) {
   nlohmann::json j;
   try {
     j = parse_json(body);
+    keep_schema_order(body, j, {"response_format"});
   } catch (const nlohmann::json::exception& e) {
     throw ApiError(400, std::string("the body is not valid JSON (") + e.what() + ")");
   }

@@ -9,6 +9,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/json_depth.h"
+#include "common/json_schema.h"
 #include "common/sampling.h"
 #include "common/utf8.h"
 
@@ -98,6 +99,77 @@ std::string string_value(const std::string& key, const nlohmann::json& value) {
   return value.get<std::string>();
 }
 
+namespace {
+
+// OpenAI's response_format: {"type": "text"} (the default), {"type": "json_object"} (the
+// answer is one JSON object), or {"type": "json_schema", "json_schema": {"name", "description",
+// "schema", "strict"}} (one JSON object of that schema; common/json_schema.h says which
+// keywords are followed: the others are refused rather than ignored).
+void response_format(const nlohmann::json& value, GenerationSection& g) {
+  const auto type = value.is_object() ? value.find("type") : value.end();
+  const bool plain = type != value.end() && (*type == "text" || *type == "json_object");
+  if (plain && value.size() == 1) {
+    g.json_object = *type == "json_object";
+    g.json_schema.clear();
+    return;
+  }
+  if (type == value.end() || *type != "json_schema") {
+    throw RequestError(
+        "response_format: expected {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+        "{\"type\": \"json_schema\", \"json_schema\": {...}}, got " +
+        shown(value));
+  }
+  for (const auto& [key, item] : value.items()) {
+    if (key != "type" && key != "json_schema")
+      throw RequestError("response_format: '" + key + "' is not a key of it");
+  }
+  const auto spec = value.find("json_schema");
+  if (spec == value.end() || !spec->is_object()) {
+    throw RequestError("response_format.json_schema: expected an object with the schema");
+  }
+  for (const auto& [key, item] : spec->items()) {
+    const bool known = ((key == "name" || key == "description") && item.is_string()) ||
+                       (key == "strict" && (item.is_boolean() || item.is_null())) ||
+                       key == "schema";
+    if (!known)
+      throw RequestError("response_format.json_schema: '" + key +
+                         "' is not a key of it (or not of its type)");
+  }
+  g.json_object = true;
+  g.json_schema.clear();
+  const auto schema = spec->find("schema");
+  if (schema == spec->end()) return;  // any object
+  std::string text = json_text(*schema);
+  if (text.size() > kMaxJsonSchemaBytes) {
+    throw RequestError("response_format.json_schema.schema: " + std::to_string(text.size()) +
+                       " bytes; at most " + std::to_string(kMaxJsonSchemaBytes));
+  }
+  try {
+    JsonSchema::compile(*schema);
+  } catch (const JsonSchemaError& e) {
+    throw RequestError(std::string("response_format: ") + e.what());
+  }
+  g.json_schema = std::move(text);
+}
+
+}  // namespace
+
+void keep_schema_order(std::string_view text, nlohmann::json& value,
+                       const std::vector<std::string>& at) {
+  nlohmann::json* format = &value;
+  for (const std::string& key : at) {
+    if (!format->is_object() || !format->contains(key)) return;
+    format = &(*format)[key];
+  }
+  if (!format->is_object() || !format->contains("json_schema")) return;
+  nlohmann::json& spec = (*format)["json_schema"];
+  if (!spec.is_object() || !spec.contains("schema")) return;
+  std::vector<std::string> path = at;
+  path.push_back("json_schema");
+  path.push_back("schema");
+  spec["schema"] = with_property_order(text, path);
+}
+
 bool is_sampling_key(const std::string& key) {
   static const std::vector<std::string> kKeys = sampling_keys();
   return key == "stop" || key == "response_format" || key == "stop_token_ids" ||
@@ -106,18 +178,7 @@ bool is_sampling_key(const std::string& key) {
 
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g) {
   if (key == "response_format") {
-    // OpenAI's: {"type": "text"}, the default, or {"type": "json_object"}: the answer is one
-    // JSON object (the worker leaves out the tokens that cannot continue one). A schema is
-    // not followed: refused rather than ignored.
-    const auto type = value.is_object() ? value.find("type") : value.end();
-    if (!value.is_object() || value.size() != 1 || type == value.end() ||
-        (*type != "text" && *type != "json_object")) {
-      throw RequestError(
-          "response_format: only {\"type\": \"text\"} and {\"type\": \"json_object\"} are "
-          "supported, got " +
-          shown(value));
-    }
-    g.json_object = *type == "json_object";
+    response_format(value, g);
     return;
   }
   if (key == "stop_token_ids") {
@@ -166,13 +227,16 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
     add_checked_option(
         command, flag, stop || format || ids ? "JSON" : "VALUE",
         stop     ? "where the answer ends: a string or a JSON list of strings"
-        : format ? "'{\"type\": \"json_object\"}': the answer is one JSON object (JSON mode)"
+        : format ? "'{\"type\": \"json_object\"}': the answer is one JSON object (JSON mode); or "
+                   "'{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {...}}}': one of "
+                   "that schema"
         : ids    ? "token ids that end the answer, as a JSON list: '[13]'"
                  : "generation." + key + " for this command (default: the config's)",
         [key, stop, &flags](const std::string& text) {
           nlohmann::json value;
           try {
             value = parse_json(text);
+            if (key == "response_format") keep_schema_order(text, value, {});
           } catch (const nlohmann::json::exception&) {
             // A bare word is a string ("--stop END"); anything else that is not JSON is an error.
             if (!stop) throw RequestError("expected a number (or JSON), got '" + text + "'");
@@ -189,6 +253,7 @@ void parse_json_request(const std::string& text, bool batch_line, JsonRequest& o
   nlohmann::json j;
   try {
     j = parse_json(text);
+    keep_schema_order(text, j, {"response_format"});
   } catch (const nlohmann::json::exception& e) {
     throw RequestError(std::string("not a valid request (") + e.what() + ")");
   }

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,13 @@ namespace llava {
 void apply_sampling(const std::string& key, const nlohmann::json& value, GenerationSection& g);
 bool is_sampling_key(const std::string& key);
 constexpr size_t kMaxStopTokenIds = 64;  // a request's stop_token_ids, at most
+constexpr size_t kMaxJsonSchemaBytes = 64 * 1024;  // a response_format's schema, as compact JSON
+
+// nlohmann::json sorts an object's keys, and a schema's properties come in the order given:
+// the response_format in `value` (at the keys `at`; `value` parsed from `text`) gets that
+// order from `text` (common/json_schema.h's with_property_order). Anything else: unchanged.
+void keep_schema_order(std::string_view text, nlohmann::json& value,
+                       const std::vector<std::string>& at);
 
 // A sampling key given on a command line, as JSON, checked; applied to the defaults later.
 using SamplingFlags = std::vector<std::pair<std::string, nlohmann::json>>;

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/json_depth.h"
+#include "common/json_schema.h"
 #include "common/plan.h"
 #include "common/sampling.h"
 #include "stages/device.h"
@@ -141,6 +143,22 @@ std::shared_ptr<const TokenTable> LanguageStage::json_tokens(schema::LanguageTas
   return json_tokens_;
 }
 
+std::shared_ptr<const JsonSchema> LanguageStage::json_grammar(const std::string& text) {
+  if (text.empty()) return JsonSchema::any_object();
+  // The coordinator checked it; a peer's that does not compile fails its request only.
+  if (text != json_schema_text_) {
+    try {
+      json_grammar_ = JsonSchema::compile(parse_json(text));
+    } catch (const JsonSchemaError& e) {
+      throw RequestError(e.what());
+    } catch (const nlohmann::json::exception& e) {
+      throw RequestError(std::string("json_schema: not JSON (") + e.what() + ")");
+    }
+    json_schema_text_ = text;  // the last request's, kept: n choices and batches repeat it
+  }
+  return json_grammar_;
+}
+
 void LanguageStage::admit(wire::Incoming& task) {
   auto body = task.header().getBody().getLanguageTask();
   std::vector<int32_t> ids;
@@ -153,7 +171,10 @@ void LanguageStage::admit(wire::Incoming& task) {
     images.push_back(at::from_blob(frame.bytes.data(), frame.shape, from_wire(frame.dtype)));
   }
   SamplingParams params = from_wire(body.getSampling());
-  if (params.json_object) params.json_tokens = json_tokens(body);
+  if (params.json_object) {
+    params.json_tokens = json_tokens(body);
+    params.json_grammar = json_grammar(params.json_schema);
+  }
   if (faults().oom_prompt_tokens > 0 &&
       static_cast<int>(ids.size()) >= faults().oom_prompt_tokens && FaultHooks::armed()) {
     TORCH_CHECK(false,

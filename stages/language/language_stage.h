@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 
+#include "common/json_schema.h"
 #include "common/token_table.h"
 #include "stages/checkpoint/checkpoint.h"
 #include "stages/language/generator.h"
@@ -47,6 +48,9 @@ class LanguageStage final : public Stage {
   void emit(const TokenEvent& event);  // a TokenChunk, and Done when it is the last
   // A JSON-mode task's token table (RequestError where it has none or a broken one).
   std::shared_ptr<const TokenTable> json_tokens(schema::LanguageTask::Reader task);
+  // A task's response schema, compiled (the last one kept); RequestError where it does not
+  // compile.
+  std::shared_ptr<const JsonSchema> json_grammar(const std::string& text);
 
   const StageContext context_;
   StageSink& sink_;
@@ -60,6 +64,8 @@ class LanguageStage final : public Stage {
   std::map<uint64_t, Running> running_;
   int decode_steps_ = 0;  // this process's, for the fault hooks
   std::shared_ptr<const TokenTable> json_tokens_;  // the last JSON-mode task's
+  std::string json_schema_text_;                   // the last schema compiled, and it
+  std::shared_ptr<const JsonSchema> json_grammar_;
 };
 
 }  // namespace llava

@@ -173,7 +173,8 @@ Sampler::Sampler(const SamplingParams& params, size_t answer_from)
 
 std::optional<JsonConstraint> Sampler::json_constraint() const {
   if (!params_.json_object || !params_.json_tokens) return std::nullopt;
-  return JsonConstraint(params_.json_tokens, params_.stop_token_ids);
+  return JsonConstraint(params_.json_tokens, params_.stop_token_ids,
+                        params_.json_grammar ? params_.json_grammar : JsonSchema::any_object());
 }
 
 bool Sampler::is_stop(int32_t token) const {

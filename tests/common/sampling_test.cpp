@@ -37,6 +37,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   sent.logprobs = 7;
   sent.logit_bias = {{5, -100.0f}, {32000, 2.5f}};
   sent.json_object = true;
+  sent.json_schema = R"({"type":"object","properties":{"a":{"type":"integer"}}})";
 
   Outgoing out(9, 1);
   llava::to_wire(sent, out.header().getBody().initLanguageTask().initSampling());
@@ -56,6 +57,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   EXPECT_EQ(got.logprobs, 7);
   EXPECT_EQ(got.logit_bias, sent.logit_bias);
   EXPECT_TRUE(got.json_object);
+  EXPECT_EQ(got.json_schema, sent.json_schema);
 }
 
 // JSON mode's token table crosses with its task; a peer's that does not hold together

@@ -16,12 +16,12 @@ mkdir -p build-fuzz
 { CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLLAVA_PIPE_FUZZ=ON \
     -DLLAVA_PIPE_BUILD_STAGES=OFF -DLLAVA_PIPE_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
   cmake --build build-fuzz --target fuzz_wire fuzz_safetensors fuzz_image fuzz_request \
-    fuzz_config fuzz_http_request; } > build-fuzz/build.log 2>&1 ||
+    fuzz_config fuzz_http_request fuzz_schema; } > build-fuzz/build.log 2>&1 ||
   { grep -E -A8 "error|FAILED" build-fuzz/build.log | head -60; echo "fuzz: the build failed (build-fuzz/build.log)"; exit 1; }
 mkdir -p build-fuzz/crashes
 declare -A inputs=([wire]=2000000 [safetensors]=1500000 [image]=250000 [request]=500000
-  [config]=120000 [http_request]=300000)
-for target in wire safetensors image request config http_request; do
+  [config]=120000 [http_request]=300000 [schema]=300000)
+for target in wire safetensors image request config http_request schema; do
   work="$(mktemp -d)"
   if [ -n "$seconds" ]; then
     echo "fuzzing $target for ${seconds}s (random seed)"

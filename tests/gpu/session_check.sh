@@ -3,7 +3,7 @@
 # device): builds build-gpu, runs the GPU tests of the model code (our CUDA kernels against
 # LibTorch's composition, graphs, parity on the tiny checkpoint), makes the random 7B
 # checkpoint (check_7b.py makes it), runs the 7B parity check, the served-logprobs check
-# and JSON-mode answers (4 choices) through `serve --http` on it, and `bench` with and
+# and JSON-mode and JSON-schema answers (4 choices each) through `serve --http` on it, and `bench` with and
 # without JSON mode's mask. Each step's log and the summary go to OUT (tar it for the
 # device tool); the script goes on past a failed step and exits 1 if any failed.
 #   bash tests/gpu/session_check.sh WORK OUT [CUDA_ARCHS]   (default archs: native)
@@ -73,6 +73,29 @@ for choice in answer["choices"]:
     assert isinstance(json.loads(choice["message"]["content"]), dict), choice
 print(json.dumps({"choices": [c["message"]["content"] for c in answer["choices"]],
                   "usage": answer["usage"], "seconds": round(time.time() - started, 3)}))
+# A schema (response_format json_schema): its properties in the order given, an enum, an
+# integer, a bounded array; biased as above, and towards ',' and ']' so that numbers and
+# arrays end.
+comma = post("/tokenize", {"prompt": "a,", "add_special_tokens": False})["tokens"][-1]
+bracket = post("/tokenize", {"prompt": "a]", "add_special_tokens": False})["tokens"][-1]
+schema = {"type": "object", "properties": {
+    "verdict": {"enum": ["yes", "no"]}, "count": {"type": "integer"},
+    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
+    "required": ["verdict", "count", "tags"]}
+started = time.time()
+answer = post("/v1/chat/completions", {
+    "model": "m", "max_tokens": 64, "temperature": 0.8, "seed": 1, "n": 4,
+    "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    "logit_bias": {str(quote): 30, str(close): 20, str(comma): 15, str(bracket): 15},
+    "messages": [{"role": "user", "content": "Answer as JSON."}]})
+for choice in answer["choices"]:
+    assert choice["finish_reason"] == "stop", choice
+    value = json.loads(choice["message"]["content"])
+    assert list(value)[:3] == ["verdict", "count", "tags"], choice
+    assert value["verdict"] in ("yes", "no") and isinstance(value["count"], int), choice
+    assert isinstance(value["tags"], list) and len(value["tags"]) <= 2, choice
+print(json.dumps({"schema choices": [c["message"]["content"] for c in answer["choices"]],
+                  "usage": answer["usage"], "seconds": round(time.time() - started, 3)}))
 EOF
   local status=$?
   kill "$pid" 2>/dev/null
@@ -81,14 +104,16 @@ EOF
 }
 step json_mode_7b json_mode
 
-# JSON mode's cost in decoding: `bench` at temperature 0.7, without and with the mask (no
+# JSON mode's cost in decoding: `bench` at temperature 0.7, without and with the mask, JSON mode's
+# and a schema's (no
 # --ignore-eos, which JSON mode refuses; the random model seldom ends by itself).
 json_bench() {
   bench_config_7b "$work/bench.yaml" "$work/llava-7b-random" json-bench
   local label
-  for label in plain json; do
+  for label in plain json schema; do
     local flags=()
     [ "$label" = json ] && flags=(--response-format '{"type": "json_object"}')
+    [ "$label" = schema ] && flags=(--response-format '{"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"answer": {"type": "string"}, "sure": {"type": "boolean"}}, "required": ["answer", "sure"]}}}')
     timeout 240 build-gpu/llava-pipe bench "$work/bench.yaml" --image tests/data/images/img01_320x240_RGB.jpg \
       --batches 1,8,32 --ttft-runs 3 --vision-batch 8 --new-tokens 64 --temperature 0.7 \
       --json "$out/bench-$label.json" "${flags[@]}" || return 1

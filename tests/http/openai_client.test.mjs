@@ -411,6 +411,53 @@ test('response_format json_object: the answer is one JSON object, then the end; 
     (e) => e.status === 400 && e.param === 'response_format');
 });
 
+test('response_format json_schema: the answer is an object of the schema, its properties in the order given; streamed and sampled alike; what it cannot follow is a 400', async () => {
+  const [quote, close, comma, bracket] = [await tokenOf('"'), await tokenOf('}'), await tokenOf(','), await tokenOf(']')];
+  const schema = {
+    type: 'object',
+    properties: {
+      verdict: { enum: ['yes', 'no'] },
+      count: { type: 'integer' },
+      tags: { type: 'array', items: { type: 'string' }, maxItems: 2 },
+      color: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+    },
+    required: ['verdict', 'count', 'tags'],
+    additionalProperties: false,
+  };
+  const ask = { ...greedy, max_tokens: 80, response_format: { type: 'json_schema', json_schema: { name: 'answer', strict: true, schema } },
+                logit_bias: { [quote]: 30, [close]: 20, [comma]: 15, [bracket]: 15 },
+                messages: userWith(img(png), text('Answer in JSON.')) };
+  const check = (answer) => {
+    const parsed = JSON.parse(answer);
+    assert.deepEqual(Object.keys(parsed).slice(0, 3), ['verdict', 'count', 'tags'], answer);
+    assert.ok(['yes', 'no'].includes(parsed.verdict), answer);
+    assert.ok(Number.isInteger(parsed.count), answer);
+    assert.ok(Array.isArray(parsed.tags) && parsed.tags.length <= 2 && parsed.tags.every((t) => typeof t === 'string'), answer);
+    assert.ok(!('color' in parsed) || parsed.color === null || typeof parsed.color === 'string', answer);
+    assert.ok(Object.keys(parsed).every((k) => k in schema.properties), answer);
+  };
+  const whole = await client.chat.completions.create(ask);
+  const answer = whole.choices[0].message.content;
+  assert.equal(whole.choices[0].finish_reason, 'stop', answer);
+  check(answer);
+
+  const stream = await client.chat.completions.create({ ...ask, stream: true });
+  let streamed = '';
+  for await (const chunk of stream) streamed += chunk.choices[0]?.delta?.content ?? '';
+  assert.equal(streamed, answer);
+
+  const sampled = await client.chat.completions.create({ ...ask, temperature: 0.8, seed: 5, n: 3 });
+  for (const c of sampled.choices) {
+    assert.equal(c.finish_reason, 'stop', c.message.content);
+    check(c.message.content);
+  }
+  const format = (s) => ({ type: 'json_schema', json_schema: { name: 'x', schema: s } });
+  await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'object', properties: { a: { type: 'string', format: 'email' } } }) }),
+    (e) => e.status === 400 && e.param === 'response_format' && /'format' is not supported \(at #\/properties\/a\)/.test(e.message));
+  await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'string' }) }),
+    (e) => e.status === 400 && /root \(#\) must be an object/.test(e.message));
+});
+
 test('stop_token_ids (vLLM\'s) end the answer at the first of them, counted in completion_tokens; an id past the vocabulary is a 400', async () => {
   const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 12, logprobs: 0, return_tokens_as_token_ids: true };
   const whole = (await client.completions.create({ ...ask, ignore_eos: true })).choices[0];

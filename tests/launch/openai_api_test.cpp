@@ -214,6 +214,14 @@ TEST(OpenAiChatRequest, ResponseFormatJsonObjectAsksForJsonMode) {
   EXPECT_TRUE(parse_completion_request(R"({"prompt":"x","response_format":{"type":"json_object"}})",
                                        defaults())
                   .generation.json_object);
+  // json_schema: the schema as text, in the body's property order.
+  const auto chat = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"integer"}},"required":["b","a"]}}}})",
+      defaults(), 8);
+  EXPECT_TRUE(chat.generation.json_object);
+  EXPECT_NE(chat.generation.json_schema.find(R"("x-llava-property-order":["b","a"])"),
+            std::string::npos)
+      << chat.generation.json_schema;
 }
 
 TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
@@ -230,9 +238,11 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"service_tier":"flex"})").param,
       "service_tier");
   const ApiError schema = chat_error(
-      R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}}})");
+      R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"object","minProperties":1}}}})");
   EXPECT_EQ(schema.param, "response_format");
-  EXPECT_NE(std::string(schema.what()).find("json_schema"), std::string::npos) << schema.what();
+  EXPECT_NE(std::string(schema.what()).find("'minProperties' is not supported (at #)"),
+            std::string::npos)
+      << schema.what();
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"response_format":"json"})").param,
       "response_format");

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "common/errors.h"
+#include "common/json_schema.h"
 
 namespace {
 
@@ -161,12 +162,56 @@ TEST(JsonRequest, ResponseFormatJsonObjectAsksForJsonMode) {
   llava::parse_json_request(R"({"prompt": "a", "response_format": {"type": "json_object"}})", true,
                             line);
   EXPECT_TRUE(line.generation.json_object);
-  EXPECT_EQ(
-      refusal(R"({"prompt": "a", "response_format": {"type": "json_schema"}})", true).first,
-      R"(response_format: only {"type": "text"} and {"type": "json_object"} are supported, got {"type":"json_schema"})");
+  EXPECT_EQ(refusal(R"({"prompt": "a", "response_format": {"type": "json_schema"}})", true).first,
+            "response_format.json_schema: expected an object with the schema");
   EXPECT_NE(
       refusal(R"({"prompt": "a", "response_format": "json"})", true).first.find("got \"json\""),
       std::string::npos);
+}
+
+// response_format json_schema: the schema checked by the worker's compiler and carried as
+// text, its properties in the order the request gives them (nlohmann::json sorts keys).
+TEST(JsonRequest, ResponseFormatJsonSchemaCarriesTheSchemaInItsOrder) {
+  llava::JsonRequest line;
+  llava::parse_json_request(
+      R"({"prompt": "a", "response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": true,
+          "schema": {"type": "object", "properties": {"zeta": {"type": "integer"}, "alpha": {"type": "string"}},
+                     "required": ["zeta", "alpha"]}}}})",
+      true, line);
+  EXPECT_TRUE(line.generation.json_object);
+  const auto schema =
+      llava::JsonSchema::compile(nlohmann::json::parse(line.generation.json_schema));
+  llava::SchemaState in_order(schema.get()), sorted(schema.get());
+  EXPECT_TRUE(in_order.feed(R"({"zeta":1,"alpha":"a"})") && in_order.complete());
+  EXPECT_FALSE(sorted.feed(R"({"alpha":"a","zeta":1})"));
+  // No schema: any object. Then the refusals, each naming what is wrong.
+  llava::parse_json_request(
+      R"({"prompt": "a", "response_format": {"type": "json_schema", "json_schema": {"name": "p"}}})",
+      true, line);
+  EXPECT_TRUE(line.generation.json_object);
+  EXPECT_TRUE(line.generation.json_schema.empty());
+  auto refused = [](const std::string& format) {
+    return refusal(R"({"prompt": "a", "response_format": )" + format + "}", true).first;
+  };
+  EXPECT_EQ(
+      refused(
+          R"({"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}})"),
+      "response_format: json_schema: 'pattern' is not supported (at #/properties/a)");
+  EXPECT_EQ(
+      refused(R"({"type": "json_schema", "json_schema": {"schema": {"type": "array"}}})"),
+      "response_format: json_schema: the root (#) must be an object schema (\"type\": \"object\")");
+  EXPECT_EQ(refused(R"({"type": "json_schema", "json_schema": {"schema": {}, "extra": 1}})"),
+            "response_format.json_schema: 'extra' is not a key of it (or not of its type)");
+  EXPECT_EQ(refused(R"({"type": "json_schema", "json_schema": {"name": 7}})"),
+            "response_format.json_schema: 'name' is not a key of it (or not of its type)");
+  EXPECT_EQ(refused(R"({"type": "json_schema", "json_schema": {}, "x": 1})"),
+            "response_format: 'x' is not a key of it");
+  EXPECT_EQ(refused(R"({"type": "json_object", "x": 1})").rfind("response_format: expected", 0),
+            0u);
+  std::string big =
+      R"({"type": "json_schema", "json_schema": {"schema": {"type": "object", "description": ")";
+  big += std::string(llava::kMaxJsonSchemaBytes, 'x') + "\"}}}";
+  EXPECT_NE(refused(big).find("bytes; at most 65536"), std::string::npos) << refused(big);
 }
 
 // vLLM's stop_token_ids: a list of ids (the coordinator checks them against the vocabulary).

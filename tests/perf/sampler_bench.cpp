@@ -3,8 +3,9 @@
 // row, as a random model's or a high temperature gives, where draws land deep) through
 // Sampler::next under common settings; and JSON mode's mask over a made-up vocabulary of
 // 1-7 byte tokens (letters, some punctuation) inside a string, where most tokens fit whole
-// (the most bytes it tries), and after a key, where only a colon may come. Prints a table
-// and one JSON line.
+// (the most bytes it tries), and after a key, where only a colon may come; and a schema's
+// (response_format json_schema) inside a string of 64 it lists, where every token whose
+// first byte fits is tried. Prints a table and one JSON line.
 //   sampler_bench [--draws N]
 #include <chrono>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/json_schema.h"
 #include "stages/language/sampler.h"
 
 int main(int argc, char** argv) {
@@ -36,13 +38,21 @@ int main(int argc, char** argv) {
   for (const char* piece : {"{", "\"", ""}) table->push_back(piece);
   const std::string letters = "etaoinshrdlucmfwypvbgkjqxz ETAOINSHRDLU0123456789";
   const std::string marks = "{}[]\":,.\\-";
-  while (table->size() < row.size()) {
+  while (table->size() < row.size() - 2) {
     std::string piece;
     const size_t length = 1 + g() % 7;
     for (size_t i = 0; i < length; ++i)
       piece += g() % 20 == 0 ? marks[g() % marks.size()] : letters[g() % letters.size()];
     table->push_back(piece);
   }
+  table->push_back("a");  // 32062, 32063: the schema's key
+  table->push_back(":");
+  nlohmann::json words = nlohmann::json::array();
+  for (int i = 0; i < 64; ++i)
+    words.push_back(std::string(1, letters[static_cast<size_t>(i) % 26]) + "or" +
+                    letters[static_cast<size_t>(i) / 2]);
+  const auto schema = llava::JsonSchema::compile(
+      {{"type", "object"}, {"properties", {{"a", {{"enum", words}}}}}, {"required", {"a"}}});
   struct Case {
     const char* name;
     double temperature, top_p, repetition_penalty;
@@ -50,15 +60,17 @@ int main(int argc, char** argv) {
     const std::vector<float>* row;
     bool json = false;
   };
-  const Case cases[] = {{"temperature 0.7", 0.7, 1.0, 1.0, 0, &row},
-                        {"temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &row},
-                        {"temperature 1, top_k 50", 1.0, 1.0, 1.0, 50, &row},
-                        {"top_p 0.9, repetition_penalty 1.1, 4,096 ids", 0.7, 0.9, 1.1, 0, &row},
-                        {"flat row, temperature 0.7", 0.7, 1.0, 1.0, 0, &flat},
-                        {"flat row, temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &flat},
-                        {"flat row, temperature 1.5, top_p 0.95", 1.5, 0.95, 1.0, 0, &flat},
-                        {"JSON mode in a string, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true},
-                        {"JSON mode after a key, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true}};
+  const Case cases[] = {
+      {"temperature 0.7", 0.7, 1.0, 1.0, 0, &row},
+      {"temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &row},
+      {"temperature 1, top_k 50", 1.0, 1.0, 1.0, 50, &row},
+      {"top_p 0.9, repetition_penalty 1.1, 4,096 ids", 0.7, 0.9, 1.1, 0, &row},
+      {"flat row, temperature 0.7", 0.7, 1.0, 1.0, 0, &flat},
+      {"flat row, temperature 0.7, top_p 0.9", 0.7, 0.9, 1.0, 0, &flat},
+      {"flat row, temperature 1.5, top_p 0.95", 1.5, 0.95, 1.0, 0, &flat},
+      {"JSON mode in a string, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true},
+      {"JSON mode after a key, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true},
+      {"JSON schema in an enum's string, temperature 0.7", 0.7, 1.0, 1.0, 0, &row, true}};
   std::string json =
       "{\"vocabulary\":32064,\"draws\":" + std::to_string(draws) + ",\"us_per_draw\":{";
   std::printf("%-46s %12s\n", "settings", "us / draw");
@@ -72,6 +84,8 @@ int main(int argc, char** argv) {
     p.seed = 3;
     p.json_object = c.json;
     p.json_tokens = table;
+    const bool in_enum = std::strstr(c.name, "enum") != nullptr;
+    if (in_enum) p.json_grammar = schema;
     p.stop_token_ids = {2};
     llava::Sampler sampler(p);
     // JSON mode's answer so far (each draw from there): '{' and '"', a key's string open; or
@@ -79,6 +93,7 @@ int main(int argc, char** argv) {
     const bool after_key = std::strstr(c.name, "after a key") != nullptr;
     std::vector<int32_t> grown = !c.json     ? history
                                  : after_key ? std::vector<int32_t>{0, 1, 1}
+                                 : in_enum   ? std::vector<int32_t>{0, 1, 32062, 1, 32063, 1}
                                              : std::vector<int32_t>{0, 1};
     const auto start = std::chrono::steady_clock::now();
     long checksum = 0;

@@ -255,6 +255,48 @@ TEST(Pipeline, AJsonModeAnswerResumedAfterAWorkerDeathIsTheUninterruptedOne) {
   EXPECT_EQ(results.at(again).tokens, results.at(json).tokens);
 }
 
+// A schema (response_format json_schema) on the tiny model: the answer starts with the one
+// required key whatever the model prefers. A schema the worker cannot follow (a peer's: the
+// API would have refused it) fails its own request only, naming what is wrong, and the
+// worker goes on with the next.
+TEST(Pipeline, AJsonSchemaAnswerFollowsItsSchemaAndABadSchemaFailsOnlyItsRequest) {
+  const std::string path = write_config("json-schema", concurrent_cpu(8, 2));
+  std::map<uint64_t, llava::RequestResult> results;
+  llava::CoordinatorEvents events;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  auto submit = [&](const std::string& schema) {
+    llava::RequestSpec spec = spec_of(kCases[0], path);
+    spec.generation.max_new_tokens = 12;
+    spec.generation.json_object = true;
+    spec.generation.json_schema = schema;
+    return coordinator.submit(spec);
+  };
+  const std::string good =
+      R"({"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]})";
+  const uint64_t first = submit(good);
+  const uint64_t bad =
+      submit(R"({"type":"object","properties":{"a":{"type":"string","pattern":"x"}}})");
+  const uint64_t garbled = submit("{not json");
+  const uint64_t after = submit(good);
+  coordinator.run();
+  coordinator.shutdown_workers();
+  for (uint64_t id : {first, after}) {
+    ASSERT_TRUE(results.at(id).ok) << results.at(id).error;
+    const std::string& text = results.at(id).text;
+    EXPECT_EQ(text.substr(text.find_first_not_of(" \t\r\n"), 5), R"({"n":)") << text;
+  }
+  EXPECT_EQ(results.at(after).tokens, results.at(first).tokens);
+  EXPECT_FALSE(results.at(bad).ok);
+  EXPECT_NE(
+      results.at(bad).error.find("json_schema: 'pattern' is not supported (at #/properties/a)"),
+      std::string::npos)
+      << results.at(bad).error;
+  EXPECT_FALSE(results.at(garbled).ok);
+  EXPECT_NE(results.at(garbled).error.find("json_schema: not JSON"), std::string::npos)
+      << results.at(garbled).error;
+}
+
 // A request that asks for logprobs gets one per token, streamed with the text they make
 // and all in its answer: the tokens' ids, their texts, the most likely alternatives. The
 // answer itself is the same as without them, and a request beside it that asks for none

@@ -1,5 +1,6 @@
-// JSON mode: the compact-JSON recognizer byte by byte, the mask it puts on a vocabulary's
-// scores, and a sampler that follows it whatever the scores prefer.
+// JSON mode: the recognizer (common/json_schema.h) on the schema of any object, byte by
+// byte, the mask it puts on a vocabulary's scores, and a sampler that follows it whatever
+// the scores prefer. Schemas of their own: tests/common/json_schema_test.cpp.
 #include "stages/language/json_constraint.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,11 @@
 
 namespace llava {
 namespace {
+
+// JSON mode's recognizer.
+struct JsonState : SchemaState {
+  JsonState() : SchemaState(JsonSchema::any_object().get()) {}
+};
 
 bool accepts_whole(const std::string& text) {
   JsonState state;

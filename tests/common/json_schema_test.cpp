@@ -1,0 +1,365 @@
+// Structured output's schema compiler and recognizer (common/json_schema.h): texts of a
+// schema accepted and completed in property order, texts outside it refused at the byte
+// that leaves it, schemas it cannot follow refused with their place, and random walks
+// through the recognizer whose every completed text an independent validator accepts.
+#include "common/json_schema.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace llava {
+namespace {
+
+using Json = nlohmann::json;
+
+std::shared_ptr<const JsonSchema> compile(const std::string& schema) {
+  return JsonSchema::compile(with_property_order(schema, {}));
+}
+
+bool accepts(const JsonSchema& schema, const std::string& text) {
+  SchemaState state(&schema);
+  return state.feed(text) && state.complete();
+}
+
+// The message of the error compiling `schema` ("" if it compiles).
+std::string refusal(const std::string& schema) {
+  try {
+    compile(schema);
+  } catch (const JsonSchemaError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// An OpenAI / Pydantic-style schema: $defs, an optional field as anyOf [X, null], enums,
+// arrays with bounds, integers and numbers, a nested object; properties not in
+// alphabetical order.
+const char* kPerson = R"({
+  "title": "Person", "type": "object", "additionalProperties": false,
+  "properties": {
+    "name": {"type": "string", "description": "full name"},
+    "age": {"type": "integer"},
+    "role": {"enum": ["admin", "user", 3, null]},
+    "email": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null},
+    "scores": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
+    "address": {"$ref": "#/$defs/Address"},
+    "tags": {"type": ["array", "null"], "items": {"type": "string"}}
+  },
+  "required": ["name", "age", "role", "scores"],
+  "$defs": {"Address": {"type": "object", "properties": {"zip": {"type": "string"}, "city": {"type": "string"}},
+                        "required": ["zip", "city"]}}
+})";
+
+TEST(JsonSchema, AcceptsTheSchemasTextsInPropertyOrderAndCompletesAtTheLastByte) {
+  const auto schema = compile(kPerson);
+  for (
+      const std::string text : {
+          R"({"name":"Ann","age":41,"role":"admin","scores":[1]})",
+          R"( {"name":"","age":-7,"role":3,"email":null,"scores":[1.5,-2e3,0]})",
+          R"({"name":"B\"\u00e9","age":0,"role":null,"email":"b@c","scores":[0.25],"address":{"zip":"1","city":"X"}})",
+          R"({"name":"C","age":1,"role":"user","scores":[2],"tags":["a","b"]})",
+          R"({"name":"C","age":1,"role":"user","scores":[2],"address":{"zip":"","city":""},"tags":null})",
+      }) {
+    EXPECT_TRUE(accepts(*schema, text)) << text;
+    SchemaState state(schema.get());
+    ASSERT_TRUE(state.feed(text.substr(0, text.size() - 1))) << text;
+    EXPECT_FALSE(state.complete()) << text;
+    EXPECT_TRUE(Json::parse(text).is_object());
+  }
+}
+
+TEST(JsonSchema, RefusesTextsOutsideIt) {
+  const auto schema = compile(kPerson);
+  for (const std::string text : {
+           R"({"age":41,"name":"Ann","role":"admin","scores":[1]})",            // out of order
+           R"({"name":"Ann","role":"admin","scores":[1]})",                     // age missing
+           R"({"name":"Ann","age":41,"role":"admin"})",                         // scores missing
+           R"({"name":"Ann","age":41,"role":"admin","scores":[1],"x":1})",      // not a property
+           R"({"name":"Ann","age":41.5,"role":"admin","scores":[1]})",          // not an integer
+           R"({"name":"Ann","age":4e1,"role":"admin","scores":[1]})",           // not an integer
+           R"({"name":"Ann","age":41,"role":"root","scores":[1]})",             // not in the enum
+           R"({"name":"Ann","age":41,"role":33,"scores":[1]})",                 // 3, not 33
+           R"({"name":"Ann","age":41,"role":"admin","scores":[]})",             // minItems 1
+           R"({"name":"Ann","age":41,"role":"admin","scores":[1,2,3,4]})",      // maxItems 3
+           R"({"name":"Ann","age":41,"role":"admin","scores":["1"]})",          // items are numbers
+           R"({"name":1,"age":41,"role":"admin","scores":[1]})",                // name is a string
+           R"({"name":"Ann","age":41,"role":"admin","email":7,"scores":[1]})",  // string or null
+           R"({"name":"Ann","age":41,"role":"admin","scores":[1],"address":{"city":"X"}})",
+           R"({"name":"Ann","age":41,"role":"admin","scores":[1],"tags":[1]})",
+           R"({"name":"Ann","age":41,"role":"admin","scores":[1],"name":"B"})",  // a key twice
+           R"({"name": "Ann","age":41,"role":"admin","scores":[1]})",            // whitespace
+           R"({"name":"Ann","age":41,"role":"admin","scores":[1]}})",
+           R"([])",
+       }) {
+    EXPECT_FALSE(accepts(*schema, text)) << text;
+  }
+}
+
+// RFC 8259 asks for UTF-8: a string takes whole, well-formed characters only, however the
+// tokens split them (a byte-fallback token is a character's single byte).
+TEST(JsonSchema, StringsTakeWellFormedUtf8Only) {
+  const auto any = JsonSchema::any_object();
+  for (const std::string text :
+       {"{\"a\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xed\x9f\xbf\xf4\x8f\xbf\xbf\"}",
+        "{\"\xe4\xb8\xad\":1}"}) {
+    EXPECT_TRUE(accepts(*any, text)) << text;
+  }
+  for (const std::string text : {"{\"a\":\"\xc0\x80\"}",          // overlong
+                                 "{\"a\":\"\xe0\x9f\xbf\"}",      // overlong
+                                 "{\"a\":\"\xed\xa0\x80\"}",      // a surrogate
+                                 "{\"a\":\"\xf4\x90\x80\x80\"}",  // past U+10FFFF
+                                 "{\"a\":\"\xf5\x80\x80\x80\"}",
+                                 "{\"a\":\"\xc3\"}",  // cut short by the quote
+                                 "{\"a\":\"\xe2\x82a\"}",
+                                 "{\"a\":\"\x80\"}",  // a stray continuation
+                                 "{\"\xff\":1}",
+                                 R"({"a":"\udbdb"})",  // a lone high surrogate
+                                 R"({"a":"\udbdbx"})", R"({"a":"\ud83d\n"})",
+                                 R"({"a":"\ud83d\u0041"})",  // not a low one after it
+                                 R"({"a":"\ude00"})"}) {     // a lone low surrogate
+    EXPECT_FALSE(accepts(*any, text)) << text;
+  }
+  EXPECT_TRUE(accepts(*any, R"({"a":"\ud83d\ude00\u00e9\uD7FF\uE000"})"));
+  SchemaState state(any.get());
+  ASSERT_TRUE(state.feed("{\"a\":\"\xe2"));
+  EXPECT_FALSE(state.in_string());  // mid-character: no whole-token shortcut
+  ASSERT_TRUE(state.feed('\x82'));
+  ASSERT_TRUE(state.feed('\xac'));
+  EXPECT_TRUE(state.in_string());
+}
+
+TEST(JsonSchema, EnumNumbersThatArePrefixesOfEachOtherEndWhereTheTextSays) {
+  const auto schema =
+      compile(R"({"type":"object","properties":{"a":{"enum":[1,12,-1.5]}},"required":["a"]})");
+  for (const std::string text : {R"({"a":1})", R"({"a":12})", R"({"a":-1.5})"})
+    EXPECT_TRUE(accepts(*schema, text)) << text;
+  for (const std::string text : {R"({"a":123})", R"({"a":2})", R"({"a":-1})", R"({"a":1.0})"}) {
+    EXPECT_FALSE(accepts(*schema, text)) << text;
+  }
+}
+
+TEST(JsonSchema, ObjectsWithoutPropertiesTakeAnyKeysWithTheValuesTheySay) {
+  const auto ints = compile(R"({"type":"object","additionalProperties":{"type":"integer"}})");
+  EXPECT_TRUE(accepts(*ints, R"({"x":1,"y":-2})"));
+  EXPECT_TRUE(accepts(*ints, R"({})"));
+  EXPECT_FALSE(accepts(*ints, R"({"x":"1"})"));
+  const auto closed = compile(R"({"type":"object","additionalProperties":false})");
+  EXPECT_TRUE(accepts(*closed, R"({})"));
+  EXPECT_FALSE(accepts(*closed, R"({"x":1})"));
+  const auto any = compile(R"({"type":"object"})");
+  EXPECT_TRUE(accepts(*any, R"({"a":[1,{"b":null}],"c":"d","e":true})"));
+}
+
+TEST(JsonSchema, FollowsRecursiveReferences) {
+  const auto tree = compile(R"({"type":"object","properties":{"name":{"type":"string"},
+      "children":{"type":"array","items":{"$ref":"#"}}},"required":["name","children"]})");
+  EXPECT_TRUE(accepts(
+      *tree, R"({"name":"a","children":[{"name":"b","children":[]},{"name":"c","children":[]}]})"));
+  EXPECT_FALSE(accepts(*tree, R"({"name":"a","children":[{"name":"b"}]})"));
+  // Nesting stops at the recognizer's depth (objects and arrays open at once).
+  std::string deep;
+  for (int i = 0; i < SchemaState::kMaxDepth / 2; ++i) deep += R"({"name":"n","children":[)";
+  SchemaState state(tree.get());
+  ASSERT_TRUE(state.feed(deep));
+  EXPECT_FALSE(state.feed('{'));
+}
+
+TEST(JsonSchema, OptionalPropertiesMaySkipButNotGoBack) {
+  const auto schema = compile(
+      R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"},"c":{"type":"integer"}},"required":["b"]})");
+  for (const std::string text :
+       {R"({"b":1})", R"({"a":1,"b":2})", R"({"b":1,"c":2})", R"({"a":1,"b":2,"c":3})"}) {
+    EXPECT_TRUE(accepts(*schema, text)) << text;
+  }
+  for (const std::string text :
+       {R"({})", R"({"a":1})", R"({"c":1})", R"({"b":1,"a":2})", R"({"a":1,"c":2})"}) {
+    EXPECT_FALSE(accepts(*schema, text)) << text;
+  }
+}
+
+TEST(JsonSchema, KeepsThePropertyOrderGivenThroughSortedJson) {
+  // nlohmann::json sorts keys; with_property_order carries the text's order, and a property
+  // named "properties" is a property, not the keyword.
+  const std::string text =
+      R"({"response_format":{"json_schema":{"schema":{"type":"object","properties":{"zeta":{"type":"object",
+      "properties":{"properties":{"type":"integer"},"b":{"type":"integer"}},"required":["properties","b"]},
+      "alpha":{"type":"integer"}},"required":["zeta","alpha"]}}}})";
+  const Json schema = with_property_order(text, {"response_format", "json_schema", "schema"});
+  ASSERT_TRUE(schema.is_object());
+  const auto compiled = JsonSchema::compile(schema);
+  EXPECT_TRUE(accepts(*compiled, R"({"zeta":{"properties":1,"b":2},"alpha":3})"));
+  EXPECT_FALSE(accepts(*compiled, R"({"alpha":3,"zeta":{"properties":1,"b":2}})"));
+  EXPECT_FALSE(accepts(*compiled, R"({"zeta":{"b":2,"properties":1},"alpha":3})"));
+  // Without it, the sorted order.
+  const auto sorted =
+      JsonSchema::compile(Json::parse(text)["response_format"]["json_schema"]["schema"]);
+  EXPECT_TRUE(accepts(*sorted, R"({"alpha":3,"zeta":{"b":2,"properties":1}})"));
+  // An order that does not name the properties is not taken.
+  Json odd =
+      Json::parse(R"({"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"integer"}},
+      "required":["a","b"]})");
+  odd[kPropertyOrderKey] = {"b", "x"};
+  EXPECT_TRUE(accepts(*JsonSchema::compile(odd), R"({"a":1,"b":2})"));
+  EXPECT_TRUE(with_property_order(text, {"response_format", "nothing"}).is_null());
+}
+
+TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
+  struct Case {
+    const char* schema;
+    const char* says;
+  };
+  for (
+      const Case& c : std::vector<Case>{
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^x"}}})",
+           "'pattern' is not supported (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"integer","minimum":0}}})",
+           "'minimum' is not supported (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"string","format":"date"}}})",
+           "'format' is not supported"},
+          {R"({"allOf":[{"type":"object"}]})", "'allOf' is not supported (at #)"},
+          {R"({"type":"string"})", "the root (#) must be an object schema"},
+          {R"({"type":"object","properties":{"a":{"anyOf":[{"type":"integer"},{"type":"number"}]}}})",
+           "can begin with '-'"},
+          {R"({"type":"object","properties":{"a":{"anyOf":[{"enum":["x"]},{"type":"string"}]}}})",
+           "can begin with '\"'"},
+          {R"({"type":"object","properties":{"a":{"$ref":"#/$defs/missing"}}})", "cannot resolve"},
+          {R"({"type":"object","properties":{"a":{"$ref":"#/$defs/a"}},"$defs":{"a":{"$ref":"#/$defs/a"}}})",
+           "refers to nothing but itself"},
+          {R"({"type":"object","properties":{"a":{"type":"integer"}},"required":["b"]})",
+           "\"b\" is not one of the properties (at #/required)"},
+          {R"({"type":"object","properties":{"a":false}})",
+           "false admits no value (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"integer","enum":["x"]}}})",
+           "no value of the enum"},
+          {R"({"type":"object","properties":{"a":{"type":"array","minItems":3,"maxItems":2}}})",
+           "minItems is above maxItems"},
+          {R"({"type":"object","properties":{"a":{"type":"thing"}}})", "unknown type \"thing\""},
+          {R"({"type":"object","properties":{"a":{"$ref":"#/$defs/b","type":"object"}},"$defs":{"b":{}}})",
+           "'$ref' beside 'type'"},
+          {R"({"type":"object","properties":{"a":{"$ref":"#"}},"required":["a"]})",
+           "no finite value (it requires itself without end) (at #)"},
+          {R"({"type":"object","properties":{"a":{"type":"array","items":{"$ref":"#"},"minItems":1}},"required":["a"]})",
+           "no finite value"},
+      }) {
+    EXPECT_NE(refusal(c.schema).find(c.says), std::string::npos)
+        << c.schema << " -> " << refusal(c.schema);
+  }
+  Json many = {{"type", "object"}, {"properties", Json::object()}};
+  for (int i = 0; i <= static_cast<int>(JsonSchema::kMaxProperties); ++i)
+    many["properties"]["p" + std::to_string(i)] = Json::object();
+  EXPECT_NE(refusal(many.dump()).find("properties; at most"), std::string::npos);
+}
+
+// An independent check of the supported keywords, on parsed JSON (no property order: that
+// is the recognizer's own test above).
+bool valid(const Json& value, const Json& schema, const Json& root) {
+  if (schema.is_boolean()) return schema.get<bool>();
+  if (schema.contains("$ref")) {
+    const std::string ref = schema["$ref"];
+    return valid(value, ref == "#" ? root : root["$defs"][ref.substr(8)], root);
+  }
+  if (schema.contains("anyOf")) {
+    return std::any_of(schema["anyOf"].begin(), schema["anyOf"].end(),
+                       [&](const Json& s) { return valid(value, s, root); });
+  }
+  if (schema.contains("enum"))
+    return std::find(schema["enum"].begin(), schema["enum"].end(), value) != schema["enum"].end();
+  if (schema.contains("type")) {
+    std::vector<std::string> types;
+    if (schema["type"].is_array()) {
+      for (const auto& t : schema["type"]) types.push_back(t);
+    } else {
+      types.push_back(schema["type"]);
+    }
+    const bool typed = std::any_of(types.begin(), types.end(), [&](const std::string& t) {
+      return (t == "object" && value.is_object()) || (t == "array" && value.is_array()) ||
+             (t == "string" && value.is_string()) || (t == "number" && value.is_number()) ||
+             (t == "integer" && (value.is_number_integer() ||  // past 64 bits, a whole double
+                                 (value.is_number_float() &&
+                                  std::floor(value.get<double>()) == value.get<double>()))) ||
+             (t == "boolean" && value.is_boolean()) || (t == "null" && value.is_null());
+    });
+    if (!typed) return false;
+  }
+  if (value.is_object()) {
+    const Json props = schema.value("properties", Json::object());
+    for (const auto& name : schema.value("required", Json::array())) {
+      if (!value.contains(name.get<std::string>())) return false;
+    }
+    for (const auto& [key, item] : value.items()) {
+      if (props.contains(key)) {
+        if (!valid(item, props[key], root)) return false;
+      } else if (!props.empty() ||
+                 !valid(item, schema.value("additionalProperties", Json(true)), root)) {
+        return false;
+      }
+    }
+  }
+  if (value.is_array()) {
+    if (value.size() < schema.value("minItems", 0u) ||
+        value.size() > schema.value("maxItems", 1000000u))
+      return false;
+    for (const auto& item : value) {
+      if (!valid(item, schema.value("items", Json(true)), root)) return false;
+    }
+  }
+  return true;
+}
+
+// Random texts of a schema: each step a byte the recognizer takes, the structural ones
+// preferred (else strings rarely end); every text that completes must parse and validate.
+TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
+  const std::vector<std::string> schemas = {
+      kPerson,
+      R"({"type":"object","properties":{"name":{"type":"string"},"children":{"type":"array","items":{"$ref":"#"},"maxItems":2}},"required":["name","children"]})",
+      R"({"type":"object","additionalProperties":{"type":["integer","boolean","null"]}})",
+      R"({"type":"object"})",
+      R"({"type":"object","properties":{"m":{"type":"array","items":{"type":"array","items":{"enum":[0,10,100,"a"]},"minItems":2}}},"required":["m"]})",
+  };
+  const std::string preferred = "\"}],:{[0123456789-.eE+tfnaulrs";
+  std::mt19937 rng(11);
+  for (const std::string& text : schemas) {
+    const Json raw = Json::parse(text);
+    const auto schema = JsonSchema::compile(raw);
+    int completed = 0;
+    for (int walk = 0; walk < 400; ++walk) {
+      SchemaState state(schema.get());
+      std::string out;
+      while (!state.complete() && out.size() < 400) {
+        std::vector<unsigned char> takes, liked;
+        for (int c = 1; c < 128; ++c) {  // ASCII: the parser checks UTF-8
+          SchemaState next = state;
+          if (!next.feed(static_cast<unsigned char>(c))) continue;
+          takes.push_back(static_cast<unsigned char>(c));
+          if (preferred.find(static_cast<char>(c)) != std::string::npos)
+            liked.push_back(static_cast<unsigned char>(c));
+        }
+        ASSERT_FALSE(takes.empty()) << "stuck after " << out;
+        const auto& pool = !liked.empty() && rng() % 10 < 8 ? liked : takes;
+        const unsigned char c = pool[rng() % pool.size()];
+        ASSERT_TRUE(state.feed(c));
+        out += static_cast<char>(c);
+      }
+      if (!state.complete()) continue;
+      ++completed;
+      Json value;
+      try {
+        value = Json::parse(out);
+      } catch (const Json::out_of_range&) {  // valid JSON, a number past double's range ("1E999")
+        continue;
+      } catch (const Json::exception& e) {
+        FAIL() << e.what() << ": " << out;
+      }
+      EXPECT_TRUE(valid(value, raw, raw)) << text << "\n" << out;
+    }
+    EXPECT_GT(completed, 50) << text;
+  }
+}
+
+}  // namespace
+}  // namespace llava
