@@ -122,6 +122,8 @@ struct Sampling {
   # With jsonObject: the schema the object follows, compact JSON (response_format
   # json_schema; common/json_schema.h); empty: any object.
   jsonSchema @14 :Text;
+  # vLLM's min_tokens: the stop ids are out of the draw before this many answer tokens.
+  minTokens @15 :UInt32;
 }
 
 struct LogitBias {

@@ -11,6 +11,8 @@ void read_sampling_keys(SamplingKeyReader& reader, SamplingParams& params) {
   if (auto v = reader.whole("max_new_tokens", 1, L::kMaxNewTokens)) {
     params.max_new_tokens = static_cast<int>(*v);
   }
+  if (auto v = reader.whole("min_tokens", 0, L::kMaxNewTokens))
+    params.min_tokens = static_cast<int>(*v);
   if (auto v = reader.real("temperature", 0.0, L::kTemperature, false)) params.temperature = *v;
   // -1 is off too, as vLLM takes it (clients written for vLLM send it).
   if (auto v = reader.whole("top_k", -1, L::kTopK))
@@ -52,6 +54,7 @@ std::vector<std::string> sampling_keys() {
 
 void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
   out.setMaxNewTokens(static_cast<uint32_t>(params.max_new_tokens));
+  out.setMinTokens(static_cast<uint32_t>(params.min_tokens));
   out.setTemperature(static_cast<float>(params.temperature));
   out.setTopK(static_cast<uint32_t>(params.top_k));
   out.setTopP(static_cast<float>(params.top_p));
@@ -78,6 +81,8 @@ void to_wire(const SamplingParams& params, schema::Sampling::Builder out) {
 SamplingParams from_wire(schema::Sampling::Reader in) {
   SamplingParams params;
   params.max_new_tokens = static_cast<int>(in.getMaxNewTokens());
+  params.min_tokens =
+      static_cast<int>(std::min<uint32_t>(in.getMinTokens(), SamplingLimits::kMaxNewTokens));
   params.temperature = in.getTemperature();
   params.top_k = static_cast<int>(in.getTopK());
   params.top_p = in.getTopP();

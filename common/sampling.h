@@ -20,6 +20,9 @@ class JsonSchema;
 
 struct SamplingParams {
   int max_new_tokens = 64;
+  // vLLM's: no stop (the end-of-sequence token, stop_token_ids, a stop string) before this
+  // many tokens of the answer. 0 = off.
+  int min_tokens = 0;
   double temperature = 0.0;  // 0 = greedy
   int top_k = 0;             // 0 = off (-1 as given is read as 0)
   double top_p = 1.0;        // 1 = off

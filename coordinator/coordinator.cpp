@@ -212,6 +212,16 @@ void Coordinator::prepare(Request& request) {
   };
   for (const auto& [id, bias] : spec.generation.logit_bias) in_vocabulary("logit_bias", id);
   for (int32_t id : spec.generation.stop_token_ids) in_vocabulary("stop_token_ids", id);
+  if (spec.generation.min_tokens > spec.generation.max_new_tokens) {
+    throw RequestError("min_tokens (" + std::to_string(spec.generation.min_tokens) +
+                       ") is above max_new_tokens (" +
+                       std::to_string(spec.generation.max_new_tokens) + ")");
+  }
+  if (spec.generation.json_object && spec.generation.min_tokens > 0) {
+    throw RequestError(
+        "min_tokens cannot go with response_format json_object (or json_schema): the answer ends "
+        "where the object closes");
+  }
   if (spec.generation.json_object) {
     if (spec.generation.ignore_eos) {
       throw RequestError(
@@ -536,6 +546,10 @@ void Coordinator::on_tokens(wire::Incoming& message) {
     request->tokens.push_back(ids[i]);
     if (with_logprobs) request->logprobs.push_back(token_logprob(ids[i], logprobs[i]));
     fresh += request->detokenizer->push(ids[i]);
+    // min_tokens: no stop string ends within the text of the answer's first tokens.
+    if (request->tokens.size() <= static_cast<size_t>(request->spec.generation.min_tokens)) {
+      request->answer.protect(request->answer.text().size() + fresh.size());
+    }
   }
   if (!request->first_token) request->first_token = Clock::now();
   const std::string streamable = request->answer.push(fresh);

@@ -20,7 +20,11 @@ std::string StopStrings::push(const std::string& fresh) {
   // A stop string not seen before ends in `fresh`: search only where it could start.
   const size_t from = before + 1 > longest_ ? before + 1 - longest_ : 0;
   size_t cut = std::string::npos;
-  for (const auto& stop : stops_) cut = std::min(cut, text_.find(stop, from));
+  for (const auto& stop : stops_) {
+    size_t at = text_.find(stop, from);
+    while (at != std::string::npos && at + stop.size() <= protected_) at = text_.find(stop, at + 1);
+    cut = std::min(cut, at);
+  }
   if (cut != std::string::npos) {
     stopped_ = true;
     text_.resize(std::max(cut, streamed_));  // what is left of it comes from finish()

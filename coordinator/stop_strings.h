@@ -3,6 +3,7 @@
 // into a stop string is held back; everything before it goes out at once.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@ class StopStrings {
   std::string push(const std::string& fresh);
   // The end of generation: what was held back.
   std::string finish();
+  // min_tokens: a stop string that ends within the text's first `bytes` is no stop.
+  void protect(size_t bytes) { protected_ = std::max(protected_, bytes); }
 
   bool stopped() const { return stopped_; }
   const std::string& text() const { return text_; }  // so far; cut before the stop string
@@ -27,6 +30,7 @@ class StopStrings {
   size_t longest_ = 0;
   std::string text_;
   size_t streamed_ = 0;  // bytes of text_ already returned
+  size_t protected_ = 0;  // bytes of text_ in which no stop string may end
   bool stopped_ = false;
 };
 

@@ -110,7 +110,7 @@ class Generator {
   static bool plain_greedy(const SamplingParams& params) {
     return params.temperature <= 0.0 && params.repetition_penalty == 1.0 &&
            params.presence_penalty == 0.0 && params.frequency_penalty == 0.0 &&
-           params.logit_bias.empty() && !params.json_object;
+           params.logit_bias.empty() && !params.json_object && params.min_tokens == 0;
   }
 
   const LlamaDecoder& decoder_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace llava {
@@ -229,6 +230,13 @@ void Sampler::adjust(std::vector<float>& logits, const std::vector<int32_t>& his
     answer.take(history, answer_from_, logits.size());
   }
   penalize(logits, seen, answer);
+  if (history.size() < answer_from_ + static_cast<size_t>(params_.min_tokens)) {
+    // min_tokens: no stop yet (the answer's tokens so far, a resumed one's included).
+    for (int32_t id : params_.stop_token_ids) {
+      if (id >= 0 && static_cast<size_t>(id) < logits.size())
+        logits[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();
+    }
+  }
   if (json) {  // last: what the text cannot take is out whatever its score
     json->take(history, answer_from_);
     json->mask(logits.data(), logits.size());

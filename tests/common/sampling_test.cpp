@@ -17,14 +17,15 @@ using llava::wire::Outgoing;
 
 TEST(Sampling, KeysAreListedOnceInTheOrderErrorsAreReported) {
   EXPECT_EQ(llava::sampling_keys(),
-            (std::vector<std::string>{"max_new_tokens", "temperature", "top_k", "top_p", "min_p",
-                                      "repetition_penalty", "presence_penalty", "frequency_penalty",
-                                      "seed"}));
+            (std::vector<std::string>{"max_new_tokens", "min_tokens", "temperature", "top_k",
+                                      "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                                      "frequency_penalty", "seed"}));
 }
 
 TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   SamplingParams sent;
   sent.max_new_tokens = 300;
+  sent.min_tokens = 12;
   sent.temperature = 0.75;  // binary fractions: exact as the wire's 32-bit floats
   sent.top_k = 40;
   sent.top_p = 0.875;
@@ -45,6 +46,7 @@ TEST(Sampling, RoundTripsOverTheWireInALanguageTask) {
   const SamplingParams got = llava::from_wire(in.header().getBody().getLanguageTask().getSampling());
 
   EXPECT_EQ(got.max_new_tokens, 300);
+  EXPECT_EQ(got.min_tokens, 12);
   EXPECT_EQ(got.temperature, 0.75);
   EXPECT_EQ(got.top_k, 40);
   EXPECT_EQ(got.top_p, 0.875);

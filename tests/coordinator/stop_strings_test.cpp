@@ -58,4 +58,19 @@ TEST(StopStrings, MultiByteTextIsCutOnlyAtTheStop) {
   EXPECT_EQ(stops.text(), "日本語");
 }
 
+// min_tokens: a stop string that ends within the protected text is no stop; one that
+// ends past it is, even if it began inside.
+TEST(StopStrings, NoStopEndsWithinTheProtectedText) {
+  StopStrings stops({"ab"});
+  stops.protect(4);
+  EXPECT_EQ(stream(stops, {"xab", "ab", "ab"}), "xab|||");  // the second "ab" ends at byte 5
+  EXPECT_TRUE(stops.stopped());
+  EXPECT_EQ(stops.text(), "xab");
+  StopStrings spanning({"ab"});
+  spanning.protect(4);
+  EXPECT_EQ(stream(spanning, {"xxa", "b"}), "xx|ab|");  // ends at byte 4: within
+  EXPECT_FALSE(spanning.stopped());
+  EXPECT_EQ(spanning.text(), "xxab");
+}
+
 }  // namespace

@@ -458,6 +458,36 @@ test('response_format json_schema: the answer is an object of the schema, its pr
     (e) => e.status === 400 && /root \(#\) must be an object/.test(e.message));
 });
 
+test('min_tokens (vLLM\'s): no stop id, end-of-sequence token or stop string ends the answer before that many tokens; above max_tokens or with a JSON format it is a 400', async () => {
+  const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 12, logprobs: 0, ignore_eos: true };
+  const asIds = { ...ask, return_tokens_as_token_ids: true };
+  const idsOf = (choice) => choice.logprobs.tokens.map((t) => Number(t.slice('token_id:'.length)));
+  const whole = (await client.completions.create(asIds)).choices[0];
+  const first = idsOf(whole)[0];
+  const cut = (await client.completions.create({ ...asIds, stop_token_ids: [first] })).choices[0];
+  assert.deepEqual(idsOf(cut), [first]);
+  const held = (await client.completions.create({ ...asIds, stop_token_ids: [first], min_tokens: 4 })).choices[0];
+  const heldIds = idsOf(held);
+  assert.ok(heldIds.length >= 4, `${heldIds}`);
+  assert.ok(heldIds.slice(0, 4).every((id) => id !== first), `${heldIds}`);
+
+  // A stop string that the first token's text holds: cut at once, or not within min_tokens.
+  const texts = (await client.completions.create(ask)).choices[0].logprobs.tokens;
+  const j = texts.findIndex((t) => t.length > 0);  // the first token with text of its own
+  assert.ok(j >= 0 && j < 8, JSON.stringify(texts));
+  const stop = texts[j];
+  const atOnce = (await client.completions.create({ ...ask, stop: [stop] })).choices[0];
+  assert.ok(atOnce.text.length < texts.slice(0, j + 1).join('').length, JSON.stringify(atOnce.text));
+  const later = (await client.completions.create({ ...ask, stop: [stop], min_tokens: j + 3 })).choices[0];
+  assert.ok(later.text.startsWith(texts.slice(0, j + 3).join('')), `${JSON.stringify(later.text)} vs ${JSON.stringify(texts)}`);
+
+  await assert.rejects(client.completions.create({ ...ask, min_tokens: 13 }),
+    (e) => e.status === 400 && /min_tokens \(13\) is above max_new_tokens \(12\)/.test(e.message));
+  await assert.rejects(client.completions.create({ ...ask, ignore_eos: false, min_tokens: 2, response_format: { type: 'json_object' } }),
+    (e) => e.status === 400 && /min_tokens cannot go with response_format/.test(e.message));
+  await assert.rejects(client.completions.create({ ...ask, min_tokens: -1 }), (e) => e.status === 400 && e.param === 'min_tokens');
+});
+
 test('stop_token_ids (vLLM\'s) end the answer at the first of them, counted in completion_tokens; an id past the vocabulary is a 400', async () => {
   const ask = { ...greedy, prompt: 'USER: Hello ASSISTANT:', max_tokens: 12, logprobs: 0, return_tokens_as_token_ids: true };
   const whole = (await client.completions.create({ ...ask, ignore_eos: true })).choices[0];

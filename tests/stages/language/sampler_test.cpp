@@ -43,6 +43,32 @@ TEST(Sampler, SameSeedSameTokens) {
   EXPECT_NE(ta, tc);
 }
 
+// vLLM's min_tokens: the stop ids are out of the draw for the answer's first tokens (a
+// resumed answer's count its tokens so far), greedy and sampled alike; then they are back.
+TEST(Sampler, NoStopIdIsDrawnBeforeMinTokens) {
+  for (double temperature : {0.0, 1.0}) {
+    SamplingParams p;
+    p.temperature = temperature;
+    p.seed = 7;
+    p.stop_token_ids = {1, 4};  // the two best scores of kLogits
+    p.min_tokens = 3;
+    const std::vector<int32_t> prompt = {9, 9};
+    Sampler s(p, prompt.size());
+    std::vector<int32_t> history = prompt;
+    for (int i = 0; i < 3; ++i) {
+      const int32_t token = s.next(kLogits, history);
+      EXPECT_TRUE(token != 1 && token != 4) << "token " << i << " at temperature " << temperature;
+      history.push_back(token);
+    }
+    if (temperature == 0.0) EXPECT_EQ(s.next(kLogits, history), 1);  // the best is back
+    Sampler resumed(p, prompt.size());
+    EXPECT_EQ(resumed.next(kLogits, {9, 9, 2, 2, 2}) == 1, temperature == 0.0);
+  }
+  SamplingParams never;
+  never.min_tokens = 5;  // no stop ids (ignore_eos): nothing to hold back
+  EXPECT_EQ(Sampler(never, 0).next(kLogits, {}), 1);
+}
+
 // A worker died after 10 tokens: the resumed task's sampler, given the prompt and those
 // tokens, draws the rest as the uninterrupted one did (a seeded answer is the same answer).
 TEST(Sampler, AResumedAnswerDrawsTheRestAsTheUninterruptedOne) {
