@@ -45,8 +45,8 @@ class JsonConstraint {
   TakenIds taken_;  // the answer's tokens state_ has taken
   // Per token: its bytes are whole UTF-8 characters of a string (no '"', '\\', control
   // byte): in_string() takes it whole, untried. Most of a vocabulary, and a long answer's
-  // text is mostly strings.
-  std::vector<uint8_t> string_bytes_;
+  // text is mostly strings. Shared by the constraints of one table.
+  std::shared_ptr<const std::vector<uint8_t>> string_bytes_;
   mutable std::vector<uint8_t> allowed_;  // mask()'s scratch, one per vocabulary id
   mutable std::vector<SchemaState> after_first_;  // mask()'s: the state past each first byte
   mutable std::vector<uint8_t> second_ok_;        // mask()'s: rows of second bytes that fit
