@@ -120,9 +120,10 @@ class SchemaCompiler {
     }
     if (!s.is_object()) fail(path, "a schema is an object or a boolean, got " + shown(s));
     static const std::set<std::string> kKeys = {
-        "type",  "properties", "required", "additionalProperties",
-        "items", "minItems",   "maxItems", "enum",
-        "const", "anyOf",      "oneOf",    "$ref"};
+        "type",      "properties", "required", "additionalProperties",
+        "items",     "minItems",   "maxItems", "minLength",
+        "maxLength", "enum",       "const",    "anyOf",
+        "oneOf",     "$ref"};
     for (const auto& [key, value] : s.items()) {
       if (!kKeys.count(key) && !annotation(key)) fail(path, "'" + key + "' is not supported");
     }
@@ -237,6 +238,12 @@ class SchemaCompiler {
     JsonSchema::Node node;
     if (type == "string") {
       node.kind = Kind::kString;
+      node.min_items = count(s, "minLength", path, 0);
+      node.max_items = count(s, "maxLength", path, JsonSchema::kMaxItems);
+      if (node.min_items > node.max_items) fail(path, "minLength is above maxLength");
+      if (node.min_items == JsonSchema::kMaxItems) {
+        fail(path + "/minLength", "at most " + std::to_string(JsonSchema::kMaxItems - 1));
+      }
     } else if (type == "number" || type == "integer") {
       node.kind = Kind::kNumber;
       node.integer = type == "integer";
@@ -558,6 +565,9 @@ bool SchemaState::value(int index, unsigned char c) {
       if (c != '"') return false;
       mode_ = Mode::kString;
       key_ = false;
+      chars_ = 0;
+      min_chars_ = static_cast<uint16_t>(node->min_items);
+      max_chars_ = static_cast<uint16_t>(node->max_items);
       return true;
     case Kind::kNumber:
       if (c != '-' && !digit(c)) return false;
@@ -601,6 +611,7 @@ bool SchemaState::key_start(unsigned char c) {
   if (node.open) {
     mode_ = Mode::kString;
     key_ = true;
+    chars_ = 0, min_chars_ = 0, max_chars_ = JsonSchema::kMaxItems;
     return true;
   }
   // Any property from the next one it may take up to the first required one.
@@ -752,16 +763,20 @@ bool SchemaState::feed(unsigned char c) {
         surrogate_ = 2;
         return mode_ = Mode::kEscape, true;
       }
-      if (c >= 0x80) return utf8_lead(c);
       if (c == '"') {
+        if (chars_ < min_chars_) return false;
         if (!key_) return ended_value();
         key_ = false;
         mode_ = Mode::kColon;
         value_ = static_cast<uint16_t>(top().values);
         return true;
       }
+      // A character starts (a byte below 0x80, a UTF-8 lead, an escape): within maxLength.
+      if (c < 0x20 || chars_ >= max_chars_) return false;
+      if (chars_ < JsonSchema::kMaxItems) ++chars_;
+      if (c >= 0x80) return utf8_lead(c);
       if (c == '\\') return mode_ = Mode::kEscape, true;
-      return c >= 0x20;
+      return true;
     case Mode::kEscape:
       if (c == 'u') {
         if (surrogate_ == 2) surrogate_ = 3;

@@ -14,11 +14,12 @@
 //
 // Supported keywords: type (one or a list), properties, required, additionalProperties (a
 // schema for the values of an object without properties; false: {} only), items, minItems,
-// maxItems, enum, const, anyOf / oneOf (branches told apart by their first byte), $ref to
-// "#", "#/$defs/NAME" or "#/definitions/NAME" (recursion included), and annotations (title,
-// description, default, examples, $schema, $id, $comment, deprecated, readOnly,
-// writeOnly). Anything else (pattern, format, minLength, minimum, allOf, ...) is refused
-// with its place in the schema, not ignored: the answer would not be held to it.
+// maxItems, minLength, maxLength (characters: code points), enum, const, anyOf / oneOf
+// (branches told apart by their first byte), $ref to "#", "#/$defs/NAME" or
+// "#/definitions/NAME" (recursion included), and annotations (title, description, default,
+// examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Anything else
+// (pattern, format, minimum, allOf, ...) is refused with its place in the schema, not
+// ignored: the answer would not be held to it.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +42,7 @@ class JsonSchema {
   static constexpr size_t kMaxNodes = 4096;
   static constexpr size_t kMaxProperties = 64;  // of one object
   static constexpr size_t kMaxLiterals = 64;    // values of one enum
-  static constexpr uint32_t kMaxItems = 65535;  // a larger maxItems is no bound
+  static constexpr uint32_t kMaxItems = 65535;  // a larger maxItems (or maxLength) is no bound
 
   // The schema as JSON; throws JsonSchemaError. `property_order` (optional): the key under
   // which an object schema lists its properties' names in the order given, where the JSON
@@ -53,7 +54,7 @@ class JsonSchema {
   enum class Kind : uint8_t {
     kObject,   // declared properties, or (open) any keys with values of `values`
     kArray,    // items of `items`, min_items to max_items of them
-    kString,   // any string
+    kString,   // any string of min_items to max_items characters
     kNumber,   // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? (integer: no fraction or exponent)
     kLiteral,  // one of `literals`, compact JSON texts (enum, const, true / false, null)
     kUnion,    // one of `branches`, chosen by the value's first byte (`first`)
@@ -69,7 +70,7 @@ class JsonSchema {
     std::vector<Property> properties;
     bool open = false;  // no declared properties: any keys
     int values = -1;    // open: the values' node
-    // kArray
+    // kArray (and kString's length in characters)
     int items = -1;
     uint32_t min_items = 0, max_items = kMaxItems;
     // kNumber
@@ -117,7 +118,10 @@ class SchemaState {
   bool complete() const { return mode_ == Mode::kDone; }
   // Inside a free string (not in an escape or a character, not a key or value the schema
   // lists): any well-formed UTF-8 but '"', '\' and control bytes continues it.
-  bool in_string() const { return mode_ == Mode::kString && utf8_left_ == 0 && surrogate_ == 0; }
+  bool in_string() const {
+    return mode_ == Mode::kString && utf8_left_ == 0 && surrogate_ == 0 &&
+           max_chars_ == JsonSchema::kMaxItems;
+  }
 
  private:
   enum class Mode : uint8_t {
@@ -169,6 +173,8 @@ class SchemaState {
   // digits), as strict parsers ask (a lone surrogate is a parse error to nlohmann, serde).
   uint16_t hex_value_ = 0;
   uint8_t surrogate_ = 0;
+  // The string's characters so far and its bounds (minLength, maxLength; kMaxItems: none).
+  uint16_t chars_ = 0, min_chars_ = 0, max_chars_ = JsonSchema::kMaxItems;
   uint16_t value_ = 0, match_node_ = 0, pos_ = 0;
   uint64_t candidates_ = 0;
   Frame stack_[kMaxDepth] = {};

@@ -133,6 +133,31 @@ TEST(JsonSchema, StringsTakeWellFormedUtf8Only) {
   EXPECT_TRUE(state.in_string());
 }
 
+// minLength / maxLength count characters (code points: an escape, a surrogate pair, a
+// multi-byte character are one each); within bounds a string has no whole-token shortcut.
+TEST(JsonSchema, StringLengthsCountCharacters) {
+  const auto schema = compile(
+      R"({"type":"object","properties":{"a":{"type":"string","minLength":2,"maxLength":3}},"required":["a"]})");
+  for (const std::string text :
+       {R"({"a":"ab"})", R"({"a":"abc"})", "{\"a\":\"\xc3\xa9\xe2\x82\xac\"}", R"({"a":"\u00e9x"})",
+        R"({"a":"\ud83d\ude00\n"})"}) {
+    EXPECT_TRUE(accepts(*schema, text)) << text;
+  }
+  for (const std::string text : {R"({"a":""})", R"({"a":"a"})", R"({"a":"abcd"})",
+                                 R"({"a":"\n\n\n\n"})", "{\"a\":\"\xf0\x9f\x98\x80\"}"}) {
+    EXPECT_FALSE(accepts(*schema, text)) << text;
+  }
+  SchemaState state(schema.get());
+  ASSERT_TRUE(state.feed(R"({"a":")"));
+  EXPECT_FALSE(state.in_string());
+  const auto unbounded = compile(
+      R"({"type":"object","properties":{"a":{"type":"string","minLength":1}},"required":["a"]})");
+  SchemaState open(unbounded.get());
+  ASSERT_TRUE(open.feed(R"({"a":")"));
+  EXPECT_TRUE(open.in_string());  // plain tokens only add characters
+  EXPECT_FALSE(open.feed('"'));
+}
+
 TEST(JsonSchema, EnumNumbersThatArePrefixesOfEachOtherEndWhereTheTextSays) {
   const auto schema =
       compile(R"({"type":"object","properties":{"a":{"enum":[1,12,-1.5]}},"required":["a"]})");
@@ -238,6 +263,10 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
            "no value of the enum"},
           {R"({"type":"object","properties":{"a":{"type":"array","minItems":3,"maxItems":2}}})",
            "minItems is above maxItems"},
+          {R"({"type":"object","properties":{"a":{"type":"string","minLength":3,"maxLength":2}}})",
+           "minLength is above maxLength (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"string","minLength":-1}}})",
+           "expected a whole number, got -1 (at #/properties/a/minLength)"},
           {R"({"type":"object","properties":{"a":{"type":"thing"}}})", "unknown type \"thing\""},
           {R"({"type":"object","properties":{"a":{"$ref":"#/$defs/b","type":"object"}},"$defs":{"b":{}}})",
            "'$ref' beside 'type'"},
@@ -300,6 +329,12 @@ bool valid(const Json& value, const Json& schema, const Json& root) {
       }
     }
   }
+  if (value.is_string()) {
+    size_t chars = 0;  // code points: bytes that are not continuation bytes
+    for (char c : value.get<std::string>()) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    if (chars < schema.value("minLength", 0u) || chars > schema.value("maxLength", 1000000u))
+      return false;
+  }
   if (value.is_array()) {
     if (value.size() < schema.value("minItems", 0u) ||
         value.size() > schema.value("maxItems", 1000000u))
@@ -320,6 +355,7 @@ TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
       R"({"type":"object","additionalProperties":{"type":["integer","boolean","null"]}})",
       R"({"type":"object"})",
       R"({"type":"object","properties":{"m":{"type":"array","items":{"type":"array","items":{"enum":[0,10,100,"a"]},"minItems":2}}},"required":["m"]})",
+      R"({"type":"object","properties":{"s":{"type":"string","minLength":3,"maxLength":5},"t":{"type":"array","items":{"type":"string","maxLength":1}}},"required":["s","t"]})",
   };
   const std::string preferred = "\"}],:{[0123456789-.eE+tfnaulrs";
   std::mt19937 rng(11);
