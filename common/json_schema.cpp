@@ -2,6 +2,7 @@
 #include "common/json_schema.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <map>
@@ -119,11 +120,24 @@ class SchemaCompiler {
       return any();
     }
     if (!s.is_object()) fail(path, "a schema is an object or a boolean, got " + shown(s));
-    static const std::set<std::string> kKeys = {
-        "type",      "properties", "required", "additionalProperties",
-        "items",     "minItems",   "maxItems", "minLength",
-        "maxLength", "enum",       "const",    "anyOf",
-        "oneOf",     "$ref"};
+    static const std::set<std::string> kKeys = {"type",
+                                                "properties",
+                                                "required",
+                                                "additionalProperties",
+                                                "items",
+                                                "minItems",
+                                                "maxItems",
+                                                "minLength",
+                                                "maxLength",
+                                                "enum",
+                                                "const",
+                                                "anyOf",
+                                                "oneOf",
+                                                "$ref",
+                                                "minimum",
+                                                "maximum",
+                                                "exclusiveMinimum",
+                                                "exclusiveMaximum"};
     for (const auto& [key, value] : s.items()) {
       if (!kKeys.count(key) && !annotation(key)) fail(path, "'" + key + "' is not supported");
     }
@@ -247,6 +261,7 @@ class SchemaCompiler {
     } else if (type == "number" || type == "integer") {
       node.kind = Kind::kNumber;
       node.integer = type == "integer";
+      integer_bounds(s, path, node);
     } else if (type == "boolean") {
       return literal({"true", "false"}, path);
     } else if (type == "null") {
@@ -268,6 +283,27 @@ class SchemaCompiler {
       return object(s, path);
     }
     return add(std::move(node), path);
+  }
+
+  // An integer's minimum, maximum, exclusiveMinimum, exclusiveMaximum as inclusive bounds;
+  // a number's are not followed (refused).
+  static void integer_bounds(const Json& s, const std::string& path, JsonSchema::Node& node) {
+    double lo = -9.2e18, hi = 9.2e18;
+    for (const char* key : {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}) {
+      if (!s.contains(key)) continue;
+      if (!node.integer) fail(path, "'" + std::string(key) + "' is supported for integers only");
+      const Json& value = s[key];
+      if (!value.is_number()) fail(path + "/" + key, "expected a number, got " + shown(value));
+      const double v = value.get<double>();
+      const std::string name = key;
+      if (name == "minimum") lo = std::max(lo, std::ceil(v));
+      if (name == "exclusiveMinimum") lo = std::max(lo, std::floor(v) + 1);
+      if (name == "maximum") hi = std::min(hi, std::floor(v));
+      if (name == "exclusiveMaximum") hi = std::min(hi, std::ceil(v) - 1);
+    }
+    if (lo > hi) fail(path, "no integer lies between its minimum and maximum");
+    node.minimum = lo <= -9.2e18 ? INT64_MIN : static_cast<int64_t>(lo);
+    node.maximum = hi >= 9.2e18 ? INT64_MAX : static_cast<int64_t>(hi);
   }
 
   int object(const Json& s, const std::string& path) {
@@ -574,7 +610,10 @@ bool SchemaState::value(int index, unsigned char c) {
       mode_ = Mode::kNumber;
       integer_ = node->integer;
       number_ = c == '-' ? Number::kMinus : c == '0' ? Number::kZero : Number::kInt;
-      return true;
+      number_node_ = static_cast<uint16_t>(index);
+      negative_ = c == '-';
+      magnitude_ = digit(c) ? static_cast<uint64_t>(c - '0') : 0;
+      return within_bounds(number_ != Number::kZero);
     case Kind::kLiteral: {
       uint64_t candidates = 0;
       for (size_t i = 0; i < node->literals.size(); ++i) {
@@ -645,16 +684,39 @@ bool SchemaState::matched(unsigned char c) {
 }
 
 // A number ends at the first byte that cannot continue it, which is then the container's.
+bool SchemaState::within_bounds(bool more) const {
+  const JsonSchema::Node& node = schema_->node(number_node_);
+  if (!node.integer || (node.minimum == INT64_MIN && node.maximum == INT64_MAX)) return true;
+  // The values the digits can still become: magnitude_ x 10^k to that + 10^k - 1, with k
+  // more digits (at least one after a lone '-'; none where no more may come).
+  const __int128 lo = node.minimum, hi = node.maximum;
+  const bool lone_minus = number_ == Number::kMinus;
+  __int128 scale = 1;
+  for (int k = 0; k <= 19; ++k, scale *= 10) {
+    if (k > 0 && !more) break;
+    if (k == 0 && lone_minus) continue;
+    const __int128 low = static_cast<__int128>(magnitude_) * scale, high = low + scale - 1;
+    const __int128 from = negative_ ? -high : low, to = negative_ ? -low : high;
+    if (to >= lo && from <= hi) return true;
+  }
+  return false;
+}
+
 bool SchemaState::after_number(unsigned char c) {
   const bool fraction = !integer_ && c == '.', exponent = !integer_ && (c == 'e' || c == 'E');
   switch (number_) {
     case Number::kMinus:
       if (!digit(c)) return false;
       number_ = c == '0' ? Number::kZero : Number::kInt;
-      return true;
+      magnitude_ = static_cast<uint64_t>(c - '0');
+      return within_bounds(number_ == Number::kInt);
     case Number::kZero:
     case Number::kInt:
-      if (digit(c) && number_ == Number::kInt) return true;
+      if (digit(c) && number_ == Number::kInt) {
+        if (magnitude_ > UINT64_MAX / 10 - 1) return false;  // past any 64-bit bound
+        magnitude_ = magnitude_ * 10 + static_cast<uint64_t>(c - '0');
+        return within_bounds(true);
+      }
       if (fraction) return number_ = Number::kDot, true;
       if (exponent) return number_ = Number::kE, true;
       break;
@@ -679,6 +741,7 @@ bool SchemaState::after_number(unsigned char c) {
       if (digit(c)) return true;
       break;
   }
+  if (integer_ && !within_bounds(false)) return false;  // a bounded integer ends within them
   ended_value();  // a whole number: c is the next token's
   return feed(c);
 }

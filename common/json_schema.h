@@ -14,14 +14,16 @@
 //
 // Supported keywords: type (one or a list), properties, required, additionalProperties (a
 // schema for the values of an object without properties; false: {} only), items, minItems,
-// maxItems, minLength, maxLength (characters: code points), enum, const, anyOf / oneOf
+// maxItems, minLength, maxLength (characters: code points), an integer's minimum, maximum,
+// exclusiveMinimum and exclusiveMaximum, enum, const, anyOf / oneOf
 // (branches told apart by their first byte), $ref to "#", "#/$defs/NAME" or
 // "#/definitions/NAME" (recursion included), and annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Anything else
-// (pattern, format, minimum, allOf, ...) is refused with its place in the schema, not
-// ignored: the answer would not be held to it.
+// (pattern, format, a number's minimum, multipleOf, allOf, ...) is refused with its place in the
+// schema, not ignored: the answer would not be held to it.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -73,8 +75,9 @@ class JsonSchema {
     // kArray (and kString's length in characters)
     int items = -1;
     uint32_t min_items = 0, max_items = kMaxItems;
-    // kNumber
+    // kNumber; an integer's minimum and maximum (the exclusive ones made inclusive)
     bool integer = false;
+    int64_t minimum = INT64_MIN, maximum = INT64_MAX;
     // kLiteral
     std::vector<std::string> literals;
     // kUnion: per first byte, the branch's node (-1: none)
@@ -158,6 +161,9 @@ class SchemaState {
   bool key_start(unsigned char c);  // in an object, where a key may start
   bool matched(unsigned char c);    // kMatch: c is past the candidate that ended
   bool utf8_lead(unsigned char c);  // kString: c >= 0x80 starts a character
+  // Whether the integer so far can still end within its node's bounds (`more`: digits may
+  // follow), or, with `more` false, whether it is within them now.
+  bool within_bounds(bool more) const;
   const JsonSchema::Node& top() const { return schema_->node(stack_[depth_ - 1].node); }
   const std::string& candidate(int i) const;
 
@@ -175,6 +181,10 @@ class SchemaState {
   uint8_t surrogate_ = 0;
   // The string's characters so far and its bounds (minLength, maxLength; kMaxItems: none).
   uint16_t chars_ = 0, min_chars_ = 0, max_chars_ = JsonSchema::kMaxItems;
+  // An integer's digits so far (its magnitude and sign) and its node, for its bounds.
+  uint64_t magnitude_ = 0;
+  bool negative_ = false;
+  uint16_t number_node_ = 0;
   uint16_t value_ = 0, match_node_ = 0, pos_ = 0;
   uint64_t candidates_ = 0;
   Frame stack_[kMaxDepth] = {};

@@ -115,7 +115,8 @@ TEST(JsonSchema, StringsTakeWellFormedUtf8Only) {
                                  "{\"a\":\"\xf4\x90\x80\x80\"}",  // past U+10FFFF
                                  "{\"a\":\"\xf5\x80\x80\x80\"}",
                                  "{\"a\":\"\xc3\"}",  // cut short by the quote
-                                 "{\"a\":\"\xe2\x82a\"}",
+                                 "{\"a\":\"\xe2\x82"
+                                 "a\"}",
                                  "{\"a\":\"\x80\"}",  // a stray continuation
                                  "{\"\xff\":1}",
                                  R"({"a":"\udbdb"})",  // a lone high surrogate
@@ -156,6 +157,43 @@ TEST(JsonSchema, StringLengthsCountCharacters) {
   ASSERT_TRUE(open.feed(R"({"a":")"));
   EXPECT_TRUE(open.in_string());  // plain tokens only add characters
   EXPECT_FALSE(open.feed('"'));
+}
+
+// An integer's bounds hold digit by digit: a prefix no integer in range begins is refused at
+// the digit that leaves (no dead end), and a number ends only within them.
+TEST(JsonSchema, BoundedIntegersStayWithinTheirBounds) {
+  const auto schema = compile(R"({"type":"object","properties":{
+      "a":{"type":"integer","minimum":1,"maximum":5},
+      "b":{"type":"integer","exclusiveMinimum":-3,"exclusiveMaximum":3},
+      "c":{"type":"integer","minimum":-120,"maximum":-100},
+      "d":{"type":["integer","null"],"minimum":1000}},"required":["a","b","c","d"]})");
+  auto text = [](const std::string& a, const std::string& b, const std::string& c,
+                 const std::string& d) {
+    return R"({"a":)" + a + R"(,"b":)" + b + R"(,"c":)" + c + R"(,"d":)" + d + "}";
+  };
+  for (const std::string& t :
+       {text("1", "-2", "-100", "1000"), text("5", "2", "-120", "null"),
+        text("3", "0", "-115", "99999"), text("4", "-0", "-101", "123456789012")}) {
+    EXPECT_TRUE(accepts(*schema, t)) << t;
+  }
+  for (const std::string& t : {text("0", "0", "-100", "1000"), text("6", "0", "-100", "1000"),
+                               text("-1", "0", "-100", "1000"), text("10", "0", "-100", "1000"),
+                               text("01", "0", "-100", "1000"), text("1", "-3", "-100", "1000"),
+                               text("1", "3", "-100", "1000"), text("1", "0", "-99", "1000"),
+                               text("1", "0", "-121", "1000"), text("1", "0", "-1000", "1000"),
+                               text("1", "0", "-100", "999"), text("1", "0", "-100", "-5")}) {
+    EXPECT_FALSE(accepts(*schema, t)) << t;
+  }
+  // Refused at the digit that leaves the range, not later.
+  SchemaState state(schema.get());
+  ASSERT_TRUE(state.feed(R"({"a":)"));
+  EXPECT_FALSE(SchemaState(state).feed('0'));
+  EXPECT_FALSE(SchemaState(state).feed('-'));
+  ASSERT_TRUE(state.feed(R"(1,"b":1,"c":-1)"));
+  EXPECT_FALSE(
+      SchemaState(state).feed('3'));  // -13...: past -120 after one digit more, short of -100
+  EXPECT_TRUE(SchemaState(state).feed('1'));
+  EXPECT_FALSE(SchemaState(state).feed(','));  // -1 is not in range
 }
 
 TEST(JsonSchema, EnumNumbersThatArePrefixesOfEachOtherEndWhereTheTextSays) {
@@ -242,8 +280,12 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
       const Case& c : std::vector<Case>{
           {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^x"}}})",
            "'pattern' is not supported (at #/properties/a)"},
-          {R"({"type":"object","properties":{"a":{"type":"integer","minimum":0}}})",
-           "'minimum' is not supported (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"number","minimum":0}}})",
+           "'minimum' is supported for integers only (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"integer","minimum":3,"exclusiveMaximum":3}}})",
+           "no integer lies between its minimum and maximum (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"integer","multipleOf":2}}})",
+           "'multipleOf' is not supported (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"string","format":"date"}}})",
            "'format' is not supported"},
           {R"({"allOf":[{"type":"object"}]})", "'allOf' is not supported (at #)"},
@@ -329,6 +371,15 @@ bool valid(const Json& value, const Json& schema, const Json& root) {
       }
     }
   }
+  if (value.is_number_integer()) {
+    const double v = value.get<double>();
+    if ((schema.contains("minimum") && v < schema["minimum"].get<double>()) ||
+        (schema.contains("maximum") && v > schema["maximum"].get<double>()) ||
+        (schema.contains("exclusiveMinimum") && v <= schema["exclusiveMinimum"].get<double>()) ||
+        (schema.contains("exclusiveMaximum") && v >= schema["exclusiveMaximum"].get<double>())) {
+      return false;
+    }
+  }
   if (value.is_string()) {
     size_t chars = 0;  // code points: bytes that are not continuation bytes
     for (char c : value.get<std::string>()) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
@@ -356,6 +407,7 @@ TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
       R"({"type":"object"})",
       R"({"type":"object","properties":{"m":{"type":"array","items":{"type":"array","items":{"enum":[0,10,100,"a"]},"minItems":2}}},"required":["m"]})",
       R"({"type":"object","properties":{"s":{"type":"string","minLength":3,"maxLength":5},"t":{"type":"array","items":{"type":"string","maxLength":1}}},"required":["s","t"]})",
+      R"({"type":"object","properties":{"a":{"type":"integer","minimum":-7,"maximum":12},"b":{"type":"array","items":{"type":"integer","exclusiveMinimum":99,"maximum":20000}}},"required":["a","b"]})",
   };
   const std::string preferred = "\"}],:{[0123456789-.eE+tfnaulrs";
   std::mt19937 rng(11);
