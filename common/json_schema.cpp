@@ -134,6 +134,7 @@ class SchemaCompiler {
                                                 "anyOf",
                                                 "oneOf",
                                                 "$ref",
+                                                "allOf",
                                                 "minimum",
                                                 "maximum",
                                                 "exclusiveMinimum",
@@ -152,6 +153,13 @@ class SchemaCompiler {
     if (s.contains("$ref")) {
       alone("$ref");
       return reference(s["$ref"], path + "/$ref");
+    }
+    if (s.contains("allOf")) {  // of one schema (Pydantic's way to annotate a $ref): that schema
+      alone("allOf");
+      const Json& list = s["allOf"];
+      if (!list.is_array() || list.size() != 1)
+        fail(path + "/allOf", "only a list of one schema is supported");
+      return compile(list[0], path + "/allOf/0");
     }
     for (const char* keyword : {"anyOf", "oneOf"}) {
       if (!s.contains(keyword)) continue;

@@ -15,12 +15,12 @@
 // Supported keywords: type (one or a list), properties, required, additionalProperties (a
 // schema for the values of an object without properties; false: {} only), items, minItems,
 // maxItems, minLength, maxLength (characters: code points), an integer's minimum, maximum,
-// exclusiveMinimum and exclusiveMaximum, enum, const, anyOf / oneOf
+// exclusiveMinimum and exclusiveMaximum, enum, const, allOf of one schema, anyOf / oneOf
 // (branches told apart by their first byte), $ref to "#", "#/$defs/NAME" or
 // "#/definitions/NAME" (recursion included), and annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Anything else
-// (pattern, format, a number's minimum, multipleOf, allOf, ...) is refused with its place in the
-// schema, not ignored: the answer would not be held to it.
+// (pattern, format, a number's minimum, multipleOf, allOf of several, ...) is refused with its
+// place in the schema, not ignored: the answer would not be held to it.
 #pragma once
 
 #include <climits>

@@ -219,6 +219,12 @@ TEST(JsonSchema, ObjectsWithoutPropertiesTakeAnyKeysWithTheValuesTheySay) {
 }
 
 TEST(JsonSchema, FollowsRecursiveReferences) {
+  // Pydantic's annotated reference: allOf of one schema is that schema.
+  const auto annotated = compile(
+      R"({"type":"object","properties":{"p":{"allOf":[{"$ref":"#/$defs/P"}],"description":"x"}},
+      "required":["p"],"$defs":{"P":{"enum":["a","b"]}}})");
+  EXPECT_TRUE(accepts(*annotated, R"({"p":"b"})"));
+  EXPECT_FALSE(accepts(*annotated, R"({"p":"c"})"));
   const auto tree = compile(R"({"type":"object","properties":{"name":{"type":"string"},
       "children":{"type":"array","items":{"$ref":"#"}}},"required":["name","children"]})");
   EXPECT_TRUE(accepts(
@@ -288,7 +294,10 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
            "'multipleOf' is not supported (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"string","format":"date"}}})",
            "'format' is not supported"},
-          {R"({"allOf":[{"type":"object"}]})", "'allOf' is not supported (at #)"},
+          {R"({"allOf":[{"type":"object"},{"type":"object"}]})",
+           "only a list of one schema is supported (at #/allOf)"},
+          {R"({"type":"object","properties":{"a":{"allOf":[{"type":"integer"}],"type":"integer"}}})",
+           "'allOf' beside 'type'"},
           {R"({"type":"string"})", "the root (#) must be an object schema"},
           {R"({"type":"object","properties":{"a":{"anyOf":[{"type":"integer"},{"type":"number"}]}}})",
            "can begin with '-'"},
