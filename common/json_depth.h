@@ -12,6 +12,20 @@
 
 namespace llava {
 
+// A reply, result line or error as JSON text. Answers are whole characters by construction,
+// but an error may quote a path or bytes that are not UTF-8: those become U+FFFD instead of
+// an exception that would end the server or the batch.
+inline std::string json_text(const nlohmann::json& value) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// The value as written, shortened to 40 characters: an error must not echo a megabyte back.
+inline std::string shown(const nlohmann::json& value) {
+  std::string text = json_text(value);
+  if (text.size() > 40) text = text.substr(0, 37) + "...";
+  return text;
+}
+
 // serde_json's default: far past any request or checkpoint file (OpenAI's chat bodies nest
 // 5 levels, tokenizer.json 4), far below a stack's reach.
 constexpr int kMaxJsonDepth = 128;

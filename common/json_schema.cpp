@@ -9,6 +9,7 @@
 #include <set>
 
 #include "common/json_depth.h"
+#include "common/utf8.h"
 
 namespace llava {
 namespace {
@@ -24,11 +25,6 @@ bool hex(unsigned char c) {
 }
 bool space(unsigned char c) {
   return c == ' ' || c == '\n' || c == '\t' || c == '\r';
-}
-
-std::string shown(const Json& value) {
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  return text.size() > 40 ? text.substr(0, 37) + "..." : text;
 }
 
 // Keywords that say nothing about which texts are valid.
@@ -241,7 +237,7 @@ class SchemaCompiler {
       const bool typed = types.empty() ||
                          std::any_of(types.begin(), types.end(),
                                      [&](const std::string& type) { return of_type(value, type); });
-      if (typed) texts.push_back(value.dump(-1, ' ', false, Json::error_handler_t::replace));
+      if (typed) texts.push_back(json_text(value));
     }
     if (texts.empty()) fail(path, "no value of the enum (or const) has the schema's type");
     return literal(std::move(texts), path + (s.contains("const") ? "/const" : "/enum"));
@@ -256,16 +252,23 @@ class SchemaCompiler {
     return static_cast<uint32_t>(std::min<int64_t>(value.get<int64_t>(), JsonSchema::kMaxItems));
   }
 
+  // A string's lengths (minLength, maxLength) or an array's (minItems, maxItems) into node.
+  static void lengths(const Json& s, const std::string& path, const std::string& what,
+                      JsonSchema::Node& node) {
+    const std::string min = "min" + what, max = "max" + what;
+    node.min_items = count(s, min.c_str(), path, 0);
+    node.max_items = count(s, max.c_str(), path, JsonSchema::kMaxItems);
+    if (node.min_items > node.max_items) fail(path, min + " is above " + max);
+    if (node.min_items == JsonSchema::kMaxItems) {
+      fail(path + "/" + min, "at most " + std::to_string(JsonSchema::kMaxItems - 1));
+    }
+  }
+
   int typed(const Json& s, const std::string& type, const std::string& path) {
     JsonSchema::Node node;
     if (type == "string") {
       node.kind = Kind::kString;
-      node.min_items = count(s, "minLength", path, 0);
-      node.max_items = count(s, "maxLength", path, JsonSchema::kMaxItems);
-      if (node.min_items > node.max_items) fail(path, "minLength is above maxLength");
-      if (node.min_items == JsonSchema::kMaxItems) {
-        fail(path + "/minLength", "at most " + std::to_string(JsonSchema::kMaxItems - 1));
-      }
+      lengths(s, path, "Length", node);
     } else if (type == "number" || type == "integer") {
       node.kind = Kind::kNumber;
       node.integer = type == "integer";
@@ -278,11 +281,7 @@ class SchemaCompiler {
       node.kind = Kind::kArray;
       if (s.contains("items") && s["items"].is_array())
         fail(path + "/items", "a list of item schemas is not supported");
-      node.min_items = count(s, "minItems", path, 0);
-      node.max_items = count(s, "maxItems", path, JsonSchema::kMaxItems);
-      if (node.min_items > node.max_items) fail(path, "minItems is above maxItems");
-      if (node.min_items == JsonSchema::kMaxItems)
-        fail(path + "/minItems", "at most " + std::to_string(JsonSchema::kMaxItems - 1));
+      lengths(s, path, "Items", node);
       const int index = add(std::move(node), path);
       const int items = s.contains("items") ? compile(s["items"], path + "/items") : any();
       schema_->nodes_[static_cast<size_t>(index)].items = items;
@@ -358,7 +357,7 @@ class SchemaCompiler {
     std::vector<JsonSchema::Property> out;
     for (const std::string& name : names) {
       JsonSchema::Property property;
-      property.key = Json(name).dump(-1, ' ', false, Json::error_handler_t::replace);
+      property.key = json_text(Json(name));
       property.required = required.count(name) > 0;
       property.node = compile(properties[name], path + "/properties/" + name);
       out.push_back(std::move(property));
@@ -691,7 +690,14 @@ bool SchemaState::matched(unsigned char c) {
   return false;
 }
 
-// A number ends at the first byte that cannot continue it, which is then the container's.
+bool SchemaState::closable() const {
+  const JsonSchema::Node& node = top();
+  const auto rest =
+      node.properties.begin() + std::min<size_t>(stack_[depth_ - 1].at, node.properties.size());
+  return node.open || std::none_of(rest, node.properties.end(),
+                                   [](const JsonSchema::Property& p) { return p.required; });
+}
+
 bool SchemaState::within_bounds(bool more) const {
   const JsonSchema::Node& node = schema_->node(number_node_);
   if (!node.integer || (node.minimum == INT64_MIN && node.maximum == INT64_MAX)) return true;
@@ -710,6 +716,7 @@ bool SchemaState::within_bounds(bool more) const {
   return false;
 }
 
+// A number ends at the first byte that cannot continue it, which is then the container's.
 bool SchemaState::after_number(unsigned char c) {
   const bool fraction = !integer_ && c == '.', exponent = !integer_ && (c == 'e' || c == 'E');
   switch (number_) {
@@ -754,23 +761,13 @@ bool SchemaState::after_number(unsigned char c) {
   return feed(c);
 }
 
-// A character's first byte (RFC 3629's table: no overlong forms, surrogates or code points
-// past U+10FFFF): how many bytes follow, and the range of the next one.
-bool SchemaState::utf8_lead(unsigned char c) {
-  utf8_low_ = 0x80, utf8_high_ = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    utf8_left_ = 1;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    utf8_left_ = 2;
-    if (c == 0xE0) utf8_low_ = 0xA0;
-    if (c == 0xED) utf8_high_ = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    utf8_left_ = 3;
-    if (c == 0xF0) utf8_low_ = 0x90;
-    if (c == 0xF4) utf8_high_ = 0x8F;
-  } else {
-    return false;
-  }
+// A character's first byte (common/utf8.h's table): how many bytes follow, and the range
+// of the next one.
+bool SchemaState::utf8_start(unsigned char c) {
+  Utf8Lead lead;
+  if (!utf8_lead(c, lead)) return false;
+  utf8_left_ = static_cast<uint8_t>(lead.more);
+  utf8_low_ = lead.low, utf8_high_ = lead.high;
   return true;
 }
 
@@ -784,15 +781,11 @@ bool SchemaState::feed(unsigned char c) {
       return value(value_, c);
     case Mode::kObjectOpen: {
       const JsonSchema::Node& node = top();
-      const Frame frame = stack_[depth_ - 1];
       if (node.kind == Kind::kArray) {
         if (c == ']' && node.min_items == 0) return --depth_, ended_value();
         return node.max_items > 0 && value(node.items, c);
       }
-      const bool closable =
-          node.open || std::none_of(node.properties.begin() + frame.at, node.properties.end(),
-                                    [](const JsonSchema::Property& p) { return p.required; });
-      if (c == '}' && closable) return --depth_, ended_value();
+      if (c == '}' && closable()) return --depth_, ended_value();
       return key_start(c);
     }
     case Mode::kKey:
@@ -813,13 +806,9 @@ bool SchemaState::feed(unsigned char c) {
         if (c == ']' && frame.at >= node.min_items) return --depth_, ended_value();
         return false;
       }
-      const auto rest =
-          node.properties.begin() + std::min<size_t>(frame.at, node.properties.size());
-      if (c == ',' && (node.open || rest != node.properties.end())) return mode_ = Mode::kKey, true;
-      const bool closable =
-          node.open || std::none_of(rest, node.properties.end(),
-                                    [](const JsonSchema::Property& p) { return p.required; });
-      if (c == '}' && closable) return --depth_, ended_value();
+      if (c == ',' && (node.open || frame.at < node.properties.size()))
+        return mode_ = Mode::kKey, true;
+      if (c == '}' && closable()) return --depth_, ended_value();
       return false;
     }
     case Mode::kString:
@@ -845,7 +834,7 @@ bool SchemaState::feed(unsigned char c) {
       // A character starts (a byte below 0x80, a UTF-8 lead, an escape): within maxLength.
       if (c < 0x20 || chars_ >= max_chars_) return false;
       if (chars_ < JsonSchema::kMaxItems) ++chars_;
-      if (c >= 0x80) return utf8_lead(c);
+      if (c >= 0x80) return utf8_start(c);
       if (c == '\\') return mode_ = Mode::kEscape, true;
       return true;
     case Mode::kEscape:

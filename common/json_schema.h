@@ -159,8 +159,9 @@ class SchemaState {
   bool ended_value();                     // a value has ended: the container's next, or done
   bool after_number(unsigned char c);
   bool key_start(unsigned char c);  // in an object, where a key may start
+  bool closable() const;            // the top object may end: no required property left
   bool matched(unsigned char c);    // kMatch: c is past the candidate that ended
-  bool utf8_lead(unsigned char c);  // kString: c >= 0x80 starts a character
+  bool utf8_start(unsigned char c);  // kString: c >= 0x80 starts a character
   // Whether the integer so far can still end within its node's bounds (`more`: digits may
   // follow), or, with `more` false, whether it is within them now.
   bool within_bounds(bool more) const;

@@ -3,6 +3,8 @@
 
 #include <cctype>
 
+#include "common/utf8.h"
+
 namespace llava::hf {
 
 namespace {
@@ -29,33 +31,7 @@ uint32_t code_point_at(const std::string& s, size_t pos, size_t* length) {
 }
 
 bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = 0;
-    unsigned char low = 0x80, high = 0xbf;
-    if (c < 0x80) {
-      n = 1;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-      n = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      n = 3;
-      if (c == 0xe0) low = 0xa0;
-      if (c == 0xed) high = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      n = 4;
-      if (c == 0xf0) low = 0x90;
-      if (c == 0xf4) high = 0x8f;
-    } else {
-      return false;
-    }
-    if (i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if (b < (k == 1 ? low : 0x80) || b > (k == 1 ? high : 0xbf)) return false;
-    }
-    i += n;
-  }
-  return true;
+  return utf8_error_offset(s) == std::string::npos;
 }
 
 bool is_whitespace(uint32_t cp) {

@@ -15,12 +15,6 @@
 
 namespace llava {
 
-std::string shown(const nlohmann::json& value) {
-  std::string text = json_text(value);
-  if (text.size() > 40) text = text.substr(0, 37) + "...";
-  return text;
-}
-
 namespace {
 
 // A JSON integer in [lo, hi]: 2.5, "3", 1e30 or 2^64 are refused, never cast.
@@ -89,10 +83,6 @@ class OneSamplingKey : public SamplingKeyReader {
 };
 
 }  // namespace
-
-std::string json_text(const nlohmann::json& value) {
-  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
 
 std::string string_value(const std::string& key, const nlohmann::json& value) {
   if (!value.is_string()) throw RequestError(key + ": expected a string, got " + shown(value));

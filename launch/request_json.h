@@ -10,6 +10,7 @@
 
 #include "common/command_line.h"
 #include "common/config.h"
+#include "common/json_depth.h"
 #include "coordinator/token_logprob.h"
 
 namespace llava {
@@ -38,13 +39,8 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags);
 // A request's string (its "prompt", an image path); throws RequestError naming the key.
 std::string string_value(const std::string& key, const nlohmann::json& value);
 
-// A reply or result line as JSON text. Answers are whole characters by construction, but an
-// error may quote a path or bytes that are not UTF-8: those become U+FFFD instead of an
-// exception that would end the server or the batch.
-std::string json_text(const nlohmann::json& value);
-
-// The value as written, shortened to 40 characters: an error must not echo a megabyte back.
-std::string shown(const nlohmann::json& value);
+// json_text (a reply or result line as JSON text) and shown (a value in an error, 40
+// characters at most) are common/json_depth.h's.
 
 struct JsonRequest {
   nlohmann::json id;  // the client's, echoed back: set by the caller as the default
