@@ -4,10 +4,12 @@
 #include <ATen/Context.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 namespace llava {
 
@@ -111,6 +113,31 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 #else
   return attention(padded, k, v, at::Tensor(), scale, /*causal=*/true).narrow(2, 0, n);
 #endif
+}
+
+int flash_attention_splits(int64_t n, int64_t prompts, int64_t heads, int multiprocessors) {
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  const int64_t query_blocks = prompts * heads * ceil_div(n, 64),
+                slots = 2 * int64_t{multiprocessors};
+  if (static_cast<float>(query_blocks) >= 0.8f * static_cast<float>(slots)) return 1;
+  const int64_t key_blocks = ceil_div(n, 128);
+  const int64_t most = std::min<int64_t>({128, slots, key_blocks});
+  // A count of parts is a real choice only if its parts are shorter than one part fewer's.
+  auto distinct = [&](int64_t parts) {
+    return parts == 1 || ceil_div(key_blocks, parts) != ceil_div(key_blocks, parts - 1);
+  };
+  std::vector<float> fullness(static_cast<size_t>(std::max<int64_t>(most, 0)), 0.0f);
+  float best = 0.0f;
+  for (int64_t parts = 1; parts <= most; ++parts) {
+    if (!distinct(parts)) continue;
+    const float waves = static_cast<float>(query_blocks * parts) / static_cast<float>(slots);
+    fullness[parts - 1] = waves / std::ceil(waves);
+    best = std::max(best, fullness[parts - 1]);
+  }
+  for (int64_t parts = 1; parts <= most; ++parts) {
+    if (distinct(parts) && fullness[parts - 1] >= 0.85 * best) return static_cast<int>(parts);
+  }
+  return 1;
 }
 
 }  // namespace llava

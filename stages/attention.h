@@ -23,6 +23,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 // sees keys 0..i only. Off unless LLAVA_PIPE_PREFILL_CUDNN=1: transformers runs the flash
 // kernel, and with cuDNN's sums the 7B check's first greedy token agreed 9 times in 10 (a
 // float32 top-2 margin of 0.0022 went the other way), for 3.3% more prefill tokens/s.
+// Since round 13 our prefill kernel (fused_kernels.h, prefill_attention) takes most prompts
+// before this is asked: the flash kernel's bits, about as fast as cuDNN's.
 constexpr int64_t kCausalBucket = 128;
 
 // n rounded up to a multiple of kCausalBucket where that is at most `limit` (the rows the
@@ -43,5 +45,15 @@ int64_t causal_attention_length(int64_t n, int64_t limit, const at::TensorOption
 // [B, heads, n, D].
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             double scale);
+
+// How many parts PyTorch's flash kernel splits the keys of a causal attention into, for
+// `prompts` prompts of n tokens and `heads` heads on a GPU of `multiprocessors`: its own
+// heuristic (flash_api.cpp, set_params_splitkv: head size 128, no dropout). Above 1 it runs
+// its split-KV kernels and a combine, whose sums differ from its one-pass kernel's; our
+// prefill kernel (fused_kernels.h) gives the one-pass kernel's bits, so it runs only where
+// this is 1. The rule: one part where the query blocks of 64 rows fill 80% of twice the
+// multiprocessors; else the fewest parts (of the key blocks of 128, at most 128) whose
+// last wave is at least 85% as full as the best.
+int flash_attention_splits(int64_t n, int64_t prompts, int64_t heads, int multiprocessors);
 
 }  // namespace llava

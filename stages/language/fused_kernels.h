@@ -55,6 +55,19 @@ bool decode_attention_supports(int d, int64_t max_keys);
 bool decode_attention(const void* qkv, int q_stride, const KvLayer& cache, const int64_t* positions, int rows,
                       int heads, int kv_heads, int d, int max_keys, float scale, float* work, int* counters,
                       void* out, bool bf16, void* stream);
+// Fresh prompts' causal attention (prefill_attention.cu): out [prompts, n, heads * d] where
+// query row i of prompt p sees keys 0..i of cache slot slots[p] (first_slot + p without
+// `slots`; grouped-query as above), q the q part of qkv rows [prompts * n, q_stride] (RoPE
+// done), keys and values already in the cache. Bit for bit what PyTorch's flash kernel
+// computes in one pass (flash_attention_splits(...) == 1, attention.h), in less time up to
+// ~2,048 tokens (tests/perf/README.md). prefill_attention_takes: head size 128, whole
+// groups of heads, and a device this build has compute capability 8.0's code for.
+// prefill_attention returns false (nothing launched) where it does not take the call or
+// q, q_stride, the cache or out are not 16-byte aligned.
+bool prefill_attention_takes(int d, int heads, int kv_heads);
+bool prefill_attention(const void* q, int q_stride, const KvLayer& cache, int n, int prompts,
+                       int heads, int kv_heads, int d, float scale, void* out, bool bf16,
+                       void* stream);
 // out [rows, n] = silu(gate_up[:, :n]) * gate_up[:, n:].
 void silu_mul(const void* gate_up, void* out, int rows, int n, bool bf16, void* stream);
 

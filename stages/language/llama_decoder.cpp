@@ -222,6 +222,10 @@ at::Tensor LlamaDecoder::forward(const at::Tensor& embeds, KvCache& cache,
     const ops::CacheRows rows{&cache, layer, &slots, slot_table};
     const at::Tensor q =
         ops::rotated_heads(projected, positions, heads(), &rows, kernels())[0];  // k, v: cached
+    if (fresh && kernels()) {  // the flash kernel's numbers in less time, where ours takes it
+      at::Tensor ours = ops::prefill_attention(q, rows, heads());
+      if (ours.defined()) return ours;
+    }
     auto [all_k, all_v] = cache.read(layer, slots, read);                // [B, kv, L, D]
     return attend(q, all_k, all_v, mask, fresh);
   });

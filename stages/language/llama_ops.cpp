@@ -3,9 +3,12 @@
 #include "stages/language/llama_ops.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
+#include "stages/attention.h"
 #include "stages/kernel_launch.h"
 #ifdef LLAVA_PIPE_CUDA_KERNELS
 #include "stages/language/fused_kernels.h"
@@ -99,6 +102,57 @@ std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::T
     if (store != nullptr) store->cache->write(store->layer, *store->slots, k, v);
   }
   return {q, k, v};
+}
+
+namespace {
+// LLAVA_PIPE_PREFILL_ATTENTION: true for "ours" or unset, false for "sdpa".
+bool prefill_attention_ours() {
+  const char* value = std::getenv("LLAVA_PIPE_PREFILL_ATTENTION");
+  if (value == nullptr || std::strcmp(value, "ours") == 0) return true;
+  if (std::strcmp(value, "sdpa") == 0) return false;
+  throw std::invalid_argument("LLAVA_PIPE_PREFILL_ATTENTION is '" + std::string(value) +
+                              "'; it may be 'ours' (the default) or 'sdpa'");
+}
+}  // namespace
+
+at::Tensor prefill_attention(const at::Tensor& q, const CacheRows& rows, const Heads& shape) {
+  if (!prefill_attention_ours()) return {};
+#ifdef LLAVA_PIPE_CUDA_KERNELS
+  const int64_t b = q.size(0), n = q.size(2), d = shape.d;
+  // q as a view of the rows [B * n, stride] that RoPE rotated in place.
+  const bool rows_view =
+      q.size(3) == d && q.stride(3) == 1 && q.stride(1) == d && q.stride(0) == n * q.stride(2);
+  if (!kernels_take(q.options()) || !rows_view || n > kMaxPrefillAttentionKeys ||
+      !cuda::prefill_attention_takes(static_cast<int>(d), static_cast<int>(shape.heads),
+                                     static_cast<int>(shape.kv_heads))) {
+    return {};
+  }
+  const c10::cuda::CUDAGuard guard(q.device());
+  if (flash_attention_splits(n, b, shape.heads,
+                             at::cuda::getCurrentDeviceProperties()->multiProcessorCount) != 1) {
+    return {};
+  }
+  auto [k_layer, v_layer] = rows.cache->layer(rows.layer);
+  const cuda::KvLayer cache_layer{
+      k_layer.data_ptr(),
+      v_layer.data_ptr(),
+      rows.cache->max_tokens(),
+      rows.slot_table.defined() ? rows.slot_table.data_ptr<int64_t>() : nullptr,
+      rows.slots->front(),
+      static_cast<int>(n)};
+  at::Tensor out = at::empty({b, n, shape.heads * d}, q.options());
+  // The scale as SDPA takes it (a double, then float).
+  const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  if (cuda::prefill_attention(
+          q.data_ptr(), static_cast<int>(q.stride(2)), cache_layer, static_cast<int>(n),
+          static_cast<int>(b), static_cast<int>(shape.heads), static_cast<int>(shape.kv_heads),
+          static_cast<int>(d), scale, out.data_ptr(), kernels::bf16(q), kernels::stream())) {
+    return out;
+  }
+#else
+  (void)q, (void)rows, (void)shape;
+#endif
+  return {};
 }
 
 bool decode_attention_takes(int64_t head_dim, int64_t keys, bool fused) {

@@ -51,6 +51,18 @@ struct CacheRows {
 std::array<at::Tensor, 3> rotated_heads(const at::Tensor& projected, const at::Tensor& positions,
                                         const Heads& shape, const CacheRows* store, bool fused);
 
+// A fresh prompt's causal attention by our kernel (fused_kernels.h, prefill_attention): q
+// [B, heads, n, D] as rotated_heads() returns it from fused, contiguous rows (a view of
+// them), the keys and values in the cache where `rows` put them. Returns [B, n, heads * D],
+// bit for bit what LibTorch's flash kernel gives the same rows; undefined (nothing run)
+// where the kernel does not take the call: not built or another device, a head size other
+// than 128, q not a view of the projected rows, more than kMaxPrefillAttentionKeys tokens
+// (there the flash kernel is faster), where the flash kernel would split the keys
+// (flash_attention_splits, attention.h), or LLAVA_PIPE_PREFILL_ATTENTION=sdpa (LibTorch's
+// kernel; unset or "ours": this one; anything else: std::invalid_argument naming it).
+constexpr int64_t kMaxPrefillAttentionKeys = 2048;
+at::Tensor prefill_attention(const at::Tensor& q, const CacheRows& rows, const Heads& shape);
+
 // Whether decode_attention() runs for this head size and this many keys (never unfused).
 bool decode_attention_takes(int64_t head_dim, int64_t keys, bool fused);
 // The decode step's attention, our kernels only: RoPE of each row of projected [R, 1,

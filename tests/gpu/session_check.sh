@@ -38,7 +38,7 @@ step configure cmake -G Ninja -B build-gpu -DCMAKE_BUILD_TYPE=Release -DLLAVA_PI
 step build cmake --build build-gpu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$summary" 2>&1
 step gpu_tests build-gpu/tests/stages/stages_tests \
-  --gtest_filter='FusedKernels.*:VisionGraphs.*:DecodeStep.*:LayerStreaming.*:ShapesQuantized.*:QuantizedLinear.*:QuantGemm.*:Parity.*:Consistency.*:ShapesParity.*:QuantizedDecoder.*:WeightOffload.*:Generator.*:Sampler.*:Json*:Checkpoint.*'
+  --gtest_filter='FusedKernels.*:PrefillAttention.*:CausalAttention.*:VisionGraphs.*:DecodeStep.*:LayerStreaming.*:ShapesQuantized.*:QuantizedLinear.*:QuantGemm.*:Parity.*:Consistency.*:ShapesParity.*:QuantizedDecoder.*:WeightOffload.*:Generator.*:Sampler.*:Json*:Checkpoint.*'
 step check_7b python3 tests/gpu/check_7b.py "$work" build-gpu/tests/llava_logits  # makes the checkpoint
 step logprobs_7b python3 tests/gpu/logprobs_7b.py "$work" build-gpu
 

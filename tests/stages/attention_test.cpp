@@ -1,6 +1,7 @@
 // A fresh prompt's causal attention with its keys read past the prompt (attention.h): the
 // rows past it never reach a result, on the CPU (the math formula) and, where there is a
-// CUDA device, through the padded call that cuDNN may take.
+// CUDA device, through the padded call that cuDNN may take. And where PyTorch's flash kernel
+// splits a prompt's keys.
 #include "stages/attention.h"
 
 #include <gtest/gtest.h>
@@ -64,6 +65,33 @@ TEST(CausalAttention, KeysPastThePromptChangeNothing) {
     // float16 results of two kernels (cuDNN's padded, flash's not) agree to its rounding.
     expect_padding_changes_nothing(at::TensorOptions().dtype(at::kHalf).device(at::kCUDA), 4e-3);
   }
+}
+
+// PyTorch's flash kernel's choice of key splits (which our prefill kernel must match: it
+// runs only where the flash kernel runs in one pass). The H100's and H200's 132
+// multiprocessors: tests/perf/prefill_attention_check.py found our kernel equal to the flash
+// kernel bit for bit at every length below but 129 and 300, where the flash kernel splits.
+TEST(CausalAttention, FlashKernelSplitsAsPyTorchDecides) {
+  for (int64_t n : {1, 2, 17, 63, 64, 65, 127, 128, 420, 430, 576, 641, 1000, 2048, 3001}) {
+    EXPECT_EQ(llava::flash_attention_splits(n, 1, 32, 132), 1) << n;
+  }
+  // 32 heads x 3 query blocks = 96 < 0.8 x 264: two parts of the 2 key blocks fill a wave
+  // to 0.73, one part 0.36.
+  EXPECT_EQ(llava::flash_attention_splits(129, 1, 32, 132), 2);
+  // 160 query blocks: one part 0.61, two 0.61 (1.21 waves), three 0.91.
+  EXPECT_EQ(llava::flash_attention_splits(300, 1, 32, 132), 3);
+  EXPECT_EQ(llava::flash_attention_splits(300, 2, 32, 132), 1);  // 320 query blocks
+  EXPECT_EQ(llava::flash_attention_splits(200, 3, 32, 132), 1);
+  // 32 x 5 = 160 query blocks and 3 key blocks: three parts (as 300). At 321, 192 query
+  // blocks fill 0.73 of a wave whatever the parts: one.
+  EXPECT_EQ(llava::flash_attention_splits(320, 1, 32, 132), 3);
+  EXPECT_EQ(llava::flash_attention_splits(321, 1, 32, 132), 1);
+  // An L4's 58: 32 x 2 = 64 query blocks >= 0.8 x 116.
+  EXPECT_EQ(llava::flash_attention_splits(129, 1, 32, 58), 1);
+  EXPECT_EQ(llava::flash_attention_splits(64, 1, 32, 58), 1);  // one key block: nothing to split
+  // One head of 512 tokens: 8 query blocks, 4 key blocks; 3 parts (2 + 2 + 0 blocks) is
+  // no real choice, 4 fills most.
+  EXPECT_EQ(llava::flash_attention_splits(512, 1, 1, 132), 4);
 }
 
 }  // namespace
