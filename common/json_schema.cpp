@@ -404,8 +404,10 @@ class SchemaCompiler {
     return placeholder;
   }
 
-  // The first bytes of node's values, each with the node that takes it.
-  void first_bytes(int index, int branch, std::vector<int>& into, std::set<int>& seen) {
+  // The first bytes of node's values, each with the branch that takes it; the objects
+  // (whose values all begin with '{') into `objects`, once each, for finish_unions.
+  void first_bytes(int index, int branch, std::vector<int>& into, std::vector<int>& objects,
+                   std::set<int>& seen) {
     const JsonSchema::Node& node = schema_->nodes_[static_cast<size_t>(index)];
     if (!seen.insert(index).second)
       fail(paths_[static_cast<size_t>(index)], "a union that contains itself");
@@ -420,7 +422,8 @@ class SchemaCompiler {
     };
     switch (node.kind) {
       case Kind::kObject:
-        take('{');
+        if (std::find(objects.begin(), objects.end(), index) == objects.end())
+          objects.push_back(index);
         break;
       case Kind::kArray:
         take('[');
@@ -436,7 +439,7 @@ class SchemaCompiler {
         for (const std::string& text : node.literals) take(static_cast<unsigned char>(text[0]));
         break;
       case Kind::kUnion:
-        for (int b : node.branches) first_bytes(b, branch, into, seen);
+        for (int b : node.branches) first_bytes(b, branch, into, objects, seen);
         break;
     }
     seen.erase(index);
@@ -485,23 +488,85 @@ class SchemaCompiler {
     }
   }
 
+  // Each union's dispatch by first byte; '{' of several objects goes to a node that reads
+  // their first property (tag). Adds nodes: indices, not references, across the loop (the
+  // nodes added are no unions).
   void finish_unions() {
     for (size_t i = 0; i < schema_->nodes_.size(); ++i) {
       if (schema_->nodes_[i].kind != Kind::kUnion) continue;
-      std::vector<int> first(256, -1);
+      std::vector<int> first(256, -1), objects;
       for (int branch : schema_->nodes_[i].branches) {
         std::set<int> seen = {static_cast<int>(i)};
-        first_bytes(branch, branch, first, seen);
+        first_bytes(branch, branch, first, objects, seen);
       }
+      int& brace = first[static_cast<size_t>('{')];
+      if (!objects.empty() && brace >= 0) {  // an enum's object value beside an object schema
+        fail(paths_[static_cast<size_t>(brace)],
+             "two of a union's branches can begin with '{': the answer's first byte must tell "
+             "them apart");
+      }
+      if (objects.size() == 1) brace = objects[0];
+      if (objects.size() > 1) brace = tag(objects, paths_[i]);
       for (int c = 0; c < 256; ++c)
         schema_->nodes_[i].first[c] = static_cast<int16_t>(first[static_cast<size_t>(c)]);
     }
+  }
+
+  // The node that tells a union's objects apart by their first property (Node::tagged):
+  // each object's first property required, under one key, one constant string, a different
+  // one in each. Every object is a branch of the union as well, so check_finite sees it.
+  // `path` (the union's) is a copy: add() may move paths_.
+  int tag(const std::vector<int>& objects, std::string path) {
+    std::vector<int> sorted = objects;
+    std::sort(sorted.begin(), sorted.end());
+    if (auto known = tags_.find(sorted); known != tags_.end()) return known->second;
+    std::string key;
+    std::vector<std::string> texts;  // per object, its first property's value
+    for (int index : objects) {
+      const JsonSchema::Node& object = schema_->nodes_[static_cast<size_t>(index)];
+      const JsonSchema::Property* first =
+          object.properties.empty() ? nullptr : &object.properties.front();
+      const JsonSchema::Node* value =
+          first ? &schema_->nodes_[static_cast<size_t>(first->node)] : nullptr;
+      if (!first || !first->required || (!texts.empty() && first->key != key) ||
+          value->kind != Kind::kLiteral || value->literals.size() != 1 ||
+          value->literals[0][0] != '"') {
+        fail(paths_[static_cast<size_t>(index)],
+             "two of a union's branches can begin with '{': objects are told apart only by a "
+             "first property, required and under the same key in each, whose value is one "
+             "constant string");
+      }
+      const std::string& text = value->literals[0];
+      if (std::find(texts.begin(), texts.end(), text) != texts.end()) {
+        fail(paths_[static_cast<size_t>(index)],
+             "two of a union's branches can begin with '{' and have the same first property, " +
+                 first->key + ":" + text + ": objects are told apart by its value");
+      }
+      key = first->key;
+      texts.push_back(text);
+    }
+    if (texts.size() > JsonSchema::kMaxLiterals) {
+      fail(path, std::to_string(texts.size()) + " objects told apart by their first property; " +
+                     "at most " + std::to_string(JsonSchema::kMaxLiterals));
+    }
+    JsonSchema::Node node;
+    JsonSchema::Property property;
+    property.key = key;
+    property.required = true;
+    property.node = literal(texts, path);
+    for (const std::string& text : schema_->nodes_[static_cast<size_t>(property.node)].literals) {
+      const auto at = std::find(texts.begin(), texts.end(), text) - texts.begin();
+      node.tagged.push_back(objects[static_cast<size_t>(at)]);
+    }
+    node.properties.push_back(std::move(property));
+    return tags_[sorted] = add(std::move(node), path);
   }
 
   const Json& root_;
   std::shared_ptr<JsonSchema> schema_;
   std::vector<std::string> paths_;  // per node: its place in the schema, for errors
   std::map<std::string, int> refs_;
+  std::map<std::vector<int>, int> tags_;  // a union's objects (sorted): their tag node
   int any_ = -1;
 };
 
@@ -683,6 +748,12 @@ bool SchemaState::matched(unsigned char c) {
       value_ = static_cast<uint16_t>(top().properties[static_cast<size_t>(i)].node);
       mode_ = Mode::kColon;
     } else {
+      // The first property of a union's objects: its value says which object the text is.
+      if (depth_ > 0 && !top().tagged.empty()) {
+        Frame& frame = stack_[depth_ - 1];
+        if (frame.at == 1 && match_node_ == top().properties[0].node)
+          frame.node = static_cast<uint16_t>(top().tagged[static_cast<size_t>(i)]);
+      }
       ended_value();
     }
     return feed(c);

@@ -16,7 +16,10 @@
 // schema for the values of an object without properties; false: {} only), items, minItems,
 // maxItems, minLength, maxLength (characters: code points), an integer's minimum, maximum,
 // exclusiveMinimum and exclusiveMaximum, enum, const, allOf of one schema, anyOf / oneOf
-// (branches told apart by their first byte), $ref to "#", "#/$defs/NAME" or
+// (branches told apart by their first byte; where several begin with '{', each must be an
+// object of declared properties whose first property is required, has the same key in each,
+// and one string for its value (a const, or an enum of one), a different one in each, as a
+// tool call's "name"; at most kMaxLiterals such objects), $ref to "#", "#/$defs/NAME" or
 // "#/definitions/NAME" (recursion included), and annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Anything else
 // (pattern, format, a number's minimum, multipleOf, allOf of several, ...) is refused with its
@@ -54,7 +57,8 @@ class JsonSchema {
   static std::shared_ptr<const JsonSchema> any_object();
 
   enum class Kind : uint8_t {
-    kObject,   // declared properties, or (open) any keys with values of `values`
+    kObject,   // declared properties, or (open) any keys with values of `values`; or a
+               // union's objects told apart by their first property (`tagged`)
     kArray,    // items of `items`, min_items to max_items of them
     kString,   // any string of min_items to max_items characters
     kNumber,   // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? (integer: no fraction or exponent)
@@ -72,6 +76,10 @@ class JsonSchema {
     std::vector<Property> properties;
     bool open = false;  // no declared properties: any keys
     int values = -1;    // open: the values' node
+    // A union's objects told apart by their first property: this node's one property is
+    // their shared key with a literal of every object's value; tagged[i] is the object whose
+    // value is literal i, which the text follows once that value is read (empty: none).
+    std::vector<int> tagged;
     // kArray (and kString's length in characters)
     int items = -1;
     uint32_t min_items = 0, max_items = kMaxItems;
@@ -80,7 +88,8 @@ class JsonSchema {
     int64_t minimum = INT64_MIN, maximum = INT64_MAX;
     // kLiteral
     std::vector<std::string> literals;
-    // kUnion: per first byte, the branch's node (-1: none)
+    // kUnion: per first byte, the branch's node (-1: none); '{' of several objects: a node
+    // of `tagged` ones
     std::vector<int> branches;
     int16_t first[256] = {};
   };

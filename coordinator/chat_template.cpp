@@ -174,8 +174,8 @@ ChatTemplate::ChatTemplate(const std::string& checkpoint_folder, const std::stri
 
 ChatTemplate::~ChatTemplate() = default;
 
-std::string ChatTemplate::render(const std::vector<ChatTurn>& turns,
-                                 bool add_generation_prompt) const {
+std::string ChatTemplate::render(const std::vector<ChatTurn>& turns, bool add_generation_prompt,
+                                 const nlohmann::json& tools) const {
   const std::string image = "<image>";
   if (jinja_) {
     nlohmann::json messages = nlohmann::json::array();
@@ -196,11 +196,14 @@ std::string ChatTemplate::render(const std::vector<ChatTurn>& turns,
         }
         m["content"] = content;
       }
+      if (!turn.tool_calls.is_null()) m["tool_calls"] = turn.tool_calls;
+      if (!turn.tool_call_id.empty()) m["tool_call_id"] = turn.tool_call_id;
       messages.push_back(std::move(m));
     }
     nlohmann::json context = {
         {"add_generation_prompt", add_generation_prompt}, {"bos_token", bos_}, {"eos_token", eos_}};
     context["messages"] = std::move(messages);  // (an initializer list would copy them)
+    if (!tools.is_null()) context["tools"] = tools;
     std::string text = jinja_->render(std::move(context));
     if (!bos_.empty() && text.rfind(bos_, 0) == 0) text.erase(0, bos_.size());
     return text;
@@ -222,9 +225,18 @@ std::string ChatTemplate::render(const std::vector<ChatTurn>& turns,
         content += part.text;
       }
     }
+    if (!turn.tool_calls.is_null()) {  // the calls as the answer's text
+      nlohmann::ordered_json calls = nlohmann::ordered_json::array();
+      for (const auto& call : turn.tool_calls) {
+        calls.push_back(
+            {{"name", call["function"]["name"]}, {"arguments", call["function"]["arguments"]}});
+      }
+      if (!content.empty()) content += " ";
+      content += calls.dump();
+    }
     if (turn.role == "system") {
       text += content + " ";
-    } else if (turn.role == "user") {
+    } else if (turn.role == "user" || turn.role == "tool") {
       const bool last = i + 1 == turns.size();
       std::string rendered = apply_chat_template(simple_, content, images, image);
       if (last && !add_generation_prompt) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -27,9 +28,11 @@ struct ChatTurnPart {
   std::string text;
 };
 struct ChatTurn {
-  std::string role;                // system, user, assistant
+  std::string role;                // system, user, assistant, tool
   bool content_is_string = false;  // written as one string (one text part)
   std::vector<ChatTurnPart> parts;
+  nlohmann::json tool_calls;  // an assistant's calls, OpenAI's form (null: none)
+  std::string tool_call_id;   // a tool turn's: the call it answers
 };
 
 class JinjaTemplate;
@@ -45,8 +48,13 @@ class ChatTemplate {
   ~ChatTemplate();
   // The prompt text, with one "<image>" per image part where the template puts it and no
   // leading BOS (the tokenizer adds it). Throws RequestError (raise_exception, a role the
-  // template refuses).
-  std::string render(const std::vector<ChatTurn>& turns, bool add_generation_prompt = true) const;
+  // template refuses). A Jinja template sees what transformers' apply_chat_template gives it:
+  // `tools` (the request's, where it has some), each message's `tool_calls` and
+  // `tool_call_id`; it decides what of them the prompt shows (LLaVA-1.5's shows a tool turn as
+  // "TOOL: ..." and nothing of an assistant's calls). The config's form shows a tool turn as
+  // a user turn and an assistant's calls as their JSON ([{"name", "arguments"}]).
+  std::string render(const std::vector<ChatTurn>& turns, bool add_generation_prompt = true,
+                     const nlohmann::json& tools = nullptr) const;
   // "checkpoint chat_template.json", "the config's generation.chat_template", ...
   const std::string& origin() const { return origin_; }
 

@@ -44,6 +44,8 @@ RequestSpec HttpServer::completion_spec(CompletionRequest& request, bool chat) c
       ChatTurn turn;
       turn.role = message.role;
       turn.content_is_string = message.content_is_string;
+      turn.tool_calls = message.tool_calls;
+      turn.tool_call_id = message.tool_call_id;
       for (auto& part : message.parts) {
         if (part.image) {
           spec.image_bytes.push_back(fetch_image(part.url, part.param, server_));
@@ -54,7 +56,7 @@ RequestSpec HttpServer::completion_spec(CompletionRequest& request, bool chat) c
       turns.push_back(std::move(turn));
     }
     try {
-      spec.prompt = chat_template_.render(turns, true);
+      spec.prompt = chat_template_.render(turns, true, request.tools);
     } catch (const RequestError& e) {
       throw ApiError(400, std::string("messages: ") + e.what(), "messages");
     }
@@ -161,7 +163,8 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
       answers.push_back({answer, result->finish,
                          with_logprobs ? logprobs_json(chat, all_logprobs(*result), answer, cursor,
                                                        request.tokens_as_ids)
-                                       : nlohmann::json()});
+                                       : nlohmann::json(),
+                         tool_calls_of(request, answer)});
     }
     answer_json(res, 200, completion_body(chat, id, created, model_id_, answers, usage));
     return;
@@ -175,6 +178,8 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     size_t logprobs_sent = 0;  // tokens (the echoed prompt's first) whose logprobs went out
     std::string text;          // what went out, for the completions' text_offset
     TextCursor cursor;         // how far the logprobs that went out reached in it
+    std::string answer;        // a tool call's text so far
+    std::string call_id;       // a named function's call, once its first chunk went out
   };
   struct Stream {
     std::shared_ptr<RequestChannel> channel;
@@ -187,6 +192,10 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     std::shared_ptr<std::string> echoed;  // the prompt's text (echo)
     std::vector<ChoiceStream> choices;
     Usage usage;
+    // A tool call's answer streams as OpenAI's tool_calls deltas: a named function's
+    // arguments as they come (its id and name first), "required" calls whole at the end,
+    // once the answer parses.
+    CompletionRequest tools;  // tool_use, tool_name
   };
   auto stream = std::make_shared<Stream>();
   stream->channel = channel;
@@ -199,6 +208,8 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
   stream->with_logprobs = with_logprobs;
   stream->tokens_as_ids = request.tokens_as_ids;
   stream->echoed = echoed;
+  stream->tools.tool_use = request.tool_use;
+  stream->tools.tool_name = request.tool_name;
   stream->choices.resize(static_cast<size_t>(choices));
   for (auto& c : stream->choices) c.echo_pending = request.echo;
   res.status = 200;
@@ -247,18 +258,42 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
             return logprobs_json(stream->chat, tokens, mine.text, mine.cursor,
                                  stream->tokens_as_ids);
           };
+          const ToolUse tool_use = stream->tools.tool_use;
+          // A named function's arguments: the text past the answer's leading space.
+          auto arguments = [&](const std::string& text) {
+            if (!mine.call_id.empty()) return text;
+            const size_t start = text.find_first_not_of(" \t\n\r");
+            return start == std::string::npos ? std::string() : text.substr(start);
+          };
           auto chunk = [&](const std::string& text, const std::string& finish,
                            nlohmann::json logprobs) {
+            nlohmann::json calls;  // a named function's arguments so far, as a delta
+            const std::string piece = tool_use == ToolUse::kNamed ? arguments(text) : "";
+            if (!piece.empty()) {
+              nlohmann::json call = {{"index", 0}, {"function", {{"arguments", piece}}}};
+              if (mine.call_id.empty()) {
+                mine.call_id = tool_call_id();
+                call["id"] = mine.call_id;
+                call["type"] = "function";
+                call["function"]["name"] = stream->tools.tool_name;
+              }
+              calls = nlohmann::json::array({std::move(call)});
+            }
+            // A call's text goes out as calls ("required"'s whole at the end), not as content.
+            const bool content = tool_use == ToolUse::kNone;
             return send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_,
-                                             text, false, finish, std::move(logprobs), choice)));
+                                             content ? text : "", false, finish,
+                                             std::move(logprobs), choice, std::move(calls))));
           };
           if (mine.echo_pending && (!text.empty() || !logprobs.empty())) {
             text = *stream->echoed + text;
             mine.echo_pending = false;
           }
           if (stream->with_logprobs && !stream->chat) mine.text += text;
-          if ((!text.empty() || !logprobs.empty()) && !chunk(text, "", logprobs_of(logprobs)))
-            return false;
+          if (tool_use != ToolUse::kNone) mine.answer += text;
+          const bool news = !logprobs.empty() || (tool_use == ToolUse::kNone && !text.empty()) ||
+                            (tool_use == ToolUse::kNamed && !arguments(text).empty());
+          if (news && !chunk(text, "", logprobs_of(logprobs))) return false;
           if (!result) continue;
           mine.ended = true;
           if (!result->ok) {
@@ -273,8 +308,24 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
               mine.echo_pending ? *stream->echoed : "";  // nothing streamed (max_tokens 0)
           mine.echo_pending = false;
           if (stream->with_logprobs && !stream->chat) mine.text += last;
-          if (!chunk(last, result->finish.empty() ? "stop" : result->finish,
-                     rest.empty() ? nlohmann::json() : logprobs_of(rest))) {
+          std::string finish = result->finish.empty() ? "stop" : result->finish;
+          if (tool_use != ToolUse::kNone) {
+            const nlohmann::json calls = tool_calls_of(stream->tools, mine.answer);
+            if (!calls.is_null()) finish = "tool_calls";
+            if (tool_use == ToolUse::kRequired) {  // the calls whole, or the text that is none
+              nlohmann::json delta = nullptr;
+              if (!calls.is_null()) {
+                delta = calls;
+                for (size_t i = 0; i < delta.size(); ++i) delta[i]["index"] = i;
+              }
+              const std::string text = calls.is_null() ? mine.answer : "";
+              if (!send(sse_event(chunk_body(true, stream->id, stream->created, model_id_, text,
+                                             false, "", nullptr, choice, std::move(delta))))) {
+                return false;
+              }
+            }
+          }
+          if (!chunk(last, finish, rest.empty() ? nlohmann::json() : logprobs_of(rest))) {
             return false;
           }
           stream->usage.prompt_tokens = result->prompt_tokens;  // the same prompt, counted once

@@ -3,14 +3,17 @@
 #include "launch/openai_api.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <optional>
+#include <random>
 #include <set>
 
 #include "common/command_line.h"
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/json_depth.h"
+#include "common/json_schema.h"
 #include "common/utf8.h"
 #include "launch/request_json.h"
 
@@ -67,6 +70,7 @@ nlohmann::json parse_object(const std::string& body) {
 
 // OpenAI's keys for what this server does not do, whose default value (or null, which some
 // languages' SDKs send for every unset key) asks for nothing: accepted in that form only.
+// (Chat reads tools, tool_choice and parallel_tool_calls itself; completions has none.)
 bool default_only_key(const std::string& key, const nlohmann::json& value) {
   static const std::set<std::string> kKeys = {"metadata",    "tools",         "functions",
                                               "tool_choice", "function_call", "parallel_tool_calls",
@@ -216,6 +220,33 @@ ChatPart content_part(const std::string& where, nlohmann::json& part) {
   return out;
 }
 
+// An assistant message's earlier calls: [{"id", "type": "function", "function": {"name",
+// "arguments"}}], checked as OpenAI checks them, for the chat template.
+nlohmann::json earlier_tool_calls(const std::string& where, const nlohmann::json& calls) {
+  if (!calls.is_array()) {
+    throw ApiError(400, where + ": expected a list of calls, got " + shown(calls), where);
+  }
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const std::string at = where + "[" + std::to_string(i) + "]";
+    const nlohmann::json& call = calls[i];
+    const auto function = call.is_object() ? call.find("function") : call.end();
+    const bool ok = call.is_object() && call.contains("id") && call["id"].is_string() &&
+                    call.contains("type") && call["type"] == "function" && function != call.end() &&
+                    function->is_object() && function->contains("name") &&
+                    (*function)["name"].is_string() && function->contains("arguments") &&
+                    (*function)["arguments"].is_string();
+    if (!ok) {
+      throw ApiError(400,
+                     at +
+                         ": expected {\"id\": ..., \"type\": \"function\", \"function\": "
+                         "{\"name\": ..., \"arguments\": \"...\"}}, got " +
+                         shown(call),
+                     at);
+    }
+  }
+  return calls;
+}
+
 ChatMessage chat_message(const std::string& where, nlohmann::json& m) {
   if (!m.is_object()) throw ApiError(400, where + ": expected an object, got " + shown(m), where);
   ChatMessage out;
@@ -223,18 +254,31 @@ ChatMessage chat_message(const std::string& where, nlohmann::json& m) {
   if (role == m.end()) throw ApiError(400, where + ".role: missing", where + ".role");
   out.role = string_field(where + ".role", *role);
   if (out.role == "developer") out.role = "system";  // OpenAI's newer name for it
-  if (out.role != "system" && out.role != "user" && out.role != "assistant") {
+  if (out.role != "system" && out.role != "user" && out.role != "assistant" && out.role != "tool") {
     throw ApiError(
-        400, where + ".role: unknown role '" + out.role + "' (expected system, user or assistant)",
+        400,
+        where + ".role: unknown role '" + out.role + "' (expected system, user, assistant or tool)",
         where + ".role");
   }
   for (const auto& [k, v] : m.items()) {
-    if (k != "role" && k != "content" && k != "name") {
-      throw ApiError(400, where + "." + k + ": unsupported field", where + "." + k);
-    }
+    const bool known = k == "role" || k == "content" || k == "name" ||
+                       (k == "tool_calls" && out.role == "assistant") ||
+                       (k == "tool_call_id" && out.role == "tool");
+    if (!known) throw ApiError(400, where + "." + k + ": unsupported field", where + "." + k);
+  }
+  if (out.role == "assistant" && m.contains("tool_calls") && !m["tool_calls"].is_null()) {
+    out.tool_calls = earlier_tool_calls(where + ".tool_calls", m["tool_calls"]);
+  }
+  if (out.role == "tool") {
+    auto id = m.find("tool_call_id");
+    if (id == m.end())
+      throw ApiError(400, where + ".tool_call_id: missing", where + ".tool_call_id");
+    out.tool_call_id = string_field(where + ".tool_call_id", *id);
   }
   auto content = m.find("content");
   if (content == m.end() || content->is_null()) {
+    // An assistant's turn that only called tools has no content.
+    if (!out.tool_calls.is_null()) return out;
     throw ApiError(400, where + ".content: missing", where + ".content");
   }
   if (content->is_string()) {
@@ -255,6 +299,163 @@ ChatMessage chat_message(const std::string& where, nlohmann::json& m) {
                    where + ".content");
   }
   return out;
+}
+
+// OpenAI's rule for a function's name: 1 to 64 letters, digits, '_' and '-'.
+bool function_name(const std::string& name) {
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+}
+
+// The request's tools: each {"type": "function", "function": {"name", "description",
+// "parameters", "strict"}}, the names different. Returns each function's name and its
+// parameters schema, in the order written (`body`'s text: nlohmann's objects sort their keys),
+// compiled as the worker will compile it; no parameters: the empty object's.
+std::vector<std::pair<std::string, nlohmann::json>> read_tools(const std::string& body,
+                                                               const nlohmann::json& tools) {
+  if (!tools.is_array() || tools.size() > static_cast<size_t>(kMaxTools)) {
+    throw ApiError(400,
+                   "tools: expected a list of at most " + std::to_string(kMaxTools) +
+                       " tools, got " + shown(tools),
+                   "tools");
+  }
+  const auto ordered = nlohmann::ordered_json::parse(body);  // parse_object bounded its depth
+  std::vector<std::pair<std::string, nlohmann::json>> out;
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const std::string where = "tools[" + std::to_string(i) + "]";
+    const nlohmann::json& tool = tools[i];
+    if (!tool.is_object() || !tool.contains("type") || tool["type"] != "function" ||
+        !tool.contains("function") || !tool["function"].is_object()) {
+      throw ApiError(
+          400,
+          where + ": expected {\"type\": \"function\", \"function\": {\"name\": ...}}, got " +
+              shown(tool),
+          where);
+    }
+    for (const auto& [key, item] : tool.items()) {
+      if (key != "type" && key != "function")
+        throw ApiError(400, where + "." + key + ": unsupported field", where + "." + key);
+    }
+    const nlohmann::json& function = tool["function"];
+    for (const auto& [key, item] : function.items()) {
+      const bool known = (key == "name") || (key == "description" && item.is_string()) ||
+                         (key == "strict" && (item.is_boolean() || item.is_null())) ||
+                         key == "parameters";
+      if (!known) {
+        throw ApiError(400, where + ".function." + key + ": unsupported field (or not of its type)",
+                       where + ".function." + key);
+      }
+    }
+    const std::string name =
+        function.contains("name") ? string_field(where + ".function.name", function["name"]) : "";
+    if (!function_name(name)) {
+      throw ApiError(400,
+                     where + ".function.name: expected 1 to 64 letters, digits, '_' or '-', got " +
+                         shown(function.value("name", nlohmann::json())),
+                     where + ".function.name");
+    }
+    for (const auto& [known, schema] : out) {
+      if (known == name) {
+        throw ApiError(400, where + ".function.name: '" + name + "' names another tool too",
+                       where + ".function.name");
+      }
+    }
+    nlohmann::json parameters = {{"type", "object"},
+                                 {"properties", nlohmann::json::object()},
+                                 {"additionalProperties", false}};
+    if (function.contains("parameters") && !function["parameters"].is_null()) {
+      parameters = with_property_order(ordered["tools"][i]["function"]["parameters"].dump(), {});
+    }
+    try {
+      JsonSchema::compile(parameters);
+    } catch (const JsonSchemaError& e) {
+      throw ApiError(400, where + ".function.parameters: " + e.what(),
+                     where + ".function.parameters");
+    }
+    out.emplace_back(name, std::move(parameters));
+  }
+  return out;
+}
+
+// The schema a tool_choice holds the answer to (ToolUse's comment).
+nlohmann::json tool_schema(const std::vector<std::pair<std::string, nlohmann::json>>& tools,
+                           ToolUse use, const std::string& name, bool parallel) {
+  if (use == ToolUse::kNamed) {
+    for (const auto& [tool, parameters] : tools) {
+      if (tool == name) return parameters;
+    }
+  }
+  nlohmann::json branches = nlohmann::json::array();
+  for (const auto& [tool, parameters] : tools) {
+    branches.push_back({{"type", "object"},
+                        {"properties", {{"name", {{"const", tool}}}, {"parameters", parameters}}},
+                        {"required", {"name", "parameters"}},
+                        {kPropertyOrderKey, {"name", "parameters"}}});
+  }
+  nlohmann::json calls = {
+      {"type", "array"}, {"minItems", 1}, {"items", {{"anyOf", std::move(branches)}}}};
+  if (!parallel) calls["maxItems"] = 1;
+  return {{"type", "object"},
+          {"properties", {{"tool_calls", std::move(calls)}}},
+          {"required", {"tool_calls"}},
+          {kPropertyOrderKey, {"tool_calls"}}};
+}
+
+// tool_choice and parallel_tool_calls over the tools read: the answer's schema into
+// out.generation (as response_format's would be).
+void choose_tools(const std::string& body, const nlohmann::json& tools,
+                  const nlohmann::json& choice, const nlohmann::json& parallel,
+                  CompletionRequest& out) {
+  const auto functions = tools.is_null() ? std::vector<std::pair<std::string, nlohmann::json>>()
+                                         : read_tools(body, tools);
+  const bool several = parallel.is_null() || boolean("parallel_tool_calls", parallel);
+  const std::string field = "tool_choice";
+  if (choice.is_null() || choice == "none") return;
+  if (choice == "auto") {
+    throw ApiError(400,
+                   "tool_choice: 'auto' needs a model with a tool-call format of its own, which "
+                   "llava-pipe does not read; ask for \"required\" (one or more calls) or name a "
+                   "function ({\"type\": \"function\", \"function\": {\"name\": ...}})",
+                   field);
+  }
+  if (choice == "required") {
+    out.tool_use = ToolUse::kRequired;
+  } else if (choice.is_object() && choice.contains("type") && choice["type"] == "function" &&
+             choice.contains("function") && choice["function"].is_object() &&
+             choice["function"].contains("name") && choice["function"]["name"].is_string()) {
+    out.tool_use = ToolUse::kNamed;
+    out.tool_name = choice["function"]["name"].get<std::string>();
+    if (std::none_of(functions.begin(), functions.end(),
+                     [&](const auto& tool) { return tool.first == out.tool_name; })) {
+      throw ApiError(400, "tool_choice: no tool is named '" + out.tool_name + "'", field);
+    }
+  } else {
+    throw ApiError(400,
+                   "tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": "
+                   "\"function\", \"function\": {\"name\": ...}}, got " +
+                       shown(choice),
+                   field);
+  }
+  if (functions.empty()) throw ApiError(400, "tool_choice: the request has no tools", field);
+  if (out.generation.json_object) {
+    throw ApiError(400, "tool_choice: a tool call is JSON of its own; not with response_format",
+                   field);
+  }
+  if (out.generation.min_tokens > 0) {
+    throw ApiError(400,
+                   "min_tokens cannot go with a tool call: the answer ends where its JSON ends",
+                   "min_tokens");
+  }
+  std::string text = json_text(tool_schema(functions, out.tool_use, out.tool_name, several));
+  if (text.size() > kMaxJsonSchemaBytes) {
+    throw ApiError(400,
+                   "tools: the calls' schema is " + std::to_string(text.size()) +
+                       " bytes; at most " + std::to_string(kMaxJsonSchemaBytes),
+                   "tools");
+  }
+  out.generation.json_object = true;
+  out.generation.json_schema = std::move(text);
 }
 
 }  // namespace
@@ -295,7 +496,16 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
   bool have_messages = false;
   bool chat_logprobs = false;
   std::optional<int> top_logprobs;
+  nlohmann::json tools, tool_choice, parallel_tool_calls;
   for (auto& [key, value] : j.items()) {
+    if (key == "tools") {
+      tools = value;
+      continue;
+    }
+    if (key == "tool_choice" || key == "parallel_tool_calls") {
+      (key == "tool_choice" ? tool_choice : parallel_tool_calls) = value;
+      continue;
+    }
     if (common_key(key, value, out)) continue;
     if (key == "messages") {
       if (!value.is_array() || value.empty()) {
@@ -315,6 +525,8 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
     }
   }
   if (!have_messages) throw ApiError(400, "messages: missing", "messages");
+  choose_tools(body, tools, tool_choice, parallel_tool_calls, out);
+  if (tools.is_array() && !tools.empty()) out.tools = tools;
   if (top_logprobs && !chat_logprobs) {
     throw ApiError(400, "top_logprobs: only with \"logprobs\": true", "top_logprobs");
   }
@@ -420,7 +632,47 @@ CompletionRequest parse_completion_request(const std::string& body,
 }
 
 std::string finish_reason(const std::string& finish) {
-  return finish == "length" ? "length" : "stop";
+  return finish == "length" || finish == "tool_calls" ? finish : "stop";
+}
+
+std::string tool_call_id() {
+  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  thread_local std::mt19937_64 draw{std::random_device{}()};
+  std::string id = "call_";
+  for (int i = 0; i < 24; ++i) id += kAlphabet[draw() % (sizeof(kAlphabet) - 1)];
+  return id;
+}
+
+nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string& text) {
+  if (request.tool_use == ToolUse::kNone) return nullptr;
+  nlohmann::ordered_json answer;
+  try {
+    parse_json(text);  // the depth bound, before the ordered parse
+    answer = nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception&) {
+    return nullptr;  // not whole: cut by max_tokens
+  }
+  auto call = [](const std::string& name, std::string arguments) {
+    return nlohmann::json{{"id", tool_call_id()},
+                          {"type", "function"},
+                          {"function", {{"name", name}, {"arguments", std::move(arguments)}}}};
+  };
+  nlohmann::json calls = nlohmann::json::array();
+  if (request.tool_use == ToolUse::kNamed) {  // the text as written, past its leading space
+    if (!answer.is_object()) return nullptr;
+    calls.push_back(call(request.tool_name, text.substr(text.find_first_not_of(" \t\n\r"))));
+    return calls;
+  }
+  const auto list = answer.is_object() ? answer.find("tool_calls") : answer.end();
+  if (list == answer.end() || !list->is_array() || list->empty()) return nullptr;
+  for (const auto& item : *list) {
+    if (!item.is_object() || !item.contains("name") || !item["name"].is_string() ||
+        !item.contains("parameters")) {
+      return nullptr;
+    }
+    calls.push_back(call(item["name"].get<std::string>(), item["parameters"].dump()));
+  }
+  return calls;
 }
 
 nlohmann::json usage_json(const Usage& u) {
@@ -532,7 +784,11 @@ nlohmann::json completion_body(bool chat, const std::string& id, int64_t created
     nlohmann::json choice = {{"index", index},
                              {"finish_reason", finish_reason(answer.finish)},
                              {"logprobs", answer.logprobs}};
-    if (chat) {
+    if (chat && !answer.tool_calls.is_null()) {
+      choice["message"] = {
+          {"role", "assistant"}, {"content", nullptr}, {"tool_calls", answer.tool_calls}};
+      choice["finish_reason"] = "tool_calls";
+    } else if (chat) {
       choice["message"] = {{"role", "assistant"}, {"content", answer.text}};
     } else {
       choice["text"] = answer.text;
@@ -549,7 +805,8 @@ nlohmann::json completion_body(bool chat, const std::string& id, int64_t created
 
 nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
                           const std::string& model, const std::string& text, bool role,
-                          const std::string& finish, nlohmann::json logprobs, int index) {
+                          const std::string& finish, nlohmann::json logprobs, int index,
+                          nlohmann::json tool_calls) {
   nlohmann::json choice = {
       {"index", index},
       {"logprobs", std::move(logprobs)},
@@ -557,7 +814,11 @@ nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
   if (chat) {
     nlohmann::json delta = nlohmann::json::object();
     if (role) delta["role"] = "assistant";
-    if (!text.empty() || role) delta["content"] = text;
+    if (!tool_calls.is_null()) {
+      delta["tool_calls"] = std::move(tool_calls);
+    } else if (!text.empty() || role) {
+      delta["content"] = text;
+    }
     choice["delta"] = delta;
   } else {
     choice["text"] = text;

@@ -40,10 +40,19 @@ struct ChatPart {
 };
 
 struct ChatMessage {
-  std::string role;                // system, user, assistant
+  std::string role;                // system, user, assistant, tool
   bool content_is_string = false;  // written as one string: one text part
   std::vector<ChatPart> parts;
+  nlohmann::json tool_calls;  // an assistant's calls, as OpenAI writes them (null: none)
+  std::string tool_call_id;   // a tool message's: the call it answers
 };
+
+// How an answer uses the request's tools (OpenAI's tool_choice): not at all ("none", the
+// default, as vLLM's), one call of a named function (the answer is its arguments object, held
+// to the function's parameters schema), or one or more calls of any of them ("required"; the
+// answer is {"tool_calls": [{"name": ..., "parameters": {...}}, ...]}, each held to its
+// function's schema). "auto" needs a model with a tool-call format of its own: refused.
+enum class ToolUse { kNone, kNamed, kRequired };
 
 struct CompletionRequest {
   bool chat = true;
@@ -57,7 +66,21 @@ struct CompletionRequest {
   bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: logprobs name "token_id:N"
   int images = 0;
   int choices = 1;  // n: answers to the same prompt, each a request of its own
+  nlohmann::json tools;  // chat: the request's tools (null: none), for the chat template
+  ToolUse tool_use = ToolUse::kNone;
+  std::string tool_name;  // kNamed: the function
 };
+
+// At most this many tools a request (a "required" answer's names are one enum).
+constexpr int kMaxTools = 64;
+
+// The calls an answer's text makes under `request`'s tool_choice: [{"id", "type": "function",
+// "function": {"name", "arguments"}}] (arguments: the JSON text of the call's arguments, in
+// the order written), or null where the text is not a whole answer of the tool schema (cut by
+// max_tokens) or the request asked for no call. Each call gets a fresh "call_..." id.
+nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string& text);
+// One call's id: "call_" and 24 random letters and digits.
+std::string tool_call_id();
 
 // n's ceiling, OpenAI's.
 constexpr int kMaxChoices = 128;
@@ -71,7 +94,8 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
 CompletionRequest parse_completion_request(const std::string& body,
                                            const GenerationSection& defaults);
 
-// The coordinator's finish ("eos", "stop", "length") as OpenAI's ("stop", "length").
+// The coordinator's finish ("eos", "stop", "length") as OpenAI's ("stop", "length"); a
+// "tool_calls" finish (an answer read as tool calls) stays.
 std::string finish_reason(const std::string& coordinator_finish);
 
 struct Usage {
@@ -104,6 +128,7 @@ struct ChoiceAnswer {
   std::string text;
   std::string finish;  // the coordinator's
   nlohmann::json logprobs;
+  nlohmann::json tool_calls = nullptr;  // chat: the calls (tool_calls_of), in place of content
 };
 // A whole answer: "chat.completion" or "text_completion", its choices indexed in order.
 nlohmann::json completion_body(bool chat, const std::string& id, int64_t created,
@@ -111,11 +136,12 @@ nlohmann::json completion_body(bool chat, const std::string& id, int64_t created
                                const Usage& usage);
 // One stream chunk of choice `index`: "chat.completion.chunk" (delta) or "text_completion"
 // (text). `role` goes in the choice's first chat delta; `finish` is "" until its last;
-// `logprobs` those of the tokens since its last chunk, when asked.
+// `logprobs` those of the tokens since its last chunk, when asked; `tool_calls` (chat): the
+// delta's calls (OpenAI's streamed form: each with its "index"), in place of text.
 nlohmann::json chunk_body(bool chat, const std::string& id, int64_t created,
                           const std::string& model, const std::string& text, bool role,
                           const std::string& finish, nlohmann::json logprobs = nullptr,
-                          int index = 0);
+                          int index = 0, nlohmann::json tool_calls = nullptr);
 // The final usage chunk (no choices).
 nlohmann::json usage_chunk_body(bool chat, const std::string& id, int64_t created,
                                 const std::string& model, const Usage& usage);

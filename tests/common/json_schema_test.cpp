@@ -277,6 +277,165 @@ TEST(JsonSchema, KeepsThePropertyOrderGivenThroughSortedJson) {
   EXPECT_TRUE(with_property_order(text, {"response_format", "nothing"}).is_null());
 }
 
+// OpenAI-style tool calls: a union of objects told apart by their first property, "name",
+// a constant string; each tool's parameters follow.
+const char* kToolCall = R"({"type":"object","required":["call"],"properties":{"call":{"anyOf":[
+  {"type":"object","properties":{"name":{"const":"get_weather"},"parameters":{"type":"object",
+    "properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}},
+   "required":["name","parameters"]},
+  {"type":"object","properties":{"name":{"enum":["search"]},"parameters":{"type":"object",
+    "properties":{"query":{"type":"string"}},"required":["query"]}},
+   "required":["name","parameters"]}]}}})";
+
+// The same tools, a list of calls.
+const char* kToolCalls = R"({"type":"object","required":["calls"],"properties":{"calls":{
+  "type":"array","minItems":1,"items":{"anyOf":[
+  {"type":"object","properties":{"name":{"const":"get_weather"},"parameters":{"type":"object",
+    "properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}},
+   "required":["name","parameters"]},
+  {"type":"object","properties":{"name":{"enum":["search"]},"parameters":{"type":"object",
+    "properties":{"query":{"type":"string"}},"required":["query"]}},
+   "required":["name","parameters"]}]}}}})";
+
+TEST(JsonSchema, TellsAUnionsObjectsApartByTheirFirstPropertysConstantString) {
+  const auto schema = compile(kToolCall);
+  for (const std::string text : {
+           R"({"call":{"name":"get_weather","parameters":{"city":"Oslo"}}})",
+           R"({"call":{"name":"get_weather","parameters":{"city":"Oslo","days":3}}})",
+           R"({"call":{"name":"search","parameters":{"query":"x"}}})",
+       }) {
+    EXPECT_TRUE(accepts(*schema, text)) << text;
+  }
+  for (const std::string text : {
+           R"({"call":{"name":"search","parameters":{"city":"Oslo"}}})",  // the other's
+           R"({"call":{"name":"search","parameters":{"query":"x","days":3}}})",
+           R"({"call":{"name":"other","parameters":{"query":"x"}}})",
+           R"({"call":{"parameters":{"query":"x"},"name":"search"}})",  // the name first
+           R"({"call":{"name":"search"}})",
+           R"({"call":{}})",
+       }) {
+    EXPECT_FALSE(accepts(*schema, text)) << text;
+  }
+  // Each refused at the byte that leaves the schema.
+  struct Case {
+    const char* taken;
+    char next;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"call":{"name":"search","parameters":{")", 'c'},  // search's: query
+           {R"({"call":{"name":"get_weather","parameters":{")", 'q'},
+           {R"({"call":{"name":"search","parameters":{"query":"x")", ','},
+           {R"({"call":{"name":")", 'o'},  // no tool's name
+           {R"({"call":{"name":"search)", 'x'},
+           {R"({"call":{")", 'p'},  // the name comes first
+           {R"({"call":{)", '}'},   // and is required
+           {R"({"call":{"name":"search")", '}'},
+       }) {
+    SchemaState state(schema.get());
+    ASSERT_TRUE(state.feed(c.taken)) << c.taken;
+    EXPECT_FALSE(state.feed(c.next)) << c.taken << c.next;
+  }
+}
+
+TEST(JsonSchema, AnArrayOfTaggedObjectsTakesEachItemsOwnObject) {
+  const auto schema = compile(kToolCalls);
+  EXPECT_TRUE(accepts(*schema, R"({"calls":[{"name":"search","parameters":{"query":"x"}},)"
+                               R"({"name":"get_weather","parameters":{"city":"Oslo"}}]})"));
+  EXPECT_TRUE(accepts(*schema, R"({"calls":[{"name":"search","parameters":{"query":"x"}}]})"));
+  EXPECT_FALSE(accepts(*schema, R"({"calls":[]})"));
+  EXPECT_FALSE(accepts(*schema, R"({"calls":[{"name":"search","parameters":{"query":"x"}},)"
+                                R"({"name":"get_weather","parameters":{"query":"x"}}]})"));
+}
+
+TEST(JsonSchema, AUnionOfTaggedObjectsStillTellsItsOtherBranchesByTheirFirstByte) {
+  const std::string search = R"({"type":"object","properties":{"name":{"const":"search"}},
+      "required":["name"]})";
+  const std::string weather = R"({"type":"object","properties":{"name":{"const":"weather"},
+      "city":{"type":"string"}},"required":["name","city"]})";
+  for (const std::string& branches :
+       {search + "," + weather + R"(,{"type":"string"},{"type":"number"})",
+        // objects within a union within the union
+        search + R"(,{"anyOf":[)" + weather + R"(,{"type":"string"}]},{"type":"number"})"}) {
+    const auto schema = compile(R"({"type":"object","properties":{"v":{"anyOf":[)" + branches +
+                                R"(]}},"required":["v"]})");
+    for (const std::string text :
+         {R"({"v":"text"})", R"({"v":-1.5})", R"({"v":3})", R"({"v":{"name":"search"}})",
+          R"({"v":{"name":"weather","city":"Oslo"}})"}) {
+      EXPECT_TRUE(accepts(*schema, text)) << branches << "\n" << text;
+    }
+    for (const std::string text :
+         {R"({"v":null})", R"({"v":true})", R"({"v":["x"]})",
+          R"({"v":{"name":"search","city":"Oslo"}})", R"({"v":{"name":"weather"}})"}) {
+      EXPECT_FALSE(accepts(*schema, text)) << branches << "\n" << text;
+    }
+  }
+}
+
+TEST(JsonSchema, RefusesObjectsOfAUnionItCannotTellApartNamingThePlace) {
+  const std::string tagged = R"({"type":"object","properties":{"name":{"const":"a"}},
+      "required":["name"]})";
+  auto refusal_of = [](const std::string& first, const std::string& second) {
+    return refusal(R"({"type":"object","properties":{"u":{"anyOf":[)" + first + "," + second +
+                   "]}}}");
+  };
+  const std::string apart =
+      "two of a union's branches can begin with '{': objects are told apart only by a first "
+      "property, required and under the same key in each, whose value is one constant string";
+  struct Case {
+    std::string second;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"type":"object","properties":{"tool":{"const":"b"}},"required":["tool"]})",
+            apart + " (at #/properties/u/anyOf/1)"},  // another key
+           {R"({"type":"object","properties":{"name":{"const":"b"}}})",
+            apart + " (at #/properties/u/anyOf/1)"},  // optional
+           {R"({"type":"object","properties":{"x":{"type":"integer"},"name":{"const":"b"}},
+               "required":["x","name"]})",
+            apart + " (at #/properties/u/anyOf/1)"},  // not the first
+           {R"({"type":"object","properties":{"name":{"const":2}},"required":["name"]})",
+            apart + " (at #/properties/u/anyOf/1)"},  // not a string
+           {R"({"type":"object","properties":{"name":{"enum":["b","c"]}},"required":["name"]})",
+            apart + " (at #/properties/u/anyOf/1)"},  // not one value
+           {R"({"type":"object","properties":{"name":{"type":"string"}},"required":["name"]})",
+            apart + " (at #/properties/u/anyOf/1)"},
+           {R"({"type":"object","properties":{"name":{"enum":["a"]},"x":{"type":"integer"}},
+               "required":["name"]})",
+            "two of a union's branches can begin with '{' and have the same first property, "
+            "\"name\":\"a\": objects are told apart by its value (at #/properties/u/anyOf/1)"},
+           {R"({"enum":[{"name":"b"}]})",
+            "can begin with '{': the answer's first byte must tell "
+            "them apart (at #/properties/u/anyOf/1/enum)"},
+       }) {
+    EXPECT_NE(refusal_of(tagged, c.second).find(c.says), std::string::npos)
+        << c.second << " -> " << refusal_of(tagged, c.second);
+  }
+  // An object of any keys, or of none, has no first property.
+  for (const std::string open :
+       {R"({"type":"object"})", R"({"type":"object","additionalProperties":false})",
+        R"({"type":"object","additionalProperties":{"type":"string"}})"}) {
+    EXPECT_NE(refusal_of(open, tagged).find(apart + " (at #/properties/u/anyOf/0)"),
+              std::string::npos)
+        << open << " -> " << refusal_of(open, tagged);
+  }
+  // At most kMaxLiterals objects.
+  Json many = {{"type", "object"}, {"properties", {{"u", {{"anyOf", Json::array()}}}}}};
+  for (size_t i = 0; i <= JsonSchema::kMaxLiterals; ++i) {
+    many["properties"]["u"]["anyOf"].push_back(
+        {{"type", "object"},
+         {"properties", {{"name", {{"const", "t" + std::to_string(i)}}}}},
+         {"required", {"name"}}});
+  }
+  EXPECT_EQ(refusal(many.dump()),
+            "json_schema: 65 objects told apart by their first property; at most 64 (at "
+            "#/properties/u/anyOf)");
+  many["properties"]["u"]["anyOf"].erase(0);
+  const auto most = compile(many.dump());
+  EXPECT_TRUE(accepts(*most, R"({"u":{"name":"t64"}})"));
+  EXPECT_TRUE(accepts(*most, R"({"u":{"name":"t1"}})"));
+  EXPECT_FALSE(accepts(*most, R"({"u":{"name":"t0"}})"));
+}
+
 TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
   struct Case {
     const char* schema;
@@ -347,6 +506,7 @@ bool valid(const Json& value, const Json& schema, const Json& root) {
     return std::any_of(schema["anyOf"].begin(), schema["anyOf"].end(),
                        [&](const Json& s) { return valid(value, s, root); });
   }
+  if (schema.contains("const")) return value == schema["const"];
   if (schema.contains("enum"))
     return std::find(schema["enum"].begin(), schema["enum"].end(), value) != schema["enum"].end();
   if (schema.contains("type")) {
@@ -417,7 +577,17 @@ TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
       R"({"type":"object","properties":{"m":{"type":"array","items":{"type":"array","items":{"enum":[0,10,100,"a"]},"minItems":2}}},"required":["m"]})",
       R"({"type":"object","properties":{"s":{"type":"string","minLength":3,"maxLength":5},"t":{"type":"array","items":{"type":"string","maxLength":1}}},"required":["s","t"]})",
       R"({"type":"object","properties":{"a":{"type":"integer","minimum":-7,"maximum":12},"b":{"type":"array","items":{"type":"integer","exclusiveMinimum":99,"maximum":20000}}},"required":["a","b"]})",
+      kToolCall,
+      kToolCalls,
   };
+  // The validator tells the tools' objects apart as well.
+  const Json tools = Json::parse(kToolCall);
+  EXPECT_TRUE(
+      valid(Json::parse(R"({"call":{"name":"search","parameters":{"query":"x"}}})"), tools, tools));
+  EXPECT_FALSE(
+      valid(Json::parse(R"({"call":{"name":"search","parameters":{"city":"x"}}})"), tools, tools));
+  EXPECT_FALSE(
+      valid(Json::parse(R"({"call":{"name":"other","parameters":{"query":"x"}}})"), tools, tools));
   const std::string preferred = "\"}],:{[0123456789-.eE+tfnaulrs";
   std::mt19937 rng(11);
   for (const std::string& text : schemas) {

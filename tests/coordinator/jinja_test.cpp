@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/errors.h"
 #include "coordinator/chat_template.h"
@@ -315,6 +316,39 @@ TEST(ChatTemplate, ATemplateThatPrintsContentWholeGetsTextWithImagesInline) {
   EXPECT_EQ(ChatTemplate(folder.path(), "{prompt}")
                 .render({{"user", false, {{true, ""}, {false, "Hi"}}}}),
             "user: <image>\nHi|");
+}
+
+// Tools as transformers' apply_chat_template gives them: the request's `tools`, an
+// assistant's `tool_calls`, a tool turn's `tool_call_id`; the template decides what shows.
+// The config's form shows the calls as JSON and a tool turn as a user turn.
+TEST(ChatTemplate, ToolsToolCallsAndToolTurnsReachTheTemplate) {
+  std::vector<ChatTurn> turns = {{"user", true, {{false, "Weather?"}}},
+                                 {"assistant", true, {}},
+                                 {"tool", true, {{false, "12 C"}}}};
+  turns[1].tool_calls = nlohmann::json::parse(
+      R"([{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}])");
+  turns[2].tool_call_id = "call_1";
+  const nlohmann::json tools = nlohmann::json::parse(
+      R"([{"type":"function","function":{"name":"get_weather"}},{"type":"function","function":{"name":"search"}}])");
+  CheckpointFolder folder(
+      Files{{"chat_template.jinja",
+             "{% if tools %}[{{ tools | length }} tools: {{ tools[0].function.name }}]{% endif %}"
+             "{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}call {{ "
+             "m.tool_calls[0].function.name }}"
+             "({{ m.tool_calls[0].function.arguments }}){% endif %}{% if m.tool_call_id %}<{{ "
+             "m.tool_call_id }}>{% endif %}"
+             "{{ m.content if m.content is string else '' }}|{% endfor %}"}});
+  const ChatTemplate jinja(folder.path(), "{prompt}");
+  EXPECT_EQ(jinja.render(turns, false, tools),
+            "[2 tools: get_weather]user:Weather?|assistant:call get_weather({\"city\":\"Oslo\"})|"
+            "tool:<call_1>12 C|");
+  EXPECT_EQ(jinja.render(turns, false),
+            "user:Weather?|assistant:call get_weather({\"city\":\"Oslo\"})|"
+            "tool:<call_1>12 C|");  // no tools: `tools` undefined
+  CheckpointFolder plain(Files{{"tokenizer_config.json", R"({"bos_token":"<s>"})"}});
+  EXPECT_EQ(ChatTemplate(plain.path(), "USER: {prompt} ASSISTANT:").render(turns, true, tools),
+            "USER: Weather? ASSISTANT: [{\"name\":\"get_weather\",\"arguments\":"
+            "\"{\\\"city\\\":\\\"Oslo\\\"}\"}] USER: 12 C ASSISTANT:");
 }
 
 TEST(ChatTemplate, TokenizerConfigsTemplateIsUsedWhenNoChatTemplateFile) {

@@ -225,8 +225,8 @@ test('an unknown role is refused with 400 naming the field', async () => {
 
 test('an unsupported parameter is refused with 400 naming it', async () => {
   await assert.rejects(
-    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), tools: [{ type: 'function', function: { name: 'f' } }] }),
-    (e) => e.status === 400 && e.param === 'tools');
+    client.chat.completions.create({ ...greedy, messages: userWith(text('x')), functions: [{ name: 'f' }] }),
+    (e) => e.status === 400 && e.param === 'functions');
   await assert.rejects(
     client.chat.completions.create({ ...greedy, messages: userWith(text('x')), presence_penalty: 2.5 }),
     (e) => e.status === 400 && e.param === 'presence_penalty' && /\[-2, 2\]/.test(e.message));
@@ -456,6 +456,92 @@ test('response_format json_schema: the answer is an object of the schema, its pr
     (e) => e.status === 400 && e.param === 'response_format' && /'format' is not supported \(at #\/properties\/a\)/.test(e.message));
   await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'string' }) }),
     (e) => e.status === 400 && /root \(#\) must be an object/.test(e.message));
+});
+
+test('tools: a named function\'s call and "required" calls hold to the tools\' schemas, whole, streamed and sampled; the conversation goes on after a call; "auto" and what a schema cannot follow are 400s', async () => {
+  // The random model closes no string by itself: a bias towards '"', '}' and ']' (the
+  // constraint forces the commas between required properties).
+  const [quote, close, bracket] = [await tokenOf('"'), await tokenOf('}'), await tokenOf(']')];
+  const tools = [
+    { type: 'function', function: { name: 'get_weather', description: 'The weather in a city',
+      parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 12 }, unit: { enum: ['C', 'F'] } },
+                    required: ['city', 'unit'] } } },
+    { type: 'function', function: { name: 'count_shapes',
+      parameters: { type: 'object', properties: { shape: { enum: ['circle', 'square'] }, at_least: { type: 'integer', minimum: 0, maximum: 9 } },
+                    required: ['shape', 'at_least'] } } },
+  ];
+  const holds = (name, text) => {
+    const args = JSON.parse(text);
+    if (name === 'get_weather') {
+      assert.deepEqual(Object.keys(args), ['city', 'unit'], text);
+      assert.ok(typeof args.city === 'string' && [...args.city].length <= 12 && ['C', 'F'].includes(args.unit), text);
+    } else {
+      assert.equal(name, 'count_shapes');
+      assert.deepEqual(Object.keys(args), ['shape', 'at_least'], text);
+      assert.ok(['circle', 'square'].includes(args.shape) && Number.isInteger(args.at_least) && args.at_least >= 0 && args.at_least <= 9, text);
+    }
+  };
+  const ask = { ...greedy, max_tokens: 120, tools, logit_bias: { [quote]: 30, [close]: 20, [bracket]: 25 },
+                messages: userWith(img(png), text('Call a tool.')) };
+  const named = { ...ask, tool_choice: { type: 'function', function: { name: 'get_weather' } } };
+  const whole = await client.chat.completions.create(named);
+  const message = whole.choices[0].message;
+  assert.equal(whole.choices[0].finish_reason, 'tool_calls');
+  assert.equal(message.content, null);
+  assert.equal(message.tool_calls.length, 1);
+  const [call] = message.tool_calls;
+  assert.equal(call.type, 'function');
+  assert.match(call.id, /^call_[A-Za-z0-9]{24}$/);
+  assert.equal(call.function.name, 'get_weather');
+  holds('get_weather', call.function.arguments);
+
+  // Streamed: the call's id and name first, its arguments in pieces that add up to the same.
+  let id, name, args = '', finish, pieces = 0;
+  for await (const chunk of await client.chat.completions.create({ ...named, stream: true })) {
+    for (const delta of chunk.choices[0]?.delta?.tool_calls ?? []) {
+      assert.equal(delta.index, 0);
+      id ??= delta.id;
+      name ??= delta.function?.name;
+      args += delta.function?.arguments ?? '';
+      pieces += 1;
+    }
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+  }
+  assert.match(id, /^call_/);
+  assert.equal(name, 'get_weather');
+  assert.equal(args, call.function.arguments);
+  assert.ok(pieces > 1, `${pieces} pieces`);
+  assert.equal(finish, 'tool_calls');
+
+  // "required": one or more calls of any tool, each held to its own schema; sampled, n 3.
+  const required = await client.chat.completions.create({ ...ask, tool_choice: 'required', temperature: 0.8, seed: 4, n: 3 });
+  for (const c of required.choices) {
+    assert.equal(c.finish_reason, 'tool_calls', JSON.stringify(c.message));
+    assert.ok(c.message.tool_calls.length >= 1);
+    for (const t of c.message.tool_calls) holds(t.function.name, t.function.arguments);
+  }
+  const first = await client.chat.completions.create({ ...ask, tool_choice: 'required', parallel_tool_calls: false });
+  assert.equal(first.choices[0].message.tool_calls.length, 1);
+  const streamedCalls = [];
+  for await (const chunk of await client.chat.completions.create({ ...ask, tool_choice: 'required', parallel_tool_calls: false, stream: true })) {
+    for (const delta of chunk.choices[0]?.delta?.tool_calls ?? []) streamedCalls.push(delta);
+  }
+  assert.deepEqual(streamedCalls.map((t) => [t.index, t.function.name, t.function.arguments]),
+    first.choices[0].message.tool_calls.map((t, i) => [i, t.function.name, t.function.arguments]));
+
+  // The conversation goes on: the assistant's call and the tool's answer in the history.
+  const next = await client.chat.completions.create({ ...greedy, tools, messages: [
+    ...userWith(img(png), text('Weather in Oslo?')), message, { role: 'tool', tool_call_id: call.id, content: '12 C' }] });
+  assert.equal(typeof next.choices[0].message.content, 'string');
+  assert.equal(next.choices[0].message.tool_calls, undefined);
+
+  await assert.rejects(client.chat.completions.create({ ...ask, tool_choice: 'auto' }),
+    (e) => e.status === 400 && e.param === 'tool_choice' && /'auto'/.test(e.message));
+  await assert.rejects(client.chat.completions.create({ ...ask, tool_choice: { type: 'function', function: { name: 'fly' } } }),
+    (e) => e.status === 400 && /no tool is named 'fly'/.test(e.message));
+  await assert.rejects(client.chat.completions.create({ ...ask, tool_choice: 'required',
+    tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'string', format: 'email' } } } } }] }),
+    (e) => e.status === 400 && e.param === 'tools[0].function.parameters' && /'format' is not supported/.test(e.message));
 });
 
 test('min_tokens (vLLM\'s): no stop id, end-of-sequence token or stop string ends the answer before that many tokens; above max_tokens or with a JSON format it is a 400', async () => {

@@ -20,6 +20,7 @@
 #include <httplib.h>
 #endif
 
+#include "common/json_schema.h"
 #include "coordinator/coordinator.h"
 #include "launch/http_server.h"
 #include "launch/openai_images.h"
@@ -118,9 +119,132 @@ TEST(OpenAiChatRequest, MinPIsAcceptedAsVllmTakesItAndCheckedByName) {
 
 TEST(OpenAiChatRequest, AnUnknownRoleNamesTheMessage) {
   const auto e =
-      chat_error(R"({"messages":[{"role":"user","content":"x"},{"role":"tool","content":"y"}]})");
+      chat_error(R"({"messages":[{"role":"user","content":"x"},{"role":"robot","content":"y"}]})");
   EXPECT_EQ(e.status, 400);
   EXPECT_EQ(e.param, "messages[1].role");
+}
+
+const std::string kTools =
+    R"("tools":[{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}}},{"type":"function","function":{"name":"search"}}])";
+
+CompletionRequest with_tools(const std::string& rest) {
+  return parse_chat_request(R"({"messages":[{"role":"user","content":"x"}],)" + kTools + rest + "}",
+                            defaults(), 8);
+}
+
+// tools and tool_choice: "none" (the default) leaves the answer free; a named function holds
+// it to that function's parameters; "required" to one or more calls of any tool; the
+// schema as the worker compiles it. The tools go to the chat template either way.
+TEST(OpenAiChatRequest, ToolChoiceHoldsTheAnswerToTheToolsSchemas) {
+  const auto none = with_tools("");
+  EXPECT_EQ(none.tool_use, ToolUse::kNone);
+  EXPECT_FALSE(none.generation.json_object);
+  ASSERT_TRUE(none.tools.is_array());
+  EXPECT_EQ(none.tools.size(), 2u);
+  EXPECT_EQ(with_tools(R"(,"tool_choice":"none")").tool_use, ToolUse::kNone);
+
+  const auto named =
+      with_tools(R"(,"tool_choice":{"type":"function","function":{"name":"get_weather"}})");
+  EXPECT_EQ(named.tool_use, ToolUse::kNamed);
+  EXPECT_EQ(named.tool_name, "get_weather");
+  EXPECT_TRUE(named.generation.json_object);
+  // The function's parameters in the body's order (city before days), compiled.
+  EXPECT_NE(named.generation.json_schema.find(R"("x-llava-property-order":["city","days"])"),
+            std::string::npos)
+      << named.generation.json_schema;
+  EXPECT_NO_THROW(JsonSchema::compile(nlohmann::json::parse(named.generation.json_schema)));
+  // A function without parameters takes the empty object only.
+  const auto bare =
+      with_tools(R"(,"tool_choice":{"type":"function","function":{"name":"search"}})");
+  const auto empty = JsonSchema::compile(nlohmann::json::parse(bare.generation.json_schema));
+  SchemaState state(empty.get());
+  EXPECT_TRUE(state.feed("{}") && state.complete());
+  SchemaState other(empty.get());
+  EXPECT_FALSE(other.feed(R"({"a")"));
+
+  const auto required = with_tools(R"(,"tool_choice":"required")");
+  EXPECT_EQ(required.tool_use, ToolUse::kRequired);
+  const auto calls = JsonSchema::compile(nlohmann::json::parse(required.generation.json_schema));
+  SchemaState two(calls.get());
+  EXPECT_TRUE(two.feed(
+      R"({"tool_calls":[{"name":"get_weather","parameters":{"city":"Oslo"}},{"name":"search","parameters":{}}]})"));
+  EXPECT_TRUE(two.complete());
+  SchemaState wrong(calls.get());
+  EXPECT_FALSE(wrong.feed(R"({"tool_calls":[{"name":"search","parameters":{"city")"));
+  // parallel_tool_calls false: one call at most.
+  const auto one = with_tools(R"(,"tool_choice":"required","parallel_tool_calls":false)");
+  const auto single = JsonSchema::compile(nlohmann::json::parse(one.generation.json_schema));
+  SchemaState just_one(single.get());
+  EXPECT_FALSE(just_one.feed(R"({"tool_calls":[{"name":"search","parameters":{}},)"));
+}
+
+TEST(OpenAiChatRequest, ToolsAndToolChoiceErrorsNameTheirField) {
+  auto tools_error = [](const std::string& rest) {
+    return chat_error(R"({"messages":[{"role":"user","content":"x"}],)" + rest + "}");
+  };
+  const ApiError automatic = tools_error(kTools + R"(,"tool_choice":"auto")");
+  EXPECT_EQ(automatic.param, "tool_choice");
+  EXPECT_NE(std::string(automatic.what()).find("'auto'"), std::string::npos) << automatic.what();
+  const ApiError unknown =
+      tools_error(kTools + R"(,"tool_choice":{"type":"function","function":{"name":"fly"}})");
+  EXPECT_EQ(unknown.param, "tool_choice");
+  EXPECT_NE(std::string(unknown.what()).find("no tool is named 'fly'"), std::string::npos);
+  EXPECT_NE(std::string(tools_error(R"("tool_choice":"required")").what()).find("no tools"),
+            std::string::npos);
+  EXPECT_EQ(tools_error(kTools + R"(,"tool_choice":"always")").param, "tool_choice");
+  EXPECT_EQ(tools_error(R"("tools":[{"type":"function","function":{"name":"a b"}}])").param,
+            "tools[0].function.name");
+  EXPECT_NE(
+      std::string(
+          tools_error(
+              R"("tools":[{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"f"}}])")
+              .what())
+          .find("'f' names another tool too"),
+      std::string::npos);
+  const ApiError pattern = tools_error(
+      R"("tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string","pattern":"x"}}}}}])");
+  EXPECT_EQ(pattern.param, "tools[0].function.parameters");
+  EXPECT_NE(std::string(pattern.what()).find("'pattern' is not supported"), std::string::npos)
+      << pattern.what();
+  EXPECT_EQ(tools_error(R"("tools":[{"type":"retrieval"}])").param, "tools[0]");
+  EXPECT_EQ(
+      tools_error(R"("tools":[{"type":"function","function":{"name":"f","strict":"yes"}}])").param,
+      "tools[0].function.strict");
+  EXPECT_EQ(
+      tools_error(kTools + R"(,"tool_choice":"required","response_format":{"type":"json_object"})")
+          .param,
+      "tool_choice");
+  EXPECT_EQ(tools_error(kTools + R"(,"tool_choice":"required","min_tokens":3)").param,
+            "min_tokens");
+  std::string many = R"("tools":[)";
+  for (int i = 0; i <= kMaxTools; ++i) {
+    many += std::string(i ? "," : "") + R"({"type":"function","function":{"name":"f)" +
+            std::to_string(i) + R"("}})";
+  }
+  EXPECT_EQ(tools_error(many + "]").param, "tools");
+}
+
+// A conversation that goes on after a call: the assistant's calls and the tool's answer.
+TEST(OpenAiChatRequest, ToolTurnsAndEarlierCallsAreRead) {
+  const auto request = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"Weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},{"role":"tool","tool_call_id":"call_1","content":"12 C"}]})",
+      defaults(), 8);
+  ASSERT_EQ(request.messages.size(), 3u);
+  EXPECT_EQ(request.messages[1].tool_calls[0]["function"]["name"], "get_weather");
+  EXPECT_TRUE(request.messages[1].parts.empty());
+  EXPECT_EQ(request.messages[2].role, "tool");
+  EXPECT_EQ(request.messages[2].tool_call_id, "call_1");
+  EXPECT_EQ(request.messages[2].parts[0].text, "12 C");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"tool","content":"12 C"}]})").param,
+            "messages[0].tool_call_id");
+  EXPECT_EQ(
+      chat_error(
+          R"({"messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f"}}]}]})")
+          .param,
+      "messages[0].tool_calls[0]");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x","tool_calls":[]}]})").param,
+            "messages[0].tool_calls");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"assistant"}]})").param, "messages[0].content");
 }
 
 TEST(OpenAiChatRequest, TooManyImagesAre400) {
@@ -228,7 +352,7 @@ TEST(OpenAiChatRequest, UnsupportedParametersAreRefusedNotIgnored) {
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})")
           .param,
-      "tools");
+      "tools[0]");
   EXPECT_EQ(
       chat_error(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"})").param,
       "tool_choice");
@@ -564,6 +688,49 @@ TEST(OpenAiResponses, TokensAsIdsNameEachTokenByItsId) {
   EXPECT_THROW(
       parse_completion_request(R"({"prompt":"x","return_tokens_as_token_ids":1})", defaults()),
       ApiError);
+}
+
+// An answer's text as tool calls: a named function's arguments object; "required"'s list,
+// each call's arguments in the order the model wrote them; nothing from a cut answer.
+TEST(OpenAiResponses, ToolCallsAreReadFromTheAnswer) {
+  CompletionRequest named;
+  named.tool_use = ToolUse::kNamed;
+  named.tool_name = "get_weather";
+  const nlohmann::json one = tool_calls_of(named, R"( {"city":"Oslo","days":2})");
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0]["type"], "function");
+  EXPECT_EQ(one[0]["function"]["name"], "get_weather");
+  EXPECT_EQ(one[0]["function"]["arguments"], R"({"city":"Oslo","days":2})");
+  const std::string id = one[0]["id"];
+  EXPECT_EQ(id.rfind("call_", 0), 0u);
+  EXPECT_EQ(id.size(), 29u);
+  EXPECT_TRUE(tool_calls_of(named, R"({"city":"Os)").is_null());
+
+  CompletionRequest required;
+  required.tool_use = ToolUse::kRequired;
+  const nlohmann::json two = tool_calls_of(
+      required,
+      R"({"tool_calls":[{"name":"get_weather","parameters":{"days":2,"city":"Oslo"}},{"name":"search","parameters":{}}]})");
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0]["function"]["arguments"], R"({"days":2,"city":"Oslo"})");
+  EXPECT_EQ(two[1]["function"]["name"], "search");
+  EXPECT_EQ(two[1]["function"]["arguments"], "{}");
+  EXPECT_NE(two[0]["id"], two[1]["id"]);
+  EXPECT_TRUE(tool_calls_of(required, R"({"tool_calls":[{"name":"search")").is_null());
+  EXPECT_TRUE(tool_calls_of(CompletionRequest{}, "{}").is_null());
+
+  // In a whole answer: no content, the calls, finish "tool_calls"; in a chunk, the delta.
+  const nlohmann::json body =
+      completion_body(true, "chatcmpl-1", 1, "m", {{"{}", "eos", nullptr, one}}, Usage{3, 4});
+  const auto& choice = body["choices"][0];
+  EXPECT_TRUE(choice["message"]["content"].is_null());
+  EXPECT_EQ(choice["message"]["tool_calls"], one);
+  EXPECT_EQ(choice["finish_reason"], "tool_calls");
+  const nlohmann::json chunk =
+      chunk_body(true, "chatcmpl-1", 1, "m", "", false, "", nullptr, 0, one);
+  EXPECT_EQ(chunk["choices"][0]["delta"]["tool_calls"], one);
+  EXPECT_FALSE(chunk["choices"][0]["delta"].contains("content"));
+  EXPECT_EQ(finish_reason("tool_calls"), "tool_calls");
 }
 
 TEST(OpenAiResponses, SseFramesOneJsonEventPerDataLineAndEndsWithDone) {
