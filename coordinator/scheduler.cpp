@@ -103,13 +103,17 @@ bool Scheduler::dispatch(WorkerSlot& slot, Request& request,
     const bool ranges = shared_ && shared_->sees_ours(worker) &&
                         std::any_of(embeddings.begin(), embeddings.end(),
                                     [](const wire::Frame& f) { return f.shared != nullptr; });
-    auto task = language_task(request, std::move(embeddings), eos_token_ids_);
+    // A JSON task's token table goes once to each worker process.
+    const bool json = request.spec.generation.json_object;
+    const bool table = json && slot.token_table_sent_to != slot.incarnation;
+    auto task = language_task(request, std::move(embeddings), eos_token_ids_, table);
     if (ranges) task->send_shared_as_ranges();
     // Stamped before sending: the worker may take the task up, prefill and answer before
     // send() returns to this thread (a busy 2-core machine), and its prefill must lie
     // within the language part that starts here.
     const auto sending = now_();
     if (!send(slot, *task)) return false;
+    if (table) slot.token_table_sent_to = slot.incarnation;
     if (ranges) shared_->sent_as_ranges();
     if (!request.handed_off) request.handed_off = sending;
   }

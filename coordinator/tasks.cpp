@@ -21,7 +21,8 @@ std::unique_ptr<wire::Outgoing> vision_task(const Request& request) {
 
 std::unique_ptr<wire::Outgoing> language_task(const Request& request,
                                               std::vector<wire::Frame> embeddings,
-                                              const std::vector<int64_t>& eos_token_ids) {
+                                              const std::vector<int64_t>& eos_token_ids,
+                                              bool with_table) {
   auto message = std::make_unique<wire::Outgoing>(request.id, request.attempt);
   auto task = message->header().getBody().initLanguageTask();
   std::vector<int32_t> ids = request.prompt;
@@ -46,7 +47,8 @@ std::unique_ptr<wire::Outgoing> language_task(const Request& request,
     for (int64_t eos : eos_token_ids) sampling.stop_token_ids.push_back(static_cast<int32_t>(eos));
   }
   to_wire(sampling, task.initSampling());
-  if (sampling.json_object && sampling.json_tokens) to_wire(*sampling.json_tokens, task);
+  if (sampling.json_object && sampling.json_tokens && with_table)
+    to_wire(*sampling.json_tokens, task);
   for (auto& frame : embeddings) message->add_frame(std::move(frame));
   return message;
 }

@@ -18,10 +18,12 @@ struct Request;  // request_table.h: the worker pool builds lease messages and k
 // The request's image files, one u8 frame each. followedBy is set when its burst goes out.
 std::unique_ptr<wire::Outgoing> vision_task(const Request& request);
 // Prompt + the tokens already streamed (a resumed request continues from them), the
-// request's sampling with the model's end-of-sequence ids, and its embedding frames.
+// request's sampling with the model's end-of-sequence ids, and its embedding frames. A JSON
+// task carries the token table only `with_table` (a worker keeps the one it was sent).
 std::unique_ptr<wire::Outgoing> language_task(const Request& request,
                                               std::vector<wire::Frame> embeddings,
-                                              const std::vector<int64_t>& eos_token_ids);
+                                              const std::vector<int64_t>& eos_token_ids,
+                                              bool with_table = true);
 std::unique_ptr<wire::Outgoing> lease_grant(const std::string& device, uint64_t memory_limit,
                                             uint64_t epoch);
 std::unique_ptr<wire::Outgoing> lease_release(Release how, uint64_t epoch);

@@ -78,6 +78,9 @@ struct WorkerSlot {
   Lease lease = Lease::kNone;
   uint64_t epoch = 0;        // of its last grant
   uint64_t incarnation = 0;  // of the registered worker process (its hello's)
+  // The worker process (incarnation) that JSON tasks' token table went to: it keeps the
+  // table, and later tasks to the same process go without it (~300 KB each).
+  std::optional<uint64_t> token_table_sent_to;
   Clock::time_point last_seen, restart_after;
   Clock::time_point down_since;          // external: when it was last unregistered
   std::set<uint64_t> outstanding;        // requests sent to it and not answered

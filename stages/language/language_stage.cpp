@@ -106,6 +106,16 @@ void LanguageStage::take(wire::Incoming task) {
   if (task.kind() != schema::Header::Body::Which::LANGUAGE_TASK) {
     throw WireError(std::string("a ") + wire::kind_name(task.kind()) + " for a language worker");
   }
+  // A JSON task's token table is kept as it arrives, not when the task is admitted: the
+  // coordinator sends it once to this process, and the task that carried it may be
+  // cancelled before its turn. A table that does not read fails its task at admission.
+  auto body = task.header().getBody().getLanguageTask();
+  if (body.getSampling().getJsonObject() && body.getTokenEnds().size() > 0) {
+    try {
+      json_tokens(body);
+    } catch (const RequestError&) {
+    }
+  }
   queue_.push_back(std::move(task));
 }
 
@@ -134,6 +144,10 @@ void LanguageStage::drop_all(const std::optional<std::string>& reason) {
 }
 
 std::shared_ptr<const TokenTable> LanguageStage::json_tokens(schema::LanguageTask::Reader task) {
+  if (task.getTokenEnds().size() == 0) {  // the coordinator sent it with an earlier task
+    if (!json_tokens_) throw RequestError("JSON mode: no token table has reached this worker");
+    return json_tokens_;
+  }
   TokenTable table = token_table_from_wire(task);
   if (table.size() == 0) throw RequestError("JSON mode: the task carries no token table");
   // The same table each time (the coordinator's tokenizer's): kept once.

@@ -47,6 +47,7 @@ struct Sent {
   uint32_t resume_from = 0;
   std::vector<int32_t> stop_token_ids;  // language tasks: the sampling's
   uint64_t image_key = 0;               // language tasks
+  size_t table_tokens = 0;              // language tasks: the token table's tokens sent
 };
 
 class FakeTransport : public WorkerTransport {
@@ -81,6 +82,7 @@ class FakeTransport : public WorkerTransport {
       for (int32_t id : body.getLanguageTask().getTokenIds()) s.token_ids.push_back(id);
       s.resume_from = body.getLanguageTask().getResumeFrom();
       s.image_key = body.getLanguageTask().getImageKey();
+      s.table_tokens = body.getLanguageTask().getTokenEnds().size();
       for (int32_t id : body.getLanguageTask().getSampling().getStopTokenIds())
         s.stop_token_ids.push_back(id);
     }

@@ -97,6 +97,48 @@ TEST(Scheduler, TheLanguageTaskStopsAtEosUnlessTheRequestIgnoresIt) {
   }
 }
 
+// A JSON task's token table (~300 KB) goes to a worker process once: the worker keeps it,
+// later JSON tasks to that process go without it, and a new process (another incarnation,
+// as after a restart) is sent it again.
+TEST(Scheduler, AJsonTasksTokenTableGoesOnceToEachWorkerProcess) {
+  Bench b(Mode::kConcurrent, 1, 1, 2, 4);
+  auto table = std::make_shared<TokenTable>();
+  table->bytes = "abc";
+  table->ends = {1, 2, 3};
+  auto json = [&](uint64_t id) {
+    b.request(id).spec.generation.json_object = true;
+    b.request(id).spec.generation.json_tokens = table;
+    return id;
+  };
+  const uint64_t first = json(b.submit({})), plain = b.submit({}), second = json(b.submit({}));
+  all_granted(b);
+  auto tables = [&](const std::string& worker) {
+    std::map<uint64_t, std::vector<size_t>> out;  // per request, each task's table tokens
+    for (const auto& task : b.transport.of(Kind::LANGUAGE_TASK, worker))
+      out[task.request].push_back(task.table_tokens);
+    return out;
+  };
+  auto sent = tables("language-0");
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_EQ(sent[first], std::vector<size_t>{3});  // sent first: with the table
+  EXPECT_EQ(sent[plain], std::vector<size_t>{0});
+  EXPECT_EQ(sent[second], std::vector<size_t>{0});
+  b.done(first);
+  b.done(plain);
+  b.done(second);
+  const uint64_t third = json(b.submit({}));
+  b.scheduler->schedule();
+  EXPECT_EQ(tables("language-0")[third], std::vector<size_t>{0});
+  // Another process registered in the slot (a restart, or an external worker's new hello).
+  b.workers->registered(b.slot("language-0"), "language-0", 2);
+  b.done(third);
+  const uint64_t fourth = json(b.submit({})), fifth = json(b.submit({}));
+  b.scheduler->schedule();
+  sent = tables("language-0");
+  EXPECT_EQ(sent[fourth], std::vector<size_t>{3});
+  EXPECT_EQ(sent[fifth], std::vector<size_t>{0});
+}
+
 TEST(Scheduler, CachedImageRequestsGoToTheResidentLanguageWorker) {
   Bench b(Mode::kSequential);
   const uint64_t first = b.submit({"image-a"});

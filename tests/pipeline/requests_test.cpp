@@ -297,6 +297,48 @@ TEST(Pipeline, AJsonSchemaAnswerFollowsItsSchemaAndABadSchemaFailsOnlyItsRequest
       << results.at(garbled).error;
 }
 
+// A language worker is sent the token table with its first JSON task only. Here that task
+// waits in the worker's queue (its batch of 1 is busy) and is cancelled there, never run;
+// the worker kept the table as the task arrived, so the next JSON task, sent without one,
+// is answered.
+TEST(Pipeline, AJsonTaskCancelledInTheWorkersQueueLeavesItsTokenTableThere) {
+  FaultDelay delay(20);
+  const std::string path = write_config("json-cancelled", concurrent_cpu(8, 1));
+  std::map<uint64_t, llava::RequestResult> results;
+  llava::CoordinatorEvents events;
+  llava::Coordinator* self = nullptr;
+  uint64_t busy = 0, waiting = 0;
+  bool cancelled = false;
+  events.on_result = [&](const llava::RequestResult& r) { results[r.id] = r; };
+  events.on_text = [&](uint64_t id, const std::string&) {
+    if (id == busy && !cancelled) cancelled = self->cancel(waiting);
+  };
+  llava::Coordinator coordinator(llava::load_config(path), events, kBinary + "/llava-stage");
+  self = &coordinator;
+  auto submit = [&](bool json, int tokens) {
+    llava::RequestSpec spec = spec_of(kCases[0], path);
+    spec.generation.max_new_tokens = tokens;
+    spec.generation.ignore_eos = !json;
+    spec.generation.json_object = json;
+    return coordinator.submit(spec);
+  };
+  busy = submit(false, 16);
+  waiting = submit(true, 8);
+  const uint64_t next = submit(true, 12);
+  coordinator.run();
+  coordinator.shutdown_workers();
+  ASSERT_TRUE(cancelled);
+  EXPECT_FALSE(results.at(waiting).ok);
+  EXPECT_EQ(results.at(waiting).error, "cancelled by the client");
+  EXPECT_TRUE(results.at(waiting).tokens.empty());  // it never ran
+  ASSERT_TRUE(results.at(busy).ok) << results.at(busy).error;
+  ASSERT_TRUE(results.at(next).ok) << results.at(next).error;
+  const std::string& text = results.at(next).text;
+  const size_t start = text.find_first_not_of(" \t\r\n");
+  ASSERT_NE(start, std::string::npos) << text;
+  EXPECT_EQ(text[start], '{') << text;
+}
+
 // A request that asks for logprobs gets one per token, streamed with the text they make
 // and all in its answer: the tokens' ids, their texts, the most likely alternatives. The
 // answer itself is the same as without them, and a request beside it that asks for none
