@@ -3,7 +3,8 @@
 # device): builds build-gpu, runs the GPU tests of the model code (our CUDA kernels against
 # LibTorch's composition, graphs, parity on the tiny checkpoint), makes the random 7B
 # checkpoint (check_7b.py makes it), runs the 7B parity check, the served-logprobs check
-# and JSON-mode and JSON-schema answers (4 choices each) through `serve --http` on it, and `bench` with and
+# and JSON-mode, JSON-schema and tool-call answers (4 choices each) through `serve --http` on
+# it, and `bench` with and
 # without JSON mode's mask. Each step's log and the summary go to OUT (tar it for the
 # device tool); the script goes on past a failed step and exits 1 if any failed.
 #   bash tests/gpu/session_check.sh WORK OUT [CUDA_ARCHS]   (default archs: native)
@@ -95,6 +96,27 @@ for choice in answer["choices"]:
     assert value["verdict"] in ("yes", "no") and isinstance(value["count"], int), choice
     assert isinstance(value["tags"], list) and len(value["tags"]) <= 2, choice
 print(json.dumps({"schema choices": [c["message"]["content"] for c in answer["choices"]],
+                  "usage": answer["usage"], "seconds": round(time.time() - started, 3)}))
+# Tools: "required" calls of two tools, n 4, each call held to its own function's schema.
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+          "properties": {"city": {"type": "string", "maxLength": 16}, "unit": {"enum": ["C", "F"]}},
+          "required": ["city", "unit"]}}},
+         {"type": "function", "function": {"name": "count", "parameters": {"type": "object",
+          "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["n"]}}}]
+started = time.time()
+answer = post("/v1/chat/completions", {
+    "model": "m", "max_tokens": 96, "temperature": 0.8, "seed": 1, "n": 4, "tools": tools,
+    "tool_choice": "required", "logit_bias": {str(quote): 30, str(close): 20, str(bracket): 25},
+    "messages": [{"role": "user", "content": "Call a tool."}]})
+for choice in answer["choices"]:
+    assert choice["finish_reason"] == "tool_calls", choice
+    for call in choice["message"]["tool_calls"]:
+        arguments = json.loads(call["function"]["arguments"])
+        if call["function"]["name"] == "get_weather":
+            assert list(arguments) == ["city", "unit"] and arguments["unit"] in ("C", "F"), call
+        else:
+            assert call["function"]["name"] == "count" and 0 <= arguments["n"] <= 99, call
+print(json.dumps({"tool calls": [c["message"]["tool_calls"] for c in answer["choices"]],
                   "usage": answer["usage"], "seconds": round(time.time() - started, 3)}))
 EOF
   local status=$?
