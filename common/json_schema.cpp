@@ -619,15 +619,12 @@ void add_order(const nlohmann::ordered_json& ordered, Json& value) {
 }  // namespace
 
 nlohmann::json with_property_order(std::string_view text, const std::vector<std::string>& path) {
-  parse_json(text);  // the depth bound, before the ordered parse
-  const nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(text);
-  const nlohmann::ordered_json* at = &ordered;
-  for (const std::string& key : path) {
-    if (!at->is_object() || !at->contains(key)) return Json();
-    at = &(*at)[key];
-  }
-  Json value = Json::parse(at->dump());
-  add_order(*at, value);
+  // Only the value's own text is read again (a schema beside megabytes of images' base64).
+  const std::optional<std::string_view> span =
+      path.empty() ? std::optional<std::string_view>(text) : json_value_at(text, path);
+  if (!span) return Json();
+  Json value = parse_json(*span);  // the depth bound, before the ordered parse
+  add_order(nlohmann::ordered_json::parse(*span), value);
   return value;
 }
 

@@ -108,9 +108,11 @@ class JsonSchema {
 // (whose objects sort their keys): a list of the properties' names.
 inline constexpr const char* kPropertyOrderKey = "x-llava-property-order";
 
-// The schema at `path` (a list of keys) in `text` (JSON), with every object schema's
-// properties' order added under kPropertyOrderKey; nullopt-like null where the path is
-// missing. Text is parsed with common/json_depth.h's bound.
+// The schema at `path` (object keys; an array item's decimal index) in `text` (JSON), with
+// every object schema's properties' order added under kPropertyOrderKey; null where the path
+// is missing. With a path, `text` must be JSON read already (json_value_at finds the
+// schema's text without parsing the rest); the schema's text is parsed with
+// common/json_depth.h's bound.
 nlohmann::json with_property_order(std::string_view text, const std::vector<std::string>& path);
 
 // Where a text stands in a schema: small, copied by value so that each candidate token is

@@ -310,7 +310,8 @@ bool function_name(const std::string& name) {
 
 // The request's tools: each {"type": "function", "function": {"name", "description",
 // "parameters", "strict"}}, the names different. Returns each function's name and its
-// parameters schema, in the order written (`body`'s text: nlohmann's objects sort their keys),
+// parameters schema, in the order written (read again from `body`, JSON parse_object has
+// read: nlohmann's objects sort their keys),
 // compiled as the worker will compile it; no parameters: the empty object's.
 std::vector<std::pair<std::string, nlohmann::json>> read_tools(const std::string& body,
                                                                const nlohmann::json& tools) {
@@ -320,7 +321,6 @@ std::vector<std::pair<std::string, nlohmann::json>> read_tools(const std::string
                        " tools, got " + shown(tools),
                    "tools");
   }
-  const auto ordered = nlohmann::ordered_json::parse(body);  // parse_object bounded its depth
   std::vector<std::pair<std::string, nlohmann::json>> out;
   for (size_t i = 0; i < tools.size(); ++i) {
     const std::string where = "tools[" + std::to_string(i) + "]";
@@ -365,7 +365,8 @@ std::vector<std::pair<std::string, nlohmann::json>> read_tools(const std::string
                                  {"properties", nlohmann::json::object()},
                                  {"additionalProperties", false}};
     if (function.contains("parameters") && !function["parameters"].is_null()) {
-      parameters = with_property_order(ordered["tools"][i]["function"]["parameters"].dump(), {});
+      parameters =
+          with_property_order(body, {"tools", std::to_string(i), "function", "parameters"});
     }
     try {
       JsonSchema::compile(parameters);
@@ -647,7 +648,7 @@ nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string
   if (request.tool_use == ToolUse::kNone) return nullptr;
   nlohmann::ordered_json answer;
   try {
-    parse_json(text);  // the depth bound, before the ordered parse
+    if (json_nesting_past(text) != std::string_view::npos) return nullptr;
     answer = nlohmann::ordered_json::parse(text);
   } catch (const nlohmann::json::exception&) {
     return nullptr;  // not whole: cut by max_tokens

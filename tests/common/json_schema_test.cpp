@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "common/json_depth.h"
 
 namespace llava {
 namespace {
@@ -629,4 +632,93 @@ TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
 }
 
 }  // namespace
+
+// json_value_at finds a value's text without parsing the rest: every value of random
+// documents (escaped quotes and backslashes in strings and keys, keys written twice, any
+// whitespace) reads as nlohmann reads it at that path; paths that are not there give
+// nullopt; text that is not JSON gives a span or nullopt, within the text.
+TEST(JsonValueAt, FindsEachValuesTextAsNlohmannReadsIt) {
+  std::mt19937 random(7);
+  auto pick = [&](int n) { return static_cast<int>(random() % static_cast<unsigned>(n)); };
+  const std::vector<std::string> pieces = {"a",   "b", "\\\"", "\\\\", "\\u00e9",
+                                           "x y", "{", "]",    ","};
+  auto string = [&] {
+    std::string s = "\"";
+    for (int k = pick(4); k > 0; --k)
+      s += pieces[static_cast<size_t>(pick(static_cast<int>(pieces.size())))];
+    return s + "\"";
+  };
+  auto gap = [&] { return std::string(static_cast<size_t>(pick(3)), " \n\t"[pick(3)]); };
+  std::function<std::string(int)> value = [&](int depth) -> std::string {
+    const int kind = depth > 3 ? 2 + pick(3) : pick(5);
+    if (kind == 0) {
+      std::string s = "{" + gap();
+      const int members = pick(4);
+      for (int m = 0; m < members; ++m) {
+        const std::string key = pick(3) == 0 ? "\"k\"" : string();  // "k" often twice
+        s += (m ? "," + gap() : "") + key + gap() + ":" + gap() + value(depth + 1) + gap();
+      }
+      return s + "}";
+    }
+    if (kind == 1) {
+      std::string s = "[" + gap();
+      const int items = pick(4);
+      for (int m = 0; m < items; ++m) s += (m ? "," + gap() : "") + value(depth + 1) + gap();
+      return s + "]";
+    }
+    if (kind == 2) return string();
+    if (kind == 3) return std::to_string(pick(2000) - 1000) + (pick(2) ? ".5e-3" : "");
+    return std::vector<std::string>{"true", "false", "null"}[static_cast<size_t>(pick(3))];
+  };
+  int checked = 0;
+  for (int round = 0; round < 3000; ++round) {
+    const std::string text = gap() + value(0) + gap();
+    const Json parsed = Json::parse(text);
+    // Every path into the parsed value: its text at that path parses to the same value.
+    std::function<void(const Json&, std::vector<std::string>&)> walk =
+        [&](const Json& at, std::vector<std::string>& path) {
+          const auto span = json_value_at(text, path);
+          ASSERT_TRUE(span.has_value()) << text;
+          EXPECT_EQ(Json::parse(*span), at) << text << " at " << ::testing::PrintToString(path);
+          ++checked;
+          if (at.is_object()) {
+            for (const auto& [key, item] : at.items()) {
+              path.push_back(key);
+              walk(item, path);
+              path.pop_back();
+            }
+            path.push_back("missing key");
+            EXPECT_FALSE(json_value_at(text, path).has_value()) << text;
+            path.pop_back();
+          } else if (at.is_array()) {
+            for (size_t k = 0; k <= at.size(); ++k) {
+              path.push_back(std::to_string(k));
+              if (k < at.size()) {
+                walk(at[k], path);
+              } else {
+                EXPECT_FALSE(json_value_at(text, path).has_value()) << text;  // past its end
+              }
+              path.pop_back();
+            }
+            path.push_back("first");
+            EXPECT_FALSE(json_value_at(text, path).has_value()) << text;
+            path.pop_back();
+          }
+        };
+    std::vector<std::string> path;
+    walk(parsed, path);
+    // Cut short, or any bytes: no read outside the text.
+    const std::string cut =
+        text.substr(0, static_cast<size_t>(pick(static_cast<int>(text.size()) + 1)));
+    const auto part = json_value_at(cut, {"k"});
+    if (part) EXPECT_LE(part->data() + part->size(), cut.data() + cut.size());
+  }
+  EXPECT_GT(checked, 5000);
+  // A key written twice: its last value, as nlohmann reads it.
+  const std::string twice = R"({"a":{"b":1},"c":[],"a":{"b":[2,{"d":"x\\"}]}})";
+  EXPECT_EQ(Json::parse(twice)["a"]["b"][1]["d"], "x\\");
+  ASSERT_TRUE(json_value_at(twice, {"a", "b", "1", "d"}).has_value());
+  EXPECT_EQ(*json_value_at(twice, {"a", "b", "1", "d"}), R"("x\\")");
+}
+
 }  // namespace llava
