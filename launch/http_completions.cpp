@@ -15,6 +15,7 @@
 #include "launch/http_server.h"
 #include "launch/openai_api.h"
 #include "launch/openai_images.h"
+#include "launch/openai_tools.h"
 #include "launch/request_channel.h"
 #include "launch/request_json.h"
 

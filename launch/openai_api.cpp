@@ -3,18 +3,16 @@
 #include "launch/openai_api.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <optional>
-#include <random>
 #include <set>
 
 #include "common/command_line.h"
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/json_depth.h"
-#include "common/json_schema.h"
 #include "common/utf8.h"
+#include "launch/openai_tools.h"
 #include "launch/request_json.h"
 
 namespace llava {
@@ -31,19 +29,6 @@ void sampling(const std::string& field, const std::string& key, const nlohmann::
     if (message.rfind(key, 0) == 0) message = field + message.substr(key.size());
     throw ApiError(400, message, field);
   }
-}
-
-bool boolean(const std::string& field, const nlohmann::json& value) {
-  if (value.is_null()) return false;
-  if (!value.is_boolean())
-    throw ApiError(400, field + ": expected true or false, got " + shown(value), field);
-  return value.get<bool>();
-}
-
-std::string string_field(const std::string& field, const nlohmann::json& value) {
-  if (!value.is_string())
-    throw ApiError(400, field + ": expected a string, got " + shown(value), field);
-  return value.get<std::string>();
 }
 
 // top_logprobs (chat) and logprobs (completions): request_json's check, its error a 400
@@ -137,13 +122,13 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
   } else if (key == "user") {
     // ignored, as the issue allows
   } else if (key == "stream") {
-    out.stream = boolean(key, value);
+    out.stream = boolean_field(key, value);
   } else if (key == "ignore_eos") {  // vLLM's: its benchmarks send it, false by default
-    out.generation.ignore_eos = boolean(key, value);
+    out.generation.ignore_eos = boolean_field(key, value);
   } else if (key == "logit_bias") {
     out.generation.logit_bias = logit_bias(value);
   } else if (key == "return_tokens_as_token_ids") {  // vLLM's
-    out.tokens_as_ids = !value.is_null() && boolean(key, value);
+    out.tokens_as_ids = !value.is_null() && boolean_field(key, value);
   } else if (key == "stream_options") {
     if (value.is_null()) return true;
     if (!value.is_object())
@@ -153,7 +138,7 @@ bool common_key(const std::string& key, const nlohmann::json& value, CompletionR
         throw ApiError(400, "stream_options." + k + ": unsupported parameter",
                        "stream_options." + k);
       }
-      out.include_usage = boolean("stream_options.include_usage", v);
+      out.include_usage = boolean_field("stream_options.include_usage", v);
     }
   } else if (key == "n") {  // choices, each sampled on its own (a request each)
     if (value.is_null()) return true;
@@ -220,33 +205,6 @@ ChatPart content_part(const std::string& where, nlohmann::json& part) {
   return out;
 }
 
-// An assistant message's earlier calls: [{"id", "type": "function", "function": {"name",
-// "arguments"}}], checked as OpenAI checks them, for the chat template.
-nlohmann::json earlier_tool_calls(const std::string& where, const nlohmann::json& calls) {
-  if (!calls.is_array()) {
-    throw ApiError(400, where + ": expected a list of calls, got " + shown(calls), where);
-  }
-  for (size_t i = 0; i < calls.size(); ++i) {
-    const std::string at = where + "[" + std::to_string(i) + "]";
-    const nlohmann::json& call = calls[i];
-    const auto function = call.is_object() ? call.find("function") : call.end();
-    const bool ok = call.is_object() && call.contains("id") && call["id"].is_string() &&
-                    call.contains("type") && call["type"] == "function" && function != call.end() &&
-                    function->is_object() && function->contains("name") &&
-                    (*function)["name"].is_string() && function->contains("arguments") &&
-                    (*function)["arguments"].is_string();
-    if (!ok) {
-      throw ApiError(400,
-                     at +
-                         ": expected {\"id\": ..., \"type\": \"function\", \"function\": "
-                         "{\"name\": ..., \"arguments\": \"...\"}}, got " +
-                         shown(call),
-                     at);
-    }
-  }
-  return calls;
-}
-
 ChatMessage chat_message(const std::string& where, nlohmann::json& m) {
   if (!m.is_object()) throw ApiError(400, where + ": expected an object, got " + shown(m), where);
   ChatMessage out;
@@ -301,164 +259,6 @@ ChatMessage chat_message(const std::string& where, nlohmann::json& m) {
   return out;
 }
 
-// OpenAI's rule for a function's name: 1 to 64 letters, digits, '_' and '-'.
-bool function_name(const std::string& name) {
-  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-  });
-}
-
-// The request's tools: each {"type": "function", "function": {"name", "description",
-// "parameters", "strict"}}, the names different. Returns each function's name and its
-// parameters schema, in the order written (read again from `body`, JSON parse_object has
-// read: nlohmann's objects sort their keys),
-// compiled as the worker will compile it; no parameters: the empty object's.
-std::vector<std::pair<std::string, nlohmann::json>> read_tools(const std::string& body,
-                                                               const nlohmann::json& tools) {
-  if (!tools.is_array() || tools.size() > static_cast<size_t>(kMaxTools)) {
-    throw ApiError(400,
-                   "tools: expected a list of at most " + std::to_string(kMaxTools) +
-                       " tools, got " + shown(tools),
-                   "tools");
-  }
-  std::vector<std::pair<std::string, nlohmann::json>> out;
-  for (size_t i = 0; i < tools.size(); ++i) {
-    const std::string where = "tools[" + std::to_string(i) + "]";
-    const nlohmann::json& tool = tools[i];
-    if (!tool.is_object() || !tool.contains("type") || tool["type"] != "function" ||
-        !tool.contains("function") || !tool["function"].is_object()) {
-      throw ApiError(
-          400,
-          where + ": expected {\"type\": \"function\", \"function\": {\"name\": ...}}, got " +
-              shown(tool),
-          where);
-    }
-    for (const auto& [key, item] : tool.items()) {
-      if (key != "type" && key != "function")
-        throw ApiError(400, where + "." + key + ": unsupported field", where + "." + key);
-    }
-    const nlohmann::json& function = tool["function"];
-    for (const auto& [key, item] : function.items()) {
-      const bool known = (key == "name") || (key == "description" && item.is_string()) ||
-                         (key == "strict" && (item.is_boolean() || item.is_null())) ||
-                         key == "parameters";
-      if (!known) {
-        throw ApiError(400, where + ".function." + key + ": unsupported field (or not of its type)",
-                       where + ".function." + key);
-      }
-    }
-    const std::string name =
-        function.contains("name") ? string_field(where + ".function.name", function["name"]) : "";
-    if (!function_name(name)) {
-      throw ApiError(400,
-                     where + ".function.name: expected 1 to 64 letters, digits, '_' or '-', got " +
-                         shown(function.value("name", nlohmann::json())),
-                     where + ".function.name");
-    }
-    for (const auto& [known, schema] : out) {
-      if (known == name) {
-        throw ApiError(400, where + ".function.name: '" + name + "' names another tool too",
-                       where + ".function.name");
-      }
-    }
-    nlohmann::json parameters = {{"type", "object"},
-                                 {"properties", nlohmann::json::object()},
-                                 {"additionalProperties", false}};
-    if (function.contains("parameters") && !function["parameters"].is_null()) {
-      parameters =
-          with_property_order(body, {"tools", std::to_string(i), "function", "parameters"});
-    }
-    try {
-      JsonSchema::compile(parameters);
-    } catch (const JsonSchemaError& e) {
-      throw ApiError(400, where + ".function.parameters: " + e.what(),
-                     where + ".function.parameters");
-    }
-    out.emplace_back(name, std::move(parameters));
-  }
-  return out;
-}
-
-// The schema a tool_choice holds the answer to (ToolUse's comment).
-nlohmann::json tool_schema(const std::vector<std::pair<std::string, nlohmann::json>>& tools,
-                           ToolUse use, const std::string& name, bool parallel) {
-  if (use == ToolUse::kNamed) {
-    for (const auto& [tool, parameters] : tools) {
-      if (tool == name) return parameters;
-    }
-  }
-  nlohmann::json branches = nlohmann::json::array();
-  for (const auto& [tool, parameters] : tools) {
-    branches.push_back({{"type", "object"},
-                        {"properties", {{"name", {{"const", tool}}}, {"parameters", parameters}}},
-                        {"required", {"name", "parameters"}},
-                        {kPropertyOrderKey, {"name", "parameters"}}});
-  }
-  nlohmann::json calls = {
-      {"type", "array"}, {"minItems", 1}, {"items", {{"anyOf", std::move(branches)}}}};
-  if (!parallel) calls["maxItems"] = 1;
-  return {{"type", "object"},
-          {"properties", {{"tool_calls", std::move(calls)}}},
-          {"required", {"tool_calls"}},
-          {kPropertyOrderKey, {"tool_calls"}}};
-}
-
-// tool_choice and parallel_tool_calls over the tools read: the answer's schema into
-// out.generation (as response_format's would be).
-void choose_tools(const std::string& body, const nlohmann::json& tools,
-                  const nlohmann::json& choice, const nlohmann::json& parallel,
-                  CompletionRequest& out) {
-  const auto functions = tools.is_null() ? std::vector<std::pair<std::string, nlohmann::json>>()
-                                         : read_tools(body, tools);
-  const bool several = parallel.is_null() || boolean("parallel_tool_calls", parallel);
-  const std::string field = "tool_choice";
-  if (choice.is_null() || choice == "none") return;
-  if (choice == "auto") {
-    throw ApiError(400,
-                   "tool_choice: 'auto' needs a model with a tool-call format of its own, which "
-                   "llava-pipe does not read; ask for \"required\" (one or more calls) or name a "
-                   "function ({\"type\": \"function\", \"function\": {\"name\": ...}})",
-                   field);
-  }
-  if (choice == "required") {
-    out.tool_use = ToolUse::kRequired;
-  } else if (choice.is_object() && choice.contains("type") && choice["type"] == "function" &&
-             choice.contains("function") && choice["function"].is_object() &&
-             choice["function"].contains("name") && choice["function"]["name"].is_string()) {
-    out.tool_use = ToolUse::kNamed;
-    out.tool_name = choice["function"]["name"].get<std::string>();
-    if (std::none_of(functions.begin(), functions.end(),
-                     [&](const auto& tool) { return tool.first == out.tool_name; })) {
-      throw ApiError(400, "tool_choice: no tool is named '" + out.tool_name + "'", field);
-    }
-  } else {
-    throw ApiError(400,
-                   "tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": "
-                   "\"function\", \"function\": {\"name\": ...}}, got " +
-                       shown(choice),
-                   field);
-  }
-  if (functions.empty()) throw ApiError(400, "tool_choice: the request has no tools", field);
-  if (out.generation.json_object) {
-    throw ApiError(400, "tool_choice: a tool call is JSON of its own; not with response_format",
-                   field);
-  }
-  if (out.generation.min_tokens > 0) {
-    throw ApiError(400,
-                   "min_tokens cannot go with a tool call: the answer ends where its JSON ends",
-                   "min_tokens");
-  }
-  std::string text = json_text(tool_schema(functions, out.tool_use, out.tool_name, several));
-  if (text.size() > kMaxJsonSchemaBytes) {
-    throw ApiError(400,
-                   "tools: the calls' schema is " + std::to_string(text.size()) +
-                       " bytes; at most " + std::to_string(kMaxJsonSchemaBytes),
-                   "tools");
-  }
-  out.generation.json_object = true;
-  out.generation.json_schema = std::move(text);
-}
-
 }  // namespace
 
 const char* error_type(int status) {
@@ -486,6 +286,19 @@ nlohmann::json error_body(int status, const std::string& message, const std::str
                           {"param", param.empty() ? nlohmann::json() : nlohmann::json(param)},
                           {"code", code.empty() ? nlohmann::json() : nlohmann::json(code)}};
   return {{"error", error}};
+}
+
+bool boolean_field(const std::string& field, const nlohmann::json& value) {
+  if (value.is_null()) return false;
+  if (!value.is_boolean())
+    throw ApiError(400, field + ": expected true or false, got " + shown(value), field);
+  return value.get<bool>();
+}
+
+std::string string_field(const std::string& field, const nlohmann::json& value) {
+  if (!value.is_string())
+    throw ApiError(400, field + ": expected a string, got " + shown(value), field);
+  return value.get<std::string>();
 }
 
 CompletionRequest parse_chat_request(const std::string& body, const GenerationSection& defaults,
@@ -518,7 +331,7 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
       }
       have_messages = true;
     } else if (key == "logprobs") {
-      chat_logprobs = boolean(key, value);
+      chat_logprobs = boolean_field(key, value);
     } else if (key == "top_logprobs") {
       if (!value.is_null()) top_logprobs = api_logprobs_count(key, value);
     } else {
@@ -526,7 +339,7 @@ CompletionRequest parse_chat_request(const std::string& body, const GenerationSe
     }
   }
   if (!have_messages) throw ApiError(400, "messages: missing", "messages");
-  choose_tools(body, tools, tool_choice, parallel_tool_calls, out);
+  read_tool_choice(body, tools, tool_choice, parallel_tool_calls, out);
   if (tools.is_array() && !tools.empty()) out.tools = tools;
   if (top_logprobs && !chat_logprobs) {
     throw ApiError(400, "top_logprobs: only with \"logprobs\": true", "top_logprobs");
@@ -604,7 +417,7 @@ CompletionRequest parse_completion_request(const std::string& body,
     } else if (key == "logprobs") {  // how many alternatives with each token's own
       if (!value.is_null()) out.generation.logprobs = api_logprobs_count(key, value);
     } else if (key == "echo") {
-      out.echo = boolean(key, value);
+      out.echo = boolean_field(key, value);
     } else if (key == "suffix") {  // insertion: not done; null or "" asks for none
       if (!value.is_null() && value != "") {
         throw ApiError(400, "suffix: not supported, got " + shown(value), key);
@@ -634,46 +447,6 @@ CompletionRequest parse_completion_request(const std::string& body,
 
 std::string finish_reason(const std::string& finish) {
   return finish == "length" || finish == "tool_calls" ? finish : "stop";
-}
-
-std::string tool_call_id() {
-  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  thread_local std::mt19937_64 draw{std::random_device{}()};
-  std::string id = "call_";
-  for (int i = 0; i < 24; ++i) id += kAlphabet[draw() % (sizeof(kAlphabet) - 1)];
-  return id;
-}
-
-nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string& text) {
-  if (request.tool_use == ToolUse::kNone) return nullptr;
-  nlohmann::ordered_json answer;
-  try {
-    if (json_nesting_past(text) != std::string_view::npos) return nullptr;
-    answer = nlohmann::ordered_json::parse(text);
-  } catch (const nlohmann::json::exception&) {
-    return nullptr;  // not whole: cut by max_tokens
-  }
-  auto call = [](const std::string& name, std::string arguments) {
-    return nlohmann::json{{"id", tool_call_id()},
-                          {"type", "function"},
-                          {"function", {{"name", name}, {"arguments", std::move(arguments)}}}};
-  };
-  nlohmann::json calls = nlohmann::json::array();
-  if (request.tool_use == ToolUse::kNamed) {  // the text as written, past its leading space
-    if (!answer.is_object()) return nullptr;
-    calls.push_back(call(request.tool_name, text.substr(text.find_first_not_of(" \t\n\r"))));
-    return calls;
-  }
-  const auto list = answer.is_object() ? answer.find("tool_calls") : answer.end();
-  if (list == answer.end() || !list->is_array() || list->empty()) return nullptr;
-  for (const auto& item : *list) {
-    if (!item.is_object() || !item.contains("name") || !item["name"].is_string() ||
-        !item.contains("parameters")) {
-      return nullptr;
-    }
-    calls.push_back(call(item["name"].get<std::string>(), item["parameters"].dump()));
-  }
-  return calls;
 }
 
 nlohmann::json usage_json(const Usage& u) {

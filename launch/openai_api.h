@@ -71,16 +71,10 @@ struct CompletionRequest {
   std::string tool_name;  // kNamed: the function
 };
 
-// At most this many tools a request (a "required" answer's names are one enum).
-constexpr int kMaxTools = 64;
-
-// The calls an answer's text makes under `request`'s tool_choice: [{"id", "type": "function",
-// "function": {"name", "arguments"}}] (arguments: the JSON text of the call's arguments, in
-// the order written), or null where the text is not a whole answer of the tool schema (cut by
-// max_tokens) or the request asked for no call. Each call gets a fresh "call_..." id.
-nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string& text);
-// One call's id: "call_" and 24 random letters and digits.
-std::string tool_call_id();
+// A request's fields read with their errors as 400s naming them: true / false (null: false),
+// a string.
+bool boolean_field(const std::string& field, const nlohmann::json& value);
+std::string string_field(const std::string& field, const nlohmann::json& value);
 
 // n's ceiling, OpenAI's.
 constexpr int kMaxChoices = 128;

@@ -24,6 +24,7 @@
 #include "coordinator/coordinator.h"
 #include "launch/http_server.h"
 #include "launch/openai_images.h"
+#include "launch/openai_tools.h"
 #include "launch/request_json.h"
 
 namespace llava {

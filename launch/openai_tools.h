@@ -1,0 +1,42 @@
+// OpenAI tool calling on /v1/chat/completions, as vLLM does it for any model: the request's
+// `tools` (for the chat template) and `tool_choice` read into the JSON schema the answer is
+// held to (ToolUse, openai_api.h), earlier calls in a conversation checked, and an answer's
+// text read back into OpenAI's `tool_calls`.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "launch/openai_api.h"
+
+namespace llava {
+
+// At most this many tools a request (a "required" answer's names are one enum).
+constexpr int kMaxTools = 64;
+
+// tools, tool_choice and parallel_tool_calls (each null where absent) of a chat body read
+// into `out`: its tool_use and tool_name, and for a call the schema of its answer in
+// out.generation (json_object and json_schema, as response_format's would be: a named
+// function's parameters, or "required"'s {"tool_calls": [{"name", "parameters"}]} with each
+// call told apart by its name). `body` is the request's text, read already as JSON: each
+// function's parameters are read again from it in the order written. Throws ApiError (400)
+// naming the field: a tool that is not a function, a bad or repeated name, a schema that
+// cannot be followed, "auto", a named function that is not there, a call beside
+// response_format or min_tokens.
+void read_tool_choice(const std::string& body, const nlohmann::json& tools,
+                      const nlohmann::json& tool_choice, const nlohmann::json& parallel,
+                      CompletionRequest& out);
+
+// An assistant message's earlier calls (its "tool_calls"), checked as OpenAI checks them:
+// [{"id", "type": "function", "function": {"name", "arguments"}}]. `where` names the field.
+nlohmann::json earlier_tool_calls(const std::string& where, const nlohmann::json& calls);
+
+// The calls an answer's text makes under `request`'s tool_choice: [{"id", "type": "function",
+// "function": {"name", "arguments"}}] (arguments: the JSON text of the call's arguments, in
+// the order written), or null where the text is not a whole answer of the tool schema (cut by
+// max_tokens) or the request asked for no call. Each call gets a fresh "call_..." id.
+nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string& text);
+// One call's id: "call_" and 24 random letters and digits.
+std::string tool_call_id();
+
+}  // namespace llava
