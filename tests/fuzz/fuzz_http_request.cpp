@@ -1,6 +1,6 @@
 // libFuzzer target: an HTTP request body as /v1/chat/completions and /v1/completions read it
-// (JSON, sampling keys, content parts), its data: URIs decoded, and the conversation rendered
-// through the config's template and a Jinja chat template. Refusals are ApiError or
+// (JSON, sampling keys, content parts, tools), its data: URIs decoded, and the conversation
+// rendered through the config's template and a Jinja chat template. Refusals are ApiError or
 // RequestError; anything else (a crash, a sanitizer report, another exception) is a finding.
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include "coordinator/jinja.h"
 #include "launch/openai_api.h"
 #include "launch/openai_images.h"
+#include "launch/openai_tools.h"
 
 namespace {
 
@@ -35,6 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   try {
     const CompletionRequest request = parse_chat_request(body, GenerationSection{}, 8);
+    tool_calls_of(request, body);  // the body read as an answer of its own tool_choice, too
     nlohmann::json messages = nlohmann::json::array();
     for (const auto& message : request.messages) {
       nlohmann::json content = nlohmann::json::array();
