@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Our prefill attention kernel (stages/language/prefill_attention.cu) against PyTorch's
-flash kernel, which transformers runs: which of the kernel's rounding variants gives the
-flash kernel's output bit for bit, and the time of each at the 7B's shape.
+flash kernel, which transformers runs: whether it gives the flash kernel's output bit for bit
+(wherever that kernel runs in one pass), built for 1, 2 and 3 blocks a multiprocessor, and the
+time of each at the 7B's shape. (Its first form tried four ways of rounding the softmax:
+results/prefill_attention_variants-h100-2026-12-06.txt.)
 
     nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC -I. \
         tests/perf/prefill_attention_check.cu -o /tmp/prefill_attention_check.so
