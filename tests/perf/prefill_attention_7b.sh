@@ -11,6 +11,7 @@ set -uo pipefail
 work="$(mkdir -p "$1" && realpath "$1")"; rounds="${2:-3}"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root="$(pwd)"
+source tests/perf/config_7b.sh
 start=$(date +%s)
 say() { echo "[$(( $(date +%s) - start ))s] $*"; }
 nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC -I. tests/perf/prefill_attention_check.cu \
@@ -25,28 +26,15 @@ chmod +x "$work/llava_logits_sdpa"
 python3 tests/gpu/check_7b.py "$work" build-gpu/tests/llava_logits "$work/llava_logits_sdpa" \
   > "$work/check_7b.json" 2> "$work/check_7b.err"
 say "check_7b rc=$?"; tail -c 2500 "$work/check_7b.json"; echo
-checkpoint="$work/llava-7b-random"
 [ -f "$work/quant-inputs.safetensors" ] ||
   python3 tests/gpu/quantized_7b.py "$work" build-gpu/tests/llava_logits 7b none > "$work/q-inputs.txt" 2>&1
 say "inputs rc=$?"
-prefill() {  # label value of LLAVA_PIPE_PREFILL_ATTENTION
-  LLAVA_PIPE_PREFILL_ATTENTION=$2 build-gpu/tests/llava_logits "$checkpoint" cuda:0 float16 \
-    "$work/quant-inputs.safetensors" "$work/prefill-out.safetensors" none > "$work/prefill-$1.txt" 2>&1
-  echo "$1 rc=$? $(tail -1 "$work/prefill-$1.txt" | python3 -c 'import json, sys
-d = json.loads(sys.stdin.read())
-print("language prefill", d.get("language_prefill_tokens_per_s"), "with vision", d.get("prefill_tokens_per_s"),
-      "decode b1", d.get("decode_tokens_per_s_batch1"))' 2>&1)"
-}
 for round in $(seq 1 "$rounds"); do
-  prefill ours ours
-  prefill sdpa sdpa
+  prefill_7b "$work" ours LLAVA_PIPE_PREFILL_ATTENTION=ours
+  prefill_7b "$work" sdpa LLAVA_PIPE_PREFILL_ATTENTION=sdpa
 done
 say prefill
 for variant in ours sdpa; do
-  LLAVA_PIPE_PREFILL_ATTENTION=$variant LLAVA_PIPE_PROFILE=prefill \
-    ncu --profile-from-start off --metrics gpu__time_duration.sum --csv build-gpu/tests/decode_profile cuda:0 641 \
-    "$checkpoint" none > "$work/ncu-prefill-$variant.csv" 2> "$work/ncu-prefill-$variant.err"
-  echo "== $variant: the language model's forward over 641 tokens"
-  python3 tests/perf/ncu_summary.py "$work/ncu-prefill-$variant.csv" | head -12
+  ncu_prefill_7b "$work" $variant LLAVA_PIPE_PREFILL_ATTENTION=$variant
 done
 say done

@@ -15,6 +15,7 @@ work="$(mkdir -p "$1" && realpath "$1")"; rounds="${2:-2}"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 start=$(date +%s)
 say() { echo "[$(( $(date +%s) - start ))s] $*"; }
+source tests/perf/config_7b.sh
 checkpoint="$work/llava-7b-random"
 [ -f "$checkpoint/config.json" ] || python3 tests/gpu/make_7b.py "$checkpoint" > "$work/make_7b.txt" 2>&1
 [ -f "$work/quant-inputs.safetensors" ] ||
@@ -22,27 +23,13 @@ checkpoint="$work/llava-7b-random"
 nvcc -O2 -std=c++17 -arch=sm_90 tests/perf/gemm_algos.cu -lcublasLt -o "$work/gemm_algos" &&
   "$work/gemm_algos" --decoder 641 > "$work/gemm_algos.txt" 2>&1
 say "gemm_algos rc=$?"; tail -30 "$work/gemm_algos.txt"
-prefill() {  # label env...
-  local label=$1; shift
-  env "$@" build-gpu/tests/llava_logits "$checkpoint" cuda:0 float16 "$work/quant-inputs.safetensors" \
-    "$work/prefill-out.safetensors" none > "$work/prefill-$label.txt" 2>&1
-  echo "$label rc=$? $(tail -1 "$work/prefill-$label.txt" | python3 -c 'import json, sys
-d = json.loads(sys.stdin.read())
-print("language prefill", d.get("language_prefill_tokens_per_s"), "with vision", d.get("prefill_tokens_per_s"),
-      "decode b1", d.get("decode_tokens_per_s_batch1"))' 2>&1)"
-}
 for round in $(seq 1 "$rounds"); do
-  prefill default LLAVA_PIPE_UNUSED=1
-  prefill cublaslt TORCH_BLAS_PREFER_CUBLASLT=1
-  prefill cublas-ws32MiB CUBLAS_WORKSPACE_CONFIG=:32768:2
-  prefill cublaslt-ws32MiB TORCH_BLAS_PREFER_CUBLASLT=1 CUBLASLT_WORKSPACE_SIZE=32768
+  prefill_7b "$work" default
+  prefill_7b "$work" cublaslt TORCH_BLAS_PREFER_CUBLASLT=1
+  prefill_7b "$work" cublas-ws32MiB CUBLAS_WORKSPACE_CONFIG=:32768:2
+  prefill_7b "$work" cublaslt-ws32MiB TORCH_BLAS_PREFER_CUBLASLT=1 CUBLASLT_WORKSPACE_SIZE=32768
 done
 say prefill
-for variant in default cublaslt; do
-  env $([ $variant = cublaslt ] && echo TORCH_BLAS_PREFER_CUBLASLT=1 || echo LLAVA_PIPE_UNUSED=1) LLAVA_PIPE_PROFILE=prefill \
-    ncu --profile-from-start off --metrics gpu__time_duration.sum --csv build-gpu/tests/decode_profile cuda:0 641 \
-    "$checkpoint" none > "$work/ncu-prefill-$variant.csv" 2> "$work/ncu-prefill-$variant.err"
-  echo "== $variant: the language model's forward over 641 tokens"
-  python3 tests/perf/ncu_summary.py "$work/ncu-prefill-$variant.csv" | head -12
-done
+ncu_prefill_7b "$work" default
+ncu_prefill_7b "$work" cublaslt TORCH_BLAS_PREFER_CUBLASLT=1
 say done
