@@ -151,7 +151,7 @@ TEST(PrefillAttention, EqualsTheFlashKernelBitForBitAndTheExactValueToItsRoundin
 // cache up to kMaxPrefillAttentionKeys tokens where the flash kernel would not split it, and
 // gives the flash kernel's result; elsewhere it gives nothing (LibTorch's attention runs).
 TEST(PrefillAttention, TheDecodersOpTakesWhatItShould) {
-  if (!device_takes()) GTEST_SKIP() << "no CUDA device with compute capability 8.0 code";
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   at::manual_seed(12);
   const auto options = at::TensorOptions().dtype(at::kHalf).device(at::kCUDA);
@@ -170,7 +170,9 @@ TEST(PrefillAttention, TheDecodersOpTakesWhatItShould) {
     const std::vector<int> slots = {2};
     const llava::ops::CacheRows rows{&cache, 0, &slots, at::Tensor()};
     const at::Tensor got = llava::ops::prefill_attention(p.q(), rows, shape);
-    const bool takes = n <= llava::ops::kMaxPrefillAttentionKeys &&
+    // A build without compute capability 8.0 code for this device (a T4's PTX-only build
+    // run on a newer GPU) never takes it: LibTorch's attention runs.
+    const bool takes = device_takes() && n <= llava::ops::kMaxPrefillAttentionKeys &&
                        llava::flash_attention_splits(n, 1, 32, sms) == 1;
     ASSERT_EQ(got.defined(), takes) << n;
     if (!takes) continue;
@@ -195,11 +197,11 @@ TEST(PrefillAttention, TheDecodersOpTakesWhatItShould) {
     EXPECT_TRUE(llava::ops::prefill_attention(p.q(), rows, shape).defined()) << n;
     unsetenv("LLAVA_PIPE_PREFILL_ATTENTION");
   }
-  EXPECT_GE(taken, 2);  // 641 and 2048 on any GPU
+  EXPECT_EQ(taken, device_takes() ? 2 : 0);  // 641 and 2048 on any GPU with the kernel
   // Not 128 wide, not whole groups of heads: the kernel itself says no.
   EXPECT_FALSE(llava::cuda::prefill_attention_takes(64, 32, 32));
   EXPECT_FALSE(llava::cuda::prefill_attention_takes(128, 32, 6));
-  EXPECT_TRUE(llava::cuda::prefill_attention_takes(128, 32, 32));
+  EXPECT_EQ(llava::cuda::prefill_attention_takes(128, 32, 32), device_takes());
 }
 
 }  // namespace
