@@ -33,35 +33,11 @@ done
 [ ${#tools[@]} -gt 0 ] || exit 1
 timeout 240 python3 tests/gpu/check_7b.py "$work" "${tools[@]}" > "$out/check_7b-ptx.json" 2>&1
 say "check_7b rc=$?"
-python3 - "$out/check_7b-ptx.json" <<'PY'
-import json, sys
-text = open(sys.argv[1]).read()
-if '{' not in text:
-    sys.exit("check_7b.py wrote no report:\n" + text[-2000:])
-report = json.loads(text[text.index('{'):])
-builds = report.get("builds") or {"the build": report}
-for tool, entry in builds.items():
-    print("check_7b", tool, "max relative error", entry.get("max_relative_error"), "first greedy token",
-          entry.get("first_greedy_identical_count"), "top-1 all positions", entry.get("top1_agreement_all_positions"))
-PY
+python3 tests/perf/report_lines.py check_7b "$out/check_7b-ptx.json"
 for a in "${archs[@]}"; do
   [ -x "build-ptx$a/tests/llava_logits" ] || continue
   timeout 150 python3 tests/gpu/quantized_7b.py "$work" "build-ptx$a/tests/llava_logits" 7b none int8 int4 \
     > "$out/quantized-ptx$a.txt" 2>&1
-  python3 - "ptx$a" "$out/quantized-ptx$a.txt" <<'PY'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-text = open(path).read()
-if '{\n' not in text:
-    sys.exit("%s: quantized_7b.py wrote no report:\n%s" % (label, text[-2000:]))
-report = json.loads(text[text.index('{\n'):])
-for run in ("none", "int8", "int4"):
-    e = report.get(run, {})
-    accuracy = e.get("vs_float16", {})
-    print(label, run, "exit", e.get("exit_code"), "language prefill", e.get("language_prefill_tokens_per_s"),
-          "decode b1 / b8 / b32", e.get("decode_tokens_per_s_batch1"), e.get("decode_tokens_per_s_batch8"),
-          e.get("decode_tokens_per_s_batch32"),
-          *(round(accuracy[k], 4) for k in ("max_relative_error", "top1_agreement") if k in accuracy))
-PY
+  python3 tests/perf/report_lines.py quantized "ptx$a" "$out/quantized-ptx$a.txt"
   say "ptx$a quantized"
 done

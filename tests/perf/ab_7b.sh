@@ -47,24 +47,7 @@ say "checkpoint"
 
 quantized() {  # label, llava_logits
   python3 tests/gpu/quantized_7b.py "$work" "$2" 7b none int8 int4 > "$work/quantized-$1.txt" 2>&1 || true
-  python3 - "$1" "$work/quantized-$1.txt" <<'PY'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-text = open(path).read()
-if '{\n' not in text:
-    sys.exit("%s: quantized_7b.py wrote no report:\n%s" % (label, text[-2000:]))
-report = json.loads(text[text.index('{\n'):])
-keys = ("language_prefill_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s_batch1",
-        "decode_tokens_per_s_batch8", "decode_tokens_per_s_batch32")
-for run in ("none", "int8", "int4"):
-    entry = report.get(run, {})
-    if entry.get("exit_code"):
-        print(label, run, "exit", entry["exit_code"], entry.get("stderr", "")[-300:])
-        continue
-    accuracy = entry.get("vs_float16", {})
-    print(label, run, *(entry.get(k) for k in keys),
-          *(round(accuracy[k], 4) for k in ("max_relative_error", "top1_agreement") if k in accuracy))
-PY
+  python3 tests/perf/report_lines.py quantized "$1" "$work/quantized-$1.txt"
 }
 for round in $(seq 1 "$rounds"); do
   quantized "before$round" "$work/old/build/tests/llava_logits"

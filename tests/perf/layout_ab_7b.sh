@@ -31,22 +31,7 @@ quantized() {  # label layout runs...
   local label=$1 layout=$2; shift 2
   LLAVA_PIPE_QUANT_LAYOUT=$layout python3 tests/gpu/quantized_7b.py "$work" build-gpu/tests/llava_logits 7b "$@" \
     > "$work/q-$label.txt" 2>&1
-  python3 - "$label" "$work/q-$label.txt" <<'PY'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-text = open(path).read()
-try:
-    report = json.loads(text[text.index('{\n'):])
-except Exception:
-    print(label, "no report:", text[-800:]); sys.exit()
-keys = ("exit_code", "language_prefill_tokens_per_s", "decode_tokens_per_s_batch1", "decode_tokens_per_s_batch8",
-        "decode_tokens_per_s_batch32")
-for kind in ("none", "int8", "int4"):
-    if kind in report:
-        e = report[kind]
-        vs = e.get("vs_float16", {})
-        print(label, kind, [e.get(k) for k in keys], vs.get("max_relative_error"), vs.get("top1_agreement"))
-PY
+  python3 tests/perf/report_lines.py quantized "$label" "$work/q-$label.txt"
   say "quantized_7b $label"
 }
 for round in $(seq 1 "$rounds"); do

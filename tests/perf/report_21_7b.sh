@@ -65,40 +65,11 @@ say "built before"
 timeout 200 python3 tests/gpu/check_7b.py "$work" "$work/old/build/tests/llava_logits" build-gpu/tests/llava_logits \
   > "$work/check_7b.txt" 2>&1
 say "check_7b rc=$?"
-python3 - "$work/check_7b.txt" <<'PY'
-import json, sys
-text = open(sys.argv[1]).read()
-if '{' not in text:
-    sys.exit("check_7b.py wrote no report:\n" + text[-2000:])
-report = json.loads(text[text.index('{'):])
-for tool, entry in report.get("builds", {}).items():
-    print("check_7b", "before" if "/old/" in tool else "after", "max relative error",
-          entry.get("max_relative_error"), "first greedy token", sum(entry.get("first_greedy_token_identical", [])),
-          "of", len(entry.get("first_greedy_token_identical", [])), "top-1 all positions",
-          entry.get("top1_agreement_all_positions"))
-PY
+python3 tests/perf/report_lines.py check_7b "$work/check_7b.txt"
 
 quantized() {  # label, llava_logits
   timeout 150 python3 tests/gpu/quantized_7b.py "$work" "$2" 7b none int8 int4 > "$work/quantized-$1.txt" 2>&1
-  python3 - "$1" "$work/quantized-$1.txt" <<'PY'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-text = open(path).read()
-if '{\n' not in text:
-    sys.exit("%s: quantized_7b.py wrote no report:\n%s" % (label, text[-2000:]))
-report = json.loads(text[text.index('{\n'):])
-keys = ("language_prefill_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s_batch1",
-        "decode_tokens_per_s_batch8", "decode_tokens_per_s_batch32")
-print(label, "columns: run, language prefill, prefill with vision, decode b1 / b8 / b32, vs float16: max rel. error, top-1")
-for run in ("none", "int8", "int4"):
-    entry = report.get(run, {})
-    if entry.get("exit_code"):
-        print(label, run, "exit", entry["exit_code"], entry.get("stderr", "")[-300:])
-        continue
-    accuracy = entry.get("vs_float16", {})
-    print(label, run, *(entry.get(k) for k in keys),
-          *(round(accuracy[k], 4) for k in ("max_relative_error", "top1_agreement") if k in accuracy))
-PY
+  python3 tests/perf/report_lines.py quantized "$1" "$work/quantized-$1.txt"
 }
 source tests/perf/config_7b.sh
 bench_config_7b "$work/bench.yaml" "$work/llava-7b-random" report
@@ -106,17 +77,7 @@ bench() {  # label, build folder
   timeout 120 "$2/llava-pipe" bench "$work/bench.yaml" --image tests/data/images/img01_320x240_RGB.jpg \
     --batches 1,8,32 --ttft-runs 20 --vision-batch 8 --new-tokens 64 --json "$work/bench-$1.json" \
     > "$work/bench-$1.txt" 2>&1
-  python3 - "$1" "$work/bench-$1.json" <<'PY'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-try:
-    b = json.load(open(path))
-except Exception as e:
-    sys.exit(f"{label}: no report ({e})")
-d = b["decode"]
-print(label, "bench failed", b["failed"], "ttft median ms", round(b["ttft_ms"]["median"], 2),
-      "decode b1 / b8 / b32", *(round(d[k]["tokens_per_s"], 1) for k in ("batch1", "batch8", "batch32")))
-PY
+  python3 tests/perf/report_lines.py bench "$1" "$work/bench-$1.json"
 }
 ncu_step() {  # label, build folder, quantization
   LLAVA_PIPE_PROFILE=1 timeout 150 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \

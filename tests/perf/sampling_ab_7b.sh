@@ -41,17 +41,7 @@ bench() {  # label build flags...
   timeout 240 "$build/llava-pipe" bench "$work/bench.yaml" --image tests/data/images/img01_320x240_RGB.jpg \
     --batches 1,8,32 --ttft-runs 3 --vision-batch 8 --new-tokens 64 --ignore-eos --json "$work/bench-$label.json" "$@" \
     > "$work/bench-$label.txt" 2>&1
-  python3 - "$label" "$work/bench-$label.json" <<'PY'
-import json, sys
-label, path = sys.argv[1], sys.argv[2]
-try:
-    b = json.load(open(path))
-except Exception as e:
-    sys.exit(f"{label}: no report ({e})")
-d = b["decode"]
-print(label, "failed", b["failed"], "ttft", round(b["ttft_ms"]["median"], 2),
-      "decode b1/b8/b32", *(round(d[k]["tokens_per_s"], 1) for k in ("batch1", "batch8", "batch32")))
-PY
+  python3 tests/perf/report_lines.py bench "$label" "$work/bench-$label.json"
 }
 round_of_benches() {
   bench "before-greedy$1" "$work/old/build"

@@ -60,7 +60,9 @@ TEST(Sampler, NoStopIdIsDrawnBeforeMinTokens) {
       EXPECT_TRUE(token != 1 && token != 4) << "token " << i << " at temperature " << temperature;
       history.push_back(token);
     }
-    if (temperature == 0.0) EXPECT_EQ(s.next(kLogits, history), 1);  // the best is back
+    if (temperature == 0.0) {
+      EXPECT_EQ(s.next(kLogits, history), 1);  // the best is back
+    }
     Sampler resumed(p, prompt.size());
     EXPECT_EQ(resumed.next(kLogits, {9, 9, 2, 2, 2}) == 1, temperature == 0.0);
   }
