@@ -23,7 +23,7 @@ gpu_suites="$(grep -o "gtest_filter='[^']*'" tests/gpu/session_check.sh | head -
 tools=()
 for a in "${archs[@]}"; do
   [ -x "build-ptx$a/tests/llava_logits" ] || { say "ptx$a: build failed"; tail -30 "$out/build-ptx$a.txt"; continue; }
-  say "ptx$a built; kernels: $(cuobjdump --list-ptx --list-elf build-ptx$a/stages/libllava_cuda_kernels.a 2>&1 |
+  say "ptx$a built ($(grep -c 'warning' "$out/build-ptx$a.txt") compiler warnings); kernels: $(cuobjdump --list-ptx --list-elf build-ptx$a/stages/libllava_cuda_kernels.a 2>&1 |
     grep -oE '(sm|compute)_[0-9]+a?\.(ptx|cubin)' | sort | uniq -c | tr '\n' ' ')"
   timeout 200 build-ptx$a/tests/stages/stages_tests --gtest_filter="$gpu_suites" > "$out/stages_tests-ptx$a.txt" 2>&1
   say "ptx$a stages_tests rc=$?: $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  \] [0-9]' "$out/stages_tests-ptx$a.txt" | tr '\n' ' ')"
