@@ -181,6 +181,7 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     TextCursor cursor;         // how far the logprobs that went out reached in it
     std::string answer;        // a tool call's text so far
     std::string call_id;       // a named function's call, once its first chunk went out
+    ToolCallReader reader;     // a "required" answer's calls, as they come
   };
   struct Stream {
     std::shared_ptr<RequestChannel> channel;
@@ -193,9 +194,8 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
     std::shared_ptr<std::string> echoed;  // the prompt's text (echo)
     std::vector<ChoiceStream> choices;
     Usage usage;
-    // A tool call's answer streams as OpenAI's tool_calls deltas: a named function's
-    // arguments as they come (its id and name first), "required" calls whole at the end,
-    // once the answer parses.
+    // A tool call's answer streams as OpenAI's tool_calls deltas: each call's id and name
+    // first, then its arguments as they come.
     CompletionRequest tools;  // tool_use, tool_name
   };
   auto stream = std::make_shared<Stream>();
@@ -266,21 +266,26 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
             const size_t start = text.find_first_not_of(" \t\n\r");
             return start == std::string::npos ? std::string() : text.substr(start);
           };
-          auto chunk = [&](const std::string& text, const std::string& finish,
-                           nlohmann::json logprobs) {
-            nlohmann::json calls;  // a named function's arguments so far, as a delta
-            const std::string piece = tool_use == ToolUse::kNamed ? arguments(text) : "";
-            if (!piece.empty()) {
-              nlohmann::json call = {{"index", 0}, {"function", {{"arguments", piece}}}};
-              if (mine.call_id.empty()) {
-                mine.call_id = tool_call_id();
-                call["id"] = mine.call_id;
-                call["type"] = "function";
-                call["function"]["name"] = stream->tools.tool_name;
-              }
-              calls = nlohmann::json::array({std::move(call)});
+          // The tool_calls deltas of a piece of a call's text (null where none).
+          auto deltas_of = [&](const std::string& text) -> nlohmann::json {
+            if (tool_use == ToolUse::kRequired) {
+              nlohmann::json deltas = mine.reader.take(text);
+              return deltas.empty() ? nlohmann::json() : deltas;
             }
-            // A call's text goes out as calls ("required"'s whole at the end), not as content.
+            const std::string piece = tool_use == ToolUse::kNamed ? arguments(text) : "";
+            if (piece.empty()) return nullptr;
+            nlohmann::json call = {{"index", 0}, {"function", {{"arguments", piece}}}};
+            if (mine.call_id.empty()) {
+              mine.call_id = tool_call_id();
+              call["id"] = mine.call_id;
+              call["type"] = "function";
+              call["function"]["name"] = stream->tools.tool_name;
+            }
+            return nlohmann::json::array({std::move(call)});
+          };
+          auto chunk = [&](const std::string& text, const std::string& finish,
+                           nlohmann::json logprobs, nlohmann::json calls) {
+            // A call's text goes out as calls, not as content.
             const bool content = tool_use == ToolUse::kNone;
             return send(sse_event(chunk_body(stream->chat, stream->id, stream->created, model_id_,
                                              content ? text : "", false, finish,
@@ -292,9 +297,10 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
           }
           if (stream->with_logprobs && !stream->chat) mine.text += text;
           if (tool_use != ToolUse::kNone) mine.answer += text;
+          nlohmann::json calls = deltas_of(text);
           const bool news = !logprobs.empty() || (tool_use == ToolUse::kNone && !text.empty()) ||
-                            (tool_use == ToolUse::kNamed && !arguments(text).empty());
-          if (news && !chunk(text, "", logprobs_of(logprobs))) return false;
+                            !calls.is_null();
+          if (news && !chunk(text, "", logprobs_of(logprobs), std::move(calls))) return false;
           if (!result) continue;
           mine.ended = true;
           if (!result->ok) {
@@ -311,22 +317,16 @@ void HttpServer::complete(const httplib::Request& req, httplib::Response& res, b
           if (stream->with_logprobs && !stream->chat) mine.text += last;
           std::string finish = result->finish.empty() ? "stop" : result->finish;
           if (tool_use != ToolUse::kNone) {
-            const nlohmann::json calls = tool_calls_of(stream->tools, mine.answer);
-            if (!calls.is_null()) finish = "tool_calls";
-            if (tool_use == ToolUse::kRequired) {  // the calls whole, or the text that is none
-              nlohmann::json delta = nullptr;
-              if (!calls.is_null()) {
-                delta = calls;
-                for (size_t i = 0; i < delta.size(); ++i) delta[i]["index"] = i;
-              }
-              const std::string text = calls.is_null() ? mine.answer : "";
-              if (!send(sse_event(chunk_body(true, stream->id, stream->created, model_id_, text,
-                                             false, "", nullptr, choice, std::move(delta))))) {
-                return false;
-              }
+            if (!tool_calls_of(stream->tools, mine.answer).is_null()) finish = "tool_calls";
+            // Cut (max_tokens) before any call's name was whole: the text, as content.
+            if (tool_use == ToolUse::kRequired && finish != "tool_calls" &&
+                mine.reader.calls().empty() && !mine.answer.empty() &&
+                !send(sse_event(chunk_body(true, stream->id, stream->created, model_id_,
+                                           mine.answer, false, "", nullptr, choice)))) {
+              return false;
             }
           }
-          if (!chunk(last, finish, rest.empty() ? nlohmann::json() : logprobs_of(rest))) {
+          if (!chunk(last, finish, rest.empty() ? nlohmann::json() : logprobs_of(rest), nullptr)) {
             return false;
           }
           stream->usage.prompt_tokens = result->prompt_tokens;  // the same prompt, counted once

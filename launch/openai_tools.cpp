@@ -207,6 +207,114 @@ std::string tool_call_id() {
   return id;
 }
 
+namespace {
+bool space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+}  // namespace
+
+nlohmann::json ToolCallReader::take(std::string_view more) {
+  nlohmann::json deltas = nlohmann::json::array();
+  // Inside the parameters' value of a named call object: at the call's own level only after
+  // its ':' (keys, the ':' and the ',' after the value are not the value).
+  auto in_parameters = [&] {
+    return in_call_ && call_key_ == "parameters" && !(open_.size() == 3 && key_next_);
+  };
+  for (const char c : more) {
+    if (in_string_) {
+      if (escape_) {
+        escape_ = false;
+      } else if (c == '\\') {
+        escape_ = true;
+      } else if (c == '"') {
+        in_string_ = false;
+        if (in_parameters()) argument(c, deltas);
+        on_string_end(deltas);
+        continue;
+      }
+      string_ += c;
+      if (in_parameters()) argument(c, deltas);
+      continue;
+    }
+    const bool deeper = open_.size() > 3;  // inside the parameters' own object or list
+    switch (c) {
+      case '"':
+        in_string_ = true;
+        string_.clear();
+        if (in_parameters()) argument(c, deltas);
+        break;
+      case '{':
+      case '[':
+        if (in_parameters()) argument(c, deltas);
+        open_.push_back(c);
+        key_next_ = c == '{';
+        if (open_.size() == 3 && c == '{' && open_[1] == '[' && open_[0] == '{' &&
+            outer_key_ == "tool_calls") {
+          in_call_ = true;  // a call object: its name and parameters to come
+          named_ = false;
+          call_key_.clear();
+          pending_.clear();
+        }
+        break;
+      case '}':
+      case ']':
+        if (open_.empty()) break;  // not JSON; the schema keeps it out of an answer
+        open_.pop_back();
+        key_next_ = false;
+        if (open_.size() < 3) in_call_ = false;
+        if (in_parameters()) argument(c, deltas);
+        break;
+      case ':':
+        if (in_parameters()) argument(c, deltas);
+        key_next_ = false;
+        break;
+      case ',':
+        if (deeper && in_parameters()) argument(c, deltas);
+        key_next_ = !open_.empty() && open_.back() == '{';
+        break;
+      default:
+        if (!space(c) || deeper) {
+          if (in_parameters()) argument(c, deltas);
+        }
+    }
+  }
+  return deltas;
+}
+
+void ToolCallReader::on_string_end(nlohmann::json& deltas) {
+  std::string value = string_;
+  try {
+    value = nlohmann::json::parse("\"" + string_ + "\"").get<std::string>();
+  } catch (const nlohmann::json::exception&) {
+    // not a JSON string (the schema keeps it out of an answer): as written
+  }
+  if (open_.size() == 1 && key_next_) outer_key_ = std::move(value);
+  if (open_.size() != 3 || !in_call_) return;
+  if (key_next_) {
+    call_key_ = std::move(value);
+  } else if (call_key_ == "name" && !named_) {
+    named_ = true;
+    calls_.push_back({tool_call_id(), value, pending_});
+    deltas.push_back({{"index", calls_.size() - 1},
+                      {"id", calls_.back().id},
+                      {"type", "function"},
+                      {"function", {{"name", std::move(value)}, {"arguments", pending_}}}});
+  }
+}
+
+void ToolCallReader::argument(char c, nlohmann::json& deltas) {
+  if (!named_) {
+    pending_ += c;
+    return;
+  }
+  calls_.back().arguments += c;
+  const size_t index = calls_.size() - 1;
+  if (deltas.empty() || deltas.back()["index"] != index) {
+    deltas.push_back({{"index", index}, {"function", {{"arguments", ""}}}});
+  }
+  deltas.back()["function"]["arguments"].get_ref<std::string&>() += c;
+}
+
 nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string& text) {
   if (request.tool_use == ToolUse::kNone) return nullptr;
   nlohmann::ordered_json answer;
@@ -234,7 +342,13 @@ nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string
         !item.contains("parameters")) {
       return nullptr;
     }
-    calls.push_back(call(item["name"].get<std::string>(), item["parameters"].dump()));
+  }
+  // Each call's parameters as written (what a stream's deltas add up to).
+  ToolCallReader reader;
+  reader.take(text);
+  if (reader.calls().size() != list->size()) return nullptr;
+  for (const ToolCallReader::Call& read : reader.calls()) {
+    calls.push_back(call(read.name, read.arguments));
   }
   return calls;
 }

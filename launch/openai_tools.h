@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "launch/openai_api.h"
 
@@ -30,6 +32,36 @@ void read_tool_choice(const std::string& body, const nlohmann::json& tools,
 // An assistant message's earlier calls (its "tool_calls"), checked as OpenAI checks them:
 // [{"id", "type": "function", "function": {"name", "arguments"}}]. `where` names the field.
 nlohmann::json earlier_tool_calls(const std::string& where, const nlohmann::json& calls);
+
+// A "required" answer, {"tool_calls": [{"name": N, "parameters": P}, ...]}, read as its text
+// grows into OpenAI's streamed tool_calls deltas: a call's {"index", "id", "type", "function":
+// {"name", "arguments": ""}} once its name is whole, then {"index", "function": {"arguments"}}
+// with the text of its parameters as it comes (as written; the whitespace around the value
+// left out). What the deltas add up to is what tool_calls_of gives for the whole text.
+class ToolCallReader {
+ public:
+  // The deltas that `more` text completes (an empty array where none).
+  nlohmann::json take(std::string_view more);
+  // The calls whose name was whole: their ids, names and arguments so far.
+  struct Call {
+    std::string id, name, arguments;
+  };
+  const std::vector<Call>& calls() const { return calls_; }
+
+ private:
+  void on_string_end(nlohmann::json& deltas);
+  void argument(char c, nlohmann::json& deltas);
+
+  std::vector<char> open_;  // the '{' and '[' not closed yet
+  bool in_string_ = false, escape_ = false, key_next_ = false;
+  std::string string_;     // the string being read, without its quotes, as written
+  std::string outer_key_;  // the top object's last key ("tool_calls")
+  std::string call_key_;   // a call object's last key ("name", "parameters")
+  bool in_call_ = false;   // inside a call object of the list under "tool_calls"
+  bool named_ = false;     // that call's name was whole (its Call is calls_.back())
+  std::string pending_;    // a call's arguments read before its name (not under our schema)
+  std::vector<Call> calls_;
+};
 
 // The calls an answer's text makes under `request`'s tool_choice: [{"id", "type": "function",
 // "function": {"name", "arguments"}}] (arguments: the JSON text of the call's arguments, in

@@ -522,12 +522,28 @@ test('tools: a named function\'s call and "required" calls hold to the tools\' s
   }
   const first = await client.chat.completions.create({ ...ask, tool_choice: 'required', parallel_tool_calls: false });
   assert.equal(first.choices[0].message.tool_calls.length, 1);
+  // Streamed, "required"'s calls come as they are written: a call's id and name once its
+  // name is whole, then its arguments in pieces that add up to the whole answer's.
   const streamedCalls = [];
+  let requiredPieces = 0, requiredFinish;
   for await (const chunk of await client.chat.completions.create({ ...ask, tool_choice: 'required', parallel_tool_calls: false, stream: true })) {
-    for (const delta of chunk.choices[0]?.delta?.tool_calls ?? []) streamedCalls.push(delta);
+    for (const delta of chunk.choices[0]?.delta?.tool_calls ?? []) {
+      requiredPieces += 1;
+      if (delta.id !== undefined) {
+        assert.equal(delta.index, streamedCalls.length);
+        assert.match(delta.id, /^call_[A-Za-z0-9]{24}$/);
+        streamedCalls.push([delta.index, delta.function.name, delta.function.arguments ?? '']);
+      } else {
+        assert.equal(delta.index, streamedCalls.length - 1, 'arguments of the last call begun');
+        streamedCalls.at(-1)[2] += delta.function.arguments;
+      }
+    }
+    requiredFinish = chunk.choices[0]?.finish_reason ?? requiredFinish;
   }
-  assert.deepEqual(streamedCalls.map((t) => [t.index, t.function.name, t.function.arguments]),
+  assert.deepEqual(streamedCalls,
     first.choices[0].message.tool_calls.map((t, i) => [i, t.function.name, t.function.arguments]));
+  assert.ok(requiredPieces > streamedCalls.length, `${requiredPieces} pieces`);
+  assert.equal(requiredFinish, 'tool_calls');
 
   // The conversation goes on: the assistant's call and the tool's answer in the history.
   const next = await client.chat.completions.create({ ...greedy, tools, messages: [

@@ -734,6 +734,83 @@ TEST(OpenAiResponses, ToolCallsAreReadFromTheAnswer) {
   EXPECT_EQ(finish_reason("tool_calls"), "tool_calls");
 }
 
+// A "required" answer read as it grows: each call's id and name once the name is whole, then
+// its parameters as written, whatever pieces the text comes in; the deltas add up to the
+// whole answer's calls.
+TEST(OpenAiResponses, RequiredToolCallsStreamAsTheyAreWritten) {
+  const std::string text =
+      " { \"tool_calls\" : [ {\"name\": \"get_weather\", \"parameters\" : { \"city\": \"Os}\\\"lo, "
+      "]\","
+      "\n  \"days\": [1, {\"a\": null}] } } ,{ \"name\":\"se\\u0061rch\",\"parameters\":{}},"
+      "{\"name\":\"count\",\"parameters\": 12 } ] }";
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"get_weather", R"({ "city": "Os}\"lo, ]",)"
+                      "\n  "
+                      R"("days": [1, {"a": null}] })"},
+      {"search", "{}"},
+      {"count", "12"}};
+  CompletionRequest required;
+  required.tool_use = ToolUse::kRequired;
+  const nlohmann::json whole = tool_calls_of(required, text);
+  ASSERT_EQ(whole.size(), expected.size()) << whole.dump();
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(whole[i]["function"]["name"], expected[i].first);
+    EXPECT_EQ(whole[i]["function"]["arguments"], expected[i].second);
+  }
+  // Every piece size, and every single cut.
+  std::vector<std::vector<size_t>> cuttings;
+  for (size_t size = 1; size <= text.size(); ++size) {
+    std::vector<size_t> cuts;
+    for (size_t at = size; at < text.size(); at += size) cuts.push_back(at);
+    cuttings.push_back(cuts);
+  }
+  for (size_t at = 1; at < text.size(); ++at) cuttings.push_back({at});
+  for (const auto& cuts : cuttings) {
+    ToolCallReader reader;
+    std::vector<std::string> ids(expected.size()), names(expected.size()),
+        arguments(expected.size());
+    size_t from = 0;
+    std::vector<size_t> ends = cuts;
+    ends.push_back(text.size());
+    for (const size_t to : ends) {
+      for (const auto& delta : reader.take(std::string_view(text).substr(from, to - from))) {
+        const size_t i = delta["index"];
+        ASSERT_LT(i, expected.size()) << delta.dump();
+        if (delta.contains("id")) {
+          EXPECT_TRUE(ids[i].empty()) << "a second id for call " << i;
+          EXPECT_EQ(delta["type"], "function");
+          ids[i] = delta["id"];
+          names[i] = delta["function"]["name"];
+        } else {
+          EXPECT_FALSE(ids[i].empty()) << "arguments of call " << i << " before its id";
+          EXPECT_FALSE(delta["function"].contains("name"));
+        }
+        arguments[i] += delta["function"]["arguments"].get<std::string>();
+      }
+      from = to;
+    }
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(ids[i].rfind("call_", 0), 0u);
+      EXPECT_EQ(names[i], expected[i].first);
+      ASSERT_EQ(arguments[i], expected[i].second) << "pieces of " << (cuts.empty() ? 0 : cuts[0]);
+      EXPECT_EQ(reader.calls()[i].arguments, expected[i].second);
+      EXPECT_EQ(reader.calls()[i].id, ids[i]);
+    }
+  }
+  // Nothing until a name is whole; a call cut in its parameters has what came.
+  ToolCallReader cut;
+  EXPECT_TRUE(cut.take(R"({"tool_calls":[{"name":"get_wea)").empty());
+  const nlohmann::json head = cut.take(R"(ther","parameters":{"ci)");
+  ASSERT_EQ(head.size(), 1u) << head.dump();
+  EXPECT_EQ(head[0]["function"]["name"], "get_weather");
+  EXPECT_EQ(head[0]["function"]["arguments"], R"({"ci)");
+  // Whitespace between a call's values is not arguments; a list under another key is no call.
+  EXPECT_TRUE(cut.take("").empty());
+  ToolCallReader other;
+  EXPECT_TRUE(other.take(R"({"calls":[{"name":"x","parameters":{}}]})").empty());
+  EXPECT_TRUE(other.calls().empty());
+}
+
 TEST(OpenAiResponses, SseFramesOneJsonEventPerDataLineAndEndsWithDone) {
   EXPECT_EQ(sse_event({{"a", "line\nbreak"}}), "data: {\"a\":\"line\\nbreak\"}\n\n");
   EXPECT_EQ(sse_done(), "data: [DONE]\n\n");
