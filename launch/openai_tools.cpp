@@ -343,12 +343,20 @@ nlohmann::json tool_calls_of(const CompletionRequest& request, const std::string
       return nullptr;
     }
   }
-  // Each call's parameters as written (what a stream's deltas add up to).
+  // Each call's parameters as written (what a stream's deltas add up to). Where the text
+  // read is not the value parsed (a key written twice, which the schema keeps out of an
+  // answer; the parser keeps the last), the value's JSON.
   ToolCallReader reader;
   reader.take(text);
   if (reader.calls().size() != list->size()) return nullptr;
-  for (const ToolCallReader::Call& read : reader.calls()) {
-    calls.push_back(call(read.name, read.arguments));
+  for (size_t i = 0; i < list->size(); ++i) {
+    const ToolCallReader::Call& read = reader.calls()[i];
+    const auto& parameters = (*list)[i]["parameters"];
+    const bool as_written =
+        read.name == (*list)[i]["name"] &&
+        nlohmann::ordered_json::parse(read.arguments, nullptr, false) == parameters;
+    calls.push_back(call((*list)[i]["name"].get<std::string>(),
+                         as_written ? read.arguments : parameters.dump()));
   }
   return calls;
 }

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/errors.h"
 #include "coordinator/jinja.h"
@@ -33,6 +35,38 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     parse_completion_request(body, GenerationSection{});
   } catch (const ApiError&) {
+  }
+  {  // the body as a "required" answer streamed in pieces (the first byte's size): the
+     // pieces add up to the calls read, and to a whole answer's calls where it is one
+    ToolCallReader reader;
+    std::vector<std::string> arguments;
+    const size_t piece = size == 0 ? 1 : 1 + data[0] % 16;
+    for (size_t at = 0; at < body.size(); at += piece) {
+      for (const auto& delta : reader.take(std::string_view(body).substr(at, piece))) {
+        const size_t index = delta["index"];
+        if (index > arguments.size()) __builtin_trap();
+        if (index == arguments.size()) arguments.emplace_back();
+        arguments[index] += delta["function"]["arguments"].get<std::string>();
+      }
+    }
+    if (arguments.size() != reader.calls().size()) __builtin_trap();
+    for (size_t i = 0; i < arguments.size(); ++i) {
+      if (arguments[i] != reader.calls()[i].arguments) __builtin_trap();
+    }
+    CompletionRequest required;
+    required.tool_use = ToolUse::kRequired;
+    const nlohmann::json calls = tool_calls_of(required, body);
+    // A whole answer: each call's arguments are JSON text of its parameters' value, the
+    // streamed pieces' sum wherever that is it.
+    const nlohmann::json answer =
+        calls.is_null() ? nlohmann::json() : nlohmann::json::parse(body)["tool_calls"];
+    for (size_t i = 0; !calls.is_null() && i < calls.size(); ++i) {
+      const std::string whole = calls[i]["function"]["arguments"];
+      if (nlohmann::json::parse(whole) != answer.at(i)["parameters"]) __builtin_trap();
+      const bool streamed =
+          nlohmann::json::parse(arguments.at(i), nullptr, false) == answer[i]["parameters"];
+      if (streamed && whole != arguments[i]) __builtin_trap();
+    }
   }
   try {
     const CompletionRequest request = parse_chat_request(body, GenerationSection{}, 8);

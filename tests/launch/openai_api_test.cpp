@@ -718,6 +718,11 @@ TEST(OpenAiResponses, ToolCallsAreReadFromTheAnswer) {
   EXPECT_EQ(two[1]["function"]["arguments"], "{}");
   EXPECT_NE(two[0]["id"], two[1]["id"]);
   EXPECT_TRUE(tool_calls_of(required, R"({"tool_calls":[{"name":"search")").is_null());
+  // A key written twice (the schema keeps it out of an answer): the value the parser keeps.
+  const nlohmann::json twice =
+      tool_calls_of(required, R"({"tool_calls":[{"name":"a","parameters":{},"parameters":1}]})");
+  ASSERT_EQ(twice.size(), 1u);
+  EXPECT_EQ(twice[0]["function"]["arguments"], "1");
   EXPECT_TRUE(tool_calls_of(CompletionRequest{}, "{}").is_null());
 
   // In a whole answer: no content, the calls, finish "tool_calls"; in a chunk, the delta.
