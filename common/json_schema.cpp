@@ -2,6 +2,7 @@
 #include "common/json_schema.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -34,6 +35,114 @@ bool annotation(const std::string& key) {
       "$id",   "$comment",    "deprecated",     "readOnly", "writeOnly",
       "$defs", "definitions", kPropertyOrderKey};
   return kKeys.count(key) > 0;
+}
+
+// A string format's automaton over ASCII: next[state][c] the state after c (-1: c may not
+// come), accept[state] whether the string may end there. Every state can reach an accepting
+// one, so a text that follows it never dead-ends.
+struct FormatAutomaton {
+  std::vector<std::array<int8_t, 128>> next;
+  std::vector<bool> accept;
+
+  int state() {
+    next.emplace_back();
+    next.back().fill(-1);
+    accept.push_back(false);
+    return static_cast<int>(next.size()) - 1;
+  }
+  void edge(int from, std::string_view chars, int to) {
+    for (char c : chars)
+      next[static_cast<size_t>(from)][static_cast<size_t>(c)] = static_cast<int8_t>(to);
+  }
+  // One of `chars`.
+  int one(int from, std::string_view chars) {
+    const int to = state();
+    edge(from, chars, to);
+    return to;
+  }
+  // `count` of `chars`.
+  int run(int from, std::string_view chars, int count) {
+    for (int i = 0; i < count; ++i) from = one(from, chars);
+    return from;
+  }
+  // Two characters: a first of pairs[i].first, then one of pairs[i].second (the firsts apart),
+  // ending in `to` (a new state where -1).
+  int two(int from, std::initializer_list<std::pair<std::string_view, std::string_view>> pairs,
+          int to = -1) {
+    if (to < 0) to = state();
+    for (const auto& [first, second] : pairs) edge(one(from, first), second, to);
+    return to;
+  }
+};
+
+constexpr std::string_view kDigits = "0123456789", kHex = "0123456789abcdefABCDEF";
+
+// RFC 3339 full-date: YYYY-MM-DD, month 01-12, day 01-31.
+int full_date(FormatAutomaton& a, int from) {
+  int at = a.run(from, kDigits, 4);
+  at = a.one(at, "-");
+  at = a.two(at, {{"0", "123456789"}, {"1", "012"}});
+  at = a.one(at, "-");
+  return a.two(at, {{"0", "123456789"}, {"12", kDigits}, {"3", "01"}});
+}
+
+// RFC 3339 full-time: HH:MM:SS (seconds up to 60), a fraction, then Z or +HH:MM / -HH:MM.
+int full_time(FormatAutomaton& a, int from) {
+  const std::initializer_list<std::pair<std::string_view, std::string_view>> hours = {
+      {"01", kDigits}, {"2", "0123"}};
+  const std::initializer_list<std::pair<std::string_view, std::string_view>> sixty = {
+      {"012345", kDigits}};
+  int at = a.two(from, hours);
+  at = a.one(at, ":");
+  at = a.two(at, sixty);
+  at = a.one(at, ":");
+  const int seconds = a.two(at, {{"012345", kDigits}, {"6", "0"}});  // 60: a leap second
+  const int fraction = a.one(a.one(seconds, "."), kDigits);
+  a.edge(fraction, kDigits, fraction);
+  const int end = a.state();
+  const int sign = a.state();
+  for (const int before : {seconds, fraction}) {
+    a.edge(before, "Z", end);
+    a.edge(before, "+-", sign);
+  }
+  a.two(a.one(a.two(sign, hours), ":"), sixty, end);
+  return end;
+}
+
+const FormatAutomaton& automaton(JsonSchema::Format format) {
+  using Format = JsonSchema::Format;
+  static const std::vector<FormatAutomaton> kAutomata = [] {
+    std::vector<FormatAutomaton> automata(5);
+    for (const Format f : {Format::kDate, Format::kTime, Format::kDateTime, Format::kUuid}) {
+      FormatAutomaton& a = automata[static_cast<size_t>(f)];
+      int at = a.state();
+      if (f == Format::kDate || f == Format::kDateTime) at = full_date(a, at);
+      if (f == Format::kDateTime) at = a.one(at, "T");
+      if (f == Format::kTime || f == Format::kDateTime) at = full_time(a, at);
+      if (f == Format::kUuid) {
+        for (const int group : {8, 4, 4, 4, 12})
+          at = a.run(group == 8 ? at : a.one(at, "-"), kHex, group);
+      }
+      a.accept[static_cast<size_t>(at)] = true;
+    }
+    return automata;
+  }();
+  return kAutomata[static_cast<size_t>(format)];
+}
+
+JsonSchema::Format string_format(const nlohmann::json& value, const std::string& path) {
+  using Format = JsonSchema::Format;
+  static const std::vector<std::pair<std::string, Format>> kFormats = {
+      {"date", Format::kDate},
+      {"time", Format::kTime},
+      {"date-time", Format::kDateTime},
+      {"uuid", Format::kUuid}};
+  for (const auto& [name, format] : kFormats) {
+    if (value == name) return format;
+  }
+  throw JsonSchemaError(
+      "json_schema: format " + value.dump() +
+      " is not supported (only \"date\", \"time\", \"date-time\" and \"uuid\") (at " + path + ")");
 }
 
 }  // namespace
@@ -134,7 +243,8 @@ class SchemaCompiler {
                                                 "minimum",
                                                 "maximum",
                                                 "exclusiveMinimum",
-                                                "exclusiveMaximum"};
+                                                "exclusiveMaximum",
+                                                "format"};
     for (const auto& [key, value] : s.items()) {
       if (!kKeys.count(key) && !annotation(key)) fail(path, "'" + key + "' is not supported");
     }
@@ -170,6 +280,10 @@ class SchemaCompiler {
       return add(std::move(node), path + "/" + keyword);
     }
     const std::vector<std::string> types = type_names(s, path);
+    if (s.contains("format") && !types.empty() &&
+        std::find(types.begin(), types.end(), "string") == types.end()) {
+      fail(path + "/format", "a format is supported for strings only");
+    }
     if (s.contains("enum") || s.contains("const")) return literals(s, types, path);
     if (types.size() > 1) {
       JsonSchema::Node node;
@@ -187,6 +301,8 @@ class SchemaCompiler {
     }
     if (s.contains("items") || s.contains("minItems") || s.contains("maxItems"))
       return typed(s, "array", path);
+    if (s.contains("minLength") || s.contains("maxLength") || s.contains("format"))
+      return typed(s, "string", path);
     return any();
   }
 
@@ -269,6 +385,11 @@ class SchemaCompiler {
     if (type == "string") {
       node.kind = Kind::kString;
       lengths(s, path, "Length", node);
+      if (s.contains("format")) {
+        node.format = string_format(s["format"], path + "/format");
+        if (s.contains("minLength") || s.contains("maxLength"))
+          fail(path, "'format' beside 'minLength' or 'maxLength' is not supported");
+      }
     } else if (type == "number" || type == "integer") {
       node.kind = Kind::kNumber;
       node.integer = type == "integer";
@@ -673,6 +794,8 @@ bool SchemaState::value(int index, unsigned char c) {
       chars_ = 0;
       min_chars_ = static_cast<uint16_t>(node->min_items);
       max_chars_ = static_cast<uint16_t>(node->max_items);
+      format_ = node->format;
+      format_state_ = 0;
       return true;
     case Kind::kNumber:
       if (c != '-' && !digit(c)) return false;
@@ -720,6 +843,7 @@ bool SchemaState::key_start(unsigned char c) {
     mode_ = Mode::kString;
     key_ = true;
     chars_ = 0, min_chars_ = 0, max_chars_ = JsonSchema::kMaxItems;
+    format_ = JsonSchema::Format::kNone;
     return true;
   }
   // Any property from the next one it may take up to the first required one.
@@ -880,6 +1004,18 @@ bool SchemaState::feed(unsigned char c) {
       return false;
     }
     case Mode::kString:
+      if (format_ != JsonSchema::Format::kNone) {  // ASCII its automaton takes, then '"'
+        const FormatAutomaton& format = automaton(format_);
+        if (c == '"') {
+          if (!format.accept[format_state_]) return false;
+          format_ = JsonSchema::Format::kNone;
+          return ended_value();
+        }
+        const int next = c < 128 ? format.next[format_state_][c] : -1;
+        if (next < 0) return false;
+        format_state_ = static_cast<uint8_t>(next);
+        return true;
+      }
       if (utf8_left_ > 0) {  // within a character: a continuation byte in its range
         if (c < utf8_low_ || c > utf8_high_) return false;
         --utf8_left_;

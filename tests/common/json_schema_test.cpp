@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <random>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,12 @@ std::string refusal(const std::string& schema) {
   }
   return "";
 }
+
+// Strings of each format the recognizer follows; one of them may be null.
+const char* kFormats = R"({"type":"object","properties":{
+  "d":{"type":"string","format":"date"},"t":{"type":"string","format":"time"},
+  "dt":{"type":["string","null"],"format":"date-time"},"u":{"format":"uuid"}},
+  "required":["d","t","dt","u"]})";
 
 // An OpenAI / Pydantic-style schema: $defs, an optional field as anyOf [X, null], enums,
 // arrays with bounds, integers and numbers, a nested object; properties not in
@@ -164,6 +172,44 @@ TEST(JsonSchema, StringLengthsCountCharacters) {
 
 // An integer's bounds hold digit by digit: a prefix no integer in range begins is refused at
 // the digit that leaves (no dead end), and a number ends only within them.
+TEST(JsonSchema, FormatsHoldAStringToRfc3339DatesAndTimesOrAUuid) {
+  const auto schema = compile(kFormats);
+  auto text = [](const std::string& d, const std::string& t, const std::string& dt,
+                 const std::string& u) {
+    return R"({"d":")" + d + R"(","t":")" + t + R"(","dt":)" + dt + R"(,"u":")" + u + "\"}";
+  };
+  const std::string d = "2024-02-29", t = "23:59:60Z", dt = "\"1999-12-31T00:00:00.123456+05:30\"",
+                    u = "123e4567-E89B-12d3-a456-426614174000";
+  EXPECT_TRUE(accepts(*schema, text(d, t, dt, u)));
+  EXPECT_TRUE(accepts(*schema, text("0000-01-01", "00:00:00.5-23:59", "null", u)));
+  for (const char* bad : {"2024-13-01", "2024-00-10", "2024-01-32", "24-01-01", "2024-1-01",
+                          "2024-01-01T", "\\u0032024-01-01",
+                          "2024\xe2\x80\x91"
+                          "01-01"}) {
+    EXPECT_FALSE(accepts(*schema, text(bad, t, dt, u))) << bad;
+  }
+  for (const char* bad : {"24:00:00Z", "12:60:00Z", "12:00:61Z", "12:00:00", "12:00:00.Z",
+                          "12:00:00z", "12:00:00+5:30", "12:00:00+24:00"}) {
+    EXPECT_FALSE(accepts(*schema, text(d, bad, dt, u))) << bad;
+  }
+  for (const char* bad :
+       {"\"2024-01-01t00:00:00Z\"", "\"2024-01-01 00:00:00Z\"", "\"2024-01-01\""}) {
+    EXPECT_FALSE(accepts(*schema, text(d, t, bad, u))) << bad;
+  }
+  for (const char* bad :
+       {"123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400",
+        "123e4567-e89b-12d3-a456-4266141740000", "g23e4567-e89b-12d3-a456-426614174000"}) {
+    EXPECT_FALSE(accepts(*schema, text(d, t, dt, bad))) << bad;
+  }
+  // Refused at the byte that leaves the format (no dead end), and never a free string.
+  SchemaState state(schema.get());
+  ASSERT_TRUE(state.feed(R"({"d":"2024-1)"));
+  EXPECT_FALSE(state.in_string());
+  EXPECT_FALSE(SchemaState(state).feed('3'));
+  EXPECT_FALSE(SchemaState(state).feed('"'));
+  EXPECT_TRUE(state.feed("2-31\""));
+}
+
 TEST(JsonSchema, BoundedIntegersStayWithinTheirBounds) {
   const auto schema = compile(R"({"type":"object","properties":{
       "a":{"type":"integer","minimum":1,"maximum":5},
@@ -454,8 +500,14 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
            "no integer lies between its minimum and maximum (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"integer","multipleOf":2}}})",
            "'multipleOf' is not supported (at #/properties/a)"},
-          {R"({"type":"object","properties":{"a":{"type":"string","format":"date"}}})",
-           "'format' is not supported"},
+          {R"({"type":"object","properties":{"a":{"type":"string","format":"email"}}})",
+           "format \"email\" is not supported (only \"date\", \"time\", \"date-time\" and "
+           "\"uuid\") (at "
+           "#/properties/a/format)"},
+          {R"({"type":"object","properties":{"a":{"type":"string","format":"date","maxLength":8}}})",
+           "'format' beside 'minLength' or 'maxLength' is not supported (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"integer","format":"int32"}}})",
+           "a format is supported for strings only (at #/properties/a/format)"},
           {R"({"allOf":[{"type":"object"},{"type":"object"}]})",
            "only a list of one schema is supported (at #/allOf)"},
           {R"({"type":"object","properties":{"a":{"allOf":[{"type":"integer"}],"type":"integer"}}})",
@@ -529,6 +581,18 @@ bool valid(const Json& value, const Json& schema, const Json& root) {
     });
     if (!typed) return false;
   }
+  if (value.is_string() && schema.contains("format")) {  // the formats json_schema.h follows
+    const std::string
+        date = R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))",
+        time = R"(([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d))";
+    const std::map<std::string, std::string> formats = {
+        {"date", date},
+        {"time", time},
+        {"date-time", date + "T" + time},
+        {"uuid", "[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"}};
+    if (!std::regex_match(value.get<std::string>(), std::regex(formats.at(schema["format"]))))
+      return false;
+  }
   if (value.is_object()) {
     const Json props = schema.value("properties", Json::object());
     for (const auto& name : schema.value("required", Json::array())) {
@@ -582,6 +646,7 @@ TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
       R"({"type":"object","properties":{"a":{"type":"integer","minimum":-7,"maximum":12},"b":{"type":"array","items":{"type":"integer","exclusiveMinimum":99,"maximum":20000}}},"required":["a","b"]})",
       kToolCall,
       kToolCalls,
+      kFormats,
   };
   // The validator tells the tools' objects apart as well.
   const Json tools = Json::parse(kToolCall);
@@ -711,7 +776,9 @@ TEST(JsonValueAt, FindsEachValuesTextAsNlohmannReadsIt) {
     const std::string cut =
         text.substr(0, static_cast<size_t>(pick(static_cast<int>(text.size()) + 1)));
     const auto part = json_value_at(cut, {"k"});
-    if (part) EXPECT_LE(part->data() + part->size(), cut.data() + cut.size());
+    if (part) {
+      EXPECT_LE(part->data() + part->size(), cut.data() + cut.size());
+    }
   }
   EXPECT_GT(checked, 5000);
   // A key written twice: its last value, as nlohmann reads it.

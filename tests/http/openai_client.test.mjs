@@ -452,8 +452,20 @@ test('response_format json_schema: the answer is an object of the schema, its pr
     check(c.message.content);
   }
   const format = (s) => ({ type: 'json_schema', json_schema: { name: 'x', schema: s } });
+  // Formats, held character by character: an RFC 3339 date-time and a UUID, sampled, n 3.
+  const zed = await tokenOf('Z');
+  const dated = await client.chat.completions.create({ ...ask, temperature: 0.8, seed: 6, n: 3, max_tokens: 100,
+    logit_bias: { ...ask.logit_bias, [zed]: 20 },
+    response_format: format({ type: 'object', properties: { when: { type: 'string', format: 'date-time' }, id: { type: 'string', format: 'uuid' } },
+                              required: ['when', 'id'] }) });
+  for (const c of dated.choices) {
+    assert.equal(c.finish_reason, 'stop', c.message.content);
+    const { when, id } = JSON.parse(c.message.content);
+    assert.match(when, /^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$/);
+    assert.match(id, /^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$/);
+  }
   await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'object', properties: { a: { type: 'string', format: 'email' } } }) }),
-    (e) => e.status === 400 && e.param === 'response_format' && /'format' is not supported \(at #\/properties\/a\)/.test(e.message));
+    (e) => e.status === 400 && e.param === 'response_format' && /format "email" is not supported \(only "date", "time", "date-time" and "uuid"\) \(at #\/properties\/a\/format\)/.test(e.message));
   await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'string' }) }),
     (e) => e.status === 400 && /root \(#\) must be an object/.test(e.message));
 });
@@ -557,7 +569,7 @@ test('tools: a named function\'s call and "required" calls hold to the tools\' s
     (e) => e.status === 400 && /no tool is named 'fly'/.test(e.message));
   await assert.rejects(client.chat.completions.create({ ...ask, tool_choice: 'required',
     tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'string', format: 'email' } } } } }] }),
-    (e) => e.status === 400 && e.param === 'tools[0].function.parameters' && /'format' is not supported/.test(e.message));
+    (e) => e.status === 400 && e.param === 'tools[0].function.parameters' && /format "email" is not supported/.test(e.message));
 });
 
 test('min_tokens (vLLM\'s): no stop id, end-of-sequence token or stop string ends the answer before that many tokens; above max_tokens or with a JSON format it is a 400', async () => {
