@@ -109,16 +109,43 @@ int full_time(FormatAutomaton& a, int from) {
   return end;
 }
 
+// Dotted-quad IPv4: four decimal octets 0-255, no leading zero.
+void ipv4(FormatAutomaton& a, int at) {
+  for (int octet = 0; octet < 4; ++octet) {
+    const int one = a.one(at, "1"), two = a.one(at, "2"), other = a.one(at, "3456789");
+    const int zero = a.one(at, "0"), three = a.state();  // octets that take no more digits
+    const int one_more = a.one(one, kDigits);            // 1x: one more digit may come
+    a.edge(one_more, kDigits, three);
+    const int two_low = a.one(two, "01234"), two_five = a.one(two, "5");
+    a.edge(two, "6789", three);
+    a.edge(two_low, kDigits, three);
+    a.edge(two_five, "012345", three);
+    a.edge(other, kDigits, three);
+    const int whole[] = {zero, one, one_more, two, two_low, two_five, other, three};
+    if (octet == 3) {  // the last octet's states are the address's ends
+      for (const int end : whole) a.accept[static_cast<size_t>(end)] = true;
+      return;
+    }
+    at = a.state();
+    for (const int end : whole) a.edge(end, ".", at);
+  }
+}
+
 const FormatAutomaton& automaton(JsonSchema::Format format) {
   using Format = JsonSchema::Format;
   static const std::vector<FormatAutomaton> kAutomata = [] {
-    std::vector<FormatAutomaton> automata(5);
-    for (const Format f : {Format::kDate, Format::kTime, Format::kDateTime, Format::kUuid}) {
+    std::vector<FormatAutomaton> automata(6);
+    for (const Format f :
+         {Format::kDate, Format::kTime, Format::kDateTime, Format::kUuid, Format::kIpv4}) {
       FormatAutomaton& a = automata[static_cast<size_t>(f)];
       int at = a.state();
       if (f == Format::kDate || f == Format::kDateTime) at = full_date(a, at);
       if (f == Format::kDateTime) at = a.one(at, "T");
       if (f == Format::kTime || f == Format::kDateTime) at = full_time(a, at);
+      if (f == Format::kIpv4) {
+        ipv4(a, at);
+        continue;
+      }
       if (f == Format::kUuid) {
         for (const int group : {8, 4, 4, 4, 12})
           at = a.run(group == 8 ? at : a.one(at, "-"), kHex, group);
@@ -136,13 +163,15 @@ JsonSchema::Format string_format(const nlohmann::json& value, const std::string&
       {"date", Format::kDate},
       {"time", Format::kTime},
       {"date-time", Format::kDateTime},
-      {"uuid", Format::kUuid}};
+      {"uuid", Format::kUuid},
+      {"ipv4", Format::kIpv4}};
   for (const auto& [name, format] : kFormats) {
     if (value == name) return format;
   }
   throw JsonSchemaError(
       "json_schema: format " + value.dump() +
-      " is not supported (only \"date\", \"time\", \"date-time\" and \"uuid\") (at " + path + ")");
+      " is not supported (only \"date\", \"time\", \"date-time\", \"uuid\" and \"ipv4\") (at " +
+      path + ")");
 }
 
 }  // namespace

@@ -15,7 +15,7 @@
 // Supported keywords: type (one or a list), properties, required, additionalProperties (a
 // schema for the values of an object without properties; false: {} only), items, minItems,
 // maxItems, minLength, maxLength (characters: code points), a string's format (RFC 3339's
-// "date", "time" and "date-time", "uuid"; not beside minLength or maxLength), an integer's
+// "date", "time" and "date-time", "uuid", "ipv4"; not beside minLength or maxLength), an integer's
 // minimum, maximum,
 // exclusiveMinimum and exclusiveMaximum, enum, const, allOf of one schema, anyOf / oneOf
 // (branches told apart by their first byte; where several begin with '{', each must be an
@@ -68,9 +68,9 @@ class JsonSchema {
     kUnion,    // one of `branches`, chosen by the value's first byte (`first`)
   };
   // A string's format: RFC 3339's full-date, full-time and date-time (upper-case 'T' and
-  // 'Z', any number of fraction digits; a day up to 31 in every month), or a UUID (hex in
-  // either case).
-  enum class Format : uint8_t { kNone, kDate, kTime, kDateTime, kUuid };
+  // 'Z', any number of fraction digits; a day up to 31 in every month), a UUID (hex in
+  // either case), or a dotted-quad IPv4 address (octets 0-255 without leading zeros).
+  enum class Format : uint8_t { kNone, kDate, kTime, kDateTime, kUuid, kIpv4 };
   struct Property {
     std::string key;  // as JSON text, quotes included: "\"name\""
     int node = 0;

@@ -44,7 +44,8 @@ std::string refusal(const std::string& schema) {
 // Strings of each format the recognizer follows; one of them may be null.
 const char* kFormats = R"({"type":"object","properties":{
   "d":{"type":"string","format":"date"},"t":{"type":"string","format":"time"},
-  "dt":{"type":["string","null"],"format":"date-time"},"u":{"format":"uuid"}},
+  "dt":{"type":["string","null"],"format":"date-time"},"u":{"format":"uuid"},
+  "ip":{"type":"string","format":"ipv4"}},
   "required":["d","t","dt","u"]})";
 
 // An OpenAI / Pydantic-style schema: $defs, an optional field as anyOf [X, null], enums,
@@ -172,7 +173,7 @@ TEST(JsonSchema, StringLengthsCountCharacters) {
 
 // An integer's bounds hold digit by digit: a prefix no integer in range begins is refused at
 // the digit that leaves (no dead end), and a number ends only within them.
-TEST(JsonSchema, FormatsHoldAStringToRfc3339DatesAndTimesOrAUuid) {
+TEST(JsonSchema, FormatsHoldAStringToRfc3339DatesAndTimesAUuidOrAnIpv4Address) {
   const auto schema = compile(kFormats);
   auto text = [](const std::string& d, const std::string& t, const std::string& dt,
                  const std::string& u) {
@@ -200,6 +201,18 @@ TEST(JsonSchema, FormatsHoldAStringToRfc3339DatesAndTimesOrAUuid) {
        {"123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400",
         "123e4567-e89b-12d3-a456-4266141740000", "g23e4567-e89b-12d3-a456-426614174000"}) {
     EXPECT_FALSE(accepts(*schema, text(d, t, dt, bad))) << bad;
+  }
+  // IPv4 (optional, last): octets 0-255 without leading zeros.
+  const std::string whole = text(d, t, dt, u);
+  auto with_ip = [&](const std::string& ip) {
+    return whole.substr(0, whole.size() - 1) + R"(,"ip":")" + ip + "\"}";
+  };
+  for (const char* good : {"0.0.0.0", "255.255.255.255", "10.199.249.1", "192.168.0.10"}) {
+    EXPECT_TRUE(accepts(*schema, with_ip(good))) << good;
+  }
+  for (const char* bad : {"256.0.0.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.260", "1..2.3",
+                          "1.2.3.4.", "300.1.1.1", "25a.1.1.1"}) {
+    EXPECT_FALSE(accepts(*schema, with_ip(bad))) << bad;
   }
   // Refused at the byte that leaves the format (no dead end), and never a free string.
   SchemaState state(schema.get());
@@ -501,9 +514,9 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
           {R"({"type":"object","properties":{"a":{"type":"integer","multipleOf":2}}})",
            "'multipleOf' is not supported (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"string","format":"email"}}})",
-           "format \"email\" is not supported (only \"date\", \"time\", \"date-time\" and "
-           "\"uuid\") (at "
-           "#/properties/a/format)"},
+           "format \"email\" is not supported (only \"date\", \"time\", \"date-time\", \"uuid\" "
+           "and "
+           "\"ipv4\") (at #/properties/a/format)"},
           {R"({"type":"object","properties":{"a":{"type":"string","format":"date","maxLength":8}}})",
            "'format' beside 'minLength' or 'maxLength' is not supported (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"integer","format":"int32"}}})",
@@ -589,7 +602,8 @@ bool valid(const Json& value, const Json& schema, const Json& root) {
         {"date", date},
         {"time", time},
         {"date-time", date + "T" + time},
-        {"uuid", "[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"}};
+        {"uuid", "[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"},
+        {"ipv4", R"(((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))"}};
     if (!std::regex_match(value.get<std::string>(), std::regex(formats.at(schema["format"]))))
       return false;
   }

@@ -465,7 +465,7 @@ test('response_format json_schema: the answer is an object of the schema, its pr
     assert.match(id, /^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$/);
   }
   await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'object', properties: { a: { type: 'string', format: 'email' } } }) }),
-    (e) => e.status === 400 && e.param === 'response_format' && /format "email" is not supported \(only "date", "time", "date-time" and "uuid"\) \(at #\/properties\/a\/format\)/.test(e.message));
+    (e) => e.status === 400 && e.param === 'response_format' && /format "email" is not supported \(only "date", "time", "date-time", "uuid" and "ipv4"\) \(at #\/properties\/a\/format\)/.test(e.message));
   await assert.rejects(client.chat.completions.create({ ...ask, response_format: format({ type: 'string' }) }),
     (e) => e.status === 400 && /root \(#\) must be an object/.test(e.message));
 });
