@@ -10,6 +10,7 @@
 #include <set>
 
 #include "common/json_depth.h"
+#include "common/string_automaton.h"
 #include "common/utf8.h"
 
 namespace llava {
@@ -35,143 +36,6 @@ bool annotation(const std::string& key) {
       "$id",   "$comment",    "deprecated",     "readOnly", "writeOnly",
       "$defs", "definitions", kPropertyOrderKey};
   return kKeys.count(key) > 0;
-}
-
-// A string format's automaton over ASCII: next[state][c] the state after c (-1: c may not
-// come), accept[state] whether the string may end there. Every state can reach an accepting
-// one, so a text that follows it never dead-ends.
-struct FormatAutomaton {
-  std::vector<std::array<int8_t, 128>> next;
-  std::vector<bool> accept;
-
-  int state() {
-    next.emplace_back();
-    next.back().fill(-1);
-    accept.push_back(false);
-    return static_cast<int>(next.size()) - 1;
-  }
-  void edge(int from, std::string_view chars, int to) {
-    for (char c : chars)
-      next[static_cast<size_t>(from)][static_cast<size_t>(c)] = static_cast<int8_t>(to);
-  }
-  // One of `chars`.
-  int one(int from, std::string_view chars) {
-    const int to = state();
-    edge(from, chars, to);
-    return to;
-  }
-  // `count` of `chars`.
-  int run(int from, std::string_view chars, int count) {
-    for (int i = 0; i < count; ++i) from = one(from, chars);
-    return from;
-  }
-  // Two characters: a first of pairs[i].first, then one of pairs[i].second (the firsts apart),
-  // ending in `to` (a new state where -1).
-  int two(int from, std::initializer_list<std::pair<std::string_view, std::string_view>> pairs,
-          int to = -1) {
-    if (to < 0) to = state();
-    for (const auto& [first, second] : pairs) edge(one(from, first), second, to);
-    return to;
-  }
-};
-
-constexpr std::string_view kDigits = "0123456789", kHex = "0123456789abcdefABCDEF";
-
-// RFC 3339 full-date: YYYY-MM-DD, month 01-12, day 01-31.
-int full_date(FormatAutomaton& a, int from) {
-  int at = a.run(from, kDigits, 4);
-  at = a.one(at, "-");
-  at = a.two(at, {{"0", "123456789"}, {"1", "012"}});
-  at = a.one(at, "-");
-  return a.two(at, {{"0", "123456789"}, {"12", kDigits}, {"3", "01"}});
-}
-
-// RFC 3339 full-time: HH:MM:SS (seconds up to 60), a fraction, then Z or +HH:MM / -HH:MM.
-int full_time(FormatAutomaton& a, int from) {
-  const std::initializer_list<std::pair<std::string_view, std::string_view>> hours = {
-      {"01", kDigits}, {"2", "0123"}};
-  const std::initializer_list<std::pair<std::string_view, std::string_view>> sixty = {
-      {"012345", kDigits}};
-  int at = a.two(from, hours);
-  at = a.one(at, ":");
-  at = a.two(at, sixty);
-  at = a.one(at, ":");
-  const int seconds = a.two(at, {{"012345", kDigits}, {"6", "0"}});  // 60: a leap second
-  const int fraction = a.one(a.one(seconds, "."), kDigits);
-  a.edge(fraction, kDigits, fraction);
-  const int end = a.state();
-  const int sign = a.state();
-  for (const int before : {seconds, fraction}) {
-    a.edge(before, "Z", end);
-    a.edge(before, "+-", sign);
-  }
-  a.two(a.one(a.two(sign, hours), ":"), sixty, end);
-  return end;
-}
-
-// Dotted-quad IPv4: four decimal octets 0-255, no leading zero.
-void ipv4(FormatAutomaton& a, int at) {
-  for (int octet = 0; octet < 4; ++octet) {
-    const int one = a.one(at, "1"), two = a.one(at, "2"), other = a.one(at, "3456789");
-    const int zero = a.one(at, "0"), three = a.state();  // octets that take no more digits
-    const int one_more = a.one(one, kDigits);            // 1x: one more digit may come
-    a.edge(one_more, kDigits, three);
-    const int two_low = a.one(two, "01234"), two_five = a.one(two, "5");
-    a.edge(two, "6789", three);
-    a.edge(two_low, kDigits, three);
-    a.edge(two_five, "012345", three);
-    a.edge(other, kDigits, three);
-    const int whole[] = {zero, one, one_more, two, two_low, two_five, other, three};
-    if (octet == 3) {  // the last octet's states are the address's ends
-      for (const int end : whole) a.accept[static_cast<size_t>(end)] = true;
-      return;
-    }
-    at = a.state();
-    for (const int end : whole) a.edge(end, ".", at);
-  }
-}
-
-const FormatAutomaton& automaton(JsonSchema::Format format) {
-  using Format = JsonSchema::Format;
-  static const std::vector<FormatAutomaton> kAutomata = [] {
-    std::vector<FormatAutomaton> automata(6);
-    for (const Format f :
-         {Format::kDate, Format::kTime, Format::kDateTime, Format::kUuid, Format::kIpv4}) {
-      FormatAutomaton& a = automata[static_cast<size_t>(f)];
-      int at = a.state();
-      if (f == Format::kDate || f == Format::kDateTime) at = full_date(a, at);
-      if (f == Format::kDateTime) at = a.one(at, "T");
-      if (f == Format::kTime || f == Format::kDateTime) at = full_time(a, at);
-      if (f == Format::kIpv4) {
-        ipv4(a, at);
-        continue;
-      }
-      if (f == Format::kUuid) {
-        for (const int group : {8, 4, 4, 4, 12})
-          at = a.run(group == 8 ? at : a.one(at, "-"), kHex, group);
-      }
-      a.accept[static_cast<size_t>(at)] = true;
-    }
-    return automata;
-  }();
-  return kAutomata[static_cast<size_t>(format)];
-}
-
-JsonSchema::Format string_format(const nlohmann::json& value, const std::string& path) {
-  using Format = JsonSchema::Format;
-  static const std::vector<std::pair<std::string, Format>> kFormats = {
-      {"date", Format::kDate},
-      {"time", Format::kTime},
-      {"date-time", Format::kDateTime},
-      {"uuid", Format::kUuid},
-      {"ipv4", Format::kIpv4}};
-  for (const auto& [name, format] : kFormats) {
-    if (value == name) return format;
-  }
-  throw JsonSchemaError(
-      "json_schema: format " + value.dump() +
-      " is not supported (only \"date\", \"time\", \"date-time\", \"uuid\" and \"ipv4\") (at " +
-      path + ")");
 }
 
 }  // namespace
@@ -273,7 +137,8 @@ class SchemaCompiler {
                                                 "maximum",
                                                 "exclusiveMinimum",
                                                 "exclusiveMaximum",
-                                                "format"};
+                                                "format",
+                                                "pattern"};
     for (const auto& [key, value] : s.items()) {
       if (!kKeys.count(key) && !annotation(key)) fail(path, "'" + key + "' is not supported");
     }
@@ -309,9 +174,11 @@ class SchemaCompiler {
       return add(std::move(node), path + "/" + keyword);
     }
     const std::vector<std::string> types = type_names(s, path);
-    if (s.contains("format") && !types.empty() &&
-        std::find(types.begin(), types.end(), "string") == types.end()) {
-      fail(path + "/format", "a format is supported for strings only");
+    for (const char* keyword : {"format", "pattern"}) {
+      if (s.contains(keyword) && !types.empty() &&
+          std::find(types.begin(), types.end(), "string") == types.end()) {
+        fail(path + "/" + keyword, std::string("a ") + keyword + " is supported for strings only");
+      }
     }
     if (s.contains("enum") || s.contains("const")) return literals(s, types, path);
     if (types.size() > 1) {
@@ -330,7 +197,8 @@ class SchemaCompiler {
     }
     if (s.contains("items") || s.contains("minItems") || s.contains("maxItems"))
       return typed(s, "array", path);
-    if (s.contains("minLength") || s.contains("maxLength") || s.contains("format"))
+    if (s.contains("minLength") || s.contains("maxLength") || s.contains("format") ||
+        s.contains("pattern"))
       return typed(s, "string", path);
     return any();
   }
@@ -414,11 +282,7 @@ class SchemaCompiler {
     if (type == "string") {
       node.kind = Kind::kString;
       lengths(s, path, "Length", node);
-      if (s.contains("format")) {
-        node.format = string_format(s["format"], path + "/format");
-        if (s.contains("minLength") || s.contains("maxLength"))
-          fail(path, "'format' beside 'minLength' or 'maxLength' is not supported");
-      }
+      if (s.contains("format") || s.contains("pattern")) node.automaton = string_automaton(s, path);
     } else if (type == "number" || type == "integer") {
       node.kind = Kind::kNumber;
       node.integer = type == "integer";
@@ -440,6 +304,36 @@ class SchemaCompiler {
       return object(s, path);
     }
     return add(std::move(node), path);
+  }
+
+  // A string's format or pattern as the automaton its text follows (an index into the
+  // schema's automata).
+  int16_t string_automaton(const Json& s, const std::string& path) {
+    const char* keyword = s.contains("format") ? "format" : "pattern";
+    for (const char* other : {"pattern", "minLength", "maxLength"}) {
+      if (other != std::string_view(keyword) && s.contains(other))
+        fail(path, "'" + std::string(keyword) + "' beside '" + other + "' is not supported");
+    }
+    const Json& value = s[keyword];
+    const std::string where = path + "/" + keyword;
+    if (!value.is_string()) fail(where, "expected a string, got " + shown(value));
+    std::shared_ptr<const StringAutomaton> automaton;
+    if (s.contains("format")) {
+      automaton = format_automaton(value.get<std::string>());
+      if (!automaton) {
+        fail(where, "format " + value.dump() +
+                        " is not supported (only \"date\", \"time\", \"date-time\", \"uuid\" and "
+                        "\"ipv4\")");
+      }
+    } else {
+      try {
+        automaton = pattern_automaton(value.get<std::string>());
+      } catch (const PatternError& e) {
+        fail(where, std::string("pattern: ") + e.what());
+      }
+    }
+    schema_->automata_.push_back(std::move(automaton));
+    return static_cast<int16_t>(schema_->automata_.size() - 1);
   }
 
   // An integer's minimum, maximum, exclusiveMinimum, exclusiveMaximum as inclusive bounds;
@@ -823,8 +717,8 @@ bool SchemaState::value(int index, unsigned char c) {
       chars_ = 0;
       min_chars_ = static_cast<uint16_t>(node->min_items);
       max_chars_ = static_cast<uint16_t>(node->max_items);
-      format_ = node->format;
-      format_state_ = 0;
+      automaton_ = node->automaton;
+      automaton_state_ = 0;
       return true;
     case Kind::kNumber:
       if (c != '-' && !digit(c)) return false;
@@ -872,7 +766,7 @@ bool SchemaState::key_start(unsigned char c) {
     mode_ = Mode::kString;
     key_ = true;
     chars_ = 0, min_chars_ = 0, max_chars_ = JsonSchema::kMaxItems;
-    format_ = JsonSchema::Format::kNone;
+    automaton_ = -1;
     return true;
   }
   // Any property from the next one it may take up to the first required one.
@@ -1033,16 +927,16 @@ bool SchemaState::feed(unsigned char c) {
       return false;
     }
     case Mode::kString:
-      if (format_ != JsonSchema::Format::kNone) {  // ASCII its automaton takes, then '"'
-        const FormatAutomaton& format = automaton(format_);
+      if (automaton_ >= 0) {  // a format's or pattern's: ASCII its automaton takes, then '"'
+        const StringAutomaton& automaton = schema_->automaton(automaton_);
         if (c == '"') {
-          if (!format.accept[format_state_]) return false;
-          format_ = JsonSchema::Format::kNone;
+          if (!automaton.accept[automaton_state_]) return false;
+          automaton_ = -1;
           return ended_value();
         }
-        const int next = c < 128 ? format.next[format_state_][c] : -1;
+        const int next = c < 128 ? automaton.next[automaton_state_][c] : -1;
         if (next < 0) return false;
-        format_state_ = static_cast<uint8_t>(next);
+        automaton_state_ = static_cast<uint16_t>(next);
         return true;
       }
       if (utf8_left_ > 0) {  // within a character: a continuation byte in its range

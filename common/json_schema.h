@@ -15,7 +15,8 @@
 // Supported keywords: type (one or a list), properties, required, additionalProperties (a
 // schema for the values of an object without properties; false: {} only), items, minItems,
 // maxItems, minLength, maxLength (characters: code points), a string's format (RFC 3339's
-// "date", "time" and "date-time", "uuid", "ipv4"; not beside minLength or maxLength), an integer's
+// "date", "time" and "date-time", "uuid", "ipv4") or pattern (common/string_automaton.h's
+// subset; ASCII), neither beside minLength, maxLength or the other, an integer's
 // minimum, maximum,
 // exclusiveMinimum and exclusiveMaximum, enum, const, allOf of one schema, anyOf / oneOf
 // (branches told apart by their first byte; where several begin with '{', each must be an
@@ -24,8 +25,8 @@
 // tool call's "name"; at most kMaxLiterals such objects), $ref to "#", "#/$defs/NAME" or
 // "#/definitions/NAME" (recursion included), and annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly). Anything else
-// (pattern, another format, a number's minimum, multipleOf, allOf of several, ...) is refused with
-// its place in the schema, not ignored: the answer would not be held to it.
+// (another format, a pattern beyond that subset, a number's minimum, multipleOf, allOf of several,
+// ...) is refused with its place in the schema, not ignored: the answer would not be held to it.
 #pragma once
 
 #include <climits>
@@ -36,6 +37,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "common/string_automaton.h"
 
 namespace llava {
 
@@ -67,10 +70,6 @@ class JsonSchema {
     kLiteral,  // one of `literals`, compact JSON texts (enum, const, true / false, null)
     kUnion,    // one of `branches`, chosen by the value's first byte (`first`)
   };
-  // A string's format: RFC 3339's full-date, full-time and date-time (upper-case 'T' and
-  // 'Z', any number of fraction digits; a day up to 31 in every month), a UUID (hex in
-  // either case), or a dotted-quad IPv4 address (octets 0-255 without leading zeros).
-  enum class Format : uint8_t { kNone, kDate, kTime, kDateTime, kUuid, kIpv4 };
   struct Property {
     std::string key;  // as JSON text, quotes included: "\"name\""
     int node = 0;
@@ -86,8 +85,8 @@ class JsonSchema {
     // their shared key with a literal of every object's value; tagged[i] is the object whose
     // value is literal i, which the text follows once that value is read (empty: none).
     std::vector<int> tagged;
-    // kString: held to this format
-    Format format = Format::kNone;
+    // kString: held to automaton(automaton) where >= 0 (a format's or a pattern's)
+    int16_t automaton = -1;
     // kArray (and kString's length in characters)
     int items = -1;
     uint32_t min_items = 0, max_items = kMaxItems;
@@ -103,12 +102,14 @@ class JsonSchema {
   };
 
   const Node& node(int i) const { return nodes_[static_cast<size_t>(i)]; }
+  const StringAutomaton& automaton(int i) const { return *automata_[static_cast<size_t>(i)]; }
   int root() const { return root_; }
   size_t size() const { return nodes_.size(); }
 
  private:
   friend class SchemaCompiler;
   std::vector<Node> nodes_;
+  std::vector<std::shared_ptr<const StringAutomaton>> automata_;
   int root_ = 0;
 };
 
@@ -142,7 +143,7 @@ class SchemaState {
   // lists): any well-formed UTF-8 but '"', '\' and control bytes continues it.
   bool in_string() const {
     return mode_ == Mode::kString && utf8_left_ == 0 && surrogate_ == 0 &&
-           max_chars_ == JsonSchema::kMaxItems && format_ == JsonSchema::Format::kNone;
+           max_chars_ == JsonSchema::kMaxItems && automaton_ < 0;
   }
 
  private:
@@ -201,9 +202,9 @@ class SchemaState {
   uint8_t surrogate_ = 0;
   // The string's characters so far and its bounds (minLength, maxLength; kMaxItems: none).
   uint16_t chars_ = 0, min_chars_ = 0, max_chars_ = JsonSchema::kMaxItems;
-  // A string's format and where its text stands in it (a state of the format's automaton).
-  JsonSchema::Format format_ = JsonSchema::Format::kNone;
-  uint8_t format_state_ = 0;
+  // A string's format or pattern (its automaton; -1: none) and the state its text is in.
+  int16_t automaton_ = -1;
+  uint16_t automaton_state_ = 0;
   // An integer's digits so far (its magnitude and sign) and its node, for its bounds.
   uint64_t magnitude_ = 0;
   bool negative_ = false;

@@ -48,6 +48,15 @@ const char* kFormats = R"({"type":"object","properties":{
   "ip":{"type":"string","format":"ipv4"}},
   "required":["d","t","dt","u"]})";
 
+// Strings held to patterns: anchored, unanchored, alternatives, classes, counts.
+const char* kPatterns = R"({"type":"object","properties":{
+  "zip":{"type":"string","pattern":"^\\d{5}(-\\d{4})?$"},
+  "code":{"pattern":"^[A-Z]{2,3}_[a-z0-9]+$|^x$"},
+  "has":{"type":"string","pattern":"ab+c"},
+  "hex":{"type":["string","null"],"pattern":"^(?:0[xX])?[0-9a-fA-F]{1,8}$"},
+  "word":{"type":"string","pattern":"^\\w+( \\w+)*[.!?]$"}},
+  "required":["zip","code","has","hex","word"]})";
+
 // An OpenAI / Pydantic-style schema: $defs, an optional field as anyOf [X, null], enums,
 // arrays with bounds, integers and numbers, a nested object; properties not in
 // alphabetical order.
@@ -221,6 +230,45 @@ TEST(JsonSchema, FormatsHoldAStringToRfc3339DatesAndTimesAUuidOrAnIpv4Address) {
   EXPECT_FALSE(SchemaState(state).feed('3'));
   EXPECT_FALSE(SchemaState(state).feed('"'));
   EXPECT_TRUE(state.feed("2-31\""));
+}
+
+// Patterns hold as ECMA-262 regular expressions do, searched anywhere in the string unless
+// anchored; the recognizer refuses the byte that leaves them.
+TEST(JsonSchema, PatternsHoldAStringAsTheirRegularExpressionSearchesIt) {
+  const auto schema = compile(kPatterns);
+  auto text = [](const std::string& zip, const std::string& code, const std::string& has,
+                 const std::string& hex, const std::string& word) {
+    return R"({"zip":")" + zip + R"(","code":")" + code + R"(","has":")" + has + R"(","hex":)" +
+           hex + R"(,"word":")" + word + "\"}";
+  };
+  const std::string zip = "12345", code = "AB_x1", has = "--abbbc--", hex = "\"0xBEEF\"",
+                    word = "hi there!";
+  EXPECT_TRUE(accepts(*schema, text(zip, code, has, hex, word)));
+  EXPECT_TRUE(accepts(*schema, text("12345-6789", "x", "abc", "null", "a.")));
+  EXPECT_TRUE(accepts(*schema, text(zip, "ABC_9", "zzabczz", "\"f\"", "one two three?")));
+  for (const char* bad : {"1234", "123456", "12345-678", "1234a", ""}) {
+    EXPECT_FALSE(accepts(*schema, text(bad, code, has, hex, word))) << bad;
+  }
+  for (const char* bad : {"A_x", "ABCD_x", "AB_", "AB-x", "ab_x", "xx", "AB_X"}) {
+    EXPECT_FALSE(accepts(*schema, text(zip, bad, has, hex, word))) << bad;
+  }
+  for (const char* bad : {"ac", "abd", "", "a b c"}) {
+    EXPECT_FALSE(accepts(*schema, text(zip, code, bad, hex, word))) << bad;
+  }
+  for (const char* bad : {"\"0x\"", "\"123456789\"", "\"0xg\"", "\"x1\""}) {
+    EXPECT_FALSE(accepts(*schema, text(zip, code, has, bad, word))) << bad;
+  }
+  for (const char* bad : {"hi", "hi  there!", " hi.", "hi.."}) {
+    EXPECT_FALSE(accepts(*schema, text(zip, code, has, hex, bad))) << bad;
+  }
+  // The byte that leaves it is refused where it comes (no dead end), never a free string.
+  SchemaState state(schema.get());
+  ASSERT_TRUE(state.feed(R"({"zip":"1234)"));
+  EXPECT_FALSE(state.in_string());
+  EXPECT_FALSE(SchemaState(state).feed('"'));
+  EXPECT_FALSE(SchemaState(state).feed('x'));
+  ASSERT_TRUE(state.feed("5-"));
+  EXPECT_FALSE(SchemaState(state).feed('"'));
 }
 
 TEST(JsonSchema, BoundedIntegersStayWithinTheirBounds) {
@@ -505,8 +553,25 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
   };
   for (
       const Case& c : std::vector<Case>{
-          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^x"}}})",
-           "'pattern' is not supported (at #/properties/a)"},
+          {R"j({"type":"object","properties":{"a":{"type":"string","pattern":"^(?=x)"}}})j",
+           "pattern: lookaround and named groups are not supported (at character 3) (at "
+           "#/properties/a/pattern)"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"(a)\\1"}}})",
+           "pattern: '\\1' is not supported"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"a^b"}}})",
+           "'^' and '$' are supported only at the ends of a top-level alternative"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^\"$"}}})",
+           "no string it matches can be written without escapes"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^a{1001}$"}}})",
+           "a count above 1000"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^[z-a]$"}}})",
+           "a range out of order"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"(a"}}})",
+           "a group's ')' is missing"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^x","format":"date"}}})",
+           "'format' beside 'pattern' is not supported (at #/properties/a)"},
+          {R"({"type":"object","properties":{"a":{"type":"integer","pattern":"1"}}})",
+           "a pattern is supported for strings only (at #/properties/a/pattern)"},
           {R"({"type":"object","properties":{"a":{"type":"number","minimum":0}}})",
            "'minimum' is supported for integers only (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"integer","minimum":3,"exclusiveMaximum":3}}})",
@@ -518,7 +583,7 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
            "and "
            "\"ipv4\") (at #/properties/a/format)"},
           {R"({"type":"object","properties":{"a":{"type":"string","format":"date","maxLength":8}}})",
-           "'format' beside 'minLength' or 'maxLength' is not supported (at #/properties/a)"},
+           "'format' beside 'maxLength' is not supported (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"integer","format":"int32"}}})",
            "a format is supported for strings only (at #/properties/a/format)"},
           {R"({"allOf":[{"type":"object"},{"type":"object"}]})",
@@ -594,6 +659,11 @@ bool valid(const Json& value, const Json& schema, const Json& root) {
     });
     if (!typed) return false;
   }
+  if (value.is_string() && schema.contains("pattern") &&
+      !std::regex_search(value.get<std::string>(), std::regex(schema["pattern"].get<std::string>(),
+                                                              std::regex::ECMAScript))) {
+    return false;
+  }
   if (value.is_string() && schema.contains("format")) {  // the formats json_schema.h follows
     const std::string
         date = R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))",
@@ -661,6 +731,8 @@ TEST(JsonSchema, EveryTextItCompletesIsValidJsonOfTheSchema) {
       kToolCall,
       kToolCalls,
       kFormats,
+      // patterns that end within a few characters (a random walk rarely ends an unanchored one)
+      R"({"type":"object","properties":{"zip":{"type":"string","pattern":"^\\d{5}(-\\d{4})?$"},"code":{"pattern":"^[A-Z]{2,3}_[a-z0-9]{1,3}$|^x$"},"hex":{"type":["string","null"],"pattern":"^(?:0[xX])?[0-9a-fA-F]{1,8}$"},"w":{"type":"string","pattern":"^[a-z]{1,3}( [a-z]{1,3}){0,2}[.!?]$"}},"required":["zip","code","hex","w"]})",
   };
   // The validator tells the tools' objects apart as well.
   const Json tools = Json::parse(kToolCall);

@@ -452,15 +452,18 @@ test('response_format json_schema: the answer is an object of the schema, its pr
     check(c.message.content);
   }
   const format = (s) => ({ type: 'json_schema', json_schema: { name: 'x', schema: s } });
-  // Formats, held character by character: an RFC 3339 date-time and a UUID, sampled, n 3.
+  // Formats and patterns, held character by character: an RFC 3339 date-time, a UUID and a
+  // pattern's code, sampled, n 3.
   const zed = await tokenOf('Z');
   const dated = await client.chat.completions.create({ ...ask, temperature: 0.8, seed: 6, n: 3, max_tokens: 100,
     logit_bias: { ...ask.logit_bias, [zed]: 20 },
-    response_format: format({ type: 'object', properties: { when: { type: 'string', format: 'date-time' }, id: { type: 'string', format: 'uuid' } },
-                              required: ['when', 'id'] }) });
+    response_format: format({ type: 'object', properties: { when: { type: 'string', format: 'date-time' }, id: { type: 'string', format: 'uuid' },
+                                                            code: { type: 'string', pattern: '^[A-Z]{3}-\\d{3}$' } },
+                              required: ['when', 'id', 'code'] }) });
   for (const c of dated.choices) {
     assert.equal(c.finish_reason, 'stop', c.message.content);
-    const { when, id } = JSON.parse(c.message.content);
+    const { when, id, code } = JSON.parse(c.message.content);
+    assert.match(code, /^[A-Z]{3}-\d{3}$/);
     assert.match(when, /^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$/);
     assert.match(id, /^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$/);
   }

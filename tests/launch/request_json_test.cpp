@@ -195,8 +195,8 @@ TEST(JsonRequest, ResponseFormatJsonSchemaCarriesTheSchemaInItsOrder) {
   };
   EXPECT_EQ(
       refused(
-          R"({"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}})"),
-      "response_format: json_schema: 'pattern' is not supported (at #/properties/a)");
+          R"({"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 2}}}}})"),
+      "response_format: json_schema: 'multipleOf' is not supported (at #/properties/a)");
   EXPECT_EQ(
       refused(R"({"type": "json_schema", "json_schema": {"schema": {"type": "array"}}})"),
       "response_format: json_schema: the root (#) must be an object schema (\"type\": \"object\")");
