@@ -168,6 +168,7 @@ class Parser {
       const bool start = take('^');
       Regex branch = concat();
       const bool end = take('$');
+      if (!at_end() && peek() == ')') fail("a ')' without its '('");
       if (!at_end() && peek() != '|')
         fail("'^' and '$' are supported only at the ends of a top-level alternative");
       Regex whole = node(Regex::Kind::kConcat);
@@ -253,8 +254,11 @@ class Parser {
       if (take('?')) {
         if (!take(':')) fail("lookaround and named groups are not supported");
       }
+      if (++depth_ > kMaxDepth)
+        fail("groups nested more than " + std::to_string(kMaxDepth) + " deep");
       Regex inner = alternatives();
       if (!take(')')) fail("a group's ')' is missing");
+      --depth_;
       return inner;
     }
     if (c == '[') return chars(klass());
@@ -350,7 +354,7 @@ class Parser {
         low = of(std::string_view(&c, 1));
         low_char = c;
       }
-      if (peek() == '-' && pos_ + 1 < text_.size() && text_[pos_ + 1] != ']') {
+      if (!at_end() && peek() == '-' && pos_ + 1 < text_.size() && text_[pos_ + 1] != ']') {
         ++pos_;
         char high = next();
         if (high == '\\') {
@@ -373,8 +377,10 @@ class Parser {
     return set;
   }
 
+  static constexpr int kMaxDepth = 32;
   std::string_view text_;
   size_t pos_ = 0;
+  int depth_ = 0;  // groups open
 };
 
 // Thompson's construction: states with edges on characters and empty edges.

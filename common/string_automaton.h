@@ -33,7 +33,8 @@ std::shared_ptr<const StringAutomaton> format_automaton(std::string_view format)
 // ([a-z], [^...]), the escapes \d \D \w \W \s \S \t \n \r \f \v \xHH \uHHHH and escaped
 // punctuation, groups ((...), (?:...)), '|', and the quantifiers ? * + {n} {n,} {n,m} (lazy
 // or not: the same strings). Throws PatternError for anything else (lookaround,
-// backreferences, \b, anchors inside, a count above 1000, more than kMaxStates states) and
+// backreferences, \b, anchors inside, a count above 1000, groups nested over 32 deep, more
+// than kMaxStates states) and
 // for a pattern no such string matches.
 std::shared_ptr<const StringAutomaton> pattern_automaton(std::string_view pattern);
 

@@ -568,6 +568,11 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
            "a range out of order"},
           {R"({"type":"object","properties":{"a":{"type":"string","pattern":"(a"}}})",
            "a group's ')' is missing"},
+          {R"j({"type":"object","properties":{"a":{"type":"string","pattern":"a)"}}})j",
+           "a ')' without its '('"},
+          {R"({"type":"object","properties":{"a":{"type":"string","pattern":"[a-"}}})",
+           "a class's ']' is missing"},
+
           {R"({"type":"object","properties":{"a":{"type":"string","pattern":"^x","format":"date"}}})",
            "'format' beside 'pattern' is not supported (at #/properties/a)"},
           {R"({"type":"object","properties":{"a":{"type":"integer","pattern":"1"}}})",
@@ -621,6 +626,10 @@ TEST(JsonSchema, RefusesWhatItCannotFollowNamingThePlace) {
     EXPECT_NE(refusal(c.schema).find(c.says), std::string::npos)
         << c.schema << " -> " << refusal(c.schema);
   }
+  // Groups nested without end (a coordinator thread's stack): refused at the 33rd.
+  const std::string deep = R"({"type":"object","properties":{"a":{"type":"string","pattern":")" +
+                           std::string(100000, '(') + "a" + std::string(100000, ')') + R"("}}})";
+  EXPECT_NE(refusal(deep).find("groups nested more than 32 deep"), std::string::npos);
   Json many = {{"type", "object"}, {"properties", Json::object()}};
   for (int i = 0; i <= static_cast<int>(JsonSchema::kMaxProperties); ++i)
     many["properties"]["p" + std::to_string(i)] = Json::object();
