@@ -2,7 +2,6 @@
 #include "common/json_schema.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstring>

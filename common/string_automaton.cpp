@@ -29,16 +29,19 @@ Chars of(std::string_view chars) {
   return c;
 }
 
+// The one character of `c` (0 where it has another count).
+char only(const Chars& c) {
+  if (c.count() != 1) return 0;
+  size_t i = 0;
+  while (!c.test(i)) ++i;
+  return static_cast<char>(i);
+}
+
 // Builds a format's automaton state by state.
 struct Builder {
   StringAutomaton a;
 
-  int state() {
-    a.next.emplace_back();
-    a.next.back().fill(-1);
-    a.accept.push_back(false);
-    return static_cast<int>(a.next.size()) - 1;
-  }
+  int state() { return a.add_state(); }
   void edge(int from, std::string_view chars, int to) {
     for (const char c : chars)
       a.next[static_cast<size_t>(from)][static_cast<size_t>(c)] = static_cast<int16_t>(to);
@@ -344,11 +347,7 @@ class Parser {
       const char c = next();
       if (c == '\\') {
         low = escape(true);
-        if (low.count() == 1) {
-          for (size_t i = 0; i < 128; ++i) {
-            if (low.test(i)) low_char = static_cast<char>(i);
-          }
-        }
+        low_char = only(low);
       } else {
         if (static_cast<unsigned char>(c) >= 0x80) fail("only ASCII characters are supported");
         low = of(std::string_view(&c, 1));
@@ -360,9 +359,7 @@ class Parser {
         if (high == '\\') {
           const Chars h = escape(true);
           if (h.count() != 1) fail("a range must end at one character");
-          for (size_t i = 0; i < 128; ++i) {
-            if (h.test(i)) high = static_cast<char>(i);
-          }
+          high = only(h);
         } else if (static_cast<unsigned char>(high) >= 0x80) {
           fail("only ASCII characters are supported");
         }
@@ -499,11 +496,9 @@ std::shared_ptr<const StringAutomaton> pattern_automaton(std::string_view patter
       throw PatternError("the pattern needs more than " +
                          std::to_string(StringAutomaton::kMaxStates) + " states to follow");
     }
-    const int id = static_cast<int>(sets.size());
+    const int id = a.add_state();
     known.emplace(set, id);
-    a.accept.push_back(std::binary_search(set.begin(), set.end(), end));
-    a.next.emplace_back();
-    a.next.back().fill(-1);
+    a.accept[static_cast<size_t>(id)] = std::binary_search(set.begin(), set.end(), end);
     sets.push_back(std::move(set));
     return id;
   };

@@ -18,6 +18,14 @@ struct StringAutomaton {
   static constexpr size_t kMaxStates = 1024;
   std::vector<std::array<int16_t, 128>> next;  // next[state][c]: -1 where c may not come
   std::vector<bool> accept;                    // where the string may end
+
+  // A new state, with no way on and no end; its number.
+  int add_state() {
+    next.emplace_back();
+    next.back().fill(-1);
+    accept.push_back(false);
+    return static_cast<int>(next.size()) - 1;
+  }
 };
 
 // A pattern this cannot follow; what() says what (the caller adds where).
